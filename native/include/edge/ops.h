@@ -1,0 +1,111 @@
+/* The INT8 and float ops a MobileNet or a BERT needs between GEMMs.
+ *
+ * Quantized tensors are u8 or s8 (one dtype per call) with a real value of
+ * scale * (q - zero_point). Integer ops requantize with the 64-bit rounding
+ * rule of edge/common.h, so every ISA gives the same bits. Float ops
+ * (softmax, layer norm) work on dequantized rows and match within the
+ * tolerances stated in the tests.
+ */
+#ifndef EDGE_OPS_H
+#define EDGE_OPS_H
+
+#include "edge/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- binary add / mul with rescale --------------------------------------
+ * y[r][i] = op(a[r * a_row_stride + i * a_col_stride], b[...]) for r < rows,
+ * i < cols. A stride of 0 broadcasts (a row, or a scalar when both are 0).
+ * add: y = clamp(((a - za) * a_mult + (b - zb) * b_mult + 2^(shift-1)) >> shift, lo, hi) + zy
+ * mul: y = clamp(((a - za) * (b - zb) * mult + 2^(shift-1)) >> shift, lo, hi) + zy
+ * where lo = y_min - zy, hi = y_max - zy. The *_params_init functions derive the
+ * integer parameters from real scales and refuse ratios they cannot represent. */
+typedef struct edge_q8_add_params {
+  int32_t a_zero_point, b_zero_point, y_zero_point;
+  int32_t a_multiplier, b_multiplier, shift;
+  int32_t y_min, y_max;
+} edge_q8_add_params;
+
+typedef struct edge_q8_mul_params {
+  int32_t a_zero_point, b_zero_point, y_zero_point;
+  int32_t multiplier, shift;
+  int32_t y_min, y_max;
+} edge_q8_mul_params;
+
+edge_status edge_q8_add_params_init(double a_scale, int32_t a_zero_point, double b_scale, int32_t b_zero_point,
+                                    double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max,
+                                    edge_q8_add_params* params);
+edge_status edge_q8_mul_params_init(double a_scale, int32_t a_zero_point, double b_scale, int32_t b_zero_point,
+                                    double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max,
+                                    edge_q8_mul_params* params);
+edge_status edge_q8_add(int32_t rows, int32_t cols, edge_dtype dtype,
+                        const void* a, size_t a_row_stride, size_t a_col_stride,
+                        const void* b, size_t b_row_stride, size_t b_col_stride,
+                        void* y, const edge_q8_add_params* params);
+edge_status edge_q8_mul(int32_t rows, int32_t cols, edge_dtype dtype,
+                        const void* a, size_t a_row_stride, size_t a_col_stride,
+                        const void* b, size_t b_row_stride, size_t b_col_stride,
+                        void* y, const edge_q8_mul_params* params);
+
+/* ---- pooling on NHWC ------------------------------------------------------ */
+typedef struct edge_pool2d_params {
+  int32_t batch, in_h, in_w, channels;
+  int32_t kernel_h, kernel_w;
+  int32_t stride_h, stride_w;
+  int32_t dilation_h, dilation_w;
+  int32_t pad_top, pad_left, pad_bottom, pad_right;
+  int32_t count_include_pad; /* average pool: divide by the full window (1) or the valid part (0) */
+} edge_pool2d_params;
+
+edge_status edge_pool2d_output_size(const edge_pool2d_params* p, int32_t* out_h, int32_t* out_w);
+/* Max pool: padding never wins. Output has the input's quantization. */
+edge_status edge_q8_maxpool2d(const edge_pool2d_params* p, edge_dtype dtype, const void* x, void* y);
+/* Average pool with rescale from (x_scale, x_zero_point) to (y_scale, y_zero_point). */
+edge_status edge_q8_avgpool2d(const edge_pool2d_params* p, edge_dtype dtype,
+                              const void* x, double x_scale, int32_t x_zero_point,
+                              void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max);
+/* Global average pool: x [batch][hw][channels] -> y [batch][channels]. */
+edge_status edge_q8_global_avgpool(int32_t batch, int32_t hw, int32_t channels, edge_dtype dtype,
+                                   const void* x, double x_scale, int32_t x_zero_point,
+                                   void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max);
+
+/* ---- lookup-table activations --------------------------------------------
+ * A table of 256 output bytes indexed by the input byte (s8 inputs index by
+ * their two's-complement byte). edge_q8_lut_init builds it in double
+ * precision: y = quantize(f(dequantize(x))), rounding half to even. */
+typedef enum edge_lut_kind {
+  EDGE_LUT_SIGMOID = 0,
+  EDGE_LUT_HARDSIGMOID = 1, /* max(0, min(1, alpha * x + beta)) */
+  EDGE_LUT_HARDSWISH = 2,   /* x * max(0, min(1, x / 6 + 0.5)) */
+  EDGE_LUT_GELU = 3,        /* 0.5 * x * (1 + erf(x / sqrt(2))) */
+  EDGE_LUT_TANH = 4
+} edge_lut_kind;
+
+edge_status edge_q8_lut_init(edge_lut_kind kind, double alpha, double beta, edge_dtype dtype,
+                             double x_scale, int32_t x_zero_point, double y_scale, int32_t y_zero_point,
+                             uint8_t* table);
+edge_status edge_q8_lut(size_t n, const uint8_t* table, const void* x, void* y);
+
+/* ---- quantize / dequantize ------------------------------------------------
+ * quantize: q = clamp(round_half_even(x / scale) + zero_point) (ONNX QuantizeLinear)
+ * dequantize: x = (q - zero_point) * scale (ONNX DequantizeLinear) */
+edge_status edge_f32_q8_quantize(size_t n, const float* x, float scale, int32_t zero_point,
+                                 edge_dtype dtype, void* y);
+edge_status edge_q8_f32_dequantize(size_t n, edge_dtype dtype, const void* x, float scale,
+                                   int32_t zero_point, float* y);
+
+/* ---- float ops on rows ---------------------------------------------------- */
+/* Softmax over each row of [rows][cols], max-subtracted. */
+edge_status edge_f32_softmax(int32_t rows, int32_t cols, const float* x, float* y);
+/* Layer norm over each row: (x - mean) / sqrt(var + epsilon) * gamma + beta;
+ * gamma and beta are [cols] or NULL (1 and 0). */
+edge_status edge_f32_layernorm(int32_t rows, int32_t cols, const float* x, const float* gamma,
+                               const float* beta, float epsilon, float* y);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EDGE_OPS_H */

@@ -1,0 +1,53 @@
+/* Internal helpers shared by the kernel families. Not part of the public API. */
+#ifndef EDGE_INTERNAL_H
+#define EDGE_INTERNAL_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "edge_kernels.h"
+
+#define EDGE_ALIGNMENT 64
+#define EDGE_IS_ALIGNED(ptr) ((((uintptr_t) (ptr)) & (EDGE_ALIGNMENT - 1)) == 0)
+#define EDGE_ROUND_UP(x, m) ((((x) + (m) - 1) / (m)) * (m))
+#define EDGE_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define EDGE_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Records a printf-style detail for edge_last_error() and returns status. */
+edge_status edge_fail(edge_status status, const char* format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Clears the detail: called by public entry points on success paths that
+ * earlier failures on the same thread must not leak into. */
+void edge_clear_error(void);
+
+/* Run fn(context, i) for every i in [0, count) on the pool (or inline when
+ * pool is NULL or count is 1). Returns when every call has finished. */
+typedef void (*edge_task_fn)(void* context, size_t index);
+void edge_parallelize(edge_threadpool* pool, edge_task_fn fn, void* context, size_t count);
+
+/* The requantization rule of edge/common.h, scalar. The SIMD paths must give
+ * the same bits. acc * multiplier needs 64 bits; shift is in [31, 62]. */
+static inline int32_t edge_requantize(int32_t acc, int32_t multiplier, int32_t shift,
+                                      int32_t zero_point, int32_t out_min, int32_t out_max) {
+  const int64_t product = (int64_t) acc * (int64_t) multiplier;
+  const int64_t rounding = INT64_C(1) << (shift - 1);
+  /* Arithmetic right shift of a signed value: implementation-defined in C
+   * but arithmetic on every compiler we build with (gcc, clang). */
+  int64_t scaled = (product + rounding) >> shift;
+  const int64_t lo = (int64_t) out_min - zero_point;
+  const int64_t hi = (int64_t) out_max - zero_point;
+  scaled = scaled < lo ? lo : scaled;
+  scaled = scaled > hi ? hi : scaled;
+  return (int32_t) scaled + zero_point;
+}
+
+/* Validation shared by the quantized entry points. */
+edge_status edge_check_q8_dtype(edge_dtype dtype, const char* what);
+edge_status edge_check_requant(const edge_q8_requant* rq, int32_t n, edge_dtype c_dtype);
+int32_t edge_dtype_min(edge_dtype dtype);
+int32_t edge_dtype_max(edge_dtype dtype);
+
+#endif /* EDGE_INTERNAL_H */

@@ -48,7 +48,7 @@ def read_sources() -> list[tuple[str, list[str]]]:
         match = re.search(r"__([a-z0-9]+)\.c$", line)
         if match:
             target_arch, flags = isa_flags[match.group(1)]
-            if target_arch != arch:
+            if target_arch not in ("any", arch):
                 continue
         sources.append((f"native/{line}", flags))
     return sources

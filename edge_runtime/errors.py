@@ -18,7 +18,11 @@ builtin so that generic handlers keep working::
     │   ├── IntegrityError               an artifact whose size or sha256 differs
     │   ├── SignatureError               missing or bad signature, unknown key
     │   └── PackageTooLargeError         over a size limit
+    ├── StoreError                       the on-device model store refused an operation
+    │   └── ModelNotFoundError (LookupError)  a model, version or previous version it does not hold
     ├── ModelInputError (ValueError)     wrong input name, dtype or shape
+    ├── GraphError (ValueError)          an ONNX model or graph that is invalid or cannot be rewritten
+    ├── QuantizationError (ValueError)   quantization parameters that cannot be represented
     ├── UnsupportedOperatorError (NotImplementedError)
     └── ProfileError (RuntimeError)      a device profile that cannot be found or parsed
 """
@@ -82,8 +86,24 @@ class PackageTooLargeError(PackageError):
     """A package, manifest or artifact over its size limit."""
 
 
+class StoreError(EdgeRuntimeError):
+    """The on-device model store refused an operation (bad name, broken layout)."""
+
+
+class ModelNotFoundError(LookupError, StoreError):
+    """A model name, version or previous version the store does not hold."""
+
+
 class ModelInputError(ValueError, EdgeRuntimeError):
     """An input of the wrong name, dtype or shape; the message says what was expected."""
+
+
+class GraphError(ValueError, EdgeRuntimeError):
+    """An ONNX model that fails the checker, or a graph that is malformed; names the node or tensor."""
+
+
+class QuantizationError(ValueError, EdgeRuntimeError):
+    """A scale, zero point or requantization multiplier outside what the integer kernels represent."""
 
 
 class UnsupportedOperatorError(NotImplementedError, EdgeRuntimeError):

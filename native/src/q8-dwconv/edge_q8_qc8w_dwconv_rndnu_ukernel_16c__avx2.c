@@ -1,0 +1,74 @@
+/* Depthwise 3x3 and 5x5 micro-kernels, AVX2:
+ * edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__avx2 and ..._dwconv5x5_...
+ * Two taps at a time: the input bytes of taps 2p and 2p+1 are interleaved,
+ * widened to int16 minus the zero point (exact: within [-255, 255]) and
+ * multiplied by the packed weight pairs with vpmaddwd into int32 lanes (no
+ * saturation: each product is below 2^15 * 2^8). Requantization in SIMD,
+ * the same bits as edge_requantize. */
+#include <immintrin.h>
+
+#include "q8-dwconv.h"
+
+/* Arithmetic right shift of 64-bit lanes by per-lane counts (AVX2 has only
+ * the logical one): shift logically, then sign-extend from the moved sign bit. */
+static inline __m256i sra_epi64(__m256i v, __m256i count) {
+  const __m256i sign = _mm256_srlv_epi64(_mm256_set1_epi64x(INT64_MIN), count);
+  return _mm256_sub_epi64(_mm256_xor_si256(_mm256_srlv_epi64(v, count), sign), sign);
+}
+
+/* edge_requantize of 8 lanes, up to the clamp (zero point not yet added). The
+ * shifted product always fits int32 (|acc * multiplier| < 2^62, shift >= 31). */
+static inline __m256i requant8(__m256i acc, const int32_t* multiplier, const int32_t* shift, __m256i lo, __m256i hi) {
+  const __m256i one = _mm256_set1_epi64x(1);
+  const __m256i mult = _mm256_loadu_si256((const __m256i*) multiplier);
+  const __m256i sh = _mm256_loadu_si256((const __m256i*) shift);
+  const __m256i sh_even = _mm256_and_si256(sh, _mm256_set1_epi64x(0xFFFFFFFF));
+  const __m256i sh_odd = _mm256_srli_epi64(sh, 32);
+  __m256i even = _mm256_mul_epi32(acc, mult);
+  __m256i odd = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), _mm256_srli_epi64(mult, 32));
+  even = _mm256_add_epi64(even, _mm256_sllv_epi64(one, _mm256_sub_epi64(sh_even, one)));
+  odd = _mm256_add_epi64(odd, _mm256_sllv_epi64(one, _mm256_sub_epi64(sh_odd, one)));
+  even = sra_epi64(even, sh_even);
+  odd = sra_epi64(odd, sh_odd);
+  const __m256i scaled = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  return _mm256_min_epi32(_mm256_max_epi32(scaled, lo), hi);
+}
+
+EDGE_Q8_DWCONV_INLINE __m256i widen(__m128i bytes, int is_signed, __m256i zero_point) {
+  const __m256i x = is_signed ? _mm256_cvtepi8_epi16(bytes) : _mm256_cvtepu8_epi16(bytes);
+  return _mm256_sub_epi16(x, zero_point);
+}
+
+EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, const uint8_t* block,
+                                        const int32_t* multiplier, const int32_t* shift, uint8_t* out,
+                                        const edge_q8_dwconv_params* params) {
+  const __m256i zp = _mm256_set1_epi16((int16_t) params->x_zero_point);
+  __m256i acc_lo = _mm256_loadu_si256((const __m256i*) block);       /* channels 0..7 */
+  __m256i acc_hi = _mm256_loadu_si256((const __m256i*) (block + 32)); /* channels 8..15 */
+  const uint8_t* w = block + EDGE_Q8_DWCONV_CB * sizeof(int32_t);
+  for (size_t t = 0; t < taps; t += 2, w += 2 * EDGE_Q8_DWCONV_CB) {
+    const __m128i xa = _mm_loadu_si128((const __m128i*) in[t]);
+    /* An odd last tap pairs with itself: its partner's weights are zero. */
+    const __m128i xb = t + 1 < taps ? _mm_loadu_si128((const __m128i*) in[t + 1]) : xa;
+    const __m256i x_lo = widen(_mm_unpacklo_epi8(xa, xb), params->x_signed, zp);
+    const __m256i x_hi = widen(_mm_unpackhi_epi8(xa, xb), params->x_signed, zp);
+    const __m256i w_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*) w));
+    const __m256i w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*) (w + 16)));
+    acc_lo = _mm256_add_epi32(acc_lo, _mm256_madd_epi16(x_lo, w_lo));
+    acc_hi = _mm256_add_epi32(acc_hi, _mm256_madd_epi16(x_hi, w_hi));
+  }
+  const __m256i lo = _mm256_set1_epi32(params->y_min - params->y_zero_point);
+  const __m256i hi = _mm256_set1_epi32(params->y_max - params->y_zero_point);
+  const __m256i out_zp = _mm256_set1_epi32(params->y_zero_point);
+  const __m256i y_lo = _mm256_add_epi32(requant8(acc_lo, multiplier, shift, lo, hi), out_zp);
+  const __m256i y_hi = _mm256_add_epi32(requant8(acc_hi, multiplier + 8, shift + 8, lo, hi), out_zp);
+  /* Values are inside the output range: keep their low bytes (u8 or s8 alike). */
+  const __m256i y16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(y_lo, y_hi), 0xD8);
+  const __m256i low_bytes = _mm256_and_si256(y16, _mm256_set1_epi16(0xFF));
+  const __m128i y8 = _mm_packus_epi16(_mm256_castsi256_si128(low_bytes), _mm256_extracti128_si256(low_bytes, 1));
+  _mm_storeu_si128((__m128i*) out, y8);
+}
+
+#include "q8-dwconv-pixels.h"
+
+EDGE_Q8_DWCONV_DEFINE(avx2)

@@ -1,0 +1,28 @@
+/* Depthwise 3x3 and 5x5 micro-kernels, portable C (the production fallback):
+ * edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__scalar and ..._dwconv5x5_...
+ * Accumulation wraps mod 2^32 like the SIMD paths (unsigned arithmetic, no UB). */
+#include <string.h>
+
+#include "q8-dwconv.h"
+
+EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, const uint8_t* block,
+                                        const int32_t* multiplier, const int32_t* shift, uint8_t* out,
+                                        const edge_q8_dwconv_params* params) {
+  int32_t bias[EDGE_Q8_DWCONV_CB];
+  memcpy(bias, block, sizeof(bias));
+  const int8_t* w = (const int8_t*) (block + sizeof(bias));
+  for (size_t c = 0; c < EDGE_Q8_DWCONV_CB; c++) {
+    uint32_t acc = (uint32_t) bias[c];
+    for (size_t t = 0; t < taps; t++) {
+      const int32_t x = params->x_signed ? (int32_t) (int8_t) in[t][c] : (int32_t) in[t][c];
+      const int32_t wt = w[(t / 2) * (2 * EDGE_Q8_DWCONV_CB) + c * 2 + t % 2];
+      acc += (uint32_t) ((x - params->x_zero_point) * wt);
+    }
+    out[c] = (uint8_t) edge_requantize((int32_t) acc, multiplier[c], shift[c], params->y_zero_point, params->y_min,
+                                       params->y_max);
+  }
+}
+
+#include "q8-dwconv-pixels.h"
+
+EDGE_Q8_DWCONV_DEFINE(scalar)

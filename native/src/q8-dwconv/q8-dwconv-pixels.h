@@ -1,0 +1,64 @@
+/* The pixel and channel loops every depthwise micro-kernel shares, around the
+ * ISA's 16-channel block. Included by each kernel file after it defines
+ *
+ *   EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, const uint8_t* block,
+ *                                   const int32_t* multiplier, const int32_t* shift,
+ *                                   uint8_t* out, const edge_q8_dwconv_params* params);
+ *
+ * which computes 16 output channels from 16 bytes at each of in[0..taps) and
+ * the packed block (bias, weight pairs); multiplier/shift point at 16 values.
+ * The channel tail is staged through 16-byte buffers, so blocks always read
+ * and write 16 whole bytes and never past the caller's tensors.
+ */
+#ifndef EDGE_Q8_DWCONV_PIXELS_H
+#define EDGE_Q8_DWCONV_PIXELS_H
+
+#include <string.h>
+
+#include "q8-dwconv.h"
+
+EDGE_Q8_DWCONV_INLINE void dwconv_pixels(size_t taps, size_t pixels, size_t channels, const uint8_t* const* input,
+                                 const uint8_t* zero, const void* packed, uint8_t* output, size_t output_stride,
+                                 const edge_q8_dwconv_params* params) {
+  const size_t block_bytes = edge_q8_dwconv_block_bytes(taps);
+  const size_t full = channels - channels % EDGE_Q8_DWCONV_CB;
+  const uint8_t* in[EDGE_Q8_DWCONV_MAX_TAPS];
+  for (size_t px = 0; px < pixels; px++, input += taps, output += output_stride) {
+    const uint8_t* block = (const uint8_t*) packed;
+    for (size_t c0 = 0; c0 < full; c0 += EDGE_Q8_DWCONV_CB, block += block_bytes) {
+      for (size_t t = 0; t < taps; t++) in[t] = input[t] == zero ? zero : input[t] + c0;
+      dwconv_block(taps, in, block, params->multiplier + c0, params->shift + c0, output + c0, params);
+    }
+    const size_t rest = channels - full;
+    if (rest != 0) {
+      uint8_t staged[EDGE_Q8_DWCONV_MAX_TAPS][EDGE_Q8_DWCONV_CB];
+      uint8_t out[EDGE_Q8_DWCONV_CB];
+      int32_t multiplier[EDGE_Q8_DWCONV_CB], shift[EDGE_Q8_DWCONV_CB];
+      for (size_t t = 0; t < taps; t++) {
+        memset(staged[t], 0, EDGE_Q8_DWCONV_CB);
+        memcpy(staged[t], input[t] == zero ? zero : input[t] + full, rest);
+        in[t] = staged[t];
+      }
+      for (size_t c = 0; c < EDGE_Q8_DWCONV_CB; c++) { /* padded channels: any valid parameters */
+        multiplier[c] = c < rest ? params->multiplier[full + c] : INT32_C(1) << 30;
+        shift[c] = c < rest ? params->shift[full + c] : 31;
+      }
+      dwconv_block(taps, in, block, multiplier, shift, out, params);
+      memcpy(output + full, out, rest);
+    }
+  }
+}
+
+#define EDGE_Q8_DWCONV_DEFINE(isa)                                                                                \
+  void edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__##isa(size_t pixels, size_t channels, const uint8_t* const* input, \
+                                                      const uint8_t* zero, const void* packed, uint8_t* output,   \
+                                                      size_t output_stride, const edge_q8_dwconv_params* params) { \
+    dwconv_pixels(9, pixels, channels, input, zero, packed, output, output_stride, params);                      \
+  }                                                                                                               \
+  void edge_q8_qc8w_dwconv5x5_rndnu_ukernel_16c__##isa(size_t pixels, size_t channels, const uint8_t* const* input, \
+                                                      const uint8_t* zero, const void* packed, uint8_t* output,   \
+                                                      size_t output_stride, const edge_q8_dwconv_params* params) { \
+    dwconv_pixels(25, pixels, channels, input, zero, packed, output, output_stride, params);                     \
+  }
+
+#endif /* EDGE_Q8_DWCONV_PIXELS_H */

@@ -1,0 +1,213 @@
+/* Dense INT8 GEMM: packing, argument checks, tiling and threading.
+ *
+ * The output is cut into tiles of the ISA's micro-kernel (mr rows x nr
+ * channels). A task is one nr-wide panel of weights times a block of rows, and
+ * tasks are numbered panel-major so that a thread walks the rows of one panel
+ * while it stays in cache. Each tile is accumulated in int32 on the stack,
+ * then requantized (or copied, for s32 output) into C while still in L1.
+ */
+#include "q8-gemm.h"
+
+/* Rows per task: enough tiles to amortize the panel, small enough to split
+ * tall-and-narrow products across threads. */
+#define ROWS_PER_TASK 64
+
+static size_t padded_n(int32_t n) { return EDGE_ROUND_UP((size_t) n, EDGE_Q8_GEMM_NR); }
+static size_t padded_k(int32_t k) { return EDGE_ROUND_UP((size_t) k, EDGE_Q8_GEMM_KR); }
+
+static edge_status check_dims(int32_t n, int32_t k, const char* where) {
+  if (n <= 0 || k <= 0) {
+    return edge_fail(EDGE_ERR_SHAPE, "%s: n (%d) and k (%d) must be positive", where, (int) n, (int) k);
+  }
+  if (k > EDGE_Q8_GEMM_MAX_K) {
+    return edge_fail(EDGE_ERR_SHAPE, "%s: k = %d exceeds the maximum %d (int32 accumulators could overflow)",
+                     where, (int) k, EDGE_Q8_GEMM_MAX_K);
+  }
+  return EDGE_OK;
+}
+
+size_t edge_q8_gemm_packed_size(int32_t n, int32_t k) {
+  if (n <= 0 || k <= 0 || k > EDGE_Q8_GEMM_MAX_K) return 0;
+  const size_t n_pad = padded_n(n), k_pad = padded_k(k);
+  return sizeof(edge_q8_gemm_header) + 2 * n_pad * sizeof(int32_t) + n_pad * k_pad;
+}
+
+edge_status edge_q8_gemm_pack(int32_t n, int32_t k, const int8_t* weights, const int32_t* bias, void* packed,
+                              size_t packed_size) {
+  edge_status status = check_dims(n, k, "edge_q8_gemm_pack");
+  if (status != EDGE_OK) return status;
+  if (weights == NULL || packed == NULL) {
+    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_q8_gemm_pack: weights and packed must not be NULL");
+  }
+  if (!EDGE_IS_ALIGNED(packed)) {
+    return edge_fail(EDGE_ERR_ALIGNMENT, "edge_q8_gemm_pack: packed buffer must be %d-byte aligned", EDGE_ALIGNMENT);
+  }
+  const size_t needed = edge_q8_gemm_packed_size(n, k);
+  if (packed_size < needed) {
+    return edge_fail(EDGE_ERR_SHAPE, "edge_q8_gemm_pack: packed buffer of %zu bytes, %zu needed for n=%d k=%d",
+                     packed_size, needed, (int) n, (int) k);
+  }
+  for (int32_t c = 0; c < n; c++) {
+    for (int32_t i = 0; i < k; i++) {
+      if (weights[(size_t) c * k + i] == INT8_MIN) {
+        return edge_fail(EDGE_ERR_INVALID_ARGUMENT,
+                         "edge_q8_gemm_pack: weight of channel %d at k=%d is -128; weights must be in [-127, 127]",
+                         (int) c, (int) i);
+      }
+    }
+  }
+
+  const size_t n_pad = padded_n(n), k_pad = padded_k(k);
+  uint8_t* bytes = packed;
+  memset(bytes, 0, needed);
+  const edge_q8_gemm_header header = {
+      .magic = EDGE_Q8_GEMM_MAGIC, .version = EDGE_Q8_GEMM_VERSION,
+      .n = n, .k = k, .n_pad = (int32_t) n_pad, .k_pad = (int32_t) k_pad,
+  };
+  memcpy(bytes, &header, sizeof(header));
+  int32_t* packed_bias = (int32_t*) (bytes + sizeof(header));
+  int32_t* colsum = packed_bias + n_pad;
+  int8_t* packed_w = (int8_t*) (colsum + n_pad);
+  for (size_t c = 0; c < (size_t) n; c++) {
+    const int8_t* row = weights + c * (size_t) k;
+    int8_t* panel = packed_w + (c / EDGE_Q8_GEMM_NR) * k_pad * EDGE_Q8_GEMM_NR;
+    int32_t sum = 0; /* |sum| <= 65536 * 127 */
+    for (size_t i = 0; i < (size_t) k; i++) {
+      panel[(i / EDGE_Q8_GEMM_KR) * (EDGE_Q8_GEMM_NR * EDGE_Q8_GEMM_KR) + (c % EDGE_Q8_GEMM_NR) * EDGE_Q8_GEMM_KR +
+            i % EDGE_Q8_GEMM_KR] = row[i];
+      sum += row[i];
+    }
+    packed_bias[c] = bias != NULL ? bias[c] : 0;
+    colsum[c] = sum;
+  }
+  edge_clear_error();
+  return EDGE_OK;
+}
+
+typedef struct gemm_context {
+  const edge_q8_gemm_config* config;
+  edge_q8_gemm_ukernel_fn kernel;
+  size_t mr, nr;
+  size_t m, n, k, n_pad, panel_stride;
+  size_t m_blocks;
+  const uint8_t* a;
+  size_t a_stride; /* bytes */
+  int a_signed;
+  int32_t zero_point_term; /* a_zero_point + the kernel's offset of A */
+  const int32_t* bias;
+  const int32_t* colsum;
+  const int8_t* weights;
+  edge_dtype c_dtype;
+  uint8_t* c;
+  size_t c_row_bytes;
+  const edge_q8_requant* requant;
+} gemm_context;
+
+static void gemm_task(void* opaque, size_t index) {
+  const gemm_context* ctx = opaque;
+  const size_t n0 = (index / ctx->m_blocks) * ctx->nr;
+  const size_t m_begin = (index % ctx->m_blocks) * ROWS_PER_TASK;
+  const size_t m_end = EDGE_MIN(m_begin + ROWS_PER_TASK, ctx->m);
+  const size_t nc = EDGE_MIN(ctx->nr, ctx->n - n0);             /* columns of C */
+  const size_t nb = EDGE_MIN(ctx->nr, ctx->n_pad - n0) / EDGE_Q8_GEMM_NR; /* packed blocks */
+
+  /* The zero point folds into the bias: bias - (zp + offset) * colsum, wrapping. */
+  int32_t init[EDGE_Q8_GEMM_MAX_NR] __attribute__((aligned(64)));
+  for (size_t j = 0; j < nb * EDGE_Q8_GEMM_NR; j++) {
+    init[j] = (int32_t) ((uint32_t) ctx->bias[n0 + j] -
+                         (uint32_t) ctx->zero_point_term * (uint32_t) ctx->colsum[n0 + j]);
+  }
+  int32_t tile[EDGE_Q8_GEMM_MAX_MR * EDGE_Q8_GEMM_MAX_NR] __attribute__((aligned(64)));
+  const int8_t* w = ctx->weights + (n0 / EDGE_Q8_GEMM_NR) * ctx->panel_stride;
+  const edge_q8_requant* rq = ctx->requant;
+  for (size_t m0 = m_begin; m0 < m_end; m0 += ctx->mr) {
+    const size_t mr = EDGE_MIN(ctx->mr, m_end - m0);
+    ctx->kernel(mr, nb, ctx->k, ctx->a + m0 * ctx->a_stride, ctx->a_stride, ctx->a_signed, w, ctx->panel_stride,
+                init, tile, ctx->nr);
+    for (size_t r = 0; r < mr; r++) {
+      uint8_t* c_row = ctx->c + (m0 + r) * ctx->c_row_bytes;
+      if (ctx->c_dtype == EDGE_DTYPE_S32) {
+        memcpy(c_row + n0 * sizeof(int32_t), tile + r * ctx->nr, nc * sizeof(int32_t));
+      } else {
+        ctx->config->requant(nc, tile + r * ctx->nr, rq->multiplier + n0, rq->shift + n0, rq->output_zero_point,
+                             rq->output_min, rq->output_max, ctx->c_dtype == EDGE_DTYPE_S8, c_row + n0);
+      }
+    }
+  }
+}
+
+edge_status edge_q8_gemm(int32_t m, int32_t n, int32_t k, edge_dtype a_dtype, const void* a, size_t a_stride,
+                         int32_t a_zero_point, const void* packed, edge_dtype c_dtype, void* c, size_t c_stride,
+                         const edge_q8_requant* requant, edge_threadpool* pool) {
+  if (m < 0) return edge_fail(EDGE_ERR_SHAPE, "edge_q8_gemm: m = %d must not be negative", (int) m);
+  edge_status status = check_dims(n, k, "edge_q8_gemm");
+  if (status != EDGE_OK) return status;
+  if ((status = edge_check_q8_dtype(a_dtype, "A dtype")) != EDGE_OK) return status;
+  if ((status = edge_check_requant(requant, n, c_dtype)) != EDGE_OK) return status;
+  const int32_t zp_min = edge_dtype_min(a_dtype), zp_max = edge_dtype_max(a_dtype);
+  if (a_zero_point < zp_min || a_zero_point > zp_max) {
+    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_q8_gemm: A zero point %d outside [%d, %d]",
+                     (int) a_zero_point, (int) zp_min, (int) zp_max);
+  }
+  if (packed == NULL) return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_q8_gemm: packed must not be NULL");
+  if (!EDGE_IS_ALIGNED(packed)) {
+    return edge_fail(EDGE_ERR_ALIGNMENT, "edge_q8_gemm: packed weights must be %d-byte aligned", EDGE_ALIGNMENT);
+  }
+  edge_q8_gemm_header header;
+  memcpy(&header, packed, sizeof(header));
+  if (header.magic != EDGE_Q8_GEMM_MAGIC || header.version != EDGE_Q8_GEMM_VERSION) {
+    return edge_fail(EDGE_ERR_PACKED_FORMAT,
+                     "edge_q8_gemm: not dense q8 packed weights of version %d (magic 0x%08x, version %u)",
+                     EDGE_Q8_GEMM_VERSION, (unsigned) header.magic, (unsigned) header.version);
+  }
+  if (header.n != n || header.k != k) {
+    return edge_fail(EDGE_ERR_SHAPE, "edge_q8_gemm: weights were packed for n=%d k=%d, called with n=%d k=%d",
+                     (int) header.n, (int) header.k, (int) n, (int) k);
+  }
+  if ((size_t) header.n_pad != padded_n(n) || (size_t) header.k_pad != padded_k(k)) {
+    return edge_fail(EDGE_ERR_PACKED_FORMAT, "edge_q8_gemm: corrupt packed header (n_pad %d, k_pad %d)",
+                     (int) header.n_pad, (int) header.k_pad);
+  }
+  if (a_stride < (size_t) k) {
+    return edge_fail(EDGE_ERR_SHAPE, "edge_q8_gemm: A row stride %zu is smaller than k = %d", a_stride, (int) k);
+  }
+  if (c_stride < (size_t) n) {
+    return edge_fail(EDGE_ERR_SHAPE, "edge_q8_gemm: C row stride %zu is smaller than n = %d", c_stride, (int) n);
+  }
+  if (m == 0) {
+    edge_clear_error();
+    return EDGE_OK;
+  }
+  if (a == NULL || c == NULL) return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_q8_gemm: A and C must not be NULL");
+
+  const edge_isa isa = edge_isa_get();
+  const edge_q8_gemm_config* config = edge_q8_gemm_get_config(isa);
+  if (config == NULL) {
+    return edge_fail(EDGE_ERR_UNSUPPORTED_ISA, "edge_q8_gemm: no kernels for ISA %s in this build", edge_isa_name(isa));
+  }
+  const size_t n_pad = padded_n(n), k_pad = padded_k(k);
+  const int32_t* packed_bias = (const int32_t*) ((const uint8_t*) packed + sizeof(edge_q8_gemm_header));
+  gemm_context ctx = {
+      .config = config,
+      .kernel = m == 1 ? config->gemv : config->gemm,
+      .mr = m == 1 ? 1 : config->mr,
+      .nr = m == 1 ? config->gemv_nr : config->nr,
+      .m = (size_t) m, .n = (size_t) n, .k = (size_t) k, .n_pad = n_pad,
+      .panel_stride = k_pad * EDGE_Q8_GEMM_NR,
+      .m_blocks = ((size_t) m + ROWS_PER_TASK - 1) / ROWS_PER_TASK,
+      .a = a, .a_stride = a_stride,
+      .a_signed = a_dtype == EDGE_DTYPE_S8,
+      .zero_point_term = a_zero_point + (a_dtype == EDGE_DTYPE_S8 ? config->a_offset_s8 : config->a_offset_u8),
+      .bias = packed_bias,
+      .colsum = packed_bias + n_pad,
+      .weights = (const int8_t*) (packed_bias + 2 * n_pad),
+      .c_dtype = c_dtype,
+      .c = c,
+      .c_row_bytes = c_stride * (c_dtype == EDGE_DTYPE_S32 ? sizeof(int32_t) : 1),
+      .requant = requant,
+  };
+  const size_t n_tiles = (n_pad + ctx.nr - 1) / ctx.nr;
+  edge_parallelize(pool, gemm_task, &ctx, n_tiles * ctx.m_blocks);
+  edge_clear_error();
+  return EDGE_OK;
+}

@@ -1,0 +1,231 @@
+/* Dense INT8 GEMM against the naive reference on every ISA: a spec of shapes
+ * (M = 1, tiles and tails in M, N and K, K = 1, large K), u8 and s8 A, u8, s8
+ * and s32 outputs, random zero points and clamps, strided A and C, 1 to 3
+ * threads; then the error paths. */
+#include <string.h>
+
+#include "internal.h"
+#include "q8-gemm/q8-gemm.h"
+#include "reference/q8-gemm-reference.h"
+#include "test_util.h"
+
+static const int32_t kMs[] = {1, 2, 3, 4, 5, 7, 8, 17, 64};
+static const int32_t kNs[] = {1, 15, 16, 17, 33, 100};
+static const int32_t kKs[] = {1, 3, 4, 5, 15, 16, 17, 64, 300};
+#define COUNT(x) (sizeof(x) / sizeof((x)[0]))
+
+static edge_threadpool* pools[4]; /* pools[t] has t threads; pools[1] stays NULL (inline) */
+
+static size_t dtype_size(edge_dtype d) { return d == EDGE_DTYPE_S32 ? 4 : 1; }
+
+typedef struct case_spec {
+  int32_t m, n, k;
+  edge_dtype a_dtype, c_dtype;
+  int extreme; /* saturating inputs and bias: exercises int32 wrap-around */
+  int threads;
+} case_spec;
+
+/* Runs one case on every ISA and compares each with the reference. */
+static void run_case(const case_spec* cs) {
+  const int32_t m = cs->m, n = cs->n, k = cs->k;
+  const size_t a_stride = (size_t) k + (size_t) edge_test_rand_range(0, 3);
+  const size_t c_stride = (size_t) n + (size_t) edge_test_rand_range(0, 3);
+  const size_t c_bytes = (size_t) m * c_stride * dtype_size(cs->c_dtype) + 1;
+  /* A exactly as large as the last row needs, so ASan catches over-reads. */
+  const size_t a_bytes = m == 0 ? 1 : (size_t) (m - 1) * a_stride + (size_t) k;
+  uint8_t* a = malloc(a_bytes);
+  int8_t* w = malloc((size_t) n * k);
+  int32_t* bias = malloc(sizeof(int32_t) * n);
+  int32_t* mult = malloc(sizeof(int32_t) * n);
+  int32_t* shift = malloc(sizeof(int32_t) * n);
+  uint8_t* expected = malloc(c_bytes);
+  uint8_t* actual = malloc(c_bytes);
+  const int a_signed = cs->a_dtype == EDGE_DTYPE_S8;
+  int32_t a_zp;
+  if (cs->extreme) {
+    memset(a, a_signed ? 0x80 : 0xFF, a_bytes);
+    memset(w, a_signed ? -127 : 127, (size_t) n * k);
+    a_zp = 0;
+  } else {
+    edge_test_fill_u8(a, a_bytes, 0, 255);
+    edge_test_fill_s8(w, (size_t) n * k, -127, 127);
+    a_zp = a_signed ? edge_test_rand_range(-128, 127) : edge_test_rand_range(0, 255);
+  }
+  int log_k = 0;
+  while ((1 << log_k) < k) log_k++;
+  for (int32_t j = 0; j < n; j++) {
+    bias[j] = cs->extreme ? INT32_MAX - j : edge_test_rand_range(-100000, 100000);
+    mult[j] = edge_test_rand_range(1 << 30, INT32_MAX);
+    shift[j] = EDGE_MIN(62, EDGE_MAX(31, 31 + 6 + log_k / 2 + edge_test_rand_range(-2, 3)));
+  }
+  edge_q8_requant rq = {.multiplier = mult, .shift = shift};
+  if (cs->c_dtype != EDGE_DTYPE_S32) {
+    const int32_t lo = edge_dtype_min(cs->c_dtype), hi = edge_dtype_max(cs->c_dtype);
+    rq.output_zero_point = edge_test_rand_range(lo, hi);
+    if (edge_test_rand() % 2) { /* ReLU6-style clamp */
+      rq.output_min = rq.output_zero_point;
+      rq.output_max = EDGE_MIN(hi, rq.output_zero_point + 60);
+    } else {
+      rq.output_min = lo;
+      rq.output_max = hi;
+    }
+  }
+  edge_q8_gemm_reference(m, n, k, cs->a_dtype, a, a_stride, a_zp, w, bias, cs->c_dtype, expected, c_stride, &rq);
+
+  const size_t packed_size = edge_q8_gemm_packed_size(n, k);
+  void* packed = edge_test_aligned_alloc(packed_size);
+  EDGE_CHECK_OK(edge_q8_gemm_pack(n, k, w, bias, packed, packed_size));
+  edge_isa isa;
+  EDGE_FOR_EACH_ISA(isa) {
+    memset(actual, 0xA5, c_bytes);
+    EDGE_CHECK_OK(edge_q8_gemm(m, n, k, cs->a_dtype, a, a_stride, a_zp, packed, cs->c_dtype, actual, c_stride,
+                               cs->c_dtype == EDGE_DTYPE_S32 ? NULL : &rq, pools[cs->threads]));
+    const size_t row_bytes = (size_t) n * dtype_size(cs->c_dtype);
+    const size_t stride_bytes = c_stride * dtype_size(cs->c_dtype);
+    int same = 1, padding_kept = 1;
+    for (int32_t i = 0; i < m; i++) {
+      same &= memcmp(expected + i * stride_bytes, actual + i * stride_bytes, row_bytes) == 0;
+      for (size_t b = row_bytes; b < stride_bytes; b++) padding_kept &= actual[i * stride_bytes + b] == 0xA5;
+    }
+    EDGE_CHECK(same, "m=%d n=%d k=%d a_dtype=%d c_dtype=%d extreme=%d threads=%d", (int) m, (int) n, (int) k,
+               (int) cs->a_dtype, (int) cs->c_dtype, cs->extreme, cs->threads);
+    EDGE_CHECK(padding_kept, "C row padding untouched (m=%d n=%d k=%d)", (int) m, (int) n, (int) k);
+  }
+  edge_isa_set(edge_isa_detect());
+  free(packed);
+  free(a);
+  free(w);
+  free(bias);
+  free(mult);
+  free(shift);
+  free(expected);
+  free(actual);
+}
+
+static void test_shapes(void) {
+  static const edge_dtype c_dtypes[] = {EDGE_DTYPE_U8, EDGE_DTYPE_S8, EDGE_DTYPE_S32};
+  size_t index = 0;
+  for (size_t im = 0; im < COUNT(kMs); im++) {
+    for (size_t in = 0; in < COUNT(kNs); in++) {
+      for (size_t ik = 0; ik < COUNT(kKs); ik++, index++) {
+        /* Cycle the dtypes and thread counts across shapes to keep the run short. */
+        const case_spec cs = {
+            .m = kMs[im], .n = kNs[in], .k = kKs[ik],
+            .a_dtype = (index % 2) ? EDGE_DTYPE_S8 : EDGE_DTYPE_U8,
+            .c_dtype = c_dtypes[(index / 2) % 3],
+            .threads = 1 + (int) (index % 3),
+        };
+        run_case(&cs);
+      }
+    }
+  }
+}
+
+static void test_large_k(void) {
+  const int quick = getenv("EDGE_TEST_QUICK") != NULL;
+  for (int a_dtype = EDGE_DTYPE_U8; a_dtype <= EDGE_DTYPE_S8; a_dtype++) {
+    const case_spec gemv = {.m = 1, .n = 33, .k = 4096, .a_dtype = a_dtype, .c_dtype = EDGE_DTYPE_U8, .threads = 2};
+    run_case(&gemv);
+    const case_spec tile = {.m = 9, .n = 40, .k = 4095, .a_dtype = a_dtype, .c_dtype = EDGE_DTYPE_S8, .threads = 3};
+    run_case(&tile);
+    /* K at the limit with every product at its extreme: int32 wrap-around. */
+    const case_spec wrap = {.m = quick ? 1 : 3, .n = 17, .k = EDGE_Q8_GEMM_MAX_K, .a_dtype = a_dtype,
+                            .c_dtype = EDGE_DTYPE_S32, .extreme = 1, .threads = 1};
+    run_case(&wrap);
+    const case_spec wrap_rq = {.m = 2, .n = 16, .k = 1000, .a_dtype = a_dtype, .c_dtype = EDGE_DTYPE_U8,
+                               .extreme = 1, .threads = 2};
+    run_case(&wrap_rq);
+  }
+}
+
+static void test_errors(void) {
+  const int32_t n = 20, k = 10;
+  int8_t w[20 * 10];
+  edge_test_fill_s8(w, sizeof(w), -127, 127);
+  uint8_t a[2 * 10] = {0};
+  uint8_t c[2 * 20];
+  int32_t mult[20], shift[20];
+  for (int i = 0; i < n; i++) {
+    mult[i] = 1 << 30;
+    shift[i] = 40;
+  }
+  const edge_q8_requant rq = {mult, shift, 0, 0, 255};
+  const size_t size = edge_q8_gemm_packed_size(n, k);
+  uint8_t* packed = edge_test_aligned_alloc(size + 64);
+  EDGE_CHECK(edge_q8_gemm_packed_size(n, EDGE_Q8_GEMM_MAX_K + 1) == 0, "packed size of a too large K is 0");
+  EDGE_CHECK(edge_q8_gemm_packed_size(0, k) == 0, "packed size of n = 0 is 0");
+
+  /* Packing. */
+  EDGE_CHECK(edge_q8_gemm_pack(n, k, NULL, NULL, packed, size) == EDGE_ERR_INVALID_ARGUMENT, "null weights");
+  EDGE_CHECK(edge_q8_gemm_pack(n, k, w, NULL, packed + 1, size) == EDGE_ERR_ALIGNMENT, "misaligned pack");
+  EDGE_CHECK(edge_q8_gemm_pack(n, k, w, NULL, packed, size - 1) == EDGE_ERR_SHAPE, "small packed buffer");
+  EDGE_CHECK(edge_q8_gemm_pack(n, EDGE_Q8_GEMM_MAX_K + 1, w, NULL, packed, size) == EDGE_ERR_SHAPE, "K too large");
+  EDGE_CHECK(strstr(edge_last_error(), "65536") != NULL, "detail names the limit: %s", edge_last_error());
+  int8_t bad[20 * 10];
+  memcpy(bad, w, sizeof(bad));
+  bad[7 * k + 3] = -128;
+  EDGE_CHECK(edge_q8_gemm_pack(n, k, bad, NULL, packed, size) == EDGE_ERR_INVALID_ARGUMENT, "weight -128");
+  EDGE_CHECK(strstr(edge_last_error(), "channel 7") != NULL, "detail names the channel: %s", edge_last_error());
+  EDGE_CHECK_OK(edge_q8_gemm_pack(n, k, w, NULL, packed, size));
+  EDGE_CHECK(edge_last_error()[0] == '\0', "success clears the detail");
+
+  /* Running. */
+  EDGE_CHECK_OK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_U8, c, n, &rq, NULL));
+  EDGE_CHECK_OK(edge_q8_gemm(0, n, k, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_U8, c, n, &rq, NULL));
+  EDGE_CHECK(edge_q8_gemm(-1, n, k, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_SHAPE, "negative m");
+  int32_t c32[2 * 32];
+  EDGE_CHECK(edge_q8_gemm(2, n + 1, k, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_S32, c32, n + 1, NULL, NULL) ==
+                 EDGE_ERR_SHAPE, "n differs from the packed n");
+  EDGE_CHECK(edge_q8_gemm(2, n, k - 1, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_SHAPE, "k differs from the packed k");
+  EDGE_CHECK(edge_q8_gemm(2, n, EDGE_Q8_GEMM_MAX_K + 1, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_U8, c, n, &rq,
+                          NULL) == EDGE_ERR_SHAPE, "K too large");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k - 1, 0, packed, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_SHAPE, "A stride below k");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_U8, c, n - 1, &rq, NULL) ==
+                 EDGE_ERR_SHAPE, "C stride below n");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 0, packed + 64, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_PACKED_FORMAT, "not a packed buffer");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 0, packed + 4, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_ALIGNMENT, "misaligned packed buffer");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 0, NULL, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_INVALID_ARGUMENT, "null packed");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, NULL, k, 0, packed, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_INVALID_ARGUMENT, "null A");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_U8, NULL, n, &rq, NULL) ==
+                 EDGE_ERR_INVALID_ARGUMENT, "null C");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_S32, a, k, 0, packed, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_INVALID_ARGUMENT, "s32 A");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 256, packed, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_INVALID_ARGUMENT, "u8 zero point 256");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_S8, a, k, 128, packed, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_INVALID_ARGUMENT, "s8 zero point 128");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_U8, c, n, NULL, NULL) ==
+                 EDGE_ERR_INVALID_ARGUMENT, "u8 output without requant");
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_F32, c, n, &rq, NULL) ==
+                 EDGE_ERR_INVALID_ARGUMENT, "f32 output");
+  mult[5] = 5;
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_U8, c, n, &rq, NULL) ==
+                 EDGE_ERR_INVALID_ARGUMENT, "bad multiplier");
+  EDGE_CHECK(strstr(edge_last_error(), "channel 5") != NULL, "detail names the channel: %s", edge_last_error());
+  mult[5] = 1 << 30;
+  const edge_q8_requant bad_clamp = {mult, shift, 0, 10, 5};
+  EDGE_CHECK(edge_q8_gemm(2, n, k, EDGE_DTYPE_U8, a, k, 0, packed, EDGE_DTYPE_U8, c, n, &bad_clamp, NULL) ==
+                 EDGE_ERR_INVALID_ARGUMENT, "empty clamp");
+  free(packed);
+}
+
+int main(void) {
+  for (int t = 2; t <= 3; t++) {
+    if (edge_threadpool_create(t, &pools[t]) != EDGE_OK) {
+      fprintf(stderr, "cannot create a pool of %d threads\n", t);
+      return 1;
+    }
+  }
+  test_shapes();
+  test_large_k();
+  test_errors();
+  for (int t = 2; t <= 3; t++) edge_threadpool_destroy(pools[t]);
+  return edge_test_summary("test_q8_gemm");
+}

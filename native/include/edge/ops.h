@@ -20,8 +20,18 @@ extern "C" {
  * i < cols. A stride of 0 broadcasts (a row, or a scalar when both are 0).
  * add: y = clamp(((a - za) * a_mult + (b - zb) * b_mult + 2^(shift-1)) >> shift, lo, hi) + zy
  * mul: y = clamp(((a - za) * (b - zb) * mult + 2^(shift-1)) >> shift, lo, hi) + zy
- * where lo = y_min - zy, hi = y_max - zy. The *_params_init functions derive the
- * integer parameters from real scales and refuse ratios they cannot represent. */
+ * where lo = y_min - zy, hi = y_max - zy, and >> floors (it is computed as
+ * ((x >> (shift-1)) + 1) >> 1, the same integer, so nothing overflows int32).
+ * The *_params_init functions derive the integer parameters from real scales:
+ *   add: r = max(a_scale, b_scale) / y_scale must be < 2^21 (refused otherwise);
+ *        the larger multiplier is round(r * 2^shift) in [2^21, 2^22], shift in
+ *        [1, 31]; for r < 2^-10 every output is zy (multipliers 0, shift 1).
+ *        |a - za|, |b - zb| <= 255, so |sum| <= 510 * 2^22 < 2^31.
+ *   mul: r = a_scale * b_scale / y_scale must be < 2^14; multiplier
+ *        round(r * 2^shift) in [2^14, 2^15], shift in [1, 31] (about 15
+ *        significant bits, < 0.01 step of error on an 8-bit output); for
+ *        r < 2^-17 every output is zy. |(a - za) * (b - zb)| * 2^15 < 2^31.
+ * edge_q8_add/mul refuse parameters outside these ranges. */
 typedef struct edge_q8_add_params {
   int32_t a_zero_point, b_zero_point, y_zero_point;
   int32_t a_multiplier, b_multiplier, shift;
@@ -62,11 +72,21 @@ typedef struct edge_pool2d_params {
 edge_status edge_pool2d_output_size(const edge_pool2d_params* p, int32_t* out_h, int32_t* out_w);
 /* Max pool: padding never wins. Output has the input's quantization. */
 edge_status edge_q8_maxpool2d(const edge_pool2d_params* p, edge_dtype dtype, const void* x, void* y);
-/* Average pool with rescale from (x_scale, x_zero_point) to (y_scale, y_zero_point). */
+/* Average pool with rescale from (x_scale, x_zero_point) to (y_scale, y_zero_point):
+ *   acc = sum over the valid taps of (x - x_zero_point)              (int32)
+ *   d   = kernel_h * kernel_w (count_include_pad) or the valid taps
+ *   s   = x_scale / (y_scale * d); if s >= 1, p = frexp exponent of s and
+ *         s /= 2^p (else p = 0); (multiplier, shift) = edge_requant_from_scale(s)
+ *   y   = edge/common.h requantization of acc * 2^p
+ * Refused: s < 2^-32, or d * 255 * 2^p over INT32_MAX; windows of more than
+ * 2^23 taps; pads >= the dilated window; a window over padding only.
+ * Params: batch, in_h, in_w, channels >= 1; kernel, stride, dilation >= 1;
+ * output size = (in + pads - dilation * (kernel - 1) - 1) / stride + 1 (floor). */
 edge_status edge_q8_avgpool2d(const edge_pool2d_params* p, edge_dtype dtype,
                               const void* x, double x_scale, int32_t x_zero_point,
                               void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max);
-/* Global average pool: x [batch][hw][channels] -> y [batch][channels]. */
+/* Global average pool: x [batch][hw][channels] -> y [batch][channels], the
+ * average pool rule with d = hw (hw <= 2^23). */
 edge_status edge_q8_global_avgpool(int32_t batch, int32_t hw, int32_t channels, edge_dtype dtype,
                                    const void* x, double x_scale, int32_t x_zero_point,
                                    void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max);
@@ -90,17 +110,21 @@ edge_status edge_q8_lut(size_t n, const uint8_t* table, const void* x, void* y);
 
 /* ---- quantize / dequantize ------------------------------------------------
  * quantize: q = clamp(round_half_even(x / scale) + zero_point) (ONNX QuantizeLinear)
- * dequantize: x = (q - zero_point) * scale (ONNX DequantizeLinear) */
+ * (float32 division, as numpy and ONNX Runtime; NaN gives zero_point, +-inf clamps)
+ * dequantize: x = (q - zero_point) * scale (ONNX DequantizeLinear, one rounding)
+ * scale must be finite and > 0, zero_point inside the dtype. */
 edge_status edge_f32_q8_quantize(size_t n, const float* x, float scale, int32_t zero_point,
                                  edge_dtype dtype, void* y);
 edge_status edge_q8_f32_dequantize(size_t n, edge_dtype dtype, const void* x, float scale,
                                    int32_t zero_point, float* y);
 
 /* ---- float ops on rows ---------------------------------------------------- */
-/* Softmax over each row of [rows][cols], max-subtracted. */
+/* Softmax over each row of [rows][cols], max-subtracted; SIMD paths use a
+ * polynomial exp. Within 1e-6 (absolute) of float64 for finite inputs. */
 edge_status edge_f32_softmax(int32_t rows, int32_t cols, const float* x, float* y);
 /* Layer norm over each row: (x - mean) / sqrt(var + epsilon) * gamma + beta;
- * gamma and beta are [cols] or NULL (1 and 0). */
+ * gamma and beta are [cols] or NULL (1 and 0); epsilon finite and >= 0.
+ * Within 1e-5 * max(1, |y|) of float64. */
 edge_status edge_f32_layernorm(int32_t rows, int32_t cols, const float* x, const float* gamma,
                                const float* beta, float epsilon, float* y);
 

@@ -24,6 +24,8 @@ builtin so that generic handlers keep working::
     ├── GraphError (ValueError)          an ONNX model or graph that is invalid or cannot be rewritten
     ├── QuantizationError (ValueError)   quantization parameters that cannot be represented
     ├── UnsupportedOperatorError (NotImplementedError)
+    ├── BackendUnavailableError (RuntimeError)  a backend not installed or not built, or none fits the model
+    ├── SelfTestError (RuntimeError)     self-test outputs outside their tolerance, or no vectors to run
     └── ProfileError (RuntimeError)      a device profile that cannot be found or parsed
 """
 
@@ -108,6 +110,14 @@ class QuantizationError(ValueError, EdgeRuntimeError):
 
 class UnsupportedOperatorError(NotImplementedError, EdgeRuntimeError):
     """A graph operator the chosen backend cannot run; names the operator and node."""
+
+
+class BackendUnavailableError(RuntimeError, EdgeRuntimeError):
+    """A backend that is not installed or not implemented here, or no backend that can run the model."""
+
+
+class SelfTestError(RuntimeError, EdgeRuntimeError):
+    """A model whose self-test outputs differ from the expected ones, or that carries no vectors."""
 
 
 class ProfileError(RuntimeError, EdgeRuntimeError):

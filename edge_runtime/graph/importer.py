@@ -1,0 +1,306 @@
+"""ONNX model -> :class:`~edge_runtime.graph.ir.Graph`.
+
+The importer checks the model, runs ONNX shape inference, turns Constant nodes
+and initializers into constants, normalizes opset differences (see
+:func:`_normalize_node`) and refuses, in one error, every operator outside the
+supported set. After :func:`~edge_runtime.graph.passes.optimize`,
+:func:`check_supported` refuses what the rewrites could not bring into the
+backend's form (a Div by a tensor, an Erf outside a GELU, shape arithmetic that
+does not fold).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from edge_runtime.errors import GraphError, UnsupportedOperatorError
+from edge_runtime.graph.ir import Dim, Graph, Node, ValueInfo
+
+__all__ = [
+    "FOLDABLE_OPS",
+    "PATTERN_OPS",
+    "SUPPORTED_OPS",
+    "SUPPORTED_OPSETS",
+    "check_supported",
+    "import_onnx",
+]
+
+# Operators a backend receives after optimize() ("Gelu" and "LayerNormalization"
+# also come from their decomposed patterns).
+SUPPORTED_OPS = frozenset({
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div",
+    "Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Gelu", "Softmax",
+    "LayerNormalization", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
+    "Resize", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice",
+    "Gather", "Identity",
+})  # fmt: skip
+# Shape arithmetic: accepted when it folds to constants.
+FOLDABLE_OPS = frozenset({"Shape", "Cast", "Range", "ConstantOfShape", "Equal", "Where", "Constant"})
+# Accepted only as part of a pattern that a pass rewrites (GELU, layer norm, mean pool) or removes.
+PATTERN_OPS = frozenset({"Erf", "Pow", "Sqrt", "ReduceMean", "Dropout"})
+IMPORTABLE_OPS = SUPPORTED_OPS | FOLDABLE_OPS | PATTERN_OPS
+# Opsets 22 and 23 only widened the types of these operators.
+SUPPORTED_OPSETS = range(11, 24)
+
+_ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def import_onnx(model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> Graph:
+    """Check, shape-infer and convert an ONNX model (a ModelProto, a path or serialized bytes).
+
+    Raises GraphError for a model the ONNX checker refuses and
+    UnsupportedOperatorError naming every unsupported operator and its nodes.
+    """
+    model = _load(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise GraphError(f"the model fails the ONNX checker: {exc}") from exc
+    opset = _opset(model)
+    _refuse_unsupported(model.graph)
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is best effort; missing shapes only disable some rewrites
+        inferred = model
+    graph, problems = _convert(inferred.graph, opset)
+    from edge_runtime.graph.passes import inputs_to_attributes  # the canonical form of parameters
+
+    inputs_to_attributes(graph)
+    problems += [f"{node} {reason}" for node in graph.nodes if (reason := _variant_reason(node))]
+    if problems:
+        raise UnsupportedOperatorError(
+            f"unsupported operator variants in graph {graph.name!r}:\n  " + "\n  ".join(problems)
+        )
+    graph.toposort()
+    graph.validate()
+    return graph
+
+
+def check_supported(graph: Graph) -> None:
+    """Raise UnsupportedOperatorError listing every node a backend cannot take, with why.
+
+    Meant for an optimized graph: what remains of the pattern and folding-only
+    operators, Div by a tensor, and shape parameters computed at run time.
+    """
+    problems: list[str] = []
+    for node in graph.nodes:
+        reason = _unsupported_reason(graph, node)
+        if reason:
+            problems.append(f"{node.op_type} (node {node.name!r}): {reason}")
+    if problems:
+        raise UnsupportedOperatorError(
+            f"graph {graph.name!r} has {len(problems)} node(s) the backend cannot run:\n  "
+            + "\n  ".join(problems)
+        )
+
+
+def _unsupported_reason(graph: Graph, node: Node) -> str | None:
+    op = node.op_type
+    if node.domain not in _ONNX_DOMAINS or op not in IMPORTABLE_OPS:
+        return "unsupported operator"
+    if op in FOLDABLE_OPS:
+        return "shape arithmetic that does not fold to a constant"
+    if op in PATTERN_OPS:
+        return f"supported only inside a GELU or layer-norm pattern, which this {op} is not part of"
+    if op == "Div" and not graph.is_constant(node.inputs[1]):
+        return "division by a tensor computed at run time (only division by constants is supported)"
+    variant = _variant_reason(node)
+    if variant:
+        return variant
+    if op == "Reshape" and not graph.is_constant(node.inputs[1]):
+        return "a target shape computed at run time that did not fold to a constant"
+    if op in ("Squeeze", "Unsqueeze", "Slice", "Clip", "Resize") and len(node.inputs) > 1:
+        return "parameters computed at run time that did not fold to constants"
+    return None
+
+
+def _variant_reason(node: Node) -> str | None:
+    """Why a node of a supported operator uses a variant (attributes) that is not, or None."""
+    op, attrs = node.op_type, node.attrs
+    if op == "Resize":
+        from edge_runtime.graph.reference import RESIZE_COORDINATE_MODES, RESIZE_NEAREST_MODES
+
+        mode = attrs.get("mode", "nearest")
+        transform = attrs.get("coordinate_transformation_mode", "half_pixel")
+        if mode not in ("nearest", "linear"):
+            return f"mode {mode!r} (nearest and linear are supported)"
+        if transform not in RESIZE_COORDINATE_MODES:
+            return f"coordinate_transformation_mode {transform!r} (supported: {', '.join(RESIZE_COORDINATE_MODES)})"
+        if mode == "nearest" and attrs.get("nearest_mode", "round_prefer_floor") not in RESIZE_NEAREST_MODES:
+            return f"nearest_mode {attrs['nearest_mode']!r}"
+        if attrs.get("antialias", 0) or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            return "antialias or keep_aspect_ratio_policy (export plain resizing)"
+    if op == "MaxPool" and (len(node.outputs) > 1 and node.outputs[1] or attrs.get("storage_order", 0)):
+        return "with an Indices output (not supported)"
+    if op == "BatchNormalization" and attrs.get("training_mode", 0):
+        return "in training mode (export the model in eval mode)"
+    return None
+
+
+# ---------------------------------------------------------------------------
+
+
+def _load(model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        if isinstance(model, bytes):
+            return onnx.load_from_string(model)
+        return onnx.load(os.fspath(model))
+    except (OSError, ValueError) as exc:
+        raise GraphError(
+            f"cannot read ONNX model {model if not isinstance(model, bytes) else '<bytes>'}: {exc}"
+        ) from exc
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise GraphError(f"not an ONNX model: {exc}") from exc
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    versions = {imp.domain: imp.version for imp in model.opset_import}
+    version = versions.get("", versions.get("ai.onnx"))
+    if version is None:
+        raise GraphError("the model imports no version of the default ONNX operator set")
+    if version not in SUPPORTED_OPSETS:
+        raise UnsupportedOperatorError(
+            f"ONNX opset {version}: supported opsets are {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}; "
+            f"re-export the model with one of them (e.g. opset_version=17)"
+        )
+    return int(version)
+
+
+def _refuse_unsupported(graph: onnx.GraphProto) -> None:
+    by_op: dict[str, list[str]] = defaultdict(list)
+    for i, node in enumerate(graph.node):
+        if node.domain not in _ONNX_DOMAINS or node.op_type not in IMPORTABLE_OPS:
+            op = node.op_type if node.domain in _ONNX_DOMAINS else f"{node.domain}::{node.op_type}"
+            by_op[op].append(repr(node.name or f"#{i}"))
+    if by_op:
+        listing = "; ".join(f"{op} (nodes {', '.join(names)})" for op, names in sorted(by_op.items()))
+        raise UnsupportedOperatorError(
+            f"unsupported operators in graph {graph.name!r}: {listing}. Supported: "
+            f"{', '.join(sorted(SUPPORTED_OPS))}; shape arithmetic that folds to constants "
+            f"({', '.join(sorted(FOLDABLE_OPS))}); {', '.join(sorted(PATTERN_OPS))} inside GELU and "
+            f"layer-norm patterns. Use backend='onnxruntime' for this model."
+        )
+
+
+def _value_info(proto: onnx.ValueInfoProto) -> ValueInfo:
+    tensor = proto.type.tensor_type
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else None
+    shape: tuple[Dim, ...] | None = None
+    if tensor.HasField("shape"):
+        dims: list[Dim] = []
+        for dim in tensor.shape.dim:
+            if dim.HasField("dim_value"):
+                dims.append(int(dim.dim_value))
+            elif dim.HasField("dim_param"):
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return ValueInfo(proto.name, None if dtype is None else np.dtype(dtype), shape)
+
+
+def _attribute(attr: onnx.AttributeProto, where: str) -> Any:
+    if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        raise UnsupportedOperatorError(f"{where}: subgraph attribute {attr.name!r} (control flow)")
+    if attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+        raise UnsupportedOperatorError(f"{where}: sparse tensor attribute {attr.name!r}")
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, list):
+        return [v.decode() if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+def _constant_value(node: Node) -> np.ndarray:
+    attrs = node.attrs
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    for key, dtype in (
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    raise UnsupportedOperatorError(f"{node}: Constant with {sorted(attrs)} (string and sparse constants)")
+
+
+def _convert(proto: onnx.GraphProto, opset: int) -> tuple[Graph, list[str]]:
+    """The IR graph, and the nodes whose opset-specific form the IR cannot express."""
+    initializers = {t.name: numpy_helper.to_array(t) for t in proto.initializer}
+    inputs = [_value_info(v) for v in proto.input if v.name not in initializers]
+    outputs = [_value_info(v) for v in proto.output]
+    value_info = {v.name: _value_info(v) for v in proto.value_info}
+    graph = Graph(
+        inputs=inputs,
+        outputs=outputs,
+        initializers=initializers,
+        value_info=value_info,
+        name=proto.name or "graph",
+        opset=opset,
+    )
+    problems: list[str] = []
+    used_names: set[str] = set()
+    for i, n in enumerate(proto.node):
+        name = n.name or f"{n.op_type}_{i}"
+        while name in used_names:
+            name = f"{name}_{i}"
+        used_names.add(name)
+        where = f"{n.op_type} node {name!r}"
+        node = Node(
+            n.op_type,
+            name,
+            list(n.input),
+            list(n.output),
+            {a.name: _attribute(a, where) for a in n.attribute},
+            n.domain,
+        )
+        if node.op_type == "Constant":
+            graph.initializers[node.outputs[0]] = _constant_value(node)
+            continue
+        problem = _normalize_node(graph, node, opset)
+        if problem:
+            problems.append(f"{node} {problem}")
+        graph.nodes.append(node)
+    return graph, problems
+
+
+def _normalize_node(graph: Graph, node: Node, opset: int) -> str | None:
+    """Give one node the opset-independent meaning the IR uses: explicit defaults,
+    numpy dtypes instead of ONNX type codes, Softmax over one axis. Returns why the
+    node cannot be expressed, or None."""
+    op, attrs = node.op_type, node.attrs
+    if op == "Softmax":
+        axis = int(attrs.get("axis", 1 if opset < 13 else -1))
+        if opset < 13:
+            # Before opset 13 Softmax normalized over all axes from `axis` on (a 2-D coercion),
+            # which equals one-axis softmax only when `axis` is the last one.
+            rank = graph.rank(node.inputs[0])
+            if rank is None or axis % rank != rank - 1:
+                return f"of opset {opset} over axes {axis}.. of a rank-{rank} tensor (re-export with opset >= 13)"
+            axis = -1
+        attrs["axis"] = axis
+    elif op == "Cast":
+        attrs["to"] = np.dtype(helper.tensor_dtype_to_np_dtype(int(attrs["to"]))).name
+    elif op == "LayerNormalization":
+        attrs.setdefault("axis", -1)
+        attrs.setdefault("epsilon", 1e-5)
+    elif op == "Gelu":
+        attrs.setdefault("approximate", "none")
+    elif op == "ConstantOfShape" and "value" not in attrs:
+        attrs["value"] = np.zeros(1, dtype=np.float32)
+    elif op == "Dropout" and len(node.outputs) > 1 and not node.outputs[1]:
+        node.outputs = node.outputs[:1]
+    return None

@@ -46,8 +46,8 @@ static inline __attribute__((always_inline)) void tile(size_t MR, int SIGNED, si
     __m256i hi = _mm256_hadd_epi32(vacc[r][2], vacc[r][3]);
     lo = _mm256_permute4x64_epi64(lo, _MM_SHUFFLE(3, 1, 2, 0));
     hi = _mm256_permute4x64_epi64(hi, _MM_SHUFFLE(3, 1, 2, 0));
-    _mm256_store_si256((__m256i*) (acc + r * acc_stride), _mm256_add_epi32(lo, init_lo));
-    _mm256_store_si256((__m256i*) (acc + r * acc_stride + 8), _mm256_add_epi32(hi, init_hi));
+    _mm256_storeu_si256((__m256i*) (acc + r * acc_stride), _mm256_add_epi32(lo, init_lo));
+    _mm256_storeu_si256((__m256i*) (acc + r * acc_stride + 8), _mm256_add_epi32(hi, init_hi));
   }
 }
 

@@ -3,14 +3,15 @@
  * The output is cut into tiles of the ISA's micro-kernel (mr rows x nr
  * channels). A task is one nr-wide panel of weights times a block of rows, and
  * tasks are numbered panel-major so that a thread walks the rows of one panel
- * while it stays in cache. Each tile is accumulated in int32 on the stack,
- * then requantized (or copied, for s32 output) into C while still in L1.
+ * while it stays in cache. Fused kernels requantize (or store, for s32 C)
+ * straight from their registers; the others accumulate a tile in int32 on the
+ * stack, which one requantization pass per tile writes to C while in L1.
  */
 #include "q8-gemm.h"
 
-/* Rows per task: enough tiles to amortize the panel, small enough to split
- * tall-and-narrow products across threads. */
-#define ROWS_PER_TASK 64
+/* The fewest rows of a task when a pool splits the rows of a panel: enough
+ * tiles to amortize the task's set-up. */
+#define ROWS_PER_TASK_MIN 32
 
 static size_t padded_n(int32_t n) { return EDGE_ROUND_UP((size_t) n, EDGE_Q8_GEMM_NR); }
 static size_t padded_k(int32_t k) { return EDGE_ROUND_UP((size_t) k, EDGE_Q8_GEMM_KR); }
@@ -86,10 +87,11 @@ edge_status edge_q8_gemm_pack(int32_t n, int32_t k, const int8_t* weights, const
 
 typedef struct gemm_context {
   const edge_q8_gemm_config* config;
-  edge_q8_gemm_ukernel_fn kernel;
+  edge_q8_gemm_ukernel_fn kernel;     /* accumulating kernel, or NULL ... */
+  edge_q8_gemm_fused_fn fused_kernel; /* ... when the ISA has a fused one */
   size_t mr, nr;
   size_t m, n, k, n_pad, panel_stride;
-  size_t m_blocks;
+  size_t rows_per_task, m_blocks;
   const uint8_t* a;
   size_t a_stride; /* bytes */
   int a_signed;
@@ -100,14 +102,39 @@ typedef struct gemm_context {
   edge_dtype c_dtype;
   uint8_t* c;
   size_t c_row_bytes;
-  const edge_q8_requant* requant;
+  const edge_q8_requant* requant; /* NULL for s32 C */
 } gemm_context;
+
+/* The accumulating kernels fill an int32 tile, then it goes to C: straight
+ * into C when C is int32 and the tile is whole, else through an L1 buffer
+ * that the requantization pass (or a copy) empties. */
+static void unfused_tile(const gemm_context* ctx, size_t m0, size_t mr, size_t n0, size_t nb, size_t nc,
+                         const int8_t* w, const int32_t* init) {
+  const uint8_t* a = ctx->a + m0 * ctx->a_stride;
+  uint8_t* c = ctx->c + m0 * ctx->c_row_bytes;
+  if (ctx->requant == NULL && nc == nb * EDGE_Q8_GEMM_NR) {
+    ctx->kernel(mr, nb, ctx->k, a, ctx->a_stride, ctx->a_signed, w, ctx->panel_stride, init,
+                (int32_t*) (void*) (c + n0 * sizeof(int32_t)), ctx->c_row_bytes / sizeof(int32_t));
+    return;
+  }
+  int32_t tile[EDGE_Q8_GEMM_MAX_MR * EDGE_Q8_GEMM_MAX_NR] __attribute__((aligned(64)));
+  ctx->kernel(mr, nb, ctx->k, a, ctx->a_stride, ctx->a_signed, w, ctx->panel_stride, init, tile, ctx->nr);
+  const edge_q8_requant* rq = ctx->requant;
+  if (rq == NULL) {
+    for (size_t r = 0; r < mr; r++) {
+      memcpy(c + r * ctx->c_row_bytes + n0 * sizeof(int32_t), tile + r * ctx->nr, nc * sizeof(int32_t));
+    }
+  } else {
+    ctx->config->requant(mr, nc, tile, ctx->nr, rq->multiplier + n0, rq->shift + n0, rq->output_zero_point,
+                         rq->output_min, rq->output_max, ctx->c_dtype == EDGE_DTYPE_S8, c + n0, ctx->c_row_bytes);
+  }
+}
 
 static void gemm_task(void* opaque, size_t index) {
   const gemm_context* ctx = opaque;
   const size_t n0 = (index / ctx->m_blocks) * ctx->nr;
-  const size_t m_begin = (index % ctx->m_blocks) * ROWS_PER_TASK;
-  const size_t m_end = EDGE_MIN(m_begin + ROWS_PER_TASK, ctx->m);
+  const size_t m_begin = (index % ctx->m_blocks) * ctx->rows_per_task;
+  const size_t m_end = EDGE_MIN(m_begin + ctx->rows_per_task, ctx->m);
   const size_t nc = EDGE_MIN(ctx->nr, ctx->n - n0);             /* columns of C */
   const size_t nb = EDGE_MIN(ctx->nr, ctx->n_pad - n0) / EDGE_Q8_GEMM_NR; /* packed blocks */
 
@@ -117,21 +144,26 @@ static void gemm_task(void* opaque, size_t index) {
     init[j] = (int32_t) ((uint32_t) ctx->bias[n0 + j] -
                          (uint32_t) ctx->zero_point_term * (uint32_t) ctx->colsum[n0 + j]);
   }
-  int32_t tile[EDGE_Q8_GEMM_MAX_MR * EDGE_Q8_GEMM_MAX_NR] __attribute__((aligned(64)));
   const int8_t* w = ctx->weights + (n0 / EDGE_Q8_GEMM_NR) * ctx->panel_stride;
   const edge_q8_requant* rq = ctx->requant;
+  edge_q8_gemm_store store = {
+      .c_stride = ctx->c_row_bytes,
+      .nc = nc,
+      .multiplier = rq != NULL ? rq->multiplier + n0 : NULL,
+      .shift = rq != NULL ? rq->shift + n0 : NULL,
+      .zero_point = rq != NULL ? rq->output_zero_point : 0,
+      .out_min = rq != NULL ? rq->output_min : 0,
+      .out_max = rq != NULL ? rq->output_max : 0,
+  };
+  const size_t c_column_bytes = n0 * (ctx->c_dtype == EDGE_DTYPE_S32 ? sizeof(int32_t) : 1);
   for (size_t m0 = m_begin; m0 < m_end; m0 += ctx->mr) {
     const size_t mr = EDGE_MIN(ctx->mr, m_end - m0);
-    ctx->kernel(mr, nb, ctx->k, ctx->a + m0 * ctx->a_stride, ctx->a_stride, ctx->a_signed, w, ctx->panel_stride,
-                init, tile, ctx->nr);
-    for (size_t r = 0; r < mr; r++) {
-      uint8_t* c_row = ctx->c + (m0 + r) * ctx->c_row_bytes;
-      if (ctx->c_dtype == EDGE_DTYPE_S32) {
-        memcpy(c_row + n0 * sizeof(int32_t), tile + r * ctx->nr, nc * sizeof(int32_t));
-      } else {
-        ctx->config->requant(nc, tile + r * ctx->nr, rq->multiplier + n0, rq->shift + n0, rq->output_zero_point,
-                             rq->output_min, rq->output_max, ctx->c_dtype == EDGE_DTYPE_S8, c_row + n0);
-      }
+    if (ctx->fused_kernel != NULL) {
+      store.c = ctx->c + m0 * ctx->c_row_bytes + c_column_bytes;
+      ctx->fused_kernel(mr, nb, ctx->k, ctx->a + m0 * ctx->a_stride, ctx->a_stride, ctx->a_signed, w,
+                        ctx->panel_stride, init, &store);
+    } else {
+      unfused_tile(ctx, m0, mr, n0, nb, nc, w, init);
     }
   }
 }
@@ -187,14 +219,25 @@ edge_status edge_q8_gemm(int32_t m, int32_t n, int32_t k, edge_dtype a_dtype, co
   }
   const size_t n_pad = padded_n(n), k_pad = padded_k(k);
   const int32_t* packed_bias = (const int32_t*) ((const uint8_t*) packed + sizeof(edge_q8_gemm_header));
+  const size_t nr = m == 1 ? config->gemv_nr : config->nr;
+  const size_t n_tiles = (n_pad + nr - 1) / nr;
+  /* One thread takes all rows of a panel per task (no splitting overhead);
+   * a pool also splits the rows when there are few panels to share. */
+  const size_t threads = pool != NULL ? (size_t) edge_threadpool_size(pool) : 1;
+  size_t rows_per_task = (size_t) m;
+  if (threads > 1 && n_tiles < 4 * threads) {
+    rows_per_task = EDGE_MAX(ROWS_PER_TASK_MIN, EDGE_ROUND_UP((size_t) m * n_tiles / (4 * threads), config->mr));
+  }
   gemm_context ctx = {
       .config = config,
       .kernel = m == 1 ? config->gemv : config->gemm,
+      .fused_kernel = m == 1 ? config->gemv_fused : config->gemm_fused,
       .mr = m == 1 ? 1 : config->mr,
-      .nr = m == 1 ? config->gemv_nr : config->nr,
+      .nr = nr,
       .m = (size_t) m, .n = (size_t) n, .k = (size_t) k, .n_pad = n_pad,
       .panel_stride = k_pad * EDGE_Q8_GEMM_NR,
-      .m_blocks = ((size_t) m + ROWS_PER_TASK - 1) / ROWS_PER_TASK,
+      .rows_per_task = rows_per_task,
+      .m_blocks = ((size_t) m + rows_per_task - 1) / rows_per_task,
       .a = a, .a_stride = a_stride,
       .a_signed = a_dtype == EDGE_DTYPE_S8,
       .zero_point_term = a_zero_point + (a_dtype == EDGE_DTYPE_S8 ? config->a_offset_s8 : config->a_offset_u8),
@@ -204,9 +247,8 @@ edge_status edge_q8_gemm(int32_t m, int32_t n, int32_t k, edge_dtype a_dtype, co
       .c_dtype = c_dtype,
       .c = c,
       .c_row_bytes = c_stride * (c_dtype == EDGE_DTYPE_S32 ? sizeof(int32_t) : 1),
-      .requant = requant,
+      .requant = c_dtype == EDGE_DTYPE_S32 ? NULL : requant,
   };
-  const size_t n_tiles = (n_pad + ctx.nr - 1) / ctx.nr;
   edge_parallelize(pool, gemm_task, &ctx, n_tiles * ctx.m_blocks);
   edge_clear_error();
   return EDGE_OK;

@@ -54,16 +54,44 @@ typedef void (*edge_q8_gemm_ukernel_fn)(size_t mr, size_t nb, size_t k, const ui
                                         int a_signed, const int8_t* w, size_t panel_stride,
                                         const int32_t* init, int32_t* acc, size_t acc_stride);
 
-/* Requantizes n accumulators to u8 (out_signed = 0) or s8 (edge_requantize). */
-typedef void (*edge_q8_requant_fn)(size_t n, const int32_t* acc, const int32_t* multiplier,
-                                   const int32_t* shift, int32_t zero_point, int32_t out_min,
-                                   int32_t out_max, int out_signed, void* out);
+/* Requantizes a tile of rows x n accumulators (acc_stride int32 between rows)
+ * to u8 (out_signed = 0) or s8 (edge_requantize), out_stride bytes between
+ * rows of out. The per-channel parameters are loaded once per tile. */
+typedef void (*edge_q8_requant_fn)(size_t rows, size_t n, const int32_t* acc, size_t acc_stride,
+                                   const int32_t* multiplier, const int32_t* shift, int32_t zero_point,
+                                   int32_t out_min, int32_t out_max, int out_signed, void* out,
+                                   size_t out_stride);
+
+/* Where a fused kernel stores its tile: c points at the tile's first element
+ * of C, nc <= nb * 16 columns are written. With multiplier == NULL the int32
+ * accumulators are stored as they are (s32 C); otherwise they are
+ * requantized to u8/s8 (the same bytes: the clamp keeps values in range). */
+typedef struct edge_q8_gemm_store {
+  void* c;
+  size_t c_stride; /* bytes */
+  size_t nc;
+  const int32_t* multiplier; /* of the tile's first channel, or NULL */
+  const int32_t* shift;
+  int32_t zero_point;
+  int32_t out_min;
+  int32_t out_max;
+} edge_q8_gemm_store;
+
+/* A micro-kernel with the output stage fused: the accumulation of
+ * edge_q8_gemm_ukernel_fn, then straight from registers into C. */
+typedef void (*edge_q8_gemm_fused_fn)(size_t mr, size_t nb, size_t k, const uint8_t* a, size_t a_stride,
+                                      int a_signed, const int8_t* w, size_t panel_stride, const int32_t* init,
+                                      const edge_q8_gemm_store* store);
 
 typedef struct edge_q8_gemm_config {
+  /* Either fused kernels (gemm_fused and gemv_fused set), or accumulating
+   * kernels plus the tile requantization pass (gemm, gemv, requant). */
   edge_q8_gemm_ukernel_fn gemm; /* mr <= mr_max rows, nb <= nr_max / 16 blocks */
+  edge_q8_gemm_fused_fn gemm_fused;
   size_t mr;
   size_t nr;
   edge_q8_gemm_ukernel_fn gemv; /* the kernel for m == 1 (memory-bound) */
+  edge_q8_gemm_fused_fn gemv_fused;
   size_t gemv_nr;
   edge_q8_requant_fn requant;
   /* x(a) - a of the kernel's view of A, for u8 and s8 A: the driver folds
@@ -87,35 +115,35 @@ static inline uint32_t edge_q8_load_a4(const uint8_t* a, size_t remaining) {
 void edge_q8_qc8w_gemm_ukernel_4x16c4__scalar(size_t mr, size_t nb, size_t k, const uint8_t* a, size_t a_stride,
                                               int a_signed, const int8_t* w, size_t panel_stride,
                                               const int32_t* init, int32_t* acc, size_t acc_stride);
-void edge_q8_vrequant_rndnu_ukernel__scalar(size_t n, const int32_t* acc, const int32_t* multiplier,
-                                            const int32_t* shift, int32_t zero_point, int32_t out_min,
-                                            int32_t out_max, int out_signed, void* out);
+void edge_q8_vrequant_rndnu_ukernel__scalar(size_t rows, size_t n, const int32_t* acc, size_t acc_stride,
+    const int32_t* multiplier, const int32_t* shift, int32_t zero_point, int32_t out_min, int32_t out_max,
+    int out_signed, void* out, size_t out_stride);
 
 void edge_q8_qc8w_gemm_ukernel_4x16c4__avx2(size_t mr, size_t nb, size_t k, const uint8_t* a, size_t a_stride,
                                             int a_signed, const int8_t* w, size_t panel_stride,
                                             const int32_t* init, int32_t* acc, size_t acc_stride);
-void edge_q8_vrequant_rndnu_ukernel__avx2(size_t n, const int32_t* acc, const int32_t* multiplier,
-                                          const int32_t* shift, int32_t zero_point, int32_t out_min,
-                                          int32_t out_max, int out_signed, void* out);
+void edge_q8_vrequant_rndnu_ukernel__avx2(size_t rows, size_t n, const int32_t* acc, size_t acc_stride,
+    const int32_t* multiplier, const int32_t* shift, int32_t zero_point, int32_t out_min, int32_t out_max,
+    int out_signed, void* out, size_t out_stride);
 
-void edge_q8_qc8w_gemm_ukernel_8x32c4__avx512vnni(size_t mr, size_t nb, size_t k, const uint8_t* a,
-                                                  size_t a_stride, int a_signed, const int8_t* w,
-                                                  size_t panel_stride, const int32_t* init, int32_t* acc,
-                                                  size_t acc_stride);
-void edge_q8_qc8w_gemm_ukernel_1x64c4__avx512vnni(size_t mr, size_t nb, size_t k, const uint8_t* a,
-                                                  size_t a_stride, int a_signed, const int8_t* w,
-                                                  size_t panel_stride, const int32_t* init, int32_t* acc,
-                                                  size_t acc_stride);
-void edge_q8_vrequant_rndnu_ukernel__avx512vnni(size_t n, const int32_t* acc, const int32_t* multiplier,
-                                                const int32_t* shift, int32_t zero_point, int32_t out_min,
-                                                int32_t out_max, int out_signed, void* out);
+void edge_q8_qc8w_gemm_rndnu_ukernel_8x32c4__avx512vnni(size_t mr, size_t nb, size_t k, const uint8_t* a,
+                                                        size_t a_stride, int a_signed, const int8_t* w,
+                                                        size_t panel_stride, const int32_t* init,
+                                                        const edge_q8_gemm_store* store);
+void edge_q8_qc8w_gemm_rndnu_ukernel_1x64c4__avx512vnni(size_t mr, size_t nb, size_t k, const uint8_t* a,
+                                                        size_t a_stride, int a_signed, const int8_t* w,
+                                                        size_t panel_stride, const int32_t* init,
+                                                        const edge_q8_gemm_store* store);
+void edge_q8_vrequant_rndnu_ukernel__avx512vnni(size_t rows, size_t n, const int32_t* acc, size_t acc_stride,
+    const int32_t* multiplier, const int32_t* shift, int32_t zero_point, int32_t out_min, int32_t out_max,
+    int out_signed, void* out, size_t out_stride);
 
 void edge_q8_qc8w_gemm_ukernel_2x16c4__neon(size_t mr, size_t nb, size_t k, const uint8_t* a, size_t a_stride,
                                             int a_signed, const int8_t* w, size_t panel_stride,
                                             const int32_t* init, int32_t* acc, size_t acc_stride);
-void edge_q8_vrequant_rndnu_ukernel__neon(size_t n, const int32_t* acc, const int32_t* multiplier,
-                                          const int32_t* shift, int32_t zero_point, int32_t out_min,
-                                          int32_t out_max, int out_signed, void* out);
+void edge_q8_vrequant_rndnu_ukernel__neon(size_t rows, size_t n, const int32_t* acc, size_t acc_stride,
+    const int32_t* multiplier, const int32_t* shift, int32_t zero_point, int32_t out_min, int32_t out_max,
+    int out_signed, void* out, size_t out_stride);
 
 void edge_q8_qc8w_gemm_ukernel_4x16c4__neondot(size_t mr, size_t nb, size_t k, const uint8_t* a,
                                                size_t a_stride, int a_signed, const int8_t* w,

@@ -67,6 +67,7 @@ class ThreadPool:
     """
 
     def __init__(self, num_threads: int) -> None:
+        self._pool = ffi.NULL  # so that close() works even when creation fails
         handle = ffi.new("edge_threadpool **")
         check(lib.edge_threadpool_create(int(num_threads), handle), "ThreadPool")
         self._pool = handle[0]

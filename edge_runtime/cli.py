@@ -105,6 +105,56 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("package", type=Path, metavar="X.edgepkg")
     inspect.add_argument("--json", action="store_true", help="print the manifest and package facts as JSON")
     inspect.set_defaults(func=_cmd_inspect)
+
+    # --- running models ---
+    run = sub.add_parser(
+        "run",
+        help="run a model on .npy inputs",
+        description="Load MODEL (.edgepkg, or a bare .onnx / .tflite), feed it .npy arrays, print a "
+        "summary of each output and, with --out, write each output as DIR/<name>.npy.",
+    )
+    run.add_argument("model", type=Path, metavar="MODEL")
+    run.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="NAME=FILE.npy",
+        help="an input array by name; for a single-input model NAME= may be left out. Repeatable",
+    )
+    run.add_argument("--out", type=Path, metavar="DIR", help="write each output to DIR/<name>.npy")
+    run.add_argument("--json", action="store_true", help="print the model info and output summary as JSON")
+    _add_load_arguments(run)
+    run.set_defaults(func=_cmd_run)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure cold start, latency, throughput and peak memory",
+        description="Load MODEL, time the first result (cold start), warm up, then time runs on random "
+        "inputs generated from the model's specs (seeded). Latency p50/p90/p99 in ms, throughput in "
+        "samples/s, peak RSS of the process.",
+    )
+    bench.add_argument("model", type=Path, metavar="MODEL")
+    bench.add_argument("--batch", type=_positive_int, default=1, metavar="B", help="batch size (default 1)")
+    bench.add_argument(
+        "--dim",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="size of another named dynamic dimension (e.g. seq=128). Repeatable",
+    )
+    bench.add_argument(
+        "--warmup", type=_non_negative_int, default=5, metavar="W", help="untimed runs (default 5)"
+    )
+    amount = bench.add_mutually_exclusive_group()
+    amount.add_argument(
+        "--iterations", "-n", type=_positive_int, metavar="N", help="timed runs (default 100)"
+    )
+    amount.add_argument("--seconds", type=float, metavar="S", help="run for S seconds instead")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_load_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
@@ -277,6 +327,179 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             )
         if m.selftest is not None:
             print(f"selftest:  {m.selftest.artifact} (atol {m.selftest.atol}, rtol {m.selftest.rtol})")
+    return 0
+
+
+# --- running models ---
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="auto (default: from the device profile and the package), native, onnxruntime or tflite",
+    )
+    parser.add_argument(
+        "--profile",
+        default="auto",
+        metavar="NAME",
+        help="device profile to select the backend with (default: detect this device; see edge profile --list)",
+    )
+    parser.add_argument("--threads", type=_positive_int, metavar="N", help="threads (default: the profile's)")
+    parser.add_argument(
+        "--artifact",
+        metavar="PATH_OR_KIND",
+        help="run this artifact of the package (e.g. onnx for the float model) instead of the preferred one",
+    )
+    parser.add_argument(
+        "--trust",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR_OR_PUB",
+        help="require a package signed by this key (or a key in this directory); repeatable",
+    )
+
+
+def _load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from edge_runtime.package import TrustStore
+
+    return {
+        "backend": args.backend,
+        "profile": args.profile,
+        "threads": args.threads,
+        "trust_store": TrustStore.load(*args.trust) if args.trust else None,
+        "artifact": args.artifact,
+    }
+
+
+def _read_inputs(specs: list[str]) -> dict[str | None, Any]:
+    """``NAME=FILE.npy`` (or ``FILE.npy``, keyed None) -> arrays; ModelInputError for a bad file."""
+    import numpy as np
+
+    from edge_runtime.errors import ModelInputError
+
+    arrays: dict[str | None, Any] = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        key, path = (name, Path(file)) if sep else (None, Path(spec))
+        if key in arrays:
+            raise ModelInputError(f"--input {spec}: input {key or '(unnamed)'} is given twice")
+        try:
+            arrays[key] = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ModelInputError(f"--input {spec}: {path} is not a .npy array ({exc})") from None
+    return arrays
+
+
+def _output_file_name(name: str) -> str:
+    # Output names are ONNX tensor names ("logits", "dense/BiasAdd:0"): keep them file-safe.
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".npy"
+
+
+def _summary(arr: Any) -> dict[str, Any]:
+    facts: dict[str, Any] = {"dtype": arr.dtype.name, "shape": list(arr.shape)}
+    if arr.size and arr.dtype.kind in "biuf":
+        facts.update(min=float(arr.min()), max=float(arr.max()), mean=float(arr.mean()))
+    return facts
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edge_runtime import load
+    from edge_runtime.errors import ModelInputError
+
+    given = _read_inputs(args.input)
+    with load(args.model, **_load_kwargs(args)) as model:
+        if None in given:
+            if len(given) > 1 or len(model.inputs) != 1:
+                names = ", ".join(s.name for s in model.inputs)
+                raise ModelInputError(f"the model has inputs {names}: name each one, --input NAME=FILE.npy")
+            inputs: Any = given[None]
+        else:
+            inputs = given
+        outputs = model.run(inputs)
+        info = model.info()
+
+    written: dict[str, str] = {}
+    if args.out is not None:
+        files = {name: _output_file_name(name) for name in outputs}
+        if len(set(files.values())) != len(files):
+            raise ModelInputError(f"output names {', '.join(outputs)} map to clashing file names")
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, arr in outputs.items():
+            target = args.out / files[name]
+            np.save(target, arr, allow_pickle=False)
+            written[name] = str(target)
+
+    if args.json:
+        summary = {name: {**_summary(arr), "file": written.get(name)} for name, arr in outputs.items()}
+        print(json.dumps({"info": info, "outputs": summary}, indent=2, sort_keys=True))
+        return 0
+    src, version = info["source"], f" {info['version']}" if info["version"] else ""
+    print(f"model:   {info['name']}{version} ({src['kind']}, sha256 {src['sha256'][:16]}...)")
+    print(f"backend: {info['backend']} ({info['reason']})")
+    for name, arr in outputs.items():
+        facts = _summary(arr)
+        stats = ""
+        if "min" in facts:
+            stats = f"  min {facts['min']:.4g}  max {facts['max']:.4g}  mean {facts['mean']:.4g}"
+        where = f"  -> {written[name]}" if name in written else ""
+        print(f"  {name:16} {arr.dtype.name:8} {_shape(arr.shape)}{stats}{where}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edge_runtime.benchmark import benchmark
+    from edge_runtime.errors import ModelInputError
+
+    dims: dict[str, int] = {}
+    for spec in args.dim:
+        name, sep, size = spec.partition("=")
+        if not sep or not size.isdigit() or int(size) < 1:
+            raise ModelInputError(f"--dim {spec}: expected NAME=N with N >= 1")
+        dims[name] = int(size)
+    result = benchmark(
+        args.model,
+        **_load_kwargs(args),
+        batch=args.batch,
+        dims=dims,
+        warmup=args.warmup,
+        iterations=args.iterations,
+        seconds=args.seconds,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+        return 0
+    lat = result.latency_ms
+    print(f"model:       {result.model} on {result.backend} (threads {result.threads}, batch {result.batch})")
+    print(f"why:         {result.reason}")
+    print(
+        f"cold start:  {result.cold_start_ms:.2f} ms "
+        f"(load {result.load_ms:.2f} ms + first run {result.first_run_ms:.2f} ms)"
+    )
+    print(
+        f"latency:     p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  p99 {lat['p99']:.3f} ms  "
+        f"({result.iterations} runs after {result.warmup} warm-up)"
+    )
+    print(f"throughput:  {result.throughput:.1f} samples/s")
+    print(f"peak RSS:    {result.peak_rss_mib:.1f} MiB")
     return 0
 
 

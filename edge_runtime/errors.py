@@ -21,6 +21,7 @@ builtin so that generic handlers keep working::
     ├── StoreError                       the on-device model store refused an operation
     │   └── ModelNotFoundError (LookupError)  a model, version or previous version it does not hold
     ├── ModelInputError (ValueError)     wrong input name, dtype or shape
+    │   └── DatasetError                 calibration or evaluation data that does not fit the model
     ├── GraphError (ValueError)          an ONNX model or graph that is invalid or cannot be rewritten
     ├── QuantizationError (ValueError)   quantization parameters that cannot be represented
     ├── UnsupportedOperatorError (NotImplementedError)
@@ -98,6 +99,10 @@ class ModelNotFoundError(LookupError, StoreError):
 
 class ModelInputError(ValueError, EdgeRuntimeError):
     """An input of the wrong name, dtype or shape; the message says what was expected."""
+
+
+class DatasetError(ModelInputError):
+    """Calibration or evaluation data that is unreadable or does not fit the model's inputs."""
 
 
 class GraphError(ValueError, EdgeRuntimeError):

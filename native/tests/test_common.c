@@ -47,6 +47,27 @@ typedef struct {
 
 static void count_task(void* context, size_t i) { atomic_fetch_add(&((count_context*) context)->hits[i], 1); }
 
+static edge_threadpool* nested_pool;
+
+static void nested_task(void* context, size_t i) {
+  /* A task that parallelizes on the pool it runs on: must run inline, not deadlock. */
+  count_context* inner = (count_context*) context + 1 + i;
+  edge_parallelize(nested_pool, count_task, inner, 10);
+}
+
+static void test_nested_parallelize(void) {
+  EDGE_CHECK_OK(edge_threadpool_create(3, &nested_pool));
+  static count_context contexts[1 + 4];
+  memset(contexts, 0, sizeof(contexts));
+  edge_parallelize(nested_pool, nested_task, contexts, 4);
+  int ok = 1;
+  for (int t = 1; t <= 4; t++) {
+    for (size_t i = 0; i < 10; i++) ok &= atomic_load(&contexts[t].hits[i]) == 1;
+  }
+  EDGE_CHECK(ok, "nested parallelize ran every inner task once");
+  edge_threadpool_destroy(nested_pool);
+}
+
 static void test_threadpool(void) {
   edge_threadpool* pool = NULL;
   EDGE_CHECK(edge_threadpool_create(0, &pool) == EDGE_ERR_INVALID_ARGUMENT, "zero threads refused");
@@ -70,5 +91,6 @@ int main(void) {
   test_isa_selection();
   test_requant_params();
   test_threadpool();
+  test_nested_parallelize();
   return edge_test_summary("test_common");
 }

@@ -27,12 +27,19 @@ struct edge_threadpool {
   atomic_size_t next;
 };
 
+/* Set while a thread runs a task: a kernel that calls edge_parallelize from
+ * inside a task (a conv tile calling the GEMM) runs inline instead of waiting
+ * for the pool it is part of, which would deadlock. */
+static _Thread_local int inside_task = 0;
+
 static void run_tasks(edge_threadpool* pool) {
+  inside_task = 1;
   for (;;) {
     const size_t i = atomic_fetch_add(&pool->next, 1);
-    if (i >= pool->count) return;
+    if (i >= pool->count) break;
     pool->fn(pool->context, i);
   }
+  inside_task = 0;
 }
 
 static void* worker_main(void* arg) {
@@ -105,7 +112,7 @@ int32_t edge_threadpool_size(const edge_threadpool* pool) { return pool == NULL 
 
 void edge_parallelize(edge_threadpool* pool, edge_task_fn fn, void* context, size_t count) {
   if (count == 0) return;
-  if (pool == NULL || pool->num_threads == 1 || count == 1) {
+  if (pool == NULL || pool->num_threads == 1 || count == 1 || inside_task) {
     for (size_t i = 0; i < count; i++) fn(context, i);
     return;
   }

@@ -8,17 +8,17 @@ registered backend, in this table's order. A new engine is a new
 ==============  =====================================  ===========================================
 name            artifact kinds (preferred first)       run() from several threads
 ==============  =====================================  ===========================================
-native          native-plan, onnx-qdq, onnx            (not available yet)
+native          native-plan, onnx                      serialised by a per-session lock
 onnxruntime     onnx-qdq, onnx                         concurrent (InferenceSession.run is safe)
 tflite          tflite                                 serialised by a per-session lock
 ==============  =====================================  ===========================================
 """
 
 from edge_runtime.backends._base import Artifact, Backend, OpenOptions, Session
-from edge_runtime.backends.native import NativeBackend
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edge_runtime.backends.tflite import TFLiteBackend
 from edge_runtime.errors import BackendUnavailableError
+from edge_runtime.native.backend import NativeBackend
 
 __all__ = [
     "BACKENDS",

@@ -61,11 +61,11 @@ def test_unknown_backend_names_the_known_ones():
         get_backend("tensorrt")
 
 
-def test_native_backend_says_it_is_not_available_yet_and_never_opens():
+def test_native_backend_is_available_and_refuses_a_bare_float_model():
     native = get_backend("native")
     ok, why = native.available()
-    assert not ok and "not available yet" in why
-    with pytest.raises(BackendUnavailableError, match="not available yet"):
+    assert ok and "INT8 C kernels" in why
+    with pytest.raises(BackendUnavailableError, match="edge quantize"):
         native.open(Artifact("m.onnx", "onnx", mlp_onnx(mlp_layers())), OpenOptions(threads=1))
 
 

@@ -96,7 +96,7 @@ def test_load_bare_tflite_file_falls_back_outside_profile_order(tflite_file: Pat
         "using tflite on mlp.tflite (tflite), a fallback outside the profile's order"
     )
     skipped = {s["backend"]: s["reason"] for s in info["skipped"]}
-    assert "not available yet" in skipped["native"]
+    assert "it runs native-plan, onnx; the model holds mlp.tflite" in skipped["native"]
     assert skipped["onnxruntime[CPUExecutionProvider]"] == (
         "it runs onnx-qdq, onnx; the model holds mlp.tflite (tflite)"
     )
@@ -128,7 +128,7 @@ def test_auto_on_pi4_explains_native_skip(package: Path):
     with edge_runtime.load(package, profile=PI4) as model:
         reason = model.info()["reason"]
     assert reason.startswith("profile raspberrypi-4b prefers native > onnxruntime[CPUExecutionProvider]; ")
-    assert "native skipped: the native backend is not available yet" in reason
+    assert "native skipped: native backend refused: the package carries no activation quantization" in reason
     assert reason.endswith("using onnxruntime on model.onnx (onnx) asking for CPUExecutionProvider")
 
 
@@ -172,8 +172,9 @@ def test_explicit_tflite_backend_on_package(package: Path):
         np.testing.assert_allclose(model.run(x)["output"], mlp_reference(mlp_layers(), x), atol=FLOAT_ATOL)
 
 
-def test_native_backend_requested_raises_not_available_yet(package: Path):
-    with pytest.raises(BackendUnavailableError, match="native backend is not available yet"):
+def test_native_backend_requested_without_quantization_parameters(package: Path):
+    # A float-only package: the native backend needs `edge quantize`'s parameters and says so.
+    with pytest.raises(BackendUnavailableError, match="run `edge quantize` on it"):
         edge_runtime.load(package, backend="native", profile=PI4)
 
 
@@ -193,17 +194,24 @@ def test_explicit_backend_without_matching_artifact(tmp_path: Path):
         edge_runtime.load(pkg, backend="onnxruntime")
 
 
-def test_auto_with_nothing_runnable_lists_every_reason(tmp_path: Path):
+def test_auto_with_nothing_runnable_lists_every_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Without the native backend nothing here runs a native plan: every skip is listed.
+    monkeypatch.delitem(backends.BACKENDS, "native")
     pkg = mlp_package(tmp_path / "plan-only.edgepkg", kinds=("native-plan",), selftest_atol=None).path
     with pytest.raises(BackendUnavailableError, match="no backend can run this model") as exc:
         edge_runtime.load(pkg, profile=PI4)
     message = str(exc.value)
-    assert "native: the native backend is not available yet" in message
-    assert "the model holds model.plan (native-plan)" in message
+    assert "onnxruntime" in message and "the model holds model.plan (native-plan)" in message
+
+
+def test_corrupt_native_plan_is_an_error_not_a_fallback(tmp_path: Path):
+    pkg = mlp_package(tmp_path / "plan-only.edgepkg", kinds=("native-plan",), selftest_atol=None).path
+    with pytest.raises(PackageFormatError, match="not a native plan"):
+        edge_runtime.load(pkg, profile=PI4)
 
 
 class _RefusingBackend(Backend):
-    """Test double for the future native backend: refuses every graph for an operator it lacks."""
+    """Test double: a backend that refuses every graph for an operator it lacks."""
 
     name = "refusing"
     kinds = ("onnx",)

@@ -1,0 +1,117 @@
+"""The native backend (``backend="native"``): INT8 plans on the C kernels.
+
+``open()`` reads the package's ``native-plan`` artifact when there is one;
+otherwise it lowers the float ``onnx`` artifact with the activation parameters the
+quantizer wrote into the manifest (``manifest.quantization``, see
+:func:`activation_params_from_manifest`), and refuses a model without them. A graph
+with an operator the plan cannot run raises UnsupportedOperatorError naming it, so
+that ``auto`` falls back to onnxruntime and says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.backends._base import Artifact, Backend, OpenOptions, Session
+from edge_runtime.errors import BackendUnavailableError
+from edge_runtime.native.plan import PlanIO, QuantizedPlan
+from edge_runtime.quant import QuantParams
+
+__all__ = ["NativeBackend", "NativeBackendSession", "activation_params_from_manifest"]
+
+
+def activation_params_from_manifest(quantization: Mapping[str, Any]) -> dict[str, QuantParams]:
+    """Activation parameters from ``manifest.quantization``.
+
+    The expected form is ``{"activations": {tensor: {"scale", "zero_point", "dtype"}}, ...}``
+    (other keys, such as the calibration method, are ignored). Raises
+    BackendUnavailableError when there are none (``auto`` then falls back to
+    another backend) and QuantizationError when a record is malformed.
+    """
+    records = quantization.get("activations") if isinstance(quantization, Mapping) else None
+    if not isinstance(records, Mapping) or not records:
+        raise BackendUnavailableError(
+            "the package carries no activation quantization parameters (manifest.quantization.activations), "
+            "so the native backend cannot lower its float ONNX model: run `edge quantize` on it, "
+            "or use backend='onnxruntime'"
+        )
+    return {str(name): QuantParams.from_dict(record) for name, record in records.items()}
+
+
+def _spec(io_: PlanIO):
+    from edge_runtime.package import TensorSpec
+
+    shape = tuple(d if isinstance(d, (int, str)) else "?" for d in (io_.shape or []))
+    return TensorSpec(name=io_.name, dtype=io_.dtype, shape=shape)
+
+
+class NativeBackendSession(Session):
+    """A :class:`~edge_runtime.native.NativeSession` behind the backend interface.
+
+    Not concurrent: :meth:`run` serialises callers on the session's lock (its buffers
+    and thread pool are shared), so it is safe from any thread.
+    """
+
+    concurrent = False
+
+    def __init__(self, plan: QuantizedPlan, threads: int, artifact: Artifact, lowered: bool) -> None:
+        from edge_runtime.native.executor import NativeSession
+
+        self._session = NativeSession(plan, threads=threads)
+        self._artifact = artifact
+        self._lowered = lowered
+        self.inputs = tuple(_spec(io_) for io_ in plan.inputs)
+        self.outputs = tuple(_spec(io_) for io_ in plan.outputs)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._session.run(feeds)
+
+    def describe(self) -> dict[str, Any]:
+        info = self._session.describe()
+        info["plan"] = "lowered at load from the float ONNX" if self._lowered else "native-plan artifact"
+        return info
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class NativeBackend(Backend):
+    name = "native"
+    kinds = ("native-plan", "onnx")
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            from edge_runtime import kernels
+        except ImportError as exc:  # NativeBuildError derives from ImportError
+            return False, f"the native kernels are not built: {exc}"
+        return True, f"INT8 C kernels on {kernels.get_isa()}"
+
+    def open(self, artifact: Artifact, options: OpenOptions) -> Session:
+        ok, why = self.available()
+        if not ok:
+            raise BackendUnavailableError(why)
+        if artifact.kind == "native-plan":
+            plan = QuantizedPlan.from_bytes(artifact.data)
+            return NativeBackendSession(plan, options.threads, artifact, lowered=False)
+        if artifact.kind != "onnx":
+            raise BackendUnavailableError(
+                f"the native backend runs native-plan and onnx artifacts, not {artifact.kind}"
+            )
+        from edge_runtime.graph import check_supported, import_onnx, optimize
+        from edge_runtime.native.lower import lower
+
+        if options.manifest is None:
+            raise BackendUnavailableError(
+                f"{artifact.path} is a bare float ONNX model without quantization parameters: the native "
+                "backend needs a package made by `edge quantize`; use backend='onnxruntime'"
+            )
+        graph = optimize(import_onnx(artifact.data))
+        check_supported(graph)
+        activations = activation_params_from_manifest(options.manifest.quantization)
+        sparse = options.manifest.sparsity
+        layers = set(sparse.layers) if sparse is not None else set()
+        plan = lower(graph, activations, sparsity=layers)
+        return NativeBackendSession(plan, options.threads, artifact, lowered=True)

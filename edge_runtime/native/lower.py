@@ -1,0 +1,806 @@
+"""Lowering: an optimized float graph + activation parameters -> a :class:`QuantizedPlan`.
+
+What each operator becomes (the executor's step names in brackets):
+
+- Conv [conv]: per-channel int8 weights, int32 bias, integer requantization with the
+  fused ReLU/ReLU6 clamp; depthwise 3x3/5x5 stride 1/2 on the direct depthwise kernel,
+  any other conv on im2col + GEMM. Gemm, and MatMul by a constant [gemm]: the same,
+  on the 2:4-sparse kernel when the weights are 2:4 (or the layer is listed in
+  ``sparsity``, which prunes them).
+- Add / Mul [add, mul] with rescale; Sigmoid, HardSigmoid, HardSwish, Gelu, Tanh
+  [lut]: 256-entry tables; Relu / Clip [clamp]; MaxPool, AveragePool,
+  GlobalAveragePool [maxpool, avgpool, global_avgpool].
+- Concat [concat]: inputs whose parameters differ from the output's are first
+  requantized [lut: the table of ``quantize(dequantize(q))``].
+- Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Gather, Identity and
+  nearest Resize [move] work on the int8 bytes directly and keep their input's
+  parameters.
+- Softmax, LayerNormalization [softmax, layernorm], MatMul between two activations
+  [matmul] and a few rarer cases (linear Resize, Sub/Div of two activations,
+  broadcasts the int8 add/mul kernels do not run) [float] dequantize, compute in
+  float32, and requantize. Attention's MatMuls stay float because both operands
+  change per call: the int8 GEMM wants symmetric per-channel weights packed ahead
+  of time, and quantizing and packing an activation per call would cost more than
+  the float product of these small matrices.
+- Gather from a constant float table (embeddings) [embed] gathers float rows, then
+  quantizes.
+
+Layouts: 4-D graph inputs are converted to NHWC once at the entry; convolutions
+and pools read and write NHWC; element-wise ops, Concat, Slice, Transpose and
+Resize work on NHWC by remapping axes; anything that needs the logical (NCHW)
+order gets one transpose step [transpose], shared by all such readers. A
+Flatten/Reshape of an NHWC map whose only readers are constant-weight GEMMs is
+a free reshape of the NHWC bytes: the GEMM's weight columns are permuted instead.
+Outputs go back to NCHW and float32 at the exit [dequantize].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import quant
+from edge_runtime.errors import EdgeRuntimeError, KernelError, QuantizationError, UnsupportedOperatorError
+from edge_runtime.graph import Graph, Node
+from edge_runtime.graph.reference import OPS as REFERENCE_OPS
+from edge_runtime.graph.reference import _spatial_pads  # the one definition of auto_pad
+from edge_runtime.native.plan import PlanIO, QuantizedPlan, Step
+from edge_runtime.quant import QuantParams
+
+__all__ = ["lower"]
+
+# Storage order of a 4-D map kept NHWC: stored = logical.transpose(TO_NHWC).
+TO_NHWC = (0, 2, 3, 1)
+TO_NCHW = (0, 3, 1, 2)
+# Where logical axis a of an NCHW tensor sits in its NHWC storage.
+NHWC_AXIS = (0, 3, 1, 2)
+
+_LUT_KINDS = {"Sigmoid": "sigmoid", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
+              "Gelu": "gelu", "Tanh": "tanh"}  # fmt: skip
+_MOVE_OPS = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather"})
+# Ops that may run in float on dequantized inputs when no int8 kernel fits.
+_FLOAT_OK = frozenset({"Sub", "Div", "BatchNormalization", "Resize", "Add", "Mul", "AveragePool", "Gemm"})
+# A layer is auto-detected as 2:4 only when it is big enough for that not to be an accident.
+_MIN_SPARSE_K = 16
+
+
+def lower(
+    graph: Graph,
+    activations: Mapping[str, QuantParams],
+    *,
+    sparsity: set[str] | None = None,
+    sparse_kernels: bool = True,
+) -> QuantizedPlan:
+    """Lower an optimized graph (:func:`edge_runtime.graph.optimize`) to an INT8 plan.
+
+    ``activations`` holds the parameters of every float tensor (from
+    :func:`edge_runtime.native.calibrate`, QAT or the package's manifest).
+    ``sparsity`` names layers (node names or weight tensor names) to run on the
+    2:4-sparse kernel; their int8 weights are pruned to 2:4 when they are not.
+    ``sparse_kernels=False`` runs every layer dense (to compare with the sparse plan).
+
+    Raises UnsupportedOperatorError naming the operator and node the plan cannot
+    run, and QuantizationError naming a tensor without parameters.
+    """
+    return _Lowering(graph, activations, sparsity or set(), sparse_kernels).run()
+
+
+class _Lowering:
+    def __init__(
+        self, graph: Graph, activations: Mapping[str, QuantParams], sparsity: set[str], sparse_kernels: bool
+    ) -> None:
+        self.graph = graph
+        self.activations = dict(activations)
+        self.sparsity = sparsity
+        self.sparse_kernels = sparse_kernels
+        self.steps: list[Step] = []
+        self.params: dict[str, QuantParams | None] = {}
+        self.layout: dict[str, str] = {}  # "plain", "nhwc" or "flat_hwc"
+        self.flat_chw: dict[str, tuple[int, int, int]] = {}  # logical (C, H, W) of a flat_hwc tensor
+        self.alias: dict[str, str] = {}  # Identity outputs -> their input
+        self.converted: dict[tuple[str, str], str] = {}
+        self.node: Node | None = None
+
+    # -- driver ------------------------------------------------------------
+
+    def run(self) -> QuantizedPlan:
+        inputs = [self._entry(info.name) for info in self.graph.inputs]
+        for node in self.graph.nodes:
+            self.node = node
+            handler = getattr(self, f"_op_{node.op_type}", None)
+            if node.domain not in ("", "ai.onnx") or handler is None:
+                raise UnsupportedOperatorError(
+                    f"{node}: the native backend has no {node.op_type!r} operator"
+                    + (f" (domain {node.domain!r})" if node.domain else "")
+                    + "; run this model on onnxruntime (backend='onnxruntime' or 'auto')"
+                )
+            try:
+                handler(node)
+            except EdgeRuntimeError as exc:
+                if str(node.name) in str(exc):
+                    raise
+                raise type(exc)(f"{node}: {exc}") from exc
+        self.node = None
+        outputs = [self._exit(info.name) for info in self.graph.outputs]
+        return QuantizedPlan(self.graph.name, inputs, outputs, self.steps, self.params)
+
+    def _entry(self, name: str) -> PlanIO:
+        info = self.graph.info(name)
+        dtype = np.dtype(info.dtype) if info is not None and info.dtype is not None else np.dtype(np.float32)
+        shape = list(info.shape) if info is not None and info.shape is not None else None
+        if not np.issubdtype(dtype, np.floating):
+            self.params[name] = None
+            self.layout[name] = "plain"
+            return PlanIO(name, name, dtype.name, shape)
+        qp = self._act(name)
+        nhwc = shape is not None and len(shape) == 4
+        attrs: dict[str, Any] = {**qp.to_dict()}
+        if nhwc:
+            attrs["perm"] = list(TO_NHWC)
+        feed = f"in:{name}"
+        self._emit("quantize", [feed], [name], attrs, node="<input>")
+        self.params[feed] = None
+        self._set(name, qp, "nhwc" if nhwc else "plain")
+        return PlanIO(name, feed, "float32", shape)
+
+    def _exit(self, name: str) -> PlanIO:
+        info = self.graph.info(name)
+        shape = list(info.shape) if info is not None and info.shape is not None else None
+        src = self._src(name)
+        qp = self.params[src]
+        if qp is None:
+            dtype = info.dtype if info is not None and info.dtype is not None else np.int64
+            return PlanIO(name, src, np.dtype(dtype).name, shape)
+        if self.layout[src] == "flat_hwc":  # never: flat_hwc is only made for GEMM readers
+            raise AssertionError(f"output {name!r} left in flat_hwc layout")
+        attrs: dict[str, Any] = {**qp.to_dict()}
+        if self.layout[src] == "nhwc":
+            attrs["perm"] = list(TO_NCHW)
+        out = f"out:{name}"
+        self._emit("dequantize", [src], [out], attrs, node="<output>")
+        self.params[out] = None
+        return PlanIO(name, out, "float32", shape)
+
+    # -- helpers -----------------------------------------------------------
+
+    def _emit(
+        self,
+        op: str,
+        inputs: list[str],
+        outputs: list[str],
+        attrs: dict[str, Any] | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+        node: str | None = None,
+    ) -> None:
+        name = node if node is not None else (self.node.name if self.node is not None else "")
+        self.steps.append(Step(op, name, list(inputs), list(outputs), attrs or {}, arrays or {}))
+
+    def _src(self, name: str) -> str:
+        while name in self.alias:
+            name = self.alias[name]
+        return name
+
+    def _set(self, name: str, qp: QuantParams | None, layout: str) -> None:
+        self.params[name] = qp
+        self.layout[name] = layout
+
+    def _act(self, name: str) -> QuantParams:
+        qp = self.activations.get(name)
+        if qp is None:
+            where = f"{self.node}: " if self.node is not None else ""
+            raise QuantizationError(
+                f"{where}no activation quantization parameters for tensor {name!r}: "
+                "calibrate the model (edge quantize) or pass parameters for every tensor "
+                "listed by edge_runtime.native.tensors_to_calibrate()"
+            )
+        return qp
+
+    def _rank(self, name: str) -> int | None:
+        return self.graph.rank(name)
+
+    def _static(self, name: str) -> tuple[int, ...] | None:
+        """The logical shape with every dim but the first known, else None (dim 0 is the batch)."""
+        shape = self.graph.shape(name)
+        if shape is None or not all(isinstance(d, int) for d in shape[1:]):
+            return None
+        return tuple(d if isinstance(d, int) else -1 for d in shape)
+
+    def _as(self, name: str, layout: str) -> str:
+        """The buffer holding tensor ``name`` in ``layout`` ("plain" or "nhwc"), converting once."""
+        src = self._src(name)
+        have = self.layout[src]
+        if have == layout:
+            return src
+        key = (src, layout)
+        if key not in self.converted:
+            if have == "flat_hwc" or (layout == "nhwc" and self._rank(name) != 4):
+                raise AssertionError(f"cannot convert {src!r} from {have} to {layout}")
+            out = f"{src}@{layout}"
+            perm = TO_NCHW if layout == "plain" else TO_NHWC
+            self._emit("transpose", [src], [out], {"perm": list(perm)})
+            self._set(out, self.params[src], layout)
+            self.converted[key] = out
+        return self.converted[key]
+
+    def _requantized(self, name: str, target: QuantParams) -> str:
+        """``name`` requantized to ``target`` by a 256-entry table (a no-op when equal)."""
+        src = self._src(name)
+        qp = self.params[src]
+        if qp == target:
+            return src
+        codes = np.arange(qp.qmin, qp.qmax + 1).astype(qp.numpy_dtype)
+        table = quant.quantize(quant.dequantize(codes, qp), target)
+        table = _lut_order(table, qp.dtype)
+        out = self.graph.unique_name(f"{src}@requant")
+        self.alias.pop(out, None)
+        self._emit("lut", [src], [out], {}, {"table": table})
+        self._set(out, target, self.layout[src])
+        return out
+
+    def _quantized_constant(self, value: np.ndarray) -> tuple[np.ndarray, QuantParams]:
+        value = np.asarray(value, dtype=np.float32)
+        qp = quant.activation_params(float(value.min()), float(value.max()))
+        return quant.quantize(value, qp), qp
+
+    # -- GEMM and convolution ---------------------------------------------------
+
+    def _is_sparse(self, node: Node, weight_name: str, values: np.ndarray) -> tuple[bool, np.ndarray]:
+        from edge_runtime.kernels import is_2_4, prune_2_4
+
+        if not self.sparse_kernels:
+            return False, values
+        if node.name in self.sparsity or weight_name in self.sparsity:
+            return True, values if is_2_4(values) else prune_2_4(values)
+        k = values.shape[1]
+        return (k >= _MIN_SPARSE_K and bool(values.any()) and is_2_4(values)), values
+
+    def _weight_gemm(
+        self, node: Node, a: str, w: np.ndarray, bias: np.ndarray | None, weight_name: str
+    ) -> None:
+        """``out = act(a @ w.T + bias)`` with float ``w`` of shape (N, K) on the int8 GEMM."""
+        out = node.outputs[0]
+        src = self._src(a)
+        if self.layout[src] == "nhwc":
+            src = self._as(a, "plain")
+        if self.layout[src] == "flat_hwc":
+            c, h, wd = self.flat_chw[src]
+            w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+        in_qp = self.params[src]
+        if in_qp is None:
+            raise UnsupportedOperatorError(f"{node}: input {a!r} is not a float tensor")
+        out_qp = self._act(out)
+        wq = quant.quantize_weights(w, axis=0)
+        sparse, values = self._is_sparse(node, weight_name, wq.values)
+        bias_q = quant.quantize_bias(
+            np.zeros(w.shape[0], np.float32) if bias is None else bias, in_qp.scale, wq.scales
+        )
+        rq = quant.requant(in_qp.scale, wq.scales, out_qp, node.attrs.get("activation") or None)
+        self._emit(
+            "gemm",
+            [src],
+            [out],
+            {"a_zero_point": in_qp.zero_point, "sparse": sparse, **_requant_attrs(rq, out_qp)},
+            {"weights": values, "bias": bias_q, **_requant_arrays(rq)},
+        )
+        self._set(out, out_qp, "plain")
+
+    def _op_Gemm(self, node: Node) -> None:
+        a, b = node.inputs[0], node.inputs[1]
+        c = node.input(2)
+        w = self.graph.constant(b)
+        bias = self.graph.constant(c) if c else None
+        if w is None or (c and bias is None) or node.attrs.get("transA", 0) or w.ndim != 2:
+            return self._float(node)  # activation x activation, or a transposed A
+        w = w.astype(np.float32)
+        w = w if node.attrs.get("transB", 0) else w.T
+        w = w * np.float32(node.attrs.get("alpha", 1.0))
+        if bias is not None:
+            bias = np.broadcast_to(
+                bias.astype(np.float32) * np.float32(node.attrs.get("beta", 1.0)), (w.shape[0],)
+            )
+        self._weight_gemm(node, a, np.ascontiguousarray(w), bias, b)
+
+    def _op_MatMul(self, node: Node) -> None:
+        a, b = node.inputs
+        w = self.graph.constant(b)
+        if w is not None and w.ndim == 2 and self.graph.constant(a) is None:
+            return self._weight_gemm(node, a, np.ascontiguousarray(w.astype(np.float32).T), None, b)
+        # Two activations (attention scores and context): float matmul, see the module docstring.
+        self._float(node, op="matmul")
+
+    def _op_Conv(self, node: Node) -> None:
+        from edge_runtime.kernels import pack_dwconv2d
+
+        x, wname = node.inputs[0], node.inputs[1]
+        w = self.graph.constant(wname)
+        bname = node.input(2)
+        bias = self.graph.constant(bname) if bname else None
+        shape = self._static(x)
+        if w is None or (bname and bias is None) or shape is None or len(shape) != 4:
+            raise UnsupportedOperatorError(
+                f"{node}: the native backend runs 2-D convolutions with constant weights and a statically "
+                f"known input shape (got input shape {self.graph.shape(x)})"
+            )
+        _, cin, h, wd = shape
+        m = w.shape[0]
+        kernel = list(node.attrs.get("kernel_shape", w.shape[2:]))
+        strides = list(node.attrs.get("strides", [1, 1]))
+        dilations = list(node.attrs.get("dilations", [1, 1]))
+        group = int(node.attrs.get("group", 1))
+        pads = [int(p) for p in _spatial_pads(node, (h, wd), kernel, strides, dilations)]  # t, l, b, r
+        src = self._as(x, "nhwc")
+        in_qp = self.params[src]
+        out = node.outputs[0]
+        out_qp = self._act(out)
+        wq = quant.quantize_weights(w.astype(np.float32), axis=0)
+        bias_q = quant.quantize_bias(
+            np.zeros(m, np.float32) if bias is None else bias.astype(np.float32), in_qp.scale, wq.scales
+        )
+        rq = quant.requant(in_qp.scale, wq.scales, out_qp, node.attrs.get("activation") or None)
+        depthwise = False
+        if group == cin == m and kernel[0] == kernel[1] in (3, 5) and strides[0] == strides[1] in (1, 2) \
+                and dilations == [1, 1]:  # fmt: skip
+            try:  # the kernel has the last word on what it supports (e.g. large pads)
+                pack_dwconv2d(wq.values, bias_q, input_shape=(1, h, wd, cin), stride=strides[0], padding=pads)
+                depthwise = True
+            except KernelError:
+                depthwise = False
+        attrs = {
+            "input_hwc": [h, wd, cin], "stride": strides, "padding": pads, "dilation": dilations,
+            "groups": group, "depthwise": depthwise, "x_zero_point": in_qp.zero_point,
+            **_requant_attrs(rq, out_qp),
+        }  # fmt: skip
+        self._emit("conv", [src], [out], attrs, {"weights": wq.values, "bias": bias_q, **_requant_arrays(rq)})
+        self._set(out, out_qp, "nhwc")
+
+    def _op_ConvTranspose(self, node: Node) -> None:
+        raise UnsupportedOperatorError(
+            f"{node}: the native backend has no ConvTranspose kernel; run this model on onnxruntime"
+        )
+
+    # -- element-wise --------------------------------------------------------
+
+    def _binary(self, node: Node) -> None:
+        op = node.op_type.lower()
+        a_name, b_name = node.inputs
+        out = node.outputs[0]
+        ca, cb = self.graph.constant(a_name), self.graph.constant(b_name)
+        if ca is not None and cb is not None:
+            return self._float(node)
+        out_qp = self._act(out)
+        if ca is not None or cb is not None:  # one constant operand
+            var, const, const_first = (b_name, ca, True) if ca is not None else (a_name, cb, False)
+            src = self._src(var)
+            if self.params[src] is None:
+                return self._float(node)
+            layout = self.layout[src]
+            if layout == "flat_hwc":
+                src, layout = self._as(var, "plain"), "plain"
+            rank = self._rank(var)
+            const = np.asarray(const, dtype=np.float32)
+            if layout == "nhwc":
+                const = np.broadcast_to(const, np.broadcast_shapes(const.shape, (1, 1, 1, 1)))
+                const = const.reshape((1,) * (4 - const.ndim) + const.shape).transpose(TO_NHWC)
+            stored = self._stored_shape(var, layout)
+            const = _trim_leading_ones(const)
+            if not _kernel_broadcasts(const.shape, stored, rank):
+                return self._float(node)
+            qconst, cqp = self._quantized_constant(const)
+            in_qp = self.params[src]
+            first, second = (cqp, in_qp) if const_first else (in_qp, cqp)
+            if not _binary_ok(op, first, second, out_qp):
+                return self._float(node)
+            self._emit(
+                op,
+                [src],
+                [out],
+                {"constant_first": const_first, **_binary_attrs(first, second, out_qp)},
+                {"constant": qconst},
+            )
+            self._set(out, out_qp, layout)
+            return
+        sa, sb = self._src(a_name), self._src(b_name)
+        if self.params[sa] is None or self.params[sb] is None:
+            return self._float(node)
+        layout = "nhwc" if "nhwc" in (self.layout[sa], self.layout[sb]) and self._rank(a_name) == 4 \
+            and self._rank(b_name) == 4 else "plain"  # fmt: skip
+        sa, sb = self._as(a_name, layout), self._as(b_name, layout)
+        same = self.graph.shape(a_name) == self.graph.shape(b_name) and self.graph.shape(a_name) is not None
+        qa, qb = self.params[sa], self.params[sb]
+        if not same or qa.dtype != qb.dtype or not _binary_ok(op, qa, qb, out_qp):
+            return self._float(node)
+        self._emit(op, [sa, sb], [out], _binary_attrs(qa, qb, out_qp))
+        self._set(out, out_qp, layout)
+
+    def _stored_shape(self, name: str, layout: str) -> tuple[int, ...] | None:
+        shape = self._static(name)
+        if shape is None:
+            return None
+        return tuple(shape[i] for i in TO_NHWC) if layout == "nhwc" else shape
+
+    _op_Add = _binary
+    _op_Mul = _binary
+
+    def _op_Sub(self, node: Node) -> None:
+        self._float(node)
+
+    _op_Div = _op_Sub
+    _op_BatchNormalization = _op_Sub
+
+    def _lut(self, node: Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        src = self._src(x)
+        in_qp, out_qp = self.params[src], self._act(out)
+        if in_qp is None:
+            raise UnsupportedOperatorError(f"{node}: input {x!r} is not a float tensor")
+        kind = _LUT_KINDS[node.op_type]
+        if node.op_type == "Gelu" and node.attrs.get("approximate", "none") != "none":
+            # No C table for the tanh form: build it from the reference op itself.
+            codes = np.arange(in_qp.qmin, in_qp.qmax + 1).astype(in_qp.numpy_dtype)
+            real = REFERENCE_OPS["Gelu"](node, [quant.dequantize(codes, in_qp)])[0]
+            table = _lut_order(quant.quantize(real, out_qp), in_qp.dtype)
+        else:
+            from edge_runtime.kernels import lut_table
+
+            table = lut_table(
+                kind, in_qp.numpy_dtype, in_qp.scale, in_qp.zero_point, out_qp.scale, out_qp.zero_point,
+                alpha=float(node.attrs.get("alpha", 0.2)), beta=float(node.attrs.get("beta", 0.5)),
+            )  # fmt: skip
+            if out_qp.dtype != in_qp.dtype:
+                raise UnsupportedOperatorError(f"{node}: {in_qp.dtype} input with {out_qp.dtype} output")
+        self._emit("lut", [src], [out], {"kind": kind}, {"table": table})
+        self._set(out, out_qp, self.layout[src])
+
+    _op_Sigmoid = _lut
+    _op_HardSigmoid = _lut
+    _op_HardSwish = _lut
+    _op_Gelu = _lut
+    _op_Tanh = _lut
+
+    def _clamp(self, node: Node, lo: float | None, hi: float | None) -> None:
+        """Relu/Clip keep their input's parameters: a clamp in the integer domain."""
+        x, out = node.inputs[0], node.outputs[0]
+        src = self._src(x)
+        qp = self.params[src]
+        if qp is None:
+            return self._float(node)
+        qlo = qp.qmin if lo is None else int(quant.quantize(np.float32(lo), qp))
+        qhi = qp.qmax if hi is None else int(quant.quantize(np.float32(hi), qp))
+        self._emit("clamp", [src], [out], {"lo": qlo, "hi": qhi})
+        self._set(out, qp, self.layout[src])
+
+    def _op_Relu(self, node: Node) -> None:
+        self._clamp(node, 0.0, None)
+
+    def _op_Clip(self, node: Node) -> None:
+        if len([i for i in node.inputs[1:] if i]) > 0:  # min/max not folded to attributes
+            return self._float(node)
+        self._clamp(node, node.attrs.get("min"), node.attrs.get("max"))
+
+    # -- pooling -----------------------------------------------------------
+
+    def _pool(self, node: Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        shape = self._static(x)
+        if shape is None or len(shape) != 4 or (len(node.outputs) > 1 and node.outputs[1]):
+            if node.op_type == "AveragePool":
+                return self._float(node)
+            raise UnsupportedOperatorError(
+                f"{node}: only 2-D pooling of a statically shaped map is supported"
+            )
+        _, _, h, w = shape
+        kernel = list(node.attrs["kernel_shape"])
+        strides = list(node.attrs.get("strides", [1, 1]))
+        dilations = list(node.attrs.get("dilations", [1, 1]))
+        pads = [int(p) for p in _spatial_pads(node, (h, w), kernel, strides, dilations)]
+        include_pad = bool(node.attrs.get("count_include_pad", 0))
+        if node.attrs.get("ceil_mode", 0):
+            extra = _ceil_extra((h, w), kernel, strides, dilations, pads)
+            if node.op_type == "AveragePool" and include_pad and any(extra):
+                return self._float(node)  # the kernel would count the extra cells as padding
+            pads = [pads[0], pads[1], pads[2] + extra[0], pads[3] + extra[1]]
+        src = self._as(x, "nhwc")
+        in_qp = self.params[src]
+        attrs: dict[str, Any] = {"kernel": kernel, "stride": strides, "padding": pads, "dilation": dilations}
+        if node.op_type == "MaxPool":
+            self._emit("maxpool", [src], [out], attrs)
+            self._set(out, in_qp, "nhwc")
+            return
+        out_qp = self._act(out)
+        if out_qp.dtype != in_qp.dtype:
+            return self._float(node)
+        attrs.update(count_include_pad=include_pad, **_unary_attrs(in_qp, out_qp))
+        self._emit("avgpool", [src], [out], attrs)
+        self._set(out, out_qp, "nhwc")
+
+    _op_MaxPool = _pool
+    _op_AveragePool = _pool
+
+    def _op_GlobalAveragePool(self, node: Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        if self._rank(x) != 4:
+            raise UnsupportedOperatorError(f"{node}: only 4-D (NCHW) inputs are supported")
+        src = self._as(x, "nhwc")
+        in_qp, out_qp = self.params[src], self._act(out)
+        self._emit("global_avgpool", [src], [out], _unary_attrs(in_qp, out_qp))
+        self._set(out, out_qp, "nhwc")
+
+    # -- data movement ---------------------------------------------------------
+
+    def _op_Identity(self, node: Node) -> None:
+        self.alias[node.outputs[0]] = node.inputs[0]
+
+    def _op_Concat(self, node: Node) -> None:
+        names = [n for n in node.inputs if n]
+        out = node.outputs[0]
+        srcs = [self._src(n) for n in names]
+        if all(self.params[s] is None for s in srcs):
+            return self._move(node)
+        if any(self.params[s] is None for s in srcs):
+            return self._float(node)
+        out_qp = self._act(out)
+        if len({self.params[s] for s in srcs}) == 1:
+            out_qp = self.params[srcs[0]]  # all inputs agree: no requantization at all
+        nhwc = all(self.layout[s] == "nhwc" for s in srcs)
+        layout = "nhwc" if nhwc else "plain"
+        axis = int(node.attrs["axis"])
+        rank = self._rank(names[0]) or 4
+        if nhwc:
+            axis = NHWC_AXIS[axis % 4]
+        parts = [self._requantized(self._as(n, layout), out_qp) for n in names]
+        self._emit("concat", parts, [out], {"axis": axis % rank})
+        self._set(out, out_qp, layout)
+
+    def _op_Transpose(self, node: Node) -> None:
+        x = node.inputs[0]
+        src = self._src(x)
+        rank = self._rank(x)
+        perm = node.attrs.get("perm") or list(range(rank))[::-1] if rank is not None else None
+        if self.layout[src] == "nhwc" and perm is not None:
+            perm = [TO_NCHW[p] for p in perm]  # read the logical order straight from NHWC storage
+            self._emit("transpose", [src], [node.outputs[0]], {"perm": perm})
+            self._set(node.outputs[0], self.params[src], "plain")
+            return
+        self._move(node)
+
+    def _op_Slice(self, node: Node) -> None:
+        src = self._src(node.inputs[0])
+        if self.layout[src] == "nhwc" and len(node.inputs) == 1:
+            attrs = dict(node.attrs)
+            attrs["axes"] = [NHWC_AXIS[a % 4] for a in attrs.get("axes", range(len(attrs["starts"])))]
+            return self._move(node, layout="nhwc", attrs=attrs)
+        self._move(node)
+
+    def _op_Resize(self, node: Node) -> None:
+        x = node.inputs[0]
+        src = self._src(x)
+        attrs = dict(node.attrs)
+        per_axis = [k for k in ("scales", "sizes") if attrs.get(k) is not None]
+        layout = "plain"
+        if self.layout[src] == "nhwc" and len(node.inputs) == 1 and "axes" not in attrs and per_axis:
+            layout = "nhwc"  # resize along the permuted axes of the NHWC storage
+            for key in per_axis:
+                attrs[key] = [attrs[key][i] for i in TO_NHWC]
+        if attrs.get("mode", "nearest") == "nearest":
+            return self._move(node, layout=layout, attrs=attrs)
+        self._float(node, layout=layout, attrs=attrs)
+
+    def _op_Flatten(self, node: Node) -> None:
+        self._reshape_like(node)
+
+    def _op_Reshape(self, node: Node) -> None:
+        self._reshape_like(node)
+
+    def _reshape_like(self, node: Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        src = self._src(x)
+        shape = self._static(x)
+        out_shape = self.graph.shape(out)
+        readers = self.graph.consumers(out)
+        if (
+            self.layout[src] == "nhwc"
+            and shape is not None
+            and out_shape is not None
+            and len(out_shape) == 2
+            and out_shape[1] == shape[1] * shape[2] * shape[3]
+            and out not in self.graph.output_names
+            and readers
+            and all(self._gemm_reader(r, out) for r in readers)
+        ):
+            # Flatten the NHWC bytes as they are; the GEMMs permute their weight columns.
+            flat = Node("Flatten", node.name, [x], [out], {"axis": 1})
+            self._emit("move", [src], [out], {"node_op": "Flatten", "node_attrs": flat.attrs})
+            self._set(out, self.params[src], "flat_hwc")
+            self.flat_chw[out] = (shape[1], shape[2], shape[3])
+            return
+        self._move(node)
+
+    def _gemm_reader(self, node: Node, name: str) -> bool:
+        if node.inputs[0] != name or name in node.inputs[1:]:
+            return False
+        if node.op_type == "Gemm":
+            w = self.graph.constant(node.inputs[1])
+            return (
+                w is not None
+                and w.ndim == 2
+                and not node.attrs.get("transA", 0)
+                and (not node.input(2) or self.graph.is_constant(node.input(2)))
+            )
+        if node.op_type == "MatMul":
+            w = self.graph.constant(node.inputs[1])
+            return w is not None and w.ndim == 2
+        return False
+
+    def _op_Squeeze(self, node: Node) -> None:
+        self._move(node)
+
+    _op_Unsqueeze = _op_Squeeze
+
+    def _op_Gather(self, node: Node) -> None:
+        data, indices = node.inputs
+        table = self.graph.constant(data)
+        if table is not None and np.issubdtype(table.dtype, np.floating):
+            # Embeddings: gather float rows, then quantize (the table stays exact).
+            out = node.outputs[0]
+            out_qp = self._act(out)
+            self._emit(
+                "embed", [self._src(indices)], [out],
+                {"axis": int(node.attrs.get("axis", 0)), **out_qp.to_dict()},
+                {"table": table.astype(np.float32)},
+            )  # fmt: skip
+            self._set(out, out_qp, "plain")
+            return
+        self._move(node)
+
+    def _move(self, node: Node, layout: str = "plain", attrs: dict[str, Any] | None = None) -> None:
+        """A data-movement op run by the reference executor on the int8 bytes (parameters kept)."""
+        inputs, arrays = self._node_inputs(node, layout)
+        first = self._src(node.inputs[0])
+        qp = self.params[first]
+        self._emit(
+            "move",
+            inputs,
+            [node.outputs[0]],
+            {"node_op": node.op_type, "node_attrs": attrs if attrs is not None else node.attrs},
+            arrays,
+        )
+        self._set(node.outputs[0], qp, layout)
+
+    def _node_inputs(self, node: Node, layout: str) -> tuple[list[str], dict[str, np.ndarray]]:
+        """Buffers for the variable inputs ("" for constants, stored as arrays ``input<i>``)."""
+        inputs: list[str] = []
+        arrays: dict[str, np.ndarray] = {}
+        for i, name in enumerate(node.inputs):
+            value = self.graph.constant(name) if name else None
+            if value is not None:
+                arrays[f"input{i}"] = value if value.dtype.name != "float64" else value.astype(np.float32)
+                inputs.append("")
+            elif not name:
+                inputs.append("")
+            else:
+                src = self._src(name)
+                if self.layout[src] == "flat_hwc" or (
+                    self.layout[src] != layout and self.params[src] is not None
+                ):
+                    src = self._as(name, layout)
+                inputs.append(src)
+        return inputs, arrays
+
+    # -- float ----------------------------------------------------------------
+
+    def _float(
+        self, node: Node, op: str = "float", layout: str = "plain", attrs: dict[str, Any] | None = None
+    ) -> None:
+        """Dequantize the inputs, compute in float32 (``op``: matmul, softmax, layernorm or
+        the reference implementation of the node), quantize the output."""
+        if op == "float" and node.op_type not in _FLOAT_OK:
+            raise UnsupportedOperatorError(f"{node}: no int8 or float kernel for this form of {node.op_type}")
+        inputs, arrays = self._node_inputs(node, layout)
+        out = node.outputs[0]
+        out_qp = self._act(out)
+        in_params = [None if not n else (self.params[n] and self.params[n].to_dict()) for n in inputs]
+        self._emit(
+            op, inputs, [out],
+            {"node_op": node.op_type, "node_attrs": attrs if attrs is not None else node.attrs,
+             "in_params": in_params, "out_params": out_qp.to_dict()},
+            arrays,
+        )  # fmt: skip
+        self._set(out, out_qp, layout)
+
+    def _op_Softmax(self, node: Node) -> None:
+        self._float(node, op="softmax")
+
+    def _op_LayerNormalization(self, node: Node) -> None:
+        self._float(node, op="layernorm")
+
+
+# ---------------------------------------------------------------------------
+# small pure helpers
+
+
+def _lut_order(table: np.ndarray, dtype: str) -> np.ndarray:
+    """A table over codes qmin..qmax as the kernels index it: by the input byte."""
+    table = np.asarray(table)
+    if dtype == "int8":  # codes -128..127 -> bytes 128..255, 0..127
+        table = np.concatenate([table[128:], table[:128]])
+    return table.view(np.uint8).copy() if table.dtype == np.int8 else table.astype(np.uint8)
+
+
+def _requant_attrs(rq: Any, out_qp: QuantParams) -> dict[str, Any]:
+    return {
+        "zero_point": rq.zero_point,
+        "out_min": rq.out_min,
+        "out_max": rq.out_max,
+        "out_dtype": out_qp.dtype,
+    }
+
+
+def _requant_arrays(rq: Any) -> dict[str, np.ndarray]:
+    return {"multiplier": np.asarray(rq.multiplier, np.int32), "shift": np.asarray(rq.shift, np.int32)}
+
+
+def _unary_attrs(x: QuantParams, y: QuantParams) -> dict[str, Any]:
+    return {
+        "x_scale": x.scale,
+        "x_zero_point": x.zero_point,
+        "y_scale": y.scale,
+        "y_zero_point": y.zero_point,
+    }
+
+
+def _binary_attrs(a: QuantParams, b: QuantParams, y: QuantParams) -> dict[str, Any]:
+    return {
+        "a_scale": a.scale, "a_zero_point": a.zero_point, "b_scale": b.scale, "b_zero_point": b.zero_point,
+        "y_scale": y.scale, "y_zero_point": y.zero_point,
+    }  # fmt: skip
+
+
+def _binary_ok(op: str, a: QuantParams, b: QuantParams, y: QuantParams) -> bool:
+    """Whether the int8 add/mul kernel accepts these scale ratios (the C side decides)."""
+    from edge_runtime.kernels import add, mul
+
+    fn = add if op == "add" else mul
+    dtype = a.numpy_dtype
+    if b.dtype != a.dtype or y.dtype != a.dtype:
+        return False
+    try:
+        fn(np.zeros(1, dtype), np.zeros(1, dtype), a.scale, a.zero_point, b.scale, b.zero_point,
+           y.scale, y.zero_point)  # fmt: skip
+    except KernelError:
+        return False
+    return True
+
+
+def _trim_leading_ones(value: np.ndarray) -> np.ndarray:
+    shape = list(value.shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape.pop(0)
+    return np.ascontiguousarray(value.reshape(shape))
+
+
+def _kernel_broadcasts(
+    const_shape: tuple[int, ...], stored: tuple[int, ...] | None, rank: int | None
+) -> bool:
+    """Whether a constant of ``const_shape`` broadcasts against the variable the way the
+    add/mul kernels run: a scalar, or equal to the variable's trailing dimensions."""
+    if int(np.prod(const_shape)) == 1:
+        return True
+    if stored is None or rank is None or len(const_shape) > len(stored):
+        return False
+    tail = stored[len(stored) - len(const_shape) :]
+    return tuple(tail) == tuple(const_shape) and all(d > 0 for d in tail)
+
+
+def _ceil_extra(spatial, kernel, strides, dilations, pads) -> list[int]:
+    """End padding a ceil_mode pool needs (the reference executor's rule)."""
+    extra = []
+    for i in range(2):
+        span = spatial[i] + pads[i] + pads[i + 2] - ((kernel[i] - 1) * dilations[i] + 1)
+        size = -(-span // strides[i]) + 1
+        if (size - 1) * strides[i] >= spatial[i] + pads[i]:
+            size -= 1
+        need = (size - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+        extra.append(max(0, need - (spatial[i] + pads[i] + pads[i + 2])))
+    return extra

@@ -31,13 +31,15 @@ void edge_q8_qc8w24_gemm_rndnu_ukernel_2x16c8__neon(size_t mr, size_t nc, size_t
       }
     }
   }
+  edge_q8_gemm24_neon_requant rq;
+  edge_q8_gemm24_neon_requant_init(params, &rq);
   const size_t elem = params->c_dtype == EDGE_DTYPE_S32 ? 4 : 1;
   for (size_t r = 0; r < mr; r++) {
-    int32_t row[EDGE_Q8_GEMM24_NR];
+    int32x4_t row[4];
     for (int i = 0; i < 4; i++) {
       const int32x4_t sums = vpaddq_s32(acc[r][2 * i], acc[r][2 * i + 1]);
-      vst1q_s32(row + 4 * i, vaddq_s32(sums, vld1q_s32(params->init + 4 * i)));
+      row[i] = vaddq_s32(sums, vld1q_s32(params->init + 4 * i));
     }
-    edge_q8_gemm24_store_row(row, nc, (uint8_t*) c + r * c_stride * elem, params);
+    edge_q8_gemm24_neon_store_row(row, nc, (uint8_t*) c + r * c_stride * elem, params, &rq);
   }
 }

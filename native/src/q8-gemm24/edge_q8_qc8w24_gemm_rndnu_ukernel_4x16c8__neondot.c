@@ -30,10 +30,10 @@ void edge_q8_qc8w24_gemm_rndnu_ukernel_4x16c8__neondot(size_t mr, size_t nc, siz
       acc[r][3] = vdotq_s32(acc[r][3], vreinterpretq_s8_u8(vqtbl1q_u8(t, controls[3])), v3);
     }
   }
+  edge_q8_gemm24_neon_requant rq;
+  edge_q8_gemm24_neon_requant_init(params, &rq);
   const size_t elem = params->c_dtype == EDGE_DTYPE_S32 ? 4 : 1;
   for (size_t r = 0; r < mr; r++) {
-    int32_t row[EDGE_Q8_GEMM24_NR];
-    for (int i = 0; i < 4; i++) vst1q_s32(row + 4 * i, acc[r][i]);
-    edge_q8_gemm24_store_row(row, nc, (uint8_t*) c + r * c_stride * elem, params);
+    edge_q8_gemm24_neon_store_row(acc[r], nc, (uint8_t*) c + r * c_stride * elem, params, &rq);
   }
 }

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--list", action="store_true", help="list the known profiles instead")
     profile.set_defaults(func=_cmd_profile)
 
+    # --- models ---
+    from edge_runtime.quantize.cli import register as register_quantize
+
+    register_quantize(sub)
+
     # --- packages ---
     keygen = sub.add_parser(
         "keygen",
@@ -155,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_load_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
+
+    # --- serving ---
+    from edge_runtime.serve.cli import register as register_serve
+
+    register_serve(sub)
     return parser
 
 

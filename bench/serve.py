@@ -1,0 +1,414 @@
+"""Benchmark of `edge serve` on loopback: throughput and latency, batching on/off, hot swap, overhead.
+
+    python bench/serve.py                                   # a built-in MLP (784-256-10) package
+    python bench/serve.py --model ~/.cache/edge-runtime/models/digits_cnn.onnx --seconds 5
+    python bench/serve.py --clients 1,8,32 --no-report
+
+For each model: the server runs as a subprocess (``python -m edge_runtime.serve``), the load
+generator is one asyncio process with N concurrent keep-alive clients (aiohttp), inputs and outputs
+in the binary tensor extension. Measured:
+
+* throughput and p50/p99 latency for 1, 8 and 32 clients, with dynamic batching
+  (max_batch_size 16) and without (max_batch_size 1);
+* hot swap under load (8 clients): failed requests, p99 inside the swap windows vs outside;
+* server overhead per request: p50 of one HTTP client (batching off) minus p50 of Model.run in-process.
+
+Writes bench/results/serve.json and the "Serving" section of BENCHMARKS.md. Client and server
+share the machine's cores, so on a small box the client's cost is part of what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench._report import machine_description, update_section
+
+RESULTS = REPO / "bench/results/serve.json"
+
+
+# --- models ---
+
+
+def build_mlp_packages(out: Path) -> list[Path]:
+    """Two versions of a seeded 784-256-10 MLP as .edgepkg, with self-test vectors (for the swap)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_runtime.package import make_selftest, write_package
+
+    paths = []
+    for version, seed in (("1.0", 1), ("2.0", 2)):
+        rng = np.random.default_rng(seed)
+        w1 = (rng.standard_normal((784, 256)) / 28).astype(np.float32)
+        w2 = (rng.standard_normal((256, 10)) / 16).astype(np.float32)
+        graph = helper.make_graph(
+            [
+                helper.make_node("Gemm", ["x", "W1", "B1"], ["h"]),
+                helper.make_node("Relu", ["h"], ["hr"]),
+                helper.make_node("Gemm", ["hr", "W2", "B2"], ["logits"]),
+            ],
+            "mlp",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 784])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+            [
+                numpy_helper.from_array(w1, "W1"),
+                numpy_helper.from_array(np.zeros(256, np.float32), "B1"),
+                numpy_helper.from_array(w2, "W2"),
+                numpy_helper.from_array(np.zeros(10, np.float32), "B2"),
+            ],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        data = model.SerializeToString()
+        x = rng.random((2, 784), dtype=np.float32)
+        (expected,) = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        manifest = {
+            "name": "mlp",
+            "version": version,
+            "created": "2024-05-01T12:00:00Z",
+            "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 784]}],
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}],
+            "artifacts": [
+                {"path": "model.onnx", "kind": "onnx"},
+                {"path": "selftest.npz", "kind": "selftest"},
+            ],
+            "selftest": {"artifact": "selftest.npz", "atol": 1e-4, "rtol": 1e-4},
+        }
+        path = out / f"mlp-{version}.edgepkg"
+        write_package(
+            path,
+            manifest,
+            {"model.onnx": data, "selftest.npz": make_selftest({"x": x}, {"logits": expected})},
+        )
+        paths.append(path)
+    return paths
+
+
+# --- the server process ---
+
+
+class Server:
+    """`python -m edge_runtime.serve serve` in a subprocess; its URL comes from READY=1 on a notify socket."""
+
+    def __init__(self, model: Path, backend: str, max_batch_size: int, delay_us: int, threads: int) -> None:
+        name = f"@edge-bench-{uuid.uuid4().hex[:12]}"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind("\0" + name[1:])
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server process
+        args = [
+            sys.executable,
+            "-m",
+            "edge_runtime.serve",
+            "serve",
+            "--model",
+            f"m={model}",
+            "--port",
+            "0",
+            "--backend",
+            backend,
+            "--threads",
+            str(threads),
+            "--max-batch-size",
+            str(max_batch_size),
+            "--max-queue-delay-us",
+            str(delay_us),
+            "--max-queue-size",
+            "256",
+        ]
+        env = dict(os.environ, NOTIFY_SOCKET=name, PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        self._sock.settimeout(120)
+        while True:
+            message = self._sock.recv(4096).decode()
+            if "READY=1" in message.split("\n"):
+                break
+        match = re.search(r"http://[\d.]+:\d+", message)
+        if not match:
+            raise RuntimeError(f"no URL in {message!r}")
+        self.url = match.group(0)
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        code = self.proc.wait(60)
+        self._sock.close()
+        return code
+
+
+# --- the load generator ---
+
+
+def _binary_request(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return header + x.tobytes(), {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+async def _load(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    clients: int,
+    seconds: float,
+    events: list[tuple[float, float]] | None = None,
+) -> dict[str, Any]:
+    """N clients posting back to back for ``seconds``; latencies with their start times."""
+    import aiohttp
+
+    samples: list[tuple[float, float]] = []
+    failures: dict[int, int] = {}
+    deadline = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client() -> None:
+            while time.monotonic() < deadline:
+                start = time.monotonic()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        samples.append((start, time.monotonic() - start))
+                    else:
+                        failures[resp.status] = failures.get(resp.status, 0) + 1
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.monotonic() - t0
+    lat = np.array([s[1] for s in samples]) * 1e3
+    return {
+        "clients": clients,
+        "requests": len(samples),
+        "failed": sum(failures.values()),
+        "failures_by_status": failures,
+        "throughput_rps": round(len(samples) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None,
+        "_samples": samples,
+    }
+
+
+def _metric(url: str, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+    import edge_runtime
+
+    loaded = edge_runtime.load(model, backend=args.backend, profile=None, threads=args.threads)
+    spec = loaded.inputs[0]
+    shape = [1 if isinstance(d, str) or d < 0 else d for d in spec.shape]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    # Direct Model.run: the baseline for the server's per-request overhead.
+    for _ in range(20):
+        loaded.run({spec.name: x})
+    times = []
+    end = time.monotonic() + min(2.0, args.seconds)
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        loaded.run({spec.name: x})
+        times.append(time.perf_counter() - t)
+    direct_p50 = float(np.percentile(times, 50)) * 1e3
+    loaded.close()
+    if spec.name != "x":
+        raise SystemExit(f"{model}: this bench sends one input named 'x'; the model's is {spec.name!r}")
+    body, headers = _binary_request(x)
+    result: dict[str, Any] = {
+        "model": str(model),
+        "input_shape": shape,
+        "direct_run_p50_ms": round(direct_p50, 3),
+        "runs": [],
+    }
+
+    for label, max_batch in (("batching", args.max_batch_size), ("no batching", 1)):
+        server = Server(model, args.backend, max_batch, args.delay_us, args.threads)
+        try:
+            url = f"{server.url}/v2/models/m/infer"
+            asyncio.run(_load(url, body, headers, 4, 0.5))  # warm up
+            for clients in args.clients:
+                before = (
+                    _metric(server.url, "nv_inference_count_total"),
+                    _metric(server.url, "nv_inference_exec_count_total"),
+                )
+                run = asyncio.run(_load(url, body, headers, clients, args.seconds))
+                count = _metric(server.url, "nv_inference_count_total") - before[0]
+                execs = _metric(server.url, "nv_inference_exec_count_total") - before[1]
+                run.pop("_samples")
+                run |= {
+                    "mode": label,
+                    "max_batch_size": max_batch,
+                    "avg_batch": round(count / max(execs, 1), 2),
+                }
+                result["runs"].append(run)
+                print(
+                    f"  {label:12s} clients={clients:3d} {run['throughput_rps']:8.1f} req/s  "
+                    f"p50 {run['p50_ms']} ms  p99 {run['p99_ms']} ms  avg batch {run['avg_batch']}",
+                    flush=True,
+                )
+        finally:
+            server.stop()
+
+    one = next(r for r in result["runs"] if r["mode"] == "no batching" and r["clients"] == 1)
+    result["server_overhead_p50_ms"] = round(one["p50_ms"] - direct_p50, 3)
+
+    # Hot swap under load: 8 clients, a swap every `seconds / 3`, alternating two packages.
+    server = Server(model, args.backend, args.max_batch_size, args.delay_us, args.threads)
+    try:
+        url = f"{server.url}/v2/models/m/infer"
+        windows: list[tuple[float, float]] = []
+
+        async def swapper() -> None:
+            import aiohttp
+
+            targets = [swap_to or model, model]
+            async with aiohttp.ClientSession() as session:
+                for i in range(2):
+                    await asyncio.sleep(args.seconds / 3)
+                    start = time.monotonic()
+                    async with session.post(
+                        f"{server.url}/v2/repository/models/m/load",
+                        json={"parameters": {"path": str(targets[i % 2])}},
+                    ) as resp:
+                        ok = resp.status == 200
+                        await resp.read()
+                    windows.append((start, time.monotonic()))
+                    if not ok:
+                        raise RuntimeError("swap failed")
+
+        async def both() -> dict[str, Any]:
+            load, _ = await asyncio.gather(_load(url, body, headers, 8, args.seconds), swapper())
+            return load
+
+        load = asyncio.run(both())
+        samples = load.pop("_samples")
+        inside = [lat for start, lat in samples if any(a - 0.01 <= start <= b for a, b in windows)]
+        outside = [lat for start, lat in samples if not any(a - 0.01 <= start <= b + 0.2 for a, b in windows)]
+        result["hot_swap"] = {
+            "clients": 8,
+            "swaps": len(windows),
+            "swap_seconds": [round(b - a, 3) for a, b in windows],
+            "requests": load["requests"],
+            "failed": load["failed"],
+            "p99_during_swap_ms": round(float(np.percentile(inside, 99)) * 1e3, 3) if inside else None,
+            "p99_steady_ms": round(float(np.percentile(outside, 99)) * 1e3, 3) if outside else None,
+            "requests_during_swap": len(inside),
+        }
+        print(f"  hot swap: {result['hot_swap']}", flush=True)
+    finally:
+        server.stop()
+    return result
+
+
+def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    intro = (
+        f"Machine: {machine_description()}. `python bench/serve.py --seconds {args.seconds}` "
+        f"(backend {args.backend}, {args.threads} intra-op thread(s), max_queue_delay_us {args.delay_us}). "
+        "Server and load generator share the machine (a shared, noisy box when this was run): "
+        "compare rows with each other, not with other machines. Binary tensor data in and out, "
+        "keep-alive clients."
+    )
+    lines = [intro, ""]
+    for r in results:
+        lines += [
+            f"### {Path(r['model']).name} (input {r['input_shape']})",
+            "",
+            "| mode | clients | req/s | p50 ms | p99 ms | avg batch | failed |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for run in r["runs"]:
+            lines.append(
+                f"| {run['mode']} (max {run['max_batch_size']}) | {run['clients']} | {run['throughput_rps']} | "
+                f"{run['p50_ms']} | {run['p99_ms']} | {run['avg_batch']} | {run['failed']} |"
+            )
+        s = r["hot_swap"]
+        lines += [
+            "",
+            (
+                f"Model.run in-process p50 {r['direct_run_p50_ms']} ms; one HTTP client without batching "
+                f"adds {r['server_overhead_p50_ms']} ms per request (p50)."
+            ),
+            (
+                f"Hot swap under load (8 clients, {s['swaps']} swaps taking {s['swap_seconds']} s): "
+                f"{s['failed']} failed of {s['requests']}; p99 {s['p99_during_swap_ms']} ms for requests "
+                f"started during a swap vs {s['p99_steady_ms']} ms otherwise."
+            ),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", action="append", type=Path, default=[], help="a .edgepkg or .onnx (repeatable)"
+    )
+    parser.add_argument("--clients", default="1,8,32", help="concurrent clients (default %(default)s)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (default %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--delay-us", type=int, default=1000, help="max_queue_delay_us (default %(default)s)")
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-report", action="store_true", help="do not write BENCHMARKS.md and the JSON")
+    args = parser.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs: list[tuple[Path, Path | None]] = [(m.resolve(), None) for m in args.model]
+        if not pairs:
+            v1, v2 = build_mlp_packages(Path(tmp))
+            pairs = [(v1, v2)]
+        results = []
+        for model, swap_to in pairs:
+            print(f"{model.name}:", flush=True)
+            results.append(bench_model(model, swap_to, args))
+    if not args.no_report:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(
+            json.dumps(
+                {
+                    "machine": machine_description(),
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        update_section("Serving", markdown(results, args))
+        print(f"wrote {RESULTS} and the Serving section of BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The HTTP routes: the Open Inference Protocol (KServe v2) REST API on aiohttp.
+
+=========================================================  ===========================================
+``GET  /v2``                                               server metadata (name, version, extensions)
+``GET  /v2/health/live``, ``/v2/health/ready``             liveness, readiness (503 until loaded / draining)
+``GET  /v2/models/{m}[/versions/{v}]``                     model metadata
+``GET  /v2/models/{m}[/versions/{v}]/ready``               model readiness
+``GET  /v2/models/{m}[/versions/{v}]/config``              batching config (Triton's model_configuration)
+``POST /v2/models/{m}[/versions/{v}]/infer``               inference, JSON or binary tensor data
+``POST /v2/repository/index``                              models and their state (Triton's repository ext.)
+``POST /v2/repository/models/{m}/load``                    load or hot-swap: ``{"parameters": {"path": ...}}``
+``POST /v2/repository/models/{m}/unload``                  stop serving a model
+``GET  /metrics``                                          Prometheus text format
+=========================================================  ===========================================
+
+Errors are answered as ``{"error": "<message>"}`` with the status of the
+:mod:`edge_runtime.serve.errors` class raised. Inference runs on the
+batcher's threads; the event loop only parses, queues and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from edge_runtime._version import __version__
+from edge_runtime.errors import EdgeRuntimeError, ModelInputError
+from edge_runtime.serve.errors import (
+    InferenceRequestError,
+    ModelNotReadyError,
+    OverloadedError,
+    ServeError,
+)
+from edge_runtime.serve.manager import ModelManager
+from edge_runtime.serve.metrics import CONTENT_TYPE
+from edge_runtime.serve.protocol import HEADER_LENGTH, encode_infer_response, parse_infer_request
+
+__all__ = ["EXTENSIONS", "SERVER_NAME", "create_app"]
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "edge-runtime"
+EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration")
+
+MANAGER: web.AppKey[ModelManager] = web.AppKey("manager", ModelManager)
+STATE: web.AppKey[dict[str, Any]] = web.AppKey("state", dict)
+
+# Bodies above this are parsed on a thread so the loop keeps answering health checks meanwhile.
+_PARSE_INLINE_BYTES = 256 * 1024
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure in the protocol's error format."""
+    try:
+        return await handler(request)
+    except ServeError as exc:
+        return _error(exc.http_status, str(exc))
+    except (ModelInputError, ValueError) as exc:
+        return _error(400, str(exc))
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _error(
+                exc.status, exc.reason if exc.text is None else exc.text.removeprefix(f"{exc.status}: ")
+            )
+        raise
+    except EdgeRuntimeError as exc:
+        return _error(500, str(exc))
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, f"{type(exc).__name__}: {exc}")
+
+
+def _model_key(request: web.Request) -> tuple[str, str | None]:
+    return request.match_info["name"], request.match_info.get("version")
+
+
+# --- server ---
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return web.json_response({"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)})
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"live": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    manager, state = request.app[MANAGER], request.app[STATE]
+    if state["draining"]:
+        return _error(503, "the server is shutting down", ready=False)
+    if not state["started"]:
+        return _error(503, "not ready: loading models", ready=False)
+    if not manager.ready():
+        return _error(503, f"not ready: model(s) not loaded: {', '.join(manager.missing())}", ready=False)
+    return web.json_response({"ready": True})
+
+
+# --- models ---
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    loaded = request.app[MANAGER].get(*_model_key(request))
+    return web.json_response(loaded.metadata())
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    name, version = _model_key(request)
+    loaded = request.app[MANAGER].get(name, version)  # 404 when unknown
+    if request.app[STATE]["draining"]:
+        raise ModelNotReadyError(f"model {name!r} is shutting down")
+    return web.json_response({"name": name, "ready": True, "version": loaded.version})
+
+
+async def model_config(request: web.Request) -> web.Response:
+    loaded = request.app[MANAGER].get(*_model_key(request))
+    b = loaded.batching
+    meta = loaded.metadata()
+    return web.json_response(
+        {
+            "name": loaded.name,
+            "platform": loaded.platform,
+            "max_batch_size": b.max_batch_size if loaded.batchable else 0,
+            "dynamic_batching": {
+                "preferred_batch_size": list(b.preferred_batch_sizes),
+                "max_queue_delay_microseconds": b.max_queue_delay_us,
+                "default_queue_policy": {"max_queue_size": b.max_queue_size},
+            },
+            "input": [
+                {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]}
+                for t in meta["inputs"]
+            ],
+            "output": [
+                {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]}
+                for t in meta["outputs"]
+            ],
+            "parameters": {"source": str(loaded.path), "batching": b.to_dict()},
+        }
+    )
+
+
+async def infer(request: web.Request) -> web.Response:
+    manager: ModelManager = request.app[MANAGER]
+    name, version = _model_key(request)
+    start = time.monotonic()
+    loaded = manager.get(name, version)
+    labels = (name, loaded.version)
+    reason = "OTHER"
+    try:
+        header = request.headers.get(HEADER_LENGTH)
+        try:
+            header_length = int(header) if header is not None else None
+        except ValueError:
+            raise InferenceRequestError(f"{HEADER_LENGTH} must be an integer, got {header!r}") from None
+        body = await request.read()
+        args = (body, header_length, loaded.inputs, loaded.output_names)
+        if len(body) > _PARSE_INLINE_BYTES:
+            parsed = await asyncio.get_running_loop().run_in_executor(None, parse_infer_request, *args)
+        else:
+            parsed = parse_infer_request(*args)
+        try:
+            loaded, future = manager.submit(name, version, parsed.inputs)
+        except OverloadedError:
+            reason = "REJECTED"
+            raise
+        labels = (name, loaded.version)
+        reason = "BACKEND"
+        try:
+            results = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            reason = "CANCELED"
+            raise
+        reason = "OTHER"
+        payload, headers = encode_infer_response(name, loaded.version, parsed, results)
+    except BaseException:
+        manager.record_result(*labels, time.monotonic() - start, reason)
+        raise
+    manager.record_result(*labels, time.monotonic() - start, None)
+    return web.Response(body=payload, headers=headers)
+
+
+# --- repository (admin) ---
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    return web.json_response(request.app[MANAGER].index())
+
+
+async def repository_load(request: web.Request) -> web.Response:
+    """Load or hot-swap a model: from ``parameters.path``, else from where it was loaded last."""
+    manager: ModelManager = request.app[MANAGER]
+    name = request.match_info["name"]
+    doc: dict[str, Any] = {}
+    body = await request.read()
+    if body.strip():
+        try:
+            doc = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise InferenceRequestError(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise InferenceRequestError("request body must be a JSON object")
+    params = doc.get("parameters") or {}
+    path = params.get("path") if isinstance(params, dict) else None
+    if path is None:
+        path = manager.path_of(name)
+        if path is None:
+            raise InferenceRequestError(f"model {name!r} was never loaded: give parameters.path")
+    elif not isinstance(path, str):
+        raise InferenceRequestError("parameters.path must be a string")
+    log.info("repository API: load %s from %s (from %s)", name, path, request.remote)
+    result = await asyncio.get_running_loop().run_in_executor(None, manager.swap, name, path)
+    if not result.ok:
+        return _error(400, f"failed to load {name!r}: {result.error}", **result.to_dict())
+    return web.json_response(result.to_dict())
+
+
+async def repository_unload(request: web.Request) -> web.Response:
+    request.app[MANAGER].unload(request.match_info["name"])
+    return web.json_response({})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await asyncio.get_running_loop().run_in_executor(None, request.app[MANAGER].metrics.render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def create_app(
+    manager: ModelManager, *, repository_api: bool = True, max_request_mib: int = 64
+) -> web.Application:
+    """The aiohttp application serving ``manager``'s models.
+
+    ``app[STATE]`` holds ``started`` (set once the initial models are
+    loaded) and ``draining`` (set on shutdown): both feed the readiness checks.
+    """
+    app = web.Application(middlewares=[_errors], client_max_size=max_request_mib * 1024 * 1024)
+    app[MANAGER] = manager
+    app[STATE] = {"started": True, "draining": False}
+    r = app.router
+    r.add_get("/v2", server_metadata)
+    r.add_get("/v2/", server_metadata)
+    r.add_get("/v2/health/live", live)
+    r.add_get("/v2/health/ready", ready)
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        r.add_get(prefix, model_metadata)
+        r.add_get(prefix + "/ready", model_ready)
+        r.add_get(prefix + "/config", model_config)
+        r.add_post(prefix + "/infer", infer)
+    if repository_api:
+        r.add_post("/v2/repository/index", repository_index)
+        r.add_post("/v2/repository/models/{name}/load", repository_load)
+        r.add_post("/v2/repository/models/{name}/unload", repository_unload)
+    r.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,167 @@
+"""The serving config: a TOML or JSON file, overridable by command-line flags.
+
+TOML needs nothing beyond the standard library on Python 3.11+ (``tomllib``;
+``tomli`` on 3.10); JSON is accepted for files ending in ``.json``. Schema
+(every field optional except each model's ``path``)::
+
+    [server]
+    host = "127.0.0.1"          # listen address; "0.0.0.0" to serve the network
+    port = 8000
+    drain_timeout_s = 30        # SIGTERM: how long in-flight requests may take to finish
+    repository_api = true       # POST /v2/repository/... (load, unload, index) by the admin
+    max_request_mib = 64        # largest request body
+    backend = "auto"            # edge_runtime.load(backend=...)
+    threads = 0                 # intra-op threads per model, 0: the device profile's default
+    trust_dir = ""              # a trust store directory: packages must be signed by one of its keys
+    require_selftest = false    # refuse packages without self-test vectors
+
+    [batching]                  # defaults for every model (see BatchingConfig)
+    max_batch_size = 8
+    max_queue_delay_us = 1000
+    preferred_batch_sizes = []
+    pad_to_preferred = false
+    max_queue_size = 64
+    latency_target_us = 5000    # omit for none
+    workers = 1
+
+    [models.digits]             # one table per served model; the key is its name in the URLs
+    path = "/var/lib/edge/models/digits.edgepkg"   # relative paths: to the config file
+    selftest = true
+    [models.digits.batching]    # overrides of [batching] for this model
+    max_batch_size = 16
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.serve.batcher import BatchingConfig
+from edge_runtime.serve.errors import ServeConfigError
+
+__all__ = ["ModelConfig", "ServeConfig", "load_config"]
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One served model: its name in the URLs, its package and its batching."""
+
+    name: str
+    path: Path
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    selftest: bool = True
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``edge serve`` needs; build it with :func:`load_config` or directly."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    drain_timeout_s: float = 30.0
+    repository_api: bool = True
+    max_request_mib: int = 64
+    backend: str = "auto"
+    threads: int = 0
+    trust_dir: Path | None = None
+    require_selftest: bool = False
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    models: tuple[ModelConfig, ...] = ()
+    source: Path | None = None  # the file it was read from (SIGHUP re-reads it)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ServeConfigError(f"server.port must be in 0..65535, got {self.port}")
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ServeConfigError(f"model(s) {', '.join(duplicates)} configured twice")
+
+    def replace(self, **changes: Any) -> ServeConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_SERVER_KEYS = {f.name for f in dataclasses.fields(ServeConfig)} - {"batching", "models", "source"}
+_MODEL_KEYS = {"path", "batching", "selftest"}
+
+
+def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise ServeConfigError(
+            f"{where} has unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _table(d: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = d.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ServeConfigError(f"{where}{key} must be a table")
+    return value
+
+
+def config_from_dict(
+    doc: Mapping[str, Any], base_dir: Path = Path("."), source: Path | None = None
+) -> ServeConfig:
+    """A :class:`ServeConfig` from the parsed file (relative paths resolved against ``base_dir``)."""
+    _check_keys(doc, {"server", "batching", "models"}, "the config")
+    server = dict(_table(doc, "server", ""))
+    _check_keys(server, _SERVER_KEYS, "[server]")
+    default_batching = _table(doc, "batching", "")
+    batching = BatchingConfig.from_dict(default_batching, "[batching]")
+    models = []
+    for name, entry in _table(doc, "models", "").items():
+        where = f"[models.{name}]"
+        if not isinstance(entry, Mapping):
+            raise ServeConfigError(f"{where} must be a table")
+        _check_keys(entry, _MODEL_KEYS, where)
+        if not isinstance(entry.get("path"), str) or not entry["path"]:
+            raise ServeConfigError(f'{where} needs path = "<package>"')
+        merged = {**default_batching, **_table(entry, "batching", f"{where}.")}
+        models.append(
+            ModelConfig(
+                name=name,
+                path=(base_dir / entry["path"]).resolve()
+                if not os.path.isabs(entry["path"])
+                else Path(entry["path"]),
+                batching=BatchingConfig.from_dict(merged, f"{where}.batching"),
+                selftest=bool(entry.get("selftest", True)),
+            )
+        )
+    if server.get("trust_dir"):
+        server["trust_dir"] = base_dir / server["trust_dir"]
+    else:
+        server.pop("trust_dir", None)
+    try:
+        return ServeConfig(**server, batching=batching, models=tuple(models), source=source)
+    except TypeError as exc:
+        raise ServeConfigError(f"[server]: {exc}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> ServeConfig:
+    """Read a TOML (or ``.json``) serving config; ServeConfigError names what is wrong."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ServeConfigError(f"cannot read the config {path}: {exc.strerror}") from None
+    try:
+        doc = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ServeConfigError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}"
+        ) from None
+    if not isinstance(doc, Mapping):
+        raise ServeConfigError(f"{path} must hold a table at the top level")
+    return config_from_dict(doc, path.parent.resolve(), path.resolve())

@@ -1,0 +1,317 @@
+"""The Open Inference Protocol (KServe v2) on the wire: datatypes, requests, responses.
+
+Pure functions between bytes and numpy, with no HTTP in them, so that they can
+be tested alone. Two request forms are accepted:
+
+* JSON: ``{"id", "parameters", "inputs": [{"name", "shape", "datatype", "data"}], "outputs"}``
+  where ``data`` is row-major, flat or nested.
+* The binary tensor data extension: the body is a JSON header of
+  ``Inference-Header-Content-Length`` bytes followed by the raw little-endian
+  bytes of every input whose ``parameters.binary_data_size`` is set, in the
+  order the inputs are listed.
+
+Responses carry an output as JSON ``data`` unless the request asked for it as
+binary (``outputs[i].parameters.binary_data`` or the request parameter
+``binary_data_output``), in which case it follows the JSON header the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from edge_runtime.serve.errors import InferenceRequestError
+
+__all__ = [
+    "HEADER_LENGTH",
+    "InferRequest",
+    "ModelLike",
+    "RequestedOutput",
+    "TensorSpecLike",
+    "datatype_of",
+    "dtype_of",
+    "encode_infer_response",
+    "parse_infer_request",
+    "tensor_metadata",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# Protocol datatype <-> numpy dtype (little-endian on the wire). BYTES and BF16 are not served:
+# no model of this runtime takes strings, and numpy has no bfloat16.
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_DATATYPE_BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in _DTYPES.items()}
+
+
+@runtime_checkable
+class TensorSpecLike(Protocol):
+    """An input or output of a model: dynamic dimensions are names (``"batch"``)."""
+
+    name: str
+    dtype: Any  # "float32" or a numpy dtype
+    shape: Sequence[int | str]
+
+
+@runtime_checkable
+class ModelLike(Protocol):
+    """What the server needs from a model: :class:`edge_runtime.Model` has exactly this."""
+
+    @property
+    def inputs(self) -> Sequence[TensorSpecLike]: ...
+
+    @property
+    def outputs(self) -> Sequence[TensorSpecLike]: ...
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+    def selftest(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+def dtype_of(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype of a protocol datatype name; InferenceRequestError if not served."""
+    try:
+        return _DTYPES[datatype]
+    except (KeyError, TypeError):
+        raise InferenceRequestError(
+            f"datatype {datatype!r} is not supported; use one of {', '.join(_DTYPES)}"
+        ) from None
+
+
+def datatype_of(dtype: Any) -> str:
+    """The protocol datatype name of a numpy dtype or a manifest dtype string (``"float32"``)."""
+    if dtype == "bfloat16":
+        return "BF16"
+    dt = np.dtype(dtype)
+    try:
+        return _DATATYPE_BY_KIND[(dt.kind, dt.itemsize)]
+    except KeyError:
+        raise ValueError(f"dtype {dt} has no Open Inference Protocol datatype") from None
+
+
+def tensor_metadata(spec: TensorSpecLike) -> dict[str, Any]:
+    """``{"name", "datatype", "shape"}`` with -1 for every dynamic dimension."""
+    return {
+        "name": spec.name,
+        "datatype": datatype_of(spec.dtype),
+        "shape": [d if isinstance(d, int) and d >= 0 else -1 for d in spec.shape],
+    }
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferRequest:
+    """A parsed, validated inference request."""
+
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[RequestedOutput] | None = None  # None: every output
+    binary_output: bool = False  # the request-level default for outputs
+
+    @property
+    def rows(self) -> int:
+        """The batch size: the first dimension of the inputs (1 for scalars)."""
+        first = next(iter(self.inputs.values()))
+        return int(first.shape[0]) if first.ndim else 1
+
+
+def _bad(message: str) -> InferenceRequestError:
+    return InferenceRequestError(message)
+
+
+def _shape(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise _bad(f"{where}.shape must be a list of non-negative integers, got {value!r}")
+    return tuple(value)
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(f"{where}.parameters must be a JSON object")
+    return value
+
+
+def _check_against_spec(name: str, array: np.ndarray, datatype: str, spec: TensorSpecLike) -> None:
+    expected = datatype_of(spec.dtype)
+    if datatype != expected:
+        raise _bad(f"input {name!r} has datatype {datatype}, the model expects {expected}")
+    want = list(spec.shape)
+    if array.ndim != len(want) or any(
+        isinstance(w, int) and w >= 0 and w != got for w, got in zip(want, array.shape)
+    ):
+        shown = [d if isinstance(d, int) and d >= 0 else -1 for d in want]
+        raise _bad(f"input {name!r} has shape {list(array.shape)}, the model expects {shown}")
+
+
+def parse_infer_request(
+    body: bytes,
+    header_length: int | None,
+    input_specs: Sequence[TensorSpecLike],
+    output_names: Sequence[str],
+) -> InferRequest:
+    """Decode and validate a request body against the model's interface.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` header (None
+    when absent: the whole body is JSON). Raises InferenceRequestError with a
+    message naming the field at fault.
+    """
+    if header_length is None:
+        header, binary = body, b""
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise _bad(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    try:
+        doc = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _bad("request body must be a JSON object")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise _bad("'id' must be a string")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise _bad("'inputs' must be a non-empty list")
+
+    specs = {s.name: s for s in input_specs}
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, item in enumerate(raw_inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(f"{where} must be a JSON object")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise _bad(f"{where}.name must be a string")
+        if name not in specs:
+            raise _bad(f"unknown input {name!r}; the model's inputs are {', '.join(specs)}")
+        if name in inputs:
+            raise _bad(f"input {name!r} is given twice")
+        shape = _shape(item.get("shape"), where)
+        datatype = item.get("datatype")
+        dtype = dtype_of(datatype)
+        params = _parameters(item.get("parameters"), where)
+        count = math.prod(shape)
+        if "binary_data_size" in params:
+            size = params["binary_data_size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise _bad(f"{where}.parameters.binary_data_size must be a non-negative integer")
+            if size != count * dtype.itemsize:
+                raise _bad(
+                    f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of "
+                    f"{datatype} needs {count * dtype.itemsize}"
+                )
+            if offset + size > len(binary):
+                raise _bad(f"input {name!r}: the body holds fewer binary bytes than binary_data_size")
+            array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+            offset += size
+        elif "data" in item:
+            try:
+                array = np.asarray(item["data"], dtype=dtype)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise _bad(f"input {name!r}: data is not {datatype} ({exc})") from None
+            if array.size != count:
+                raise _bad(
+                    f"input {name!r}: data has {array.size} elements but shape {list(shape)} needs {count}"
+                )
+            array = array.reshape(shape)
+        else:
+            raise _bad(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+        _check_against_spec(name, array, datatype, specs[name])
+        inputs[name] = array
+    if offset != len(binary):
+        raise _bad(
+            f"the body has {len(binary) - offset} binary bytes that no input's binary_data_size claims"
+        )
+    missing = [n for n in specs if n not in inputs]
+    if missing:
+        raise _bad(f"missing input(s) {', '.join(missing)}")
+
+    params = _parameters(doc.get("parameters"), "request")
+    binary_default = bool(params.get("binary_data_output", False))
+    outputs = None
+    if doc.get("outputs") is not None:
+        raw_outputs = doc["outputs"]
+        if not isinstance(raw_outputs, list):
+            raise _bad("'outputs' must be a list")
+        outputs = []
+        for i, item in enumerate(raw_outputs):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise _bad(f"outputs[{i}] must be an object with a string 'name'")
+            if item["name"] not in output_names:
+                raise _bad(
+                    f"unknown output {item['name']!r}; the model's outputs are {', '.join(output_names)}"
+                )
+            oparams = _parameters(item.get("parameters"), f"outputs[{i}]")
+            if "classification" in oparams:
+                raise _bad("the classification extension is not supported")
+            outputs.append(RequestedOutput(item["name"], bool(oparams.get("binary_data", binary_default))))
+    return InferRequest(inputs, request_id, params, outputs, binary_default)
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request: InferRequest,
+    results: Mapping[str, np.ndarray],
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers (Content-Type, and the header length when binary)."""
+    wanted = request.outputs or [RequestedOutput(n, request.binary_output) for n in results]
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for out in wanted:
+        array = np.asarray(results[out.name])
+        entry: dict[str, Any] = {
+            "name": out.name,
+            "datatype": datatype_of(array.dtype),
+            "shape": list(array.shape),
+        }
+        if out.binary:
+            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            blobs.append(data)
+        else:
+            entry["data"] = array.ravel().tolist()
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
+    if request.id is not None:
+        doc["id"] = request.id
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return header, {"Content-Type": "application/json"}
+    return b"".join([header, *blobs]), {
+        "Content-Type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }

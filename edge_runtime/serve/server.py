@@ -1,0 +1,276 @@
+"""The server process: start, serve, reload on SIGHUP, drain on SIGTERM; systemd integration.
+
+Lifecycle of :func:`serve` (what ``edge serve`` runs)::
+
+    load every configured model (self-test) ─► listen ─► READY=1 ─┬─► WATCHDOG=1 every WATCHDOG_USEC/2
+                                                                   ├─► SIGHUP: re-read the config, swap
+                                                                   │   changed models, load new ones,
+                                                                   │   unload removed ones
+                                                                   └─► SIGTERM/SIGINT: STOPPING=1, readiness
+                                                                       503, stop listening, finish in-flight
+                                                                       requests, drain queues, exit 0
+
+The watchdog is petted by a task on the event loop itself and only while no
+model's queue has a request older than the watchdog period, so a stuck loop
+or stuck workers make systemd restart the service.
+
+:class:`ServerThread` runs the same server on a background thread, for
+embedding (the fleet agent) and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from edge_runtime.serve.app import STATE, create_app
+from edge_runtime.serve.config import ModelConfig, ServeConfig, load_config
+from edge_runtime.serve.errors import ServeError
+from edge_runtime.serve.manager import Loader, ModelManager, SwapResult, default_loader
+from edge_runtime.serve.metrics import ServeMetrics
+from edge_runtime.serve.sdnotify import Notifier, watchdog_interval
+
+__all__ = ["InferenceServer", "ServerThread", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def _loader_for(config: ServeConfig) -> Loader:
+    trust_store = None
+    if config.trust_dir is not None:
+        from edge_runtime.package import TrustStore
+
+        trust_store = TrustStore.load(config.trust_dir)
+    return default_loader(config.backend, config.threads or None, trust_store)
+
+
+@dataclass
+class InferenceServer:
+    """One HTTP server and its models. Use from a running event loop: ``await start()``, ``await stop()``."""
+
+    config: ServeConfig
+    loader: Loader | None = None
+    notifier: Notifier = field(default_factory=Notifier)
+    manager: ModelManager = field(init=False)
+    port: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.manager = ModelManager(
+            self.loader or _loader_for(self.config),
+            ServeMetrics(device=True),
+            self.config.batching,
+            require_selftest=self.config.require_selftest,
+        )
+        self._app = create_app(
+            self.manager,
+            repository_api=self.config.repository_api,
+            max_request_mib=self.config.max_request_mib,
+        )
+        self._runner: web.AppRunner | None = None
+        self._stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="serve-admin")
+
+    @property
+    def url(self) -> str:
+        host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def load_models(self, models: tuple[ModelConfig, ...]) -> list[SwapResult]:
+        """Load (or swap to) each model, in parallel; failures are logged, not raised."""
+        results = await asyncio.gather(
+            *(self._run(self.manager.swap, m.name, m.path, m.batching, m.selftest) for m in models)
+        )
+        return list(results)
+
+    async def start(self) -> None:
+        """Load the configured models, listen, then tell systemd READY=1."""
+        self._app[STATE]["started"] = False
+        self.notifier.status(f"loading {len(self.config.models)} model(s)")
+        results = await self.load_models(self.config.models)
+        self._runner = web.AppRunner(
+            self._app, shutdown_timeout=self.config.drain_timeout_s, access_log=None, handle_signals=False
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        server = site._server  # the bound socket tells the real port when port = 0
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._app[STATE]["started"] = True
+        failed = [r for r in results if not r.ok]
+        status = f"serving {len(results) - len(failed)} model(s) on {self.url}"
+        if failed:
+            status += f"; {len(failed)} failed to load: " + ", ".join(r.name for r in failed)
+        log.info("%s", status)
+        self.notifier.ready(status)
+        interval = watchdog_interval()
+        if interval is not None:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval * 2, interval)))
+
+    async def _watchdog(self, period: float, interval: float) -> None:
+        log.info("systemd watchdog: petting every %.1fs", interval)
+        while True:
+            stuck = self._stuck_models(period)
+            if stuck:
+                log.error(
+                    "not petting the watchdog: requests of %s waited over %.0fs", ", ".join(stuck), period
+                )
+            else:
+                self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def _stuck_models(self, limit: float) -> list[str]:
+        stuck = []
+        for name in self.manager.names():
+            try:
+                batcher = self.manager.get(name).batcher
+            except ServeError:
+                continue
+            if batcher is not None and batcher.oldest_wait() > limit:
+                stuck.append(name)
+        return stuck
+
+    async def reload(self) -> list[SwapResult]:
+        """SIGHUP: re-read the config file; swap models whose path or batching changed, add and remove."""
+        if self.config.source is None:
+            log.warning("SIGHUP: no config file to re-read (started from flags only)")
+            return []
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config.source)
+        except ServeError as exc:
+            log.error("SIGHUP: keeping the running config: %s", exc)
+            self.notifier.ready("reload failed, serving the previous config")
+            return []
+        old = {m.name: m for m in self.config.models}
+        changed = tuple(m for m in new.models if old.get(m.name) != m)
+        removed = [name for name in old if name not in {m.name for m in new.models}]
+        log.info("SIGHUP: %d model(s) to load or swap, %d to unload", len(changed), len(removed))
+        results = await self.load_models(changed)
+        for name in removed:
+            try:
+                self.manager.unload(name)
+            except ServeError as exc:
+                log.warning("SIGHUP: %s", exc)
+        self.config = new.replace(host=self.config.host, port=self.config.port)
+        self.notifier.ready(f"reloaded: {sum(r.ok for r in results)}/{len(results)} model(s) swapped")
+        return results
+
+    async def stop(self) -> None:
+        """Graceful shutdown: refuse new work, finish what was accepted, close the models."""
+        if self._app[STATE]["draining"]:
+            return
+        log.info("shutting down: draining in-flight requests (up to %.0fs)", self.config.drain_timeout_s)
+        self.notifier.stopping()
+        self._app[STATE]["draining"] = True
+        for task in self._tasks:
+            task.cancel()
+        # Both at once: the manager refuses new work and runs what is queued without waiting for
+        # batches to fill; the runner stops listening and waits for the handlers to answer.
+        closing = asyncio.ensure_future(self._run(self.manager.close, self.config.drain_timeout_s))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await closing
+        self._executor.shutdown(wait=False)
+        self.notifier.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def _serve(config: ServeConfig, loader: Loader | None) -> int:
+    server = InferenceServer(config, loader)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: list[asyncio.Task[Any]] = []
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reloads.append(loop.create_task(server.reload())))
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
+        await server.stop()
+        return 1
+    await stop.wait()
+    for task in reloads:
+        if not task.done():
+            await task
+    await server.stop()
+    return 0
+
+
+def serve(config: ServeConfig, loader: Loader | None = None) -> int:
+    """Run the server until SIGTERM or SIGINT; returns the exit code (0 after a clean drain)."""
+    return asyncio.run(_serve(config, loader))
+
+
+class ServerThread:
+    """An :class:`InferenceServer` on its own event loop thread.
+
+    ::
+
+        with ServerThread(config, loader=my_loader) as srv:
+            srv.manager.swap("digits", "digits-2.edgepkg")
+            urllib.request.urlopen(srv.url + "/v2/health/ready")
+    """
+
+    def __init__(
+        self, config: ServeConfig, loader: Loader | None = None, notifier: Notifier | None = None
+    ) -> None:
+        self._config, self._loader, self._notifier = config, loader, notifier
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="serve-loop", daemon=True)
+        self.server: InferenceServer | None = None
+
+    def start(self, timeout: float = 60.0) -> ServerThread:
+        self._thread.start()
+
+        async def make() -> InferenceServer:
+            kwargs = {"notifier": self._notifier} if self._notifier is not None else {}
+            server = InferenceServer(self._config, self._loader, **kwargs)
+            await server.start()
+            return server
+
+        self.server = asyncio.run_coroutine_threadsafe(make(), self._loop).result(timeout)
+        return self
+
+    @property
+    def manager(self) -> ModelManager:
+        assert self.server is not None, "start() first"
+        return self.server.manager
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None, "start() first"
+        return self.server.url
+
+    def call(self, coro: Any, timeout: float = 60.0) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.server is not None:
+            self.call(self.server.stop(), timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+        self._loop.close()
+
+    def __enter__(self) -> ServerThread:  # noqa: PYI034 - final in practice
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -126,5 +126,8 @@ def _progress(items: Iterable[Mapping[str, np.ndarray]], enabled: bool, label: s
             print(f"\r{label}: {count} batches", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
         return
-    total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+    try:
+        total: int | None = len(items)  # type: ignore[arg-type]
+    except TypeError:  # an iterable of unknown size (some define __len__ and raise)
+        total = None
     yield from tqdm(items, desc=label, total=total, unit="batch", leave=False)

@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_runtime.serve.cli import register as register_serve
 
     register_serve(sub)
+
+    # --- the fleet ---
+    from fleet.cli import register as register_fleet
+
+    register_fleet(sub)
     return parser
 
 

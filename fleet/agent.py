@@ -1,0 +1,705 @@
+"""The device agent (``edge agent``): status, telemetry and over-the-air updates over MQTT.
+
+Threads: paho's network thread only parses and hands messages over; the
+*main loop* (:meth:`Agent.run`) turns acknowledgements into deleted outbox
+rows, writes telemetry windows and publishes the outbox; the *updater*
+thread carries out one desired state at a time::
+
+    desired ─► accepted ─► download (resumable) ─► sha256 ─► install (signature, store)
+            ─► verified ─► swap (self-test) ─► swapped ─► health window ─► commit `current` ─► succeeded
+                              │ any failure ─► swap back to the previous package ─► failed (step, reason)
+
+State under ``state_dir``: ``models/`` (the :class:`~edge_runtime.store.ModelStore`,
+whose ``current`` link moves only at commit), ``fleet/packages/<sha256>.edgepkg``
+(verified package files, needed to load a version), ``fleet/downloads/<sha256>.part``
+(a download's prefix, resumed after a restart), ``fleet/outbox.sqlite`` (the
+durable queue) and ``fleet/journal.json`` (the attempt in progress and the
+deployments already finished, so a restart neither repeats nor forgets one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge_runtime._version import __version__ as runtime_version
+from edge_runtime.store import ModelStore
+from fleet.errors import DigestMismatchError, DownloadError, FleetError, ProtocolError, UpdateError
+from fleet.mqtt import BrokerConfig, make_client
+from fleet.protocol import (
+    Command,
+    Desired,
+    Event,
+    Status,
+    StreamGet,
+    Telemetry,
+    check_id,
+    decode_block,
+    parse_json_message,
+    parse_topic,
+    topic,
+)
+from fleet.queue import DurableQueue
+from fleet.runtime import RuntimeTarget, StandaloneTarget, VersionStats
+
+__all__ = ["Agent", "AgentConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentConfig:
+    """Everything ``edge agent`` needs; ``broker=None`` means: find the manager with zeroconf."""
+
+    fleet: str
+    device: str
+    state_dir: Path
+    broker: BrokerConfig | None = None
+    trust: tuple[Path, ...] = ()  # .pub files or directories; empty: packages need no signature
+    tags: tuple[str, ...] = ()
+    group: str | None = None
+    profile: str | None = None  # reported to the manager; default: detected
+    telemetry_interval_s: float = 10.0
+    queue_max_bytes: int = 8 << 20
+    queue_max_age_s: float = 7 * 86400
+    download_window: int = 8  # blocks requested at once
+    block_timeout_s: float = 3.0  # re-request missing blocks after this long
+    stall_timeout_s: float = 120.0  # give a download up after this long without progress
+    probe_interval_s: float = 0.5  # self-test runs during a health window (the watchdog)
+    discovery_timeout_s: float = 10.0
+    max_inflight: int = 32  # outbox messages published and not yet acknowledged
+
+
+class _Superseded(Exception):
+    """A newer desired state arrived; the current attempt stops (and rolls back if it swapped)."""
+
+
+class Agent:
+    """One device's agent. ``run()`` blocks until :meth:`stop`; :meth:`start` runs it in a thread."""
+
+    def __init__(self, config: AgentConfig, runtime: RuntimeTarget | None = None) -> None:
+        self.config = config
+        check_id(config.fleet, "fleet")
+        check_id(config.device, "device")
+        self._trust = None
+        if config.trust:
+            from edge_runtime.package import TrustStore
+
+            self._trust = TrustStore.load(*config.trust)
+        else:
+            log.warning("no trust store configured: packages are installed without a signature check")
+        self.runtime: RuntimeTarget = runtime or StandaloneTarget(trust_store=self._trust)
+        root = Path(config.state_dir)
+        self.store = ModelStore(root, trust_store=self._trust)
+        self._dir = root / "fleet"
+        self._packages = self._dir / "packages"
+        self._downloads = self._dir / "downloads"
+        for d in (self._packages, self._downloads):
+            d.mkdir(parents=True, exist_ok=True)
+        self.outbox = DurableQueue(
+            self._dir / "outbox.sqlite", config.queue_max_bytes, config.queue_max_age_s
+        )
+        self._journal_path = self._dir / "journal.json"
+        self._journal: dict[str, Any] = self._read_journal()
+
+        self._client: mqtt.Client | None = None
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._inflight: dict[int, int] = {}  # mid -> outbox seq
+        self._sent_up_to = 0  # highest seq published on this connection
+        self._resend = threading.Event()  # (re)connected: publish the outbox from the start
+        self._blocks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._desired: Desired | None = None
+        self._desired_cv = threading.Condition()
+        self._deployment_id: str | None = None
+        self._last_stats: dict[str, VersionStats] = {}
+        self._profile_obj: Any = None
+        self._threads: list[threading.Thread] = []
+        self._status_dirty = threading.Event()
+        self.on_event: Callable[[Event], None] | None = None  # a hook for embedding programs and tests
+
+    # --- journal: what survives a restart besides the store and the outbox ---
+
+    def _read_journal(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._journal_path.read_text())
+            if isinstance(data, dict):
+                data.setdefault("finished", {})
+                return data
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.error("journal %s is unreadable (%s); starting a new one", self._journal_path, exc)
+        return {"attempt": None, "finished": {}}
+
+    def _write_journal(self) -> None:
+        # Keep the 200 most recent finished deployments: enough to never repeat a live one.
+        finished = self._journal["finished"]
+        if len(finished) > 200:
+            for key in sorted(finished, key=lambda k: finished[k].get("ts", 0))[:-200]:
+                del finished[key]
+        tmp = self._journal_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self._journal, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._journal_path)
+
+    # --- lifecycle ---
+
+    def start(self) -> Agent:
+        """Run in a background thread (for embedding and tests)."""
+        t = threading.Thread(target=self.run, name=f"agent-{self.config.device}", daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        with self._desired_cv:
+            self._desired_cv.notify_all()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+
+    def run(self) -> None:
+        """Serve the committed models, connect, and loop until :meth:`stop`."""
+        self._recover()
+        broker = self.config.broker or self._discover()
+        self._client = self._connect(broker)
+        updater = threading.Thread(target=self._updater, name="agent-updater", daemon=True)
+        updater.start()
+        self._threads.append(updater)
+        next_telemetry = time.monotonic() + self.config.telemetry_interval_s
+        try:
+            while not self._stopping.is_set():
+                self._drain_acks()
+                if time.monotonic() >= next_telemetry:
+                    next_telemetry += self.config.telemetry_interval_s
+                    self._queue_telemetry()
+                if self._status_dirty.is_set() and self._connected.is_set():
+                    self._status_dirty.clear()
+                    self._publish_status()
+                self._pump_outbox()
+                self._wake.wait(0.05)
+                self._wake.clear()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        client = self._client
+        if client is not None:
+            if self._connected.is_set():
+                info = client.publish(
+                    self._topic("status"), self._status("offline").to_json(), qos=1, retain=True
+                )
+                try:
+                    info.wait_for_publish(timeout=2)
+                except (RuntimeError, ValueError):
+                    pass
+            client.disconnect()
+            client.loop_stop()
+        self.runtime.close()
+        self.outbox.close()
+
+    def _discover(self) -> BrokerConfig:
+        from fleet.discovery import discover
+
+        found = discover(self.config.fleet, timeout=self.config.discovery_timeout_s)
+        log.info("found fleet %s manager at %s (broker %s)", found.fleet, found.api_url, found.broker_url)
+        return BrokerConfig(url=found.broker_url, tls_fingerprint=found.tls_fingerprint)
+
+    # --- MQTT plumbing ---
+
+    def _topic(self, kind: str) -> str:
+        return topic(self.config.fleet, self.config.device, kind)
+
+    def _connect(self, broker: BrokerConfig) -> mqtt.Client:
+        client = make_client(f"edge-{self.config.fleet}-{self.config.device}", broker)
+        client.will_set(self._topic("status"), self._status("offline").to_json(), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = lambda _c, _u, mid, _rc, _p: (self._acks.put(mid), self._wake.set())
+        log.info("connecting to %s as %s/%s", broker.url, self.config.fleet, self.config.device)
+        client.connect_async(broker.host, broker.port, keepalive=broker.keepalive)
+        client.loop_start()
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("broker refused the connection: %s", rc)
+            return
+        for kind in ("desired", "cmd", "stream/data"):
+            client.subscribe(self._topic(kind), qos=1)
+        self._connected.set()
+        self._resend.set()
+        self._status_dirty.set()
+        self._wake.set()
+        log.info("connected to the broker")
+
+    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
+        if self._connected.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", rc)
+        self._connected.clear()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        # Runs on paho's thread: parse, hand over, return. Never raise: a bad message is dropped.
+        try:
+            kind = parse_topic(msg.topic).kind
+            if kind == "stream/data":
+                self._blocks.put(decode_block(msg.payload))
+            elif kind == "desired":
+                if not msg.payload:
+                    return  # a cleared retained message
+                desired = parse_json_message(kind, msg.payload)
+                with self._desired_cv:
+                    self._desired = desired
+                    self._desired_cv.notify_all()
+            elif kind == "cmd":
+                cmd: Command = parse_json_message(kind, msg.payload)
+                if cmd.cmd == "report":
+                    self._status_dirty.set()
+                    self._queue_telemetry()
+            else:
+                raise ProtocolError(f"the agent does not receive {kind!r} messages")
+        except ProtocolError as exc:
+            log.warning("dropped a message on %s: %s", msg.topic, exc)
+        except Exception:
+            log.exception("dropped a message on %s: unexpected error", msg.topic)
+
+    def _drain_acks(self) -> None:
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            seq = self._inflight.pop(mid, None)
+            if seq is not None:
+                self.outbox.ack(seq)
+
+    def _pump_outbox(self) -> None:
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return
+        if self._resend.is_set():
+            # A new connection: whatever was unacknowledged is sent again (the manager drops duplicates).
+            self._resend.clear()
+            self._inflight.clear()
+            self._sent_up_to = 0
+        room = self.config.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for msg in self.outbox.peek(room, after=self._sent_up_to):
+            info = client.publish(self._topic(msg.kind), msg.payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return  # not connected after all: the next connection resends
+            self._inflight[info.mid] = msg.seq
+            self._sent_up_to = msg.seq
+
+    def _publish_status(self) -> None:
+        if self._client is not None:
+            self._client.publish(self._topic("status"), self._status("online").to_json(), qos=1, retain=True)
+
+    def _status(self, state: str) -> Status:
+        models = {}
+        for name in self.store.names():
+            try:
+                cur = self.store.current(name)
+            except FleetError:
+                cur = None
+            except Exception:  # noqa: BLE001 - a store being changed by another process
+                cur = None
+            if cur is not None:
+                models[name] = {"version": cur.version, "sha256": cur.sha256}
+        return Status(
+            device=self.config.device,
+            state=state,
+            ts=time.time(),
+            agent_version=runtime_version,
+            profile=self.config.profile or self._profile_name(),
+            tags=list(self.config.tags),
+            group=self.config.group,
+            models=models,
+            deployment_id=self._deployment_id,
+        )
+
+    def _profile_name(self) -> str | None:
+        profile = self._profile()
+        return getattr(profile, "name", None)
+
+    def _profile(self) -> Any:
+        if self._profile_obj is None:
+            try:
+                from device_profiles import detect_profile
+
+                self._profile_obj = detect_profile()
+            except Exception as exc:  # noqa: BLE001 - telemetry without a profile is still telemetry
+                log.debug("no device profile: %s", exc)
+                self._profile_obj = False
+        return self._profile_obj or None
+
+    # --- telemetry and events: always through the durable outbox ---
+
+    def _queue_telemetry(self) -> None:
+        models: dict[str, dict[str, Any]] = {}
+        for name in self.store.names():
+            stats = self.runtime.stats(name)
+            if stats is None:
+                continue
+            window = stats.since(self._last_stats.get(name, VersionStats(stats.version)))
+            self._last_stats[name] = stats
+            models[name] = {
+                "version": stats.version,
+                "inferences": window.inferences,
+                "errors": window.errors,
+                "latency_ms": window.latency.to_dict(),
+            }
+        system = self._system()
+        depth, dropped = self.outbox.depth(), self.outbox.dropped()
+        self.outbox.put(
+            "telemetry",
+            lambda seq: Telemetry(
+                device=self.config.device,
+                stream=self.outbox.stream,
+                seq=seq,
+                ts=time.time(),
+                window_s=self.config.telemetry_interval_s,
+                models=models,
+                system=system,
+                queue={"depth": depth, "dropped": dropped},
+            ).to_json(),
+        )
+        self._wake.set()
+
+    def _system(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        try:
+            import psutil
+
+            out["cpu_percent"] = psutil.cpu_percent(interval=None)
+            vm = psutil.virtual_memory()
+            out["mem_used_bytes"], out["mem_total_bytes"] = vm.total - vm.available, vm.total
+        except ImportError:
+            out["load_1m"] = os.getloadavg()[0]
+        profile = self._profile()
+        if profile is not None:
+            from device_profiles import read_temperature_c, read_throttled
+
+            try:
+                out["temperature_c"] = read_temperature_c(profile)
+                throttled = read_throttled(profile)
+                out["throttled"] = throttled.raw if throttled is not None else None
+            except Exception as exc:  # noqa: BLE001 - sensors are best effort
+                log.debug("sensors unreadable: %s", exc)
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _event(self, d: Desired, state: str, **fields: Any) -> None:
+        def build(seq: int) -> bytes:
+            event = Event(
+                device=self.config.device,
+                stream=self.outbox.stream,
+                seq=seq,
+                ts=time.time(),
+                deployment_id=d.deployment_id,
+                model=d.model,
+                sha256=d.sha256,
+                version=d.version,
+                state=state,
+                **fields,
+            )
+            if self.on_event is not None:
+                self.on_event(event)
+            return event.to_json()
+
+        self.outbox.put("event", build)
+        log.info(
+            "deployment %s: %s%s",
+            d.deployment_id,
+            state,
+            f" ({fields['reason']})" if "reason" in fields else "",
+        )
+        self._wake.set()
+
+    # --- start-up: serve what is committed, settle an interrupted attempt ---
+
+    def _package_path(self, sha256: str) -> Path:
+        return self._packages / f"{sha256}.edgepkg"
+
+    def _recover(self) -> None:
+        for name in self.store.names():
+            cur = self.store.current(name)
+            if cur is None:
+                continue
+            try:
+                self.runtime.swap(name, self._package_path(cur.sha256))
+                log.info("serving %s %s (%s)", name, cur.version, cur.sha256[:12])
+            except (UpdateError, OSError) as exc:
+                # The committed version must have passed its self-test once; fall back to the previous.
+                log.error("committed %s %s does not load (%s); rolling back", name, cur.version, exc)
+                prev = self.store.rollback(name)
+                self.runtime.swap(name, self._package_path(prev.sha256))
+        attempt = self._journal.get("attempt")
+        if attempt and attempt.get("phase") in ("swap", "health"):
+            d = Desired.from_dict(attempt["desired"])
+            current = self.store.current(d.model)
+            if current is not None and current.sha256 == d.sha256:
+                self._finish(d, "succeeded", reason="committed just before the agent restarted")
+            else:
+                # Killed after swapping but before committing: `current` still names the old version,
+                # which is what we just loaded. Record the failure so the attempt is not retried.
+                reason = "the agent restarted during the swap or health window; the previous version serves"
+                self._finish(d, "failed", step=attempt["phase"], reason=reason)
+
+    def _finish(self, d: Desired, state: str, **fields: Any) -> None:
+        current = self.store.current(d.model)
+        fields.setdefault("serving_sha256", current.sha256 if current else None)
+        self._event(d, state, **{k: v for k, v in fields.items() if v is not None})
+        self._journal["finished"][d.deployment_id] = {"state": state, "sha256": d.sha256, "ts": time.time()}
+        self._journal["attempt"] = None
+        self._write_journal()
+        self._deployment_id = None
+        self._status_dirty.set()
+
+    # --- the updater thread ---
+
+    def _updater(self) -> None:
+        while not self._stopping.is_set():
+            with self._desired_cv:
+                while self._desired is None and not self._stopping.is_set():
+                    self._desired_cv.wait(0.5)
+                d, self._desired = self._desired, None
+            if d is None:
+                continue
+            try:
+                self._apply(d)
+            except _Superseded:
+                log.info("deployment %s superseded by a newer desired state", d.deployment_id)
+            except Exception:
+                log.exception("deployment %s: unexpected error", d.deployment_id)
+
+    def _check_superseded(self) -> None:
+        if self._stopping.is_set():
+            raise _Superseded()
+        with self._desired_cv:
+            if self._desired is not None:
+                raise _Superseded()
+
+    def _apply(self, d: Desired) -> None:
+        if d.deployment_id in self._journal["finished"]:
+            return  # already done (the retained desired state is delivered on every connect)
+        current = self.store.current(d.model)
+        if current is not None and current.sha256 == d.sha256:
+            self._finish(
+                d, "rolled_back" if d.action == "rollback" else "succeeded", reason="already serving"
+            )
+            return
+        self._deployment_id = d.deployment_id
+        self._status_dirty.set()
+        if d.action == "rollback":
+            self._rollback_to(d, current.sha256 if current else None)
+            return
+        self._event(d, "accepted")
+        self._journal["attempt"] = {"desired": d.to_dict(), "phase": "download"}
+        self._write_journal()
+        swapped = False
+        try:
+            path = self._download(d)
+            installed = self._install(d, path)
+            self._journal["attempt"]["phase"] = "swap"
+            self._write_journal()
+            before = self.runtime.stats(d.model)
+            self.runtime.swap(d.model, path)
+            swapped = True
+            self._journal["attempt"]["phase"] = "health"
+            self._write_journal()
+            self._event(d, "swapped")
+            self._watch_health(d, before)
+            self.store.activate(d.model, installed.sha256)  # the commit
+            self._gc(d.model)
+            self._finish(d, "succeeded")
+        except (_Superseded, UpdateError, DownloadError) as exc:
+            if swapped:
+                self._swap_back(d, current.sha256 if current else None)
+            if isinstance(exc, _Superseded):
+                self._journal["attempt"] = None
+                self._write_journal()
+                self._deployment_id = None
+                raise
+            step = exc.step if isinstance(exc, UpdateError) else "download"
+            reason = exc.reason if isinstance(exc, UpdateError) else str(exc)
+            self._finish(d, "failed", step=step, reason=reason)
+
+    def _swap_back(self, d: Desired, sha256: str | None) -> None:
+        if sha256 is None:
+            log.error("deployment %s: no previous version of %s to swap back to", d.deployment_id, d.model)
+            return
+        try:
+            self.runtime.swap(d.model, self._package_path(sha256))
+        except UpdateError as exc:
+            log.critical("deployment %s: swapping back to %s failed: %s", d.deployment_id, sha256[:12], exc)
+
+    def _rollback_to(self, d: Desired, current_sha: str | None) -> None:
+        """The manager asked for an earlier version: swap to it, then commit it (no health window)."""
+        try:
+            path = self._download(d)
+            installed = self._install(d, path)
+            self.runtime.swap(d.model, path)
+        except (UpdateError, DownloadError) as exc:
+            self._swap_back(d, current_sha)
+            step = exc.step if isinstance(exc, UpdateError) else "download"
+            self._finish(d, "failed", step=step, reason=str(exc))
+            return
+        self.store.activate(d.model, installed.sha256)
+        self._finish(d, "rolled_back")
+
+    def _install(self, d: Desired, path: Path) -> Any:
+        """Verify the signature and hashes and extract into the store (does not activate)."""
+        try:
+            installed = self.store.install(path)
+        except Exception as exc:
+            path.unlink(missing_ok=True)
+            raise UpdateError("verify", f"{type(exc).__name__}: {exc}") from exc
+        if installed.name != d.model:
+            raise UpdateError("verify", f"the package is model {installed.name!r}, not {d.model!r}")
+        self._event(d, "verified")
+        return installed
+
+    def _gc(self, name: str) -> None:
+        self.store.gc(name, keep=2)
+        keep = {m.sha256 for n in self.store.names() for m in self.store.versions(n)}
+        for f in self._packages.glob("*.edgepkg"):
+            if f.stem not in keep:
+                f.unlink(missing_ok=True)
+
+    # --- download: MQTT stream blocks, resumable from the .part prefix ---
+
+    def _download(self, d: Desired) -> Path:
+        final = self._package_path(d.sha256)
+        if final.is_file():
+            return final
+        part = self._downloads / f"{d.sha256}.part"
+        block, size = d.block_size, d.size
+        nblocks = max(1, -(-size // block))
+        with open(part, "a+b") as f:
+            have = min(f.seek(0, os.SEEK_END) // block, nblocks)
+            f.truncate(have * block)  # a torn last block is fetched again
+            if have:
+                log.info("deployment %s: resuming download at block %d/%d", d.deployment_id, have, nblocks)
+            self._fetch_blocks(d, f, have, nblocks)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = hashlib.sha256()
+        with open(part, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != d.sha256:
+            part.unlink(missing_ok=True)
+            raise DigestMismatchError(
+                f"downloaded {size} bytes hash to {digest.hexdigest()[:12]}, the deployment names "
+                f"{d.sha256[:12]}; the download was discarded"
+            )
+        os.replace(part, final)
+        return final
+
+    def _fetch_blocks(self, d: Desired, f: Any, have: int, nblocks: int) -> None:
+        assert self._client is not None
+        token = uuid.uuid4().hex[:8]
+        while not self._blocks.empty():  # blocks of an earlier attempt
+            self._blocks.get_nowait()
+        last_progress, next_report = time.monotonic(), have + max(1, nblocks // 4)
+        while have < nblocks:
+            self._check_superseded()
+            if time.monotonic() - last_progress > self.config.stall_timeout_s:
+                raise DownloadError(f"no block arrived for {self.config.stall_timeout_s:.0f} s")
+            if not self._connected.wait(0.5):
+                continue
+            count = min(self.config.download_window, nblocks - have)
+            request = StreamGet(d.sha256, d.block_size, have, count, token)
+            self._client.publish(self._topic("stream/get"), request.to_json(), qos=1)
+            got: dict[int, bytes] = {}
+            deadline = time.monotonic() + self.config.block_timeout_s
+            while len(got) < count and time.monotonic() < deadline:
+                try:
+                    b = self._blocks.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if b.file_id != d.sha256 or not have <= b.index < have + count:
+                    continue  # a late block of an earlier request
+                if b.error is not None:
+                    raise DownloadError(f"the manager cannot serve the package: {b.error}")
+                if not b.intact:
+                    log.warning("block %d of %s failed its crc32; asking again", b.index, d.sha256[:12])
+                    continue
+                got[b.index] = b.data
+            # Append the contiguous run received; anything after a gap is asked for again.
+            while have in got:
+                f.write(got.pop(have))
+                have += 1
+                last_progress = time.monotonic()
+            if have >= next_report or have == nblocks:
+                f.flush()
+                os.fsync(f.fileno())
+                written = min(have * d.block_size, d.size)
+                self._event(d, "downloading", progress={"bytes": written, "total": d.size})
+                next_report = have + max(1, nblocks // 4)
+
+    def _watch_health(self, d: Desired, before: VersionStats | None) -> None:
+        """Probe the new version for the window; raise UpdateError('health') on errors or slowness."""
+        policy = d.health
+        start_stats = self.runtime.stats(d.model)
+        deadline = time.monotonic() + policy.window_s
+        baseline_p95 = before.latency.quantile(0.95) if before and before.latency.total else None
+        while time.monotonic() < deadline:
+            self._check_superseded()
+            self.runtime.probe(d.model)
+            time.sleep(self.config.probe_interval_s)
+        now = self.runtime.stats(d.model)
+        if now is None or start_stats is None:
+            raise UpdateError("health", "the new version stopped serving during the health window")
+        window = now.since(start_stats)
+        # Probes ran inside this window, so at least one inference is always judged.
+        if window.inferences and window.errors / window.inferences > policy.max_error_rate:
+            raise UpdateError(
+                "health",
+                f"{window.errors} errors in {window.inferences} inferences "
+                f"(over the {policy.max_error_rate:.0%} allowed)",
+            )
+        p95 = window.latency.quantile(0.95)
+        if (
+            baseline_p95
+            and p95 is not None
+            and window.inferences >= policy.min_inferences
+            and p95 > policy.max_latency_ratio * baseline_p95
+        ):
+            raise UpdateError(
+                "health",
+                f"p95 latency {p95:.1f} ms is over {policy.max_latency_ratio}x the previous version's "
+                f"{baseline_p95:.1f} ms",
+            )
+
+
+def run_agent(config: AgentConfig) -> int:
+    """Run until SIGINT/SIGTERM; the CLI's entry point."""
+    import signal
+
+    agent = Agent(config)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: agent._stopping.set())
+    agent.run()
+    return 0

@@ -1,0 +1,294 @@
+"""``edge agent`` and ``edge fleet ...``: registered into the ``edge`` command by :func:`register`.
+
+Also runnable on its own: ``python -m fleet.cli agent ...`` / ``python -m fleet.cli fleet devices``.
+Exit codes follow ``edge``: 0 success, 1 the work failed (reason on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "register"]
+
+DEFAULT_API = os.environ.get("EDGE_FLEET_API", "http://127.0.0.1:8480")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``agent`` and ``fleet`` to the ``edge`` command's subparsers."""
+    agent = subparsers.add_parser(
+        "agent",
+        help="run the device agent: status, telemetry and OTA updates over MQTT",
+        description="Connect to the fleet's broker (given, or found by zeroconf), report, and apply "
+        "deployments: download, verify, self-test, swap, watch health, commit or roll back.",
+    )
+    agent.add_argument("--fleet", required=True)
+    agent.add_argument("--device", required=True, help="this device's id (also its MQTT user name)")
+    agent.add_argument("--state-dir", type=Path, default=Path("/var/lib/edge"))
+    agent.add_argument("--broker", help="mqtt://host:port or mqtts://host:port; default: zeroconf")
+    agent.add_argument("--username", help="default: the device id when --password is given")
+    agent.add_argument("--password", default=os.environ.get("EDGE_MQTT_PASSWORD"))
+    agent.add_argument("--ca-file", help="CA certificate for mqtts://")
+    agent.add_argument("--trust", type=Path, action="append", default=[], help="trusted .pub or dir")
+    agent.add_argument("--tag", action="append", default=[])
+    agent.add_argument("--group")
+    agent.add_argument("--telemetry-interval", type=float, default=10.0, metavar="S")
+    agent.add_argument("--queue-max-bytes", type=int, default=8 << 20)
+    agent.add_argument("--download-window", type=int, default=8, metavar="BLOCKS")
+    agent.set_defaults(func=_cmd_agent)
+
+    fleet = subparsers.add_parser("fleet", help="the fleet manager and its client commands")
+    fsub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
+
+    serve = fsub.add_parser("serve", help="run the fleet manager")
+    serve.add_argument("--fleet", required=True)
+    serve.add_argument("--state-dir", type=Path, default=Path("/var/lib/edge-fleet"))
+    serve.add_argument("--broker", help="mqtt://user:pass@host:port; default: start an embedded broker")
+    serve.add_argument("--broker-port", type=int, default=1883, help="embedded broker port")
+    serve.add_argument("--ca-file")
+    serve.add_argument("--trust", type=Path, action="append", default=[], help="require packages signed so")
+    serve.add_argument("--http", default="127.0.0.1:8480", metavar="HOST:PORT")
+    serve.add_argument("--advertise", action="store_true", help="announce with zeroconf (DNS-SD)")
+    serve.set_defaults(func=_cmd_serve)
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        p = fsub.add_parser(name, help=help)
+        p.add_argument("--api", default=DEFAULT_API, help=f"manager URL (default {DEFAULT_API})")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    client("devices", "list devices").set_defaults(func=_cmd_devices)
+    p = client("packages", "list packages, or add one")
+    p.add_argument("action", nargs="?", choices=("list", "add"), default="list")
+    p.add_argument("file", nargs="?", type=Path, metavar="FILE", help="add: an .edgepkg to upload")
+    p.set_defaults(func=_cmd_packages)
+    p = client("deploy", "start a deployment")
+    p.add_argument("package", help="sha256 (or a prefix of 8+)")
+    p.add_argument("--device", action="append", default=[])
+    p.add_argument("--tag", action="append", default=[])
+    p.add_argument("--profile", action="append", default=[])
+    p.add_argument("--group", action="append", default=[])
+    p.add_argument("--canary", type=float, help="first wave's fraction, e.g. 0.1")
+    p.add_argument("--waves", help="cumulative fractions, e.g. 0.1,0.5,1")
+    p.add_argument("--rate", type=float, default=0.0, help="device starts per minute (0: no limit)")
+    p.add_argument("--timeout", type=float, default=600.0, help="per-device timeout, seconds")
+    p.add_argument("--max-failures", type=int)
+    p.add_argument("--max-failure-rate", type=float)
+    p.add_argument("--min-executed", type=int, default=1)
+    p.add_argument("--max-error-rate", type=float)
+    p.add_argument("--max-latency-ratio", type=float)
+    p.add_argument("--health-window", type=float, default=10.0, help="device-side health window, s")
+    p.set_defaults(func=_cmd_deploy)
+    p = client("rollout", "status, pause, resume or abort a deployment")
+    p.add_argument("action", choices=("status", "pause", "resume", "abort"))
+    p.add_argument("id", nargs="?", help="deployment id (status: all when omitted)")
+    p.set_defaults(func=_cmd_rollout)
+    p = client("telemetry", "per-model summary of recent telemetry")
+    p.add_argument("--since", type=float, default=3600.0, metavar="S")
+    p.set_defaults(func=_cmd_telemetry)
+
+
+# --- the agent and the manager ---
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from fleet.agent import Agent, AgentConfig
+    from fleet.mqtt import BrokerConfig
+
+    broker = None
+    if args.broker:
+        user = args.username or (args.device if args.password else None)
+        broker = BrokerConfig(args.broker, user, args.password, args.ca_file)
+    config = AgentConfig(
+        fleet=args.fleet,
+        device=args.device,
+        state_dir=args.state_dir,
+        broker=broker,
+        trust=tuple(args.trust),
+        tags=tuple(args.tag),
+        group=args.group,
+        telemetry_interval_s=args.telemetry_interval,
+        queue_max_bytes=args.queue_max_bytes,
+        download_window=args.download_window,
+    )
+    agent = Agent(config)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: agent.stop(timeout=0))
+    agent.run()
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from fleet.manager.http import ApiServer
+    from fleet.manager.service import FleetManager, ManagerConfig
+    from fleet.mqtt import BrokerConfig
+
+    embedded = None
+    if args.broker:
+        broker = BrokerConfig(args.broker, ca_file=args.ca_file)
+    else:
+        from fleet.broker import EmbeddedBroker
+
+        embedded = EmbeddedBroker("127.0.0.1", args.broker_port).start()
+        broker = BrokerConfig(embedded.url)
+    host, _, port = args.http.rpartition(":")
+    manager = FleetManager(ManagerConfig(args.fleet, args.state_dir, broker, tuple(args.trust))).start()
+    api = ApiServer(manager, host or "127.0.0.1", int(port)).start()
+    advert = None
+    if args.advertise:
+        from fleet.discovery import Advertiser
+
+        advert = Advertiser(args.fleet, broker.url, api.url).start()
+    logging.getLogger(__name__).info("fleet %s manager: API %s, broker %s", args.fleet, api.url, broker.url)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    if advert is not None:
+        advert.stop()
+    api.stop()
+    manager.stop()
+    if embedded is not None:
+        embedded.stop()
+    return 0
+
+
+# --- HTTP client commands ---
+
+
+def _call(api: str, method: str, path: str, body: Any = None, data: bytes | None = None) -> Any:
+    headers = {}
+    if body is not None:
+        data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+    req = urllib.request.Request(api.rstrip("/") + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail)["error"]
+        except (ValueError, KeyError):
+            pass
+        raise SystemExit(f"edge fleet: {method} {path}: {exc.code} {detail}") from None
+    except urllib.error.URLError as exc:
+        raise SystemExit(f"edge fleet: cannot reach the manager at {api}: {exc.reason}") from None
+
+
+def _print(args: argparse.Namespace, data: Any, rows: list[str]) -> None:
+    print(json.dumps(data, indent=2) if args.json else "\n".join(rows))
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    devices = _call(args.api, "GET", "/api/v1/devices")
+    rows = [f"{'DEVICE':<20} {'STATE':<8} {'PROFILE':<18} {'GROUP':<10} MODELS"]
+    for d in devices:
+        models = ", ".join(f"{n}@{m['version']}" for n, m in d["models"].items()) or "-"
+        state = "online" if d["online"] else "offline"
+        rows.append(f"{d['id']:<20} {state:<8} {d['profile'] or '-':<18} {d['grp'] or '-':<10} {models}")
+    _print(args, devices, rows)
+    return 0
+
+
+def _cmd_packages(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        if args.file is None:
+            raise SystemExit("edge fleet packages add: give the .edgepkg to upload")
+        row = _call(args.api, "POST", "/api/v1/packages", data=args.file.read_bytes())
+        _print(args, row, [f"added {row['name']} {row['version']} {row['sha256']}"])
+        return 0
+    pkgs = _call(args.api, "GET", "/api/v1/packages")
+    rows = [f"{'SHA256':<14} {'NAME':<20} {'VERSION':<10} {'SIZE':>10} SIGNER"]
+    rows += [
+        f"{p['sha256'][:12]:<14} {p['name']:<20} {p['version']:<10} {p['size']:>10} {p['signer'] or '-'}"
+        for p in pkgs
+    ]
+    _print(args, pkgs, rows)
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    targets = {"devices": args.device, "tags": args.tag, "profiles": args.profile, "groups": args.group}
+    if not any(targets.values()):
+        targets = {"all": True}
+    spec: dict[str, Any] = {
+        "targets": targets,
+        "canary": args.canary,
+        "waves": [float(w) for w in args.waves.split(",")] if args.waves else [],
+        "rate_per_min": args.rate,
+        "device_timeout_s": args.timeout,
+        "max_failures": args.max_failures,
+        "max_failure_rate": args.max_failure_rate,
+        "min_executed": args.min_executed,
+        "max_error_rate": args.max_error_rate,
+        "max_latency_ratio": args.max_latency_ratio,
+        "health": {"window_s": args.health_window},
+    }
+    dep = _call(args.api, "POST", "/api/v1/deployments", {"package": args.package, "spec": spec})
+    _print(args, dep, [f"deployment {dep['id']}: {dep['state']}, {len(dep['devices'])} device(s)"])
+    return 0
+
+
+def _status_rows(dep: dict[str, Any]) -> list[str]:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(dep["counts"].items()))
+    reason = f" ({dep['reason']})" if dep.get("reason") else ""
+    wave = f"wave {min(dep['wave'] + 1, dep['waves'])}/{dep['waves']}"
+    rows = [f"{dep['id']}  {dep['model']} {dep['version']}  {dep['state']}{reason}  {wave}  [{counts}]"]
+    for d in dep.get("devices", []):
+        why = f"  {d['step'] or ''} {d['reason']}" if d.get("reason") else ""
+        rows.append(f"  {d['device']:<20} wave {d['wave'] + 1}  {d['state']:<12} {d['phase'] or ''}{why}")
+    return rows
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    if args.action == "status" and not args.id:
+        deps = _call(args.api, "GET", "/api/v1/deployments")
+        _print(args, deps, [r for d in deps for r in _status_rows(d)[:1]] or ["no deployments"])
+        return 0
+    if not args.id:
+        raise SystemExit(f"edge fleet rollout {args.action}: give a deployment id")
+    if args.action == "status":
+        dep = _call(args.api, "GET", f"/api/v1/deployments/{args.id}")
+    else:
+        dep = _call(args.api, "POST", f"/api/v1/deployments/{args.id}/{args.action}")
+    _print(args, dep, _status_rows(dep))
+    return 0
+
+
+def _cmd_telemetry(args: argparse.Namespace) -> int:
+    s = _call(args.api, "GET", f"/api/v1/telemetry?since_s={args.since}")
+    rows = [f"last {s['since_s']:.0f} s: {s['messages']} reports from {s['devices']} device(s)"]
+    for m in s["models"]:
+        p95 = f"{m['p95_ms']:.1f} ms" if m["p95_ms"] is not None else "-"
+        rows.append(
+            f"  {m['model']} {m['version']}: {m['inferences']} inferences, {m['errors']} errors "
+            f"({m['error_rate']:.2%}), p95 {p95}"
+        )
+    _print(args, s, rows)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Typed errors of the fleet manager and device agent.
+
+Every error raised on purpose by ``fleet`` derives from :class:`FleetError`;
+specific errors also derive from the matching builtin::
+
+    FleetError
+    ├── ProtocolError (ValueError)       a message that does not follow docs/mqtt-protocol.md
+    ├── BrokerError (ConnectionError)    the broker cannot be reached or refused us
+    ├── DownloadError (RuntimeError)     a package transfer that failed or stalled
+    │   └── DigestMismatchError          a downloaded file whose sha256 differs from the deployment's
+    ├── UpdateError (RuntimeError)       an OTA step failed; ``step`` says which (verify, selftest, ...)
+    ├── DiscoveryError (LookupError)     no manager answered on DNS-SD in time
+    ├── NotFoundError (LookupError)      a device, package or deployment the manager does not know
+    └── ConflictError (ValueError)       a request the manager's current state does not allow
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "ConflictError",
+    "DigestMismatchError",
+    "DiscoveryError",
+    "DownloadError",
+    "FleetError",
+    "NotFoundError",
+    "ProtocolError",
+    "UpdateError",
+]
+
+
+class FleetError(Exception):
+    """Base of every error the fleet package raises on purpose."""
+
+
+class ProtocolError(ValueError, FleetError):
+    """A malformed, unknown or wrongly versioned MQTT message; the receiver logs and drops it."""
+
+
+class BrokerError(ConnectionError, FleetError):
+    """The broker could not be reached, or it refused the credentials."""
+
+
+class DownloadError(RuntimeError, FleetError):
+    """A package transfer that failed, stalled past its timeout or was cancelled."""
+
+
+class DigestMismatchError(DownloadError):
+    """The downloaded bytes do not hash to the sha256 the deployment named."""
+
+
+class UpdateError(RuntimeError, FleetError):
+    """One OTA step failed; the device rolled back. ``step`` names it, the message says why."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"{step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+class DiscoveryError(LookupError, FleetError):
+    """No fleet manager was found by DNS-SD before the timeout."""
+
+
+class NotFoundError(LookupError, FleetError):
+    """A device, package or deployment the manager does not know."""
+
+
+class ConflictError(ValueError, FleetError):
+    """A request the current state does not allow (e.g. resuming an aborted rollout)."""

@@ -1,0 +1,88 @@
+"""The manager's package store: ``.edgepkg`` files named by their sha256.
+
+A package is checked when it is added (structure, hashes and, when the
+manager has a trust store, the signature), so a rollout never starts with a
+package every device would refuse. Devices verify it again themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.package import TrustStore, open_package
+from fleet.errors import NotFoundError
+from fleet.manager.db import FleetDB
+
+__all__ = ["PackageStore"]
+
+
+class PackageStore:
+    """Files under ``root/<sha256>.edgepkg``, with their metadata in the ``packages`` table."""
+
+    def __init__(self, root: str | Path, db: FleetDB, trust_store: TrustStore | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db = db
+        self.trust_store = trust_store
+
+    def path(self, sha256: str) -> Path:
+        p = self.root / f"{sha256}.edgepkg"
+        if len(sha256) != 64 or not p.is_file():
+            raise NotFoundError(f"no package {sha256[:12]} in the store")
+        return p
+
+    def add(self, source: str | Path) -> dict[str, Any]:
+        """Copy a package in (verifying it); adding the same bytes twice is a no-op. Returns its row."""
+        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+        tmp = Path(tmp_name)
+        try:
+            h = hashlib.sha256()
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            sha256 = h.hexdigest()
+            with open_package(tmp, trust_store=self.trust_store) as pkg:
+                pkg.verify()
+                manifest, signer = pkg.manifest, pkg.signer
+            final = self.root / f"{sha256}.edgepkg"
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        with self.db.tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO packages VALUES (?, ?, ?, ?, ?, ?)",
+                (sha256, manifest.name, manifest.version, final.stat().st_size, signer, time.time()),
+            )
+        return self.get(sha256)
+
+    def get(self, ref: str) -> dict[str, Any]:
+        """A package by sha256 (or a unique prefix of at least 8 characters)."""
+        rows = (
+            self.db.query("SELECT * FROM packages WHERE sha256 LIKE ?", (ref + "%",)) if len(ref) >= 8 else []
+        )
+        if len(rows) != 1:
+            raise NotFoundError(f"no package {ref!r}" if not rows else f"package prefix {ref!r} is ambiguous")
+        return rows[0]
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.db.query("SELECT * FROM packages ORDER BY added")
+
+    def read_block(self, sha256: str, index: int, block_size: int) -> tuple[bytes, int]:
+        """Block ``index`` of the file and the file's size."""
+        p = self.path(sha256)
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(index * block_size)
+            return f.read(block_size), size
+
+    def remove_all(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

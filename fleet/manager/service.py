@@ -1,0 +1,327 @@
+"""The fleet manager (``edge fleet serve``): MQTT ingestion, package streaming, the rollout ticker.
+
+:class:`FleetManager` owns the state (:class:`~fleet.manager.db.FleetDB`),
+the package store, the rollout engine and one MQTT connection (a persistent
+session, so QoS 1 telemetry sent while it restarts waits at the broker). Its
+message handler validates every message against :mod:`fleet.protocol`;
+anything malformed is counted, logged and dropped. Telemetry and events are
+stored before the handler returns, i.e. before paho acknowledges them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from edge_runtime.package import TrustStore
+from fleet.errors import BrokerError, NotFoundError, ProtocolError
+from fleet.manager.db import FleetDB
+from fleet.manager.packages import PackageStore
+from fleet.manager.rollout import RolloutEngine, RolloutSpec
+from fleet.mqtt import BrokerConfig, make_client
+from fleet.protocol import (
+    Desired,
+    Event,
+    Status,
+    StreamGet,
+    Telemetry,
+    encode_block,
+    parse_json_message,
+    parse_topic,
+    subscription,
+    topic,
+)
+from fleet.runtime import LatencyHistogram
+
+__all__ = ["FleetManager", "ManagerConfig"]
+
+log = logging.getLogger(__name__)
+
+BlockFilter = Callable[[str, int, bytes], bytes]
+
+
+@dataclass
+class ManagerConfig:
+    fleet: str
+    state_dir: Path
+    broker: BrokerConfig
+    trust: tuple[Path, ...] = ()  # when set, packages must be signed by one of these keys to be added
+    tick_interval_s: float = 0.5
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.messages = Counter(
+            "fleet_messages_total", "MQTT messages received, by kind", ["kind"], registry=r
+        )
+        self.dropped = Counter(
+            "fleet_messages_dropped_total", "Messages dropped, by reason", ["reason"], registry=r
+        )
+        self.duplicates = Counter(
+            "fleet_duplicates_total", "Telemetry and events received again (same stream and seq)", registry=r
+        )
+        self.inferences = Counter(
+            "fleet_inferences_total", "Inferences reported by devices", ["model", "version"], registry=r
+        )
+        self.errors = Counter(
+            "fleet_inference_errors_total",
+            "Inference errors reported by devices",
+            ["model", "version"],
+            registry=r,
+        )
+        self.stream_bytes = Counter(
+            "fleet_stream_bytes_total", "Package bytes streamed to devices", registry=r
+        )
+        self.devices = Gauge("fleet_devices", "Known devices, by state", ["state"], registry=r)
+        self.deployment_devices = Gauge(
+            "fleet_deployment_devices",
+            "Devices of active deployments, by state",
+            ["deployment", "state"],
+            registry=r,
+        )
+        self.device_queue_dropped = Gauge(
+            "fleet_device_queue_dropped",
+            "Messages a device's outbox dropped (its last report)",
+            ["device"],
+            registry=r,
+        )
+
+
+class FleetManager:
+    """The manager's core; :meth:`start` connects and runs the ticker, :meth:`stop` ends both."""
+
+    def __init__(self, config: ManagerConfig) -> None:
+        self.config = config
+        root = Path(config.state_dir)
+        self.db = FleetDB(root / "fleet.sqlite")
+        trust = TrustStore.load(*config.trust) if config.trust else None
+        self.packages = PackageStore(root / "packages", self.db, trust)
+        self.rollouts = RolloutEngine(self.db, self._publish_desired)
+        self.metrics = _Metrics()
+        self.block_filter: BlockFilter | None = None  # fault injection for tests and drills
+        self._client: mqtt.Client | None = None
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    # --- lifecycle ---
+
+    def start(self, connect_timeout: float = 15.0) -> FleetManager:
+        b = self.config.broker
+        client = make_client(f"edge-fleet-manager-{self.config.fleet}", b, clean_session=False)
+        client.on_connect = self._on_connect
+        client.on_disconnect = lambda *_: self._connected.clear()
+        client.on_message = self._on_message
+        client.connect_async(b.host, b.port, keepalive=b.keepalive)
+        client.loop_start()
+        self._client = client
+        if not self._connected.wait(connect_timeout):
+            client.loop_stop()
+            raise BrokerError(f"could not connect to the broker at {b.url} within {connect_timeout:.0f} s")
+        self._ticker = threading.Thread(target=self._tick_loop, name="fleet-ticker", daemon=True)
+        self._ticker.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(5)
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        self.db.close()
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.config.tick_interval_s):
+            self.rollouts.tick()
+
+    # --- MQTT ---
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("broker refused the manager: %s", rc)
+            return
+        for kind in ("status", "telemetry", "event", "stream/get"):
+            client.subscribe(subscription(self.config.fleet, kind), qos=1)
+        self._connected.set()
+        log.info("manager of fleet %s connected to %s", self.config.fleet, self.config.broker.url)
+
+    def _publish_desired(self, device: str, desired: Desired) -> None:
+        assert self._client is not None
+        self._client.publish(
+            topic(self.config.fleet, device, "desired"), desired.to_json(), qos=1, retain=True
+        )
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            t = parse_topic(msg.topic)
+            if t.fleet != self.config.fleet:
+                raise ProtocolError(f"message of fleet {t.fleet!r}")
+            self.metrics.messages.labels(t.kind).inc()
+            if t.kind == "status" and not msg.payload:
+                return  # a cleared retained status
+            body = parse_json_message(t.kind, msg.payload)
+            # The topic names the sender (the broker's ACL guarantees it); the body must agree.
+            if getattr(body, "device", t.device) != t.device:
+                raise ProtocolError(f"message on {t.device}'s topic claims to be from {body.device}")
+            if isinstance(body, Status):
+                self.db.upsert_device(body)
+            elif isinstance(body, Telemetry):
+                self.ingest_telemetry(body)
+            elif isinstance(body, Event):
+                self.ingest_event(body)
+            elif isinstance(body, StreamGet):
+                self._serve_blocks(t.device, body)
+        except ProtocolError as exc:
+            self.metrics.dropped.labels("invalid").inc()
+            log.warning("dropped a message on %s: %s", msg.topic, exc)
+        except Exception:
+            self.metrics.dropped.labels("error").inc()
+            log.exception("dropped a message on %s: unexpected error", msg.topic)
+
+    # --- ingestion: each (device, stream, seq) counts once ---
+
+    def ingest_telemetry(self, t: Telemetry) -> bool:
+        """Store a telemetry window; False when it is a duplicate."""
+        now = time.time()
+        with self.db.tx() as db:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    t.device,
+                    t.stream,
+                    t.seq,
+                    t.ts,
+                    now,
+                    json.dumps(t.system),
+                    t.queue.get("depth"),
+                    t.queue.get("dropped"),
+                ),
+            ).rowcount
+            if inserted:
+                db.executemany(
+                    "INSERT OR IGNORE INTO telemetry_models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            t.device,
+                            t.stream,
+                            t.seq,
+                            name,
+                            m["version"],
+                            t.ts,
+                            int(m["inferences"]),
+                            int(m["errors"]),
+                            json.dumps(m.get("latency_ms")) if m.get("latency_ms") else None,
+                        )
+                        for name, m in t.models.items()
+                    ],
+                )
+                db.execute("UPDATE devices SET last_seen=? WHERE id=?", (now, t.device))
+        if not inserted:
+            self.metrics.duplicates.inc()
+            return False
+        for name, m in t.models.items():
+            self.metrics.inferences.labels(name, m["version"]).inc(m["inferences"])
+            self.metrics.errors.labels(name, m["version"]).inc(m["errors"])
+        if "dropped" in t.queue:
+            self.metrics.device_queue_dropped.labels(t.device).set(t.queue["dropped"])
+        return True
+
+    def ingest_event(self, e: Event) -> bool:
+        with self.db.tx() as db:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (e.device, e.stream, e.seq, e.ts, e.deployment_id, e.state, e.to_json().decode()),
+            ).rowcount
+        if not inserted:
+            self.metrics.duplicates.inc()
+            return False
+        self.rollouts.on_event(e)
+        return True
+
+    # --- package streaming (AWS IoT streams style) ---
+
+    def _serve_blocks(self, device: str, req: StreamGet) -> None:
+        assert self._client is not None
+        out = topic(self.config.fleet, device, "stream/data")
+        for index in range(req.offset, req.offset + req.count):
+            try:
+                data, size = self.packages.read_block(req.file_id, index, req.block_size)
+            except NotFoundError as exc:
+                self._client.publish(
+                    out, encode_block(req.file_id, index, 0, b"", req.token, str(exc)), qos=1
+                )
+                return
+            if not data:
+                break  # past the end
+            crc = zlib.crc32(data)
+            if self.block_filter is not None:
+                data = self.block_filter(device, index, data)  # sent under the original crc
+            self._client.publish(
+                out, encode_block(req.file_id, index, size, data, req.token, crc32=crc), qos=1
+            )
+            self.metrics.stream_bytes.inc(len(data))
+
+    # --- queries for the HTTP API and CLI ---
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self.db.devices()
+
+    def deploy(self, package_ref: str, spec: RolloutSpec) -> dict[str, Any]:
+        return self.rollouts.create(self.packages.get(package_ref), spec)
+
+    def telemetry_summary(self, since_s: float = 3600) -> dict[str, Any]:
+        """Per model and version: inferences, errors, error rate and p95 over the last ``since_s``."""
+        since = time.time() - since_s
+        out: dict[str, Any] = {}
+        for r in self.db.query(
+            "SELECT model, version, inferences, errors, latency FROM telemetry_models WHERE ts >= ?", (since,)
+        ):
+            key = f"{r['model']}@{r['version']}"
+            agg = out.setdefault(
+                key,
+                {
+                    "model": r["model"],
+                    "version": r["version"],
+                    "inferences": 0,
+                    "errors": 0,
+                    "_hist": LatencyHistogram(),
+                },
+            )
+            agg["inferences"] += r["inferences"]
+            agg["errors"] += r["errors"]
+            if r["latency"]:
+                h = json.loads(r["latency"])["counts"]
+                agg["_hist"].counts = [a + b for a, b in zip(agg["_hist"].counts, h)]
+        for agg in out.values():
+            hist = agg.pop("_hist")
+            agg["error_rate"] = agg["errors"] / agg["inferences"] if agg["inferences"] else 0.0
+            agg["p95_ms"] = hist.quantile(0.95)
+        devices = self.db.query(
+            "SELECT COUNT(*) AS messages, COUNT(DISTINCT device) AS devices, "
+            "COALESCE(SUM(queue_dropped), 0) AS queue_dropped FROM telemetry WHERE ts >= ?",
+            (since,),
+        )[0]
+        return {"since_s": since_s, **devices, "models": sorted(out.values(), key=lambda a: a["model"])}
+
+    def render_metrics(self) -> bytes:
+        m = self.metrics
+        devices = self.db.devices()
+        m.devices.labels("online").set(sum(d["online"] for d in devices))
+        m.devices.labels("offline").set(sum(not d["online"] for d in devices))
+        m.deployment_devices.clear()
+        for dep in self.db.query("SELECT id FROM deployments WHERE state IN ('running', 'paused')"):
+            for state, n in self.rollouts.status(dep["id"])["counts"].items():
+                m.deployment_devices.labels(dep["id"], state).set(n)
+        return generate_latest(m.registry)

@@ -5,10 +5,16 @@ the kernels (or reads them from the packed-weight cache, see :class:`PackedCache
 Per call it quantizes the float inputs, runs the steps in order and dequantizes
 the outputs.
 
-Buffers: the outputs of GEMMs and convolutions, and the convolutions' im2col
-workspaces, are allocated once per input-shape signature (so once per batch
-size: the batch dimension is dynamic) on first use and reused by later calls;
-the few most recent signatures are kept.
+Buffers: the outputs of the integer steps (GEMMs, convolutions, add/mul, lookup
+tables, pools, the entry quantization) and the convolutions' im2col workspaces
+are allocated once per input-shape signature (so once per batch size: the batch
+dimension is dynamic) on first use and reused by later calls; the few most
+recent signatures are kept. With them each step binds, once per signature, its
+C parameter structs and cffi pointers, so that a warm call is a loop of direct C
+calls with no validation, allocation or dictionary work beyond the buffer
+lookups (the shapes are validated, with typed errors, when a signature is
+first seen). A Relu/Clip after an Add or Mul (ResNet's residual joins) is done
+by the add/mul kernel's own clamp.
 
 Threads: one call uses the session's native thread pool of ``threads`` workers
 (the kernels split GEMM and convolution work over it). Because those buffers and
@@ -25,23 +31,58 @@ import os
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_runtime import kernels
-from edge_runtime.errors import ModelInputError, UnsupportedOperatorError
+from edge_runtime._native import DTYPES, aligned_empty, check, ffi, lib
+from edge_runtime.errors import KernelArgumentError, ModelInputError, ShapeError, UnsupportedOperatorError
 from edge_runtime.graph import Node
 from edge_runtime.graph.reference import evaluate_node
+from edge_runtime.kernels.conv import _check_io as _check_conv_io
+from edge_runtime.kernels.core import dtype_range
+from edge_runtime.kernels.ops import _broadcast_layout, _pool_params, _q8
 from edge_runtime.native.plan import QuantizedPlan, Step
 from edge_runtime.quant import QuantParams
 
 __all__ = ["NativeSession", "PackedCache", "default_cache_dir", "packed_format_versions"]
 
 _MAX_SIGNATURES = 8  # buffer sets kept (one per distinct input-shape signature)
+_Q8 = (np.dtype(np.uint8), np.dtype(np.int8))
+_OUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int32))
+# Move steps that only reshape (a view of the same bytes in the same order).
+_RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+# Steps that may call numpy's BLAS (float matmul; the reference op of a float fallback).
+_BLAS_STEPS = frozenset({"matmul", "float"})
+
+
+def _address(array: np.ndarray):
+    """A cffi pointer to a C-contiguous array's data (``from_buffer``: several times
+    cheaper than ``.ctypes``, which matters for the hundreds of calls of a small model)."""
+    return ffi.from_buffer(array)
+
+
+def _numpy_im2col(params: kernels.Conv2dParams, depthwise: bool) -> bool:
+    """Whether a convolution runs as numpy im2col + GEMM (see NativeSession._conv_as_gemm):
+    few input channels, a kernel wider than 1, one group, no dilation, K within the GEMM's."""
+    return (
+        not depthwise
+        and params.groups == 1
+        and params.in_c <= 4
+        and params.kernel_w > 1
+        and params.dilation == (1, 1)
+        and params.kernel_h * params.kernel_w * params.in_c <= 65536
+    )
+
+
+def _floats(array: np.ndarray):
+    """``float *`` to a C-contiguous float32 array (cffi passes untyped buffers only as ``void *``)."""
+    return ffi.from_buffer("float[]", array)
 
 
 def default_cache_dir() -> Path:
@@ -126,12 +167,18 @@ class NativeSession:
         self.isa = kernels.get_isa()
         self._pool = kernels.ThreadPool(self.threads)
         self._lock = threading.Lock()
-        self._buffers: OrderedDict[tuple, dict[int, dict[str, np.ndarray]]] = OrderedDict()
+        self._closed = False
+        self._sha256: str | None = None
+        # Per input-shape signature: one dict per step, where the step binds its buffers.
+        self._buffers: OrderedDict[tuple, list[dict[str, Any]]] = OrderedDict()
+        self._fresh_outputs: set[str] = set()  # output buffers allocated per call (not copied)
         self.cache_hit: bool | None = None  # None: no cache
         self.load_seconds = 0.0
         start = time.perf_counter()
         self._packed = self._pack(cache_dir)
+        self._fused_clamps = self._find_fusions()
         self._prepared = [self._prepare(i, step) for i, step in enumerate(plan.steps)]
+        self._blas = _BlasThreads.get() if any(s.op in _BLAS_STEPS for s in plan.steps) else None
         self.load_seconds = time.perf_counter() - start
 
     # -- load ----------------------------------------------------------------
@@ -155,9 +202,15 @@ class NativeSession:
             ).buffer  # fmt: skip
         return None
 
+    def _plan_sha256(self) -> str:
+        """The plan's sha256, computed once (it serializes the whole plan)."""
+        if self._sha256 is None:
+            self._sha256 = self.plan.sha256()
+        return self._sha256
+
     def _pack(self, cache_dir: str | os.PathLike[str] | bool | None) -> dict[int, np.ndarray]:
         cache = None if cache_dir is False else PackedCache(None if cache_dir in (None, True) else cache_dir)
-        key = cache.key(self.plan.sha256(), self.isa) if cache is not None else ""
+        key = cache.key(self._plan_sha256(), self.isa) if cache is not None else ""
         if cache is not None:
             stored = cache.load(key)
             if stored is not None:
@@ -173,7 +226,7 @@ class NativeSession:
             cache.store(key, {f"s{i}": b for i, b in packed.items()})
         return packed
 
-    def _prepare(self, index: int, step: Step) -> Callable[[dict[str, Any], dict[str, np.ndarray]], None]:
+    def _prepare(self, index: int, step: Step) -> Callable[[dict[str, Any], dict[str, Any]], None]:
         """A closure that runs ``step`` on the environment (and its buffer set)."""
         make = getattr(self, f"_prep_{step.op}", None)
         if make is None:
@@ -184,6 +237,8 @@ class NativeSession:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Float32 outputs (and integer ones as they are) for float/integer feeds by input name."""
+        if self._closed:
+            raise KernelArgumentError("this NativeSession was closed")
         env: dict[str, Any] = {}
         for io_ in self.plan.inputs:
             if io_.name not in feeds:
@@ -194,18 +249,32 @@ class NativeSession:
             if io_.dtype == "float32":
                 value = np.ascontiguousarray(value, dtype=np.float32)
             env[io_.buffer] = value
-        signature = tuple((k, v.shape) for k, v in sorted(env.items()))
+        signature = tuple((k, v.shape, v.dtype.char) for k, v in env.items())
         with self._lock:
-            buffers = self._buffers.get(signature)
-            if buffers is None:
-                buffers = self._buffers[signature] = {}
+            slots = self._buffers.get(signature)
+            if slots is None:
+                slots = self._buffers[signature] = [{} for _ in self._prepared]
                 while len(self._buffers) > _MAX_SIGNATURES:
                     self._buffers.popitem(last=False)
             else:
                 self._buffers.move_to_end(signature)
-            for i, fn in enumerate(self._prepared):
-                fn(env, buffers.setdefault(i, {}))
-            return {io_.name: np.array(env[io_.buffer], copy=True) for io_ in self.plan.outputs}
+            blas = self._blas
+            previous = blas.limit(self.threads) if blas is not None else None
+            try:
+                for fn, slot in zip(self._prepared, slots):
+                    fn(env, slot)
+            finally:
+                if blas is not None:
+                    blas.restore(previous)
+            outputs: dict[str, np.ndarray] = {}
+            given: set[str] = set()
+            for io_ in self.plan.outputs:
+                value = env[io_.buffer]
+                # Exit dequantizations allocate per call; any other buffer is reused by the next call.
+                fresh = io_.buffer in self._fresh_outputs and io_.buffer not in given
+                outputs[io_.name] = value if fresh else np.array(value, copy=True)
+                given.add(io_.buffer)
+            return outputs
 
     def describe(self) -> dict[str, Any]:
         """ISA, threads, steps, op histogram, sparse layers and packed-cache outcome."""
@@ -216,26 +285,99 @@ class NativeSession:
             "steps": len(self.plan.steps),
             "ops": self.plan.op_histogram(),
             "sparse_layers": self.plan.sparse_layers(),
+            "fused_activations": len(self._fused_clamps),
             "packed_cache": {None: "disabled", True: "hit", False: "miss"}[self.cache_hit],
             "load_seconds": round(self.load_seconds, 4),
-            "plan_sha256": self.plan.sha256(),
+            "plan_sha256": self._plan_sha256(),
         }
 
     def close(self) -> None:
-        self._pool.close()
+        with self._lock:
+            self._closed = True
+            self._buffers.clear()
+            self._pool.close()
+
+    # -- peephole fusion ---------------------------------------------------------
+
+    def _find_fusions(self) -> dict[int, tuple[int, int]]:
+        """Clamp steps (Relu/Clip after a residual Add) folded into the add/mul before them.
+
+        Returns {clamp step index: (lo, hi)} for every clamp whose input is produced by
+        an add or mul step and read by nothing else (nor returned). The add/mul kernel
+        then clamps to [lo, hi] itself: clamp(clamp(v, dtype range), lo, hi) is
+        clamp(v, lo, hi) for lo, hi inside the dtype range, so the bits do not change.
+        """
+        steps = self.plan.steps
+        readers = Counter(name for step in steps for name in step.inputs if name)
+        returned = {io_.buffer for io_ in self.plan.outputs}
+        producer: dict[str, int] = {}
+        fused: dict[int, tuple[int, int]] = {}
+        for index, step in enumerate(steps):
+            if step.op == "clamp":
+                src = step.inputs[0]
+                j = producer.get(src)
+                if j is not None and steps[j].op in ("add", "mul") and readers[src] == 1 and src not in returned:
+                    fused[index] = (int(step.attrs["lo"]), int(step.attrs["hi"]))
+            for name in step.outputs:
+                producer[name] = index
+        return fused
+
+    def _clamp_into(self, index: int) -> tuple[int, int] | None:
+        """The (lo, hi) a fused clamp asks of step ``index`` (an add or mul), if any."""
+        out = self.plan.steps[index].outputs[0]
+        for j, bounds in self._fused_clamps.items():
+            if self.plan.steps[j].inputs[0] == out:
+                return bounds
+        return None
 
     # -- step implementations -----------------------------------------------------
-    # Each _prep_<op> returns fn(env, buffers) that reads step.inputs from env and
-    # writes step.outputs.
+    # Each _prep_<op> returns fn(env, slot) that reads step.inputs from env and
+    # writes step.outputs. ``slot`` is the step's own dict in the current buffer set
+    # (one per input-shape signature): a step binds there, on its first call for that
+    # signature, everything that depends on the shapes (output buffers, C parameter
+    # structs, cffi pointers), after validating the shapes with the kernels' typed
+    # errors. Later calls only check that the input's shape and dtype are the bound
+    # ones and call the C function.
 
     def _prep_quantize(self, index: int, step: Step):
         qp = QuantParams.from_dict(step.attrs)
-        perm = step.attrs.get("perm")
+        perm = tuple(step.attrs["perm"]) if step.attrs.get("perm") else None
         (src,), (dst,) = step.inputs, step.outputs
+        scale, zp, dtype = float(qp.scale), int(qp.zero_point), np.dtype(qp.numpy_dtype)
+        code = DTYPES[dtype]
+        what = f"{step.node}: quantize {src!r}"
 
-        def fn(env, buffers):
-            q = kernels.quantize(env[src], qp.scale, qp.zero_point, qp.numpy_dtype)
-            env[dst] = np.ascontiguousarray(q.transpose(perm)) if perm else q
+        def bind(x: np.ndarray) -> tuple:
+            if x.dtype != np.float32:
+                raise KernelArgumentError(f"{what}: expected float32, got {x.dtype}")
+            q = np.empty(x.shape, dtype)
+            if perm is None:
+                return x.shape, q, _address(q), q, None
+            if len(perm) != x.ndim:
+                raise ShapeError(f"{what}: expected a {len(perm)}-D input, got shape {x.shape}")
+            stored = np.empty(tuple(x.shape[p] for p in perm), dtype)
+            # NCHW -> NHWC of a few channels: channel planes copied into the strided
+            # output are several times faster than numpy's transpose with a tiny last axis.
+            planes = perm == (0, 2, 3, 1) and x.shape[1] <= 8
+            return x.shape, q, _address(q), stored, planes
+
+        def fn(env, slot):
+            x = env[src]
+            b = slot.get("b")
+            if b is None or b[0] != x.shape:
+                b = slot["b"] = bind(x)
+            status = lib.edge_f32_q8_quantize(x.size, _floats(x), scale, zp, code, b[2])
+            if status:
+                check(status, what)
+            q, stored = b[1], b[3]
+            if b[4] is None:
+                pass
+            elif b[4]:
+                for c in range(q.shape[1]):
+                    stored[..., c] = q[:, c]
+            else:
+                np.copyto(stored, q.transpose(perm))
+            env[dst] = stored
 
         return fn
 
@@ -243,20 +385,34 @@ class NativeSession:
         qp = QuantParams.from_dict(step.attrs)
         perm = step.attrs.get("perm")
         (src,), (dst,) = step.inputs, step.outputs
+        scale, zp = float(qp.scale), int(qp.zero_point)
+        what = f"{step.node}: dequantize {src!r}"
+        self._fresh_outputs.add(dst)
 
-        def fn(env, buffers):
+        def fn(env, slot):
             x = env[src]
             x = np.ascontiguousarray(x.transpose(perm)) if perm else x
-            env[dst] = kernels.dequantize(x, qp.scale, qp.zero_point)
+            if x.dtype not in _Q8 or not x.flags.c_contiguous:
+                x = _q8(x, what)
+            y = np.empty(x.shape, np.float32)
+            status = lib.edge_q8_f32_dequantize(x.size, DTYPES[x.dtype], _address(x), scale, zp, _floats(y))
+            if status:
+                check(status, what)
+            env[dst] = y
 
         return fn
 
     def _prep_transpose(self, index: int, step: Step):
-        perm = step.attrs["perm"]
+        perm = tuple(step.attrs["perm"])
         (src,), (dst,) = step.inputs, step.outputs
 
-        def fn(env, buffers):
-            env[dst] = np.ascontiguousarray(env[src].transpose(perm))
+        def fn(env, slot):
+            x = env[src]
+            out = slot.get("out")
+            if out is None or out.shape != tuple(x.shape[p] for p in perm) or out.dtype != x.dtype:
+                out = slot["out"] = np.empty(tuple(x.shape[p] for p in perm), x.dtype)
+            np.copyto(out, x.transpose(perm))
+            env[dst] = out
 
         return fn
 
@@ -272,27 +428,44 @@ class NativeSession:
     def _prep_gemm(self, index: int, step: Step):
         rq = self._requant(step)
         n, k = step.arrays["weights"].shape
-        if step.attrs["sparse"]:
-            packed: Any = kernels.PackedGemm24(n=n, k=k, buffer=self._packed[index])
-            run = kernels.gemm24
-        else:
-            packed = kernels.PackedGemm(n=n, k=k, buffer=self._packed[index])
-            run = kernels.gemm
+        sparse = bool(step.attrs["sparse"])
+        buffer = self._packed[index]
+        packed: Any = (kernels.PackedGemm24 if sparse else kernels.PackedGemm)(n=n, k=k, buffer=buffer)
+        run_c = lib.edge_q8_gemm24 if sparse else lib.edge_q8_gemm
         zp = int(step.attrs["a_zero_point"])
         out_dtype = np.dtype(step.attrs["out_dtype"])
-        pool = self._pool
+        if out_dtype not in _OUT_DTYPES:
+            raise KernelArgumentError(f"plan step {index} ({step.node}): gemm output dtype {out_dtype}")
+        rq_struct = ffi.NULL if out_dtype == np.int32 else rq.struct()
+        if rq_struct != ffi.NULL and (rq.multiplier.shape != (n,) or rq.shift.shape != (n,)):
+            raise ShapeError(f"plan step {index} ({step.node}): requant arrays do not have {n} channels")
+        packed_ptr, out_code, pool = _address(buffer), DTYPES[out_dtype], self._pool.handle
         (src,), (dst,) = step.inputs, step.outputs
+        what = f"{step.node}: {'gemm24' if sparse else 'gemm'}"
 
-        def fn(env, buffers):
+        def bind(x: np.ndarray) -> tuple:
+            if x.dtype not in _Q8:
+                raise KernelArgumentError(f"{what}: input {src!r} must be uint8 or int8, got {x.dtype}")
+            if x.ndim < 1 or x.shape[-1] != k:
+                raise ShapeError(f"{what}: input {src!r} has shape {x.shape}, expected (..., {k}) as packed")
+            m = x.size // k
+            out = np.empty((m, n), out_dtype)
+            return x.shape, x.dtype, m, DTYPES[x.dtype], out.reshape(*x.shape[:-1], n), _address(out)
+
+        def fn(env, slot):
             x = env[src]
-            lead = x.shape[:-1]
-            a = x.reshape(-1, k)
-            out = buffers.get("out")
-            if out is None:
-                out = buffers["out"] = np.empty((a.shape[0], n), out_dtype)
-            run(a, packed, a_zero_point=zp, requant=rq, out_dtype=out_dtype, out=out, pool=pool)
-            env[dst] = out.reshape(*lead, n)
+            b = slot.get("b")
+            if b is None or b[0] != x.shape or b[1] != x.dtype:
+                b = slot["b"] = bind(x)
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            status = run_c(b[2], n, k, b[3], _address(x), k, zp, packed_ptr, out_code, b[5], n, rq_struct, pool)
+            if status:
+                check(status, what)
+            env[dst] = b[4]
 
+        # Keep what the C side points into alive with the closure.
+        fn.keep = (packed, rq)  # type: ignore[attr-defined]
         return fn
 
     def _prep_conv(self, index: int, step: Step):
@@ -306,87 +479,230 @@ class NativeSession:
             dilation=tuple(attrs["dilation"]), groups=attrs["groups"],
         )  # fmt: skip
         depthwise = bool(attrs["depthwise"])
-        packed = kernels.PackedConv2d(params=params, buffer=self._packed[index], depthwise=depthwise)
-        out_h, out_w = params.output_size()
+        buffer = self._packed[index]
+        packed = kernels.PackedConv2d(params=params, buffer=buffer, depthwise=depthwise)
         zp = int(attrs["x_zero_point"])
         out_dtype = np.dtype(attrs["out_dtype"])
-        pool = self._pool
+        rq_struct = rq.struct()
+        packed_ptr, out_code, pool, pool_handle = _address(buffer), DTYPES[out_dtype], self._pool, self._pool.handle
         (src,), (dst,) = step.inputs, step.outputs
+        what = f"{step.node}: {'dwconv2d' if depthwise else 'conv2d'}"
 
-        def fn(env, buffers):
-            x = env[src]
-            out = buffers.get("out")
-            if out is None:
-                out = buffers["out"] = np.empty((x.shape[0], out_h, out_w, params.out_c), out_dtype)
-            if depthwise:
-                kernels.dwconv2d(x, packed, zp, rq, out_dtype, out=out, pool=pool)
-            else:
-                if "workspace" not in buffers:
-                    size = kernels.conv2d_workspace_size(packed, x.shape[0], pool)
-                    from edge_runtime._native import aligned_empty
+        def bind(x: np.ndarray) -> tuple:
+            # The wrappers' checks, once per buffer set: typed errors naming what is wrong.
+            x, out, batch = _check_conv_io(x, packed, zp, rq, out_dtype, None, what)
+            c_params = replace(params, batch=batch).c_struct()
+            size = 0 if depthwise else kernels.conv2d_workspace_size(packed, batch, pool)
+            workspace = aligned_empty(size) if size else None
+            ws_ptr = ffi.NULL if workspace is None else _address(workspace)
+            return x.shape, x.dtype, c_params, DTYPES[x.dtype], out, _address(out), workspace, ws_ptr, size
 
-                    buffers["workspace"] = aligned_empty(size) if size else None
-                kernels.conv2d(
-                    x, packed, zp, rq, out_dtype, out=out, workspace=buffers["workspace"], pool=pool
+        if _numpy_im2col(params, depthwise):
+            return self._conv_as_gemm(step, params, weights, packed, rq, zp, out_dtype, what)
+        if depthwise:
+            run_dw = lib.edge_q8_dwconv2d
+
+            def fn(env, slot):
+                x = env[src]
+                b = slot.get("b")
+                if b is None or b[0] != x.shape or b[1] != x.dtype:
+                    b = slot["b"] = bind(x)
+                if not x.flags.c_contiguous:
+                    x = np.ascontiguousarray(x)
+                status = run_dw(b[2], b[3], _address(x), zp, packed_ptr, out_code, b[5], rq_struct, pool_handle)
+                if status:
+                    check(status, what)
+                env[dst] = b[4]
+
+        else:
+            run_conv = lib.edge_q8_conv2d
+
+            def fn(env, slot):
+                x = env[src]
+                b = slot.get("b")
+                if b is None or b[0] != x.shape or b[1] != x.dtype:
+                    b = slot["b"] = bind(x)
+                if not x.flags.c_contiguous:
+                    x = np.ascontiguousarray(x)
+                status = run_conv(
+                    b[2], b[3], _address(x), zp, packed_ptr, out_code, b[5], rq_struct, b[7], b[8], pool_handle
                 )
-            env[dst] = out
+                if status:
+                    check(status, what)
+                env[dst] = b[4]
 
+        fn.keep = (packed, rq)  # type: ignore[attr-defined]
+        return fn
+
+    def _conv_as_gemm(self, step, params, weights, packed, rq, zp, out_dtype, what):
+        """A convolution with few input channels (an image stem: 3 channels, 7x7) as numpy
+        im2col + the dense GEMM. The kernel's im2col copies one input channel run per tap
+        (3 bytes here); numpy copies a whole row of taps at once (kernel_w * channels
+        contiguous bytes). Same integer products and requantization: the same bits."""
+        p = params
+        (src,), (dst,) = step.inputs, step.outputs
+        k = p.kernel_h * p.kernel_w * p.in_c
+        # Weights in the im2col order (ky, kx, c), as the C convolution packs them.
+        flat = np.ascontiguousarray(weights.transpose(0, 2, 3, 1).reshape(p.out_c, k))
+        gemm_packed = kernels.pack_gemm(flat, step.arrays["bias"])
+        gemm_ptr, out_code, pool = _address(gemm_packed.buffer), DTYPES[out_dtype], self._pool.handle
+        rq_struct = rq.struct()
+        top, left, bottom, right = p.padding
+        sh, sw = p.stride
+
+        def bind(x: np.ndarray) -> tuple:
+            x, out, batch = _check_conv_io(x, packed, zp, rq, out_dtype, None, what)
+            out_h, out_w = out.shape[1:3]
+            padded = np.full((batch, p.in_h + top + bottom, p.in_w + left + right, p.in_c), zp, x.dtype)
+            n_s, h_s, w_s, _ = padded.strides
+            taps = np.lib.stride_tricks.as_strided(
+                padded, (batch, out_h, out_w, p.kernel_h, p.kernel_w * p.in_c), (n_s, h_s * sh, w_s * sw, h_s, 1)
+            )
+            a = np.empty((batch * out_h * out_w, k), x.dtype)
+            inner = padded[:, top : top + p.in_h, left : left + p.in_w, :]
+            return (x.shape, x.dtype, inner, taps, a.reshape(taps.shape), DTYPES[x.dtype], _address(a),
+                    a.shape[0], out, _address(out))  # fmt: skip
+
+        def fn(env, slot):
+            x = env[src]
+            b = slot.get("b")
+            if b is None or b[0] != x.shape or b[1] != x.dtype:
+                b = slot["b"] = bind(x)
+            np.copyto(b[2], x)
+            np.copyto(b[4], b[3])
+            status = lib.edge_q8_gemm(
+                b[7], p.out_c, k, b[5], b[6], k, zp, gemm_ptr, out_code, b[9], p.out_c, rq_struct, pool
+            )
+            if status:
+                check(status, what)
+            env[dst] = b[8]
+
+        fn.keep = (gemm_packed, packed, rq)  # type: ignore[attr-defined]
         return fn
 
     def _prep_add(self, index: int, step: Step):
-        return self._binary(step, kernels.add)
+        return self._binary(index, step, "add")
 
     def _prep_mul(self, index: int, step: Step):
-        return self._binary(step, kernels.mul)
+        return self._binary(index, step, "mul")
 
-    def _binary(self, step: Step, kernel):
+    def _binary(self, index: int, step: Step, op: str):
         a = step.attrs
-        args = (
-            a["a_scale"],
-            a["a_zero_point"],
-            a["b_scale"],
-            a["b_zero_point"],
-            a["y_scale"],
-            a["y_zero_point"],
-        )
+        scales = (
+            float(a["a_scale"]), int(a["a_zero_point"]), float(a["b_scale"]), int(a["b_zero_point"]),
+            float(a["y_scale"]), int(a["y_zero_point"]),
+        )  # fmt: skip
+        bounds = self._clamp_into(index)
         const = step.arrays.get("constant")
+        if const is not None:
+            const = np.ascontiguousarray(const)
         first = bool(a.get("constant_first"))
+        init = lib.edge_q8_add_params_init if op == "add" else lib.edge_q8_mul_params_init
+        run_c = lib.edge_q8_add if op == "add" else lib.edge_q8_mul
         inputs, (dst,) = step.inputs, step.outputs
+        what = f"{step.node}: {op}"
 
-        def fn(env, buffers):
+        def bind(x: np.ndarray, y: np.ndarray) -> tuple:
+            x, y = _q8(x, f"{what}: a"), _q8(y, f"{what}: b")
+            if x.dtype != y.dtype:
+                raise KernelArgumentError(f"{what}: a and b must have the same dtype, got {x.dtype} and {y.dtype}")
+            shape, rows, cols, (a_row, a_col), (b_row, b_col) = _broadcast_layout(x, y, what)
+            lo, hi = dtype_range(x.dtype)
+            if bounds is not None:
+                lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+            params = ffi.new(f"edge_q8_{op}_params *")
+            check(init(*scales, lo, hi, params), f"{what} parameters")
+            out = np.empty(shape, x.dtype)
+            return (x.shape, y.shape, x.dtype, rows, cols, DTYPES[x.dtype], a_row, a_col, b_row, b_col,
+                    out, _address(out), params)  # fmt: skip
+
+        def fn(env, slot):
             if const is None:
                 x, y = env[inputs[0]], env[inputs[1]]
+            elif first:
+                x, y = const, env[inputs[0]]
             else:
-                x, y = (const, env[inputs[0]]) if first else (env[inputs[0]], const)
-            env[dst] = kernel(x, y, *args)
+                x, y = env[inputs[0]], const
+            b = slot.get("b")
+            if b is None or b[0] != x.shape or b[1] != y.shape or b[2] != x.dtype:
+                b = slot["b"] = bind(x, y)
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            if not y.flags.c_contiguous:
+                y = np.ascontiguousarray(y)
+            status = run_c(b[3], b[4], b[5], _address(x), b[6], b[7], _address(y), b[8], b[9], b[11], b[12])
+            if status:
+                check(status, what)
+            env[dst] = b[10]
 
         return fn
 
     def _prep_lut(self, index: int, step: Step):
         table = np.ascontiguousarray(step.arrays["table"])
+        if table.dtype != np.uint8 or table.shape != (256,):
+            raise KernelArgumentError(f"plan step {index} ({step.node}): a lookup table must be 256 uint8 bytes")
+        table_ptr = ffi.from_buffer("uint8_t[]", table)
         (src,), (dst,) = step.inputs, step.outputs
+        what = f"{step.node}: lut"
 
-        def fn(env, buffers):
-            env[dst] = kernels.lut(env[src], table)
+        def fn(env, slot):
+            x = env[src]
+            out = slot.get("out")
+            if out is None or out.shape != x.shape or out.dtype != x.dtype:
+                _q8(x, f"{what}: x")
+                out = slot["out"] = np.empty(x.shape, x.dtype)
+                slot["ptr"] = _address(out)
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            status = lib.edge_q8_lut(x.size, table_ptr, _address(x), slot["ptr"])
+            if status:
+                check(status, what)
+            env[dst] = out
 
+        fn.keep = table  # type: ignore[attr-defined]
         return fn
 
     def _prep_clamp(self, index: int, step: Step):
-        lo, hi = step.attrs["lo"], step.attrs["hi"]
         (src,), (dst,) = step.inputs, step.outputs
+        if index in self._fused_clamps:  # done by the add/mul that produced src
 
-        def fn(env, buffers):
+            def alias(env, slot):
+                env[dst] = env[src]
+
+            return alias
+        lo, hi = step.attrs["lo"], step.attrs["hi"]
+
+        def fn(env, slot):
             x = env[src]
-            env[dst] = np.clip(x, np.array(lo, x.dtype), np.array(hi, x.dtype))
+            out = slot.get("out")
+            if out is None or out.shape != x.shape or out.dtype != x.dtype:
+                out = slot["out"] = np.empty(x.shape, x.dtype)
+            env[dst] = np.clip(x, np.array(lo, x.dtype), np.array(hi, x.dtype), out=out)
 
         return fn
 
     def _prep_maxpool(self, index: int, step: Step):
         a = step.attrs
         (src,), (dst,) = step.inputs, step.outputs
+        what = f"{step.node}: maxpool2d"
 
-        def fn(env, buffers):
-            env[dst] = kernels.maxpool2d(env[src], a["kernel"], a["stride"], a["padding"], a["dilation"])
+        def bind(x: np.ndarray) -> tuple:
+            x = _q8(x, f"{what}: x")
+            params, shape = _pool_params(x, a["kernel"], a["stride"], a["padding"], a["dilation"], False, what)
+            out = np.empty(shape, x.dtype)
+            return x.shape, x.dtype, params, DTYPES[x.dtype], out, _address(out)
+
+        def fn(env, slot):
+            x = env[src]
+            b = slot.get("b")
+            if b is None or b[0] != x.shape or b[1] != x.dtype:
+                b = slot["b"] = bind(x)
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            status = lib.edge_q8_maxpool2d(b[2], b[3], _address(x), b[5])
+            if status:
+                check(status, what)
+            env[dst] = b[4]
 
         return fn
 
@@ -394,7 +710,7 @@ class NativeSession:
         a = step.attrs
         (src,), (dst,) = step.inputs, step.outputs
 
-        def fn(env, buffers):
+        def fn(env, slot):
             env[dst] = kernels.avgpool2d(
                 env[src], a["kernel"], a["x_scale"], a["x_zero_point"], a["y_scale"], a["y_zero_point"],
                 stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
@@ -405,12 +721,31 @@ class NativeSession:
 
     def _prep_global_avgpool(self, index: int, step: Step):
         a = step.attrs
+        x_scale, x_zp = float(a["x_scale"]), int(a["x_zero_point"])
+        y_scale, y_zp = float(a["y_scale"]), int(a["y_zero_point"])
         (src,), (dst,) = step.inputs, step.outputs
+        what = f"{step.node}: global_avgpool"
 
-        def fn(env, buffers):
-            env[dst] = kernels.global_avgpool(
-                env[src], a["x_scale"], a["x_zero_point"], a["y_scale"], a["y_zero_point"]
-            )
+        def bind(x: np.ndarray) -> tuple:
+            x = _q8(x, f"{what}: x")
+            if x.ndim != 4:
+                raise ShapeError(f"{what}: x must be NHWC (4-D), got shape {x.shape}")
+            n, h, w, c = x.shape
+            lo, hi = dtype_range(x.dtype)
+            out = np.empty((n, 1, 1, c), x.dtype)
+            return x.shape, x.dtype, (n, h * w, c, DTYPES[x.dtype]), (lo, hi), out, _address(out)
+
+        def fn(env, slot):
+            x = env[src]
+            b = slot.get("b")
+            if b is None or b[0] != x.shape or b[1] != x.dtype:
+                b = slot["b"] = bind(x)
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            status = lib.edge_q8_global_avgpool(*b[2], _address(x), x_scale, x_zp, b[5], y_scale, y_zp, *b[3])
+            if status:
+                check(status, what)
+            env[dst] = b[4]
 
         return fn
 
@@ -418,7 +753,7 @@ class NativeSession:
         axis = step.attrs["axis"]
         inputs, (dst,) = step.inputs, step.outputs
 
-        def fn(env, buffers):
+        def fn(env, slot):
             env[dst] = np.concatenate([env[n] for n in inputs], axis=axis)
 
         return fn
@@ -437,8 +772,24 @@ class NativeSession:
     def _prep_move(self, index: int, step: Step):
         node, inputs, constants = self._node(step)
         (dst,) = step.outputs
+        if node.op_type in _RESHAPES and inputs[0] and not any(inputs[1:]):
+            # A pure reshape with constant arguments: the reference op decides the output
+            # shape once per input shape; later calls reshape the same way (a view).
+            src = inputs[0]
 
-        def fn(env, buffers):
+            def reshape(env, slot):
+                x = env[src]
+                shapes = slot.get("shapes")
+                if shapes is None or shapes[0] != x.shape:
+                    (y,) = evaluate_node(node, [x, *constants[1:]])
+                    slot["shapes"] = (x.shape, y.shape)
+                    env[dst] = y
+                    return
+                env[dst] = x.reshape(shapes[1])
+
+            return reshape
+
+        def fn(env, slot):
             values = [env[n] if n else c for n, c in zip(inputs, constants)]
             (env[dst],) = evaluate_node(node, values)
 
@@ -450,7 +801,7 @@ class NativeSession:
         qp = QuantParams.from_dict(step.attrs)
         (src,), (dst,) = step.inputs, step.outputs
 
-        def fn(env, buffers):
+        def fn(env, slot):
             idx = np.asarray(env[src], dtype=np.int64)
             idx = np.where(idx < 0, idx + table.shape[axis], idx)
             if idx.size and (idx.min() < 0 or idx.max() >= table.shape[axis]):
@@ -467,18 +818,23 @@ class NativeSession:
         out = QuantParams.from_dict(step.attrs["out_params"])
         constants = [step.arrays.get(f"input{i}") for i in range(len(step.inputs))]
         inputs, (dst,) = step.inputs, step.outputs
+        # Per input: its constant, or None for an integer buffer, or (scale, zero_point).
+        plan = [
+            (const, None if qp is None else (qp.scale, qp.zero_point)) for qp, const in zip(in_params, constants)
+        ]
+        out_scale, out_zp, out_dtype = out.scale, out.zero_point, out.numpy_dtype
 
-        def fn(env, buffers):
+        def fn(env, slot):
             values = []
-            for name, qp, const in zip(inputs, in_params, constants):
+            for name, (const, deq) in zip(inputs, plan):
                 if not name:
                     values.append(const)
-                elif qp is None:
+                elif deq is None:
                     values.append(env[name])
                 else:
-                    values.append(kernels.dequantize(env[name], qp.scale, qp.zero_point))
+                    values.append(kernels.dequantize(env[name], deq[0], deq[1]))
             y = np.ascontiguousarray(compute(values), dtype=np.float32)
-            env[dst] = kernels.quantize(y, out.scale, out.zero_point, out.numpy_dtype)
+            env[dst] = kernels.quantize(y, out_scale, out_zp, out_dtype)
 
         return fn
 
@@ -487,13 +843,21 @@ class NativeSession:
         return self._float_step(step, lambda values: evaluate_node(node, values)[0])
 
     def _prep_matmul(self, index: int, step: Step):
-        return self._float_step(step, lambda v: np.matmul(v[0].astype(np.float32), v[1].astype(np.float32)))
+        # np.matmul on float32 stacks is one BLAS sgemm per matrix: run() limits BLAS to
+        # the session's threads, as idle BLAS workers spinning on a busy machine cost more
+        # than these small products.
+        return self._float_step(
+            step, lambda v: np.matmul(v[0].astype(np.float32, copy=False), v[1].astype(np.float32, copy=False))
+        )
 
     def _prep_softmax(self, index: int, step: Step):
         axis = int(step.attrs["node_attrs"].get("axis", -1))
 
         def compute(values):
-            x = np.moveaxis(values[0], axis, -1)
+            x = values[0]
+            if axis in (-1, x.ndim - 1):
+                return kernels.softmax(x)
+            x = np.moveaxis(x, axis, -1)
             return np.moveaxis(kernels.softmax(x), -1, axis)
 
         return self._float_step(step, compute)
@@ -502,26 +866,70 @@ class NativeSession:
         attrs = step.attrs["node_attrs"]
         axis = int(attrs.get("axis", -1))
         eps = float(attrs.get("epsilon", 1e-5))
+        flattened: dict[tuple, tuple] = {}  # constant gamma/beta, broadcast and flattened per shape
+
+        def flat(v, norm_shape, cols):
+            if v is None:
+                return None
+            return np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), norm_shape).reshape(cols))
 
         def compute(values):
             x = values[0]
             gamma = values[1] if len(values) > 1 else None
             beta = values[2] if len(values) > 2 else None
             start = axis % x.ndim
-            cols = int(np.prod(x.shape[start:]))
             norm_shape = x.shape[start:]
-
-            def flat(v):
-                return (
-                    None
-                    if v is None
-                    else np.broadcast_to(np.asarray(v, np.float32), norm_shape).reshape(cols)
-                )
-
-            y = kernels.layernorm(x.reshape(-1, cols), flat(gamma), flat(beta), eps)
+            cols = int(np.prod(norm_shape))
+            constant = all(not n for n in step.inputs[1:])
+            params = flattened.get(norm_shape) if constant else None
+            if params is None:
+                params = (flat(gamma, norm_shape, cols), flat(beta, norm_shape, cols))
+                if constant:
+                    flattened[norm_shape] = params
+            y = kernels.layernorm(x.reshape(-1, cols), params[0], params[1], eps)
             return y.reshape(x.shape)
 
         return self._float_step(step, compute)
+
+
+class _BlasThreads:
+    """Limits numpy's BLAS to a session's thread count during a call, and restores it.
+
+    Uses threadpoolctl's library controllers (a C call each way, about a microsecond);
+    without threadpoolctl the BLAS keeps its own setting. The setting is process-wide:
+    numpy work in other threads during a call runs on the same limit.
+    """
+
+    _instance: _BlasThreads | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, controllers: list[Any]) -> None:
+        self._controllers = controllers
+
+    @classmethod
+    def get(cls) -> _BlasThreads | None:
+        with cls._lock:
+            if cls._instance is None:
+                try:
+                    from threadpoolctl import ThreadpoolController
+
+                    found = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+                except Exception:  # noqa: BLE001 - any failure only means "leave BLAS alone"
+                    found = []
+                cls._instance = cls(found)
+            return cls._instance if cls._instance._controllers else None
+
+    def limit(self, threads: int) -> list[int]:
+        previous = [c.get_num_threads() for c in self._controllers]
+        for c, n in zip(self._controllers, previous):
+            if n != threads:
+                c.set_num_threads(threads)
+        return previous
+
+    def restore(self, previous: list[int] | None) -> None:
+        for c, n in zip(self._controllers, previous or []):
+            if c.get_num_threads() != n:
+                c.set_num_threads(n)
 
 
 def _aligned(value: np.ndarray) -> np.ndarray:

@@ -7,8 +7,14 @@ so that generic handlers keep working::
     TrainerError
     ├── DatasetError (ValueError)       a data set request that cannot be met (bad split, bad size)
     ├── UnknownModelError (LookupError) a reference model name that does not exist
-    └── ExportError (RuntimeError)      an ONNX export that failed or cannot be checked
-        └── ExportMismatchError         onnxruntime's outputs differ from torch's beyond tolerance
+    ├── ExportError (RuntimeError)      an ONNX export that failed or cannot be checked
+    │   └── ExportMismatchError         onnxruntime's outputs differ from torch's beyond tolerance
+    ├── QATError (RuntimeError)         a model QAT cannot prepare, or quantization parameters asked too early
+    ├── SparsityError (RuntimeError)    a 2:4 mask that cannot be computed or does not fit the weights
+    ├── CompressionError (ValueError)   an unknown gradient compressor or bad compressor settings
+    ├── CheckpointError (RuntimeError)  a checkpoint that cannot be found or read
+    ├── TrainConfigError (ValueError)   a training configuration that cannot run
+    └── PushError (RuntimeError)        an upload to the fleet manager that failed
 """
 
 from __future__ import annotations
@@ -34,3 +40,27 @@ class ExportError(RuntimeError, TrainerError):
 
 class ExportMismatchError(ExportError):
     """An exported model whose onnxruntime outputs differ from torch's beyond the tolerance."""
+
+
+class QATError(RuntimeError, TrainerError):
+    """A model quantization-aware training cannot prepare, or quantization parameters asked for too early."""
+
+
+class SparsityError(RuntimeError, TrainerError):
+    """A 2:4 mask that cannot be computed, or masks (from a checkpoint) that do not fit the model."""
+
+
+class CompressionError(ValueError, TrainerError):
+    """An unknown gradient compressor, or settings it cannot run with."""
+
+
+class CheckpointError(RuntimeError, TrainerError):
+    """A checkpoint that cannot be found or read."""
+
+
+class TrainConfigError(ValueError, TrainerError):
+    """A training configuration that cannot run (missing section, bad value)."""
+
+
+class PushError(RuntimeError, TrainerError):
+    """An upload of a package to the fleet manager that failed (connection, HTTP status)."""

@@ -1,8 +1,9 @@
 """The on-device Python API: :func:`load` a model, :meth:`Model.run` it.
 
-``load`` opens a signed ``.edgepkg`` through :mod:`edge_runtime.package`
-(or, for convenience, a bare ``.onnx`` / ``.tflite`` file), picks a backend
-and records why, and returns a :class:`Model`::
+``load`` opens a signed ``.edgepkg`` through :mod:`edge_runtime.package`, a
+package extracted by the model store (``models/<name>/<sha256>/`` or its
+``current`` link), or, for convenience, a bare ``.onnx`` / ``.tflite`` file;
+it picks a backend and records why, and returns a :class:`Model`::
 
     import edge_runtime
 
@@ -28,9 +29,11 @@ import copy
 import hashlib
 import os
 import platform
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
@@ -41,6 +44,7 @@ from edge_runtime._version import __version__
 from edge_runtime.backends import BACKENDS, Artifact, Backend, OpenOptions, Session, get_backend
 from edge_runtime.errors import (
     BackendUnavailableError,
+    IntegrityError,
     ModelInputError,
     PackageError,
     PackageFormatError,
@@ -48,7 +52,20 @@ from edge_runtime.errors import (
     SignatureError,
     UnsupportedOperatorError,
 )
-from edge_runtime.package import Manifest, TensorSpec, TrustStore, load_selftest, open_package
+from edge_runtime.package import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Limits,
+    Manifest,
+    Package,
+    TensorSpec,
+    TrustStore,
+    load_selftest,
+    open_package,
+    parse_manifest_bytes,
+)
+from edge_runtime.package._manifest import check_member_path
+from edge_runtime.package._signing import parse_signature
 
 if TYPE_CHECKING:
     from device_profiles import BackendPreference, Profile
@@ -236,8 +253,9 @@ class Model:
         """JSON-able facts about the loaded model.
 
         Keys: ``name``, ``version`` (None for a bare file), ``source`` (kind
-        ``package``/``onnx``/``tflite``, path, sha256 of the file, verified
-        signer), ``backend`` and ``reason`` (why it was chosen), ``skipped``
+        ``package``/``directory``/``onnx``/``tflite``, path, sha256 of the
+        package file (for a directory: its store name when that is a sha256),
+        verified signer), ``backend`` and ``reason`` (why it was chosen), ``skipped``
         (backends passed over and why), ``artifact`` (path, kind),
         ``profile``, ``kernel_isa``, ``machine``, ``threads``, ``warnings``,
         ``runtime_version`` and ``session`` (the backend's own description:
@@ -300,6 +318,73 @@ class Model:
         version = f" {self.version}" if self.version else ""
         state = "closed" if self.closed else f"on {self.backend}"
         return f"<Model {self.name}{version} {state}>"
+
+
+# --- extracted packages (the model store's version directories) ---
+
+_SHA256_DIR = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ExtractedPackage:
+    """A package extracted to a directory (``manifest.json``, ``manifest.sig``, artifacts), read
+    with the same checks as a package file: the signature against ``trust_store`` when one is
+    given, and each artifact's size and sha256 against the manifest as it is read.
+
+    This is what :class:`~edge_runtime.store.ModelStore` installs as ``models/<name>/<sha256>/``;
+    the directory name, when it is a sha256, is the package file's (its content address).
+    ``directory`` should be resolved (no ``current`` link in it), so that every read is of one version.
+    """
+
+    def __init__(self, directory: Path, trust_store: TrustStore | None, limits: Limits | None = None) -> None:
+        limits = limits or Limits()
+        self.directory = directory
+        manifest_file = directory / MANIFEST_NAME
+        if not manifest_file.is_file():
+            raise PackageFormatError(
+                f"{directory} has no {MANIFEST_NAME}: not an extracted package (a model store version directory)"
+            )
+        if manifest_file.stat().st_size > limits.max_manifest_bytes:
+            raise PackageFormatError(
+                f"{manifest_file} is over the limit of {limits.max_manifest_bytes} bytes"
+            )
+        self._limits = limits
+        manifest_bytes = manifest_file.read_bytes()
+        signature_file = directory / SIGNATURE_NAME
+        signature = parse_signature(signature_file.read_bytes()) if signature_file.is_file() else None
+        if trust_store is not None:
+            if signature is None:
+                raise SignatureError(
+                    f"{directory} is not signed ({SIGNATURE_NAME} missing), but a trust store is configured"
+                )
+            signature = trust_store.verify(manifest_bytes, signature)
+        self.manifest = parse_manifest_bytes(manifest_bytes)
+        self.signer = signature.key_id if signature is not None and signature.verified else None
+        self.sha256 = directory.name if _SHA256_DIR.match(directory.name) else None
+
+    def read_artifact(self, path_or_kind: str) -> bytes:
+        """The bytes of one artifact; IntegrityError when its size or sha256 differ from the manifest."""
+        entry = self.manifest.artifact(path_or_kind)
+        file = self.directory / check_member_path(entry.path)
+        if file.is_symlink() or not file.resolve().is_relative_to(self.directory):
+            raise PackageFormatError(
+                f"artifact {entry.path} of {self.directory} is a link; only files are read"
+            )
+        try:
+            size = file.stat().st_size
+            if size != entry.size or size > self._limits.max_artifact_bytes:
+                raise IntegrityError(
+                    f"artifact {file} has {size} bytes, the manifest says {entry.size}; reinstall the package"
+                )
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"artifact {file} is missing; reinstall the package") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256:
+            raise IntegrityError(
+                f"artifact {file} does not match the manifest (sha256 {digest[:16]}... vs "
+                f"{entry.sha256[:16]}...); reinstall the package"
+            )
+        return data
 
 
 # --- loading ---
@@ -506,6 +591,10 @@ def load(
 ) -> Model:
     """Load a model package (or a bare ``.onnx`` / ``.tflite`` file) on a backend.
 
+    ``path`` is a ``.edgepkg`` file, a directory the model store extracted a
+    package into (``models/<name>/<sha256>``, or the ``current`` link, which
+    is resolved once), or a bare model file.
+
     - ``backend``: ``"auto"`` or a name in :data:`edge_runtime.backends.BACKENDS`
       (``"native"``, ``"onnxruntime"``, ``"tflite"``). A named backend that
       cannot run the model raises instead of falling back.
@@ -524,11 +613,20 @@ def load(
     model_path = Path(path)
     resolved = _resolve_profile(profile)
     nthreads = _resolve_threads(threads, resolved)
-    kind = _file_kind(model_path)
     warnings: list[str] = []
+    opener: AbstractContextManager[Package | ExtractedPackage]
+    if model_path.is_dir():
+        # Resolved once: a store's `current` link switched during the load cannot mix two versions.
+        model_path = model_path.resolve()
+        kind = "directory"
+        opener = nullcontext(ExtractedPackage(model_path, trust_store))
+    else:
+        kind = _file_kind(model_path)
+        if kind == "package":
+            opener = open_package(model_path, trust_store=trust_store)
 
-    if kind == "package":
-        with open_package(model_path, trust_store=trust_store) as pkg:
+    if kind in ("package", "directory"):
+        with opener as pkg:
             manifest = pkg.manifest
             _check_requirements(manifest, resolved, warnings)
             listed = [(a.path, a.kind) for a in manifest.artifacts if a.kind in RUNNABLE_KINDS]
@@ -541,7 +639,7 @@ def load(
                 raise
             name, version = manifest.name, manifest.version
             source: dict[str, Any] = {
-                "kind": "package",
+                "kind": kind,
                 "path": str(model_path),
                 "sha256": pkg.sha256,
                 "signer": pkg.signer,

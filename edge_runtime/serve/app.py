@@ -9,7 +9,8 @@
 ``POST /v2/models/{m}[/versions/{v}]/infer``               inference, JSON or binary tensor data
 ``POST /v2/repository/index``                              models and their state (Triton's repository ext.)
 ``POST /v2/repository/models/{m}/load``                    load or hot-swap: ``{"parameters": {"path": ...}}``
-``POST /v2/repository/models/{m}/unload``                  stop serving a model
+``POST /v2/repository/models/{m}/unload``                  stop serving a model (or one kept version:
+                                                           ``{"parameters": {"version": ...}}``)
 ``GET  /metrics``                                          Prometheus text format
 =========================================================  ===========================================
 
@@ -113,8 +114,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def model_metadata(request: web.Request) -> web.Response:
-    loaded = request.app[MANAGER].get(*_model_key(request))
-    return web.json_response(loaded.metadata())
+    return web.json_response(request.app[MANAGER].metadata(*_model_key(request)))
 
 
 async def model_ready(request: web.Request) -> web.Response:
@@ -172,14 +172,14 @@ async def infer(request: web.Request) -> web.Response:
         else:
             parsed = parse_infer_request(*args)
         try:
-            loaded, future = manager.submit(name, version, parsed.inputs)
+            loaded, future = manager.submit_async(name, version, parsed.inputs)
         except OverloadedError:
             reason = "REJECTED"
             raise
         labels = (name, loaded.version)
         reason = "BACKEND"
         try:
-            results = await asyncio.wrap_future(future)
+            results = await future
         except asyncio.CancelledError:
             reason = "CANCELED"
             raise
@@ -199,21 +199,32 @@ async def repository_index(request: web.Request) -> web.Response:
     return web.json_response(request.app[MANAGER].index())
 
 
+async def _parameters(request: web.Request) -> dict[str, Any]:
+    """``parameters`` of a repository request body (an empty body has none)."""
+    body = await request.read()
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise InferenceRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InferenceRequestError("request body must be a JSON object")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InferenceRequestError("parameters must be a JSON object")
+    return params
+
+
 async def repository_load(request: web.Request) -> web.Response:
-    """Load or hot-swap a model: from ``parameters.path``, else from where it was loaded last."""
+    """Load or hot-swap a model: from ``parameters.path``, else from where it was loaded last.
+
+    The path may be a package file or a model store directory (``models/<name>/current``):
+    loading again without a path after the store switched ``current`` swaps to the new version.
+    """
     manager: ModelManager = request.app[MANAGER]
     name = request.match_info["name"]
-    doc: dict[str, Any] = {}
-    body = await request.read()
-    if body.strip():
-        try:
-            doc = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise InferenceRequestError(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise InferenceRequestError("request body must be a JSON object")
-    params = doc.get("parameters") or {}
-    path = params.get("path") if isinstance(params, dict) else None
+    path = (await _parameters(request)).get("path")
     if path is None:
         path = manager.path_of(name)
         if path is None:
@@ -228,7 +239,11 @@ async def repository_load(request: web.Request) -> web.Response:
 
 
 async def repository_unload(request: web.Request) -> web.Response:
-    request.app[MANAGER].unload(request.match_info["name"])
+    """Unload a model, or with ``parameters.version`` one of its kept (non-current) versions."""
+    version = (await _parameters(request)).get("version")
+    if version is not None and not isinstance(version, str):
+        raise InferenceRequestError("parameters.version must be a string")
+    request.app[MANAGER].unload(request.match_info["name"], version)
     return web.json_response({})
 
 

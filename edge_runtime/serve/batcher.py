@@ -24,6 +24,8 @@ alone (still queued, so back-pressure and threading stay the same).
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -117,14 +119,43 @@ class BatchStats:
 
 
 class _Job:
-    __slots__ = ("enqueued", "future", "inputs", "key", "rows")
+    """One queued request (or chunk); answered through a thread future or, from an event
+    loop, through an asyncio future that the worker settles with one loop call per batch."""
 
-    def __init__(self, inputs: Outputs, rows: int, key: tuple[Any, ...]) -> None:
+    __slots__ = ("afuture", "enqueued", "future", "inputs", "key", "loop", "rows")
+
+    def __init__(
+        self,
+        inputs: Outputs,
+        rows: int,
+        key: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.inputs = inputs
         self.rows = rows
         self.key = key
-        self.future: Future[Outputs] = Future()
+        self.loop = loop
+        self.afuture: asyncio.Future[Outputs] | None = loop.create_future() if loop is not None else None
+        self.future: Future[Outputs] | None = Future() if loop is None else None
         self.enqueued = time.monotonic()
+
+    def start(self) -> bool:
+        """False when the caller gave up (cancelled) before the job ran."""
+        if self.future is not None:
+            return self.future.set_running_or_notify_cancel()
+        assert self.afuture is not None
+        return not self.afuture.done()  # a racy read at worst computes a cancelled job
+
+
+def _settle(results: list[tuple[asyncio.Future[Outputs], Outputs | None, BaseException | None]]) -> None:
+    """On the event loop: answer every asyncio job of a batch (one loop wake-up for all)."""
+    for future, outputs, error in results:
+        if future.done():  # cancelled meanwhile
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(outputs)  # type: ignore[arg-type]
 
 
 def _combine(chunks: list[Future[Outputs]]) -> Future[Outputs]:
@@ -177,6 +208,7 @@ class DynamicBatcher:
         self._max_rows = config.max_batch_size if batchable else 1
         self._full_rows = min(self._max_rows, max(config.preferred_batch_sizes, default=self._max_rows))
         self._queue: deque[_Job] = deque()
+        self._queued_rows = 0
         self._cond = threading.Condition()
         self._closing = False
         self._compute_ewma = 0.0  # seconds per batch, for the latency target
@@ -205,6 +237,24 @@ class DynamicBatcher:
 
         Raises OverloadedError when the queue is full and ModelNotReadyError once closing.
         """
+        chunks = self._jobs(inputs, None)
+        self._enqueue(chunks)
+        futures = [c.future for c in chunks if c.future is not None]
+        return futures[0] if len(futures) == 1 else _combine(futures)
+
+    def submit_async(self, inputs: Mapping[str, np.ndarray]) -> asyncio.Future[Outputs]:
+        """:meth:`submit` for the running event loop: an asyncio future, settled without a thread
+        future in between (the worker makes one ``call_soon_threadsafe`` per batch, not per request)."""
+        loop = asyncio.get_running_loop()
+        chunks = self._jobs(inputs, loop)
+        if len(chunks) > 1:  # a request split over several batches: combined by the thread path
+            return asyncio.wrap_future(self.submit(inputs), loop=loop)
+        self._enqueue(chunks)
+        assert chunks[0].afuture is not None
+        return chunks[0].afuture
+
+    def _jobs(self, inputs: Mapping[str, np.ndarray], loop: asyncio.AbstractEventLoop | None) -> list[_Job]:
+        """The request as jobs of at most ``max_batch_size`` rows; validates the batch dimension."""
         arrays = dict(inputs)
         if self.batchable:
             rows = {int(a.shape[0]) if a.ndim else -1 for a in arrays.values()}
@@ -217,19 +267,21 @@ class DynamicBatcher:
         else:
             n, key = 1, ()
         step = self._max_rows
-        chunks = (
-            [_Job(arrays, n, key)]
-            if n <= step
-            else [
-                _Job({k: a[i : i + step] for k, a in arrays.items()}, min(step, n - i), key)
-                for i in range(0, n, step)
-            ]
-        )
+        if n <= step:
+            return [_Job(arrays, n, key, loop)]
+        chunks = [
+            _Job({k: a[i : i + step] for k, a in arrays.items()}, min(step, n - i), key)
+            for i in range(0, n, step)
+        ]
         if len(chunks) > self.config.max_queue_size:
             raise InferenceRequestError(
                 f"a request of {n} rows needs {len(chunks)} batches of at most {step}; "
                 f"more than the queue holds ({self.config.max_queue_size})"
             )
+        return chunks
+
+    def _enqueue(self, chunks: list[_Job]) -> None:
+        n = sum(c.rows for c in chunks)
         with self._cond:
             if self._closing:
                 raise ModelNotReadyError(f"model {self.name} is shutting down")
@@ -237,9 +289,19 @@ class DynamicBatcher:
                 raise OverloadedError(
                     f"model {self.name}: the queue is full ({self.config.max_queue_size} requests); retry later"
                 )
+            # Wake a worker only when that changes what it would do: the queue was empty (a worker
+            # may be idle), a batch can be full now, or the head can no longer grow. A worker that
+            # is waiting out the queue delay need not wake for every arrival: each wake-up is a
+            # GIL hand-off between the event loop and the worker, the costliest thing per request.
+            wake = (
+                not self._queue
+                or self._queued_rows + n >= self._full_rows
+                or chunks[0].key != self._queue[0].key
+            )
             self._queue.extend(chunks)
-            self._cond.notify()
-        return chunks[0].future if len(chunks) == 1 else _combine([c.future for c in chunks])
+            self._queued_rows += n
+            if wake:
+                self._cond.notify()
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop accepting, run what is queued, stop the threads; True if they stopped in time."""
@@ -265,7 +327,7 @@ class DynamicBatcher:
         """``(jobs, rows, can_grow)`` for the batch the head of the queue would form now."""
         first = self._queue[0]
         jobs, rows = 1, first.rows
-        for job in list(self._queue)[1:]:
+        for job in itertools.islice(self._queue, 1, None):
             if job.key != first.key or rows + job.rows > self._max_rows:
                 return jobs, rows, False
             jobs += 1
@@ -285,6 +347,7 @@ class DynamicBatcher:
                 deadline = self._deadline(self._queue[0])
                 if self._closing or not can_grow or rows >= self._full_rows or now >= deadline:
                     batch = [self._queue.popleft() for _ in range(jobs)]
+                    self._queued_rows -= rows
                     if self._queue:
                         self._cond.notify()  # another idle worker may start on the rest
                     return batch
@@ -295,7 +358,7 @@ class DynamicBatcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            batch = [job for job in batch if job.start()]
             if batch:
                 self._execute(batch)
 
@@ -339,13 +402,25 @@ class DynamicBatcher:
             except Exception:
                 log.exception("batch metrics callback failed")
         offset = 0
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for job in batch:
-            if error is not None:
-                job.future.set_exception(error)
-            elif len(batch) == 1 and padded == rows:
-                job.future.set_result(outputs)
-            else:
-                job.future.set_result({k: v[offset : offset + job.rows] for k, v in outputs.items()})
+            result = None
+            if error is None:
+                whole = len(batch) == 1 and padded == rows
+                result = outputs if whole else {k: v[offset : offset + job.rows] for k, v in outputs.items()}
             offset += job.rows
+            if job.future is not None:
+                if error is not None:
+                    job.future.set_exception(error)
+                else:
+                    job.future.set_result(result)  # type: ignore[arg-type]
+            else:
+                assert job.loop is not None
+                by_loop.setdefault(job.loop, []).append((job.afuture, result, error))
+        for loop, results in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, results)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                log.debug("batch of %s answered after its event loop closed", self.name)
         if error is not None and not isinstance(error, Exception):
             raise error

@@ -6,6 +6,7 @@
     edge serve --config /etc/edge/serve.toml          # flags given as well override the file
     edge serve --install-service [--prefix DIR]       # write the systemd unit, print systemctl commands
     edge swap digits digits-1.3.edgepkg [--url URL]   # hot-swap a model of a running server
+    edge serve --model digits=/var/lib/edge/models/digits/current   # a model store entry
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -67,6 +69,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--drain-timeout", type=float, dest="drain_timeout_s", help="seconds to drain on SIGTERM"
     )
     serve.add_argument("--no-repository-api", action="store_true", help="disable POST /v2/repository/...")
+    serve.add_argument(
+        "--keep-versions",
+        type=int,
+        metavar="N",
+        help="versions of each model kept loaded after a swap, the current one included (default 1); "
+        "older ones answer /v2/models/NAME/versions/VERSION/...",
+    )
     batching = serve.add_argument_group("dynamic batching (applies to every model)")
     batching.add_argument("--max-batch-size", type=int, help="rows per model run; 1 turns batching off")
     batching.add_argument("--max-queue-delay-us", type=int, help="longest wait to fill a batch")
@@ -103,7 +112,7 @@ def _parse_model(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise ServeConfigError(f"--model expects NAME=PATH, got {text!r}")
-    return name, Path(path).resolve()
+    return name, Path(os.path.abspath(path))  # not resolved: a store `current` link stays a link
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -111,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     config = load_config(args.config) if args.config else ServeConfig()
     server: dict[str, Any] = {
         key: getattr(args, key)
-        for key in ("host", "port", "backend", "threads", "trust_dir", "drain_timeout_s")
+        for key in ("host", "port", "backend", "threads", "trust_dir", "drain_timeout_s", "keep_versions")
         if getattr(args, key, None) is not None
     }
     if args.no_repository_api:
@@ -157,7 +166,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_swap(args: argparse.Namespace) -> int:
     url = f"{args.url.rstrip('/')}/v2/repository/models/{args.name}/load"
-    body = json.dumps({"parameters": {"path": str(args.package.resolve())}}).encode()
+    body = json.dumps({"parameters": {"path": os.path.abspath(args.package)}}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:

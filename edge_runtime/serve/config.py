@@ -14,6 +14,8 @@ TOML needs nothing beyond the standard library on Python 3.11+ (``tomllib``;
     threads = 0                 # intra-op threads per model, 0: the device profile's default
     trust_dir = ""              # a trust store directory: packages must be signed by one of its keys
     require_selftest = false    # refuse packages without self-test vectors
+    keep_versions = 1           # versions of a model kept loaded after a swap, the current one
+                                # included; older ones answer /v2/models/{m}/versions/{v}/...
 
     [batching]                  # defaults for every model (see BatchingConfig)
     max_batch_size = 8
@@ -26,7 +28,11 @@ TOML needs nothing beyond the standard library on Python 3.11+ (``tomllib``;
 
     [models.digits]             # one table per served model; the key is its name in the URLs
     path = "/var/lib/edge/models/digits.edgepkg"   # relative paths: to the config file
+    # or a model store directory: "/var/lib/edge/models/digits/current" (or ".../digits",
+    # meaning its current link); links are resolved at each load, so after the store
+    # switches `current`, SIGHUP (or `edge swap digits`) serves the new version
     selftest = true
+    keep_versions = 2           # overrides [server] keep_versions for this model
     [models.digits.batching]    # overrides of [batching] for this model
     max_batch_size = 16
 """
@@ -61,6 +67,17 @@ class ModelConfig:
     path: Path
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     selftest: bool = True
+    keep_versions: int | None = None  # None: the server's keep_versions
+
+    def __post_init__(self) -> None:
+        _check_keep_versions(self.keep_versions, f"[models.{self.name}] keep_versions", optional=True)
+
+
+def _check_keep_versions(value: Any, where: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ServeConfigError(f"{where} must be an integer >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,7 @@ class ServeConfig:
     threads: int = 0
     trust_dir: Path | None = None
     require_selftest: bool = False
+    keep_versions: int = 1  # versions of each model kept loaded (the current one included)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     models: tuple[ModelConfig, ...] = ()
     source: Path | None = None  # the file it was read from (SIGHUP re-reads it)
@@ -83,6 +101,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ServeConfigError(f"server.port must be in 0..65535, got {self.port}")
+        _check_keep_versions(self.keep_versions, "server.keep_versions")
         names = [m.name for m in self.models]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -93,7 +112,7 @@ class ServeConfig:
 
 
 _SERVER_KEYS = {f.name for f in dataclasses.fields(ServeConfig)} - {"batching", "models", "source"}
-_MODEL_KEYS = {"path", "batching", "selftest"}
+_MODEL_KEYS = {"path", "batching", "selftest", "keep_versions"}
 
 
 def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -132,11 +151,11 @@ def config_from_dict(
         models.append(
             ModelConfig(
                 name=name,
-                path=(base_dir / entry["path"]).resolve()
-                if not os.path.isabs(entry["path"])
-                else Path(entry["path"]),
+                # Normalised but not resolved: a store `current` link stays a link, resolved per load.
+                path=Path(os.path.normpath(base_dir / entry["path"])),
                 batching=BatchingConfig.from_dict(merged, f"{where}.batching"),
                 selftest=bool(entry.get("selftest", True)),
+                keep_versions=entry.get("keep_versions"),
             )
         )
     if server.get("trust_dir"):

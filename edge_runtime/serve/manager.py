@@ -1,12 +1,24 @@
 """Models being served: loading, self-testing, hot swapping and reference counting.
 
 Each served model has one *current* :class:`LoadedVersion` (a model, its
-batcher and a reference count). A swap loads and self-tests the new version
-beside the running one, then switches the current pointer under a lock::
+batcher and a reference count), which unversioned requests go to. A swap loads
+and self-tests the new version beside the running one, then switches the
+current pointer under a lock::
 
     swap(name, path) ─► loader(path) ─► selftest() ─► start its batcher ─► switch ─► retire old
                              │ fails          │ fails
                              └────────────────┴──► close the new one; the old keeps serving
+
+``keep_versions`` (default 1: only the current one) keeps that many versions
+loaded: after a swap the previous ones stay and answer requests addressed to
+``/v2/models/{name}/versions/{version}`` until they are unloaded
+(:meth:`ModelManager.unload` with a version) or pushed out by newer ones.
+
+``path`` may be a package file or a model store directory: a version
+directory, its ``current`` link, or ``models/<name>`` (meaning its
+``current``). Links are resolved once per swap (:func:`resolve_source`), so an
+atomic switch of ``current`` followed by a swap (or SIGHUP) moves cleanly from
+one complete version to the next.
 
 Every request holds a reference on the version it was queued on from
 :meth:`ModelManager.submit` until its result is ready, so a retired version
@@ -15,6 +27,7 @@ finishes what it accepted and is closed when its last reference goes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -28,14 +41,16 @@ import numpy as np
 
 from edge_runtime.serve.batcher import BatchingConfig, BatchStats, DynamicBatcher
 from edge_runtime.serve.errors import (
+    InferenceRequestError,
     ModelLoadError,
     ModelNotReadyError,
     ModelUnavailableError,
+    ServeConfigError,
 )
 from edge_runtime.serve.metrics import ServeMetrics
 from edge_runtime.serve.protocol import ModelLike, TensorSpecLike, datatype_of, tensor_metadata
 
-__all__ = ["LoadedVersion", "Loader", "ModelManager", "SwapResult", "default_loader"]
+__all__ = ["LoadedVersion", "Loader", "ModelManager", "SwapResult", "default_loader", "resolve_source"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +68,24 @@ def default_loader(backend: str = "auto", threads: int | None = None, trust_stor
     return load
 
 
+_MANIFEST_NAME = "manifest.json"  # edge_runtime.package.MANIFEST_NAME, without importing the reader here
+_STORE_CURRENT = "current"  # the link edge_runtime.store.ModelStore switches
+
+
+def resolve_source(path: str | Path) -> Path:
+    """What a configured model path means now: the package file, or the store version it links to.
+
+    A directory without a manifest but with a ``current`` link (the store's
+    ``models/<name>``) stands for that link; links are resolved, so the
+    result names one immutable version even if ``current`` is switched later.
+    A path that does not exist is returned as given, for the loader to report.
+    """
+    p = Path(path)
+    if p.is_dir() and not (p / _MANIFEST_NAME).exists() and (p / _STORE_CURRENT).exists():
+        p = p / _STORE_CURRENT
+    return p.resolve() if p.exists() else p
+
+
 @dataclass(frozen=True)
 class SwapResult:
     """The outcome of a load or swap. On failure the previous version (if any) is still serving."""
@@ -63,6 +96,7 @@ class SwapResult:
     previous_version: str | None  # what served before the call
     error: str | None = None
     seconds: float = 0.0
+    loaded_versions: tuple[str, ...] = ()  # every version loaded after the call, oldest first
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +104,7 @@ class SwapResult:
             "ok": self.ok,
             "version": self.version,
             "previous_version": self.previous_version,
+            "loaded_versions": list(self.loaded_versions),
             "error": self.error,
             "seconds": round(self.seconds, 3),
         }
@@ -109,6 +144,12 @@ def _selftest(model: ModelLike) -> None:
         raise ModelLoadError(summary() if callable(summary) else f"self-test failed: {result}")
 
 
+def _check_keep(keep: int) -> int:
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ServeConfigError(f"keep_versions must be an integer >= 1, got {keep!r}")
+    return keep
+
+
 def _warm_up(model: ModelLike) -> None:
     """One run on zeros (dynamic dimensions as 1), for models loaded without a self-test."""
     feeds = {
@@ -124,7 +165,7 @@ class LoadedVersion:
 
     name: str
     version: str
-    path: Path
+    path: Path  # what was loaded: a package file or a resolved store directory
     model: ModelLike
     batching: BatchingConfig
     platform: str
@@ -138,11 +179,11 @@ class LoadedVersion:
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def metadata(self) -> dict[str, Any]:
-        """The protocol's model metadata response."""
+    def metadata(self, versions: list[str] | None = None) -> dict[str, Any]:
+        """The protocol's model metadata response; ``versions``: every loaded one (default: this one)."""
         return {
             "name": self.name,
-            "versions": [self.version],
+            "versions": versions or [self.version],
             "platform": self.platform,
             "inputs": [tensor_metadata(s) for s in self.inputs],
             "outputs": [tensor_metadata(s) for s in self.outputs],
@@ -210,7 +251,8 @@ class ModelManager:
 
     ``loader`` turns a package path into a model (default: :func:`edge_runtime.load`).
     The fleet agent and the HTTP admin API call :meth:`swap`; request handlers call
-    :meth:`submit`.
+    :meth:`submit`. ``keep_versions`` is how many versions of a model stay loaded
+    (the current one included) unless a swap says otherwise.
     """
 
     def __init__(
@@ -219,12 +261,17 @@ class ModelManager:
         metrics: ServeMetrics | None = None,
         default_batching: BatchingConfig | None = None,
         require_selftest: bool = False,
+        keep_versions: int = 1,
     ) -> None:
         self._loader = loader or default_loader()
         self.require_selftest = require_selftest
         self.metrics = metrics or ServeMetrics(device=False)
         self.default_batching = default_batching or BatchingConfig()
+        self.keep_versions = _check_keep(keep_versions)
         self._current: dict[str, LoadedVersion] = {}
+        # Every loaded version by name, then by version in load order (oldest first); holds the current.
+        self._loaded: dict[str, dict[str, LoadedVersion]] = {}
+        self._keep: dict[str, int] = {}
         self._batching: dict[str, BatchingConfig] = {}
         self._paths: dict[str, Path] = {}  # where each model was last loaded from (a reload without path)
         self._wanted: set[str] = set()  # models that should be serving: readiness waits for them
@@ -241,14 +288,19 @@ class ModelManager:
         package_path: str | Path,
         batching: BatchingConfig | None = None,
         selftest: bool = True,
+        keep_versions: int | None = None,
     ) -> SwapResult:
         """Load ``package_path`` as model ``name`` beside the running version, self-test it, switch.
 
-        Never raises for a bad package: the result says why, and the old
-        version (if any) keeps serving. Swaps of one model are serialised;
-        swaps of different models run in parallel.
+        ``package_path`` is a package file or a store directory (see
+        :func:`resolve_source`). Never raises for a bad package: the result
+        says why, and the old version (if any) keeps serving. Swaps of one
+        model are serialised; swaps of different models run in parallel.
+        ``keep_versions`` (default: as before for this model, else the
+        manager's) is how many versions stay loaded after the switch.
         """
-        path = Path(package_path)
+        configured = Path(package_path)
+        path = resolve_source(configured)
         with self._lock:
             if self._closing:
                 return SwapResult(name, False, None, None, "the server is shutting down")
@@ -258,6 +310,7 @@ class ModelManager:
             old = self._current.get(name)
             old_version = old.version if old else None
             batching = batching or self._batching.get(name) or self.default_batching
+            keep = _check_keep(keep_versions or self._keep.get(name) or self.keep_versions)
             start = time.monotonic()
             try:
                 new = self._load(name, path, batching, selftest)
@@ -273,27 +326,43 @@ class ModelManager:
                     f"version {old_version} keeps serving" if old else "not serving",
                     reason,
                 )
-                return SwapResult(name, False, old_version, old_version, reason, seconds)
+                return SwapResult(
+                    name, False, old_version, old_version, reason, seconds, tuple(self.versions(name))
+                )
             with self._lock:
                 if self._closing:
                     new.close_now(timeout=5)
                     return SwapResult(name, False, None, old_version, "the server is shutting down")
+                versions = self._loaded.setdefault(name, {})
+                # The same version loaded again replaces its running instance (e.g. a rebuilt package).
+                retired = [v for v in (versions.pop(new.version, None),) if v is not None]
+                versions[new.version] = new
+                while len(versions) > keep:
+                    retired.append(versions.pop(next(iter(versions))))  # the oldest goes first
                 self._current[name] = new
                 self._batching[name] = batching
-                self._paths[name] = path
+                self._keep[name] = keep
+                self._paths[name] = configured
+                loaded_versions = tuple(versions)
             self._last_error.pop(name, None)
             seconds = time.monotonic() - start
             self.metrics.load_total.labels(name, "success").inc()
             self.metrics.load_seconds.labels(name).observe(seconds)
             self.metrics.set_current_version(name, new.version, old_version)
+            self._retire(retired)
             if old is not None:
-                old.retire()
+                kept = [v for v in loaded_versions if v != new.version]
                 log.info(
-                    "model %s: swapped version %s -> %s (%.2fs)", name, old_version, new.version, seconds
+                    "model %s: swapped version %s -> %s (%.2fs)%s",
+                    name,
+                    old_version,
+                    new.version,
+                    seconds,
+                    f"; still loaded: {', '.join(kept)}" if kept else "",
                 )
             else:
                 log.info("model %s: serving version %s from %s (%.2fs)", name, new.version, path, seconds)
-            return SwapResult(name, True, new.version, old_version, None, seconds)
+            return SwapResult(name, True, new.version, old_version, None, seconds, loaded_versions)
 
     def _load(self, name: str, path: Path, batching: BatchingConfig, selftest: bool) -> LoadedVersion:
         try:
@@ -329,13 +398,15 @@ class ModelManager:
             )
             if not batchable and batching.max_batch_size > 1:
                 log.info("model %s: inputs have a fixed first dimension, requests run one at a time", name)
-            loaded.batcher = DynamicBatcher(
+            batcher = loaded.batcher = DynamicBatcher(
                 model.run,
                 batching,
                 batchable=batchable,
                 name=f"{name}:{version}",
                 on_batch=lambda stats: self._observe_batch(loaded, stats),
             )
+            # Read when scraped: no gauge update on the request path.
+            self.metrics.pending.labels(name, loaded.version).set_function(batcher.queued)
             return loaded
         except Exception:
             try:
@@ -344,63 +415,127 @@ class ModelManager:
                 log.exception("closing the refused model %s failed", name)
             raise
 
-    def unload(self, name: str) -> None:
-        """Stop serving ``name``; in-flight requests finish first."""
+    def unload(self, name: str, version: str | None = None) -> None:
+        """Stop serving ``name`` (every version), or only its non-current ``version``.
+
+        In-flight requests finish first. Raises ModelUnavailableError for an
+        unknown model or version, InferenceRequestError for the current
+        version alone (swap to another one first, or unload the model).
+        """
         with self._lock:
-            old = self._current.pop(name, None)
-            self._wanted.discard(name)
-        if old is None:
+            versions = self._loaded.get(name, {})
+            current = self._current.get(name)
+            if version is None:
+                retired = list(versions.values())
+                self._loaded.pop(name, None)
+                self._current.pop(name, None)
+                self._wanted.discard(name)
+            elif version not in versions:
+                raise ModelUnavailableError(
+                    f"model {name!r} has no version {version!r} loaded"
+                    + (f"; loaded: {', '.join(versions)}" if versions else "")
+                )
+            elif current is not None and current.version == version:
+                raise InferenceRequestError(
+                    f"version {version!r} is the current version of model {name!r}; "
+                    "swap to another version first, or unload the model"
+                )
+            else:
+                retired = [versions.pop(version)]
+        if not retired:
             raise ModelUnavailableError(f"model {name!r} is not loaded")
-        self.metrics.set_current_version(name, None, old.version)
-        old.retire()
-        log.info("model %s: unloaded version %s", name, old.version)
+        if version is None and current is not None:
+            self.metrics.set_current_version(name, None, current.version)
+        self._retire(retired)
+        log.info("model %s: unloaded version(s) %s", name, ", ".join(v.version for v in retired))
+
+    def _retire(self, versions: list[LoadedVersion]) -> None:
+        for old in versions:
+            old.retire()
+            if old.version not in self.versions(old.name):  # not reloaded under the same version
+                try:
+                    self.metrics.pending.remove(old.name, old.version)
+                except KeyError:
+                    pass
 
     # --- requests ---
 
     def get(self, name: str, version: str | None = None) -> LoadedVersion:
-        """The current version of ``name`` (which must be ``version`` when given)."""
+        """The current version of ``name``, or its loaded ``version`` when given (404 if not loaded)."""
         loaded = self._current.get(name)
         if loaded is None:
             if self._closing and name in self._paths:
                 raise ModelNotReadyError(f"model {name!r} is shutting down")
             raise ModelUnavailableError(f"unknown model {name!r}")
-        if version is not None and version != loaded.version:
+        if version is None or version == loaded.version:
+            return loaded
+        other = self._loaded.get(name, {}).get(version)
+        if other is None:
             raise ModelUnavailableError(
-                f"model {name!r} has no version {version!r}; serving version {loaded.version!r}"
+                f"model {name!r} has no version {version!r} loaded; "
+                f"loaded: {', '.join(self.versions(name))} (current {loaded.version!r})"
             )
-        return loaded
+        return other
+
+    def versions(self, name: str) -> list[str]:
+        """The loaded versions of ``name``, oldest load first (the current one is among them)."""
+        return list(self._loaded.get(name, {}))
+
+    def loaded_versions(self) -> list[LoadedVersion]:
+        """Every loaded version of every model."""
+        with self._lock:
+            return [v for versions in self._loaded.values() for v in versions.values()]
+
+    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The protocol's model metadata: of ``version`` (default current), listing every loaded version."""
+        return self.get(name, version).metadata(self.versions(name))
 
     def submit(
         self, name: str, version: str | None, inputs: Mapping[str, np.ndarray]
     ) -> tuple[LoadedVersion, Future[dict[str, np.ndarray]]]:
         """Queue a request on the current version; the reference is held until the future is done."""
-        if self._closing:
-            raise ModelNotReadyError("the server is shutting down")
-        while True:
-            loaded = self.get(name, version)
-            try:
-                loaded.acquire()
-                break
-            except ModelNotReadyError:
-                if version is not None:
-                    raise
-                # Lost a race with a swap: the current pointer already names the new version.
-                if self._current.get(name) is loaded:
-                    raise
+        loaded = self._acquire(name, version)
         assert loaded.batcher is not None
         try:
             future = loaded.batcher.submit(inputs)
         except BaseException:
             loaded.release()
             raise
-        self.metrics.pending.labels(name, loaded.version).set(loaded.batcher.queued())
         future.add_done_callback(lambda _: loaded.release())
         return loaded, future
 
+    def submit_async(
+        self, name: str, version: str | None, inputs: Mapping[str, np.ndarray]
+    ) -> tuple[LoadedVersion, asyncio.Future[dict[str, np.ndarray]]]:
+        """:meth:`submit` from the event loop: an asyncio future (what the HTTP handlers use)."""
+        loaded = self._acquire(name, version)
+        assert loaded.batcher is not None
+        try:
+            future = loaded.batcher.submit_async(inputs)
+        except BaseException:
+            loaded.release()
+            raise
+        future.add_done_callback(lambda _: loaded.release())
+        return loaded, future
+
+    def _acquire(self, name: str, version: str | None) -> LoadedVersion:
+        """The version a request goes to, with a reference held on it (release() when answered)."""
+        if self._closing:
+            raise ModelNotReadyError("the server is shutting down")
+        while True:
+            loaded = self.get(name, version)
+            try:
+                loaded.acquire()
+                return loaded
+            except ModelNotReadyError:
+                if version is not None:
+                    raise
+                # Lost a race with a swap: the current pointer already names the new version.
+                if self._current.get(name) is loaded:
+                    raise
+
     def _observe_batch(self, loaded: LoadedVersion, stats: BatchStats) -> None:
         m, labels = self.metrics, (loaded.name, loaded.version)
-        if loaded.batcher is not None:
-            m.pending.labels(*labels).set(loaded.batcher.queued())
         if stats.error is not None:
             return
         m.exec_count.labels(*labels).inc()
@@ -424,7 +559,7 @@ class ModelManager:
     # --- state ---
 
     def names(self) -> list[str]:
-        return sorted(set(self._current) | set(self._paths))
+        return sorted(set(self._loaded) | set(self._paths))
 
     def ready(self, names: list[str] | None = None) -> bool:
         """Whether every model (or the ``names`` given) is loaded and the server is not draining."""
@@ -436,30 +571,43 @@ class ModelManager:
         return sorted(n for n in self._wanted if n not in self._current)
 
     def path_of(self, name: str) -> Path | None:
+        """The path ``name`` was last swapped to, as given (a ``current`` link stays a link)."""
         return self._paths.get(name)
+
+    def is_stale(self, name: str, path: str | Path) -> bool:
+        """Whether ``path`` now resolves to something other than what the current version came from.
+
+        True after the store switched ``current`` to another version (SIGHUP then swaps).
+        """
+        loaded = self._current.get(name)
+        return loaded is None or resolve_source(path) != loaded.path
 
     def last_error(self, name: str) -> str | None:
         return self._last_error.get(name)
 
     def index(self) -> list[dict[str, Any]]:
         """The repository index: one entry per known model with its state."""
-        entries = []
+        entries: list[dict[str, Any]] = []
         for name in self.names():
-            loaded = self._current.get(name)
-            entry: dict[str, Any] = {"name": name}
-            if loaded is not None:
-                entry |= {"version": loaded.version, "state": "READY"}
-            else:
-                entry |= {"state": "UNAVAILABLE", "reason": self._last_error.get(name, "unloaded")}
-            entries.append(entry)
+            versions = self.versions(name)
+            if not versions:
+                reason = self._last_error.get(name, "unloaded")
+                entries.append({"name": name, "state": "UNAVAILABLE", "reason": reason})
+            current = self._current.get(name)
+            for version in versions:  # the current version last, so that it wins a lookup by name
+                if current is None or version != current.version:
+                    entries.append({"name": name, "version": version, "state": "READY"})
+            if current is not None and versions:
+                entries.append({"name": name, "version": current.version, "state": "READY"})
         return entries
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking requests, run what was accepted, close every model."""
         with self._lock:
             self._closing = True
-            loaded = list(self._current.values())
+            loaded = [v for versions in self._loaded.values() for v in versions.values()]
             self._current.clear()
+            self._loaded.clear()
         deadline = time.monotonic() + timeout
         for version in loaded:
             version.close_now(max(0.0, deadline - time.monotonic()))

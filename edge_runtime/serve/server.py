@@ -67,6 +67,7 @@ class InferenceServer:
             ServeMetrics(device=True),
             self.config.batching,
             require_selftest=self.config.require_selftest,
+            keep_versions=self.config.keep_versions,
         )
         self._app = create_app(
             self.manager,
@@ -89,7 +90,10 @@ class InferenceServer:
     async def load_models(self, models: tuple[ModelConfig, ...]) -> list[SwapResult]:
         """Load (or swap to) each model, in parallel; failures are logged, not raised."""
         results = await asyncio.gather(
-            *(self._run(self.manager.swap, m.name, m.path, m.batching, m.selftest) for m in models)
+            *(
+                self._run(self.manager.swap, m.name, m.path, m.batching, m.selftest, m.keep_versions)
+                for m in models
+            )
         )
         return list(results)
 
@@ -131,18 +135,20 @@ class InferenceServer:
             await asyncio.sleep(interval)
 
     def _stuck_models(self, limit: float) -> list[str]:
-        stuck = []
-        for name in self.manager.names():
-            try:
-                batcher = self.manager.get(name).batcher
-            except ServeError:
-                continue
-            if batcher is not None and batcher.oldest_wait() > limit:
-                stuck.append(name)
-        return stuck
+        return sorted(
+            {
+                v.name
+                for v in self.manager.loaded_versions()
+                if v.batcher is not None and v.batcher.oldest_wait() > limit
+            }
+        )
 
     async def reload(self) -> list[SwapResult]:
-        """SIGHUP: re-read the config file; swap models whose path or batching changed, add and remove."""
+        """SIGHUP: re-read the config file; swap models whose entry changed, add and remove.
+
+        A model whose path is a store link (``models/<name>/current``) that now resolves to
+        another version is swapped too: switch ``current``, then SIGHUP.
+        """
         if self.config.source is None:
             log.warning("SIGHUP: no config file to re-read (started from flags only)")
             return []
@@ -154,7 +160,9 @@ class InferenceServer:
             self.notifier.ready("reload failed, serving the previous config")
             return []
         old = {m.name: m for m in self.config.models}
-        changed = tuple(m for m in new.models if old.get(m.name) != m)
+        changed = tuple(
+            m for m in new.models if old.get(m.name) != m or self.manager.is_stale(m.name, m.path)
+        )
         removed = [name for name in old if name not in {m.name for m in new.models}]
         log.info("SIGHUP: %d model(s) to load or swap, %d to unload", len(changed), len(removed))
         results = await self.load_models(changed)

@@ -110,7 +110,9 @@ def expected_logits(x: np.ndarray, seed: int) -> np.ndarray:
     return x.astype(np.float32) @ w + b
 
 
-def write_onnx_package(path: Path, version: str, seed: int = 0, bad_selftest: bool = False) -> Path:
+def write_onnx_package(
+    path: Path, version: str, seed: int = 0, bad_selftest: bool = False, signing_key: Any = None
+) -> Path:
     """A real .edgepkg: ONNX Gemm (x @ W + b) with self-test vectors, run by onnxruntime."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -141,7 +143,7 @@ def write_onnx_package(path: Path, version: str, seed: int = 0, bad_selftest: bo
         "model.onnx": model.SerializeToString(),
         "selftest.npz": make_selftest({"x": x}, {"logits": expected}),
     }
-    write_package(path, manifest, artifacts)
+    write_package(path, manifest, artifacts, signing_key)
     return path
 
 

@@ -10,6 +10,7 @@ HTTP API), :mod:`fleet.broker` (embedded broker), :mod:`fleet.discovery`
 
 from fleet.errors import (
     BrokerError,
+    CertificatePinError,
     ConflictError,
     DigestMismatchError,
     DiscoveryError,
@@ -24,6 +25,7 @@ from fleet.protocol import PROTOCOL_VERSION
 __all__ = [
     "PROTOCOL_VERSION",
     "BrokerError",
+    "CertificatePinError",
     "ConflictError",
     "DigestMismatchError",
     "DiscoveryError",

@@ -19,6 +19,7 @@ deployments already finished, so a restart neither repeats nor forgets one).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -61,7 +62,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AgentConfig:
-    """Everything ``edge agent`` needs; ``broker=None`` means: find the manager with zeroconf."""
+    """Everything ``edge agent`` needs.
+
+    ``broker=None``, or a broker whose ``url`` is empty: find the manager with zeroconf and connect
+    to the broker it advertises (with the given broker's credentials, CA file and fingerprint; a
+    configured fingerprint wins over the advertised one).
+    """
 
     fleet: str
     device: str
@@ -180,7 +186,9 @@ class Agent:
     def run(self) -> None:
         """Serve the committed models, connect, and loop until :meth:`stop`."""
         self._recover()
-        broker = self.config.broker or self._discover()
+        broker = self.config.broker
+        if broker is None or not broker.url:
+            broker = self._discover(broker or BrokerConfig(url=""))
         self._client = self._connect(broker)
         updater = threading.Thread(target=self._updater, name="agent-updater", daemon=True)
         updater.start()
@@ -217,12 +225,14 @@ class Agent:
         self.runtime.close()
         self.outbox.close()
 
-    def _discover(self) -> BrokerConfig:
+    def _discover(self, login: BrokerConfig) -> BrokerConfig:
         from fleet.discovery import discover
 
         found = discover(self.config.fleet, timeout=self.config.discovery_timeout_s)
         log.info("found fleet %s manager at %s (broker %s)", found.fleet, found.api_url, found.broker_url)
-        return BrokerConfig(url=found.broker_url, tls_fingerprint=found.tls_fingerprint)
+        return dataclasses.replace(
+            login, url=found.broker_url, tls_fingerprint=login.tls_fingerprint or found.tls_fingerprint
+        )
 
     # --- MQTT plumbing ---
 
@@ -236,7 +246,7 @@ class Agent:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = lambda _c, _u, mid, _rc, _p: (self._acks.put(mid), self._wake.set())
-        log.info("connecting to %s as %s/%s", broker.url, self.config.fleet, self.config.device)
+        log.info("connecting to %s as %s/%s", broker.public_url, self.config.fleet, self.config.device)
         client.connect_async(broker.host, broker.port, keepalive=broker.keepalive)
         client.loop_start()
         return client

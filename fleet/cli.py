@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "register"]
+__all__ = ["device_rows", "main", "register"]
 
 DEFAULT_API = os.environ.get("EDGE_FLEET_API", "http://127.0.0.1:8480")
 
@@ -38,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     agent.add_argument("--username", help="default: the device id when --password is given")
     agent.add_argument("--password", default=os.environ.get("EDGE_MQTT_PASSWORD"))
     agent.add_argument("--ca-file", help="CA certificate for mqtts://")
+    agent.add_argument(
+        "--tls-fingerprint",
+        metavar="SHA256",
+        help="pin the broker's certificate (sha256 of its DER form); default: the one zeroconf advertises",
+    )
     agent.add_argument("--trust", type=Path, action="append", default=[], help="trusted .pub or dir")
     agent.add_argument("--tag", action="append", default=[])
     agent.add_argument("--group")
@@ -66,7 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
-    client("devices", "list devices").set_defaults(func=_cmd_devices)
+    p = client("devices", "list devices with a summary of their CPU, memory, temperature, throttling")
+    p.add_argument("--since", type=float, default=300.0, metavar="S", help="resource window (default 300)")
+    p.set_defaults(func=_cmd_devices)
     p = client("packages", "list packages, or add one")
     p.add_argument("action", nargs="?", choices=("list", "add"), default="list")
     p.add_argument("file", nargs="?", type=Path, metavar="FILE", help="add: an .edgepkg to upload")
@@ -87,6 +94,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--max-error-rate", type=float)
     p.add_argument("--max-latency-ratio", type=float)
     p.add_argument("--health-window", type=float, default=10.0, help="device-side health window, s")
+    p.add_argument(
+        "--watch",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="with --max-error-rate/--max-latency-ratio: soak each finished wave this long",
+    )
     p.set_defaults(func=_cmd_deploy)
     p = client("rollout", "status, pause, resume or abort a deployment")
     p.add_argument("action", choices=("status", "pause", "resume", "abort"))
@@ -105,9 +119,10 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from fleet.mqtt import BrokerConfig
 
     broker = None
-    if args.broker:
-        user = args.username or (args.device if args.password else None)
-        broker = BrokerConfig(args.broker, user, args.password, args.ca_file)
+    user = args.username or (args.device if args.password else None)
+    if args.broker or user or args.ca_file or args.tls_fingerprint:
+        # No --broker: url "" means "found by zeroconf", logging in with these settings.
+        broker = BrokerConfig(args.broker or "", user, args.password, args.ca_file, args.tls_fingerprint)
     config = AgentConfig(
         fleet=args.fleet,
         device=args.device,
@@ -147,8 +162,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.advertise:
         from fleet.discovery import Advertiser
 
-        advert = Advertiser(args.fleet, broker.url, api.url).start()
-    logging.getLogger(__name__).info("fleet %s manager: API %s, broker %s", args.fleet, api.url, broker.url)
+        # Never the URL with the manager's password in it; the fingerprint lets agents pin the broker.
+        advert = Advertiser(args.fleet, broker.public_url, api.url, manager.tls_fingerprint or "").start()
+    logging.getLogger(__name__).info(
+        "fleet %s manager: API %s, broker %s", args.fleet, api.url, broker.public_url
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -188,14 +206,40 @@ def _print(args: argparse.Namespace, data: Any, rows: list[str]) -> None:
     print(json.dumps(data, indent=2) if args.json else "\n".join(rows))
 
 
-def _cmd_devices(args: argparse.Namespace) -> int:
-    devices = _call(args.api, "GET", "/api/v1/devices")
-    rows = [f"{'DEVICE':<20} {'STATE':<8} {'PROFILE':<18} {'GROUP':<10} MODELS"]
+def _resource_cells(r: dict[str, Any] | None) -> str:
+    """CPU mean/max %, peak memory, peak temperature and throttled reports; '-' where unknown."""
+    if not r:
+        return f"{'-':<11} {'-':<15} {'-':<6} {'-':<5}"
+    cpu = f"{r['cpu_mean']:.0f}/{r['cpu_max']:.0f}%" if r.get("cpu_max") is not None else "-"
+    if r.get("mem_used_max") is not None and r.get("mem_total"):
+        mem = f"{r['mem_used_max'] / 2**20:.0f}/{r['mem_total'] / 2**20:.0f}M"
+    else:
+        mem = "-"
+    temp = f"{r['temperature_max']:.0f}C" if r.get("temperature_max") is not None else "-"
+    thr = f"{r['throttled_reports']}/{r['reports']}" if r.get("throttled_reports") is not None else "-"
+    return f"{cpu:<11} {mem:<15} {temp:<6} {thr:<5}"
+
+
+def device_rows(devices: list[dict[str, Any]]) -> list[str]:
+    """The table ``edge fleet devices`` prints (resources over the API's window, 5 min by default)."""
+    header = (
+        f"{'DEVICE':<20} {'STATE':<8} {'PROFILE':<18} {'GROUP':<10} {'CPU avg/max':<11} "
+        f"{'MEM peak/total':<15} {'TEMP':<6} {'THROT':<5} MODELS"
+    )
+    rows = [header]
     for d in devices:
         models = ", ".join(f"{n}@{m['version']}" for n, m in d["models"].items()) or "-"
         state = "online" if d["online"] else "offline"
-        rows.append(f"{d['id']:<20} {state:<8} {d['profile'] or '-':<18} {d['grp'] or '-':<10} {models}")
-    _print(args, devices, rows)
+        rows.append(
+            f"{d['id']:<20} {state:<8} {d['profile'] or '-':<18} {d['grp'] or '-':<10} "
+            f"{_resource_cells(d.get('resources'))} {models}"
+        )
+    return rows
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    devices = _call(args.api, "GET", f"/api/v1/devices?since_s={args.since}")
+    _print(args, devices, device_rows(devices))
     return 0
 
 
@@ -232,6 +276,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         "max_error_rate": args.max_error_rate,
         "max_latency_ratio": args.max_latency_ratio,
         "health": {"window_s": args.health_window},
+        "watch_s": args.watch,
     }
     dep = _call(args.api, "POST", "/api/v1/deployments", {"package": args.package, "spec": spec})
     _print(args, dep, [f"deployment {dep['id']}: {dep['state']}, {len(dep['devices'])} device(s)"])

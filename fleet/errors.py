@@ -6,6 +6,7 @@ specific errors also derive from the matching builtin::
     FleetError
     ├── ProtocolError (ValueError)       a message that does not follow docs/mqtt-protocol.md
     ├── BrokerError (ConnectionError)    the broker cannot be reached or refused us
+    │   └── CertificatePinError          the broker's TLS certificate is not the pinned one
     ├── DownloadError (RuntimeError)     a package transfer that failed or stalled
     │   └── DigestMismatchError          a downloaded file whose sha256 differs from the deployment's
     ├── UpdateError (RuntimeError)       an OTA step failed; ``step`` says which (verify, selftest, ...)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerError",
+    "CertificatePinError",
     "ConflictError",
     "DigestMismatchError",
     "DiscoveryError",
@@ -39,6 +41,10 @@ class ProtocolError(ValueError, FleetError):
 
 class BrokerError(ConnectionError, FleetError):
     """The broker could not be reached, or it refused the credentials."""
+
+
+class CertificatePinError(BrokerError):
+    """The broker's certificate does not hash to the pinned sha256: the connection is dropped before login."""
 
 
 class DownloadError(RuntimeError, FleetError):

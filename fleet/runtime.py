@@ -137,6 +137,26 @@ class _Served:
         self.errors = 0
         self.latency = LatencyHistogram()
         self.lock = threading.Lock()
+        self.in_flight = 0  # runs still using this version: it is closed only when they end
+        self.idle = threading.Condition(self.lock)
+
+    def enter(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.notify_all()
+
+    def close_when_idle(self, timeout_s: float = 30.0) -> None:
+        """Close the model once the runs in flight on it have finished (or after ``timeout_s``)."""
+        with self.lock:
+            if not self.idle.wait_for(lambda: self.in_flight == 0, timeout=timeout_s):
+                log.warning("closing %s with %d runs still in flight after %.0f s", self.version,
+                            self.in_flight, timeout_s)
+        self.model.close()
 
     def record(self, ms: float, ok: bool) -> None:
         with self.lock:
@@ -193,12 +213,14 @@ class StandaloneTarget:
             old = self._models.get(name)
             self._models[name] = _Served(model, model.version or "unknown")
         if old is not None:
-            old.model.close()
+            old.close_when_idle()  # requests in flight finish on the old version
         return model.version or "unknown"
 
     def run(self, name: str, inputs: Any) -> dict[str, Any]:
         """Run the serving version of ``name``; errors and latency count towards its health."""
-        served = self._models[name]
+        with self._lock:  # taken together with enter() so a swap cannot close it in between
+            served = self._models[name]
+            served.enter()
         start = time.perf_counter()
         ok = False
         try:
@@ -207,6 +229,7 @@ class StandaloneTarget:
             return out
         finally:
             served.record((time.perf_counter() - start) * 1e3, ok)
+            served.leave()
 
     def current_version(self, name: str) -> str | None:
         served = self._models.get(name)
@@ -232,7 +255,7 @@ class StandaloneTarget:
         with self._lock:
             models, self._models = list(self._models.values()), {}
         for served in models:
-            served.model.close()
+            served.close_when_idle()
 
 
 class ServeTarget:

@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS telemetry_models (
     PRIMARY KEY (device, stream, seq, model)
 );
 CREATE INDEX IF NOT EXISTS telemetry_models_by_model ON telemetry_models (model, version, ts);
+CREATE INDEX IF NOT EXISTS telemetry_by_received ON telemetry (received);
 CREATE TABLE IF NOT EXISTS events (
     device TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL,
     ts REAL NOT NULL, deployment_id TEXT NOT NULL, state TEXT NOT NULL, body TEXT NOT NULL,
@@ -163,4 +164,8 @@ class FleetDB:
         return rows
 
     def device(self, device_id: str) -> dict[str, Any] | None:
-        return next((d for d in self.devices() if d["id"] == device_id), None)
+        r = self.one("SELECT * FROM devices WHERE id=?", (device_id,))
+        if r is not None:
+            r["tags"], r["models"] = json.loads(r["tags"]), json.loads(r["models"])
+            r["online"] = bool(r["online"])
+        return r

@@ -2,7 +2,7 @@
 
 Routes (JSON unless said otherwise)::
 
-    GET  /api/v1/devices                     the registry
+    GET  /api/v1/devices?since_s=300         the registry, with each device's resource summary
     GET  /api/v1/packages                    stored packages
     POST /api/v1/packages                    body: an .edgepkg; verified and stored by sha256
     GET  /api/v1/packages/{sha256}/content   the file, with HTTP Range support (resumable downloads)
@@ -51,8 +51,8 @@ def create_app(manager: FleetManager) -> web.Application:
     async def run(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
-    async def devices(_r: web.Request) -> web.Response:
-        return _json(await run(manager.devices))
+    async def devices(request: web.Request) -> web.Response:
+        return _json(await run(manager.devices, float(request.query.get("since_s", 300))))
 
     async def packages(_r: web.Request) -> web.Response:
         return _json(await run(manager.packages.list))

@@ -7,14 +7,26 @@ fraction, or explicit cumulative fractions), and starts devices at most
 second) moves it along::
 
     pending ─start─► in_progress ─event─► succeeded | failed       (timeout ─► timed_out)
-    a wave is done when all its devices are; the next wave starts only then
+    a wave is done when all its devices are; the next wave starts only then (after ``watch_s``
+    more when telemetry thresholds are set: the wave's updated devices soak and are judged)
     abort when failures cross a threshold (count or fraction, after min_executed devices)
     or when the updated devices' telemetry regresses (error rate, p95 latency vs before)
     abort ─► every updated or updating device gets a rollback desired state ─► rolled_back
 
 Starting a device means publishing its retained *desired* state, so a device
-that is off converges when it comes back (within the per-device timeout, or
-later: a late success is still recorded).
+that is off converges when it comes back. Devices that are away (convergence
+semantics, see docs/fleet.md "Devices that are away"):
+
+- a targeted device still in progress at ``device_timeout_s`` is ``timed_out``
+  (a failure) if it acknowledged the deployment or is online, and ``offline``
+  (not a failure, but terminal for its wave) if it is offline and never
+  answered; either way its desired state stays retained, and the result it
+  reports when it comes back replaces the row's state, even after the
+  deployment finished (whose final state is then recomputed);
+- a device that registers, or starts to match the targets, while a deployment
+  is running or paused joins its *last* wave (it is never made a canary); a
+  finished or aborted deployment is a record, not a standing order, and takes
+  no new devices.
 """
 
 from __future__ import annotations
@@ -39,8 +51,12 @@ __all__ = ["RolloutEngine", "RolloutSpec", "Targets"]
 log = logging.getLogger(__name__)
 
 ROLLBACK_SUFFIX = ".rollback"
-_TERMINAL = ("succeeded", "failed", "timed_out", "skipped", "rolled_back", "rollback_failed")
+_TERMINAL = ("succeeded", "failed", "timed_out", "offline", "skipped", "rolled_back", "rollback_failed")
 _FAILED = ("failed", "timed_out")
+# Row states a device's own final result (succeeded/failed) may still replace.
+_AWAITING_RESULT = ("pending", "in_progress", "timed_out", "offline")
+# Deployment states that are finished but not aborted: a late result may change which one applies.
+_COMPLETED = ("succeeded", "completed_with_failures", "completed_with_offline")
 
 
 @dataclass(frozen=True)
@@ -78,8 +94,16 @@ class RolloutSpec:
     max_error_rate: float | None = None  # abort when updated devices' errors / inferences exceed this
     max_latency_ratio: float | None = None  # abort when their p95 exceeds this times the one before
     min_inferences: int = 50  # telemetry regression is judged only on this many inferences each side
+    # With a telemetry threshold set, each finished wave soaks this long (its updated devices'
+    # telemetry judged) before the next wave starts or the deployment completes.
+    watch_s: float = 60.0
     health: HealthPolicy = field(default_factory=HealthPolicy)  # the device-side health window
     block_size: int = 65536
+
+    @property
+    def watches_telemetry(self) -> bool:
+        """Whether the rollout aborts on a telemetry regression (and so soaks each wave)."""
+        return self.max_error_rate is not None or self.max_latency_ratio is not None
 
     def wave_fractions(self) -> tuple[float, ...]:
         if self.waves:
@@ -110,10 +134,22 @@ class RolloutSpec:
         return cls(targets=targets, health=health, **d)
 
 
-class RolloutEngine:
-    """Creates deployments and moves them along; ``publish(device, desired)`` sends a desired state."""
+def _outcome(states: list[str]) -> str:
+    """The final state of a deployment that ran to its end, from its devices' states."""
+    if any(s in _FAILED for s in states):
+        return "completed_with_failures"
+    if "offline" in states:
+        return "completed_with_offline"
+    return "succeeded"
 
-    def __init__(self, db: FleetDB, publish: Callable[[str, Desired], None]) -> None:
+
+class RolloutEngine:
+    """Creates deployments and moves them along.
+
+    ``publish(device, desired)`` sends a device its retained desired state; ``None`` withdraws it.
+    """
+
+    def __init__(self, db: FleetDB, publish: Callable[[str, Desired | None], None]) -> None:
         self.db = db
         self.publish = publish
         self._starts: dict[str, list[float]] = {}  # deployment -> recent start times (rate limit)
@@ -160,6 +196,39 @@ class RolloutEngine:
         )
         self.tick()
         return self.status(dep_id)
+
+    def adopt(self, device: dict[str, Any]) -> list[str]:
+        """Add a device (a registry row) to every running or paused deployment it matches and is not in.
+
+        Called when a device's status arrives. It joins the last wave, as pending, with its
+        currently committed version as the one to roll back to; the ticker starts it in turn.
+        Returns the ids of the deployments it joined.
+        """
+        joined: list[str] = []
+        for dep in self.db.query(
+            "SELECT d.id, d.model, d.spec FROM deployments d WHERE d.state IN ('running', 'paused') "
+            "AND NOT EXISTS (SELECT 1 FROM deployment_devices x WHERE x.deployment_id = d.id AND x.device = ?)",
+            (device["id"],),
+        ):
+            spec = RolloutSpec.from_dict(json.loads(dep["spec"]))
+            if not spec.targets.match(device):
+                continue
+            current = device["models"].get(dep["model"], {})
+            with self.db.tx() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO deployment_devices (deployment_id, device, wave, state, "
+                    "previous_sha256, previous_version) VALUES (?, ?, ?, 'pending', ?, ?)",
+                    (
+                        dep["id"],
+                        device["id"],
+                        len(spec.wave_fractions()) - 1,
+                        current.get("sha256"),
+                        current.get("version"),
+                    ),
+                )
+            log.info("deployment %s: device %s joined its last wave", dep["id"], device["id"])
+            joined.append(dep["id"])
+        return joined
 
     def _deployment(self, dep_id: str) -> dict[str, Any]:
         row = self.db.one("SELECT * FROM deployments WHERE id=?", (dep_id,))
@@ -215,6 +284,7 @@ class RolloutEngine:
         now = time.time()
         spec = RolloutSpec.from_dict(dep["spec"])
         rollbacks: list[tuple[str, Desired]] = []
+        clears: list[str] = []
         with self.db.tx() as db:
             db.execute(
                 "UPDATE deployments SET state='aborted', reason=?, updated=? WHERE id=?",
@@ -227,11 +297,15 @@ class RolloutEngine:
             )
             for d in db.execute(
                 "SELECT * FROM deployment_devices WHERE deployment_id=? AND state IN "
-                "('in_progress', 'succeeded', 'timed_out')",
+                "('in_progress', 'succeeded', 'timed_out', 'offline')",
                 (dep["id"],),
             ).fetchall():
                 if d["previous_sha256"] is None:
-                    continue  # nothing to go back to: the device had no version of this model
+                    # Nothing to go back to (the device had no version of this model); at least
+                    # withdraw the retained desired state so a device that is away does not install
+                    # the aborted version when it returns.
+                    clears.append(d["device"])
+                    continue
                 size_row = db.execute(
                     "SELECT size FROM packages WHERE sha256=?", (d["previous_sha256"],)
                 ).fetchone()
@@ -252,6 +326,8 @@ class RolloutEngine:
                 rollbacks.append((d["device"], desired))
         for device, desired in rollbacks:
             self.publish(device, desired)
+        for device in clears:
+            self.publish(device, None)
 
     # --- events from devices ---
 
@@ -272,7 +348,7 @@ class RolloutEngine:
                 state = {"rolled_back": "rolled_back", "failed": "rollback_failed"}.get(event.state)
             elif event.state in ("succeeded", "failed"):
                 # After an abort, the forward result no longer changes the device's state.
-                state = event.state if row["state"] in ("in_progress", "timed_out", "pending") else None
+                state = event.state if row["state"] in _AWAITING_RESULT else None
             else:
                 state = None
             if state is not None:
@@ -286,6 +362,20 @@ class RolloutEngine:
                     "UPDATE deployment_devices SET phase=? WHERE deployment_id=? AND device=?",
                     (event.state, dep_id, event.device),
                 )
+            if state is not None and not rollback:
+                # A late result of a finished deployment (a device that was away): recompute its outcome.
+                dep = db.execute("SELECT state FROM deployments WHERE id=?", (dep_id,)).fetchone()
+                if dep["state"] in _COMPLETED:
+                    states = [
+                        r["state"]
+                        for r in db.execute(
+                            "SELECT state FROM deployment_devices WHERE deployment_id=?", (dep_id,)
+                        ).fetchall()
+                    ]
+                    db.execute(
+                        "UPDATE deployments SET state=?, updated=? WHERE id=?",
+                        (_outcome(states), now, dep_id),
+                    )
 
     # --- the ticker ---
 
@@ -300,12 +390,23 @@ class RolloutEngine:
         spec = RolloutSpec.from_dict(dep["spec"])
         now = time.time()
         with self.db.tx() as db:
+            # Offline and silent since it was started: it has not tried and failed, it is away.
+            # Not a failure; its retained desired state makes it converge when it returns.
+            offline = db.execute(
+                "UPDATE deployment_devices SET state='offline', finished=?, "
+                "reason='offline since it was started; converges when it reconnects' "
+                "WHERE deployment_id=? AND state='in_progress' AND started < ? AND phase IS NULL "
+                "AND device IN (SELECT id FROM devices WHERE online=0)",
+                (now, dep["id"], now - spec.device_timeout_s),
+            ).rowcount
             timed_out = db.execute(
                 "UPDATE deployment_devices SET state='timed_out', finished=?, "
                 "reason='no result within ' || ? || ' s' "
                 "WHERE deployment_id=? AND state='in_progress' AND started < ?",
                 (now, int(spec.device_timeout_s), dep["id"], now - spec.device_timeout_s),
             ).rowcount
+        if offline:
+            log.warning("deployment %s: %d device(s) offline past the timeout", dep["id"], offline)
         if timed_out:
             log.warning("deployment %s: %d device(s) timed out", dep["id"], timed_out)
         devices = self.db.query("SELECT * FROM deployment_devices WHERE deployment_id=?", (dep["id"],))
@@ -328,10 +429,19 @@ class RolloutEngine:
             return
         waves = spec.wave_fractions()
         wave = dep["wave"]
-        while wave < len(waves) and all(d["state"] in _TERMINAL for d in devices if d["wave"] == wave):
+        soak = spec.watch_s if spec.watches_telemetry else 0.0
+        while wave < len(waves):
+            rows = [d for d in devices if d["wave"] == wave]
+            if not all(d["state"] in _TERMINAL for d in rows):
+                break
+            # The wave is done; with telemetry thresholds, its updated devices are judged for a while
+            # before anything else is updated (otherwise the last wave would never be judged at all).
+            done_at = max((d["finished"] or 0.0 for d in rows), default=0.0)
+            if now < done_at + soak:
+                break
             wave += 1
         if wave >= len(waves):
-            state = "succeeded" if not failures else "completed_with_failures"
+            state = _outcome([d["state"] for d in devices])
             with self.db.tx() as db:
                 db.execute(
                     "UPDATE deployments SET state=?, wave=?, updated=? WHERE id=?",
@@ -380,7 +490,7 @@ class RolloutEngine:
         self, dep: dict[str, Any], spec: RolloutSpec, devices: list[dict[str, Any]]
     ) -> str | None:
         """Why the updated devices' telemetry is worse than before the deployment, or None."""
-        if spec.max_error_rate is None and spec.max_latency_ratio is None:
+        if not spec.watches_telemetry:
             return None
         updated = [d for d in devices if d["state"] == "succeeded"]
         if not updated:

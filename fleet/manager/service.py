@@ -28,7 +28,7 @@ from fleet.errors import BrokerError, NotFoundError, ProtocolError
 from fleet.manager.db import FleetDB
 from fleet.manager.packages import PackageStore
 from fleet.manager.rollout import RolloutEngine, RolloutSpec
-from fleet.mqtt import BrokerConfig, make_client
+from fleet.mqtt import BrokerConfig, make_client, peer_fingerprint
 from fleet.protocol import (
     Desired,
     Event,
@@ -114,6 +114,9 @@ class FleetManager:
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        # sha256 of the broker's certificate as seen on our verified TLS connection (None over plain
+        # MQTT): what the zeroconf advertisement carries for agents to pin.
+        self.tls_fingerprint: str | None = None
 
     # --- lifecycle ---
 
@@ -154,14 +157,20 @@ class FleetManager:
             return
         for kind in ("status", "telemetry", "event", "stream/get"):
             client.subscribe(subscription(self.config.fleet, kind), qos=1)
+        self.tls_fingerprint = peer_fingerprint(client)
         self._connected.set()
-        log.info("manager of fleet %s connected to %s", self.config.fleet, self.config.broker.url)
-
-    def _publish_desired(self, device: str, desired: Desired) -> None:
-        assert self._client is not None
-        self._client.publish(
-            topic(self.config.fleet, device, "desired"), desired.to_json(), qos=1, retain=True
+        log.info(
+            "manager of fleet %s connected to %s%s",
+            self.config.fleet,
+            self.config.broker.public_url,
+            f" (certificate sha256 {self.tls_fingerprint})" if self.tls_fingerprint else "",
         )
+
+    def _publish_desired(self, device: str, desired: Desired | None) -> None:
+        """Set a device's retained desired state; ``None`` clears it (an empty retained message)."""
+        assert self._client is not None
+        payload = desired.to_json() if desired is not None else b""
+        self._client.publish(topic(self.config.fleet, device, "desired"), payload, qos=1, retain=True)
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -177,6 +186,11 @@ class FleetManager:
                 raise ProtocolError(f"message on {t.device}'s topic claims to be from {body.device}")
             if isinstance(body, Status):
                 self.db.upsert_device(body)
+                if body.state == "online":
+                    # A device new to the fleet, or newly matching, joins the deployments under way.
+                    device = self.db.device(body.device)
+                    if device is not None:
+                        self.rollouts.adopt(device)
             elif isinstance(body, Telemetry):
                 self.ingest_telemetry(body)
             elif isinstance(body, Event):
@@ -275,8 +289,40 @@ class FleetManager:
 
     # --- queries for the HTTP API and CLI ---
 
-    def devices(self) -> list[dict[str, Any]]:
-        return self.db.devices()
+    def devices(self, since_s: float = 300.0) -> list[dict[str, Any]]:
+        """The registry, each device with ``resources``: its system telemetry over the last ``since_s``."""
+        resources = self.resource_summary(since_s)
+        devices = self.db.devices()
+        for d in devices:
+            d["resources"] = resources.get(d["id"])
+        return devices
+
+    def resource_summary(self, since_s: float = 300.0) -> dict[str, dict[str, Any]]:
+        """Per device: reports, mean/max CPU %, latest/max memory, max temperature, throttled reports.
+
+        From the ``system`` field of the telemetry received in the last ``since_s``; a figure the
+        device cannot read (no sensor) is None. Aggregated in SQLite, one pass over the window.
+        """
+        rows = self.db.query(
+            """SELECT device, COUNT(*) AS reports, MAX(ts) AS last_ts,
+                   AVG(json_extract(system, '$.cpu_percent')) AS cpu_mean,
+                   MAX(json_extract(system, '$.cpu_percent')) AS cpu_max,
+                   MAX(json_extract(system, '$.mem_used_bytes')) AS mem_used_max,
+                   MAX(json_extract(system, '$.mem_total_bytes')) AS mem_total,
+                   MAX(json_extract(system, '$.temperature_c')) AS temperature_max,
+                   SUM(COALESCE(json_extract(system, '$.throttled'), 0) != 0) AS throttled_reports,
+                   COUNT(json_extract(system, '$.throttled')) AS throttled_readable
+               FROM telemetry WHERE received >= ? GROUP BY device""",
+            (time.time() - since_s,),
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            device = r.pop("device")
+            if not r.pop("throttled_readable"):
+                r["throttled_reports"] = None
+            r["since_s"] = since_s
+            out[device] = r
+        return out
 
     def deploy(self, package_ref: str, spec: RolloutSpec) -> dict[str, Any]:
         return self.rollouts.create(self.packages.get(package_ref), spec)

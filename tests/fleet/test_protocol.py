@@ -159,3 +159,43 @@ def test_outbox_drop_policy_oldest_telemetry_first_then_age(tmp_path):
     time.sleep(0.3)
     q.put("telemetry", lambda s: b"new")
     assert [m.payload for m in q.peek(100)] == [b"new"]
+
+
+def test_standalone_swap_lets_runs_in_flight_finish_on_the_old_version() -> None:
+    """A run that started before a swap finishes on the old model; the old one closes after it."""
+    import threading
+    import time
+
+    from fleet.runtime import StandaloneTarget, _Served
+
+    events: list[str] = []
+
+    class SlowModel:
+        def __init__(self, version: str) -> None:
+            self.version, self.closed = version, False
+
+        def run(self, inputs):
+            time.sleep(0.2)
+            if self.closed:
+                raise ValueError("model is closed")
+            events.append(f"ran {self.version}")
+            return {"y": self.version}
+
+        def close(self) -> None:
+            self.closed = True
+            events.append(f"closed {self.version}")
+
+    target = StandaloneTarget()
+    target._models["m"] = _Served(SlowModel("1.0"), "1.0")
+    results: list[dict] = []
+    worker = threading.Thread(target=lambda: results.append(target.run("m", None)))
+    worker.start()
+    time.sleep(0.05)  # the run is in flight on 1.0
+    old = target._models["m"]
+    with target._lock:
+        target._models["m"] = _Served(SlowModel("2.0"), "2.0")
+    old.close_when_idle(timeout_s=5)
+    worker.join(5)
+    assert results == [{"y": "1.0"}]
+    assert events == ["ran 1.0", "closed 1.0"]
+    assert target.run("m", None) == {"y": "2.0"}

@@ -7,43 +7,23 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from graph_testing import make_model, rng, value  # tests/graph, put on sys.path by tests/conftest.py
+from onnx import helper
 
 from edge_runtime.graph import Graph, import_onnx, optimize
 from edge_runtime.native import NativeSession, calibrate, lower
 
-_DTYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
-
-
-def value(
-    name: str, shape: Sequence[int | str | None] | None, dtype: Any = np.float32
-) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, _DTYPES[np.dtype(dtype)], shape)
-
-
-def make_model(
-    nodes: Sequence[onnx.NodeProto],
-    inputs: Sequence[onnx.ValueInfoProto],
-    outputs: Sequence[onnx.ValueInfoProto],
-    initializers: Mapping[str, np.ndarray] | None = None,
-    opset: int = 17,
-    name: str = "test",
-) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        list(nodes), name, list(inputs), list(outputs),
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in (initializers or {}).items()],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    model = onnx.shape_inference.infer_shapes(model)
-    for output in model.graph.output:
-        if not output.type.tensor_type.HasField("shape"):
-            output.type.tensor_type.shape.SetInParent()
-    onnx.checker.check_model(model)
-    return model
-
-
-def rng(seed: int = 0) -> np.random.Generator:
-    return np.random.default_rng(seed)
+__all__ = [
+    "calibrated",
+    "cosine",
+    "make_model",
+    "native_session",
+    "prepare",
+    "rng",
+    "small_cnn",
+    "small_transformer",
+    "value",
+]
 
 
 def small_cnn(seed: int = 0, classes: int = 10) -> onnx.ModelProto:

@@ -9,6 +9,8 @@
 #ifndef EDGE_Q8_OPS_H
 #define EDGE_Q8_OPS_H
 
+#include <string.h>
+
 #include "internal.h"
 
 /* add / mul parameters in the u8 domain (see edge/ops.h for the formulas).
@@ -89,6 +91,20 @@ void edge_f32_q8_quantize_ukernel__avx512vnni(size_t n, const float* x, const ed
  * cannot overflow int32. SIMD paths do the same steps (NEON: vrshl). */
 static inline int32_t edge_q8_rounding_shift(int32_t x, int32_t shift) {
   return ((x >> (shift - 1)) + 1) >> 1;
+}
+
+/* The SIMD add/mul kernels run whole 16-byte steps and hand a tail of
+ * n < 16 bytes to this helper, which runs the same kernel once more on
+ * zero-padded copies: no vector load or store passes the end of a, b or y.
+ * A broadcast b (b_inc == 0) is read at b[0] only and needs no copy. */
+static inline void edge_q8_vbinary_tail(edge_q8_vbinary_ukernel_fn kernel, size_t n, const uint8_t* a,
+                                        const uint8_t* b, size_t b_inc, uint8_t* y,
+                                        const edge_q8_vbinary_params* p) {
+  uint8_t a_tail[16] = {0}, b_tail[16] = {0}, y_tail[16];
+  memcpy(a_tail, a, n);
+  if (b_inc != 0) memcpy(b_tail, b, n);
+  kernel(16, a_tail, b_inc != 0 ? b_tail : b, b_inc, y_tail, p);
+  memcpy(y, y_tail, n);
 }
 
 #endif /* EDGE_Q8_OPS_H */

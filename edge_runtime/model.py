@@ -26,6 +26,7 @@ everything else must match exactly, dtype included (no silent casts).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 import platform
@@ -60,6 +61,7 @@ from edge_runtime.package import (
     Package,
     TensorSpec,
     TrustStore,
+    file_sha256,
     load_selftest,
     open_package,
     parse_manifest_bytes,
@@ -261,6 +263,9 @@ class Model:
         ``runtime_version`` and ``session`` (the backend's own description:
         engine, execution providers, thread safety).
         """
+        source = self._info["source"]
+        if callable(source.get("sha256")):
+            source["sha256"] = source["sha256"]()
         info = copy.deepcopy(self._info)
         if self._session is not None:
             info["session"] = self._session.describe()
@@ -641,7 +646,8 @@ def load(
             source: dict[str, Any] = {
                 "kind": kind,
                 "path": str(model_path),
-                "sha256": pkg.sha256,
+                # Hashing a large package file costs ~1 ms per MiB: done when info() is first read.
+                "sha256": functools.partial(file_sha256, model_path) if kind == "package" else pkg.sha256,
                 "signer": pkg.signer,
             }
         inputs, outputs = manifest.inputs, manifest.outputs

@@ -57,11 +57,14 @@ class NativeBackendSession(Session):
 
     concurrent = False
 
-    def __init__(self, plan: QuantizedPlan, threads: int, artifact: Artifact, lowered: bool) -> None:
+    def __init__(
+        self, plan: QuantizedPlan, threads: int, lowered: bool, model_sha256: str | None = None
+    ) -> None:
         from edge_runtime.native.executor import NativeSession
 
-        self._session = NativeSession(plan, threads=threads)
-        self._artifact = artifact
+        # The session owns the plan: it may drop the unpacked weights once packed and
+        # stop referencing the artifact's bytes (see NativeSession's release_weights).
+        self._session = NativeSession(plan, threads=threads, model_sha256=model_sha256, release_weights=True)
         self._lowered = lowered
         self.inputs = tuple(_spec(io_) for io_ in plan.inputs)
         self.outputs = tuple(_spec(io_) for io_ in plan.outputs)
@@ -95,7 +98,15 @@ class NativeBackend(Backend):
             raise BackendUnavailableError(why)
         if artifact.kind == "native-plan":
             plan = QuantizedPlan.from_bytes(artifact.data)
-            return NativeBackendSession(plan, options.threads, artifact, lowered=False)
+            # The manifest's sha256 of the artifact (checked as it was read) identifies the
+            # plan in the packed-weight cache without re-serializing it.
+            sha256 = None
+            if options.manifest is not None:
+                try:
+                    sha256 = options.manifest.artifact(artifact.path).sha256
+                except KeyError:  # not listed (a hand-made manifest): the plan is hashed instead
+                    sha256 = None
+            return NativeBackendSession(plan, options.threads, lowered=False, model_sha256=sha256)
         if artifact.kind != "onnx":
             raise BackendUnavailableError(
                 f"the native backend runs native-plan and onnx artifacts, not {artifact.kind}"
@@ -114,4 +125,4 @@ class NativeBackend(Backend):
         sparse = options.manifest.sparsity
         layers = set(sparse.layers) if sparse is not None else set()
         plan = lower(graph, activations, sparsity=layers)
-        return NativeBackendSession(plan, options.threads, artifact, lowered=True)
+        return NativeBackendSession(plan, options.threads, lowered=True)

@@ -28,9 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 import threading
 import time
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -115,40 +117,87 @@ def packed_format_versions() -> dict[str, str]:
 
 
 class PackedCache:
-    """Packed weights on disk, one ``.npz`` per (plan sha256, packed formats, ISA).
+    """Packed weights on disk, one file per (model id, packed formats, ISA).
+
+    The model id is the sha256 of the plan artifact (from the package manifest), or
+    of the serialized plan. File layout (little-endian): the magic ``EDGEPKD1``, the
+    entry count (u32), the crc32 of the data (u32), then per entry its step index
+    (u32), offset into the data (u64) and size (u64); then the data: every packed
+    buffer at a 64-byte-aligned offset. :meth:`load` reads the data with one
+    ``readinto`` into a single 64-byte-aligned buffer and hands out views of it, so
+    the weights are read once, straight into the memory the kernels use.
 
     Written to a temporary file and renamed, so a reader never sees half a file and
-    concurrent writers of the same key are harmless. A file that cannot be read is
-    ignored (and rewritten).
+    concurrent writers of the same key are harmless. A file that cannot be read,
+    or whose crc32 differs, is ignored (and rewritten).
     """
+
+    MAGIC = b"EDGEPKD1"
+    _HEAD = struct.Struct("<8sII")
+    _ENTRY = struct.Struct("<IQQ")
+    _ALIGN = 64
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
 
-    def key(self, plan_sha256: str, isa: str) -> str:
+    def key(self, model_sha256: str, isa: str) -> str:
         formats = json.dumps(packed_format_versions(), sort_keys=True)
-        return hashlib.sha256(f"{plan_sha256}|{formats}|{isa}".encode()).hexdigest()
+        return hashlib.sha256(f"{model_sha256}|{formats}|{isa}".encode()).hexdigest()
 
     def path(self, key: str) -> Path:
-        return self.directory / f"{key}.npz"
+        return self.directory / f"{key}.packed"
 
-    def load(self, key: str) -> dict[str, np.ndarray] | None:
-        path = self.path(key)
+    def load(self, key: str) -> dict[int, np.ndarray] | None:
+        """{step index: aligned packed buffer}, or None when there is no usable file."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
-        except (OSError, ValueError, KeyError):
+            with open(self.path(key), "rb", buffering=0) as fh:
+                size = os.fstat(fh.fileno()).st_size
+                head = fh.read(self._HEAD.size)
+                magic, count, crc = self._HEAD.unpack(head)
+                if magic != self.MAGIC:
+                    return None
+                table = fh.read(self._ENTRY.size * count)
+                entries = [self._ENTRY.unpack_from(table, i * self._ENTRY.size) for i in range(count)]
+                start = _round_up(self._HEAD.size + len(table), self._ALIGN)
+                total = size - start
+                if total < 0 or any(off % self._ALIGN or off + n > total for _, off, n in entries):
+                    return None
+                data = aligned_empty(total)
+                fh.seek(start)
+                if fh.readinto(memoryview(data)) != total or zlib.crc32(data) != crc:
+                    return None
+        except (OSError, struct.error):
             return None
+        return {step: data[off : off + n] for step, off, n in entries}
 
-    def store(self, key: str, buffers: Mapping[str, np.ndarray]) -> None:
+    def store(self, key: str, buffers: Mapping[int, np.ndarray]) -> None:
+        entries, chunks, offset = [], [], 0
+        for step, buf in sorted(buffers.items()):
+            if offset % self._ALIGN:
+                chunks.append(bytes(self._ALIGN - offset % self._ALIGN))
+                offset = _round_up(offset, self._ALIGN)
+            entries.append(self._ENTRY.pack(step, offset, buf.nbytes))
+            chunks.append(buf.reshape(-1).view(np.uint8).data)
+            offset += buf.nbytes
+        crc = 0
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
+        head = self._HEAD.pack(self.MAGIC, len(entries), crc) + b"".join(entries)
+        head += bytes(_round_up(len(head), self._ALIGN) - len(head))
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".packing-", suffix=".npz")
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".packing-", suffix=".packed")
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **buffers)
+                fh.write(head)
+                for chunk in chunks:
+                    fh.write(chunk)
             os.replace(tmp, self.path(key))
         except OSError:
             pass  # a read-only or full disk only costs the next load its packing time
+
+
+def _round_up(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
 
 
 class NativeSession:
@@ -156,11 +205,23 @@ class NativeSession:
 
     ``threads``: native worker threads for GEMM and convolution. ``cache_dir``:
     where packed weights are cached (default :func:`default_cache_dir`); ``False``
-    disables the cache.
+    disables the cache. ``model_sha256``: what identifies the plan in the cache (the
+    sha256 of its artifact, from the package manifest); by default the sha256 of the
+    serialized plan, which costs a serialization. ``release_weights``: the session
+    owns ``plan`` and may drop from it what packing made redundant (the unpacked
+    weights and biases) and replace the arrays that are views of the artifact's bytes
+    by copies, so that those bytes can be freed: resident memory is then the packed
+    weights and the small per-channel arrays, not the artifact and both weight forms.
     """
 
     def __init__(
-        self, plan: QuantizedPlan, threads: int = 1, cache_dir: str | os.PathLike[str] | bool | None = None
+        self,
+        plan: QuantizedPlan,
+        threads: int = 1,
+        cache_dir: str | os.PathLike[str] | bool | None = None,
+        *,
+        model_sha256: str | None = None,
+        release_weights: bool = False,
     ) -> None:
         self.plan = plan
         self.threads = max(1, int(threads))
@@ -168,14 +229,21 @@ class NativeSession:
         self._pool = kernels.ThreadPool(self.threads)
         self._lock = threading.Lock()
         self._closed = False
-        self._sha256: str | None = None
+        self._sha256: str | None = model_sha256
         # Per input-shape signature: one dict per step, where the step binds its buffers.
         self._buffers: OrderedDict[tuple, list[dict[str, Any]]] = OrderedDict()
         self._fresh_outputs: set[str] = set()  # output buffers allocated per call (not copied)
         self.cache_hit: bool | None = None  # None: no cache
         self.load_seconds = 0.0
         start = time.perf_counter()
+        # Weight shapes by step, which the steps need after their weights are released.
+        self._weight_shapes = {
+            i: step.arrays["weights"].shape for i, step in enumerate(plan.steps) if "weights" in step.arrays
+        }
         self._packed = self._pack(cache_dir)
+        if release_weights:
+            self._sha256 = self._plan_sha256()  # describe() reports it; the plan is about to change
+            self._release()
         self._fused_clamps = self._find_fusions()
         self._prepared = [self._prepare(i, step) for i, step in enumerate(plan.steps)]
         self._blas = _BlasThreads.get() if any(s.op in _BLAS_STEPS for s in plan.steps) else None
@@ -213,9 +281,9 @@ class NativeSession:
         key = cache.key(self._plan_sha256(), self.isa) if cache is not None else ""
         if cache is not None:
             stored = cache.load(key)
-            if stored is not None:
+            if stored is not None and set(stored) == self._packed_steps():
                 self.cache_hit = True
-                return {int(k[1:]): _aligned(v) for k, v in stored.items()}
+                return stored
         packed = {}
         for i, step in enumerate(self.plan.steps):
             buffer = self._pack_step(step)
@@ -223,8 +291,30 @@ class NativeSession:
                 packed[i] = buffer
         if cache is not None:
             self.cache_hit = False
-            cache.store(key, {f"s{i}": b for i, b in packed.items()})
+            cache.store(key, packed)
         return packed
+
+    def _packed_steps(self) -> set[int]:
+        return {i for i, step in enumerate(self.plan.steps) if step.op in ("gemm", "conv")}
+
+    def _release(self) -> None:
+        """Drop what packing made redundant and copy out views of the artifact's bytes
+        (see the class docstring). A convolution run as numpy im2col + GEMM keeps its
+        weights: it packs them for the GEMM when it is prepared."""
+        for index in self._packed:
+            step = self.plan.steps[index]
+            if step.op == "conv" and _numpy_im2col(self._conv_params(index, step), bool(step.attrs["depthwise"])):
+                continue
+            step.arrays.pop("weights", None)
+            step.arrays.pop("bias", None)
+        for step in self.plan.steps:
+            table = step.arrays.get("table") if step.op == "embed" else None
+            if table is not None and table.dtype == np.float32:  # a version-1 plan (see _prep_embed)
+                qp = QuantParams.from_dict(step.attrs)
+                step.arrays["table"] = kernels.quantize(table, qp.scale, qp.zero_point, qp.numpy_dtype)
+            for key, value in step.arrays.items():
+                if isinstance(value, np.ndarray) and not value.flags.owndata:
+                    step.arrays[key] = value.copy()
 
     def _prepare(self, index: int, step: Step) -> Callable[[dict[str, Any], dict[str, Any]], None]:
         """A closure that runs ``step`` on the environment (and its buffer set)."""
@@ -427,7 +517,7 @@ class NativeSession:
 
     def _prep_gemm(self, index: int, step: Step):
         rq = self._requant(step)
-        n, k = step.arrays["weights"].shape
+        n, k = self._weight_shapes[index]
         sparse = bool(step.attrs["sparse"])
         buffer = self._packed[index]
         packed: Any = (kernels.PackedGemm24 if sparse else kernels.PackedGemm)(n=n, k=k, buffer=buffer)
@@ -468,16 +558,20 @@ class NativeSession:
         fn.keep = (packed, rq)  # type: ignore[attr-defined]
         return fn
 
+    def _conv_params(self, index: int, step: Step) -> kernels.Conv2dParams:
+        attrs = step.attrs
+        h, w, c = attrs["input_hwc"]
+        out_c, _, kernel_h, kernel_w = self._weight_shapes[index]
+        return kernels.Conv2dParams(
+            batch=1, in_h=h, in_w=w, in_c=c, out_c=out_c, kernel_h=kernel_h,
+            kernel_w=kernel_w, stride=tuple(attrs["stride"]), padding=tuple(attrs["padding"]),
+            dilation=tuple(attrs["dilation"]), groups=attrs["groups"],
+        )  # fmt: skip
+
     def _prep_conv(self, index: int, step: Step):
         attrs = step.attrs
         rq = self._requant(step)
-        h, w, c = attrs["input_hwc"]
-        weights = step.arrays["weights"]
-        params = kernels.Conv2dParams(
-            batch=1, in_h=h, in_w=w, in_c=c, out_c=weights.shape[0], kernel_h=weights.shape[2],
-            kernel_w=weights.shape[3], stride=tuple(attrs["stride"]), padding=tuple(attrs["padding"]),
-            dilation=tuple(attrs["dilation"]), groups=attrs["groups"],
-        )  # fmt: skip
+        params = self._conv_params(index, step)
         depthwise = bool(attrs["depthwise"])
         buffer = self._packed[index]
         packed = kernels.PackedConv2d(params=params, buffer=buffer, depthwise=depthwise)
@@ -498,7 +592,7 @@ class NativeSession:
             return x.shape, x.dtype, c_params, DTYPES[x.dtype], out, _address(out), workspace, ws_ptr, size
 
         if _numpy_im2col(params, depthwise):
-            return self._conv_as_gemm(step, params, weights, packed, rq, zp, out_dtype, what)
+            return self._conv_as_gemm(step, params, step.arrays["weights"], packed, rq, zp, out_dtype, what)
         if depthwise:
             run_dw = lib.edge_q8_dwconv2d
 
@@ -796,9 +890,17 @@ class NativeSession:
         return fn
 
     def _prep_embed(self, index: int, step: Step):
-        table = step.arrays["table"]
         axis = int(step.attrs["axis"])
         qp = QuantParams.from_dict(step.attrs)
+        table = step.arrays["table"]
+        if table.dtype == np.float32:
+            # A version-1 plan: quantize the float table once (element-wise, so gathering
+            # quantized rows gives the bits of quantizing gathered float rows).
+            table = kernels.quantize(np.ascontiguousarray(table), qp.scale, qp.zero_point, qp.numpy_dtype)
+        elif table.dtype != qp.numpy_dtype:
+            raise KernelArgumentError(
+                f"plan step {index} ({step.node}): embedding table is {table.dtype}, its output {qp.numpy_dtype}"
+            )
         (src,), (dst,) = step.inputs, step.outputs
 
         def fn(env, slot):
@@ -808,8 +910,7 @@ class NativeSession:
                 raise ModelInputError(
                     f"{step.node}: indices out of range for a table of {table.shape[axis]} rows"
                 )
-            rows = np.ascontiguousarray(np.take(table, idx, axis=axis))
-            env[dst] = kernels.quantize(rows, qp.scale, qp.zero_point, qp.numpy_dtype)
+            env[dst] = np.take(table, idx, axis=axis)
 
         return fn
 
@@ -930,12 +1031,3 @@ class _BlasThreads:
         for c, n in zip(self._controllers, previous or []):
             if c.get_num_threads() != n:
                 c.set_num_threads(n)
-
-
-def _aligned(value: np.ndarray) -> np.ndarray:
-    """A 64-byte-aligned copy of a packed buffer read from disk."""
-    from edge_runtime._native import aligned_empty
-
-    out = aligned_empty(value.nbytes)
-    out[:] = value.reshape(-1).view(np.uint8)
-    return out

@@ -22,8 +22,10 @@ What each operator becomes (the executor's step names in brackets):
   change per call: the int8 GEMM wants symmetric per-channel weights packed ahead
   of time, and quantizing and packing an activation per call would cost more than
   the float product of these small matrices.
-- Gather from a constant float table (embeddings) [embed] gathers float rows, then
-  quantizes.
+- Gather from a constant float table (embeddings) [embed] gathers rows of the table
+  quantized ahead of time with the output's parameters (quantization is element-wise,
+  so gathering quantized rows gives the bits of quantizing gathered rows, at a quarter
+  of the float table's size).
 
 Layouts: 4-D graph inputs are converted to NHWC once at the entry; convolutions
 and pools read and write NHWC; element-wise ops, Concat, Slice, Transpose and
@@ -642,13 +644,13 @@ class _Lowering:
         data, indices = node.inputs
         table = self.graph.constant(data)
         if table is not None and np.issubdtype(table.dtype, np.floating):
-            # Embeddings: gather float rows, then quantize (the table stays exact).
+            # Embeddings: the table quantized once with the output's parameters (see above).
             out = node.outputs[0]
             out_qp = self._act(out)
             self._emit(
                 "embed", [self._src(indices)], [out],
                 {"axis": int(node.attrs.get("axis", 0)), **out_qp.to_dict()},
-                {"table": table.astype(np.float32)},
+                {"table": quant.quantize(table, out_qp)},
             )  # fmt: skip
             self._set(out, out_qp, "plain")
             return

@@ -11,9 +11,16 @@ float tensors at the entry and the exit.
 Serialized form (``to_bytes``), the package's ``native-plan`` artifact: a zip
 (readable as an ``.npz``) with ``plan.json`` (format name and version, inputs,
 outputs, per-buffer quantization and steps, arrays referenced by member name) and
-one ``.npy`` member per array. No pickle anywhere, and the bytes are deterministic
-(fixed member timestamps, sorted keys) so that the sha256 of a plan identifies it,
-which is what the packed-weight cache is keyed by.
+one ``.npy`` member per array, stored uncompressed. No pickle anywhere, and the
+bytes are deterministic (fixed member timestamps, sorted keys) so that the sha256 of
+a plan identifies it, which is what the packed-weight cache is keyed by.
+
+:meth:`QuantizedPlan.from_bytes` does not copy the arrays: they are read-only views
+of the artifact's bytes (which they keep alive), so reading a plan costs no memory
+beyond the bytes themselves.
+
+Versions: 2 stores embedding tables ([embed] steps) quantized with the step's output
+parameters; 1 stored them as float32 (still read: the executor quantizes them at load).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +42,8 @@ from edge_runtime.quant import QuantParams
 __all__ = ["PLAN_FORMAT", "PLAN_FORMAT_VERSION", "PlanIO", "QuantizedPlan", "Step"]
 
 PLAN_FORMAT = "edge-native-plan"
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _HEADER = "plan.json"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: identical plans give identical bytes
 _ARRAY_DTYPES = frozenset({"int8", "uint8", "int32", "int64", "float32"})
@@ -140,18 +149,18 @@ class QuantizedPlan:
             raise PackageFormatError(f"not a native plan (expected a zip holding {_HEADER}): {exc}") from exc
         if header.get("format") != PLAN_FORMAT:
             raise PackageFormatError(f"not a native plan: format {header.get('format')!r}")
-        if header.get("version") != PLAN_FORMAT_VERSION:
+        if header.get("version") not in _READABLE_VERSIONS:
             raise PackageFormatError(
                 f"native plan format version {header.get('version')} is not supported by this runtime "
-                f"(it reads version {PLAN_FORMAT_VERSION}); re-run `edge quantize` with this runtime"
+                f"(it reads versions {', '.join(map(str, _READABLE_VERSIONS))}); re-run `edge quantize` "
+                "with this runtime"
             )
         try:
             steps = []
             for raw in header["steps"]:
                 arrays = {}
                 for key, member in raw["arrays"].items():
-                    with zf.open(member + ".npy") as fh:
-                        value = np.lib.format.read_array(fh, allow_pickle=False)
+                    value = _read_npy(zf, data, member + ".npy")
                     if value.dtype.name not in _ARRAY_DTYPES:
                         raise PackageFormatError(f"plan array {member} has dtype {value.dtype}")
                     arrays[key] = value
@@ -167,10 +176,35 @@ class QuantizedPlan:
                     k: (None if v is None else QuantParams.from_dict(v)) for k, v in header["params"].items()
                 },
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
             if isinstance(exc, PackageFormatError):
                 raise
             raise PackageFormatError(f"malformed native plan: {exc!r}") from exc
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (skipped fields), name length, extra length
+
+
+def _read_npy(zf: zipfile.ZipFile, data: bytes, name: str) -> np.ndarray:
+    """Member ``name`` of the plan zip as an array: a read-only view of ``data`` when the
+    member is stored and its payload is aligned for its dtype, else a copy."""
+    info = zf.getinfo(name)
+    if info.compress_type == zipfile.ZIP_STORED:
+        signature, name_len, extra_len = _LOCAL_HEADER.unpack_from(data, info.header_offset)
+        if signature != b"PK\x03\x04":
+            raise PackageFormatError(f"plan member {name}: bad local zip header")
+        start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        view = memoryview(data)[start : start + info.file_size]
+        fh = io.BytesIO(view)
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        count = int(np.prod(shape, dtype=np.int64))
+        if not fortran and not dtype.hasobject and fh.tell() + count * dtype.itemsize == info.file_size:
+            array = np.frombuffer(data, dtype, count, offset=start + fh.tell()).reshape(shape)
+            return array if array.flags.aligned else array.copy()
+    with zf.open(name) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
 
 
 def _json_default(value: Any) -> Any:

@@ -196,7 +196,9 @@ def quantize_model(
         ARTIFACT_PATHS["onnx-qdq"]: qdq_bytes,
         ARTIFACT_PATHS["selftest"]: make_selftest(selftest_inputs, expected),
     }
-    info = write_package(out, manifest, artifacts, signing_key=key)  # type: ignore[arg-type]
+    # Stored, not deflated: weights hardly compress, and a stored artifact is read at load
+    # without zlib (the native plan's arrays are then views of the bytes read).
+    info = write_package(out, manifest, artifacts, signing_key=key, compress=False)  # type: ignore[arg-type]
     signed = f"signed by {info.signer}" if info.signer else "unsigned"
     say(f"wrote {info.path}: {info.size} bytes, {signed}, sha256 {info.sha256}")
     return QuantizeResult(

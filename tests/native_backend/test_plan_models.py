@@ -136,22 +136,55 @@ def test_packed_cache_hit_on_second_load(cnn, tmp_path) -> None:
     _, _, plan = cnn
     first = NativeSession(plan, cache_dir=tmp_path)
     assert first.describe()["packed_cache"] == "miss"
-    assert len(list(tmp_path.glob("*.npz"))) == 1 and not list(tmp_path.glob(".packing-*"))
+    assert len(list(tmp_path.glob("*.packed"))) == 1 and not list(tmp_path.glob(".packing-*"))
     second = NativeSession(plan, cache_dir=tmp_path)
     assert second.describe()["packed_cache"] == "hit"
+    # Cached buffers are views of one 64-byte-aligned block (what the kernels require).
+    assert all(b.ctypes.data % 64 == 0 for b in second._packed.values())
     feeds = _x(CNN_SHAPE, 2, seed=3)
     np.testing.assert_array_equal(first.run(feeds)["logits"], second.run(feeds)["logits"])
-    # A corrupt cache file is ignored and rewritten.
-    (path,) = tmp_path.glob("*.npz")
-    path.write_bytes(b"garbage")
-    assert NativeSession(plan, cache_dir=tmp_path).describe()["packed_cache"] == "miss"
-    assert NativeSession(plan, cache_dir=tmp_path).describe()["packed_cache"] == "hit"
+    (path,) = tmp_path.glob("*.packed")
+    good = path.read_bytes()
+    # A corrupt cache file (garbage, a flipped data byte, a truncated file) is ignored and rewritten.
+    for bad in (b"garbage", good[:-1] + bytes([good[-1] ^ 1]), good[: len(good) // 2]):
+        path.write_bytes(bad)
+        assert NativeSession(plan, cache_dir=tmp_path).describe()["packed_cache"] == "miss"
+        assert NativeSession(plan, cache_dir=tmp_path).describe()["packed_cache"] == "hit"
+
+
+def test_packed_cache_keyed_by_the_given_model_sha256(cnn, tmp_path) -> None:
+    _, _, plan = cnn
+    assert NativeSession(plan, cache_dir=tmp_path, model_sha256="a" * 64).describe()["packed_cache"] == "miss"
+    hit = NativeSession(plan, cache_dir=tmp_path, model_sha256="a" * 64).describe()
+    assert hit["packed_cache"] == "hit" and hit["plan_sha256"] == "a" * 64
+    assert NativeSession(plan, cache_dir=tmp_path, model_sha256="b" * 64).describe()["packed_cache"] == "miss"
+
+
+def test_release_weights_keeps_the_bits_and_frees_the_artifact_bytes(cnn, tmp_path) -> None:
+    import sys
+
+    _, _, plan = cnn
+    feeds = _x(CNN_SHAPE, 2, seed=5)
+    expected = NativeSession(plan, cache_dir=False).run(feeds)["logits"]
+    data = plan.to_bytes()
+    owned = QuantizedPlan.from_bytes(data)
+    weights = [s.arrays["weights"] for s in owned.steps if "weights" in s.arrays]
+    assert weights and all(not w.flags.owndata and not w.flags.writeable for w in weights)  # views of data
+    refs = sys.getrefcount(data)
+    session = NativeSession(owned, cache_dir=tmp_path, release_weights=True)
+    del weights
+    assert sys.getrefcount(data) < refs  # nothing in the session refers to the artifact's bytes
+    assert all(v.flags.owndata for s in owned.steps for v in s.arrays.values())
+    np.testing.assert_array_equal(session.run(feeds)["logits"], expected)
+    cached = NativeSession(QuantizedPlan.from_bytes(data), cache_dir=tmp_path, release_weights=True)
+    assert cached.describe()["packed_cache"] == "hit"
+    np.testing.assert_array_equal(cached.run(feeds)["logits"], expected)
 
 
 def test_packed_cache_defaults_to_edge_cache_dir(cnn, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("EDGE_CACHE_DIR", str(tmp_path))
     NativeSession(cnn[2])
-    assert len(list((tmp_path / "packed").glob("*.npz"))) == 1
+    assert len(list((tmp_path / "packed").glob("*.packed"))) == 1
 
 
 @pytest.mark.parametrize("model", ["cnn", "encoder"])

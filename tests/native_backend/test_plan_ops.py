@@ -147,3 +147,17 @@ def test_op_matches_reference(name: str) -> None:
     out_scale = plan.params[plan.steps[-1].inputs[0]].scale
     error = np.abs(got - want).max() / out_scale
     assert error <= case.steps + 1e-3, f"{name}: {error:.2f} steps (allowed {case.steps})"
+
+
+def test_embedding_table_is_stored_quantized_and_version_1_float_tables_still_run() -> None:
+    graph = prepare(_embedding_case())
+    feeds = _feeds(graph, batch=2, seed=5)
+    plan = lower(graph, calibrate(graph, [feeds], progress=False))
+    (step,) = [s for s in plan.steps if s.op == "embed"]
+    assert step.arrays["table"].dtype in (np.uint8, np.int8)  # a quarter of the float table
+    expected = NativeSession(plan, cache_dir=False).run(feeds)["y"]
+    # A version-1 plan carried the float table: the executor quantizes it at load, same bits.
+    step.arrays["table"] = graph.constant("table").astype(np.float32)
+    for release in (False, True):
+        got = NativeSession(plan, cache_dir=False, release_weights=release).run(feeds)["y"]
+        np.testing.assert_array_equal(got, expected)

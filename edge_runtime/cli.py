@@ -170,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     from fleet.cli import register as register_fleet
 
     register_fleet(sub)
+
+    # --- the cloud: training (the trainer extra; nothing heavy is imported here) ---
+    from cloud_trainer.cli import register as register_train
+
+    register_train(sub)
+
+    # --- the whole system on one machine ---
+    from edge_runtime.demo.cli import register as register_demo
+
+    register_demo(sub)
     return parser
 
 

@@ -283,6 +283,9 @@ class ServeTarget:
         out: dict[str, float] = {}
         for family in metric.collect():
             for s in family.samples:
+                # prometheus_client adds `*_created` samples holding timestamps: not counts.
+                if s.name.endswith("_created"):
+                    continue
                 if s.labels.get("model") == name and s.labels.get("version") == version:
                     key = s.name + ("|" + s.labels["le"] if "le" in s.labels else "")
                     out[key] = out.get(key, 0.0) + s.value

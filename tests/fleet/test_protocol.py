@@ -199,3 +199,16 @@ def test_standalone_swap_lets_runs_in_flight_finish_on_the_old_version() -> None
     assert results == [{"y": "1.0"}]
     assert events == ["ran 1.0", "closed 1.0"]
     assert target.run("m", None) == {"y": "2.0"}
+
+
+def test_serve_target_counts_ignore_prometheus_created_timestamps() -> None:
+    """prometheus_client's `*_created` samples are timestamps: they must not count as inferences."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    from fleet.runtime import ServeTarget
+
+    registry = CollectorRegistry()
+    success = Counter("demo_success", "ok", ["model", "version"], registry=registry)
+    success.labels(model="m", version="1").inc(3)
+    target = ServeTarget.__new__(ServeTarget)  # _samples needs no manager
+    assert target._samples(success, "m", "1") == {"demo_success_total": 3.0}

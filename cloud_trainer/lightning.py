@@ -101,8 +101,12 @@ class ImageClassifier(EdgeModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x)
-        self.log("val_loss", self.loss(logits, y), prog_bar=False, sync_dist=True)
-        self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True, sync_dist=True)
+        # An explicit batch size weights the epoch mean by samples (the last batch may be short).
+        n = int(y.shape[0])
+        self.log("val_loss", self.loss(logits, y), prog_bar=False, sync_dist=True, batch_size=n)
+        self.log(
+            "val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True, sync_dist=True, batch_size=n
+        )
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(

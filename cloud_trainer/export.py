@@ -131,10 +131,9 @@ def map_activation_params(graph: Any, by_module: Mapping[str, QuantParams]) -> d
 
 def _check_sparse_layers(graph: Any, plan: Any, masks: Mapping[str, torch.Tensor]) -> list[str]:
     """Graph node names of the layers trained 2:4, checked: their folded weights are 2:4 in the
-    kernels' order, and those the plan runs as a GEMM are on the sparse kernel.
+    kernels' order, and the plan runs them on the sparse kernels (gemm24, conv2d24).
 
-    The native backend has a 2:4 kernel for GEMMs only; 2:4 convolutions keep the pattern in
-    the package (and the plan) but run dense today.
+    Depthwise convolutions are never masked (their reduction is one channel's taps).
     """
     from cloud_trainer.sparsity import is_2_4
 
@@ -159,7 +158,7 @@ def _check_sparse_layers(graph: Any, plan: Any, masks: Mapping[str, torch.Tensor
             raise ExportError(
                 f"layer {mask_name!r} (node {node.name}) was trained 2:4 but its exported weights are not 2:4"
             )
-        if node.op_type != "Conv" and node.name not in on_sparse_kernel:
+        if node.name not in on_sparse_kernel:
             raise ExportError(f"2:4 layer {node.name} does not run on the native sparse kernel")
         nodes.append(node.name)
     return nodes

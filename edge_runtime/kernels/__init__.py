@@ -11,6 +11,7 @@ from edge_runtime.kernels.conv import (
     conv2d_workspace_size,
     dwconv2d,
     pack_conv2d,
+    pack_conv2d24,
     pack_dwconv2d,
 )
 from edge_runtime.kernels.core import (
@@ -66,6 +67,7 @@ __all__ = [
     "maxpool2d",
     "mul",
     "pack_conv2d",
+    "pack_conv2d24",
     "pack_dwconv2d",
     "pack_gemm",
     "pack_gemm24",

@@ -4,7 +4,9 @@
 Weights are int8 in ONNX OIHW layout ``(out_c, in_c / groups, kernel_h, kernel_w)``,
 symmetric per output channel in [-127, 127]; ``x`` is u8 or s8 with a zero point
 (padding contributes the zero point, i.e. a real 0). :func:`conv2d` handles any
-groups, stride, padding and dilation (im2col + the dense GEMM);
+groups, stride, padding and dilation (im2col + the dense GEMM), and with weights
+from :func:`pack_conv2d24` (2:4 sparse along the im2col order ``kernel_h x
+kernel_w x in_c / groups``) on the 2:4-sparse GEMM with the same im2col;
 :func:`dwconv2d` is the direct depthwise kernel (3x3 or 5x5, stride 1 or 2,
 dilation 1, one output channel per input channel). The packed forms do not
 depend on the batch: one packed conv runs any batch size.
@@ -27,6 +29,7 @@ __all__ = [
     "conv2d_workspace_size",
     "dwconv2d",
     "pack_conv2d",
+    "pack_conv2d24",
     "pack_dwconv2d",
 ]
 
@@ -97,11 +100,13 @@ class Conv2dParams:
 
 @dataclass
 class PackedConv2d:
-    """Weights packed for one convolution (``depthwise``: for :func:`dwconv2d`)."""
+    """Weights packed for one convolution (``depthwise``: for :func:`dwconv2d`;
+    ``sparse``: 2:4 weights from :func:`pack_conv2d24`, run by :func:`conv2d`)."""
 
     params: Conv2dParams
     buffer: np.ndarray  # uint8, 64-byte aligned
     depthwise: bool = False
+    sparse: bool = False
 
 
 def _params(
@@ -157,6 +162,34 @@ def _bias(bias: np.ndarray | None, out_c: int, what: str) -> np.ndarray | None:
     return np.ascontiguousarray(bias)
 
 
+def _pack_im2col(
+    weights: np.ndarray,
+    bias: np.ndarray | None,
+    input_shape: tuple[int, int, int, int],
+    stride: IntPair,
+    padding: Padding,
+    dilation: IntPair,
+    groups: int,
+    sparse: bool,
+) -> PackedConv2d:
+    what = "pack_conv2d24" if sparse else "pack_conv2d"
+    packed_size = lib.edge_q8_conv2d24_packed_size if sparse else lib.edge_q8_conv2d_packed_size
+    pack = lib.edge_q8_conv2d24_pack if sparse else lib.edge_q8_conv2d_pack
+    weights = np.asarray(weights)
+    params = _params(weights, input_shape, stride, padding, dilation, groups, what)
+    bias = _bias(bias, params.out_c, what)
+    weights = np.ascontiguousarray(weights)
+    c_params = params.c_struct()
+    size = packed_size(c_params)
+    if size == 0:
+        check(pack(c_params, ffi.NULL, ffi.NULL, ffi.NULL, 0), what)
+    buffer = aligned_empty(size)
+    check(
+        pack(c_params, ptr(weights, "const int8_t *"), ptr(bias, "const int32_t *"), ptr(buffer), size), what
+    )
+    return PackedConv2d(params=params, buffer=buffer, sparse=sparse)
+
+
 def pack_conv2d(
     weights: np.ndarray,
     bias: np.ndarray | None = None,
@@ -169,22 +202,27 @@ def pack_conv2d(
 ) -> PackedConv2d:
     """Pack OIHW int8 ``weights`` and an optional int32 ``bias`` for :func:`conv2d`
     on NHWC inputs of ``input_shape`` (the batch there may be the planned maximum)."""
-    weights = np.asarray(weights)
-    params = _params(weights, input_shape, stride, padding, dilation, groups, "pack_conv2d")
-    bias = _bias(bias, params.out_c, "pack_conv2d")
-    weights = np.ascontiguousarray(weights)
-    c_params = params.c_struct()
-    size = lib.edge_q8_conv2d_packed_size(c_params)
-    if size == 0:
-        check(lib.edge_q8_conv2d_pack(c_params, ffi.NULL, ffi.NULL, ffi.NULL, 0), "pack_conv2d")
-    buffer = aligned_empty(size)
-    check(
-        lib.edge_q8_conv2d_pack(
-            c_params, ptr(weights, "const int8_t *"), ptr(bias, "const int32_t *"), ptr(buffer), size
-        ),
-        "pack_conv2d",
-    )
-    return PackedConv2d(params=params, buffer=buffer)
+    return _pack_im2col(weights, bias, input_shape, stride, padding, dilation, groups, sparse=False)
+
+
+def pack_conv2d24(
+    weights: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    input_shape: tuple[int, int, int, int],
+    stride: IntPair = 1,
+    padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> PackedConv2d:
+    """:func:`pack_conv2d` for 2:4-sparse weights, run by :func:`conv2d` on the 2:4 GEMM.
+
+    Each output channel's weights, read in the im2col order ``(kernel_h, kernel_w,
+    in_c / groups)`` (``weights.transpose(0, 2, 3, 1)``), must have at most 2
+    non-zeros in every 4 consecutive values: ``prune_2_4`` of those rows makes them
+    so. Raises NotSparseError naming the output channel and group otherwise.
+    """
+    return _pack_im2col(weights, bias, input_shape, stride, padding, dilation, groups, sparse=True)
 
 
 def pack_dwconv2d(
@@ -288,12 +326,12 @@ def conv2d(
     pool: ThreadPool | None = None,
 ) -> np.ndarray:
     """``y[n, oy, ox, o] = requant(bias[o] + sum (x - x_zero_point) * W[o])`` over
-    the receptive field, NHWC. ``x``: u8 or s8 of shape (batch, in_h, in_w, in_c)
+    the receptive field, NHWC, with weights from :func:`pack_conv2d` or :func:`pack_conv2d24`. ``x``: u8 or s8 of shape (batch, in_h, in_w, in_c)
     for any batch. ``out_dtype`` uint8 / int8 (``requant`` required) or int32
     (raw accumulators). ``workspace`` (uint8, 64-byte aligned, at least
     :func:`conv2d_workspace_size` bytes) is allocated when not given."""
     if not isinstance(packed, PackedConv2d) or packed.depthwise:
-        raise errors.KernelArgumentError("conv2d: packed must come from pack_conv2d")
+        raise errors.KernelArgumentError("conv2d: packed must come from pack_conv2d or pack_conv2d24")
     out_dtype = np.dtype(out_dtype)
     x, out, batch = _check_io(x, packed, x_zero_point, requant, out_dtype, out, "conv2d")
     needed = conv2d_workspace_size(packed, batch, pool)
@@ -303,8 +341,9 @@ def conv2d(
         raise errors.KernelArgumentError("conv2d: workspace must be a contiguous 1-D uint8 array")
     c_params = replace(packed.params, batch=batch).c_struct()
     rq = requant.struct() if out_dtype != np.int32 else ffi.NULL
+    run = lib.edge_q8_conv2d24 if packed.sparse else lib.edge_q8_conv2d
     check(
-        lib.edge_q8_conv2d(
+        run(
             c_params,
             DTYPES[x.dtype],
             ptr(x),
@@ -317,7 +356,7 @@ def conv2d(
             0 if workspace is None else workspace.nbytes,
             pool_handle(pool),
         ),
-        "conv2d",
+        "conv2d24" if packed.sparse else "conv2d",
     )
     return out
 

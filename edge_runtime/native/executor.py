@@ -47,6 +47,7 @@ from edge_runtime.errors import KernelArgumentError, ModelInputError, ShapeError
 from edge_runtime.graph import Node
 from edge_runtime.graph.reference import evaluate_node
 from edge_runtime.kernels.conv import _check_io as _check_conv_io
+from edge_runtime.kernels.conv import pack_conv2d24
 from edge_runtime.kernels.core import dtype_range
 from edge_runtime.kernels.ops import _broadcast_layout, _pool_params, _q8
 from edge_runtime.native.plan import QuantizedPlan, Step
@@ -108,6 +109,7 @@ def packed_format_versions() -> dict[str, str]:
             "gemm": kernels.pack_gemm(np.ones((1, 4), np.int8)).buffer,
             "gemm24": kernels.pack_gemm24(np.array([[1, 0, 1, 0]], np.int8)).buffer,
             "conv2d": kernels.pack_conv2d(w, input_shape=(1, 3, 3, 1)).buffer,
+            "conv2d24": pack_conv2d24(w * np.int8(0), input_shape=(1, 3, 3, 1)).buffer,
             "dwconv2d": kernels.pack_dwconv2d(w, input_shape=(1, 3, 3, 1)).buffer,
         }
         versions = {k: v[:8].tobytes().hex() for k, v in samples.items()}
@@ -263,7 +265,8 @@ class NativeSession:
                     a["weights"], a["bias"], input_shape=(1, h, w, c),
                     stride=step.attrs["stride"][0], padding=step.attrs["padding"],
                 ).buffer  # fmt: skip
-            return kernels.pack_conv2d(
+            pack = pack_conv2d24 if step.attrs.get("sparse") else kernels.pack_conv2d
+            return pack(
                 a["weights"], a["bias"], input_shape=(1, h, w, c), stride=tuple(step.attrs["stride"]),
                 padding=tuple(step.attrs["padding"]), dilation=tuple(step.attrs["dilation"]),
                 groups=step.attrs["groups"],
@@ -572,15 +575,15 @@ class NativeSession:
         attrs = step.attrs
         rq = self._requant(step)
         params = self._conv_params(index, step)
-        depthwise = bool(attrs["depthwise"])
+        depthwise, sparse = bool(attrs["depthwise"]), bool(attrs.get("sparse"))
         buffer = self._packed[index]
-        packed = kernels.PackedConv2d(params=params, buffer=buffer, depthwise=depthwise)
+        packed = kernels.PackedConv2d(params=params, buffer=buffer, depthwise=depthwise, sparse=sparse)
         zp = int(attrs["x_zero_point"])
         out_dtype = np.dtype(attrs["out_dtype"])
         rq_struct = rq.struct()
         packed_ptr, out_code, pool, pool_handle = _address(buffer), DTYPES[out_dtype], self._pool, self._pool.handle
         (src,), (dst,) = step.inputs, step.outputs
-        what = f"{step.node}: {'dwconv2d' if depthwise else 'conv2d'}"
+        what = f"{step.node}: {step.kernel}"
 
         def bind(x: np.ndarray) -> tuple:
             # The wrappers' checks, once per buffer set: typed errors naming what is wrong.
@@ -609,7 +612,7 @@ class NativeSession:
                 env[dst] = b[4]
 
         else:
-            run_conv = lib.edge_q8_conv2d
+            run_conv = lib.edge_q8_conv2d24 if sparse else lib.edge_q8_conv2d
 
             def fn(env, slot):
                 x = env[src]
@@ -632,13 +635,16 @@ class NativeSession:
         """A convolution with few input channels (an image stem: 3 channels, 7x7) as numpy
         im2col + the dense GEMM. The kernel's im2col copies one input channel run per tap
         (3 bytes here); numpy copies a whole row of taps at once (kernel_w * channels
-        contiguous bytes). Same integer products and requantization: the same bits."""
+        contiguous bytes). Same integer products and requantization: the same bits. A 2:4
+        convolution runs its 2:4 GEMM the same way."""
         p = params
         (src,), (dst,) = step.inputs, step.outputs
         k = p.kernel_h * p.kernel_w * p.in_c
         # Weights in the im2col order (ky, kx, c), as the C convolution packs them.
         flat = np.ascontiguousarray(weights.transpose(0, 2, 3, 1).reshape(p.out_c, k))
-        gemm_packed = kernels.pack_gemm(flat, step.arrays["bias"])
+        sparse = packed.sparse
+        gemm_packed = (kernels.pack_gemm24 if sparse else kernels.pack_gemm)(flat, step.arrays["bias"])
+        run_gemm = lib.edge_q8_gemm24 if sparse else lib.edge_q8_gemm
         gemm_ptr, out_code, pool = _address(gemm_packed.buffer), DTYPES[out_dtype], self._pool.handle
         rq_struct = rq.struct()
         top, left, bottom, right = p.padding
@@ -664,7 +670,7 @@ class NativeSession:
                 b = slot["b"] = bind(x)
             np.copyto(b[2], x)
             np.copyto(b[4], b[3])
-            status = lib.edge_q8_gemm(
+            status = run_gemm(
                 b[7], p.out_c, k, b[5], b[6], k, zp, gemm_ptr, out_code, b[9], p.out_c, rq_struct, pool
             )
             if status:

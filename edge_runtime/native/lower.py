@@ -4,9 +4,11 @@ What each operator becomes (the executor's step names in brackets):
 
 - Conv [conv]: per-channel int8 weights, int32 bias, integer requantization with the
   fused ReLU/ReLU6 clamp; depthwise 3x3/5x5 stride 1/2 on the direct depthwise kernel,
-  any other conv on im2col + GEMM. Gemm, and MatMul by a constant [gemm]: the same,
-  on the 2:4-sparse kernel when the weights are 2:4 (or the layer is listed in
-  ``sparsity``, which prunes them).
+  any other conv on im2col + GEMM. Gemm, and MatMul by a constant [gemm]: the same.
+  Both run on the 2:4-sparse kernels (conv2d24, gemm24) when the weights are 2:4 along
+  the reduction order the kernel walks (a conv: kernel_h x kernel_w x in_c of a group;
+  a GEMM after a Flatten of a 4-D map: h x w x c, see below), or when the layer is
+  listed in ``sparsity`` (which prunes weights that are 2:4 in no order the plan can use).
 - Add / Mul [add, mul] with rescale; Sigmoid, HardSigmoid, HardSwish, Gelu, Tanh
   [lut]: 256-entry tables; Relu / Clip [clamp]; MaxPool, AveragePool,
   GlobalAveragePool [maxpool, avgpool, global_avgpool].
@@ -248,33 +250,91 @@ class _Lowering:
 
     # -- GEMM and convolution ---------------------------------------------------
 
-    def _is_sparse(self, node: Node, weight_name: str, values: np.ndarray) -> tuple[bool, np.ndarray]:
+    def _sparse_order(
+        self, node: Node, weight_name: str, orders: list[np.ndarray]
+    ) -> tuple[bool, int, np.ndarray]:
+        """(sparse, index of the order used, int8 [N, K] rows) for a layer whose weights the
+        kernel may read in any of ``orders`` (the same rows, columns permuted; the first is
+        the reduction order that 2:4 is defined in, see ``prune_model_2_4``).
+
+        Weights that are 2:4 in one of the orders (auto-detected when K >= 16) run sparse in
+        it; a layer listed in ``sparsity`` but 2:4 in none is pruned in the first. Weights
+        that are already 2:4 are never pruned again: that would make the plan differ from
+        the float model it was validated against."""
         from edge_runtime.kernels import is_2_4, prune_2_4
 
         if not self.sparse_kernels:
-            return False, values
-        if node.name in self.sparsity or weight_name in self.sparsity:
-            return True, values if is_2_4(values) else prune_2_4(values)
-        k = values.shape[1]
-        return (k >= _MIN_SPARSE_K and bool(values.any()) and is_2_4(values)), values
+            return False, 0, orders[0]
+        listed = node.name in self.sparsity or weight_name in self.sparsity
+        if listed or (orders[0].shape[1] >= _MIN_SPARSE_K and orders[0].any()):
+            for i, rows in enumerate(orders):
+                if is_2_4(rows):
+                    return True, i, rows
+        if listed:
+            return True, 0, prune_2_4(orders[0])
+        return False, 0, orders[0]
+
+    def _flattened_map(self, a: str) -> tuple[str, tuple[int, int, int]] | None:
+        """(x, (C, H, W)) when ``a`` is a Flatten/Reshape of a 4-D map x [N, C, H, W] into
+        [N, C*H*W] (through Identity nodes), else None."""
+        producer = self.graph.producer(a)
+        while producer is not None and producer.op_type == "Identity":
+            producer = self.graph.producer(producer.inputs[0])
+        if producer is None or producer.op_type not in ("Flatten", "Reshape"):
+            return None
+        x = producer.inputs[0]
+        shape, out_shape = self._static(x), self.graph.shape(a)
+        if shape is None or len(shape) != 4 or out_shape is None or len(out_shape) != 2:
+            return None
+        if out_shape[1] != shape[1] * shape[2] * shape[3] or self.params.get(self._src(x)) is None:
+            return None
+        return x, (shape[1], shape[2], shape[3])
+
+    def _flattened(self, x: str, layout: str, chw: tuple[int, int, int]) -> str:
+        """The 4-D map ``x`` flattened from its ``layout`` storage: columns (h, w, c) from
+        "nhwc" (layout flat_hwc), (c, h, w) from "plain"; emitted once."""
+        src = self._as(x, layout)
+        key = (src, "flat")
+        if key not in self.converted:
+            out = f"{src}@flat"
+            self._emit("move", [src], [out], {"node_op": "Flatten", "node_attrs": {"axis": 1}})
+            self._set(out, self.params[src], "flat_hwc" if layout == "nhwc" else "plain")
+            if layout == "nhwc":
+                self.flat_chw[out] = chw
+            self.converted[key] = out
+        return self.converted[key]
 
     def _weight_gemm(
         self, node: Node, a: str, w: np.ndarray, bias: np.ndarray | None, weight_name: str
     ) -> None:
-        """``out = act(a @ w.T + bias)`` with float ``w`` of shape (N, K) on the int8 GEMM."""
+        """``out = act(a @ w.T + bias)`` with float ``w`` of shape (N, K) on the int8 GEMM.
+
+        A GEMM reading a Flatten of a 4-D map reads the NHWC bytes when it can (columns
+        (h, w, c): the reduction order that 2:4 is defined in for it), else the logical
+        (c, h, w) order; it switches to the other order (one flatten, or a transpose and
+        a flatten) only when its weights are 2:4 in that order and not in the current one."""
         out = node.outputs[0]
         src = self._src(a)
         if self.layout[src] == "nhwc":
             src = self._as(a, "plain")
-        if self.layout[src] == "flat_hwc":
-            c, h, wd = self.flat_chw[src]
-            w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
         in_qp = self.params[src]
         if in_qp is None:
             raise UnsupportedOperatorError(f"{node}: input {a!r} is not a float tensor")
         out_qp = self._act(out)
-        wq = quant.quantize_weights(w, axis=0)
-        sparse, values = self._is_sparse(node, weight_name, wq.values)
+        wq = quant.quantize_weights(w, axis=0)  # per output row: permuting columns commutes with it
+        orders, layouts = [wq.values], [self.layout[src]]
+        flat = self._flattened_map(a)
+        if flat is not None:
+            x, (c, h, wd) = flat
+            n = w.shape[0]
+            hwc = wq.values.reshape(n, c, h, wd).transpose(0, 2, 3, 1).reshape(n, -1)
+            orders, layouts = [hwc, wq.values], ["flat_hwc", "plain"]
+        sparse, chosen, values = self._sparse_order(node, weight_name, orders)
+        if flat is not None and not sparse:
+            chosen = layouts.index(self.layout[src])  # dense: whatever order the input has
+            values = orders[chosen]
+        if flat is not None and layouts[chosen] != self.layout[src]:
+            src = self._flattened(x, "nhwc" if layouts[chosen] == "flat_hwc" else "plain", (c, h, wd))
         bias_q = quant.quantize_bias(
             np.zeros(w.shape[0], np.float32) if bias is None else bias, in_qp.scale, wq.scales
         )
@@ -284,7 +344,7 @@ class _Lowering:
             [src],
             [out],
             {"a_zero_point": in_qp.zero_point, "sparse": sparse, **_requant_attrs(rq, out_qp)},
-            {"weights": values, "bias": bias_q, **_requant_arrays(rq)},
+            {"weights": np.ascontiguousarray(values), "bias": bias_q, **_requant_arrays(rq)},
         )
         self._set(out, out_qp, "plain")
 
@@ -341,7 +401,7 @@ class _Lowering:
             np.zeros(m, np.float32) if bias is None else bias.astype(np.float32), in_qp.scale, wq.scales
         )
         rq = quant.requant(in_qp.scale, wq.scales, out_qp, node.attrs.get("activation") or None)
-        depthwise = False
+        depthwise, sparse, values = False, False, wq.values
         if group == cin == m and kernel[0] == kernel[1] in (3, 5) and strides[0] == strides[1] in (1, 2) \
                 and dilations == [1, 1]:  # fmt: skip
             try:  # the kernel has the last word on what it supports (e.g. large pads)
@@ -349,12 +409,16 @@ class _Lowering:
                 depthwise = True
             except KernelError:
                 depthwise = False
+        if not depthwise:  # 2:4 along the im2col order of one group, (kernel_h, kernel_w, in_c / group)
+            ohwi = wq.values.transpose(0, 2, 3, 1)
+            sparse, _, rows = self._sparse_order(node, wname, [ohwi.reshape(m, -1)])
+            values = np.ascontiguousarray(rows.reshape(ohwi.shape).transpose(0, 3, 1, 2))
         attrs = {
             "input_hwc": [h, wd, cin], "stride": strides, "padding": pads, "dilation": dilations,
-            "groups": group, "depthwise": depthwise, "x_zero_point": in_qp.zero_point,
+            "groups": group, "depthwise": depthwise, "sparse": sparse, "x_zero_point": in_qp.zero_point,
             **_requant_attrs(rq, out_qp),
         }  # fmt: skip
-        self._emit("conv", [src], [out], attrs, {"weights": wq.values, "bias": bias_q, **_requant_arrays(rq)})
+        self._emit("conv", [src], [out], attrs, {"weights": values, "bias": bias_q, **_requant_arrays(rq)})
         self._set(out, out_qp, "nhwc")
 
     def _op_ConvTranspose(self, node: Node) -> None:

@@ -62,9 +62,11 @@ class Step:
 
     @property
     def kernel(self) -> str:
-        """The kernel family it runs on: conv2d/dwconv2d for "conv", gemm/gemm24 for "gemm"."""
+        """The kernel family it runs on: conv2d/conv2d24/dwconv2d for "conv", gemm/gemm24 for "gemm"."""
         if self.op == "conv":
-            return "dwconv2d" if self.attrs.get("depthwise") else "conv2d"
+            if self.attrs.get("depthwise"):
+                return "dwconv2d"
+            return "conv2d24" if self.attrs.get("sparse") else "conv2d"
         if self.op == "gemm":
             return "gemm24" if self.attrs.get("sparse") else "gemm"
         return self.op
@@ -98,8 +100,8 @@ class QuantizedPlan:
         return dict(sorted(Counter(step.kernel for step in self.steps).items()))
 
     def sparse_layers(self) -> list[str]:
-        """Nodes whose GEMM runs on the 2:4-sparse kernel."""
-        return [s.node for s in self.steps if s.op == "gemm" and s.attrs.get("sparse")]
+        """Nodes whose GEMM or convolution runs on a 2:4-sparse kernel (gemm24, conv2d24)."""
+        return [s.node for s in self.steps if s.op in ("gemm", "conv") and s.attrs.get("sparse")]
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()

@@ -158,7 +158,7 @@ def quantize_model(
     # The pruned layers are not forced sparse: the plan picks the 2:4 kernel where the weights
     # are 2:4 in its own order, and never re-prunes (which would make it differ from the float model).
     plan = native.lower(graph, calibrated)
-    sparse_kernel_layers = sorted({s.node for s in plan.steps if s.op == "gemm" and s.attrs.get("sparse")})
+    sparse_kernel_layers = sorted(set(plan.sparse_layers()))
     activations = {name: plan.params.get(name) or qp for name, qp in calibrated.items()}
     session = native.NativeSession(plan, threads=options.threads, cache_dir=False)
 
@@ -276,12 +276,14 @@ def _flattened_maps(model: onnx.ModelProto) -> dict[str, tuple[int, int, int]]:
         dims = v.type.tensor_type.shape.dim
         shapes[v.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
     maps = {}
-    for node in g.node:
+    for node in g.node:  # topological order: a pass-through node sees its input's entry
         if node.op_type in ("Flatten", "Reshape") and node.input:
             shape = shapes.get(node.input[0], [])
             out = shapes.get(node.output[0], [])
             if len(shape) == 4 and min(shape[1:]) > 0 and len(out) == 2 and out[1] == int(np.prod(shape[1:])):
                 maps[node.output[0]] = (shape[1], shape[2], shape[3])
+        elif node.op_type in ("Identity", "Dropout") and node.input and node.input[0] in maps:
+            maps[node.output[0]] = maps[node.input[0]]  # the optimizer removes these before lowering
     return maps
 
 

@@ -119,7 +119,8 @@ def test_sparsity_2_4_marks_layers_and_prunes_weights(files) -> None:
         plan = QuantizedPlan.from_bytes(pkg.read_artifact("native-plan"))
         (gemm,) = [s for s in plan.steps if s.op == "gemm"]
         assert gemm.attrs["sparse"] and is_2_4(gemm.arrays["weights"])
-        assert m.quantization["sparse_kernel_layers"] == ["/fc/Gemm"]
+        assert m.quantization["sparse_kernel_layers"] == ["/conv2/Conv", "/fc/Gemm"]
+        assert [s.kernel for s in plan.steps if s.op == "conv"] == ["conv2d", "conv2d24"]
         # the plan runs the pruned float model: INT8 stays close to it
         assert m.metrics["outputs"]["logits"]["cosine_similarity"] > 0.995
         _selftest_on_native_and_qdq(pkg)

@@ -1,4 +1,4 @@
-/* INT8 conv2d on NHWC tensors, lowered to the dense INT8 GEMM.
+/* INT8 conv2d on NHWC tensors, lowered to the dense or the 2:4-sparse INT8 GEMM.
  *
  * Per group g the convolution is a GEMM:
  *   A[m][k]  = x at output pixel m (batch, oy, ox) and tap k = (ky, kx, c), c < in_c / groups
@@ -11,8 +11,13 @@
  *
  * Packed layout:
  *   edge_q8_conv_header                 128 bytes: the parameters it was packed for
- *   per group: edge_q8_gemm_pack buffer each starting 64-byte aligned
+ *   per group: a GEMM buffer (edge_q8_gemm_pack or edge_q8_gemm24_pack) starting 64-byte aligned
  * The batch is not part of the packed form: one packed buffer serves any batch.
+ *
+ * The dense (conv2d) and 2:4-sparse (conv2d24) convolutions share everything
+ * here (geometry, weight reordering, im2col, tiling, threading) and differ only
+ * in the GEMM they pack for and call: see conv_kind. The header's magic tells
+ * the two packed forms apart, so neither runs the other's buffer.
  */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -20,7 +25,8 @@
 
 #include "internal.h"
 
-#define EDGE_Q8_CONV_MAGIC UINT32_C(0x56435145) /* "EQCV" little-endian */
+#define EDGE_Q8_CONV_MAGIC UINT32_C(0x56435145)   /* "EQCV" little-endian */
+#define EDGE_Q8_CONV24_MAGIC UINT32_C(0x34435145) /* "EQC4" little-endian */
 #define EDGE_Q8_CONV_VERSION 1
 #define EDGE_Q8_CONV_MAX_K 65536 /* the GEMM's K limit (edge/gemm.h) */
 /* Target bytes of one im2col tile: a few rows of A that stay in L2 while the GEMM streams W. */
@@ -38,6 +44,24 @@ typedef struct edge_q8_conv_header {
 } edge_q8_conv_header;
 
 _Static_assert(sizeof(edge_q8_conv_header) == 128, "the packed header keeps the groups' buffers 64-byte aligned");
+
+/* What the dense and the 2:4-sparse convolution do differently: the GEMM of
+ * each group (edge/gemm.h; the two families share one signature). */
+typedef struct conv_kind {
+  const char* name; /* "conv2d" or "conv2d24", in error details */
+  uint32_t magic;
+  size_t (*packed_size)(int32_t n, int32_t k);
+  edge_status (*pack)(int32_t n, int32_t k, const int8_t* weights, const int32_t* bias, void* packed,
+                      size_t packed_size);
+  edge_status (*gemm)(int32_t m, int32_t n, int32_t k, edge_dtype a_dtype, const void* a, size_t a_stride,
+                      int32_t a_zero_point, const void* packed, edge_dtype c_dtype, void* c, size_t c_stride,
+                      const edge_q8_requant* requant, edge_threadpool* pool);
+} conv_kind;
+
+static const conv_kind dense_kind = {"conv2d", EDGE_Q8_CONV_MAGIC, edge_q8_gemm_packed_size, edge_q8_gemm_pack,
+                                     edge_q8_gemm};
+static const conv_kind sparse_kind = {"conv2d24", EDGE_Q8_CONV24_MAGIC, edge_q8_gemm24_packed_size,
+                                      edge_q8_gemm24_pack, edge_q8_gemm24};
 
 static int64_t effective_kernel(int32_t kernel, int32_t dilation) {
   return ((int64_t) kernel - 1) * dilation + 1;
@@ -99,7 +123,7 @@ typedef struct conv_geometry {
   int direct;            /* 1x1, stride 1, unpadded: A is x itself */
 } conv_geometry;
 
-static edge_status conv_geometry_of(const edge_conv2d_params* p, conv_geometry* g) {
+static edge_status conv_geometry_of(const edge_conv2d_params* p, const conv_kind* kind, conv_geometry* g) {
   edge_status status = edge_conv2d_output_size(p, &g->out_h, &g->out_w);
   if (status != EDGE_OK) return status;
   g->cin_g = p->in_c / p->groups;
@@ -110,15 +134,15 @@ static edge_status conv_geometry_of(const edge_conv2d_params* p, conv_geometry* 
                      (long long) k, EDGE_Q8_CONV_MAX_K);
   }
   g->k = (int32_t) k;
-  g->group_packed = EDGE_ROUND_UP(edge_q8_gemm_packed_size(g->cout_g, g->k), (size_t) EDGE_ALIGNMENT);
+  g->group_packed = EDGE_ROUND_UP(kind->packed_size(g->cout_g, g->k), (size_t) EDGE_ALIGNMENT);
   g->direct = p->kernel_h == 1 && p->kernel_w == 1 && p->stride_h == 1 && p->stride_w == 1 &&
               p->pad_top == 0 && p->pad_left == 0 && p->pad_bottom == 0 && p->pad_right == 0;
   return EDGE_OK;
 }
 
-static void header_of(const edge_conv2d_params* p, edge_q8_conv_header* h) {
+static void header_of(const edge_conv2d_params* p, const conv_kind* kind, edge_q8_conv_header* h) {
   memset(h, 0, sizeof(*h));
-  h->magic = EDGE_Q8_CONV_MAGIC;
+  h->magic = kind->magic;
   h->version = EDGE_Q8_CONV_VERSION;
   h->in_h = p->in_h, h->in_w = p->in_w, h->in_c = p->in_c, h->out_c = p->out_c;
   h->kernel_h = p->kernel_h, h->kernel_w = p->kernel_w;
@@ -142,38 +166,63 @@ static size_t tile_bytes(const edge_conv2d_params* p, const conv_geometry* g) {
   return EDGE_ROUND_UP(tile_rows(p, g) * (size_t) g->k, (size_t) EDGE_ALIGNMENT);
 }
 
-size_t edge_q8_conv2d_packed_size(const edge_conv2d_params* p) {
+static size_t packed_size_of(const edge_conv2d_params* p, const conv_kind* kind) {
   conv_geometry g;
-  if (conv_geometry_of(p, &g) != EDGE_OK) return 0;
+  if (conv_geometry_of(p, kind, &g) != EDGE_OK) return 0;
   return sizeof(edge_q8_conv_header) + (size_t) p->groups * g.group_packed;
 }
 
-edge_status edge_q8_conv2d_pack(const edge_conv2d_params* p, const int8_t* weights, const int32_t* bias,
-                                void* packed, size_t packed_size) {
+/* The 2:4 check of one group's reordered weights, before the GEMM's own: the
+ * detail names the conv's output channel, group and kernel tap, not a GEMM row. */
+static edge_status check_2_4(const edge_conv2d_params* p, const conv_geometry* g, int32_t grp,
+                             const int8_t* reordered) {
+  for (int32_t n = 0; n < g->cout_g; n++) {
+    const int8_t* row = reordered + (size_t) n * (size_t) g->k;
+    for (int32_t k0 = 0; k0 < g->k; k0 += 4) {
+      const int32_t k1 = EDGE_MIN(k0 + 4, g->k);
+      int nonzeros = 0;
+      for (int32_t i = k0; i < k1; i++) nonzeros += row[i] != 0;
+      if (nonzeros > 2) {
+        const int32_t tap = k0 / g->cin_g, c = k0 % g->cin_g;
+        return edge_fail(EDGE_ERR_NOT_2_4_SPARSE,
+                         "conv2d24 pack: output channel %d (group %d) is not 2:4 along (kernel_h, kernel_w, in_c): "
+                         "weights %d..%d of that order (from ky %d, kx %d, input channel %d of the group) have %d "
+                         "non-zeros, at most 2 in every 4",
+                         (int) (grp * g->cout_g + n), (int) grp, (int) k0, (int) (k1 - 1),
+                         (int) (tap / p->kernel_w), (int) (tap % p->kernel_w), (int) c, nonzeros);
+      }
+    }
+  }
+  return EDGE_OK;
+}
+
+static edge_status pack_conv(const edge_conv2d_params* p, const conv_kind* kind, const int8_t* weights,
+                             const int32_t* bias, void* packed, size_t packed_size) {
   conv_geometry g;
-  edge_status status = conv_geometry_of(p, &g);
+  edge_status status = conv_geometry_of(p, kind, &g);
   if (status != EDGE_OK) return status;
   if (weights == NULL || packed == NULL) {
-    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "conv2d pack: weights and packed must not be NULL");
+    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "%s pack: weights and packed must not be NULL", kind->name);
   }
   if (!EDGE_IS_ALIGNED(packed)) {
-    return edge_fail(EDGE_ERR_ALIGNMENT, "conv2d pack: packed buffer must be 64-byte aligned");
+    return edge_fail(EDGE_ERR_ALIGNMENT, "%s pack: packed buffer must be 64-byte aligned", kind->name);
   }
-  const size_t needed = edge_q8_conv2d_packed_size(p);
+  const size_t needed = packed_size_of(p, kind);
   if (packed_size < needed) {
-    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "conv2d pack: packed_size %zu < %zu (edge_q8_conv2d_packed_size)",
-                     packed_size, needed);
+    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "%s pack: packed_size %zu < %zu (edge_q8_%s_packed_size)",
+                     kind->name, packed_size, needed, kind->name);
   }
   /* One group's weights in the im2col order [cout_g][kh][kw][cin_g]. */
   const size_t group_weights = (size_t) g.cout_g * (size_t) g.k;
   int8_t* reordered = (int8_t*) malloc(group_weights);
   if (reordered == NULL) {
-    return edge_fail(EDGE_ERR_OUT_OF_MEMORY, "conv2d pack: %zu bytes for reordering the weights", group_weights);
+    return edge_fail(EDGE_ERR_OUT_OF_MEMORY, "%s pack: %zu bytes for reordering the weights", kind->name,
+                     group_weights);
   }
   uint8_t* out = (uint8_t*) packed;
   edge_q8_conv_header header;
-  header_of(p, &header);
-  memcpy(out, &header, sizeof(header));
+  header_of(p, kind, &header);
+  memset(out, 0, sizeof(header)); /* written last, on success only */
   const size_t taps = (size_t) p->kernel_h * (size_t) p->kernel_w;
   for (int32_t grp = 0; grp < p->groups && status == EDGE_OK; grp++) {
     const int8_t* w = weights + (size_t) grp * group_weights; /* OIHW: [cout_g][cin_g][kh][kw] */
@@ -184,30 +233,50 @@ edge_status edge_q8_conv2d_pack(const edge_conv2d_params* p, const int8_t* weigh
         }
       }
     }
+    if (kind == &sparse_kind && (status = check_2_4(p, &g, grp, reordered)) != EDGE_OK) break;
     const int32_t* group_bias = bias == NULL ? NULL : bias + (size_t) grp * g.cout_g;
-    status = edge_q8_gemm_pack(g.cout_g, g.k, reordered, group_bias,
-                               out + sizeof(header) + (size_t) grp * g.group_packed, g.group_packed);
+    status = kind->pack(g.cout_g, g.k, reordered, group_bias, out + sizeof(header) + (size_t) grp * g.group_packed,
+                        g.group_packed);
     if (status != EDGE_OK) {
       /* Keep the GEMM's detail (which weight is out of range) and name the group. */
       char detail[256];
       strncpy(detail, edge_last_error(), sizeof(detail) - 1);
       detail[sizeof(detail) - 1] = '\0';
-      status = edge_fail(status, "conv2d pack, group %d: %s", (int) grp, detail);
+      status = edge_fail(status, "%s pack, group %d (output channels %d..%d): %s", kind->name, (int) grp,
+                         (int) (grp * g.cout_g), (int) ((grp + 1) * g.cout_g - 1), detail);
     }
   }
   free(reordered);
+  /* A buffer whose packing failed keeps a zero header, which the run refuses. */
+  if (status == EDGE_OK) memcpy(out, &header, sizeof(header));
   return status;
 }
 
+size_t edge_q8_conv2d_packed_size(const edge_conv2d_params* p) { return packed_size_of(p, &dense_kind); }
+
+edge_status edge_q8_conv2d_pack(const edge_conv2d_params* p, const int8_t* weights, const int32_t* bias,
+                                void* packed, size_t packed_size) {
+  return pack_conv(p, &dense_kind, weights, bias, packed, packed_size);
+}
+
+size_t edge_q8_conv2d24_packed_size(const edge_conv2d_params* p) { return packed_size_of(p, &sparse_kind); }
+
+edge_status edge_q8_conv2d24_pack(const edge_conv2d_params* p, const int8_t* weights, const int32_t* bias,
+                                  void* packed, size_t packed_size) {
+  return pack_conv(p, &sparse_kind, weights, bias, packed, packed_size);
+}
+
+/* The same for conv2d and conv2d24: the im2col tiles do not depend on the GEMM. */
 size_t edge_q8_conv2d_workspace_size(const edge_conv2d_params* p, int32_t num_threads) {
   conv_geometry g;
-  if (conv_geometry_of(p, &g) != EDGE_OK || g.direct) return 0;
+  if (conv_geometry_of(p, &dense_kind, &g) != EDGE_OK || g.direct) return 0;
   return tile_bytes(p, &g) * (size_t) EDGE_MAX(num_threads, 1);
 }
 
 /* ---- run ---- */
 
 typedef struct conv_context {
+  const conv_kind* kind;
   const edge_conv2d_params* p;
   const conv_geometry* g;
   edge_dtype x_dtype;
@@ -268,9 +337,9 @@ static edge_status group_gemm(const conv_context* ctx, int32_t grp, size_t m0, s
     rq_ptr = &rq;
   }
   uint8_t* c = ctx->y + (m0 * (size_t) ctx->p->out_c + channel0) * ctx->y_elem;
-  return edge_q8_gemm((int32_t) rows, cout_g, ctx->g->k, ctx->x_dtype, a, a_stride, ctx->x_zero_point,
-                      ctx->packed + (size_t) grp * ctx->g->group_packed, ctx->y_dtype, c,
-                      (size_t) ctx->p->out_c, rq_ptr, pool);
+  return ctx->kind->gemm((int32_t) rows, cout_g, ctx->g->k, ctx->x_dtype, a, a_stride, ctx->x_zero_point,
+                         ctx->packed + (size_t) grp * ctx->g->group_packed, ctx->y_dtype, c,
+                         (size_t) ctx->p->out_c, rq_ptr, pool);
 }
 
 static edge_status run_tile(conv_context* ctx, size_t tile, uint8_t* a, edge_threadpool* pool) {
@@ -292,41 +361,45 @@ static void conv_task(void* context, size_t task) {
   }
 }
 
-edge_status edge_q8_conv2d(const edge_conv2d_params* p,
-                           edge_dtype x_dtype, const void* x, int32_t x_zero_point,
-                           const void* packed,
-                           edge_dtype y_dtype, void* y, const edge_q8_requant* requant,
-                           void* workspace, size_t workspace_size, edge_threadpool* pool) {
+static edge_status run_conv(const conv_kind* kind, const edge_conv2d_params* p, edge_dtype x_dtype, const void* x,
+                            int32_t x_zero_point, const void* packed, edge_dtype y_dtype, void* y,
+                            const edge_q8_requant* requant, void* workspace, size_t workspace_size,
+                            edge_threadpool* pool) {
+  const char* name = kind->name;
   conv_geometry g;
-  edge_status status = conv_geometry_of(p, &g);
+  edge_status status = conv_geometry_of(p, kind, &g);
   if (status != EDGE_OK) return status;
   if ((status = edge_check_q8_dtype(x_dtype, "conv2d input dtype")) != EDGE_OK) return status;
   if (y_dtype != EDGE_DTYPE_U8 && y_dtype != EDGE_DTYPE_S8 && y_dtype != EDGE_DTYPE_S32) {
-    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "conv2d output dtype must be u8, s8 or s32 (got %d)", (int) y_dtype);
+    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "%s output dtype must be u8, s8 or s32 (got %d)", name,
+                     (int) y_dtype);
   }
   if ((status = edge_check_requant(requant, p->out_c, y_dtype)) != EDGE_OK) return status;
   if (x_zero_point < edge_dtype_min(x_dtype) || x_zero_point > edge_dtype_max(x_dtype)) {
-    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "conv2d: input zero point %d outside [%d, %d]", (int) x_zero_point,
+    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "%s: input zero point %d outside [%d, %d]", name, (int) x_zero_point,
                      (int) edge_dtype_min(x_dtype), (int) edge_dtype_max(x_dtype));
   }
   if (x == NULL || packed == NULL || y == NULL) {
-    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "conv2d: x, packed and y must not be NULL");
+    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "%s: x, packed and y must not be NULL", name);
   }
   if (!EDGE_IS_ALIGNED(packed)) {
-    return edge_fail(EDGE_ERR_ALIGNMENT, "conv2d: packed weights must be 64-byte aligned");
+    return edge_fail(EDGE_ERR_ALIGNMENT, "%s: packed weights must be 64-byte aligned", name);
   }
   edge_q8_conv_header expected, found;
-  header_of(p, &expected);
+  header_of(p, kind, &expected);
   memcpy(&found, packed, sizeof(found));
-  if (found.magic != EDGE_Q8_CONV_MAGIC || found.version != EDGE_Q8_CONV_VERSION) {
-    return edge_fail(EDGE_ERR_PACKED_FORMAT, "conv2d: not a conv2d packed buffer of version %d (magic %08x, version %u)",
-                     EDGE_Q8_CONV_VERSION, (unsigned) found.magic, (unsigned) found.version);
+  if (found.magic != kind->magic || found.version != EDGE_Q8_CONV_VERSION) {
+    const char* hint = found.magic == dense_kind.magic    ? " (packed by edge_q8_conv2d_pack)"
+                       : found.magic == sparse_kind.magic ? " (packed by edge_q8_conv2d24_pack)"
+                                                          : "";
+    return edge_fail(EDGE_ERR_PACKED_FORMAT, "%s: not a %s packed buffer of version %d (magic %08x, version %u)%s",
+                     name, name, EDGE_Q8_CONV_VERSION, (unsigned) found.magic, (unsigned) found.version, hint);
   }
   if (memcmp(&found, &expected, sizeof(found)) != 0) {
     return edge_fail(EDGE_ERR_SHAPE,
-                     "conv2d: weights packed for another convolution (packed for in %dx%dx%d, out_c %d, kernel %dx%d, "
+                     "%s: weights packed for another convolution (packed for in %dx%dx%d, out_c %d, kernel %dx%d, "
                      "stride %dx%d, dilation %dx%d, pads %d,%d,%d,%d, groups %d)",
-                     (int) found.in_h, (int) found.in_w, (int) found.in_c, (int) found.out_c, (int) found.kernel_h,
+                     name, (int) found.in_h, (int) found.in_w, (int) found.in_c, (int) found.out_c, (int) found.kernel_h,
                      (int) found.kernel_w, (int) found.stride_h, (int) found.stride_w, (int) found.dilation_h,
                      (int) found.dilation_w, (int) found.pad_top, (int) found.pad_left, (int) found.pad_bottom,
                      (int) found.pad_right, (int) found.groups);
@@ -335,14 +408,14 @@ edge_status edge_q8_conv2d(const edge_conv2d_params* p,
   const size_t needed = edge_q8_conv2d_workspace_size(p, num_threads);
   if (needed > 0 && (workspace == NULL || workspace_size < needed)) {
     return edge_fail(EDGE_ERR_INVALID_ARGUMENT,
-                     "conv2d: workspace of %zu bytes%s is too small: %zu needed for %d threads "
+                     "%s: workspace of %zu bytes%s is too small: %zu needed for %d threads "
                      "(edge_q8_conv2d_workspace_size)",
-                     workspace == NULL ? (size_t) 0 : workspace_size, workspace == NULL ? " (NULL)" : "", needed,
+                     name, workspace == NULL ? (size_t) 0 : workspace_size, workspace == NULL ? " (NULL)" : "", needed,
                      (int) num_threads);
   }
 
   conv_context ctx = {
-      .p = p, .g = &g, .x_dtype = x_dtype, .x = (const uint8_t*) x, .x_zero_point = x_zero_point,
+      .kind = kind, .p = p, .g = &g, .x_dtype = x_dtype, .x = (const uint8_t*) x, .x_zero_point = x_zero_point,
       .packed = (const uint8_t*) packed + sizeof(edge_q8_conv_header), .y_dtype = y_dtype, .y = (uint8_t*) y,
       .y_elem = y_dtype == EDGE_DTYPE_S32 ? 4 : 1, .requant = requant, .workspace = (uint8_t*) workspace,
   };
@@ -364,7 +437,7 @@ edge_status edge_q8_conv2d(const edge_conv2d_params* p,
     ctx.num_tasks = (size_t) num_threads;
     edge_parallelize(pool, conv_task, &ctx, ctx.num_tasks);
     status = (edge_status) atomic_load(&ctx.status);
-    if (status != EDGE_OK) return edge_fail(status, "conv2d: the GEMM of a tile failed on a worker thread");
+    if (status != EDGE_OK) return edge_fail(status, "%s: the GEMM of a tile failed on a worker thread", name);
   } else {
     /* Few large tiles (small images): one at a time, the GEMM splits each across the pool. */
     for (size_t tile = 0; tile < ctx.num_tiles && status == EDGE_OK; tile++) {
@@ -373,4 +446,18 @@ edge_status edge_q8_conv2d(const edge_conv2d_params* p,
   }
   if (status == EDGE_OK) edge_clear_error();
   return status;
+}
+
+edge_status edge_q8_conv2d(const edge_conv2d_params* p, edge_dtype x_dtype, const void* x, int32_t x_zero_point,
+                           const void* packed, edge_dtype y_dtype, void* y, const edge_q8_requant* requant,
+                           void* workspace, size_t workspace_size, edge_threadpool* pool) {
+  return run_conv(&dense_kind, p, x_dtype, x, x_zero_point, packed, y_dtype, y, requant, workspace, workspace_size,
+                  pool);
+}
+
+edge_status edge_q8_conv2d24(const edge_conv2d_params* p, edge_dtype x_dtype, const void* x, int32_t x_zero_point,
+                             const void* packed, edge_dtype y_dtype, void* y, const edge_q8_requant* requant,
+                             void* workspace, size_t workspace_size, edge_threadpool* pool) {
+  return run_conv(&sparse_kind, p, x_dtype, x, x_zero_point, packed, y_dtype, y, requant, workspace,
+                  workspace_size, pool);
 }

@@ -21,7 +21,11 @@ static const dw_case cases[] = {
     {2, 10, 9, 33, 5, 2, 2, 1, 2, 3},  /* 5x5 stride 2, uneven padding */
     {1, 3, 3, 32, 3, 1, 2, 2, 2, 2},   /* padding wider than the image: all-padding taps */
     {1, 5, 5, 48, 5, 1, 0, 0, 0, 0},   /* 5x5 on a 5x5 image: a single output pixel */
-    {1, 2, 21, 20, 3, 1, 1, 1, 1, 1},  /* a wide row: more than one chunk of pixels */
+    {1, 2, 21, 20, 3, 1, 1, 1, 1, 1},  /* a wide row */
+    {1, 9, 9, 64, 3, 1, 1, 1, 1, 1},   /* one 64-channel step; 81 pixels: chunks across rows */
+    {1, 9, 10, 144, 3, 2, 0, 0, 1, 1}, /* two 64-channel steps and a tail of 16 */
+    {2, 6, 6, 101, 5, 1, 2, 2, 2, 2},  /* 5x5, 64 channels and a tail of 37 */
+    {1, 12, 11, 65, 3, 1, 1, 1, 1, 1}, /* 132 pixels, tail of one channel */
 };
 
 static edge_conv2d_params params_of(const dw_case* c) {

@@ -13,8 +13,8 @@ static const edge_q8_dwconv_config avx2_config = {
     edge_q8_qc8w_dwconv5x5_rndnu_ukernel_16c__avx2,
 };
 static const edge_q8_dwconv_config avx512vnni_config = {
-    edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__avx512vnni,
-    edge_q8_qc8w_dwconv5x5_rndnu_ukernel_16c__avx512vnni,
+    edge_q8_qc8w_dwconv3x3_rndnu_ukernel_64c4__avx512vnni,
+    edge_q8_qc8w_dwconv5x5_rndnu_ukernel_64c4__avx512vnni,
 };
 #endif
 

@@ -1,8 +1,8 @@
 /* Direct depthwise conv2d (groups == in_c == out_c): argument checks, packing,
- * the indirection of each output row and the split of rows across the pool.
+ * the indirection of each chunk of output pixels and the split of chunks across the pool.
  *
  * Stride and padding are handled by the indirection: for each output pixel the
- * driver lists the input pixel of every tap, or a 16-byte row of the zero
+ * driver lists the input pixel of every tap, or a short row of the zero
  * point for a tap in the padding, so one kernel per kernel size serves every
  * stride and padding. The batch is not part of the packed form.
  */
@@ -20,8 +20,12 @@ typedef struct edge_q8_dwconv_header {
 
 _Static_assert(sizeof(edge_q8_dwconv_header) == 64, "the packed header is one cache line");
 
-/* Output pixels whose indirection is built at once (on the stack). */
-#define DWCONV_PIXEL_CHUNK 16
+/* Output pixels whose indirection is built at once (on the stack): one
+ * chunk, over as many rows as it takes, is one task of the pool, and the
+ * kernels set up each block of channels once per chunk. */
+#define DWCONV_PIXEL_CHUNK 64
+/* The fewest pixels of a task when a pool splits a small image. */
+#define DWCONV_PIXEL_CHUNK_MIN 16
 
 static edge_status check_params(const edge_conv2d_params* p, int32_t* out_h, int32_t* out_w) {
   edge_status status = edge_conv2d_output_size(p, out_h, out_w);
@@ -108,6 +112,7 @@ edge_status edge_q8_dwconv2d_pack(const edge_conv2d_params* p, const int8_t* wei
 typedef struct dwconv_context {
   const edge_conv2d_params* p;
   int32_t out_h, out_w;
+  size_t chunk, chunks_per_image; /* output pixels per task, tasks per image */
   const uint8_t* x;
   const uint8_t* packed; /* the first block */
   uint8_t* y;
@@ -115,33 +120,33 @@ typedef struct dwconv_context {
   edge_q8_dwconv_params params;
 } dwconv_context;
 
-/* One output row (batch n, row oy), in chunks of DWCONV_PIXEL_CHUNK pixels. */
-static void dwconv_row(void* context, size_t row) {
+/* One chunk of consecutive output pixels (row-major, across rows) of one image. */
+static void dwconv_chunk(void* context, size_t index) {
   const dwconv_context* ctx = (const dwconv_context*) context;
   const edge_conv2d_params* p = ctx->p;
-  const size_t n = row / (size_t) ctx->out_h, oy = row % (size_t) ctx->out_h;
+  const size_t n = index / ctx->chunks_per_image;
+  const size_t out_pixels = (size_t) ctx->out_h * (size_t) ctx->out_w;
+  const size_t px0 = (index % ctx->chunks_per_image) * ctx->chunk;
+  const size_t pixels = EDGE_MIN(ctx->chunk, out_pixels - px0);
   const size_t channels = (size_t) p->in_c;
-  uint8_t zero[EDGE_Q8_DWCONV_CB];
+  uint8_t zero[EDGE_Q8_DWCONV_ZERO_BYTES];
   memset(zero, (uint8_t) ctx->params.x_zero_point, sizeof(zero)); /* s8 zero points wrap to their byte */
   const uint8_t* image = ctx->x + n * (size_t) p->in_h * p->in_w * channels;
-  uint8_t* y_row = ctx->y + row * (size_t) ctx->out_w * channels;
   const uint8_t* indirection[DWCONV_PIXEL_CHUNK * EDGE_Q8_DWCONV_MAX_TAPS];
-  for (int32_t ox0 = 0; ox0 < ctx->out_w; ox0 += DWCONV_PIXEL_CHUNK) {
-    const int32_t pixels = EDGE_MIN(DWCONV_PIXEL_CHUNK, ctx->out_w - ox0);
-    const uint8_t** ind = indirection;
-    for (int32_t ox = ox0; ox < ox0 + pixels; ox++) {
-      for (int32_t ky = 0; ky < p->kernel_h; ky++) {
-        const int32_t iy = (int32_t) oy * p->stride_h - p->pad_top + ky;
-        for (int32_t kx = 0; kx < p->kernel_w; kx++) {
-          const int32_t ix = ox * p->stride_w - p->pad_left + kx;
-          const int inside = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
-          *ind++ = inside ? image + ((size_t) iy * p->in_w + (size_t) ix) * channels : zero;
-        }
+  const uint8_t** ind = indirection;
+  for (size_t px = px0; px < px0 + pixels; px++) {
+    const int32_t oy = (int32_t) (px / (size_t) ctx->out_w), ox = (int32_t) (px % (size_t) ctx->out_w);
+    for (int32_t ky = 0; ky < p->kernel_h; ky++) {
+      const int32_t iy = oy * p->stride_h - p->pad_top + ky;
+      for (int32_t kx = 0; kx < p->kernel_w; kx++) {
+        const int32_t ix = ox * p->stride_w - p->pad_left + kx;
+        const int inside = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
+        *ind++ = inside ? image + ((size_t) iy * p->in_w + (size_t) ix) * channels : zero;
       }
     }
-    ctx->kernel((size_t) pixels, channels, indirection, zero, ctx->packed, y_row + (size_t) ox0 * channels, channels,
-                &ctx->params);
   }
+  uint8_t* y = ctx->y + (n * out_pixels + px0) * channels;
+  ctx->kernel(pixels, channels, indirection, zero, ctx->packed, y, channels, &ctx->params);
 }
 
 edge_status edge_q8_dwconv2d(const edge_conv2d_params* p,
@@ -186,10 +191,18 @@ edge_status edge_q8_dwconv2d(const edge_conv2d_params* p,
     return edge_fail(EDGE_ERR_UNSUPPORTED_ISA, "dwconv2d: no kernels for ISA %s in this build",
                      edge_isa_name(edge_isa_get()));
   }
+  /* Chunks as long as the stack buffer allows, shorter when a pool would
+   * otherwise get fewer tasks than twice its threads. */
+  const size_t out_pixels = (size_t) out_h * (size_t) out_w;
+  const size_t threads = pool != NULL ? (size_t) edge_threadpool_size(pool) : 1;
+  const size_t per_thread = (out_pixels * (size_t) p->batch + 2 * threads - 1) / (2 * threads);
+  const size_t chunk = EDGE_MIN((size_t) DWCONV_PIXEL_CHUNK, EDGE_MAX((size_t) DWCONV_PIXEL_CHUNK_MIN, per_thread));
   const dwconv_context ctx = {
       .p = p,
       .out_h = out_h,
       .out_w = out_w,
+      .chunk = chunk,
+      .chunks_per_image = (out_pixels + chunk - 1) / chunk,
       .x = (const uint8_t*) x,
       .packed = (const uint8_t*) packed + sizeof(edge_q8_dwconv_header),
       .y = (uint8_t*) y,
@@ -204,7 +217,7 @@ edge_status edge_q8_dwconv2d(const edge_conv2d_params* p,
           .x_signed = x_dtype == EDGE_DTYPE_S8,
       },
   };
-  edge_parallelize(pool, dwconv_row, (void*) &ctx, (size_t) p->batch * (size_t) out_h);
+  edge_parallelize(pool, dwconv_chunk, (void*) &ctx, (size_t) p->batch * ctx.chunks_per_image);
   edge_clear_error();
   return EDGE_OK;
 }

@@ -22,6 +22,8 @@
 #define EDGE_Q8_DWCONV_VERSION 1
 #define EDGE_Q8_DWCONV_CB 16       /* channels of one packed block */
 #define EDGE_Q8_DWCONV_MAX_TAPS 25 /* 5x5 */
+/* Bytes of the zero-point row that padding taps point at: the widest kernel step. */
+#define EDGE_Q8_DWCONV_ZERO_BYTES 64
 
 /* The kernels' loops are specialized per tap count by inlining. */
 #if defined(__GNUC__)
@@ -52,7 +54,8 @@ typedef struct edge_q8_dwconv_params {
  *
  * input holds taps pointers per pixel (row-major over (ky, kx)), each to the
  * first channel of an input pixel, or equal to `zero` for a padding tap.
- * `zero` is 16 bytes of the input zero point; it is never advanced.
+ * `zero` is EDGE_Q8_DWCONV_ZERO_BYTES bytes of the input zero point; it is
+ * never advanced.
  * output advances by output_stride bytes per pixel. */
 typedef void (*edge_q8_dwconv_ukernel_fn)(size_t pixels, size_t channels, const uint8_t* const* input,
                                           const uint8_t* zero, const void* packed, uint8_t* output,
@@ -76,7 +79,14 @@ const edge_q8_dwconv_config* edge_q8_dwconv_get_config(edge_isa isa);
 
 EDGE_Q8_DWCONV_DECLARE(scalar)
 EDGE_Q8_DWCONV_DECLARE(avx2)
-EDGE_Q8_DWCONV_DECLARE(avx512vnni)
 EDGE_Q8_DWCONV_DECLARE(neon)
+
+/* AVX-512 VNNI: 64 channels and 4 taps per step (see its file). */
+void edge_q8_qc8w_dwconv3x3_rndnu_ukernel_64c4__avx512vnni(size_t pixels, size_t channels, const uint8_t* const* input,
+                                                          const uint8_t* zero, const void* packed, uint8_t* output,
+                                                          size_t output_stride, const edge_q8_dwconv_params* params);
+void edge_q8_qc8w_dwconv5x5_rndnu_ukernel_64c4__avx512vnni(size_t pixels, size_t channels, const uint8_t* const* input,
+                                                          const uint8_t* zero, const void* packed, uint8_t* output,
+                                                          size_t output_stride, const edge_q8_dwconv_params* params);
 
 #endif /* EDGE_Q8_DWCONV_INTERNAL_H */

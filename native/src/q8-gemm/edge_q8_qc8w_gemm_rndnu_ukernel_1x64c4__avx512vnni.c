@@ -10,11 +10,14 @@ void edge_q8_qc8w_gemm_rndnu_ukernel_1x64c4__avx512vnni(size_t mr, size_t nb, si
                                                         size_t a_stride, int a_signed, const int8_t* w,
                                                         size_t panel_stride, const int32_t* init,
                                                         const edge_q8_gemm_store* store) {
-#define EDGE_VNNI_CASE(NB)                                                                       \
-  case NB:                                                                                       \
-    if (a_signed) edge_q8_vnni_tile(1, NB, 1, k, a, a_stride, w, panel_stride, init, store);     \
-    else edge_q8_vnni_tile(1, NB, 0, k, a, a_stride, w, panel_stride, init, store);              \
-    break;
+#define EDGE_VNNI_CASE(NB)                                                                          \
+  case NB: {                                                                                        \
+    edge_q8_vnni_output out;                                                                        \
+    edge_q8_vnni_output_load(NB, store, &out);                                                      \
+    if (a_signed) edge_q8_vnni_tile(1, NB, 1, k, a, a_stride, w, panel_stride, init, store, &out, store->c); \
+    else edge_q8_vnni_tile(1, NB, 0, k, a, a_stride, w, panel_stride, init, store, &out, store->c);          \
+    break;                                                                                          \
+  }
   (void) mr; /* always 1 */
   switch (nb) {
     EDGE_VNNI_CASE(1)

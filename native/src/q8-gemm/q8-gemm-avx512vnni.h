@@ -54,13 +54,38 @@ static inline __m512i edge_q8_vnni_requant(__m512i vacc, const edge_q8_vnni_chan
   return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, vlo), vhi), vzp);
 }
 
+/* The output stage of a panel of NB blocks of 16 channels: what every row
+ * tile of the panel shares, loaded once per panel rather than per tile. */
+typedef struct edge_q8_vnni_output {
+  __mmask16 mask[4]; /* columns of each block that exist in C (the last block may be partial) */
+  edge_q8_vnni_channels ch[4];
+  __m512i vlo, vhi, vzp;
+} edge_q8_vnni_output;
+
+static inline __attribute__((always_inline)) void edge_q8_vnni_output_load(size_t NB, const edge_q8_gemm_store* store,
+                                                                           edge_q8_vnni_output* out) {
+  *out = (edge_q8_vnni_output){0}; /* s32 C uses only the masks */
+  for (size_t b = 0; b < NB; b++) {
+    const size_t valid = store->nc > b * 16 ? EDGE_MIN(store->nc - b * 16, (size_t) 16) : 0;
+    out->mask[b] = (__mmask16) ((1u << valid) - 1);
+  }
+  if (store->multiplier == NULL) return;
+  for (size_t b = 0; b < NB; b++) {
+    out->ch[b] = edge_q8_vnni_channels_load(store->multiplier + b * 16, store->shift + b * 16, out->mask[b]);
+  }
+  out->vlo = _mm512_set1_epi32(store->out_min - store->zero_point);
+  out->vhi = _mm512_set1_epi32(store->out_max - store->zero_point);
+  out->vzp = _mm512_set1_epi32(store->zero_point);
+}
+
 /* The accumulators of MR rows and NB blocks of 16 channels over the whole of K:
  * vacc[r][b] = init + sum_k x(a[r][k]) * w[c][k]. MR, NB and SIGNED are
  * constants at every call site, so the arrays live in registers; the output
- * stage then writes C straight from them (edge_q8_gemm_store). */
+ * stage then writes the rows at c (c_stride bytes apart) straight from them. */
 static inline __attribute__((always_inline)) void edge_q8_vnni_tile(
     size_t MR, size_t NB, int SIGNED, size_t k, const uint8_t* a, size_t a_stride, const int8_t* w,
-    size_t panel_stride, const int32_t* init, const edge_q8_gemm_store* store) {
+    size_t panel_stride, const int32_t* init, const edge_q8_gemm_store* store, const edge_q8_vnni_output* out,
+    uint8_t* c) {
   __m512i vacc[8][4];
   for (size_t b = 0; b < NB; b++) {
     const __m512i vinit = _mm512_load_si512(init + b * 16);
@@ -90,30 +115,18 @@ static inline __attribute__((always_inline)) void edge_q8_vnni_tile(
     }
   }
 
-  /* Columns of each block that exist in C (the last block may be partial). */
-  __mmask16 mask[4];
-  for (size_t b = 0; b < NB; b++) {
-    const size_t valid = store->nc > b * 16 ? EDGE_MIN(store->nc - b * 16, (size_t) 16) : 0;
-    mask[b] = (__mmask16) ((1u << valid) - 1);
-  }
-  uint8_t* c = store->c;
   if (store->multiplier == NULL) {
     for (size_t r = 0; r < MR; r++) {
       for (size_t b = 0; b < NB; b++) {
-        _mm512_mask_storeu_epi32(c + r * store->c_stride + b * 64, mask[b], vacc[r][b]);
+        _mm512_mask_storeu_epi32(c + r * store->c_stride + b * 64, out->mask[b], vacc[r][b]);
       }
     }
     return;
   }
-  const __m512i vlo = _mm512_set1_epi32(store->out_min - store->zero_point);
-  const __m512i vhi = _mm512_set1_epi32(store->out_max - store->zero_point);
-  const __m512i vzp = _mm512_set1_epi32(store->zero_point);
   for (size_t b = 0; b < NB; b++) {
-    const edge_q8_vnni_channels ch =
-        edge_q8_vnni_channels_load(store->multiplier + b * 16, store->shift + b * 16, mask[b]);
     for (size_t r = 0; r < MR; r++) {
-      _mm512_mask_cvtepi32_storeu_epi8(c + r * store->c_stride + b * 16, mask[b],
-                                       edge_q8_vnni_requant(vacc[r][b], &ch, vlo, vhi, vzp));
+      _mm512_mask_cvtepi32_storeu_epi8(c + r * store->c_stride + b * 16, out->mask[b],
+                                       edge_q8_vnni_requant(vacc[r][b], &out->ch[b], out->vlo, out->vhi, out->vzp));
     }
   }
 }

@@ -156,15 +156,14 @@ static void gemm_task(void* opaque, size_t index) {
       .out_max = rq != NULL ? rq->output_max : 0,
   };
   const size_t c_column_bytes = n0 * (ctx->c_dtype == EDGE_DTYPE_S32 ? sizeof(int32_t) : 1);
+  if (ctx->fused_kernel != NULL) { /* it walks the rows itself */
+    store.c = ctx->c + m_begin * ctx->c_row_bytes + c_column_bytes;
+    ctx->fused_kernel(m_end - m_begin, nb, ctx->k, ctx->a + m_begin * ctx->a_stride, ctx->a_stride, ctx->a_signed,
+                      w, ctx->panel_stride, init, &store);
+    return;
+  }
   for (size_t m0 = m_begin; m0 < m_end; m0 += ctx->mr) {
-    const size_t mr = EDGE_MIN(ctx->mr, m_end - m0);
-    if (ctx->fused_kernel != NULL) {
-      store.c = ctx->c + m0 * ctx->c_row_bytes + c_column_bytes;
-      ctx->fused_kernel(mr, nb, ctx->k, ctx->a + m0 * ctx->a_stride, ctx->a_stride, ctx->a_signed, w,
-                        ctx->panel_stride, init, &store);
-    } else {
-      unfused_tile(ctx, m0, mr, n0, nb, nc, w, init);
-    }
+    unfused_tile(ctx, m0, EDGE_MIN(ctx->mr, m_end - m0), n0, nb, nc, w, init);
   }
 }
 

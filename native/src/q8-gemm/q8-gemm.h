@@ -78,8 +78,10 @@ typedef struct edge_q8_gemm_store {
 } edge_q8_gemm_store;
 
 /* A micro-kernel with the output stage fused: the accumulation of
- * edge_q8_gemm_ukernel_fn, then straight from registers into C. */
-typedef void (*edge_q8_gemm_fused_fn)(size_t mr, size_t nb, size_t k, const uint8_t* a, size_t a_stride,
+ * edge_q8_gemm_ukernel_fn, then straight from registers into C. It takes any
+ * number of rows m (1 for the gemv kernel) and walks them in tiles of its
+ * own, setting up the output stage once. */
+typedef void (*edge_q8_gemm_fused_fn)(size_t m, size_t nb, size_t k, const uint8_t* a, size_t a_stride,
                                       int a_signed, const int8_t* w, size_t panel_stride, const int32_t* init,
                                       const edge_q8_gemm_store* store);
 
@@ -126,7 +128,7 @@ void edge_q8_vrequant_rndnu_ukernel__avx2(size_t rows, size_t n, const int32_t* 
     const int32_t* multiplier, const int32_t* shift, int32_t zero_point, int32_t out_min, int32_t out_max,
     int out_signed, void* out, size_t out_stride);
 
-void edge_q8_qc8w_gemm_rndnu_ukernel_8x32c4__avx512vnni(size_t mr, size_t nb, size_t k, const uint8_t* a,
+void edge_q8_qc8w_gemm_rndnu_ukernel_8x32c4__avx512vnni(size_t m, size_t nb, size_t k, const uint8_t* a,
                                                         size_t a_stride, int a_signed, const int8_t* w,
                                                         size_t panel_stride, const int32_t* init,
                                                         const edge_q8_gemm_store* store);

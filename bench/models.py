@@ -85,29 +85,22 @@ TFLITE_NOTE = (
     "runtime (ai_edge_litert) is, so a converted file would run."
 )
 
-# What limits each target this machine still misses (measured by profiling, not by this script).
+# What limits each target this machine still misses (found by profiling, not measured by this script).
 LIMITS = (
-    "Cold start (cached load): `edge_runtime.load` hashes the whole package file (sha256 for "
-    "`Model.info()['source']`) before the first result. Native packages carry the float ONNX and the QDQ "
-    "ONNX beside the plan (23 / 69 / 163 MiB for MobileNetV2 / ResNet-18 / encoder), so that hash alone "
-    "costs about 21 / 68 / 140 ms, more than the whole gap to onnxruntime INT8, which loads a bare 4 / 12 / "
-    "22 MiB .onnx. The native part of the load is small: artifacts are stored uncompressed (no zlib), the "
-    "plan's arrays are views of the bytes read, the packed-weight cache is keyed by the manifest's sha256 of "
-    "the plan and read with one readinto into one aligned buffer. Hashing the package lazily (when "
-    "`info()` is read) or from the signed manifest would put every native cold start at or below ORT INT8's.",
-    "MobileNetV2 / ResNet-18 latency: the C kernels themselves (this pass changed no kernel). MobileNetV2 "
-    "spends about 1.6 ms in its 34 pointwise convs (the 8x32 VNNI GEMM tile, requantization constants "
-    "reloaded per 8-row tile: with K and N of 16..320, by instruction count the per-output "
-    "requantization outweighs the dot products) and about 1.2 ms in its 17 depthwise convs (16 channels and 2 taps per vpdpwssd step, "
-    "pointers rebuilt per 16-channel block: instruction-bound at roughly 2 cycles per output). onnxruntime "
-    "INT8 runs the whole model in about 1.8 ms; 0.5x of it needs both kernel families several times faster "
-    "(4-tap vpdpbusd depthwise with 32-64 channels per step, multi-tile pointwise kernels that keep the "
-    "requantization constants in registers), which is not done. ResNet-18 is im2col + the same GEMM tile.",
-    "Encoder latency: attention's two MatMuls per layer stay "
-    "float (numpy BLAS on dequantized activations) and softmax / layernorm run as float steps with a "
-    "quantize/dequantize around each; 0.7x ORT INT8 needs an int8 attention path (Q.K^T and P.V on the "
-    "int8 GEMM with per-call packing, or a fused attention kernel).",
-)
+    "MobileNetV2 / ResNet-18 latency: the C kernels. MobileNetV2's 34 pointwise convs are the dense "
+    "GEMM with K and N of 16..320, where the per-output requantization (about 13 vector instructions per "
+    "16 outputs) costs as much as the dot products; its 17 depthwise convs run 64 channels and 4 taps per "
+    "vpdpbusd but waste lanes where C is not a multiple of 64 (C = 32, 96, 144). ResNet-18 is im2col + the "
+    "same GEMM tile, which runs at onnxruntime's MatMulInteger speed (BENCHMARKS.md, Kernels), so 0.5x of "
+    "onnxruntime INT8 is out of reach without conv kernels several times faster than its own.",
+    "Encoder latency: attention's two MatMuls per layer stay float (numpy BLAS on dequantized "
+    "activations) and softmax / layernorm run as float steps with a quantize/dequantize around each; "
+    "0.7x ORT INT8 needs an int8 attention path (Q.K^T and P.V on the int8 GEMM with per-call packing, "
+    "or a fused attention kernel).",
+    "Cold start (cached load): what remains is reading the package (it carries the float and the QDQ "
+    "ONNX beside the plan: 23 / 69 / 163 MiB for MobileNetV2 / ResNet-18 / encoder, each artifact's "
+    "sha256 checked as it is read) against onnxruntime loading a bare 4 / 12 / 22 MiB .onnx.",
+))
 
 
 # ---------------------------------------------------------------------------
@@ -513,11 +506,11 @@ def markdown(results: dict[str, Any], command: str, seconds: float) -> str:
         "Digits: the 360-image test split; calibration used the train and validation splits. Others: "
         f"calibration on {CALIBRATION_SAMPLES} and agreement on {AGREEMENT_SAMPLES} seeded synthetic inputs.",
         "- 2:4 rows: weights pruned to 2:4 without fine-tuning, compared with the unpruned float model "
-        "(so their agreement measures pruning, not quantization). Layers on the gemm24 kernel: "
+        "(so their agreement measures pruning, not quantization). Layers on the 2:4 kernels (gemm24, conv2d24): "
         + "; ".join(
             f"{res['label']}: {', '.join(res['gemm24_layers']) or 'none'}" for res in results.values()
         )
-        + ". Convolutions always run dense (the 2:4 kernel is a GEMM; im2col convs do not use it).",
+        + ". Depthwise convolutions always run dense (their reduction is one channel's taps).",
         f"- {TFLITE_NOTE}",
         "",
         "What limits the misses:",

@@ -100,7 +100,7 @@ LIMITS = (
     "Cold start (cached load): what remains is reading the package (it carries the float and the QDQ "
     "ONNX beside the plan: 23 / 69 / 163 MiB for MobileNetV2 / ResNet-18 / encoder, each artifact's "
     "sha256 checked as it is read) against onnxruntime loading a bare 4 / 12 / 22 MiB .onnx.",
-))
+)
 
 
 # ---------------------------------------------------------------------------

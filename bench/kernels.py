@@ -71,6 +71,7 @@ def measure_interleaved(fns: dict, budget: float) -> dict:
         rounds += 1
     return {name: float(np.median(t)) for name, t in times.items()}
 
+
 def copy_bandwidth(nbytes: int, budget: float) -> float:
     """Bytes read + written per second by a large numpy copy."""
     src = np.ones(nbytes, dtype=np.uint8)
@@ -289,14 +290,25 @@ def targets(rows, copy_bw) -> list[str]:
 
     big = [r for r in rows if r["m"] >= 16]
     for label, ours, theirs in (RATIOS[2], RATIOS[0]):
-        verdict(f"M >= 16, edge {label} (at least as fast)",
-                [(ratio(r, ours, theirs), f"M={r['m']} K=N={r['k']}") for r in big if ratio(r, ours, theirs)], 1.0)
+        verdict(
+            f"M >= 16, edge {label} (at least as fast)",
+            [(ratio(r, ours, theirs), f"M={r['m']} K=N={r['k']}") for r in big if ratio(r, ours, theirs)],
+            1.0,
+        )
     ones = [r for r in rows if r["m"] == 1]
-    verdict("M = 1, edge u8/MMI (1.2x faster)",
-            [(ratio(r, "dense", "ort_mmi"), f"K=N={r['k']}") for r in ones if ratio(r, "dense", "ort_mmi")], 1.2)
-    verdict("M = 1, cold-weight bandwidth / copy bandwidth",
-            [(r["dense_packed_bytes"] / r["dense_cold_s"] / copy_bw, f"K=N={r['k']}") for r in ones], 0.70, "")
+    verdict(
+        "M = 1, edge u8/MMI (1.2x faster)",
+        [(ratio(r, "dense", "ort_mmi"), f"K=N={r['k']}") for r in ones if ratio(r, "dense", "ort_mmi")],
+        1.2,
+    )
+    verdict(
+        "M = 1, cold-weight bandwidth / copy bandwidth",
+        [(r["dense_packed_bytes"] / r["dense_cold_s"] / copy_bw, f"K=N={r['k']}") for r in ones],
+        0.70,
+        "",
+    )
     return lines
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -328,8 +340,10 @@ def main(argv: list[str] | None = None) -> int:
 
     l3 = l3_cache_bytes()
     notes = [
-        f"Threads: {args.threads} for every library (our pool, ORT intra_op_num_threads read back from the "
-        f"session, numpy BLAS via threadpoolctl).",
+        (
+            f"Threads: {args.threads} for every library (our pool, ORT intra_op_num_threads read back from the "
+            f"session, numpy BLAS via threadpoolctl)."
+        ),
         f"Copy bandwidth (numpy, {copy_bytes >> 20} MiB, read + write): {copy_bw / 1e9:.1f} GB/s.",
         "M=1 BW: packed weight bytes per second of edge u8 (per call, wrapper included) as a fraction of the "
         "copy bandwidth; cold rotates through "
@@ -371,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
             "Kernels",
             f"Machine: {result['machine']}; ISA {result['isa']}; {args.threads} thread(s) for every library.\n"
             f"Command: `{command}` (median of calls interleaved round-robin, about {budget} s per cell).\n\n"
-            f"{markdown}\n\n" + "\n".join(f"- {note}" for note in notes)
-            + "\n\nTargets (single thread):\n\n" + "\n".join(f"- {line}" for line in target_lines),
+            f"{markdown}\n\n"
+            + "\n".join(f"- {note}" for note in notes)
+            + "\n\nTargets (single thread):\n\n"
+            + "\n".join(f"- {line}" for line in target_lines),
         )
     return 0
 

@@ -87,19 +87,25 @@ TFLITE_NOTE = (
 
 # What limits each target this machine still misses (found by profiling, not measured by this script).
 LIMITS = (
-    "MobileNetV2 / ResNet-18 latency: the C kernels. MobileNetV2's 34 pointwise convs are the dense "
-    "GEMM with K and N of 16..320, where the per-output requantization (about 13 vector instructions per "
-    "16 outputs) costs as much as the dot products; its 17 depthwise convs run 64 channels and 4 taps per "
-    "vpdpbusd but waste lanes where C is not a multiple of 64 (C = 32, 96, 144). ResNet-18 is im2col + the "
-    "same GEMM tile, which runs at onnxruntime's MatMulInteger speed (BENCHMARKS.md, Kernels), so 0.5x of "
-    "onnxruntime INT8 is out of reach without conv kernels several times faster than its own.",
-    "Encoder latency: attention's two MatMuls per layer stay float (numpy BLAS on dequantized "
-    "activations) and softmax / layernorm run as float steps with a quantize/dequantize around each; "
-    "0.7x ORT INT8 needs an int8 attention path (Q.K^T and P.V on the int8 GEMM with per-call packing, "
-    "or a fused attention kernel).",
-    "Cold start (cached load): what remains is reading the package (it carries the float and the QDQ "
-    "ONNX beside the plan: 23 / 69 / 163 MiB for MobileNetV2 / ResNet-18 / encoder, each artifact's "
-    "sha256 checked as it is read) against onnxruntime loading a bare 4 / 12 / 22 MiB .onnx.",
+    (
+        "MobileNetV2 / ResNet-18 latency: the C kernels. MobileNetV2's 34 pointwise convs are the dense "
+        "GEMM with K and N of 16..320, where the per-output requantization (about 13 vector instructions per "
+        "16 outputs) costs as much as the dot products; its 17 depthwise convs run 64 channels and 4 taps per "
+        "vpdpbusd but waste lanes where C is not a multiple of 64 (C = 32, 96, 144). ResNet-18 is im2col + the "
+        "same GEMM tile, which runs at onnxruntime's MatMulInteger speed (BENCHMARKS.md, Kernels), so 0.5x of "
+        "onnxruntime INT8 is out of reach without conv kernels several times faster than its own."
+    ),
+    (
+        "Encoder latency: attention's two MatMuls per layer stay float (numpy BLAS on dequantized "
+        "activations) and softmax / layernorm run as float steps with a quantize/dequantize around each; "
+        "0.7x ORT INT8 needs an int8 attention path (Q.K^T and P.V on the int8 GEMM with per-call packing, "
+        "or a fused attention kernel)."
+    ),
+    (
+        "Cold start (cached load): what remains is reading the package (it carries the float and the QDQ "
+        "ONNX beside the plan: 23 / 69 / 163 MiB for MobileNetV2 / ResNet-18 / encoder, each artifact's "
+        "sha256 checked as it is read) against onnxruntime loading a bare 4 / 12 / 22 MiB .onnx."
+    ),
 )
 
 
@@ -319,7 +325,7 @@ def run_child(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[s
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         out = fh.name
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec), "--child-out", out]
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, env={**os.environ, **(env or {})}, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{spec['model']} / {spec['backend']}: child failed:\n{proc.stderr[-3000:]}")
     data = json.loads(Path(out).read_text())
@@ -390,7 +396,9 @@ def measure_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
     from edge_runtime.native import QuantizedPlan
     from edge_runtime.package import open_package
 
-    sparse_plan = QuantizedPlan.from_bytes(open_package(packages["native int8 2:4"]).read_artifact("native-plan"))
+    sparse_plan = QuantizedPlan.from_bytes(
+        open_package(packages["native int8 2:4"]).read_artifact("native-plan")
+    )
     dense_plan = QuantizedPlan.from_bytes(open_package(packages["native int8"]).read_artifact("native-plan"))
     return {
         "label": LABELS[name],
@@ -461,7 +469,7 @@ def table(results: dict[str, Any]) -> str:
         "| peak RSS MiB | agreement with float |"
     )
     lines = [head, "|" + "---|" * 9]
-    for name, res in results.items():
+    for res in results.values():
         for backend, row in res["rows"].items():
             lat = row["latency"]
             b1 = lat["b1t1"]
@@ -485,8 +493,10 @@ def table(results: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any], command: str, seconds: float) -> str:
     parts = [
-        f"Machine: {machine_description()}; ISA {_isa()}. Command: `{command}` ({seconds:.0f} s). "
-        "The 2 cores are shared with other work: latencies are noisy (compare within a run).",
+        (
+            f"Machine: {machine_description()}; ISA {_isa()}. Command: `{command}` ({seconds:.0f} s). "
+            "The 2 cores are shared with other work: latencies are noisy (compare within a run)."
+        ),
         "",
         table(results),
         "",
@@ -496,9 +506,11 @@ def markdown(results: dict[str, Any], command: str, seconds: float) -> str:
         "",
         "Notes:",
         "",
-        "- Cold start: `edge_runtime.load` to the first result in a fresh process (batch 1, 1 thread, "
-        "imports excluded). Native: *first* = empty packed-weight cache (packs every layer, writes the "
-        "cache), *cached* = the second process, which reads it; the target compares the cached load.",
+        (
+            "- Cold start: `edge_runtime.load` to the first result in a fresh process (batch 1, 1 thread, "
+            "imports excluded). Native: *first* = empty packed-weight cache (packs every layer, writes the "
+            "cache), *cached* = the second process, which reads it; the target compares the cached load."
+        ),
         "- Peak RSS: VmHWM (peak resident set) of that process after the batch-1, 1-thread latency run.",
         "- Agreement: with the float model on onnxruntime. "
         + "; ".join(f"{res['label']}: {res['weights']} weights" for res in results.values())
@@ -531,9 +543,13 @@ def _isa() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="digits_cnn only, few iterations, no BENCHMARKS.md")
+    parser.add_argument(
+        "--quick", action="store_true", help="digits_cnn only, few iterations, no BENCHMARKS.md"
+    )
     parser.add_argument("--models", default=None, help=f"comma-separated subset of {', '.join(ALL_MODELS)}")
-    parser.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per cell (default 1)")
+    parser.add_argument(
+        "--budget", type=float, default=1.0, help="seconds of timed calls per cell (default 1)"
+    )
     parser.add_argument("--min-iters", type=int, default=15)
     parser.add_argument("--max-iters", type=int, default=400)
     parser.add_argument("--no-write", action="store_true", help="print only")

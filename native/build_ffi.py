@@ -59,7 +59,7 @@ def cdef_text() -> str:
     parts = []
     for header in HEADERS:
         text = (NATIVE / "include" / header).read_text()
-        text = re.sub(r"#ifdef __cplusplus.*?#endif", "", text, flags=re.S)
+        text = re.sub(r"#ifdef __cplusplus.*?#endif", "", text, flags=re.DOTALL)
         parts.append("\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
     return "\n".join(parts)
 

@@ -87,7 +87,7 @@ class ThreadPool:
             lib.edge_threadpool_destroy(self._pool)
             self._pool = ffi.NULL
 
-    def __enter__(self) -> ThreadPool:
+    def __enter__(self) -> ThreadPool:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc) -> None:

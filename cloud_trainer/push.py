@@ -3,8 +3,10 @@
 The manager's API (``fleet.manager.http``) takes the raw ``.edgepkg`` bytes as the request
 body, verifies the package and stores it by sha256, and answers ``201`` with the stored
 package's record (JSON, including its ``sha256``). The file is streamed, not loaded whole;
-the standard library's ``urllib`` is the only dependency. An optional bearer token goes in
-the ``Authorization`` header for a manager behind an authenticating proxy.
+the standard library's ``urllib`` is the only dependency. The manager requires its API token
+(``Authorization: Bearer``): ``edge train push --token``, else ``$EDGE_FLEET_TOKEN``,
+``$EDGE_FLEET_TOKEN_FILE`` or a local manager's ``/var/lib/edge-fleet/api-token``
+(:func:`fleet.auth.client_token`). A ``401`` says the token is missing or wrong.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def push_package(
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:500]
+            if exc.code == 401:
+                detail += " (give the manager's API token: --token or $EDGE_FLEET_TOKEN)"
             raise PushError(f"{url} refused {path.name}: HTTP {exc.code} {detail}") from exc
         except (urllib.error.URLError, OSError) as exc:
             raise PushError(f"cannot reach the fleet manager at {url}: {exc}") from exc
@@ -56,6 +60,13 @@ def push_package(
 
 
 def main_push(package: str, fleet: str, token: str | None) -> int:
-    record = push_package(package, fleet, token=token or os.environ.get("EDGE_FLEET_TOKEN"))
+    from fleet.auth import client_token
+    from fleet.errors import AuthError
+
+    try:
+        token = token or client_token()
+    except AuthError as exc:
+        raise PushError(str(exc)) from exc
+    record = push_package(package, fleet, token=token)
     print(json.dumps(record, indent=2, sort_keys=True), file=sys.stdout)
     return 0

@@ -15,6 +15,14 @@ whose ``current`` link moves only at commit), ``fleet/packages/<sha256>.edgepkg`
 (a download's prefix, resumed after a restart), ``fleet/outbox.sqlite`` (the
 durable queue) and ``fleet/journal.json`` (the attempt in progress and the
 deployments already finished, so a restart neither repeats nor forgets one).
+
+Guards before anything is installed: a package over ``max_package_bytes`` is refused before the
+download starts (and a manager that sends more bytes than announced is cut off); a download the
+state directory's file system has no room for (its remaining bytes, the extracted copy, plus
+``min_free_bytes``) is refused; with ``downgrade_guard`` (the default), an install whose version
+is lower than the committed one (:func:`fleet.versions.compare_versions`) is refused unless the
+desired state allows it (``allow_downgrade``) or is a rollback. Each is reported as a ``failed``
+event with its step and reason.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 import uuid
@@ -37,7 +46,16 @@ import paho.mqtt.client as mqtt
 
 from edge_runtime._version import __version__ as runtime_version
 from edge_runtime.store import ModelStore
-from fleet.errors import DigestMismatchError, DownloadError, FleetError, ProtocolError, UpdateError
+from fleet.errors import (
+    DigestMismatchError,
+    DowngradeError,
+    DownloadError,
+    FleetError,
+    InsufficientSpaceError,
+    PackageTooLargeError,
+    ProtocolError,
+    UpdateError,
+)
 from fleet.mqtt import BrokerConfig, make_client
 from fleet.protocol import (
     Command,
@@ -54,8 +72,11 @@ from fleet.protocol import (
 )
 from fleet.queue import DurableQueue
 from fleet.runtime import RuntimeTarget, StandaloneTarget, VersionStats
+from fleet.versions import compare_versions
 
-__all__ = ["Agent", "AgentConfig"]
+__all__ = ["DEFAULT_MAX_PACKAGE_BYTES", "Agent", "AgentConfig"]
+
+DEFAULT_MAX_PACKAGE_BYTES = 512 << 20
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +107,9 @@ class AgentConfig:
     probe_interval_s: float = 0.5  # self-test runs during a health window (the watchdog)
     discovery_timeout_s: float = 10.0
     max_inflight: int = 32  # outbox messages published and not yet acknowledged
+    max_package_bytes: int = DEFAULT_MAX_PACKAGE_BYTES  # larger packages are refused before download
+    min_free_bytes: int = 64 << 20  # left free on the state directory's file system after an install
+    downgrade_guard: bool = True  # refuse installing a version lower than the committed one
 
 
 class _Superseded(Exception):
@@ -529,8 +553,10 @@ class Agent:
         self._write_journal()
         swapped = False
         try:
+            self._check_downgrade(d, d.version, current)  # early, on the version the manager names
             path = self._download(d)
             installed = self._install(d, path)
+            self._check_downgrade(d, installed.version, current)  # on the signed manifest's version
             self._journal["attempt"]["phase"] = "swap"
             self._write_journal()
             before = self.runtime.stats(d.model)
@@ -554,6 +580,24 @@ class Agent:
             step = exc.step if isinstance(exc, UpdateError) else "download"
             reason = exc.reason if isinstance(exc, UpdateError) else str(exc)
             self._finish(d, "failed", step=step, reason=reason)
+
+    def _check_downgrade(self, d: Desired, version: str, current: Any) -> None:
+        """DowngradeError if installing ``version`` over the committed one is a refused downgrade."""
+        if not self.config.downgrade_guard or d.allow_downgrade or current is None:
+            return
+        order = compare_versions(version, current.version)
+        if order is None:
+            log.warning(
+                "deployment %s: versions %r and %r are not comparable; the downgrade guard lets it pass",
+                d.deployment_id,
+                version,
+                current.version,
+            )
+        elif order < 0:
+            raise DowngradeError(
+                f"version {version} is lower than the committed {current.version}; refused by the "
+                "downgrade guard (deploy with allow_downgrade, or roll back, to go back)"
+            )
 
     def _swap_back(self, d: Desired, sha256: str | None) -> None:
         if sha256 is None:
@@ -603,17 +647,30 @@ class Agent:
         final = self._package_path(d.sha256)
         if final.is_file():
             return final
+        limit = self.config.max_package_bytes
+        if d.size > limit:
+            raise PackageTooLargeError(
+                f"the package is {d.size} bytes, over this device's limit of {limit} (max_package_bytes)"
+            )
         part = self._downloads / f"{d.sha256}.part"
         block, size = d.block_size, d.size
         nblocks = max(1, -(-size // block))
-        with open(part, "a+b") as f:
-            have = min(f.seek(0, os.SEEK_END) // block, nblocks)
-            f.truncate(have * block)  # a torn last block is fetched again
-            if have:
-                log.info("deployment %s: resuming download at block %d/%d", d.deployment_id, have, nblocks)
-            self._fetch_blocks(d, f, have, nblocks)
-            f.flush()
-            os.fsync(f.fileno())
+        partial = part.stat().st_size if part.exists() else 0  # a download resumed after a restart
+        self._check_space(d, remaining=size - min(partial, size))
+        try:
+            with open(part, "a+b") as f:
+                have = min(f.seek(0, os.SEEK_END) // block, nblocks)
+                f.truncate(have * block)  # a torn last block is fetched again
+                if have:
+                    log.info(
+                        "deployment %s: resuming download at block %d/%d", d.deployment_id, have, nblocks
+                    )
+                self._fetch_blocks(d, f, have, nblocks)
+                f.flush()
+                os.fsync(f.fileno())
+        except PackageTooLargeError:
+            part.unlink(missing_ok=True)
+            raise
         digest = hashlib.sha256()
         with open(part, "rb") as f:
             while chunk := f.read(1 << 20):
@@ -626,6 +683,21 @@ class Agent:
             )
         os.replace(part, final)
         return final
+
+    def _free_bytes(self) -> int:
+        """Free bytes on the file system of the state directory (where downloads and the store live)."""
+        return shutil.disk_usage(self._downloads).free
+
+    def _check_space(self, d: Desired, remaining: int) -> None:
+        """InsufficientSpaceError unless the rest of the download, its extraction into the store
+        (about the package's size again) and ``min_free_bytes`` fit."""
+        need = remaining + d.size + self.config.min_free_bytes
+        free = self._free_bytes()
+        if free < need:
+            raise InsufficientSpaceError(
+                f"{free} bytes free in {self._downloads}, {need} needed ({remaining} to download, "
+                f"{d.size} to install, {self.config.min_free_bytes} kept free)"
+            )
 
     def _fetch_blocks(self, d: Desired, f: Any, have: int, nblocks: int) -> None:
         assert self._client is not None
@@ -659,7 +731,13 @@ class Agent:
                 got[b.index] = b.data
             # Append the contiguous run received; anything after a gap is asked for again.
             while have in got:
-                f.write(got.pop(have))
+                data = got.pop(have)
+                if len(data) > d.block_size or have * d.block_size + len(data) > d.size:
+                    raise PackageTooLargeError(
+                        f"block {have} would take the download past the {d.size} bytes announced; "
+                        "the download was discarded"
+                    )
+                f.write(data)
                 have += 1
                 last_progress = time.monotonic()
             if have >= next_report or have == nblocks:

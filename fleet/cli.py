@@ -2,6 +2,10 @@
 
 Also runnable on its own: ``python -m fleet.cli agent ...`` / ``python -m fleet.cli fleet devices``.
 Exit codes follow ``edge``: 0 success, 1 the work failed (reason on stderr), 2 usage error.
+
+Secrets never need to be on a command line: MQTT passwords come from ``--password-file`` or
+``$EDGE_MQTT_PASSWORD``, the HTTP API token from ``--token-file``, ``$EDGE_FLEET_TOKEN`` or the
+manager's generated ``<state-dir>/api-token`` (:mod:`fleet.auth`).
 """
 
 from __future__ import annotations
@@ -17,10 +21,24 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["device_rows", "main", "register"]
 
 DEFAULT_API = os.environ.get("EDGE_FLEET_API", "http://127.0.0.1:8480")
+DEFAULT_MANAGER_STATE = Path("/var/lib/edge-fleet")
+PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    """``--password-file``'s first line, else ``--password`` (agent only), else $EDGE_MQTT_PASSWORD."""
+    if args.password_file is not None:
+        try:
+            lines = args.password_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise SystemExit(f"edge: cannot read the password file {args.password_file}: {exc}") from None
+        return lines[0].strip() if lines else ""
+    return getattr(args, "password", None) or os.environ.get(PASSWORD_ENV)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     agent.add_argument("--state-dir", type=Path, default=Path("/var/lib/edge"))
     agent.add_argument("--broker", help="mqtt://host:port or mqtts://host:port; default: zeroconf")
     agent.add_argument("--username", help="default: the device id when --password is given")
-    agent.add_argument("--password", default=os.environ.get("EDGE_MQTT_PASSWORD"))
+    agent.add_argument("--password", help=f"prefer --password-file or ${PASSWORD_ENV} (ps shows this)")
+    agent.add_argument("--password-file", type=Path, help="a file whose first line is the MQTT password")
     agent.add_argument("--ca-file", help="CA certificate for mqtts://")
     agent.add_argument(
         "--tls-fingerprint",
@@ -49,6 +68,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     agent.add_argument("--telemetry-interval", type=float, default=10.0, metavar="S")
     agent.add_argument("--queue-max-bytes", type=int, default=8 << 20)
     agent.add_argument("--download-window", type=int, default=8, metavar="BLOCKS")
+    agent.add_argument(
+        "--max-package-mib", type=float, default=512, metavar="MIB", help="refuse larger packages (512)"
+    )
+    agent.add_argument(
+        "--min-free-mib", type=float, default=64, metavar="MIB", help="disk kept free after an install (64)"
+    )
+    agent.add_argument(
+        "--no-downgrade-guard",
+        action="store_true",
+        help="install versions lower than the committed one even when the deployment does not allow it",
+    )
     agent.set_defaults(func=_cmd_agent)
 
     fleet = subparsers.add_parser("fleet", help="the fleet manager and its client commands")
@@ -57,8 +87,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve = fsub.add_parser("serve", help="run the fleet manager")
     serve.add_argument("--fleet", required=True)
     serve.add_argument("--state-dir", type=Path, default=Path("/var/lib/edge-fleet"))
-    serve.add_argument("--broker", help="mqtt://user:pass@host:port; default: start an embedded broker")
+    serve.add_argument("--broker", help="mqtts://user@host:port; default: start an embedded broker")
     serve.add_argument("--broker-port", type=int, default=1883, help="embedded broker port")
+    serve.add_argument("--username", help="MQTT user (default: the URL's, else 'manager' with a password)")
+    serve.add_argument(
+        "--password-file", type=Path, help=f"MQTT password file (default: ${PASSWORD_ENV}, else the URL's)"
+    )
+    serve.add_argument(
+        "--token-file",
+        type=Path,
+        help="HTTP API token file (default: $EDGE_FLEET_TOKEN, else STATE_DIR/api-token, generated)",
+    )
+    serve.add_argument(
+        "--max-upload-mib", type=float, default=512, metavar="MIB", help="package uploads (512)"
+    )
+    serve.add_argument(
+        "--retention-days", type=float, default=30, metavar="DAYS", help="telemetry/events kept (30; 0: all)"
+    )
     serve.add_argument("--ca-file")
     serve.add_argument("--trust", type=Path, action="append", default=[], help="require packages signed so")
     serve.add_argument("--http", default="127.0.0.1:8480", metavar="HOST:PORT")
@@ -68,6 +113,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = fsub.add_parser(name, help=help)
         p.add_argument("--api", default=DEFAULT_API, help=f"manager URL (default {DEFAULT_API})")
+        p.add_argument(
+            "--token-file",
+            type=Path,
+            help="API token file (default: $EDGE_FLEET_TOKEN, $EDGE_FLEET_TOKEN_FILE, STATE_DIR/api-token)",
+        )
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            default=DEFAULT_MANAGER_STATE,
+            help="the local manager's state directory, for its api-token (default %(default)s)",
+        )
         p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
@@ -91,6 +147,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--max-failures", type=int)
     p.add_argument("--max-failure-rate", type=float)
     p.add_argument("--min-executed", type=int, default=1)
+    p.add_argument(
+        "--supersede",
+        action="store_true",
+        help="take over devices that a running deployment of the same model is still updating",
+    )
+    p.add_argument(
+        "--allow-downgrade", action="store_true", help="let devices install a lower version than theirs"
+    )
     p.add_argument("--max-error-rate", type=float)
     p.add_argument("--max-latency-ratio", type=float)
     p.add_argument("--health-window", type=float, default=10.0, help="device-side health window, s")
@@ -119,10 +183,11 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from fleet.mqtt import BrokerConfig
 
     broker = None
-    user = args.username or (args.device if args.password else None)
+    password = _password(args)
+    user = args.username or (args.device if password else None)
     if args.broker or user or args.ca_file or args.tls_fingerprint:
         # No --broker: url "" means "found by zeroconf", logging in with these settings.
-        broker = BrokerConfig(args.broker or "", user, args.password, args.ca_file, args.tls_fingerprint)
+        broker = BrokerConfig(args.broker or "", user, password, args.ca_file, args.tls_fingerprint)
     config = AgentConfig(
         fleet=args.fleet,
         device=args.device,
@@ -134,6 +199,9 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         telemetry_interval_s=args.telemetry_interval,
         queue_max_bytes=args.queue_max_bytes,
         download_window=args.download_window,
+        max_package_bytes=int(args.max_package_mib * 2**20),
+        min_free_bytes=int(args.min_free_mib * 2**20),
+        downgrade_guard=not args.no_downgrade_guard,
     )
     agent = Agent(config)
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -143,30 +211,53 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from fleet.auth import manager_token
+    from fleet.errors import AuthError, ManagerLockedError
     from fleet.manager.http import ApiServer
     from fleet.manager.service import FleetManager, ManagerConfig
     from fleet.mqtt import BrokerConfig
 
+    log = logging.getLogger(__name__)
+    try:
+        token, token_source = manager_token(args.state_dir, args.token_file)
+    except AuthError as exc:
+        raise SystemExit(f"edge fleet serve: {exc}") from None
+    config = ManagerConfig(
+        args.fleet, args.state_dir, BrokerConfig(""), tuple(args.trust), retention_days=args.retention_days
+    )
+    try:
+        manager = FleetManager(config)  # takes the state directory's lock before any broker is started
+    except ManagerLockedError as exc:
+        raise SystemExit(f"edge fleet serve: {exc}") from None
     embedded = None
     if args.broker:
-        broker = BrokerConfig(args.broker, ca_file=args.ca_file)
+        password = _password(args)
+        has_user = bool(urlsplit(args.broker).username)
+        user = args.username or (None if has_user or not password else "manager")
+        broker = BrokerConfig(args.broker, user, password, args.ca_file)
     else:
         from fleet.broker import EmbeddedBroker
 
         embedded = EmbeddedBroker("127.0.0.1", args.broker_port).start()
         broker = BrokerConfig(embedded.url)
+    config.broker = broker
     host, _, port = args.http.rpartition(":")
-    manager = FleetManager(ManagerConfig(args.fleet, args.state_dir, broker, tuple(args.trust))).start()
-    api = ApiServer(manager, host or "127.0.0.1", int(port)).start()
+    manager.start()
+    api = ApiServer(
+        manager,
+        host or "127.0.0.1",
+        int(port),
+        token=token,
+        max_upload_bytes=int(args.max_upload_mib * 2**20),
+    ).start()
+    log.info("HTTP API token: %s (send it as Authorization: Bearer, or use --token-file)", token_source)
     advert = None
     if args.advertise:
         from fleet.discovery import Advertiser
 
         # Never the URL with the manager's password in it; the fingerprint lets agents pin the broker.
         advert = Advertiser(args.fleet, broker.public_url, api.url, manager.tls_fingerprint or "").start()
-    logging.getLogger(__name__).info(
-        "fleet %s manager: API %s, broker %s", args.fleet, api.url, broker.public_url
-    )
+    log.info("fleet %s manager: API %s, broker %s", args.fleet, api.url, broker.public_url)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -183,10 +274,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 # --- HTTP client commands ---
 
 
-def _call(api: str, method: str, path: str, body: Any = None, data: bytes | None = None) -> Any:
-    headers = {}
+def _token(args: argparse.Namespace) -> str | None:
+    from fleet.auth import client_token
+    from fleet.errors import AuthError
+
+    try:
+        return client_token(args.token_file, args.state_dir)
+    except AuthError as exc:
+        raise SystemExit(f"edge fleet: {exc}") from None
+
+
+def _call(
+    args: argparse.Namespace, method: str, path: str, body: Any = None, data: bytes | None = None
+) -> Any:
+    api = args.api
+    headers: dict[str, str] = {}
     if body is not None:
         data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+    token = _token(args)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(api.rstrip("/") + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
@@ -197,7 +304,10 @@ def _call(api: str, method: str, path: str, body: Any = None, data: bytes | None
             detail = json.loads(detail)["error"]
         except (ValueError, KeyError):
             pass
-        raise SystemExit(f"edge fleet: {method} {path}: {exc.code} {detail}") from None
+        hint = ""
+        if exc.code == 401:
+            hint = " (give the manager's API token: --token-file, $EDGE_FLEET_TOKEN or --state-dir)"
+        raise SystemExit(f"edge fleet: {method} {path}: {exc.code} {detail}{hint}") from None
     except urllib.error.URLError as exc:
         raise SystemExit(f"edge fleet: cannot reach the manager at {api}: {exc.reason}") from None
 
@@ -238,7 +348,7 @@ def device_rows(devices: list[dict[str, Any]]) -> list[str]:
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
-    devices = _call(args.api, "GET", f"/api/v1/devices?since_s={args.since}")
+    devices = _call(args, "GET", f"/api/v1/devices?since_s={args.since}")
     _print(args, devices, device_rows(devices))
     return 0
 
@@ -247,10 +357,10 @@ def _cmd_packages(args: argparse.Namespace) -> int:
     if args.action == "add":
         if args.file is None:
             raise SystemExit("edge fleet packages add: give the .edgepkg to upload")
-        row = _call(args.api, "POST", "/api/v1/packages", data=args.file.read_bytes())
+        row = _call(args, "POST", "/api/v1/packages", data=args.file.read_bytes())
         _print(args, row, [f"added {row['name']} {row['version']} {row['sha256']}"])
         return 0
-    pkgs = _call(args.api, "GET", "/api/v1/packages")
+    pkgs = _call(args, "GET", "/api/v1/packages")
     rows = [f"{'SHA256':<14} {'NAME':<20} {'VERSION':<10} {'SIZE':>10} SIGNER"]
     rows += [
         f"{p['sha256'][:12]:<14} {p['name']:<20} {p['version']:<10} {p['size']:>10} {p['signer'] or '-'}"
@@ -277,8 +387,10 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         "max_latency_ratio": args.max_latency_ratio,
         "health": {"window_s": args.health_window},
         "watch_s": args.watch,
+        "allow_downgrade": args.allow_downgrade,
     }
-    dep = _call(args.api, "POST", "/api/v1/deployments", {"package": args.package, "spec": spec})
+    body = {"package": args.package, "spec": spec, "supersede": args.supersede}
+    dep = _call(args, "POST", "/api/v1/deployments", body)
     _print(args, dep, [f"deployment {dep['id']}: {dep['state']}, {len(dep['devices'])} device(s)"])
     return 0
 
@@ -296,21 +408,21 @@ def _status_rows(dep: dict[str, Any]) -> list[str]:
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
     if args.action == "status" and not args.id:
-        deps = _call(args.api, "GET", "/api/v1/deployments")
+        deps = _call(args, "GET", "/api/v1/deployments")
         _print(args, deps, [r for d in deps for r in _status_rows(d)[:1]] or ["no deployments"])
         return 0
     if not args.id:
         raise SystemExit(f"edge fleet rollout {args.action}: give a deployment id")
     if args.action == "status":
-        dep = _call(args.api, "GET", f"/api/v1/deployments/{args.id}")
+        dep = _call(args, "GET", f"/api/v1/deployments/{args.id}")
     else:
-        dep = _call(args.api, "POST", f"/api/v1/deployments/{args.id}/{args.action}")
+        dep = _call(args, "POST", f"/api/v1/deployments/{args.id}/{args.action}")
     _print(args, dep, _status_rows(dep))
     return 0
 
 
 def _cmd_telemetry(args: argparse.Namespace) -> int:
-    s = _call(args.api, "GET", f"/api/v1/telemetry?since_s={args.since}")
+    s = _call(args, "GET", f"/api/v1/telemetry?since_s={args.since}")
     rows = [f"last {s['since_s']:.0f} s: {s['messages']} reports from {s['devices']} device(s)"]
     for m in s["models"]:
         p95 = f"{m['p95_ms']:.1f} ms" if m["p95_ms"] is not None else "-"

@@ -8,24 +8,34 @@ specific errors also derive from the matching builtin::
     ├── BrokerError (ConnectionError)    the broker cannot be reached or refused us
     │   └── CertificatePinError          the broker's TLS certificate is not the pinned one
     ├── DownloadError (RuntimeError)     a package transfer that failed or stalled
-    │   └── DigestMismatchError          a downloaded file whose sha256 differs from the deployment's
+    │   ├── DigestMismatchError          a downloaded file whose sha256 differs from the deployment's
+    │   ├── PackageTooLargeError         a package over the device's size limit (refused, or cut off)
+    │   └── InsufficientSpaceError       the state directory's file system has no room for it
     ├── UpdateError (RuntimeError)       an OTA step failed; ``step`` says which (verify, selftest, ...)
+    │   └── DowngradeError               a version lower than the committed one, not allowed
     ├── DiscoveryError (LookupError)     no manager answered on DNS-SD in time
     ├── NotFoundError (LookupError)      a device, package or deployment the manager does not know
-    └── ConflictError (ValueError)       a request the manager's current state does not allow
+    ├── ConflictError (ValueError)       a request the manager's current state does not allow
+    │   └── ManagerLockedError           another manager already runs on this state directory
+    └── AuthError (PermissionError)      a missing, unreadable or wrong HTTP API token
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
     "BrokerError",
     "CertificatePinError",
     "ConflictError",
     "DigestMismatchError",
     "DiscoveryError",
+    "DowngradeError",
     "DownloadError",
     "FleetError",
+    "InsufficientSpaceError",
+    "ManagerLockedError",
     "NotFoundError",
+    "PackageTooLargeError",
     "ProtocolError",
     "UpdateError",
 ]
@@ -55,6 +65,15 @@ class DigestMismatchError(DownloadError):
     """The downloaded bytes do not hash to the sha256 the deployment named."""
 
 
+class PackageTooLargeError(DownloadError):
+    """The package is bigger than the device accepts (``max_package_bytes``), or the manager sent more
+    bytes than the deployment announced; refused before (or as soon as) the limit is crossed."""
+
+
+class InsufficientSpaceError(DownloadError):
+    """The file system of the agent's state directory lacks room for the download and its install."""
+
+
 class UpdateError(RuntimeError, FleetError):
     """One OTA step failed; the device rolled back. ``step`` names it, the message says why."""
 
@@ -74,3 +93,18 @@ class NotFoundError(LookupError, FleetError):
 
 class ConflictError(ValueError, FleetError):
     """A request the current state does not allow (e.g. resuming an aborted rollout)."""
+
+
+class DowngradeError(UpdateError):
+    """The package's version is lower than the committed one and the deployment does not allow it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("verify", reason)
+
+
+class ManagerLockedError(ConflictError):
+    """Another fleet manager holds this state directory's lock: one manager per state (and fleet)."""
+
+
+class AuthError(PermissionError, FleetError):
+    """The manager's HTTP API token is missing, unreadable or not the one the manager expects."""

@@ -341,6 +341,9 @@ class Desired(_Message):
     action: str = "install"  # "install", or "rollback" to an earlier version (no health window)
     block_size: int = 65536
     health: HealthPolicy = field(default_factory=HealthPolicy)
+    # An install of a version lower than the committed one is refused by the agent's downgrade
+    # guard unless this is set (``edge fleet deploy --allow-downgrade``); a rollback always may.
+    allow_downgrade: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Desired:
@@ -361,6 +364,7 @@ class Desired(_Message):
             action=action,
             block_size=block,
             health=HealthPolicy.from_dict(_get(d, "health", dict, w, {})),
+            allow_downgrade=_get(d, "allow_downgrade", bool, w, False),
         )
 
 

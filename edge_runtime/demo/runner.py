@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import shutil
 import signal
 import socket
@@ -103,6 +104,7 @@ class Demo:
         self.summary: dict[str, Any] = {"ok": False, "quick": options.quick, "steps": []}
         self.events: list[tuple[float, str, str]] = []  # the rollout timeline for the plot
         self.api = ""
+        self.api_token = ""
         self.devices: dict[str, dict[str, Any]] = {}  # name -> {"spec", "url", "child", ...}
         self.traffic: Any = None
         self._step_total = 6
@@ -186,6 +188,7 @@ class Demo:
 
     def _keep(self) -> None:
         self.say("\n--keep: the fleet keeps running. Try:")
+        self.say(f"  export EDGE_FLEET_TOKEN={self.api_token}   # the manager API's bearer token")
         self.say(f"  edge fleet devices --api {self.api}")
         self.say(f"  edge fleet rollout status --api {self.api}")
         self.say(f"  edge fleet telemetry --api {self.api}")
@@ -431,9 +434,13 @@ class Demo:
             manager_argv += ["--broker-port", str(broker_port)]
             self.summary["broker"] = "embedded amqtt"
             self.note(f"broker: the manager's embedded amqtt on {broker_url} (no mosquitto on PATH)")
-        manager = self.supervisor.start("manager", manager_argv, env={"PYTHONUNBUFFERED": "1"})
+        # The manager's API needs a bearer token; the demo makes one for this run.
+        self.api_token = secrets.token_urlsafe(32)
+        manager = self.supervisor.start(
+            "manager", manager_argv, env={"PYTHONUNBUFFERED": "1", "EDGE_FLEET_TOKEN": self.api_token}
+        )
         self.api = f"http://127.0.0.1:{http_port}"
-        self._wait_until(lambda: self._api_ok("/api/v1/devices"), 45.0, "the fleet manager's API", manager)
+        self._wait_until(lambda: self._api_ok("/healthz"), 45.0, "the fleet manager's API", manager)
         self.note(f"manager: edge fleet serve, API {self.api} (pid {manager.pid})")
         self.summary["manager"] = {"api": self.api, "broker": broker_url}
 
@@ -514,9 +521,8 @@ class Demo:
 
     def _api(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.api + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.api_token}"}
+        request = urllib.request.Request(self.api + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return json.loads(response.read())
@@ -539,7 +545,7 @@ class Demo:
         from edge_runtime.demo.traffic import TrafficGenerator
 
         for version in (V1, V2):
-            record = push_package(packages[version]["path"], self.api)
+            record = push_package(packages[version]["path"], self.api, token=self.api_token)
             self.note(
                 f"pushed {MODEL} {version} to the manager (edge train push): sha256 {record['sha256'][:16]}..."
             )

@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     model TEXT NOT NULL,
     version TEXT NOT NULL,
     spec TEXT NOT NULL,
-    state TEXT NOT NULL,            -- running, paused, succeeded, completed_with_failures, aborted
+    state TEXT NOT NULL,            -- running, paused, succeeded, completed_with_failures,
+                                    -- completed_with_offline, aborted, superseded
     reason TEXT,
     wave INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
@@ -57,7 +58,7 @@ CREATE TABLE IF NOT EXISTS deployment_devices (
     device TEXT NOT NULL,
     wave INTEGER NOT NULL,
     state TEXT NOT NULL,            -- pending, in_progress, succeeded, failed, timed_out, skipped,
-                                    -- rolling_back, rolled_back
+                                    -- offline, superseded, rolling_back, rolled_back
     phase TEXT,                     -- the device's last event (downloading, swapped, ...)
     previous_sha256 TEXT,
     previous_version TEXT,
@@ -80,13 +81,27 @@ CREATE TABLE IF NOT EXISTS telemetry_models (
     PRIMARY KEY (device, stream, seq, model)
 );
 CREATE INDEX IF NOT EXISTS telemetry_models_by_model ON telemetry_models (model, version, ts);
+-- The time-window queries (GET /api/v1/telemetry) and the retention pruning search by ts.
+CREATE INDEX IF NOT EXISTS telemetry_models_by_ts ON telemetry_models (ts);
+CREATE INDEX IF NOT EXISTS telemetry_by_ts ON telemetry (ts);
 CREATE INDEX IF NOT EXISTS telemetry_by_received ON telemetry (received);
 CREATE TABLE IF NOT EXISTS events (
     device TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL,
     ts REAL NOT NULL, deployment_id TEXT NOT NULL, state TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (device, stream, seq)
 );
+CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# Retention: what is pruned, and by which time column (received: the manager's clock, used where
+# stored; ts: the device's clock, the only one telemetry_models and events have).
+_PRUNE = (
+    ("telemetry", "received"),
+    ("telemetry_models", "ts"),
+    ("events", "ts"),
+)
+_PRUNE_BATCH = 5000  # rows per transaction, so ingestion is never blocked for long
 
 
 class FleetDB:
@@ -124,6 +139,39 @@ class FleetDB:
     def one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
         rows = self.query(sql, args)
         return rows[0] if rows else None
+
+    def meta(self, key: str, default: str) -> str:
+        """A value of the ``meta`` table, set to ``default`` the first time it is asked for."""
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, default))
+            return str(db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()["value"])
+
+    def prune(self, before: float) -> dict[str, int]:
+        """Delete telemetry and events older than ``before`` (epoch seconds); rows deleted per table.
+
+        Events of deployments still running or paused are kept whatever their age. Deleted in
+        batches of a few thousand rows, each its own short transaction.
+        """
+        deleted: dict[str, int] = {}
+        for table, column in _PRUNE:
+            keep = (
+                " AND deployment_id NOT IN (SELECT id FROM deployments WHERE state IN ('running', 'paused'))"
+                if table == "events"
+                else ""
+            )
+            total = 0
+            while True:
+                with self.tx() as db:
+                    n = db.execute(
+                        f"DELETE FROM {table} WHERE rowid IN "  # table and column: the fixed _PRUNE names
+                        f"(SELECT rowid FROM {table} WHERE {column} < ?{keep} LIMIT ?)",
+                        (before, _PRUNE_BATCH),
+                    ).rowcount
+                total += n
+                if n < _PRUNE_BATCH:
+                    break
+            deleted[table] = total
+        return deleted
 
     def close(self) -> None:
         with self._lock:

@@ -27,6 +27,12 @@ semantics, see docs/fleet.md "Devices that are away"):
   is running or paused joins its *last* wave (it is never made a canary); a
   finished or aborted deployment is a record, not a standing order, and takes
   no new devices.
+
+One deployment per device and model at a time: creating a deployment whose devices are pending
+or in progress in a running or paused deployment of the same model is refused
+(:class:`~fleet.errors.ConflictError`) unless ``supersede`` is given. Then those devices' rows in
+the older deployment become ``superseded`` (terminal, not a failure, never timed out), and an
+older deployment left with no device of its own to drive is marked ``superseded`` itself.
 """
 
 from __future__ import annotations
@@ -51,7 +57,17 @@ __all__ = ["RolloutEngine", "RolloutSpec", "Targets"]
 log = logging.getLogger(__name__)
 
 ROLLBACK_SUFFIX = ".rollback"
-_TERMINAL = ("succeeded", "failed", "timed_out", "offline", "skipped", "rolled_back", "rollback_failed")
+_TERMINAL = (
+    "succeeded",
+    "failed",
+    "timed_out",
+    "offline",
+    "skipped",
+    "superseded",
+    "rolled_back",
+    "rollback_failed",
+)
+_ACTIVE_SQL = "('pending', 'in_progress')"  # device rows a deployment still drives, for SQL IN
 _FAILED = ("failed", "timed_out")
 # Row states a device's own final result (succeeded/failed) may still replace.
 _AWAITING_RESULT = ("pending", "in_progress", "timed_out", "offline")
@@ -99,6 +115,7 @@ class RolloutSpec:
     watch_s: float = 60.0
     health: HealthPolicy = field(default_factory=HealthPolicy)  # the device-side health window
     block_size: int = 65536
+    allow_downgrade: bool = False  # let devices install a version lower than their committed one
 
     @property
     def watches_telemetry(self) -> bool:
@@ -156,16 +173,33 @@ class RolloutEngine:
 
     # --- creating and controlling ---
 
-    def create(self, package: dict[str, Any], spec: RolloutSpec) -> dict[str, Any]:
+    def create(self, package: dict[str, Any], spec: RolloutSpec, supersede: bool = False) -> dict[str, Any]:
+        """Start a deployment of ``package``; ConflictError when its devices are busy with the model.
+
+        ``supersede``: take those devices over from the running deployments instead (see above).
+        """
         fractions = spec.wave_fractions()
         devices = [d for d in self.db.devices() if spec.targets.match(d)]
         if not devices:
             raise ConflictError("no known device matches the deployment's targets")
         dep_id = f"d{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        busy = self._busy(package["name"], [d["id"] for d in devices])
+        if busy and not supersede:
+            listing = "; ".join(
+                f"{dep}: {', '.join(sorted(devs)[:5])}{' ...' if len(devs) > 5 else ''}"
+                for dep, devs in sorted(busy.items())
+            )
+            raise ConflictError(
+                f"{sum(map(len, busy.values()))} targeted device(s) are in a deployment of "
+                f"{package['name']} still under way ({listing}); wait for it, abort it, "
+                "or deploy with supersede (--supersede)"
+            )
         # A stable shuffle, so the canary is not always the alphabetically first devices.
         devices.sort(key=lambda d: hashlib.sha256(f"{dep_id}/{d['id']}".encode()).digest())
         n, now = len(devices), time.time()
         with self.db.tx() as db:
+            for old_id, old_devices in busy.items():
+                self._supersede(db, old_id, old_devices, dep_id, now)
             db.execute(
                 "INSERT INTO deployments VALUES (?, ?, ?, ?, ?, 'running', NULL, 0, ?, ?)",
                 (
@@ -196,6 +230,40 @@ class RolloutEngine:
         )
         self.tick()
         return self.status(dep_id)
+
+    def _busy(self, model: str, devices: list[str]) -> dict[str, list[str]]:
+        """Running or paused deployments of ``model`` still driving any of ``devices``: id -> devices."""
+        wanted = set(devices)
+        busy: dict[str, list[str]] = {}
+        for r in self.db.query(
+            "SELECT x.deployment_id, x.device FROM deployment_devices x JOIN deployments d "
+            "ON d.id = x.deployment_id WHERE d.model = ? AND d.state IN ('running', 'paused') "
+            f"AND x.state IN {_ACTIVE_SQL}",
+            (model,),
+        ):
+            if r["device"] in wanted:
+                busy.setdefault(r["deployment_id"], []).append(r["device"])
+        return busy
+
+    @staticmethod
+    def _supersede(db: Any, old_id: str, devices: list[str], new_id: str, now: float) -> None:
+        """Hand ``devices`` of deployment ``old_id`` over to ``new_id`` (inside the caller's transaction)."""
+        reason = f"superseded by deployment {new_id}"
+        db.executemany(
+            "UPDATE deployment_devices SET state='superseded', finished=?, reason=? "
+            f"WHERE deployment_id=? AND device=? AND state IN {_ACTIVE_SQL}",
+            [(now, reason, old_id, device) for device in devices],
+        )
+        left = db.execute(
+            f"SELECT COUNT(*) FROM deployment_devices WHERE deployment_id=? AND state IN {_ACTIVE_SQL}",
+            (old_id,),
+        ).fetchone()[0]
+        if not left:
+            db.execute(
+                "UPDATE deployments SET state='superseded', reason=?, updated=? WHERE id=?",
+                (reason, now, old_id),
+            )
+        log.warning("deployment %s: %d device(s) %s", old_id, len(devices), reason)
 
     def adopt(self, device: dict[str, Any]) -> list[str]:
         """Add a device (a registry row) to every running or paused deployment it matches and is not in.
@@ -475,6 +543,7 @@ class RolloutEngine:
                 ts=now,
                 block_size=spec.block_size,
                 health=spec.health,
+                allow_downgrade=spec.allow_downgrade,
             )
             with self.db.tx() as db:
                 db.execute(

@@ -6,6 +6,14 @@ session, so QoS 1 telemetry sent while it restarts waits at the broker). Its
 message handler validates every message against :mod:`fleet.protocol`;
 anything malformed is counted, logged and dropped. Telemetry and events are
 stored before the handler returns, i.e. before paho acknowledges them.
+
+One manager per state directory: :class:`~fleet.manager.lock.StateLock` refuses a second one
+(:class:`~fleet.errors.ManagerLockedError`). The MQTT client id is
+``edge-fleet-manager-{fleet}-{instance}``, where ``instance`` is generated once and kept in the
+database: stable across restarts (the persistent session survives them), distinct for managers
+with different state, so two of them never make the broker close each other's connection.
+Telemetry and events older than ``retention_days`` are deleted by the ticker thread every
+``prune_interval_s``.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from edge_runtime.package import TrustStore
 from fleet.errors import BrokerError, NotFoundError, ProtocolError
 from fleet.manager.db import FleetDB
+from fleet.manager.lock import StateLock
 from fleet.manager.packages import PackageStore
 from fleet.manager.rollout import RolloutEngine, RolloutSpec
 from fleet.mqtt import BrokerConfig, make_client, peer_fingerprint
@@ -57,6 +67,8 @@ class ManagerConfig:
     broker: BrokerConfig
     trust: tuple[Path, ...] = ()  # when set, packages must be signed by one of these keys to be added
     tick_interval_s: float = 0.5
+    retention_days: float = 30.0  # telemetry and events older than this are deleted; 0: keep forever
+    prune_interval_s: float = 3600.0  # how often the ticker prunes (the first time right after start)
 
 
 class _Metrics:
@@ -104,7 +116,14 @@ class FleetManager:
     def __init__(self, config: ManagerConfig) -> None:
         self.config = config
         root = Path(config.state_dir)
-        self.db = FleetDB(root / "fleet.sqlite")
+        self._lock = StateLock(root).acquire()
+        try:
+            self.db = FleetDB(root / "fleet.sqlite")
+            instance = self.db.meta("instance_id", uuid.uuid4().hex[:8])
+        except BaseException:
+            self._lock.release()
+            raise
+        self.client_id = f"edge-fleet-manager-{config.fleet}-{instance}"
         trust = TrustStore.load(*config.trust) if config.trust else None
         self.packages = PackageStore(root / "packages", self.db, trust)
         self.rollouts = RolloutEngine(self.db, self._publish_desired)
@@ -122,7 +141,7 @@ class FleetManager:
 
     def start(self, connect_timeout: float = 15.0) -> FleetManager:
         b = self.config.broker
-        client = make_client(f"edge-fleet-manager-{self.config.fleet}", b, clean_session=False)
+        client = make_client(self.client_id, b, clean_session=False)
         client.on_connect = self._on_connect
         client.on_disconnect = lambda *_: self._connected.clear()
         client.on_message = self._on_message
@@ -143,11 +162,37 @@ class FleetManager:
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
+        self.close()
+
+    def close(self) -> None:
+        """Close the database and release the state directory's lock (``stop`` does this too)."""
         self.db.close()
+        self._lock.release()
 
     def _tick_loop(self) -> None:
+        next_prune = time.monotonic()
         while not self._stop.wait(self.config.tick_interval_s):
             self.rollouts.tick()
+            if self.config.retention_days > 0 and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.config.prune_interval_s
+                try:
+                    self.prune()
+                except Exception:
+                    log.exception(
+                        "pruning old telemetry failed; retrying in %.0f s", self.config.prune_interval_s
+                    )
+
+    def prune(self, now: float | None = None) -> dict[str, int]:
+        """Delete telemetry and events older than ``retention_days``; rows deleted per table."""
+        before = (time.time() if now is None else now) - self.config.retention_days * 86400
+        deleted = self.db.prune(before)
+        if any(deleted.values()):
+            log.info(
+                "retention (%g days): deleted %s",
+                self.config.retention_days,
+                ", ".join(f"{n} {table}" for table, n in deleted.items()),
+            )
+        return deleted
 
     # --- MQTT ---
 
@@ -324,8 +369,9 @@ class FleetManager:
             out[device] = r
         return out
 
-    def deploy(self, package_ref: str, spec: RolloutSpec) -> dict[str, Any]:
-        return self.rollouts.create(self.packages.get(package_ref), spec)
+    def deploy(self, package_ref: str, spec: RolloutSpec, supersede: bool = False) -> dict[str, Any]:
+        """Start a deployment; ``supersede``: take its devices over from running ones of the model."""
+        return self.rollouts.create(self.packages.get(package_ref), spec, supersede=supersede)
 
     def telemetry_summary(self, since_s: float = 3600) -> dict[str, Any]:
         """Per model and version: inferences, errors, error rate and p95 over the last ``since_s``."""

@@ -90,3 +90,44 @@ def test_wrong_password_is_refused(secured):
     c, _, connected = _client(secured, "dev-a", "not-the-password")
     assert not connected.wait(2)
     c.loop_stop()
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_manager_password_never_on_the_command_line(tmp_path, secured, source):
+    """`edge fleet serve` logs in as `manager` with --password-file or $EDGE_MQTT_PASSWORD."""
+    import os
+    import sys
+    import urllib.request
+
+    from fleet_helpers import free_port
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = []
+    if source == "file":
+        (tmp_path / "pw").write_text(USERS["manager"] + "\n")
+        args = ["--password-file", str(tmp_path / "pw")]
+    else:
+        env["EDGE_MQTT_PASSWORD"] = USERS["manager"]
+    http = free_port()
+    log = tmp_path / "manager.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleet.cli", "fleet", "serve", "--fleet", "f1", "--state-dir",
+             str(tmp_path / "m"), "--broker", secured.url, "--http", f"127.0.0.1:{http}", *args],
+            env=env, cwd=REPO, stdout=out, stderr=out,
+        )  # fmt: skip
+    try:
+
+        def healthy() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1).status == 200
+            except OSError:
+                return proc.poll() is not None  # exited: fail below with its log
+
+        wait_for(healthy, 30, "the manager to connect and serve")
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert "connected to mqtt://127.0.0.1" in log.read_text()
+        assert USERS["manager"] not in " ".join(proc.args)
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -33,6 +33,7 @@ import json
 import multiprocessing as mp
 import os
 import pwd
+import secrets
 import selectors
 import shutil
 import signal
@@ -116,9 +117,13 @@ def start_mosquitto(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+# The manager's API needs a bearer token: one made for this run.
+API_TOKEN = secrets.token_urlsafe(32)
+
+
 def start_manager(work: Path, broker_port: int, trust: Path) -> tuple[subprocess.Popen[bytes], str]:
     http = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGE_FLEET_TOKEN": API_TOKEN}
     log = open(work / "manager.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "fleet.cli", "fleet", "serve", "--fleet", FLEET, "--state-dir", str(work / "manager"),
@@ -130,9 +135,10 @@ def start_manager(work: Path, broker_port: int, trust: Path) -> tuple[subprocess
 
 
 def api(base: str, method: str, path: str, body: Any = None, data: bytes | None = None) -> Any:
-    headers = {}
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
     if body is not None:
-        data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
     req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())

@@ -6,11 +6,13 @@
         --state-dir DIR --broker mqtt://127.0.0.1:1883 --trust demo.pub --ready-file DIR/ready.json \\
         [--fault-version 2.0.0]
 
-It starts the Open Inference Protocol server (:class:`~edge_runtime.serve.ServerThread`, on a free
-loopback port) with no model, then the device agent (:class:`fleet.agent.Agent`) driving that
-server through :class:`fleet.runtime.ServeTarget`: deployments hot-swap the server's models. Once
-both run it writes ``--ready-file`` (JSON: ``url``, ``pid``, ``device``, ``profile``) and serves
-until SIGTERM or SIGINT, then stops the agent (which publishes ``offline``) and drains the server.
+It runs what ``edge serve --fleet ... --device ...`` runs (:mod:`edge_runtime.serve.agent`): the
+Open Inference Protocol server (:class:`~edge_runtime.serve.ServerThread`, on a free loopback port)
+serving the models committed in ``--state-dir`` (none at first), with the device agent inside
+driving the server's models: deployments hot-swap them. Once the server is ready (the agent
+connects in the background) it writes ``--ready-file`` (JSON: ``url``, ``pid``, ``device``,
+``profile``) and serves until SIGTERM or SIGINT, then stops the agent (which publishes
+``offline``) and drains the server. What the demo adds is its simulated profile and loader.
 
 The profile is simulated: it chooses the backend (``edge_runtime.load(profile=...)``), the
 batch size and what the agent reports; the kernels run on this machine's CPU.
@@ -131,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     from device_profiles import PROFILES
     from edge_runtime.package import TrustStore
     from edge_runtime.serve import BatchingConfig, ServeConfig, ServerThread
-    from fleet.agent import Agent, AgentConfig
+    from fleet.agent import AgentConfig
     from fleet.mqtt import BrokerConfig
-    from fleet.runtime import ServeTarget
 
     profile = PROFILES[args.profile]
     trust = TrustStore.load(*args.trust) if args.trust else None
@@ -145,23 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    server = ServerThread(config, loader=loader).start()
-    agent = Agent(
-        AgentConfig(
-            fleet=args.fleet,
-            device=args.device,
-            state_dir=args.state_dir,
-            broker=BrokerConfig(args.broker),
-            trust=tuple(args.trust),
-            tags=tuple(args.tag),
-            profile=args.profile,
-            telemetry_interval_s=args.telemetry_interval,
-            probe_interval_s=0.25,
-        ),
-        runtime=ServeTarget(server.manager),
+    fleet = AgentConfig(
+        fleet=args.fleet,
+        device=args.device,
+        state_dir=args.state_dir,
+        broker=BrokerConfig(args.broker),
+        trust=tuple(args.trust),
+        tags=tuple(args.tag),
+        profile=args.profile,
+        telemetry_interval_s=args.telemetry_interval,
+        probe_interval_s=0.25,
     )
+    server = ServerThread(config, loader=loader, fleet=fleet).start()
     try:
-        agent.start()
         ready = {"url": server.url, "pid": os.getpid(), "device": args.device, "profile": args.profile}
         tmp = args.ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(ready))
@@ -171,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         log.info("stopping")
     finally:
-        agent.stop(timeout=10)
-        server.stop(timeout=15)
+        server.stop(timeout=30)  # the agent first (it publishes "offline"), then the drain
     return 0
 
 

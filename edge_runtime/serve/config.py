@@ -17,6 +17,10 @@ TOML needs nothing beyond the standard library on Python 3.11+ (``tomllib``;
     keep_versions = 1           # versions of a model kept loaded after a swap, the current one
                                 # included; older ones answer /v2/models/{m}/versions/{v}/...
 
+    [fleet]                     # optional: run the fleet agent in this process; read by
+    fleet = "home"              # edge_runtime.serve.agent (every field documented there)
+    device = "pi4-kitchen"
+
     [batching]                  # defaults for every model (see BatchingConfig)
     max_batch_size = 8
     max_queue_delay_us = 1000
@@ -134,7 +138,8 @@ def config_from_dict(
     doc: Mapping[str, Any], base_dir: Path = Path("."), source: Path | None = None
 ) -> ServeConfig:
     """A :class:`ServeConfig` from the parsed file (relative paths resolved against ``base_dir``)."""
-    _check_keys(doc, {"server", "batching", "models"}, "the config")
+    # [fleet] is the embedded agent's (edge_runtime.serve.agent.read_fleet_table), not the server's.
+    _check_keys(doc, {"server", "batching", "models", "fleet"}, "the config")
     server = dict(_table(doc, "server", ""))
     _check_keys(server, _SERVER_KEYS, "[server]")
     default_batching = _table(doc, "batching", "")

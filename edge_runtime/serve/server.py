@@ -6,7 +6,8 @@ Lifecycle of :func:`serve` (what ``edge serve`` runs)::
                                                                    ├─► SIGHUP: re-read the config, swap
                                                                    │   changed models, load new ones,
                                                                    │   unload removed ones
-                                                                   └─► SIGTERM/SIGINT: STOPPING=1, readiness
+                                                                   └─► SIGTERM/SIGINT: STOPPING=1, stop the
+                                                                       fleet agent (if any), readiness
                                                                        503, stop listening, finish in-flight
                                                                        requests, drain queues, exit 0
 
@@ -15,7 +16,11 @@ model's queue has a request older than the watchdog period, so a stuck loop
 or stuck workers make systemd restart the service.
 
 :class:`ServerThread` runs the same server on a background thread, for
-embedding (the fleet agent) and tests.
+embedding and tests.
+
+With a fleet agent config (``edge serve --fleet ... --device ...``), the server also loads the
+models committed in the agent's store before READY=1, starts the agent after it (the agent
+connects in the background) and stops it first on shutdown: see :mod:`edge_runtime.serve.agent`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -37,33 +42,45 @@ from edge_runtime.serve.manager import Loader, ModelManager, SwapResult, default
 from edge_runtime.serve.metrics import ServeMetrics
 from edge_runtime.serve.sdnotify import Notifier, watchdog_interval
 
+if TYPE_CHECKING:
+    from edge_runtime.serve.agent import EmbeddedAgent
+    from fleet.agent import AgentConfig
+
 __all__ = ["InferenceServer", "ServerThread", "serve"]
 
 log = logging.getLogger(__name__)
 
 
-def _loader_for(config: ServeConfig) -> Loader:
+def _loader_for(config: ServeConfig, fleet: AgentConfig | None) -> Loader:
+    """The default loader; packages must be signed by ``trust_dir``, else by the fleet's trust."""
+    trust = (config.trust_dir,) if config.trust_dir is not None else fleet.trust if fleet else ()
     trust_store = None
-    if config.trust_dir is not None:
+    if trust:
         from edge_runtime.package import TrustStore
 
-        trust_store = TrustStore.load(config.trust_dir)
+        trust_store = TrustStore.load(*trust)
     return default_loader(config.backend, config.threads or None, trust_store)
 
 
 @dataclass
 class InferenceServer:
-    """One HTTP server and its models. Use from a running event loop: ``await start()``, ``await stop()``."""
+    """One HTTP server and its models. Use from a running event loop: ``await start()``, ``await stop()``.
+
+    ``fleet``: run the fleet agent with this config inside the server (:mod:`edge_runtime.serve.agent`);
+    a bad setting raises :class:`~edge_runtime.serve.agent.FleetAgentError` here, before any load.
+    """
 
     config: ServeConfig
     loader: Loader | None = None
     notifier: Notifier = field(default_factory=Notifier)
+    fleet: AgentConfig | None = None
     manager: ModelManager = field(init=False)
+    agent: EmbeddedAgent | None = field(init=False, default=None)
     port: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.manager = ModelManager(
-            self.loader or _loader_for(self.config),
+            self.loader or _loader_for(self.config, self.fleet),
             ServeMetrics(device=True),
             self.config.batching,
             require_selftest=self.config.require_selftest,
@@ -78,6 +95,11 @@ class InferenceServer:
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="serve-admin")
+        self._stop_started = False
+        if self.fleet is not None:
+            from edge_runtime.serve.agent import EmbeddedAgent
+
+            self.agent = EmbeddedAgent(self.fleet, self.manager)
 
     @property
     def url(self) -> str:
@@ -97,11 +119,28 @@ class InferenceServer:
         )
         return list(results)
 
+    def _startup_models(self) -> tuple[ModelConfig, ...]:
+        """The configured models, plus those committed in the fleet agent's store (which win)."""
+        if self.agent is None:
+            return self.config.models
+        committed = self.agent.committed_models(self.config.batching)
+        names = {m.name for m in committed}
+        for m in self.config.models:
+            if m.name in names:
+                log.warning(
+                    "model %s is configured and also managed by the fleet agent: the fleet's committed "
+                    "version serves (remove it from the config; a SIGHUP would swap it to %s)",
+                    m.name,
+                    m.path,
+                )
+        return tuple(m for m in self.config.models if m.name not in names) + committed
+
     async def start(self) -> None:
-        """Load the configured models, listen, then tell systemd READY=1."""
+        """Load the models, listen, tell systemd READY=1, then start the fleet agent (if any)."""
         self._app[STATE]["started"] = False
-        self.notifier.status(f"loading {len(self.config.models)} model(s)")
-        results = await self.load_models(self.config.models)
+        models = self._startup_models()
+        self.notifier.status(f"loading {len(models)} model(s)")
+        results = await self.load_models(models)
         self._runner = web.AppRunner(
             self._app, shutdown_timeout=self.config.drain_timeout_s, access_log=None, handle_signals=False
         )
@@ -116,11 +155,15 @@ class InferenceServer:
         status = f"serving {len(results) - len(failed)} model(s) on {self.url}"
         if failed:
             status += f"; {len(failed)} failed to load: " + ", ".join(r.name for r in failed)
+        if self.agent is not None:
+            status += f"; fleet {self.agent.config.fleet} device {self.agent.config.device}"
         log.info("%s", status)
         self.notifier.ready(status)
         interval = watchdog_interval()
         if interval is not None:
             self._tasks.append(asyncio.create_task(self._watchdog(interval * 2, interval)))
+        if self.agent is not None:
+            self.agent.start()  # connects in the background; readiness never waits for the broker
 
     async def _watchdog(self, period: float, interval: float) -> None:
         log.info("systemd watchdog: petting every %.1fs", interval)
@@ -177,10 +220,17 @@ class InferenceServer:
 
     async def stop(self) -> None:
         """Graceful shutdown: refuse new work, finish what was accepted, close the models."""
-        if self._app[STATE]["draining"]:
+        if self._stop_started:
             return
-        log.info("shutting down: draining in-flight requests (up to %.0fs)", self.config.drain_timeout_s)
+        self._stop_started = True  # before the first await: a second stop() returns at once
         self.notifier.stopping()
+        if self.agent is not None:
+            # First, while the models still serve: an update in progress is abandoned and swapped
+            # back, and the agent publishes "offline" before it disconnects.
+            log.info("shutting down: stopping the fleet agent")
+            agent, self.agent = self.agent, None
+            await self._run(agent.stop)
+        log.info("shutting down: draining in-flight requests (up to %.0fs)", self.config.drain_timeout_s)
         self._app[STATE]["draining"] = True
         for task in self._tasks:
             task.cancel()
@@ -199,8 +249,8 @@ class InferenceServer:
         await self._stopped.wait()
 
 
-async def _serve(config: ServeConfig, loader: Loader | None) -> int:
-    server = InferenceServer(config, loader)
+async def _serve(config: ServeConfig, loader: Loader | None, fleet: AgentConfig | None) -> int:
+    server = InferenceServer(config, loader, fleet=fleet)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: list[asyncio.Task[Any]] = []
@@ -221,9 +271,12 @@ async def _serve(config: ServeConfig, loader: Loader | None) -> int:
     return 0
 
 
-def serve(config: ServeConfig, loader: Loader | None = None) -> int:
-    """Run the server until SIGTERM or SIGINT; returns the exit code (0 after a clean drain)."""
-    return asyncio.run(_serve(config, loader))
+def serve(config: ServeConfig, loader: Loader | None = None, fleet: AgentConfig | None = None) -> int:
+    """Run the server (and the fleet agent, given its config) until SIGTERM or SIGINT.
+
+    Returns the exit code (0 after a clean drain). FleetAgentError for bad fleet settings.
+    """
+    return asyncio.run(_serve(config, loader, fleet))
 
 
 class ServerThread:
@@ -237,9 +290,13 @@ class ServerThread:
     """
 
     def __init__(
-        self, config: ServeConfig, loader: Loader | None = None, notifier: Notifier | None = None
+        self,
+        config: ServeConfig,
+        loader: Loader | None = None,
+        notifier: Notifier | None = None,
+        fleet: AgentConfig | None = None,
     ) -> None:
-        self._config, self._loader, self._notifier = config, loader, notifier
+        self._config, self._loader, self._notifier, self._fleet = config, loader, notifier, fleet
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="serve-loop", daemon=True)
         self.server: InferenceServer | None = None
@@ -249,7 +306,7 @@ class ServerThread:
 
         async def make() -> InferenceServer:
             kwargs = {"notifier": self._notifier} if self._notifier is not None else {}
-            server = InferenceServer(self._config, self._loader, **kwargs)
+            server = InferenceServer(self._config, self._loader, fleet=self._fleet, **kwargs)
             await server.start()
             return server
 
@@ -265,6 +322,12 @@ class ServerThread:
     def url(self) -> str:
         assert self.server is not None, "start() first"
         return self.server.url
+
+    @property
+    def agent(self) -> EmbeddedAgent | None:
+        """The fleet agent running in the server (None without a fleet config, or once stopped)."""
+        assert self.server is not None, "start() first"
+        return self.server.agent
 
     def call(self, coro: Any, timeout: float = 60.0) -> Any:
         """Run a coroutine on the server's loop and wait for its result."""

@@ -20,6 +20,13 @@ DEFAULT_EXEC_START = "/opt/edge/venv/bin/edge serve --config /etc/edge/serve.tom
 _TEMPLATE = """# edge serve under systemd: Open Inference Protocol over HTTP, with sd_notify and a watchdog.
 # Install with `edge serve --install-service` (fills ExecStart for this install), or copy this file
 # to /etc/systemd/system/ and adjust ExecStart. See docs/serving.md, "Running under systemd".
+#
+# With the fleet agent in the process (OTA updates; docs/serving.md, "One process per device"), add a
+# [fleet] table to the config (or --fleet/--device/--broker/--trust ... to ExecStart). Its state and
+# model store default to $STATE_DIRECTORY (/var/lib/edge below): models committed there serve at
+# start. Keep the MQTT password out of the config and the command line: $EDGE_MQTT_PASSWORD, or a
+# root-only file handed over as a credential (uncomment LoadCredential= below and set
+# password_file = "/run/credentials/edge-serve.service/mqtt-password" in [fleet]).
 [Unit]
 Description=Edge inference server (Open Inference Protocol over HTTP)
 Documentation=https://github.com/edge-runtime/edge-runtime/blob/main/docs/serving.md
@@ -31,13 +38,15 @@ Type=notify
 NotifyAccess=main
 ExecStart={exec_start}
 ExecReload=/bin/kill -HUP $MAINPID
+#LoadCredential=mqtt-password:/etc/edge/mqtt-password
 Restart=on-failure
 RestartSec=2s
 # The server pets the watchdog at half this period from its event loop.
 WatchdogSec=30s
 # Loading and self-testing models happens before READY=1.
 TimeoutStartSec=180s
-# SIGTERM drains in-flight requests (server.drain_timeout_s, default 30 s) before exiting 0.
+# SIGTERM stops the fleet agent (if any, a few seconds), then drains in-flight requests
+# (server.drain_timeout_s, default 30 s) before exiting 0.
 TimeoutStopSec=45s
 KillMode=mixed
 
@@ -47,11 +56,15 @@ User=edge
 Group=edge
 StateDirectory=edge
 ConfigurationDirectory=edge
+# The native backend caches packed weights so that a restart loads without repacking.
+CacheDirectory=edge
+Environment=EDGE_CACHE_DIR=/var/cache/edge
 Environment=PYTHONUNBUFFERED=1
 
 # Hardening.
 NoNewPrivileges=yes
 ProtectSystem=strict
+# The install (ExecStart's venv) must live outside /home, e.g. /opt/edge/venv.
 ProtectHome=yes
 PrivateTmp=yes
 # Temperature is read from /sys/class/thermal, which PrivateDevices leaves readable.
@@ -67,6 +80,8 @@ ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
+# A fleet agent that finds its broker by zeroconf (no broker configured) lists the network
+# interfaces over netlink: then append AF_NETLINK.
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 RestrictNamespaces=yes
 RestrictRealtime=yes

@@ -18,7 +18,8 @@ The steps (:func:`export_package`):
 6. metrics on the evaluation data: float, the QAT model's own (torch fake quantization) and
    the native plan's accuracy, and native-vs-QAT top-1 agreement;
 7. self-test vectors (a few evaluation inputs and the plan's outputs);
-8. the package, signed when a key is given (``edge_runtime.package.write_package``).
+8. the package, signed when a key is given, written as ``edge quantize`` writes it
+   (``edge_runtime.quantize.pipeline.write_quantized_package``: artifacts stored uncompressed).
 """
 
 from __future__ import annotations
@@ -43,17 +44,12 @@ from cloud_trainer.lightning import DigitsDataModule, EdgeModule, ImageClassifie
 from cloud_trainer.models import export_onnx
 from cloud_trainer.qat import INPUT_KEY, activation_params_by_module, is_prepared, prepare_qat, to_float
 from edge_runtime.quant import QuantParams
+from edge_runtime.quantize.pipeline import ARTIFACT_PATHS, write_quantized_package  # as `edge quantize`
 
 __all__ = ["ARTIFACT_PATHS", "ExportResult", "export_package", "load_checkpoint", "map_activation_params"]
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_PATHS = {
-    "onnx": "model.onnx",
-    "native-plan": "model.plan",
-    "onnx-qdq": "model.qdq.onnx",
-    "selftest": "selftest.npz",
-}
 SELFTEST_SAMPLES = 4
 SELFTEST_MIN_STEPS = 2.0  # self-test tolerance: at least this many output quantization steps
 SELFTEST_MARGIN = 2.0  # and twice the largest native-vs-QDQ difference on the vectors
@@ -224,7 +220,6 @@ def export_package(
     from edge_runtime import native
     from edge_runtime._version import __version__
     from edge_runtime.graph import check_supported, import_onnx, optimize
-    from edge_runtime.package import load_private_key, make_selftest, write_package
     from edge_runtime.quantize.qdq import export_qdq
 
     def say(message: str) -> None:
@@ -321,16 +316,16 @@ def export_package(
         atol=atol,
         runtime_version=__version__,
     )
-    artifacts = {
-        ARTIFACT_PATHS["onnx"]: float_bytes,
-        ARTIFACT_PATHS["native-plan"]: plan.to_bytes(),
-        ARTIFACT_PATHS["onnx-qdq"]: qdq_bytes,
-        ARTIFACT_PATHS["selftest"]: make_selftest(inputs, expected),
-    }
-    key = (
-        signing_key if signing_key is None or hasattr(signing_key, "sign") else load_private_key(signing_key)
+    info = write_quantized_package(
+        out,
+        manifest,
+        float_bytes=float_bytes,
+        plan_bytes=plan.to_bytes(),
+        qdq_bytes=qdq_bytes,
+        selftest_inputs=inputs,
+        expected=expected,
+        signing_key=signing_key,
     )
-    info = write_package(out, manifest, artifacts, signing_key=key)
     say(f"wrote {info.path}: {info.size} bytes, {'signed by ' + info.signer if info.signer else 'unsigned'}")
     return ExportResult(
         path=Path(info.path),

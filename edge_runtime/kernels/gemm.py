@@ -86,6 +86,28 @@ def _rows(array: np.ndarray, name: str) -> tuple[object, int]:
     return ffi.cast("void *", array.ctypes.data), stride
 
 
+def _output_args(
+    out_dtype: np.dtype | type, requant: Requant | None, n: int, name: str
+) -> tuple[np.dtype, object]:
+    """(output dtype, requant struct or NULL) of a GEMM with ``n`` output
+    channels, checked the same way for the dense and the 2:4-sparse kernels."""
+    dtype = _OUT_LOOKUP.get(out_dtype)
+    if dtype is None:
+        dtype = np.dtype(out_dtype)
+        if dtype not in _OUT_DTYPES:
+            raise errors.KernelArgumentError(f"{name}: out_dtype must be uint8, int8 or int32, got {dtype}")
+    if dtype.itemsize == 4:
+        return dtype, ffi.NULL
+    if requant is None:
+        raise errors.KernelArgumentError(f"{name}: a {dtype} output needs requant (int32 output does not)")
+    if requant.multiplier.shape != (n,) or requant.shift.shape != (n,):
+        raise errors.ShapeError(
+            f"{name}: requant has {requant.multiplier.shape} multipliers and {requant.shift.shape} shifts, "
+            f"expected ({n},)"
+        )
+    return dtype, requant.struct()
+
+
 def _address(array: np.ndarray):
     """A cffi pointer to the data of a contiguous array."""
     return ffi.from_buffer(array, require_writable=False)
@@ -124,23 +146,8 @@ def gemm(
     m, k = a.shape
     if k != packed.k:
         raise errors.ShapeError(f"gemm: a has K = {k} but the weights were packed with K = {packed.k}")
-    dtype = _OUT_LOOKUP.get(out_dtype)
-    if dtype is None:
-        dtype = np.dtype(out_dtype)
-        if dtype not in _OUT_DTYPES:
-            raise errors.KernelArgumentError(f"gemm: out_dtype must be uint8, int8 or int32, got {dtype}")
     n = packed.n
-    if dtype.itemsize == 4:
-        rq = ffi.NULL
-    elif requant is None:
-        raise errors.KernelArgumentError(f"gemm: a {dtype} output needs requant (int32 output does not)")
-    elif requant.multiplier.shape != (n,) or requant.shift.shape != (n,):
-        raise errors.ShapeError(
-            f"gemm: requant has {requant.multiplier.shape} multipliers and {requant.shift.shape} shifts, "
-            f"expected ({n},)"
-        )
-    else:
-        rq = requant.struct()
+    dtype, rq = _output_args(out_dtype, requant, n, "gemm")
     if out is None:
         out = np.empty((m, n), dtype=dtype)
     else:

@@ -19,6 +19,7 @@ import numpy as np
 from edge_runtime import errors
 from edge_runtime._native import DTYPES, aligned_empty, check, ffi, lib, ptr
 from edge_runtime.kernels.core import Requant, ThreadPool, pool_handle
+from edge_runtime.kernels.gemm import _output_args
 
 __all__ = ["PackedGemm24", "gemm24", "is_2_4", "pack_gemm24", "prune_2_4"]
 
@@ -144,17 +145,7 @@ def gemm24(
         raise errors.ShapeError(f"gemm24: a has k = {k} columns but the packed weights have k = {packed.k}")
     if a.strides[1] != 1 or a.strides[0] < k:
         a = np.ascontiguousarray(a)
-    out_dtype = np.dtype(out_dtype)
-    if out_dtype not in (np.uint8, np.int8, np.int32):
-        raise errors.KernelArgumentError(f"gemm24: out_dtype must be uint8, int8 or int32, got {out_dtype}")
-    if out_dtype != np.int32 and requant is None:
-        raise errors.KernelArgumentError(f"gemm24: {out_dtype} output needs requant (a Requant)")
-    if (
-        requant is not None
-        and out_dtype != np.int32
-        and (requant.multiplier.shape != (packed.n,) or requant.shift.shape != (packed.n,))
-    ):
-        raise errors.ShapeError(f"gemm24: requant must have {packed.n} multipliers and shifts")
+    out_dtype, rq = _output_args(out_dtype, requant, packed.n, "gemm24")
     if out is None:
         out = np.empty((m, packed.n), dtype=out_dtype)
     elif (
@@ -168,7 +159,6 @@ def gemm24(
         raise errors.KernelArgumentError(
             f"gemm24: out must be a writable {out_dtype} ({m}, {packed.n}) array with unit column stride"
         )
-    rq = requant.struct() if requant is not None and out_dtype != np.int32 else ptr(None)
     a_stride = a.strides[0] if m > 1 else k
     c_stride = out.strides[0] // out_dtype.itemsize if m > 1 else packed.n
     check(

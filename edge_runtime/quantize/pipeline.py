@@ -55,6 +55,7 @@ __all__ = [
     "QuantizeResult",
     "prune_model_2_4",
     "quantize_model",
+    "write_quantized_package",
 ]
 
 # Paths of the artifacts inside the package, by kind.
@@ -190,15 +191,16 @@ def quantize_model(
         expected=expected,
         atol=atol,
     )
-    artifacts = {
-        ARTIFACT_PATHS["onnx"]: float_bytes,
-        ARTIFACT_PATHS["native-plan"]: plan.to_bytes(),
-        ARTIFACT_PATHS["onnx-qdq"]: qdq_bytes,
-        ARTIFACT_PATHS["selftest"]: make_selftest(selftest_inputs, expected),
-    }
-    # Stored, not deflated: weights hardly compress, and a stored artifact is read at load
-    # without zlib (the native plan's arrays are then views of the bytes read).
-    info = write_package(out, manifest, artifacts, signing_key=key, compress=False)  # type: ignore[arg-type]
+    info = write_quantized_package(
+        out,
+        manifest,
+        float_bytes=float_bytes,
+        plan_bytes=plan.to_bytes(),
+        qdq_bytes=qdq_bytes,
+        selftest_inputs=selftest_inputs,
+        expected=expected,
+        signing_key=key,
+    )
     signed = f"signed by {info.signer}" if info.signer else "unsigned"
     say(f"wrote {info.path}: {info.size} bytes, {signed}, sha256 {info.sha256}")
     return QuantizeResult(
@@ -209,6 +211,36 @@ def quantize_model(
         selftest_atol=atol,
         report_table=table,
     )
+
+
+def write_quantized_package(
+    out: str | os.PathLike[str],
+    manifest: Mapping[str, Any],
+    *,
+    float_bytes: bytes,
+    plan_bytes: bytes,
+    qdq_bytes: bytes,
+    selftest_inputs: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    signing_key: Ed25519PrivateKey | str | os.PathLike[str] | None = None,
+) -> PackageInfo:
+    """Write the package of a quantized model: its artifacts at :data:`ARTIFACT_PATHS` and
+    ``manifest``, signed when a key (or a key file) is given.
+
+    Shared by ``edge quantize`` and the trainer's export, so that both make the same package.
+    """
+    key = signing_key
+    if key is not None and not hasattr(key, "sign"):
+        key = load_private_key(key)
+    artifacts = {
+        ARTIFACT_PATHS["onnx"]: float_bytes,
+        ARTIFACT_PATHS["native-plan"]: plan_bytes,
+        ARTIFACT_PATHS["onnx-qdq"]: qdq_bytes,
+        ARTIFACT_PATHS["selftest"]: make_selftest(selftest_inputs, expected),
+    }
+    # Stored, not deflated: weights hardly compress, and a stored artifact is read at load
+    # without zlib (the native plan's arrays are then views of the bytes read).
+    return write_package(out, manifest, artifacts, signing_key=key, compress=False)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------

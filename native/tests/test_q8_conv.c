@@ -4,6 +4,7 @@
 
 #include "internal.h"
 #include "reference/q8-conv-reference.h"
+#include "conv_test_util.h"
 #include "test_util.h"
 
 /* batch, in_h, in_w, in_c, out_c, kernel_h, kernel_w, stride_h, stride_w,
@@ -27,40 +28,21 @@ static const edge_conv2d_params cases[] = {
 };
 
 static void run_case(const edge_conv2d_params* p, edge_dtype x_dtype, edge_dtype y_dtype, int with_bias) {
-  int32_t out_h = 0, out_w = 0;
-  EDGE_CHECK_OK(edge_conv2d_output_size(p, &out_h, &out_w));
-  const size_t x_size = (size_t) p->batch * p->in_h * p->in_w * p->in_c;
-  const size_t w_size = (size_t) p->out_c * (p->in_c / p->groups) * p->kernel_h * p->kernel_w;
-  const size_t y_elem = y_dtype == EDGE_DTYPE_S32 ? 4 : 1;
-  const size_t y_size = (size_t) p->batch * out_h * out_w * p->out_c * y_elem;
-  const size_t n = (size_t) p->out_c;
-  uint8_t* x = edge_test_aligned_alloc(x_size);
-  int8_t* w = edge_test_aligned_alloc(w_size);
-  int32_t* bias = edge_test_aligned_alloc(n * sizeof(int32_t));
-  int32_t* mult = edge_test_aligned_alloc(n * sizeof(int32_t));
-  int32_t* shift = edge_test_aligned_alloc(n * sizeof(int32_t));
-  uint8_t* expected = edge_test_aligned_alloc(y_size);
-  uint8_t* y = edge_test_aligned_alloc(y_size);
-  edge_test_fill_u8(x, x_size, 0, 255);
-  edge_test_fill_s8(w, w_size, -127, 127);
-  for (size_t i = 0; i < n; i++) {
-    bias[i] = edge_test_rand_range(-50000, 50000);
-    mult[i] = (int32_t) ((1u << 30) + (uint32_t) (edge_test_rand() % (1u << 30)));
-    shift[i] = edge_test_rand_range(38, 45);
-  }
+  conv_test_case c;
+  conv_test_case_init(&c, p, y_dtype, NULL);
   const int32_t x_zp = edge_test_rand_range(edge_dtype_min(x_dtype), edge_dtype_max(x_dtype));
   const int32_t y_lo = y_dtype == EDGE_DTYPE_U8 ? 0 : -128, y_hi = y_dtype == EDGE_DTYPE_U8 ? 255 : 127;
   const int32_t y_zp = edge_test_rand_range(y_lo, y_hi);
   const int32_t y_min = edge_test_rand_range(0, 1) ? y_lo : edge_test_rand_range(y_lo, y_zp);
   const int32_t y_max = edge_test_rand_range(0, 1) ? y_hi : edge_test_rand_range(y_zp, y_hi);
-  const edge_q8_requant rq = {mult, shift, y_zp, y_min, y_max};
-  const int32_t* b = with_bias ? bias : NULL;
-  EDGE_CHECK(edge_ref_q8_conv2d(p, x_dtype, x, x_zp, w, b, y_dtype, expected, &rq) == 0, "reference");
+  const edge_q8_requant rq = {c.mult, c.shift, y_zp, y_min, y_max};
+  const int32_t* b = with_bias ? c.bias : NULL;
+  EDGE_CHECK(edge_ref_q8_conv2d(p, x_dtype, c.x, x_zp, c.w, b, y_dtype, c.expected, &rq) == 0, "reference");
 
   const size_t packed_size = edge_q8_conv2d_packed_size(p);
   EDGE_CHECK(packed_size > 0, "packed size");
   void* packed = edge_test_aligned_alloc(packed_size);
-  EDGE_CHECK_OK(edge_q8_conv2d_pack(p, w, b, packed, packed_size));
+  EDGE_CHECK_OK(edge_q8_conv2d_pack(p, c.w, b, packed, packed_size));
   edge_isa isa;
   EDGE_FOR_EACH_ISA(isa) {
     for (int32_t threads = 1; threads <= 3; threads++) {
@@ -68,21 +50,18 @@ static void run_case(const edge_conv2d_params* p, edge_dtype x_dtype, edge_dtype
       EDGE_CHECK_OK(edge_threadpool_create(threads, &pool));
       const size_t ws_size = edge_q8_conv2d_workspace_size(p, threads);
       void* ws = ws_size ? edge_test_aligned_alloc(ws_size) : NULL;
-      memset(y, 0xA5, y_size);
-      EDGE_CHECK_OK(edge_q8_conv2d(p, x_dtype, x, x_zp, packed, y_dtype, y, &rq, ws, ws_size, pool));
+      memset(c.y, 0xA5, c.y_size);
+      EDGE_CHECK_OK(edge_q8_conv2d(p, x_dtype, c.x, x_zp, packed, y_dtype, c.y, &rq, ws, ws_size, pool));
       size_t bad = 0;
-      while (bad < y_size && y[bad] == expected[bad]) bad++;
-      EDGE_CHECK(bad == y_size,
-                 "conv in %dx%dx%d out_c %d k %dx%d s %dx%d d %dx%d pads %d,%d,%d,%d groups %d batch %d, x %d y %d, "
-                 "threads %d: byte %zu (channel %zu)",
-                 p->in_h, p->in_w, p->in_c, p->out_c, p->kernel_h, p->kernel_w, p->stride_h, p->stride_w,
-                 p->dilation_h, p->dilation_w, p->pad_top, p->pad_left, p->pad_bottom, p->pad_right, p->groups,
-                 p->batch, (int) x_dtype, (int) y_dtype, threads, bad, bad / y_elem % n);
+      while (bad < c.y_size && c.y[bad] == c.expected[bad]) bad++;
+      EDGE_CHECK(bad == c.y_size,
+                 "conv " CONV_TEST_FMT ", x %d y %d, threads %d: byte %zu (channel %zu)", CONV_TEST_ARGS(p),
+                 (int) x_dtype, (int) y_dtype, threads, bad, bad / c.y_elem % c.n);
       if (ws_size > 0 && threads == 2) {
-        EDGE_CHECK(edge_q8_conv2d(p, x_dtype, x, x_zp, packed, y_dtype, y, &rq, ws, ws_size - 1, pool) ==
+        EDGE_CHECK(edge_q8_conv2d(p, x_dtype, c.x, x_zp, packed, y_dtype, c.y, &rq, ws, ws_size - 1, pool) ==
                        EDGE_ERR_INVALID_ARGUMENT && strstr(edge_last_error(), "workspace") != NULL,
                    "too small workspace refused: %s", edge_last_error());
-        EDGE_CHECK(edge_q8_conv2d(p, x_dtype, x, x_zp, packed, y_dtype, y, &rq, NULL, ws_size, pool) ==
+        EDGE_CHECK(edge_q8_conv2d(p, x_dtype, c.x, x_zp, packed, y_dtype, c.y, &rq, NULL, ws_size, pool) ==
                        EDGE_ERR_INVALID_ARGUMENT, "NULL workspace refused");
       }
       free(ws);
@@ -96,11 +75,12 @@ static void run_case(const edge_conv2d_params* p, edge_dtype x_dtype, edge_dtype
     const size_t ws_size = edge_q8_conv2d_workspace_size(&one, 1);
     EDGE_CHECK(ws_size <= edge_q8_conv2d_workspace_size(p, 1), "a smaller batch needs no more workspace");
     void* ws = ws_size ? edge_test_aligned_alloc(ws_size) : NULL;
-    EDGE_CHECK_OK(edge_q8_conv2d(&one, x_dtype, x, x_zp, packed, y_dtype, y, &rq, ws, ws_size, NULL));
-    EDGE_CHECK(memcmp(y, expected, y_size / p->batch) == 0, "batch 1 of a packed buffer");
+    EDGE_CHECK_OK(edge_q8_conv2d(&one, x_dtype, c.x, x_zp, packed, y_dtype, c.y, &rq, ws, ws_size, NULL));
+    EDGE_CHECK(memcmp(c.y, c.expected, c.y_size / p->batch) == 0, "batch 1 of a packed buffer");
     free(ws);
   }
-  free(x), free(w), free(bias), free(mult), free(shift), free(expected), free(y), free(packed);
+  conv_test_case_free(&c);
+  free(packed);
 }
 
 static void test_against_reference(void) {

@@ -5,6 +5,7 @@
 
 #include "internal.h"
 #include "reference/q8-conv-reference.h"
+#include "conv_test_util.h"
 #include "test_util.h"
 
 /* batch, in_h, in_w, in_c, out_c, kernel_h, kernel_w, stride_h, stride_w,
@@ -49,41 +50,22 @@ static void fill_2_4(const edge_conv2d_params* p, int8_t* w) {
 }
 
 static void run_case(const edge_conv2d_params* p, edge_dtype x_dtype, edge_dtype y_dtype, int with_bias) {
-  int32_t out_h = 0, out_w = 0;
-  EDGE_CHECK_OK(edge_conv2d_output_size(p, &out_h, &out_w));
-  const size_t x_size = (size_t) p->batch * p->in_h * p->in_w * p->in_c;
-  const size_t w_size = (size_t) p->out_c * (p->in_c / p->groups) * p->kernel_h * p->kernel_w;
-  const size_t y_elem = y_dtype == EDGE_DTYPE_S32 ? 4 : 1;
-  const size_t y_size = (size_t) p->batch * out_h * out_w * p->out_c * y_elem;
-  const size_t n = (size_t) p->out_c;
-  uint8_t* x = edge_test_aligned_alloc(x_size);
-  int8_t* w = edge_test_aligned_alloc(w_size);
-  int32_t* bias = edge_test_aligned_alloc(n * sizeof(int32_t));
-  int32_t* mult = edge_test_aligned_alloc(n * sizeof(int32_t));
-  int32_t* shift = edge_test_aligned_alloc(n * sizeof(int32_t));
-  uint8_t* expected = edge_test_aligned_alloc(y_size);
-  uint8_t* dense = edge_test_aligned_alloc(y_size);
-  uint8_t* y = edge_test_aligned_alloc(y_size);
-  edge_test_fill_u8(x, x_size, 0, 255);
-  fill_2_4(p, w);
-  for (size_t i = 0; i < n; i++) {
-    bias[i] = edge_test_rand_range(-50000, 50000);
-    mult[i] = (int32_t) ((1u << 30) + (uint32_t) (edge_test_rand() % (1u << 30)));
-    shift[i] = edge_test_rand_range(38, 45);
-  }
+  conv_test_case c;
+  conv_test_case_init(&c, p, y_dtype, fill_2_4);
+  uint8_t* dense = edge_test_aligned_alloc(c.y_size);
   const int32_t x_zp = edge_test_rand_range(edge_dtype_min(x_dtype), edge_dtype_max(x_dtype));
   const int32_t y_lo = y_dtype == EDGE_DTYPE_U8 ? 0 : -128, y_hi = y_dtype == EDGE_DTYPE_U8 ? 255 : 127;
   const int32_t y_zp = edge_test_rand_range(y_lo, y_hi);
-  const edge_q8_requant rq = {mult, shift, y_zp, y_lo, y_hi};
-  const int32_t* b = with_bias ? bias : NULL;
-  EDGE_CHECK(edge_ref_q8_conv2d(p, x_dtype, x, x_zp, w, b, y_dtype, expected, &rq) == 0, "reference");
+  const edge_q8_requant rq = {c.mult, c.shift, y_zp, y_lo, y_hi};
+  const int32_t* b = with_bias ? c.bias : NULL;
+  EDGE_CHECK(edge_ref_q8_conv2d(p, x_dtype, c.x, x_zp, c.w, b, y_dtype, c.expected, &rq) == 0, "reference");
 
   const size_t dense_size = edge_q8_conv2d_packed_size(p), sparse_size = edge_q8_conv2d24_packed_size(p);
   EDGE_CHECK(dense_size > 0 && sparse_size > 0, "packed sizes");
   void* dense_packed = edge_test_aligned_alloc(dense_size);
   void* sparse_packed = edge_test_aligned_alloc(sparse_size);
-  EDGE_CHECK_OK(edge_q8_conv2d_pack(p, w, b, dense_packed, dense_size));
-  EDGE_CHECK_OK(edge_q8_conv2d24_pack(p, w, b, sparse_packed, sparse_size));
+  EDGE_CHECK_OK(edge_q8_conv2d_pack(p, c.w, b, dense_packed, dense_size));
+  EDGE_CHECK_OK(edge_q8_conv2d24_pack(p, c.w, b, sparse_packed, sparse_size));
   edge_isa isa;
   EDGE_FOR_EACH_ISA(isa) {
     for (int32_t threads = 1; threads <= 3; threads++) {
@@ -91,18 +73,17 @@ static void run_case(const edge_conv2d_params* p, edge_dtype x_dtype, edge_dtype
       EDGE_CHECK_OK(edge_threadpool_create(threads, &pool));
       const size_t ws_size = edge_q8_conv2d_workspace_size(p, threads);
       void* ws = ws_size ? edge_test_aligned_alloc(ws_size) : NULL;
-      memset(y, 0xA5, y_size);
-      EDGE_CHECK_OK(edge_q8_conv2d24(p, x_dtype, x, x_zp, sparse_packed, y_dtype, y, &rq, ws, ws_size, pool));
-      EDGE_CHECK_OK(edge_q8_conv2d(p, x_dtype, x, x_zp, dense_packed, y_dtype, dense, &rq, ws, ws_size, pool));
+      memset(c.y, 0xA5, c.y_size);
+      EDGE_CHECK_OK(edge_q8_conv2d24(p, x_dtype, c.x, x_zp, sparse_packed, y_dtype, c.y, &rq, ws, ws_size, pool));
+      EDGE_CHECK_OK(edge_q8_conv2d(p, x_dtype, c.x, x_zp, dense_packed, y_dtype, dense, &rq, ws, ws_size, pool));
       size_t bad = 0;
-      while (bad < y_size && y[bad] == dense[bad] && y[bad] == expected[bad]) bad++;
-      EDGE_CHECK(bad == y_size,
-                 "conv24 in %dx%dx%d out_c %d k %dx%d s %dx%d d %dx%d pads %d,%d,%d,%d groups %d batch %d, x %d y %d, "
-                 "threads %d: byte %zu (channel %zu): sparse %u dense %u reference %u",
-                 p->in_h, p->in_w, p->in_c, p->out_c, p->kernel_h, p->kernel_w, p->stride_h, p->stride_w,
-                 p->dilation_h, p->dilation_w, p->pad_top, p->pad_left, p->pad_bottom, p->pad_right, p->groups,
-                 p->batch, (int) x_dtype, (int) y_dtype, threads, bad, bad / y_elem % n,
-                 bad < y_size ? y[bad] : 0u, bad < y_size ? dense[bad] : 0u, bad < y_size ? expected[bad] : 0u);
+      while (bad < c.y_size && c.y[bad] == dense[bad] && c.y[bad] == c.expected[bad]) bad++;
+      EDGE_CHECK(bad == c.y_size,
+                 "conv24 " CONV_TEST_FMT ", x %d y %d, threads %d: byte %zu (channel %zu): sparse %u dense %u "
+                 "reference %u",
+                 CONV_TEST_ARGS(p), (int) x_dtype, (int) y_dtype, threads, bad, bad / c.y_elem % c.n,
+                 bad < c.y_size ? c.y[bad] : 0u, bad < c.y_size ? dense[bad] : 0u,
+                 bad < c.y_size ? c.expected[bad] : 0u);
       free(ws);
       edge_threadpool_destroy(pool);
     }
@@ -113,11 +94,12 @@ static void run_case(const edge_conv2d_params* p, edge_dtype x_dtype, edge_dtype
     one.batch = 1;
     const size_t ws_size = edge_q8_conv2d_workspace_size(&one, 1);
     void* ws = ws_size ? edge_test_aligned_alloc(ws_size) : NULL;
-    EDGE_CHECK_OK(edge_q8_conv2d24(&one, x_dtype, x, x_zp, sparse_packed, y_dtype, y, &rq, ws, ws_size, NULL));
-    EDGE_CHECK(memcmp(y, expected, y_size / p->batch) == 0, "batch 1 of a packed buffer");
+    EDGE_CHECK_OK(edge_q8_conv2d24(&one, x_dtype, c.x, x_zp, sparse_packed, y_dtype, c.y, &rq, ws, ws_size, NULL));
+    EDGE_CHECK(memcmp(c.y, c.expected, c.y_size / p->batch) == 0, "batch 1 of a packed buffer");
     free(ws);
   }
-  free(x), free(w), free(bias), free(mult), free(shift), free(expected), free(dense), free(y);
+  conv_test_case_free(&c);
+  free(dense);
   free(dense_packed), free(sparse_packed);
 }
 

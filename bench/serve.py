@@ -466,14 +466,22 @@ def targets(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def server_event_loop() -> str:
+    """The server's event loop: uvloop when it is installed for this interpreter (see serve.server)."""
+    import importlib.util
+
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     intro = (
         f"Machine: {machine_description()}. Command: `python bench/serve.py --seconds {args.seconds}` "
         f"({args.threads} intra-op thread(s), max_batch_size {args.max_batch_size} vs 1, "
-        f"max_queue_delay_us {args.delay_us}). Server and load generator share the machine's cores "
-        "(a shared, noisy box when this was run): compare rows with each other, not with other "
-        "machines. Binary tensor data in and out, keep-alive clients (a minimal asyncio HTTP/1.1 "
-        "client, so that the generator costs little of the shared CPU). INT8 packages: "
+        f"max_queue_delay_us {args.delay_us}, server event loop {server_event_loop()}). "
+        "Server and load generator share the machine's cores (a shared, noisy box when this was "
+        "run): compare rows with each other, not with other machines. Binary tensor data in and "
+        "out, keep-alive clients (a minimal asyncio HTTP/1.1 client, so that the generator costs "
+        "little of the shared CPU). INT8 packages: "
         + "; ".join(f"{k} calibrated on {v}" for k, v in CALIBRATION.items())
         + "."
     )
@@ -546,6 +554,7 @@ def main() -> int:
             json.dumps(
                 {
                     "machine": machine_description(),
+                    "server_event_loop": server_event_loop(),
                     "args": {k: str(v) for k, v in vars(args).items()},
                     "results": results,
                 },

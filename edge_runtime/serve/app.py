@@ -264,6 +264,9 @@ def create_app(
     app[MANAGER] = manager
     app[STATE] = {"started": True, "draining": False}
     r = app.router
+    # Routes are matched in the order they are added: inference, the hot path, first.
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        r.add_post(prefix + "/infer", infer)
     r.add_get("/v2", server_metadata)
     r.add_get("/v2/", server_metadata)
     r.add_get("/v2/health/live", live)
@@ -272,7 +275,6 @@ def create_app(
         r.add_get(prefix, model_metadata)
         r.add_get(prefix + "/ready", model_ready)
         r.add_get(prefix + "/config", model_config)
-        r.add_post(prefix + "/infer", infer)
     if repository_api:
         r.add_post("/v2/repository/index", repository_index)
         r.add_post("/v2/repository/models/{name}/load", repository_load)

@@ -279,6 +279,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._swap_locks: dict[str, threading.Lock] = {}
         self._closing = False
+        self._success_counters: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     # --- loading and swapping ---
 
@@ -549,12 +550,20 @@ class ModelManager:
 
     def record_result(self, name: str, version: str, seconds: float, reason: str | None) -> None:
         """Count one answered request (reason: None for success, else Triton's failure reason)."""
-        labels = (name, version)
         if reason is None:
-            self.metrics.request_success.labels(*labels).inc()
-            self.metrics.request_duration_us.labels(*labels).inc(seconds * 1e6)
+            # The labelled counters are looked up once per version: labels() costs more than inc().
+            counters = self._success_counters.get((name, version))
+            if counters is None:
+                m = self.metrics
+                counters = (
+                    m.request_success.labels(name, version),
+                    m.request_duration_us.labels(name, version),
+                )
+                self._success_counters[(name, version)] = counters
+            counters[0].inc()
+            counters[1].inc(seconds * 1e6)
         else:
-            self.metrics.request_failure.labels(*labels, reason).inc()
+            self.metrics.request_failure.labels(name, version, reason).inc()
 
     # --- state ---
 

@@ -514,7 +514,36 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             *targets(r),
             "",
         ]
+    lines += ["What limits the misses (found by profiling the server, not measured by this script):", ""]
+    lines += [f"- {line}" for line in LIMITS]
     return "\n".join(lines)
+
+
+LIMITS = (
+    (
+        "Batching ratio (MLP, digits CNN): the server's event loop, not the model, is the limit. At 32 "
+        "clients with batching the loop thread runs at ~0.9 of a core and each request costs ~80 us of "
+        "HTTP work there (about two thirds inside aiohttp itself), which caps batched serving at ~12k "
+        "req/s on this machine while batch-1 serving reaches 5-8k req/s; 3x needs a cheaper HTTP layer "
+        "than aiohttp on one Python event loop, or several server processes."
+    ),
+    (
+        "Batching ratio (MobileNetV2): the native backend runs batch 16 slower per sample than batch 1, "
+        "so no batcher can help; a native-executor issue."
+    ),
+    (
+        "Swap-window p99: a swap loads and self-tests the new version in ~10-100 ms while serving, and "
+        "the load holds the GIL for a millisecond or so at a time (package reading, onnx shape inference, "
+        "session setup): 3-5 ms stalls of the event loop on 2 cores. The window holds ~130 requests per run, "
+        "so its p99 is the slowest one or two and moves between 1.3x and 3.4x across runs. Loading at the "
+        "lowest thread priority was tried and rejected: engine thread pools created during the load would "
+        "inherit that priority for the model's life."
+    ),
+    (
+        "MobileNetV2 server overhead (1.03 ms): a 602 KB float32 input per request (3x224x224) is copied "
+        "and decoded: this overhead grows with the input size."
+    ),
+)
 
 
 def main() -> int:

@@ -3,6 +3,7 @@
 - a Relu after a residual Add is done by the add kernel's own clamp (fused);
 - a convolution with few input channels (an image stem) runs as numpy im2col + GEMM;
 - warm calls reuse bound buffers, and a new batch size binds afresh;
+- a large batch runs its leading per-sample steps in slices of a few samples;
 - the BLAS thread setting is restored after a call, and a closed session refuses to run.
 """
 
@@ -15,7 +16,15 @@ from onnx import helper
 from edge_runtime.errors import KernelArgumentError, ShapeError
 from edge_runtime.native import NativeSession, lower
 from edge_runtime.native import executor as executor_module
-from tests.native_backend.native_models import calibrated, make_model, prepare, rng, small_cnn, value
+from tests.native_backend.native_models import (
+    calibrated,
+    make_model,
+    prepare,
+    rng,
+    small_cnn,
+    small_transformer,
+    value,
+)
 
 
 def _residual_relu():
@@ -101,3 +110,40 @@ def test_blas_threads_are_restored_after_a_call() -> None:
     assert [c.get_num_threads() for c in blas._controllers] == [1] * len(before)
     blas.restore(previous)
     assert [c.get_num_threads() for c in blas._controllers] == before
+
+
+def test_batch_slices_of_the_per_sample_prefix_give_the_same_bits(monkeypatch) -> None:
+    plan = _plan(small_cnn(), (3, 16, 16))
+    whole = NativeSession(plan, cache_dir=False)
+    assert whole.describe()["batch_slices"]["samples"] > 8  # a tiny model: no slicing at these batches
+    # 16x16x8 bytes a sample, 2.5 samples' worth: slices of 2 samples, and a last one of 1.
+    monkeypatch.setattr(executor_module, "_CHUNK_BYTES", 16 * 16 * 8 * 5 // 2)
+    sliced = NativeSession(plan, cache_dir=False)
+    info = sliced.describe()["batch_slices"]
+    assert info["samples"] == 2
+    assert [s.op for s in plan.steps[info["steps"] :]][:2] == ["move", "gemm"]  # the prefix stops at flatten
+    for batch in (1, 2, 5, 4, 5):
+        feeds = _x((3, 16, 16), batch, seed=batch)
+        np.testing.assert_array_equal(sliced.run(feeds)["logits"], whole.run(feeds)["logits"])
+
+
+def test_only_a_leading_run_of_per_sample_nhwc_steps_is_sliced(monkeypatch) -> None:
+    monkeypatch.setattr(executor_module, "_CHUNK_BYTES", 1)  # one sample a slice
+    plan = _plan(_residual_relu(), (4, 6, 6))  # all per sample up to the exit dequantization
+    sliced = NativeSession(plan, cache_dir=False)
+    assert sliced.describe()["batch_slices"] == {"steps": len(plan.steps) - 1, "samples": 1}
+    monkeypatch.setattr(NativeSession, "_find_batch_split", lambda self: None)
+    whole = NativeSession(plan, cache_dir=False)
+    feeds = _x((4, 6, 6), 3)
+    np.testing.assert_array_equal(sliced.run(feeds)["y"], whole.run(feeds)["y"])
+    monkeypatch.undo()
+    graph = prepare(small_transformer())  # token rows, not NHWC images: never sliced
+    feeds = [{"x": rng(i).standard_normal((2, 6, 16)).astype(np.float32)} for i in range(2)]
+    session = NativeSession(lower(graph, calibrated(graph, feeds)), cache_dir=False)
+    assert session.describe()["batch_slices"] is None
+
+
+def test_several_threads_run_the_whole_batch_at_once(monkeypatch) -> None:
+    monkeypatch.setattr(executor_module, "_CHUNK_BYTES", 1)
+    plan = _plan(small_cnn(), (3, 16, 16))
+    assert NativeSession(plan, threads=2, cache_dir=False).describe()["batch_slices"] is None

@@ -102,10 +102,8 @@ LIMITS = (
         "or a fused attention kernel)."
     ),
     (
-        "Cold start (cached load): for the three larger models the native load is now faster than "
-        "onnxruntime INT8's (the package file is hashed only when `info()` asks, artifacts are stored "
-        "uncompressed, packed weights come from one cache file). The digits CNN's load is 56-72 ms against "
-        "onnxruntime's 57-64 ms across runs: a few milliseconds of process and import noise decide that row."
+        "Cold start (cached load): the digits CNN's margin is a few milliseconds (47-72 ms native "
+        "against 52-64 ms onnxruntime across runs), so process and import noise can flip that row."
     ),
 )
 

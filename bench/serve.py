@@ -528,20 +528,16 @@ LIMITS = (
         "than aiohttp on one Python event loop, or several server processes."
     ),
     (
-        "Batching ratio (MobileNetV2): the native backend runs batch 16 slower per sample than batch 1, "
-        "so no batcher can help; a native-executor issue."
+        "Batching ratio (MobileNetV2): the native backend gains almost nothing per sample from batch 1 to "
+        "16 on one thread (its large early activations run best one sample at a time), so no batcher can help."
     ),
     (
         "Swap-window p99: a swap loads and self-tests the new version in ~10-100 ms while serving, and "
         "the load holds the GIL for a millisecond or so at a time (package reading, onnx shape inference, "
         "session setup): 3-5 ms stalls of the event loop on 2 cores. The window holds ~130 requests per run, "
-        "so its p99 is the slowest one or two and moves between 1.3x and 3.4x across runs. Loading at the "
+        "so its p99 is the slowest one or two and moves between 1.3x and 4.9x across runs. Loading at the "
         "lowest thread priority was tried and rejected: engine thread pools created during the load would "
         "inherit that priority for the model's life."
-    ),
-    (
-        "MobileNetV2 server overhead (1.03 ms): a 602 KB float32 input per request (3x224x224) is copied "
-        "and decoded: this overhead grows with the input size."
     ),
 )
 

@@ -76,6 +76,18 @@ _CHUNK_BYTES = 1 << 20
 _BLAS_STEPS = frozenset({"matmul", "float"})
 
 
+def _bind_input(env: dict, src: str, slot: dict, bind: Callable) -> tuple[np.ndarray, tuple]:
+    """A step's input and its bound call arguments, bound again only when the input's shape or
+    dtype changed (``bind`` checks the shape once; warm calls reuse its buffers and pointers)."""
+    x = env[src]
+    b = slot.get("b")
+    if b is None or b[0] != x.shape or b[1] != x.dtype:
+        b = slot["b"] = bind(x)
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x, b
+
+
 def _address(array: np.ndarray):
     """A cffi pointer to a C-contiguous array's data (``from_buffer``: several times
     cheaper than ``.ctypes``, which matters for the hundreds of calls of a small model)."""
@@ -319,7 +331,9 @@ class NativeSession:
         weights: it packs them for the GEMM when it is prepared."""
         for index in self._packed:
             step = self.plan.steps[index]
-            if step.op == "conv" and _numpy_im2col(self._conv_params(index, step), bool(step.attrs["depthwise"])):
+            if step.op == "conv" and _numpy_im2col(
+                self._conv_params(index, step), bool(step.attrs["depthwise"])
+            ):
                 continue
             step.arrays.pop("weights", None)
             step.arrays.pop("bias", None)
@@ -507,7 +521,12 @@ class NativeSession:
             if step.op == "clamp":
                 src = step.inputs[0]
                 j = producer.get(src)
-                if j is not None and steps[j].op in ("add", "mul") and readers[src] == 1 and src not in returned:
+                if (
+                    j is not None
+                    and steps[j].op in ("add", "mul")
+                    and readers[src] == 1
+                    and src not in returned
+                ):
                     fused[index] = (int(step.attrs["lo"]), int(step.attrs["hi"]))
             for name in step.outputs:
                 producer[name] = index
@@ -644,13 +663,10 @@ class NativeSession:
             return x.shape, x.dtype, m, DTYPES[x.dtype], out.reshape(*x.shape[:-1], n), _address(out)
 
         def fn(env, slot):
-            x = env[src]
-            b = slot.get("b")
-            if b is None or b[0] != x.shape or b[1] != x.dtype:
-                b = slot["b"] = bind(x)
-            if not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x)
-            status = run_c(b[2], n, k, b[3], _address(x), k, zp, packed_ptr, out_code, b[5], n, rq_struct, pool)
+            x, b = _bind_input(env, src, slot, bind)
+            status = run_c(
+                b[2], n, k, b[3], _address(x), k, zp, packed_ptr, out_code, b[5], n, rq_struct, pool
+            )
             if status:
                 check(status, what)
             env[dst] = b[4]
@@ -679,7 +695,12 @@ class NativeSession:
         zp = int(attrs["x_zero_point"])
         out_dtype = np.dtype(attrs["out_dtype"])
         rq_struct = rq.struct()
-        packed_ptr, out_code, pool, pool_handle = _address(buffer), DTYPES[out_dtype], self._pool, self._pool.handle
+        packed_ptr, out_code, pool, pool_handle = (
+            _address(buffer),
+            DTYPES[out_dtype],
+            self._pool,
+            self._pool.handle,
+        )
         (src,), (dst,) = step.inputs, step.outputs
         what = f"{step.node}: {step.kernel}"
 
@@ -698,13 +719,10 @@ class NativeSession:
             run_dw = lib.edge_q8_dwconv2d
 
             def fn(env, slot):
-                x = env[src]
-                b = slot.get("b")
-                if b is None or b[0] != x.shape or b[1] != x.dtype:
-                    b = slot["b"] = bind(x)
-                if not x.flags.c_contiguous:
-                    x = np.ascontiguousarray(x)
-                status = run_dw(b[2], b[3], _address(x), zp, packed_ptr, out_code, b[5], rq_struct, pool_handle)
+                x, b = _bind_input(env, src, slot, bind)
+                status = run_dw(
+                    b[2], b[3], _address(x), zp, packed_ptr, out_code, b[5], rq_struct, pool_handle
+                )
                 if status:
                     check(status, what)
                 env[dst] = b[4]
@@ -713,14 +731,19 @@ class NativeSession:
             run_conv = lib.edge_q8_conv2d24 if sparse else lib.edge_q8_conv2d
 
             def fn(env, slot):
-                x = env[src]
-                b = slot.get("b")
-                if b is None or b[0] != x.shape or b[1] != x.dtype:
-                    b = slot["b"] = bind(x)
-                if not x.flags.c_contiguous:
-                    x = np.ascontiguousarray(x)
+                x, b = _bind_input(env, src, slot, bind)
                 status = run_conv(
-                    b[2], b[3], _address(x), zp, packed_ptr, out_code, b[5], rq_struct, b[7], b[8], pool_handle
+                    b[2],
+                    b[3],
+                    _address(x),
+                    zp,
+                    packed_ptr,
+                    out_code,
+                    b[5],
+                    rq_struct,
+                    b[7],
+                    b[8],
+                    pool_handle,
                 )
                 if status:
                     check(status, what)
@@ -754,7 +777,9 @@ class NativeSession:
             padded = np.full((batch, p.in_h + top + bottom, p.in_w + left + right, p.in_c), zp, x.dtype)
             n_s, h_s, w_s, _ = padded.strides
             taps = np.lib.stride_tricks.as_strided(
-                padded, (batch, out_h, out_w, p.kernel_h, p.kernel_w * p.in_c), (n_s, h_s * sh, w_s * sw, h_s, 1)
+                padded,
+                (batch, out_h, out_w, p.kernel_h, p.kernel_w * p.in_c),
+                (n_s, h_s * sh, w_s * sw, h_s, 1),
             )
             a = np.empty((batch * out_h * out_w, k), x.dtype)
             inner = padded[:, top : top + p.in_h, left : left + p.in_w, :]
@@ -803,7 +828,9 @@ class NativeSession:
         def bind(x: np.ndarray, y: np.ndarray) -> tuple:
             x, y = _q8(x, f"{what}: a"), _q8(y, f"{what}: b")
             if x.dtype != y.dtype:
-                raise KernelArgumentError(f"{what}: a and b must have the same dtype, got {x.dtype} and {y.dtype}")
+                raise KernelArgumentError(
+                    f"{what}: a and b must have the same dtype, got {x.dtype} and {y.dtype}"
+                )
             shape, rows, cols, (a_row, a_col), (b_row, b_col) = _broadcast_layout(x, y, what)
             lo, hi = dtype_range(x.dtype)
             if bounds is not None:
@@ -838,7 +865,9 @@ class NativeSession:
     def _prep_lut(self, index: int, step: Step):
         table = np.ascontiguousarray(step.arrays["table"])
         if table.dtype != np.uint8 or table.shape != (256,):
-            raise KernelArgumentError(f"plan step {index} ({step.node}): a lookup table must be 256 uint8 bytes")
+            raise KernelArgumentError(
+                f"plan step {index} ({step.node}): a lookup table must be 256 uint8 bytes"
+            )
         table_ptr = ffi.from_buffer("uint8_t[]", table)
         (src,), (dst,) = step.inputs, step.outputs
         what = f"{step.node}: lut"
@@ -886,17 +915,14 @@ class NativeSession:
 
         def bind(x: np.ndarray) -> tuple:
             x = _q8(x, f"{what}: x")
-            params, shape = _pool_params(x, a["kernel"], a["stride"], a["padding"], a["dilation"], False, what)
+            params, shape = _pool_params(
+                x, a["kernel"], a["stride"], a["padding"], a["dilation"], False, what
+            )
             out = np.empty(shape, x.dtype)
             return x.shape, x.dtype, params, DTYPES[x.dtype], out, _address(out)
 
         def fn(env, slot):
-            x = env[src]
-            b = slot.get("b")
-            if b is None or b[0] != x.shape or b[1] != x.dtype:
-                b = slot["b"] = bind(x)
-            if not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x)
+            x, b = _bind_input(env, src, slot, bind)
             status = lib.edge_q8_maxpool2d(b[2], b[3], _address(x), b[5])
             if status:
                 check(status, what)
@@ -934,12 +960,7 @@ class NativeSession:
             return x.shape, x.dtype, (n, h * w, c, DTYPES[x.dtype]), (lo, hi), out, _address(out)
 
         def fn(env, slot):
-            x = env[src]
-            b = slot.get("b")
-            if b is None or b[0] != x.shape or b[1] != x.dtype:
-                b = slot["b"] = bind(x)
-            if not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x)
+            x, b = _bind_input(env, src, slot, bind)
             status = lib.edge_q8_global_avgpool(*b[2], _address(x), x_scale, x_zp, b[5], y_scale, y_zp, *b[3])
             if status:
                 check(status, what)
@@ -1025,7 +1046,8 @@ class NativeSession:
         inputs, (dst,) = step.inputs, step.outputs
         # Per input: its constant, or None for an integer buffer, or (scale, zero_point).
         plan = [
-            (const, None if qp is None else (qp.scale, qp.zero_point)) for qp, const in zip(in_params, constants)
+            (const, None if qp is None else (qp.scale, qp.zero_point))
+            for qp, const in zip(in_params, constants)
         ]
         out_scale, out_zp, out_dtype = out.scale, out.zero_point, out.numpy_dtype
 
@@ -1052,7 +1074,8 @@ class NativeSession:
         # the session's threads, as idle BLAS workers spinning on a busy machine cost more
         # than these small products.
         return self._float_step(
-            step, lambda v: np.matmul(v[0].astype(np.float32, copy=False), v[1].astype(np.float32, copy=False))
+            step,
+            lambda v: np.matmul(v[0].astype(np.float32, copy=False), v[1].astype(np.float32, copy=False)),
         )
 
     def _prep_softmax(self, index: int, step: Step):

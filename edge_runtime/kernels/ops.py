@@ -385,10 +385,20 @@ def _rows(x: np.ndarray, op: str) -> tuple[np.ndarray, int, int]:
     return x, (x.size // cols if cols else 0), cols
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis of a float32 array (max-subtracted)."""
+def softmax(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Softmax over the last axis of a float32 array (max-subtracted).
+
+    ``out``: a C-contiguous float32 array of x's shape to write into; it may be ``x``
+    itself (in place)."""
     x, rows, cols = _rows(x, "softmax")
-    y = np.empty_like(x)
+    if out is None:
+        y = np.empty_like(x)
+    elif out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise errors.KernelArgumentError(
+            f"softmax: out must be a C-contiguous float32 array of shape {x.shape}, got {out.dtype} {out.shape}"
+        )
+    else:
+        y = out
     check(lib.edge_f32_softmax(rows, cols, ptr(x, "const float *"), ptr(y, "float *")), "softmax")
     return y
 

@@ -72,8 +72,8 @@ _PER_SAMPLE_STEPS = frozenset({"quantize", "conv", "add", "mul", "lut", "clamp",
 # early layers one sample at a time, measured the best on a Zen 5 core (1 MiB L2):
 # batch 16 at 2.1 ms a sample against 2.9 ms unsliced, 2.4 ms in slices of 2.
 _CHUNK_BYTES = 1 << 20
-# Steps that may call numpy's BLAS (float matmul; the reference op of a float fallback).
-_BLAS_STEPS = frozenset({"matmul", "float"})
+# Steps that may call numpy's BLAS (float matmul and attention; the reference op of a float fallback).
+_BLAS_STEPS = frozenset({"matmul", "attention", "float"})
 
 
 def _bind_input(env: dict, src: str, slot: dict, bind: Callable) -> tuple[np.ndarray, tuple]:
@@ -379,7 +379,9 @@ class NativeSession:
             else:
                 self._buffers.move_to_end(signature)
             blas = self._blas
-            previous = blas.limit(self.threads) if blas is not None else None
+            # numpy's BLAS runs on one thread: its idle workers spin for a long time
+            # after each product and would take the cores from this session's pool.
+            previous = blas.limit(1) if blas is not None else None
             try:
                 start = 0
                 if self._split is not None:
@@ -1070,9 +1072,7 @@ class NativeSession:
         return self._float_step(step, lambda values: evaluate_node(node, values)[0])
 
     def _prep_matmul(self, index: int, step: Step):
-        # np.matmul on float32 stacks is one BLAS sgemm per matrix: run() limits BLAS to
-        # the session's threads, as idle BLAS workers spinning on a busy machine cost more
-        # than these small products.
+        # np.matmul on float32 stacks is one BLAS sgemm per matrix (run() keeps BLAS on one thread).
         return self._float_step(
             step,
             lambda v: np.matmul(v[0].astype(np.float32, copy=False), v[1].astype(np.float32, copy=False)),
@@ -1089,6 +1089,35 @@ class NativeSession:
             return np.moveaxis(kernels.softmax(x), -1, axis)
 
         return self._float_step(step, compute)
+
+    def _prep_attention(self, index: int, step: Step):
+        """softmax(Q.K^T * scale + mask).V with the scores and probabilities kept in float
+        (see lower._attention_chains); the scale is folded into Q's dequantization."""
+        (q, kt, mask, v), (dst,) = step.inputs, step.outputs
+        in_params = [None if p is None else QuantParams.from_dict(p) for p in step.attrs["in_params"]]
+        mask_constant = step.arrays.get("input2")
+        scale = float(step.attrs["scale"])
+        out = QuantParams.from_dict(step.attrs["out_params"])
+        out_scale, out_zp, out_dtype = out.scale, out.zero_point, out.numpy_dtype
+
+        def floats(env, i: int, name: str, factor: float = 1.0) -> np.ndarray:
+            qp = in_params[i]
+            if qp is None:  # an integer tensor used as a number
+                return np.asarray(env[name], np.float32) * np.float32(factor)
+            return kernels.dequantize(env[name], qp.scale * factor, qp.zero_point)
+
+        def fn(env, slot):
+            scores = np.matmul(floats(env, 0, q, scale), floats(env, 1, kt))
+            if mask or mask_constant is not None:
+                m = floats(env, 2, mask) if mask else mask_constant
+                if np.broadcast_shapes(scores.shape, m.shape) == scores.shape:
+                    np.add(scores, m, out=scores)
+                else:
+                    scores = scores + m
+            kernels.softmax(scores, out=scores)
+            env[dst] = kernels.quantize(np.matmul(scores, floats(env, 3, v)), out_scale, out_zp, out_dtype)
+
+        return fn
 
     def _prep_layernorm(self, index: int, step: Step):
         attrs = step.attrs["node_attrs"]
@@ -1121,7 +1150,7 @@ class NativeSession:
 
 
 class _BlasThreads:
-    """Limits numpy's BLAS to a session's thread count during a call, and restores it.
+    """Limits numpy's BLAS to one thread during a call, and restores it.
 
     Uses threadpoolctl's library controllers (a C call each way, about a microsecond);
     without threadpoolctl the BLAS keeps its own setting. The setting is process-wide:

@@ -41,6 +41,7 @@ Outputs go back to NCHW and float32 at the exit [dequantize].
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -111,8 +112,15 @@ class _Lowering:
 
     def run(self) -> QuantizedPlan:
         inputs = [self._entry(info.name) for info in self.graph.inputs]
+        attention = {id(chain.nodes[-1]): chain for chain in _attention_chains(self.graph)}
+        fused = {id(node) for chain in attention.values() for node in chain.nodes}
         for node in self.graph.nodes:
             self.node = node
+            if id(node) in attention:
+                self._attention(attention[id(node)])
+                continue
+            if id(node) in fused:
+                continue  # a node of an attention chain, emitted at the chain's last node
             handler = getattr(self, f"_op_{node.op_type}", None)
             if node.domain not in ("", "ai.onnx") or handler is None:
                 raise UnsupportedOperatorError(
@@ -473,7 +481,7 @@ class _Lowering:
         layout = "nhwc" if "nhwc" in (self.layout[sa], self.layout[sb]) and self._rank(a_name) == 4 \
             and self._rank(b_name) == 4 else "plain"  # fmt: skip
         sa, sb = self._as(a_name, layout), self._as(b_name, layout)
-        same = self.graph.shape(a_name) == self.graph.shape(b_name) and self.graph.shape(a_name) is not None
+        same = _same_shape(self.graph.shape(a_name), self.graph.shape(b_name))
         qa, qb = self.params[sa], self.params[sb]
         if not same or qa.dtype != qb.dtype or not _binary_ok(op, qa, qb, out_qp):
             return self._float(node)
@@ -778,8 +786,108 @@ class _Lowering:
     def _op_Softmax(self, node: Node) -> None:
         self._float(node, op="softmax")
 
+    def _attention(self, chain: _AttentionChain) -> None:
+        """softmax(Q.K^T * scale + mask).V as one float step (see _attention_chains)."""
+        names = [chain.q, chain.kt, chain.mask or "", chain.v]
+        inputs, arrays = [], {}
+        for i, name in enumerate(names):
+            value = self.graph.constant(name) if name else None
+            if value is not None:
+                arrays[f"input{i}"] = np.asarray(value, np.float32)
+                inputs.append("")
+            else:
+                inputs.append(self._as(name, "plain") if name else "")
+        out = chain.nodes[-1].outputs[0]
+        out_qp = self._act(out)
+        in_params = [None if not n else (self.params[n] and self.params[n].to_dict()) for n in inputs]
+        self._emit(
+            "attention", inputs, [out],
+            {"scale": chain.scale, "in_params": in_params, "out_params": out_qp.to_dict(),
+             "nodes": [node.name for node in chain.nodes]},
+            arrays,
+        )  # fmt: skip
+        self._set(out, out_qp, "plain")
+
     def _op_LayerNormalization(self, node: Node) -> None:
         self._float(node, op="layernorm")
+
+
+# ---------------------------------------------------------------------------
+# attention
+
+
+@dataclass
+class _AttentionChain:
+    """MatMul(q, kt) [-> Mul/Div by a scalar] [-> Add mask] -> Softmax(last axis) -> MatMul(., v)."""
+
+    nodes: list[Node]  # in graph order; the step is emitted at the last one
+    q: str
+    kt: str
+    v: str
+    mask: str | None
+    scale: float
+
+
+def _attention_chains(graph: Graph) -> list[_AttentionChain]:
+    """The attention blocks of ``graph``.
+
+    Run as one float step, the scores and probabilities never leave float: the chain
+    as separate steps quantizes and dequantizes the (heads x seq x seq) scores three
+    times, which cost the MiniLM-size encoder more than the two products themselves.
+    A chain is fused only when each intermediate tensor has one reader and is not a
+    graph output (so nothing else needs it quantized)."""
+    chains: list[_AttentionChain] = []
+    claimed: set[int] = set()
+    outputs = set(graph.output_names)
+
+    def only_reader(name: str) -> Node | None:
+        readers = graph.consumers(name)
+        if name in outputs or len(readers) != 1 or graph.uses(name) != 1:
+            return None
+        return readers[0]
+
+    for first in graph.nodes:
+        if first.op_type != "MatMul" or any(graph.is_constant(n) for n in first.inputs):
+            continue
+        nodes, scale, mask = [first], 1.0, None
+        node = only_reader(first.outputs[0])
+        if node is not None and node.op_type in ("Mul", "Div"):
+            x = nodes[-1].outputs[0]
+            other = node.inputs[1] if node.inputs[0] == x else node.inputs[0]
+            value = graph.constant(other)
+            if value is None or value.size != 1 or (node.op_type == "Div" and node.inputs[1] != other):
+                continue
+            value = float(np.asarray(value, np.float64).reshape(()))
+            if value == 0.0:
+                continue
+            scale = value if node.op_type == "Mul" else 1.0 / value
+            nodes.append(node)
+            node = only_reader(node.outputs[0])
+        if node is not None and node.op_type == "Add":
+            x = nodes[-1].outputs[0]
+            mask = node.inputs[1] if node.inputs[0] == x else node.inputs[0]
+            if mask == x:
+                continue
+            nodes.append(node)
+            node = only_reader(node.outputs[0])
+        rank = graph.rank(nodes[-1].outputs[0])
+        if node is None or node.op_type != "Softmax" or rank is None or rank < 2:
+            continue
+        if int(node.attrs.get("axis", -1)) % rank != rank - 1:
+            continue
+        nodes.append(node)
+        second = only_reader(node.outputs[0])
+        if second is None or second.op_type != "MatMul" or second.inputs[0] != node.outputs[0]:
+            continue
+        if graph.is_constant(second.inputs[1]) or graph.rank(second.inputs[1]) != rank:
+            continue
+        nodes.append(second)
+        if any(id(n) in claimed for n in nodes):
+            continue
+        claimed.update(id(n) for n in nodes)
+        q, kt = first.inputs
+        chains.append(_AttentionChain(nodes, q, kt, second.inputs[1], mask, scale))
+    return chains
 
 
 # ---------------------------------------------------------------------------
@@ -837,6 +945,18 @@ def _binary_ok(op: str, a: QuantParams, b: QuantParams, y: QuantParams) -> bool:
     except KernelError:
         return False
     return True
+
+
+def _same_shape(a: tuple | None, b: tuple | None) -> bool:
+    """Whether two tensors have the same shape as far as shape inference knows: equal
+    dims, where a batch dim of unknown size (a symbol, or None after a Reshape whose
+    output exporters leave unnamed) matches any other unknown one. Residual joins of
+    transformers add tensors whose batch dims shape inference named differently; the
+    add kernel checks the real shapes on each call."""
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all(x == y or (i == 0 and not isinstance(x, int) and not isinstance(y, int))
+               for i, (x, y) in enumerate(zip(a, b)))  # fmt: skip
 
 
 def _trim_leading_ones(value: np.ndarray) -> np.ndarray:

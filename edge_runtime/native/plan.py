@@ -19,8 +19,10 @@ a plan identifies it, which is what the packed-weight cache is keyed by.
 of the artifact's bytes (which they keep alive), so reading a plan costs no memory
 beyond the bytes themselves.
 
-Versions: 2 stores embedding tables ([embed] steps) quantized with the step's output
-parameters; 1 stored them as float32 (still read: the executor quantizes them at load).
+Versions: 3 adds the [attention] step (a fused Q.K^T -> softmax -> .V block, which
+older runtimes cannot run); 2 stores embedding tables ([embed] steps) quantized with
+the step's output parameters; 1 stored them as float32 (still read: the executor
+quantizes them at load).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from edge_runtime.quant import QuantParams
 __all__ = ["PLAN_FORMAT", "PLAN_FORMAT_VERSION", "PlanIO", "QuantizedPlan", "Step"]
 
 PLAN_FORMAT = "edge-native-plan"
-PLAN_FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+PLAN_FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 _HEADER = "plan.json"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: identical plans give identical bytes
 _ARRAY_DTYPES = frozenset({"int8", "uint8", "int32", "int64", "float32"})

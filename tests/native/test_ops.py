@@ -302,6 +302,9 @@ def test_softmax_tolerance(isa, cols):
     e = np.exp(x64 - x64.max(axis=1, keepdims=True))
     expected = e / e.sum(axis=1, keepdims=True)
     assert np.max(np.abs(ops.softmax(x) - expected)) <= SOFTMAX_ABS_TOL
+    in_place = x.copy()
+    assert ops.softmax(in_place, out=in_place) is in_place  # the attention step relies on this
+    np.testing.assert_array_equal(in_place, ops.softmax(x))
 
 
 @pytest.mark.parametrize("cols", [1, 15, 16, 17, 63, 64, 65, 1000])

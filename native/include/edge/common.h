@@ -60,7 +60,8 @@ edge_isa edge_isa_get(void);
 edge_status edge_isa_set(edge_isa isa);
 const char* edge_isa_name(edge_isa isa);
 
-/* A pthread pool that sleeps when idle. Kernels take a pool argument; NULL
+/* A pthread pool whose idle workers spin for up to 50 us, then sleep (no CPU
+ * use when idle). Kernels take a pool argument; NULL
  * runs on the calling thread. One pool serves one caller at a time: calls
  * from several threads into the same pool are serialized by the pool. */
 typedef struct edge_threadpool edge_threadpool;

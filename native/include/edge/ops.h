@@ -120,7 +120,8 @@ edge_status edge_q8_f32_dequantize(size_t n, edge_dtype dtype, const void* x, fl
 
 /* ---- float ops on rows ---------------------------------------------------- */
 /* Softmax over each row of [rows][cols], max-subtracted; SIMD paths use a
- * polynomial exp. Within 1e-6 (absolute) of float64 for finite inputs. */
+ * polynomial exp. Within 1e-6 (absolute) of float64 for finite inputs.
+ * y may be x (in place): each row is read before its element is written. */
 edge_status edge_f32_softmax(int32_t rows, int32_t cols, const float* x, float* y);
 /* Layer norm over each row: (x - mean) / sqrt(var + epsilon) * gamma + beta;
  * gamma and beta are [cols] or NULL (1 and 0); epsilon finite and >= 0.

@@ -86,6 +86,8 @@ CASES: dict[str, Case] = {
     "softmax_axis1": Case(_single("Softmax", [], shape=("batch", 3, 10), axis=1), 1.0, "softmax"),
     "layernorm": Case(_single("LayerNormalization", ["g", "b"], {"g": _w(10) + 1, "b": _w(10)},
                               shape=("batch", 3, 10), axis=-1), 1.0, "layernorm"),
+    "layernorm_scale_input": Case(_single("LayerNormalization", ["g"], shape=("batch", 3, 10), axis=-1,
+                                          extra_inputs=[value("g", [10])]), 1.0, "layernorm"),
     "matmul_activations": Case(_single("MatMul", ["x2"], shape=("batch", 3, 4),
                                        extra_inputs=[value("x2", ["batch", 4, 5])]), 1.0, "matmul"),
 }  # fmt: skip

@@ -28,10 +28,12 @@ finishes what it accepted and is closed when its last reference goes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,34 @@ __all__ = ["LoadedVersion", "Loader", "ModelManager", "SwapResult", "default_loa
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Path], ModelLike]
+
+
+# While a model loads, the interpreter hands the GIL to another thread every
+# _LOAD_SWITCH_INTERVAL seconds (default 5 ms): the loader's pure-Python stretches
+# (package reading, graph checks) then stall the event loop and the batchers for
+# half a millisecond at most, not five, and in-flight requests keep their latency.
+_LOAD_SWITCH_INTERVAL = 0.0005
+_loads_lock = threading.Lock()
+_loads_running = 0
+_saved_switch_interval = 0.0
+
+
+@contextlib.contextmanager
+def _responsive_gil() -> Iterator[None]:
+    """Lowers the GIL switch interval while any load runs (process-wide, counted)."""
+    global _loads_running, _saved_switch_interval
+    with _loads_lock:
+        if _loads_running == 0:
+            _saved_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(_saved_switch_interval, _LOAD_SWITCH_INTERVAL))
+        _loads_running += 1
+    try:
+        yield
+    finally:
+        with _loads_lock:
+            _loads_running -= 1
+            if _loads_running == 0:
+                sys.setswitchinterval(_saved_switch_interval)
 
 
 def default_loader(backend: str = "auto", threads: int | None = None, trust_store: Any = None) -> Loader:
@@ -314,7 +344,8 @@ class ModelManager:
             keep = _check_keep(keep_versions or self._keep.get(name) or self.keep_versions)
             start = time.monotonic()
             try:
-                new = self._load(name, path, batching, selftest)
+                with _responsive_gil():
+                    new = self._load(name, path, batching, selftest)
             except Exception as exc:  # noqa: BLE001 - any failure leaves the old version serving
                 seconds = time.monotonic() - start
                 reason = f"{type(exc).__name__}: {exc}"

@@ -555,7 +555,7 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients (default %(default)s)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (default %(default)s)")
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--delay-us", type=int, default=1000, help="max_queue_delay_us (default %(default)s)")
+    parser.add_argument("--delay-us", type=int, default=0, help="max_queue_delay_us (default %(default)s)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument(
         "--latency-target-us", type=int, default=50_000, help="for --model files (default %(default)s)"

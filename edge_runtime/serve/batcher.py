@@ -57,7 +57,7 @@ class BatchingConfig:
     """Per-model batching. ``max_batch_size = 1`` turns batching off."""
 
     max_batch_size: int = 8
-    max_queue_delay_us: int = 1000
+    max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = ()
     pad_to_preferred: bool = False  # pad a batch with copies of its last row up to a preferred size
     max_queue_size: int = 64  # requests waiting; beyond it, submit() refuses (503)

@@ -23,7 +23,7 @@ TOML needs nothing beyond the standard library on Python 3.11+ (``tomllib``;
 
     [batching]                  # defaults for every model (see BatchingConfig)
     max_batch_size = 8
-    max_queue_delay_us = 1000
+    max_queue_delay_us = 0        # as Triton: a batch is what queued while the worker was busy
     preferred_batch_sizes = []
     pad_to_preferred = false
     max_queue_size = 64

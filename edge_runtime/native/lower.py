@@ -17,13 +17,16 @@ What each operator becomes (the executor's step names in brackets):
 - Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Gather, Identity and
   nearest Resize [move] work on the int8 bytes directly and keep their input's
   parameters.
-- Softmax, LayerNormalization [softmax, layernorm], MatMul between two activations
-  [matmul] and a few rarer cases (linear Resize, Sub/Div of two activations,
-  broadcasts the int8 add/mul kernels do not run) [float] dequantize, compute in
-  float32, and requantize. Attention's MatMuls stay float because both operands
-  change per call: the int8 GEMM wants symmetric per-channel weights packed ahead
-  of time, and quantizing and packing an activation per call would cost more than
-  the float product of these small matrices.
+- Attention, MatMul(q, k^T) [-> Mul/Div by a scalar] [-> Add mask] -> Softmax ->
+  MatMul(., v) [attention]: one float32 step on the dequantized inputs, quantized once
+  at the end (see _attention_chains). Its MatMuls stay float because both operands
+  change per call: the int8 GEMM wants symmetric per-channel weights packed ahead of
+  time, and quantizing and packing an activation per call would cost more than the
+  float product of these small matrices.
+- Softmax, LayerNormalization [softmax, layernorm], other MatMuls between two
+  activations [matmul] and a few rarer cases (linear Resize, Sub/Div of two
+  activations, broadcasts the int8 add/mul kernels do not run) [float] dequantize,
+  compute in float32, and requantize.
 - Gather from a constant float table (embeddings) [embed] gathers rows of the table
   quantized ahead of time with the output's parameters (quantization is element-wise,
   so gathering quantized rows gives the bits of quantizing gathered rows, at a quarter

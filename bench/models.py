@@ -88,18 +88,33 @@ TFLITE_NOTE = (
 # What limits each target this machine still misses (found by profiling, not measured by this script).
 LIMITS = (
     (
-        "MobileNetV2 / ResNet-18 latency: the C kernels. MobileNetV2's 34 pointwise convs are the dense "
-        "GEMM with K and N of 16..320, where the per-output requantization (about 13 vector instructions per "
-        "16 outputs) costs as much as the dot products; its 17 depthwise convs run 64 channels and 4 taps per "
-        "vpdpbusd but waste lanes where C is not a multiple of 64 (C = 32, 96, 144). ResNet-18 is im2col + the "
-        "same GEMM tile, which runs at onnxruntime's MatMulInteger speed (BENCHMARKS.md, Kernels), so 0.5x of "
-        "onnxruntime INT8 is out of reach without conv kernels several times faster than its own."
+        "MobileNetV2 / ResNet-18 latency: the C kernels. A per-step profile of MobileNetV2 (batch 1, 1 thread, "
+        "2.4 ms in all) spends 1.14 ms in its 34 pointwise convs, the dense GEMM with K and N of 16..320, where "
+        "the per-output requantization (about 13 vector instructions per 16 outputs) costs as much as the dot "
+        "products; 0.81 ms in its 17 depthwise convs, which run 64 channels and 4 taps per vpdpbusd and waste "
+        "lanes where C is not a multiple of 64 (the 112x112x32 one alone takes 0.28 ms at half the lanes); and "
+        "0.27 ms in the first 3x3 conv (im2col of 3-channel pixels, K = 27). 0.5x of onnxruntime INT8 means "
+        "about 0.83 ms, 2.7x faster than now, with the same vpdpbusd instructions onnxruntime's MLAS uses. "
+        "ResNet-18 is im2col + the same GEMM tile, which runs at onnxruntime's MatMulInteger speed "
+        "(BENCHMARKS.md, Kernels), so 0.5x of onnxruntime INT8 is out of reach without conv kernels several "
+        "times faster than its own."
     ),
     (
-        "Encoder latency: attention's two MatMuls per layer stay float (numpy BLAS on dequantized "
-        "activations) and softmax / layernorm run as float steps with a quantize/dequantize around each; "
-        "0.7x ORT INT8 needs an int8 attention path (Q.K^T and P.V on the int8 GEMM with per-call packing, "
-        "or a fused attention kernel)."
+        "Encoder latency (passes, by a small margin: 0.68-0.71x across runs): per call about 3.5 ms in the 36 "
+        "int8 GEMMs, 2.2 ms in the 6 fused attention steps (two float32 BLAS products per head, 0.23 ms of the "
+        "0.37 per layer) and 0.36 ms in the 13 layer norms. The next step is int8 attention products (a fused "
+        "kernel that takes Q, K and V as they come)."
+    ),
+    (
+        "2:4 rows: with the convolutions pruned, their layers run on the 2:4 conv kernel, which on AVX-512 is "
+        "slower than the dense one at these sizes (rows = output pixels >= 49; BENCHMARKS.md, Kernels: the "
+        "activation gather competes with vpdpbusd for the same ports). Only the encoder's M = 128 GEMMs and "
+        "the classifiers come close to dense."
+    ),
+    (
+        "2-thread columns: the two cores are shared with the host's other work, so a row's 2-thread figure "
+        "sometimes shows no gain at all (one full run measured MobileNetV2 at 2.69 ms on 2 threads against 1.36 "
+        "ms in a run of that model alone); compare 1-thread figures first."
     ),
     (
         "Cold start (cached load): the digits CNN's margin is a few milliseconds (47-72 ms native "

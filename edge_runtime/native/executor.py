@@ -1108,12 +1108,14 @@ class NativeSession:
 
         def fn(env, slot):
             scores = np.matmul(floats(env, 0, q, scale), floats(env, 1, kt))
-            if mask or mask_constant is not None:
-                m = floats(env, 2, mask) if mask else mask_constant
-                if np.broadcast_shapes(scores.shape, m.shape) == scores.shape:
-                    np.add(scores, m, out=scores)
-                else:
+            m = floats(env, 2, mask) if mask else mask_constant
+            # A mask of zeros (no padding: the usual batch-1 case) changes nothing; checking
+            # its few values costs far less than adding it to every score.
+            if m is not None:
+                if np.broadcast_shapes(scores.shape, m.shape) != scores.shape:
                     scores = scores + m
+                elif m.any():
+                    np.add(scores, m, out=scores)
             kernels.softmax(scores, out=scores)
             env[dst] = kernels.quantize(np.matmul(scores, floats(env, 3, v)), out_scale, out_zp, out_dtype)
 

@@ -83,7 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     batching = serve.add_argument_group("dynamic batching (applies to every model)")
     batching.add_argument("--max-batch-size", type=int, help="rows per model run; 1 turns batching off")
-    batching.add_argument("--max-queue-delay-us", type=int, help="longest wait to fill a batch")
+    batching.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        help="longest wait to fill a batch (default 0: a batch is what queued while the worker was busy)",
+    )
     batching.add_argument("--preferred-batch-sizes", type=_sizes, metavar="N,N", help="e.g. 4,8")
     batching.add_argument(
         "--pad-to-preferred", action="store_true", default=None, help="pad batches to a preferred size"

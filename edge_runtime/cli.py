@@ -111,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the manifest and package facts as JSON")
     inspect.set_defaults(func=_cmd_inspect)
 
+    to_tflite = sub.add_parser(
+        "to-tflite",
+        help="convert a float ONNX convnet to a float32 .tflite",
+        description="Convert MODEL.onnx (Conv, depthwise Conv, Gemm, Add, Relu, Clip(0,6), pools, global "
+        "average pool, Flatten, with batch norm folded) to a float32 .tflite for LiteRT / tflite-runtime. "
+        "The .tflite keeps the NCHW input and the output names; an operator it cannot convert is named in "
+        "the error. Pack it with edge pack MODEL.tflite:tflite.",
+    )
+    to_tflite.add_argument("model", type=Path, metavar="MODEL.onnx")
+    to_tflite.add_argument("--out", "-o", type=Path, required=True, metavar="OUT.tflite")
+    to_tflite.set_defaults(func=_cmd_to_tflite)
+
     # --- running models ---
     run = sub.add_parser(
         "run",
@@ -238,6 +250,18 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     key_path, pub_path = generate_keypair(args.prefix)
     print(f"private key: {key_path} (mode 0600; keep it off devices)")
     print(f"public key:  {pub_path} (key id {key_id(load_public_key(pub_path))})")
+    return 0
+
+
+def _cmd_to_tflite(args: argparse.Namespace) -> int:
+    from edge_runtime.backends.tflite_convert import convert_onnx_to_tflite
+
+    data = convert_onnx_to_tflite(args.model)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(args.out)
+    print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB)")
     return 0
 
 

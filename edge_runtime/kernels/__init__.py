@@ -28,6 +28,8 @@ from edge_runtime.kernels.core import (
 from edge_runtime.kernels.gemm import PackedGemm, gemm, pack_gemm
 from edge_runtime.kernels.ops import (
     add,
+    attention,
+    attention_workspace_size,
     avgpool2d,
     dequantize,
     global_avgpool,
@@ -50,6 +52,8 @@ __all__ = [
     "Requant",
     "ThreadPool",
     "add",
+    "attention",
+    "attention_workspace_size",
     "avgpool2d",
     "conv2d",
     "conv2d_workspace_size",

@@ -1,5 +1,5 @@
 """The INT8 and float ops between GEMMs: add / mul with rescale, pooling,
-lookup-table activations, (de)quantization, softmax and layer norm.
+lookup-table activations, (de)quantization, softmax, layer norm and attention.
 
 Quantized tensors are ``uint8`` or ``int8`` numpy arrays with a real value of
 ``scale * (q - zero_point)``; pooling works on NHWC. The exact integer rules
@@ -12,12 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from edge_runtime import errors
-from edge_runtime._native import DTYPES, check, ffi, lib, ptr
+from edge_runtime._native import DTYPES, aligned_empty, check, ffi, lib, ptr
 from edge_runtime.kernels.core import dtype_range
 
 __all__ = [
     "LUT_KINDS",
     "add",
+    "attention",
+    "attention_workspace_size",
     "avgpool2d",
     "dequantize",
     "global_avgpool",
@@ -429,3 +431,71 @@ def layernorm(
         "layernorm",
     )
     return y
+
+
+def attention(
+    q: np.ndarray,
+    kt: np.ndarray,
+    v: np.ndarray,
+    params: tuple[tuple[float, int], tuple[float, int], tuple[float, int], tuple[float, int]],
+    scale: float = 1.0,
+    mask: np.ndarray | None = None,
+    pool=None,
+    out: np.ndarray | None = None,
+    workspace: np.ndarray | None = None,
+) -> np.ndarray:
+    """``softmax(Q.K^T * scale + mask) . V`` per head with int8 products (``edge_q8_attention``).
+
+    ``q`` [B, H, Sq, D], ``kt`` [B, H, D, Sk], ``v`` [B, H, Sk, D]: codes of one dtype
+    (uint8 or int8); ``params``: (scale, zero point) of q, kt, v and of the output
+    [B, H, Sq, D]. ``mask``: float32, broadcastable to the scores [B, H, Sq, Sk].
+    ``workspace``: a 64-byte aligned uint8 buffer of at least :func:`attention_workspace_size`
+    bytes to reuse across calls (one is allocated when not given)."""
+    q, kt, v = (_q8(a, f"attention: {n}") for a, n in ((q, "q"), (kt, "kt"), (v, "v")))
+    if not (q.dtype == kt.dtype == v.dtype):
+        raise errors.KernelArgumentError(
+            f"attention: q, kt, v dtypes differ: {q.dtype}, {kt.dtype}, {v.dtype}"
+        )
+    if q.ndim != 4 or kt.ndim != 4 or v.ndim != 4:
+        raise errors.ShapeError(f"attention: 4-D q, kt, v expected, got {q.shape}, {kt.shape}, {v.shape}")
+    b, h, sq, d = q.shape
+    sk = kt.shape[3]
+    if kt.shape != (b, h, d, sk) or v.shape != (b, h, sk, d):
+        raise errors.ShapeError(f"attention: q {q.shape}, kt {kt.shape}, v {v.shape} do not fit together")
+    c = ffi.new("edge_q8_attention_params *")
+    c.batch, c.heads, c.s_q, c.s_k, c.d = b, h, sq, sk, d
+    c.dtype = DTYPES[q.dtype]
+    (c.q_scale, c.q_zero_point), (c.kt_scale, c.kt_zero_point) = params[0], params[1]
+    (c.v_scale, c.v_zero_point), (c.y_scale, c.y_zero_point) = params[2], params[3]
+    c.scale = float(scale)
+    if mask is not None:
+        mask = np.asarray(mask, np.float32)
+        try:
+            view = np.broadcast_to(mask, (b, h, sq, sk))
+        except ValueError:
+            raise errors.ShapeError(
+                f"attention: mask {mask.shape} does not broadcast to {(b, h, sq, sk)}"
+            ) from None
+        c.mask = ffi.cast("const float *", mask.ctypes.data)
+        c.mask_strides = [stride // 4 for stride in view.strides]
+    y = np.empty((b, h, sq, d), q.dtype) if out is None else out
+    if y.shape != (b, h, sq, d) or y.dtype != q.dtype or not y.flags.c_contiguous:
+        raise errors.KernelArgumentError(f"attention: out must be a C-contiguous {q.dtype} {(b, h, sq, d)}")
+    handle = ffi.NULL if pool is None else pool.handle
+    if workspace is None:
+        workspace = aligned_empty(
+            lib.edge_q8_attention_workspace_size(c, 1 if pool is None else pool.num_threads)
+        )
+    status = lib.edge_q8_attention(
+        c, ptr(q), ptr(kt), ptr(v), ptr(y), ptr(workspace), workspace.nbytes, handle
+    )
+    check(status, "attention")
+    return y
+
+
+def attention_workspace_size(q_shape: tuple[int, ...], sk: int, threads: int = 1) -> int:
+    """Bytes of workspace :func:`attention` needs for q of ``q_shape`` [B, H, Sq, D] and ``sk`` keys."""
+    c = ffi.new("edge_q8_attention_params *")
+    c.batch, c.heads, c.s_q, c.d = q_shape
+    c.s_k = sk
+    return int(lib.edge_q8_attention_workspace_size(c, threads))

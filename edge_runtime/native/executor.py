@@ -1091,8 +1091,9 @@ class NativeSession:
         return self._float_step(step, compute)
 
     def _prep_attention(self, index: int, step: Step):
-        """softmax(Q.K^T * scale + mask).V with the scores and probabilities kept in float
-        (see lower._attention_chains); the scale is folded into Q's dequantization."""
+        """softmax(Q.K^T * scale + mask).V (see lower._attention_chains): on the int8
+        attention kernel, or in float32 (the scale folded into Q's dequantization) when
+        Q, K^T, V and the output are not quantized alike."""
         (q, kt, mask, v), (dst,) = step.inputs, step.outputs
         in_params = [None if p is None else QuantParams.from_dict(p) for p in step.attrs["in_params"]]
         mask_constant = step.arrays.get("input2")
@@ -1105,6 +1106,31 @@ class NativeSession:
             if qp is None:  # an integer tensor used as a number
                 return np.asarray(env[name], np.float32) * np.float32(factor)
             return kernels.dequantize(env[name], qp.scale * factor, qp.zero_point)
+
+        # Q, K^T, V and the output quantized alike: the int8 attention kernel (int8 products,
+        # float softmax); anything else: float32 products on dequantized inputs.
+        coded = [in_params[0], in_params[1], in_params[3], out]
+        int8 = all(p is not None for p in coded) and len({p.dtype for p in coded}) == 1
+        params = tuple((p.scale, p.zero_point) for p in coded) if int8 else ()
+        pool = self._pool
+
+        def fn_int8(env, slot):
+            xs = [env[q], env[kt], env[v]]
+            b = slot.get("b")
+            if b is None or b[0] != tuple(x.shape for x in xs):
+                if any(x.ndim != 4 for x in xs):
+                    raise ShapeError(
+                        f"{step.node}: attention expects 4-D Q, K^T, V, got {[x.shape for x in xs]}"
+                    )
+                size = kernels.attention_workspace_size(xs[0].shape, xs[1].shape[3], pool.num_threads)
+                b = slot["b"] = (tuple(x.shape for x in xs), aligned_empty(size))
+            m = floats(env, 2, mask) if mask else mask_constant
+            if m is not None and not m.any():  # no padding: nothing to add (see below)
+                m = None
+            env[dst] = kernels.attention(*xs, params, scale, m, pool=pool, workspace=b[1])
+
+        if int8:
+            return fn_int8
 
         def fn(env, slot):
             scores = np.matmul(floats(env, 0, q, scale), floats(env, 1, kt))

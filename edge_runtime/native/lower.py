@@ -18,11 +18,9 @@ What each operator becomes (the executor's step names in brackets):
   nearest Resize [move] work on the int8 bytes directly and keep their input's
   parameters.
 - Attention, MatMul(q, k^T) [-> Mul/Div by a scalar] [-> Add mask] -> Softmax ->
-  MatMul(., v) [attention]: one float32 step on the dequantized inputs, quantized once
-  at the end (see _attention_chains). Its MatMuls stay float because both operands
-  change per call: the int8 GEMM wants symmetric per-channel weights packed ahead of
-  time, and quantizing and packing an activation per call would cost more than the
-  float product of these small matrices.
+  MatMul(., v) [attention]: one step on the int8 attention kernel (int8 products, float
+  scores and softmax, 8-bit probabilities; docs/numerics.md), quantized once at the
+  end (see _attention_chains).
 - Softmax, LayerNormalization [softmax, layernorm], other MatMuls between two
   activations [matmul] and a few rarer cases (linear Resize, Sub/Div of two
   activations, broadcasts the int8 add/mul kernels do not run) [float] dequantize,
@@ -834,9 +832,10 @@ class _AttentionChain:
 def _attention_chains(graph: Graph) -> list[_AttentionChain]:
     """The attention blocks of ``graph``.
 
-    Run as one float step, the scores and probabilities never leave float: the chain
-    as separate steps quantizes and dequantizes the (heads x seq x seq) scores three
-    times, which cost the MiniLM-size encoder more than the two products themselves.
+    Run as one step, the scores never leave float: the chain as separate steps
+    quantizes and dequantizes the (heads x seq x seq) scores three times, which cost
+    the MiniLM-size encoder more than the two products themselves, and 8-bit scores
+    lose everything but the padding mask.
     A chain is fused only when each intermediate tensor has one reader and is not a
     graph output (so nothing else needs it quantized)."""
     chains: list[_AttentionChain] = []

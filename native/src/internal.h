@@ -23,6 +23,16 @@ edge_status edge_fail(edge_status status, const char* format, ...)
  * earlier failures on the same thread must not leak into. */
 void edge_clear_error(void);
 
+/* Packs dense GEMM weights (edge_q8_gemm's layout, zero bias) straight from u8/s8 codes:
+ * W[c][i] = floor(((code - zero_point) * reciprocal + 2^15) / 2^16), code at
+ * c * n_stride + i * k_stride. reciprocal = 2^16 keeps the codes' differences as they
+ * are, which must then lie in [-127, 127]; otherwise round(127 * 2^16 / max|code -
+ * zero_point|), which maps them into [-127, 127].
+ * packed: 64-byte aligned, edge_q8_gemm_packed_size(n, k) bytes. No argument checks:
+ * for drivers that pack activations per call (attention). */
+void edge_q8_gemm_pack_codes(int32_t n, int32_t k, const uint8_t* codes, size_t n_stride, size_t k_stride,
+                             int is_signed, int32_t zero_point, int32_t reciprocal, void* packed);
+
 /* Run fn(context, i) for every i in [0, count) on the pool (or inline when
  * pool is NULL or count is 1). Returns when every call has finished. */
 typedef void (*edge_task_fn)(void* context, size_t index);

@@ -129,6 +129,31 @@ edge_status edge_f32_softmax(int32_t rows, int32_t cols, const float* x, float* 
 edge_status edge_f32_layernorm(int32_t rows, int32_t cols, const float* x, const float* gamma,
                                const float* beta, float epsilon, float* y);
 
+/* ---- attention ------------------------------------------------------------ */
+/* y = softmax(Q.K^T * scale + mask) . V for every (batch, head), with int8 products:
+ * Q [batch][heads][s_q][d], K^T [batch][heads][d][s_k], V [batch][heads][s_k][d] and
+ * y [batch][heads][s_q][d], all C-contiguous u8 or s8 codes (dtype) with their own
+ * scale and zero point. K and V become the GEMM's symmetric int8 weights (their codes
+ * minus the zero point, divided by max|code - zero point| / 127 when that exceeds
+ * 127); the scores and the softmax are float; the probabilities are quantized to u8
+ * with scale 1/255 before the product with V. mask: NULL, or floats added to the
+ * scaled scores, element (b, h, i, j) at b*s[0] + h*s[1] + i*s[2] + j*s[3] with
+ * s = mask_strides (0 broadcasts). Heads run in parallel on the pool. */
+typedef struct edge_q8_attention_params {
+  int32_t batch, heads, s_q, s_k, d;
+  edge_dtype dtype;
+  float q_scale, kt_scale, v_scale, y_scale;
+  int32_t q_zero_point, kt_zero_point, v_zero_point, y_zero_point;
+  float scale;
+  const float* mask;
+  int64_t mask_strides[4];
+} edge_q8_attention_params;
+/* Bytes of workspace (64-byte aligned) a call on a pool of `threads` needs; 0 for bad params. */
+size_t edge_q8_attention_workspace_size(const edge_q8_attention_params* params, int32_t threads);
+edge_status edge_q8_attention(const edge_q8_attention_params* params, const void* q, const void* kt,
+                              const void* v, void* y, void* workspace, size_t workspace_size,
+                              edge_threadpool* pool);
+
 #ifdef __cplusplus
 }
 #endif

@@ -85,6 +85,42 @@ edge_status edge_q8_gemm_pack(int32_t n, int32_t k, const int8_t* weights, const
   return EDGE_OK;
 }
 
+void edge_q8_gemm_pack_codes(int32_t n, int32_t k, const uint8_t* codes, size_t n_stride, size_t k_stride,
+                             int is_signed, int32_t zero_point, int32_t reciprocal, void* packed) {
+  const size_t n_pad = padded_n(n), k_pad = padded_k(k);
+  uint8_t* bytes = packed;
+  memset(bytes, 0, edge_q8_gemm_packed_size(n, k));
+  const edge_q8_gemm_header header = {
+      .magic = EDGE_Q8_GEMM_MAGIC, .version = EDGE_Q8_GEMM_VERSION,
+      .n = n, .k = k, .n_pad = (int32_t) n_pad, .k_pad = (int32_t) k_pad,
+  };
+  memcpy(bytes, &header, sizeof(header));
+  int32_t* colsum = (int32_t*) (bytes + sizeof(header)) + n_pad; /* after the (zero) bias */
+  int8_t* packed_w = (int8_t*) (colsum + n_pad);
+  /* One 16-channel x 4-k group at a time: a row of 16 codes converts as a vector
+   * (floor((d * reciprocal + 2^15) / 2^16), within [-127, 127] by the contract). */
+  for (size_t c0 = 0; c0 < (size_t) n; c0 += EDGE_Q8_GEMM_NR) {
+    const size_t nc = EDGE_MIN((size_t) EDGE_Q8_GEMM_NR, (size_t) n - c0);
+    int32_t sums[EDGE_Q8_GEMM_NR] = {0};
+    int8_t* panel = packed_w + (c0 / EDGE_Q8_GEMM_NR) * k_pad * EDGE_Q8_GEMM_NR;
+    for (size_t i = 0; i < (size_t) k; i++) {
+      const uint8_t* src = codes + i * k_stride + c0 * n_stride;
+      int8_t* group = panel + (i / EDGE_Q8_GEMM_KR) * (EDGE_Q8_GEMM_NR * EDGE_Q8_GEMM_KR) + i % EDGE_Q8_GEMM_KR;
+      int32_t w[EDGE_Q8_GEMM_NR];
+      for (size_t c = 0; c < nc; c++) {
+        const uint8_t byte = src[c * n_stride];
+        const int32_t d = (is_signed ? (int32_t) (int8_t) byte : (int32_t) byte) - zero_point;
+        w[c] = (d * reciprocal + 32768) >> 16; /* arithmetic shift: floor */
+      }
+      for (size_t c = 0; c < nc; c++) {
+        group[c * EDGE_Q8_GEMM_KR] = (int8_t) w[c];
+        sums[c] += w[c];
+      }
+    }
+    memcpy(colsum + c0, sums, nc * sizeof(int32_t));
+  }
+}
+
 typedef struct gemm_context {
   const edge_q8_gemm_config* config;
   edge_q8_gemm_ukernel_fn kernel;     /* accumulating kernel, or NULL ... */

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import onnx
+
+# onnx is imported where a model is read, not with this module: a device that runs
+# packaged native plans never imports it (about 40 ms here, far more on a Pi).
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper, shape_inference
 
 from edge_runtime.errors import GraphError, UnsupportedOperatorError
 from edge_runtime.graph.ir import Dim, Graph, Node, ValueInfo
@@ -57,6 +61,9 @@ def import_onnx(model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> Grap
     Raises GraphError for a model the ONNX checker refuses and
     UnsupportedOperatorError naming every unsupported operator and its nodes.
     """
+    import onnx
+    from onnx import shape_inference
+
     model = _load(model)
     try:
         onnx.checker.check_model(model)
@@ -147,6 +154,8 @@ def _variant_reason(node: Node) -> str | None:
 
 
 def _load(model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> onnx.ModelProto:
+    import onnx
+
     if isinstance(model, onnx.ModelProto):
         return model
     try:
@@ -191,6 +200,8 @@ def _refuse_unsupported(graph: onnx.GraphProto) -> None:
 
 
 def _value_info(proto: onnx.ValueInfoProto) -> ValueInfo:
+    from onnx import helper
+
     tensor = proto.type.tensor_type
     dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else None
     shape: tuple[Dim, ...] | None = None
@@ -208,6 +219,9 @@ def _value_info(proto: onnx.ValueInfoProto) -> ValueInfo:
 
 
 def _attribute(attr: onnx.AttributeProto, where: str) -> Any:
+    import onnx
+    from onnx import helper, numpy_helper
+
     if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
         raise UnsupportedOperatorError(f"{where}: subgraph attribute {attr.name!r} (control flow)")
     if attr.type == onnx.AttributeProto.SPARSE_TENSOR:
@@ -239,6 +253,8 @@ def _constant_value(node: Node) -> np.ndarray:
 
 def _convert(proto: onnx.GraphProto, opset: int) -> tuple[Graph, list[str]]:
     """The IR graph, and the nodes whose opset-specific form the IR cannot express."""
+    from onnx import numpy_helper
+
     initializers = {t.name: numpy_helper.to_array(t) for t in proto.initializer}
     inputs = [_value_info(v) for v in proto.input if v.name not in initializers]
     outputs = [_value_info(v) for v in proto.output]
@@ -293,6 +309,8 @@ def _normalize_node(graph: Graph, node: Node, opset: int) -> str | None:
             axis = -1
         attrs["axis"] = axis
     elif op == "Cast":
+        from onnx import helper
+
         attrs["to"] = np.dtype(helper.tensor_dtype_to_np_dtype(int(attrs["to"]))).name
     elif op == "LayerNormalization":
         attrs.setdefault("axis", -1)

@@ -2,8 +2,8 @@
  *
  * Per (batch, head), heads spread over the pool's threads:
  *   1. K^T's codes minus their zero point are packed straight into the int8 weights
- *      of a GEMM (edge_q8_gemm_pack_codes), divided
- *      by r_k = max|k - z_k| / 127 when that exceeds 127 (else exact);
+ *      of a GEMM (edge_q8_gemm_pack_codes), divided by r_k = max|k - z_k| / 127 when
+ *      that exceeds 127 (else exact);
  *   2. scores = (Q - z_q) . W_k in int32 (the dense GEMM, s32 output), then
  *      float: scores * q_scale * k_scale * r_k * scale + mask;
  *   3. softmax over each row (float), probabilities quantized to u8 with scale
@@ -99,11 +99,8 @@ static edge_status attention_one(const attention_context* ctx, size_t index, uin
   const int32_t reciprocal_v = reciprocal_of(v, sk * d, is_signed, p->v_zero_point, &rv);
   edge_q8_gemm_pack_codes((int32_t) sk, (int32_t) d, kt, 1, sk, is_signed, p->kt_zero_point, reciprocal_k, pk);
   edge_q8_gemm_pack_codes((int32_t) d, (int32_t) sk, v, 1, d, is_signed, p->v_zero_point, reciprocal_v, pv);
-  edge_status status = EDGE_OK;
-  {
-    status = edge_q8_gemm((int32_t) sq, (int32_t) sk, (int32_t) d, p->dtype, q, d, p->q_zero_point, pk,
-                          EDGE_DTYPE_S32, acc, sk, NULL, NULL);
-  }
+  edge_status status = edge_q8_gemm((int32_t) sq, (int32_t) sk, (int32_t) d, p->dtype, q, d, p->q_zero_point, pk,
+                                    EDGE_DTYPE_S32, acc, sk, NULL, NULL);
   if (status == EDGE_OK) {
     const float f = p->q_scale * p->kt_scale * rk * p->scale;
     const float* mask = p->mask == NULL ? NULL : p->mask + (int64_t) b * p->mask_strides[0] +

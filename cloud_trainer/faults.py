@@ -1,8 +1,9 @@
 """Fault injection and recovery timing, for recovery drills (the tests and ``bench/train.py``).
 
 * :class:`KillRankAtStep` sends SIGKILL to one rank's own process when training reaches a
-  global step, only in the first attempt of a torchrun job (``TORCHELASTIC_RESTART_COUNT``
-  is 0), so the restarted job runs through. It records the kill time in ``marker``.
+  global step, once: it records the kill in ``marker`` first, and a restarted attempt that
+  finds the marker runs through. (Keyed on the marker rather than on the first attempt, a
+  drill still happens when an earlier attempt failed for another reason.)
 * :class:`RecoveryTimer` writes, in a restarted attempt, the seconds from that kill to the
   first training step after the restart (process start, imports, rendezvous, checkpoint
   load included) to ``<marker>.recovery``.
@@ -27,7 +28,7 @@ def _attempt() -> int:
 
 
 class KillRankAtStep(pl.Callback):
-    """SIGKILL rank ``rank`` when ``global_step`` reaches ``step`` (first attempt only)."""
+    """SIGKILL rank ``rank`` when ``global_step`` reaches ``step``, unless ``marker`` says it already did."""
 
     def __init__(self, step: int, rank: int = 1, marker: str = "kill.json") -> None:
         self.step = step
@@ -35,7 +36,7 @@ class KillRankAtStep(pl.Callback):
         self.marker = Path(marker)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if _attempt() == 0 and trainer.global_rank == self.rank and trainer.global_step == self.step:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step and not self.marker.exists():
             self.marker.write_text(json.dumps({"step": self.step, "rank": self.rank, "time": time.time()}))
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -3,8 +3,10 @@
 Two gloo processes train the digits CNN with QAT and top-k gradient compression (whose
 error-feedback residuals must come back from the checkpoint for the run to be exact).
 Rank 1 kills itself at step 17, between the checkpoints of steps 15 and 20; torchrun
-(``--max-restarts 1``) restarts both ranks, which resume from step 15. With fixed seeds and
-deterministic kernels the final weights equal those of a run never interrupted.
+restarts both ranks, which resume from step 15. With fixed seeds and deterministic kernels
+the final weights equal those of a run never interrupted. ``--max-restarts 2`` leaves room
+for an attempt that fails for a reason of the shared machine (a gloo connection) before the
+drill: the drill still happens once (KillRankAtStep keys on its marker file).
 """
 
 from __future__ import annotations
@@ -77,11 +79,12 @@ def _run(tmp: Path, name: str, crash: bool) -> tuple[dict, Path]:
         "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
     }
     cmd = [
-        str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--monitor-interval", "0.2",
+        str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "--max-restarts", "2", "--monitor-interval", "0.2",
         "-m", "cloud_trainer.cli", "train", "fit", "--config", str(config),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr[-6000:]
+    assert not crash or marker.exists(), f"the fault was never injected:\n{proc.stderr[-6000:]}"
     state = torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=False)
     return state, work
 
@@ -91,7 +94,6 @@ def test_killed_rank_resumes_to_the_same_weights(tmp_path: Path) -> None:
     reference, _ = _run(tmp_path, "uninterrupted", crash=False)
     crashed, work = _run(tmp_path, "crashed", crash=True)
 
-    assert (work / "kill.json").exists(), "the fault was never injected"
     recovery = json.loads((work / "kill.recovery.json").read_text())
     assert recovery["killed_at_step"] == KILL_AT
     assert (

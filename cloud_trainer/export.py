@@ -44,15 +44,17 @@ from cloud_trainer.lightning import DigitsDataModule, EdgeModule, ImageClassifie
 from cloud_trainer.models import export_onnx
 from cloud_trainer.qat import INPUT_KEY, activation_params_by_module, is_prepared, prepare_qat, to_float
 from edge_runtime.quant import QuantParams
-from edge_runtime.quantize.pipeline import ARTIFACT_PATHS, write_quantized_package  # as `edge quantize`
+from edge_runtime.quantize.pipeline import (  # as `edge quantize`
+    ARTIFACT_PATHS,
+    selftest_tolerance,
+    write_quantized_package,
+)
 
 __all__ = ["ARTIFACT_PATHS", "ExportResult", "export_package", "load_checkpoint", "map_activation_params"]
 
 log = logging.getLogger(__name__)
 
 SELFTEST_SAMPLES = 4
-SELFTEST_MIN_STEPS = 2.0  # self-test tolerance: at least this many output quantization steps
-SELFTEST_MARGIN = 2.0  # and twice the largest native-vs-QDQ difference on the vectors
 
 
 @dataclass
@@ -299,7 +301,7 @@ def export_package(
     # 7. Self-test vectors.
     inputs = {input_name: np.ascontiguousarray(x[:SELFTEST_SAMPLES])}
     expected = session.run(inputs)
-    atol = _selftest_atol(effective, expected, qdq_bytes, inputs)
+    atol = selftest_tolerance(effective, expected, qdq_bytes, inputs)
 
     # 8. The package.
     manifest = _manifest(
@@ -336,30 +338,6 @@ def export_package(
         calibrated=calibrated,
         sparse_layers=sparse_layers,
     )
-
-
-def _selftest_atol(
-    activations: Mapping[str, QuantParams],
-    expected: Mapping[str, np.ndarray],
-    qdq_bytes: bytes,
-    feeds: Mapping[str, np.ndarray],
-) -> float:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(qdq_bytes, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    qdq = dict(zip(names, session.run(names, dict(feeds)), strict=True))
-    atol = 0.0
-    for name, value in expected.items():
-        qp = activations.get(name)
-        step = qp.scale if qp is not None else float(np.max(np.abs(value), initial=1.0)) / 127.0
-        atol = max(atol, SELFTEST_MIN_STEPS * step)
-        if name in qdq:
-            atol = max(
-                atol,
-                SELFTEST_MARGIN * float(np.max(np.abs(qdq[name].astype(np.float64) - value), initial=0.0)),
-            )
-    return float(np.float32(atol))
 
 
 def _manifest(

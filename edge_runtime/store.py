@@ -37,7 +37,7 @@ from edge_runtime.package import (
     open_package,
     parse_manifest_bytes,
 )
-from edge_runtime.package._archive import TEMP_PREFIX
+from edge_runtime.package._archive import TEMP_PREFIX, _fsync_dir
 
 __all__ = ["InstalledModel", "ModelStore"]
 
@@ -76,14 +76,6 @@ def _check_sha(sha256: str) -> str:
     if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
         raise StoreError(f"{sha256!r} is not a sha256 (64 lowercase hex characters)")
     return sha256
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ModelStore:

@@ -1180,12 +1180,7 @@ class NativeSession:
                     pointers, affine)  # fmt: skip
 
         def fn(env, slot):
-            x = env[src]
-            b = slot.get("b")
-            if b is None or b[0] != x.shape or b[1] != x.dtype:
-                b = slot["b"] = bind(x)
-            if not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x)
+            x, b = _bind_input(env, src, slot, bind)
             n = x.size
             status = lib.edge_q8_f32_dequantize(n, b[2], _address(x), x_qp.scale, x_qp.zero_point, b[5])
             if not status:

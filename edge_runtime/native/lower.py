@@ -775,36 +775,32 @@ class _Lowering:
         inputs, arrays = self._node_inputs(node, layout)
         out = node.outputs[0]
         out_qp = self._act(out)
-        in_params = [None if not n else (self.params[n] and self.params[n].to_dict()) for n in inputs]
         self._emit(
             op, inputs, [out],
             {"node_op": node.op_type, "node_attrs": attrs if attrs is not None else node.attrs,
-             "in_params": in_params, "out_params": out_qp.to_dict()},
+             "in_params": self._in_params(inputs), "out_params": out_qp.to_dict()},
             arrays,
         )  # fmt: skip
         self._set(out, out_qp, layout)
+
+    def _in_params(self, inputs: list[str]) -> list[dict[str, Any] | None]:
+        """The quantization parameters of a float step's buffers (None: a constant or an integer)."""
+        return [None if not n else (self.params[n] and self.params[n].to_dict()) for n in inputs]
 
     def _op_Softmax(self, node: Node) -> None:
         self._float(node, op="softmax")
 
     def _attention(self, chain: _AttentionChain) -> None:
-        """softmax(Q.K^T * scale + mask).V as one float step (see _attention_chains)."""
-        names = [chain.q, chain.kt, chain.mask or "", chain.v]
-        inputs, arrays = [], {}
-        for i, name in enumerate(names):
-            value = self.graph.constant(name) if name else None
-            if value is not None:
-                arrays[f"input{i}"] = np.asarray(value, np.float32)
-                inputs.append("")
-            else:
-                inputs.append(self._as(name, "plain") if name else "")
-        out = chain.nodes[-1].outputs[0]
+        """softmax(Q.K^T * scale + mask).V as one step (see _attention_chains)."""
+        last = chain.nodes[-1]
+        node = Node("Attention", last.name, [chain.q, chain.kt, chain.mask or "", chain.v], last.outputs, {})
+        inputs, arrays = self._node_inputs(node, "plain")
+        out = last.outputs[0]
         out_qp = self._act(out)
-        in_params = [None if not n else (self.params[n] and self.params[n].to_dict()) for n in inputs]
         self._emit(
             "attention", inputs, [out],
-            {"scale": chain.scale, "in_params": in_params, "out_params": out_qp.to_dict(),
-             "nodes": [node.name for node in chain.nodes]},
+            {"scale": chain.scale, "in_params": self._in_params(inputs), "out_params": out_qp.to_dict(),
+             "nodes": [n.name for n in chain.nodes]},
             arrays,
         )  # fmt: skip
         self._set(out, out_qp, "plain")

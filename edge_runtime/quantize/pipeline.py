@@ -55,6 +55,7 @@ __all__ = [
     "QuantizeResult",
     "prune_model_2_4",
     "quantize_model",
+    "selftest_tolerance",
     "write_quantized_package",
 ]
 
@@ -175,7 +176,7 @@ def quantize_model(
     count = calibration.batch_size if calibration.fixed_batch else options.selftest_samples
     selftest_inputs = calibration.first(count)
     expected = session.run(selftest_inputs)
-    atol = _selftest_tolerance(activations, expected, _qdq_outputs(qdq_bytes, selftest_inputs))
+    atol = selftest_tolerance(activations, expected, qdq_bytes, selftest_inputs)
 
     # 8. The package.
     manifest = _manifest(
@@ -450,13 +451,17 @@ def _qdq_outputs(qdq_bytes: bytes, feeds: Mapping[str, np.ndarray]) -> dict[str,
     return dict(zip(names, session.run(names, dict(feeds))))
 
 
-def _selftest_tolerance(
+def selftest_tolerance(
     activations: Mapping[str, QuantParams],
     expected: Mapping[str, np.ndarray],
-    qdq: Mapping[str, np.ndarray] | None,
+    qdq_bytes: bytes,
+    feeds: Mapping[str, np.ndarray],
 ) -> float:
-    """One atol for every output: a few output quantization steps, and twice what onnxruntime
-    running the QDQ model differs by from the native plan on these very vectors."""
+    """One atol for every output of a package's self-test (``expected``: the native plan's
+    outputs on ``feeds``): a few output quantization steps, and twice what onnxruntime
+    running the QDQ model differs by from the native plan on these very vectors.
+    Used by ``edge quantize`` and the trainer's export alike."""
+    qdq = _qdq_outputs(qdq_bytes, feeds)
     atol = 0.0
     for name, value in expected.items():
         qp = activations.get(name)

@@ -526,24 +526,22 @@ class ModelManager:
         self, name: str, version: str | None, inputs: Mapping[str, np.ndarray]
     ) -> tuple[LoadedVersion, Future[dict[str, np.ndarray]]]:
         """Queue a request on the current version; the reference is held until the future is done."""
-        loaded = self._acquire(name, version)
-        assert loaded.batcher is not None
-        try:
-            future = loaded.batcher.submit(inputs)
-        except BaseException:
-            loaded.release()
-            raise
-        future.add_done_callback(lambda _: loaded.release())
-        return loaded, future
+        return self._queue(name, version, lambda batcher: batcher.submit(inputs))
 
     def submit_async(
         self, name: str, version: str | None, inputs: Mapping[str, np.ndarray]
     ) -> tuple[LoadedVersion, asyncio.Future[dict[str, np.ndarray]]]:
         """:meth:`submit` from the event loop: an asyncio future (what the HTTP handlers use)."""
+        return self._queue(name, version, lambda batcher: batcher.submit_async(inputs))
+
+    def _queue(
+        self, name: str, version: str | None, put: Callable[[DynamicBatcher], Any]
+    ) -> tuple[LoadedVersion, Any]:
+        """``put`` the request on the version's batcher, holding a reference until its future is done."""
         loaded = self._acquire(name, version)
         assert loaded.batcher is not None
         try:
-            future = loaded.batcher.submit_async(inputs)
+            future = put(loaded.batcher)
         except BaseException:
             loaded.release()
             raise

@@ -33,6 +33,18 @@ size_t edge_q8_gemm_packed_size(int32_t n, int32_t k) {
   return sizeof(edge_q8_gemm_header) + 2 * n_pad * sizeof(int32_t) + n_pad * k_pad;
 }
 
+/* Zeroes a packed buffer for n x k weights and writes its header; returns the bias array. */
+static int32_t* start_packed(int32_t n, int32_t k, void* packed) {
+  uint8_t* bytes = packed;
+  memset(bytes, 0, edge_q8_gemm_packed_size(n, k));
+  const edge_q8_gemm_header header = {
+      .magic = EDGE_Q8_GEMM_MAGIC, .version = EDGE_Q8_GEMM_VERSION,
+      .n = n, .k = k, .n_pad = (int32_t) padded_n(n), .k_pad = (int32_t) padded_k(k),
+  };
+  memcpy(bytes, &header, sizeof(header));
+  return (int32_t*) (bytes + sizeof(header));
+}
+
 edge_status edge_q8_gemm_pack(int32_t n, int32_t k, const int8_t* weights, const int32_t* bias, void* packed,
                               size_t packed_size) {
   edge_status status = check_dims(n, k, "edge_q8_gemm_pack");
@@ -59,14 +71,7 @@ edge_status edge_q8_gemm_pack(int32_t n, int32_t k, const int8_t* weights, const
   }
 
   const size_t n_pad = padded_n(n), k_pad = padded_k(k);
-  uint8_t* bytes = packed;
-  memset(bytes, 0, needed);
-  const edge_q8_gemm_header header = {
-      .magic = EDGE_Q8_GEMM_MAGIC, .version = EDGE_Q8_GEMM_VERSION,
-      .n = n, .k = k, .n_pad = (int32_t) n_pad, .k_pad = (int32_t) k_pad,
-  };
-  memcpy(bytes, &header, sizeof(header));
-  int32_t* packed_bias = (int32_t*) (bytes + sizeof(header));
+  int32_t* packed_bias = start_packed(n, k, packed);
   int32_t* colsum = packed_bias + n_pad;
   int8_t* packed_w = (int8_t*) (colsum + n_pad);
   for (size_t c = 0; c < (size_t) n; c++) {
@@ -88,14 +93,7 @@ edge_status edge_q8_gemm_pack(int32_t n, int32_t k, const int8_t* weights, const
 void edge_q8_gemm_pack_codes(int32_t n, int32_t k, const uint8_t* codes, size_t n_stride, size_t k_stride,
                              int is_signed, int32_t zero_point, int32_t reciprocal, void* packed) {
   const size_t n_pad = padded_n(n), k_pad = padded_k(k);
-  uint8_t* bytes = packed;
-  memset(bytes, 0, edge_q8_gemm_packed_size(n, k));
-  const edge_q8_gemm_header header = {
-      .magic = EDGE_Q8_GEMM_MAGIC, .version = EDGE_Q8_GEMM_VERSION,
-      .n = n, .k = k, .n_pad = (int32_t) n_pad, .k_pad = (int32_t) k_pad,
-  };
-  memcpy(bytes, &header, sizeof(header));
-  int32_t* colsum = (int32_t*) (bytes + sizeof(header)) + n_pad; /* after the (zero) bias */
+  int32_t* colsum = start_packed(n, k, packed) + n_pad; /* after the (zero) bias */
   int8_t* packed_w = (int8_t*) (colsum + n_pad);
   /* One 16-channel x 4-k group at a time: a row of 16 codes converts as a vector
    * (floor((d * reciprocal + 2^15) / 2^16), within [-127, 127] by the contract). */

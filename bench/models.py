@@ -85,24 +85,24 @@ TFLITE_NOTE = (
     "encoder has none: its Gather, LayerNormalization and attention are not in the converter."
 )
 
-# What limits each target this machine still misses (found by profiling, not measured by this script).
+# What limits each target (per-step and load profiles from bench/native_profile.py, not this script).
 LIMITS = (
     (
-        "MobileNetV2 / ResNet-18 latency: the C kernels. A per-step profile of MobileNetV2 (batch 1, 1 thread, "
-        "2.4 ms in all) spends 1.14 ms in its 34 pointwise convs, the dense GEMM with K and N of 16..320, where "
-        "the per-output requantization (about 13 vector instructions per 16 outputs) costs as much as the dot "
-        "products; 0.81 ms in its 17 depthwise convs, which run 64 channels and 4 taps per vpdpbusd and waste "
-        "lanes where C is not a multiple of 64 (the 112x112x32 one alone takes 0.28 ms at half the lanes); and "
-        "0.27 ms in the first 3x3 conv (im2col of 3-channel pixels, K = 27). 0.5x of onnxruntime INT8 means "
-        "about 0.83 ms, 2.7x faster than now, with the same vpdpbusd instructions onnxruntime's MLAS uses. "
+        "MobileNetV2 / ResNet-18 latency: the C kernels. MobileNetV2's per-step profile (2.4 ms a run) "
+        "spends 1.17 ms in its 34 pointwise convs, the dense GEMM with K and N of 16..320, where the "
+        "per-output requantization (about 13 vector instructions per 16 outputs) costs as much as the dot "
+        "products; 0.82 ms in its 17 depthwise convs, which run 64 channels and 4 taps per vpdpbusd and waste "
+        "lanes where C is not a multiple of 64 (the 112x112x32 one alone takes 0.29 ms at half the lanes); and "
+        "0.26 ms in the first 3x3 conv (im2col of 3-channel pixels, K = 27). 0.5x of onnxruntime INT8 means "
+        "about 0.85 ms, 2.7x faster than now, with the same vpdpbusd instructions onnxruntime's MLAS uses. "
         "ResNet-18 is im2col + the same GEMM tile, which runs at onnxruntime's MatMulInteger speed "
         "(BENCHMARKS.md, Kernels), so 0.5x of onnxruntime INT8 is out of reach without conv kernels several "
         "times faster than its own."
     ),
     (
-        "Encoder latency (passes): per call about 3.6 ms in the 36 int8 GEMMs, 1.5 ms in the 6 attention "
-        "steps (int8 products; packing K and V per head and the float softmax cost as much as the products) "
-        "and 0.36 ms in the 13 layer norms."
+        "Encoder latency (passes): per run 3.5 ms in the 36 int8 GEMMs, 1.5 ms in the 6 attention steps "
+        "(int8 products; packing K and V per head and the float softmax cost as much as the products) and "
+        "0.35 ms in the 13 layer norms."
     ),
     (
         "2:4 rows: with the convolutions pruned, their layers run on the 2:4 conv kernel, which on AVX-512 is "
@@ -112,17 +112,15 @@ LIMITS = (
     ),
     (
         "2-thread columns: the two cores are shared with the host's other work, so a row's 2-thread figure "
-        "sometimes shows no gain at all (one full run measured MobileNetV2 at 2.69 ms on 2 threads against 1.36 "
-        "ms in a run of that model alone); compare 1-thread figures first."
+        "sometimes shows no gain at all (three full runs measured MobileNetV2 at 2.44-2.70 ms on 2 threads, "
+        "the others 1.35-1.46 ms); compare 1-thread figures first."
     ),
     (
         "Cold start (cached load): native and onnxruntime INT8 are within a few milliseconds of each other "
-        "for the digits CNN, MobileNetV2 and the encoder (e.g. MobileNetV2 73-80 ms native, 79-85 ms "
-        "onnxruntime INT8 across runs), so process and import noise flips those rows from run to run. A "
-        "warm profile of the encoder's load (77 ms) spends 25 ms copying the plan's arrays out of the "
-        "artifact's bytes (so that those can be freed: the 11.7 MB embedding table is most of it), 11 ms "
-        "in sha256 and 5 ms in zipfile's own CRC of the same bytes; reading stored artifacts through mmap "
-        "would remove the copies and the second checksum."
+        "for the digits CNN, MobileNetV2 and the encoder, so process and import noise flips those rows from "
+        "run to run. The encoder's warm load (about 48 ms under cProfile) spends 12 ms in sha256 of the plan "
+        "artifact and 5 ms in zipfile's own CRC of the same bytes; reading stored artifacts without zipfile's "
+        "check would save the second pass."
     ),
 )
 
@@ -566,7 +564,10 @@ def markdown(results: dict[str, Any], command: str, seconds: float) -> str:
         + ". Depthwise convolutions always run dense (their reduction is one channel's taps).",
         f"- {TFLITE_NOTE}",
         "",
-        "What limits the misses:",
+        (
+            "What limits the misses (profiles: `python bench/native_profile.py PACKAGE --zoo NAME [--load]` "
+            "on the packages above):"
+        ),
         "",
         *[f"- {line}" for line in LIMITS],
     ]

@@ -525,7 +525,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             *targets(r),
             "",
         ]
-    lines += ["What limits the misses (found by profiling the server, not measured by this script):", ""]
+    lines += ["What limits the misses (figures from the runs above; the rest found by profiling the server):", ""]
     lines += [f"- {line}" for line in LIMITS]
     return "\n".join(lines)
 
@@ -533,26 +533,26 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 LIMITS = (
     (
         "Batching ratio (MLP, digits CNN): the HTTP path, not the model, is the limit. Batch-1 serving pays "
-        "per request the event loop's HTTP work (~80 us, about two thirds inside aiohttp), the model call "
-        "(~0.02 ms) and a hand-off to the batcher's thread and back; batching can save only the last two, "
-        "and the load generator shares the same 2 cores. With batching the loop thread runs at ~0.9 of a core "
-        "and serves ~12k req/s against 7-8k for batch-1: 1.5-1.7x is the ceiling here. 3x needs a cheaper HTTP "
-        "layer than aiohttp on one Python event loop, or several server processes on more cores."
+        "per request the event loop's HTTP work, the model call (Model.run in-process p50 about 0.02 ms, "
+        "above) and a hand-off to the batcher's thread and back; batching can save only the last two, and "
+        "the load generator shares the same 2 cores. Batched serving levels off near 12-13k req/s (about 80 us "
+        "of a core per request) against 6.5-8.5k for batch-1, whatever the model: 1.5-1.9x is the ceiling "
+        "here. 3x needs a cheaper HTTP layer than aiohttp on one Python event loop, or several server "
+        "processes on more cores."
     ),
     (
         "Batching ratio (MobileNetV2): the native backend is no faster per sample at batch 16 than at batch "
-        "1 on one thread (its large early activations run best one sample at a time), so batching only "
-        "overlaps HTTP work with compute; no batcher can give 3x."
+        "1 on one thread (the 'model alone gains' figure above), so batching only overlaps HTTP work with "
+        "compute; no batcher can give 3x."
     ),
     (
-        "Swap-window p99: the one or two batches queued while the new version loads wait 2.5-6 ms longer, "
-        "against a steady p99 of about 1.1 ms with max_queue_delay_us 0: the 2 cores are already saturated "
-        "by the load generator, the event loop and the batcher, and the load adds 10-20 ms of CPU in the "
-        "server (3-9 ms on an idle machine). The GIL is no longer the cause: loads run with a 0.5 ms switch "
-        "interval (a thread beside an onnxruntime load stalled 1.1 ms at most, 4.6 ms before) and a probe "
-        "task on the event loop never lagged more than 1.5 ms during swaps; the batch waited for a CPU. "
-        "Loading at nice 15 in a throwaway thread was tried, without a clear gain, and not kept. The window "
-        "holds 130-270 requests, so its p99 is its slowest one or two."
+        "Swap-window p99: the one or two batches queued while the new version loads wait up to as long as "
+        "the swap takes (the swap times above), against a steady p99 of about 1.1 ms with "
+        "max_queue_delay_us 0: the 2 cores are already saturated by the load generator, the event loop and "
+        "the batcher. Profiling ruled out the GIL (loads now run with a 0.5 ms switch interval, see "
+        "tests/serve/test_swap.py) and locks: the delayed batch waited in its queue for a CPU. Loading at "
+        "nice 15 in a throwaway thread was tried, without a clear gain, and not kept. The window holds "
+        "100-270 requests, so its p99 is its slowest one or two."
     ),
 )
 

@@ -285,7 +285,7 @@ LIMITS = (
     ),
     (
         "M = 1 bandwidth at K = N = 256: one call streams 68 KB of packed weights (about 2 us at the copy "
-        "bandwidth) while the fixed cost of a call from Python is about 2 us (wrapper 1.8 us, C call 0.4 us); "
+        "bandwidth) while the fixed cost of a call from Python is about 2 us (the per-call overhead line above); "
         "with 1 MB or more per call (K = N >= 1024) the cold-weight stream reached 61-110% across runs (the copy bandwidth itself measured 28-37 GB/s across runs on this shared machine; it "
         "counts bytes read plus written, while the kernel only reads)."
     ),
@@ -294,8 +294,7 @@ LIMITS = (
         "instruction slots: every 16-channel, 8-k step decodes the 2-bit positions into shuffle controls "
         "(vpmultishiftqb, vpternlogd) and gathers the activations (vpshufb) before its one vpdpbusd, against "
         "two vpdpbusd for dense; from K*N = 4M (weights streamed from L3 / memory) the byte ratio dominates "
-        "and it reaches 1.5-1.6x. The Python wrapper's ~3 us per call also weighs at this size (a C harness "
-        "measured 1.49-1.57x at 1024 x 1024)."
+        "and it reaches 1.5-1.6x. The fixed cost of a call from Python also weighs at this size."
     ),
     (
         "2:4 at M = 64 (0.78-0.95x across sizes): the gather costs one shuffle per dot product saved, and vpshufb competes "

@@ -65,7 +65,7 @@ from fleet.protocol import (
     decode_block,
     topic,
 )
-from fleet.runtime import LatencyHistogram
+from fleet.targets import LatencyHistogram
 
 FLEET = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -158,7 +158,7 @@ def cold_copies(packed: PackedGemm, total_floor: int) -> list:
 
 def pack_like(packed: PackedGemm) -> PackedGemm:
     """A PackedGemm of the same weights in a new 64-byte aligned buffer."""
-    from edge_runtime._native import aligned_empty
+    from edge_runtime.kernels._ffi import aligned_empty
 
     aligned = aligned_empty(packed.buffer.nbytes)
     aligned[:] = packed.buffer

@@ -61,7 +61,7 @@ from _report import machine_description, update_section
 
 from edge_runtime import zoo
 from edge_runtime._version import __version__
-from edge_runtime.native.plan import PLAN_FORMAT_VERSION
+from edge_runtime.plan.quantized_plan import PLAN_FORMAT_VERSION
 
 RESULTS = Path(__file__).resolve().parent / "results" / "models.json"
 ALL_MODELS = ("digits_cnn", "mobilenet_v2", "resnet18", "minilm_encoder")
@@ -432,7 +432,7 @@ def measure_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
             if labels is not None:
                 agree["accuracy"] = float((got.argmax(-1) == labels).mean())
         row["agreement"] = agree
-    from edge_runtime.native import QuantizedPlan
+    from edge_runtime.plan import QuantizedPlan
     from edge_runtime.package import open_package
 
     sparse_plan = QuantizedPlan.from_bytes(

@@ -27,7 +27,7 @@ import numpy as np
 
 import edge_runtime
 from edge_runtime.benchmark import random_inputs
-from edge_runtime.native.executor import NativeSession
+from edge_runtime.plan.executor import NativeSession
 
 
 def _session(model) -> NativeSession:

@@ -7,12 +7,12 @@ The steps (:func:`export_package`):
    as ONNX with :func:`cloud_trainer.models.export_onnx`; import and optimize it with
    ``edge_runtime.graph`` exactly as the device will (batch norm folded, activations fused);
 3. **activation parameters from QAT**: each QAT observer's frozen range is the
-   :class:`~edge_runtime.quant.QuantParams` of the graph tensor its module produces (the
+   :class:`~edge_runtime.numerics.QuantParams` of the graph tensor its module produces (the
    node names of the TorchScript exporter are module scopes: ``/features/block1/conv/Conv``
    is module ``features.block1``). Tensors no QAT module covers (none for the digits CNN;
-   residual adds of a MobileNetV2) are calibrated by ``edge_runtime.native.calibrate`` on
+   residual adds of a MobileNetV2) are calibrated by ``edge_runtime.plan.calibrate`` on
    training samples, and reported;
-4. lower to the native INT8 plan (``edge_runtime.native.lower``); 2:4 layers are detected
+4. lower to the native INT8 plan (``edge_runtime.plan.lower``); 2:4 layers are detected
    from the int8 weights, and the export fails if fewer layers than the masks say come out sparse;
 5. the QDQ ONNX model (``edge_runtime.quantize.qdq.export_qdq``) for onnxruntime users;
 6. metrics on the evaluation data: float, the QAT model's own (torch fake quantization) and
@@ -43,7 +43,7 @@ from cloud_trainer.errors import CheckpointError, ExportError
 from cloud_trainer.lightning import DigitsDataModule, EdgeModule, ImageClassifier, SyntheticImagesDataModule
 from cloud_trainer.models import export_onnx
 from cloud_trainer.qat import INPUT_KEY, activation_params_by_module, is_prepared, prepare_qat, to_float
-from edge_runtime.quant import QuantParams
+from edge_runtime.numerics import QuantParams
 from edge_runtime.quantize.pipeline import (  # as `edge quantize`
     ARTIFACT_PATHS,
     selftest_tolerance,
@@ -108,7 +108,7 @@ def map_activation_params(graph: Any, by_module: Mapping[str, QuantParams]) -> d
     """QAT parameters by graph tensor: a module's parameters go to the last tensor produced by a
     node in its scope (``/features/block1/...`` for module ``features.block1``); the input's to the
     graph's first float input."""
-    from edge_runtime.native import tensors_to_calibrate
+    from edge_runtime.plan import tensors_to_calibrate
 
     names = tensors_to_calibrate(graph)
     result: dict[str, QuantParams] = {}
@@ -219,7 +219,7 @@ def export_package(
     ``eval_data``/``calibration_data`` default to the built-in task's test split and
     training split. ``signing_key`` is an Ed25519 private key or a path to one.
     """
-    from edge_runtime import native
+    from edge_runtime import plan as native
     from edge_runtime._version import __version__
     from edge_runtime.graph import check_supported, import_onnx, optimize
     from edge_runtime.quantize.qdq import export_qdq
@@ -370,7 +370,7 @@ def _manifest(
         "outputs": [spec(v) for v in graph.outputs],
         "artifacts": [{"path": path, "kind": kind} for kind, path in ARTIFACT_PATHS.items()],
         "quantization": {
-            "spec": "edge_runtime.quant",
+            "spec": "edge_runtime.numerics",
             "method": "qat",
             "activations": {k: qp.to_dict() for k, qp in activations.items()},
             "calibrated_tensors": calibrated,

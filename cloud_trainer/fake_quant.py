@@ -1,8 +1,8 @@
-"""Fake quantization in torch: :mod:`edge_runtime.quant` (the spec), one torch call per numpy call.
+"""Fake quantization in torch: :mod:`edge_runtime.numerics` (the spec), one torch call per numpy call.
 
 Nothing here re-derives a formula. Constants (``WEIGHT_QMAX``, ``MIN_WEIGHT_SCALE``,
-``ACTIVATION_DTYPES``) and activation parameters (:func:`edge_runtime.quant.activation_params`,
-which turns an observed range into a :class:`~edge_runtime.quant.QuantParams`) are imported;
+``ACTIVATION_DTYPES``) and activation parameters (:func:`edge_runtime.numerics.activation_params`,
+which turns an observed range into a :class:`~edge_runtime.numerics.QuantParams`) are imported;
 the per-element arithmetic is the spec's numpy mirrored as its docstring says:
 ``np.rint`` -> ``torch.round`` (both half to even), ``np.clip`` -> ``torch.clamp``,
 ``np.max(np.abs(w))`` -> ``torch.amax(w.abs())``, float32 throughout. The tests compare
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from edge_runtime.quant import (
+from edge_runtime.numerics import (
     ACTIVATION_DTYPES,
     MIN_WEIGHT_SCALE,
     WEIGHT_QMAX,
@@ -36,7 +36,7 @@ __all__ = [
 
 
 def weight_scales(weight: torch.Tensor, axis: int = 0) -> torch.Tensor:
-    """Per-output-channel scales, float32 [channels]: ``edge_runtime.quant.weight_scales``."""
+    """Per-output-channel scales, float32 [channels]: ``edge_runtime.numerics.weight_scales``."""
     w = weight.detach().to(torch.float32)
     axis = axis % w.ndim
     reduce_dims = tuple(i for i in range(w.ndim) if i != axis)
@@ -52,7 +52,7 @@ def _channel_view(scales: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
 
 
 def quantize_weight(weight: torch.Tensor, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 values, float32 scales): ``edge_runtime.quant.quantize_weights``."""
+    """(int8 values, float32 scales): ``edge_runtime.numerics.quantize_weights``."""
     w = weight.detach().to(torch.float32)
     scales = weight_scales(w, axis)
     q = torch.clamp(torch.round(w / _channel_view(scales, w.ndim, axis)), -WEIGHT_QMAX, WEIGHT_QMAX)
@@ -76,7 +76,7 @@ def fake_quantize_weight(weight: torch.Tensor, axis: int = 0) -> torch.Tensor:
 
 
 def quantize_activation(x: torch.Tensor, params: QuantParams) -> torch.Tensor:
-    """``edge_runtime.quant.quantize`` (ONNX QuantizeLinear) as float32 codes."""
+    """``edge_runtime.numerics.quantize`` (ONNX QuantizeLinear) as float32 codes."""
     scale = torch.tensor(params.scale, dtype=torch.float32)
     q = torch.round(x.to(torch.float32) / scale) + torch.tensor(float(params.zero_point), dtype=torch.float32)
     return torch.clamp(q, params.qmin, params.qmax)
@@ -99,7 +99,7 @@ class _ActivationFakeQuant(torch.autograd.Function):
 
 
 def fake_quantize_activation(x: torch.Tensor, params: QuantParams) -> torch.Tensor:
-    """``edge_runtime.quant.fake_quantize`` with the clipped straight-through gradient."""
+    """``edge_runtime.numerics.fake_quantize`` with the clipped straight-through gradient."""
     return _ActivationFakeQuant.apply(x, params)
 
 
@@ -108,7 +108,7 @@ class EMAObserver(torch.nn.Module):
 
     The first batch sets the range; later batches move it by ``momentum``. When
     ``frozen`` the range stops moving. :meth:`quant_params` turns the range into
-    :class:`~edge_runtime.quant.QuantParams` through the spec's ``activation_params``.
+    :class:`~edge_runtime.numerics.QuantParams` through the spec's ``activation_params``.
     The range lives in buffers, so it is in the model's ``state_dict`` (checkpoints)
     and DDP broadcasts rank 0's values with the other buffers.
     """

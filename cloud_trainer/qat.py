@@ -38,7 +38,7 @@ from torch import nn
 
 from cloud_trainer.errors import QATError
 from cloud_trainer.fake_quant import EMAObserver, fake_quantize_activation, fake_quantize_weight
-from edge_runtime.quant import QuantParams
+from edge_runtime.numerics import QuantParams
 
 __all__ = [
     "INPUT_KEY",

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_train(sub)
 
     # --- the whole system on one machine ---
-    from edge_runtime.demo.cli import register as register_demo
+    from edge_demo.cli import register as register_demo
 
     register_demo(sub)
     return parser

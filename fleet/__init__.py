@@ -2,7 +2,7 @@
 
 Modules, one concept each: :mod:`fleet.protocol` (topics and message schemas,
 the one definition of the wire format), :mod:`fleet.agent` (the device side),
-:mod:`fleet.runtime` (the agent's hook into the runtime), :mod:`fleet.queue`
+:mod:`fleet.targets` (the agent's hook into the runtime), :mod:`fleet.queue`
 (the durable outbox), :mod:`fleet.manager` (registry, packages, rollouts,
 HTTP API), :mod:`fleet.broker` (embedded broker), :mod:`fleet.discovery`
 (zeroconf). See ``docs/fleet.md`` and ``docs/mqtt-protocol.md``.

@@ -71,7 +71,7 @@ from fleet.protocol import (
     topic,
 )
 from fleet.queue import DurableQueue
-from fleet.runtime import RuntimeTarget, StandaloneTarget, VersionStats
+from fleet.targets import RuntimeTarget, StandaloneTarget, VersionStats
 from fleet.versions import compare_versions
 
 __all__ = ["DEFAULT_MAX_PACKAGE_BYTES", "Agent", "AgentConfig"]

@@ -2,7 +2,7 @@
 
 Test helpers are imported by bare module name (``from graph_testing import ...``); pytest's
 default import mode only puts each test file's own directory on ``sys.path``, so the helper
-directory is added here once for tests/native_backend and any other directory that reuses them.
+directory is added here once for tests/plan and any other directory that reuses them.
 """
 
 from __future__ import annotations

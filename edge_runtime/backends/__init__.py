@@ -18,7 +18,7 @@ from edge_runtime.backends._base import Artifact, Backend, OpenOptions, Session
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edge_runtime.backends.tflite import TFLiteBackend
 from edge_runtime.errors import BackendUnavailableError
-from edge_runtime.native.backend import NativeBackend
+from edge_runtime.backends.native import NativeBackend
 
 __all__ = [
     "BACKENDS",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edge_runtime import errors
-from edge_runtime._native import DTYPES, aligned_empty, check, ffi, lib, ptr
+from edge_runtime.kernels._ffi import DTYPES, aligned_empty, check, ffi, lib, ptr
 from edge_runtime.kernels.core import Requant, ThreadPool, pool_handle
 
 __all__ = [

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_runtime import errors
-from edge_runtime._native import check, ffi, lib, ptr
+from edge_runtime.kernels._ffi import check, ffi, lib, ptr
 
 ISA_NAMES = ("scalar", "avx2", "avx512vnni", "neon", "neondot")
 _ISA_IDS = {name: i for i, name in enumerate(ISA_NAMES)}

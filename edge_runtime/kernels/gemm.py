@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_runtime import errors
-from edge_runtime._native import DTYPES, aligned_empty, check, ffi, lib, ptr
+from edge_runtime.kernels._ffi import DTYPES, aligned_empty, check, ffi, lib, ptr
 from edge_runtime.kernels.core import Requant, ThreadPool
 
 __all__ = ["PackedGemm", "gemm", "pack_gemm"]

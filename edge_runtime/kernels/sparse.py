@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime import errors
-from edge_runtime._native import DTYPES, aligned_empty, check, ffi, lib, ptr
+from edge_runtime.kernels._ffi import DTYPES, aligned_empty, check, ffi, lib, ptr
 from edge_runtime.kernels.core import Requant, ThreadPool, pool_handle
 from edge_runtime.kernels.gemm import _output_args
 

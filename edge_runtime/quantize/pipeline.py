@@ -40,7 +40,7 @@ from edge_runtime.errors import BackendUnavailableError, GraphError, Quantizatio
 from edge_runtime.graph import Graph, ValueInfo, check_supported, import_onnx, optimize, reference
 from edge_runtime.package import PackageInfo, load_private_key, make_selftest, write_package
 from edge_runtime.package._manifest import utc_now_iso
-from edge_runtime.quant import QuantParams
+from edge_runtime.numerics import QuantParams
 from edge_runtime.quantize.data import Dataset, DataSource, ImageOptions, load_data, load_labels
 from edge_runtime.quantize.qdq import export_qdq
 from edge_runtime.quantize.report import AccuracyReport, evaluate, format_table
@@ -364,15 +364,15 @@ def _sparse_layer_names(graph: Graph, pruned: Sequence[tuple[str, str]]) -> list
 
 def _native():
     try:
-        from edge_runtime import native
+        from edge_runtime import plan as native
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"edge quantize needs the native backend (edge_runtime.native), which cannot be imported: {exc}"
+            f"edge quantize needs the native backend (edge_runtime.plan), which cannot be imported: {exc}"
         ) from exc
     missing = [name for name in ("calibrate", "lower", "NativeSession") if not hasattr(native, name)]
     if missing:
         raise BackendUnavailableError(
-            f"edge quantize needs edge_runtime.native.{', '.join(missing)}, which this build lacks"
+            f"edge quantize needs edge_runtime.plan.{', '.join(missing)}, which this build lacks"
         )
     return native
 
@@ -535,7 +535,7 @@ def _manifest(
         "outputs": [_tensor_spec(v, expected.get(v.name), None) for v in graph.outputs],
         "artifacts": [{"path": path, "kind": kind} for kind, path in ARTIFACT_PATHS.items()],
         "quantization": {
-            "spec": "edge_runtime.quant",
+            "spec": "edge_runtime.numerics",
             "method": options.method,
             "activations": {k: qp.to_dict() for k, qp in activations.items()},
             "weights": {

@@ -6,10 +6,10 @@ The QDQ model computes what the native plan computes, in ONNX's vocabulary:
   ``DequantizeLinear`` with OUR parameters (uint8 or int8, one scale and zero
   point per tensor); consumers read the dequantized tensor;
 - Conv, ConvTranspose, Gemm and MatMul weights are int8 initializers, symmetric
-  per output channel (:func:`edge_runtime.quant.quantize_weights`), fed through a
+  per output channel (:func:`edge_runtime.numerics.quantize_weights`), fed through a
   ``DequantizeLinear`` with ``axis``;
 - biases are int32 with scale ``input_scale * weight_scale[n]``
-  (:func:`edge_runtime.quant.quantize_bias`) and zero point 0;
+  (:func:`edge_runtime.numerics.quantize_bias`) and zero point 0;
 - the IR's fused forms become plain ONNX again: a Conv/Gemm ``activation``
   becomes a Relu or Clip(0, 6) between the layer and its output's Q/DQ pair (the
   pattern onnxruntime fuses back), a Gemm whose A has leading batch dims becomes
@@ -37,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_runtime._version import __version__
 from edge_runtime.errors import GraphError, QuantizationError
 from edge_runtime.graph import Graph, Node, ValueInfo, import_onnx, optimize
-from edge_runtime.quant import QuantParams, WeightQuant, bias_scales, quantize_bias, quantize_weights
+from edge_runtime.numerics import QuantParams, WeightQuant, bias_scales, quantize_bias, quantize_weights
 
 __all__ = ["MIN_EXPORT_OPSET", "export_qdq", "quantized_weights"]
 
@@ -58,7 +58,7 @@ def export_qdq(
     (:func:`edge_runtime.graph.optimize`), or the original ONNX model (a
     ModelProto or a path), which is imported and optimized here the same way.
     ``activations`` maps tensor names of that graph to their parameters (from
-    :func:`edge_runtime.native.calibrate`); tensors without parameters stay float.
+    :func:`edge_runtime.plan.calibrate`); tensors without parameters stay float.
     The result passes ``onnx.checker``. Raises QuantizationError naming the node
     whose bias does not fit int32, GraphError for a graph it cannot write.
     """

@@ -63,7 +63,7 @@ from edge_runtime.package import file_sha256
 from edge_runtime.serve.batcher import BatchingConfig
 from edge_runtime.serve.config import ModelConfig
 from edge_runtime.serve.errors import ServeConfigError, ServeError
-from fleet.runtime import ServeTarget  # light: no MQTT client imported
+from fleet.targets import ServeTarget  # light: no MQTT client imported
 
 if TYPE_CHECKING:
     from edge_runtime.serve.manager import ModelManager
@@ -233,7 +233,7 @@ def _sha256_or_none(path: Path) -> str | None:
 
 
 class _EmbeddedTarget(ServeTarget):
-    """:class:`fleet.runtime.ServeTarget` that does not reload what the server loaded at start.
+    """:class:`fleet.targets.ServeTarget` that does not reload what the server loaded at start.
 
     When the agent starts it swaps every committed model in (its "recovery"). The server has
     already loaded those from the store before READY=1, so a swap to the package of the store

@@ -50,7 +50,7 @@ from typing import Any
 from fleet.errors import ConflictError, NotFoundError
 from fleet.manager.db import FleetDB
 from fleet.protocol import Desired, Event, HealthPolicy
-from fleet.runtime import LatencyHistogram
+from fleet.targets import LatencyHistogram
 
 __all__ = ["RolloutEngine", "RolloutSpec", "Targets"]
 

@@ -51,7 +51,7 @@ from fleet.protocol import (
     subscription,
     topic,
 )
-from fleet.runtime import LatencyHistogram
+from fleet.targets import LatencyHistogram
 
 __all__ = ["FleetManager", "ManagerConfig"]
 

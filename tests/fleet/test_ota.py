@@ -13,7 +13,7 @@ from fleet_helpers import MODEL, seed_device, serving, wait_for, write_key, writ
 from fleet.errors import UpdateError
 from fleet.manager.rollout import RolloutSpec
 from fleet.protocol import HealthPolicy
-from fleet.runtime import StandaloneTarget
+from fleet.targets import StandaloneTarget
 
 FAST = HealthPolicy(window_s=0.5, min_inferences=1)
 

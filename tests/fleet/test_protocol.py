@@ -166,7 +166,7 @@ def test_standalone_swap_lets_runs_in_flight_finish_on_the_old_version() -> None
     import threading
     import time
 
-    from fleet.runtime import StandaloneTarget, _Served
+    from fleet.targets import StandaloneTarget, _Served
 
     events: list[str] = []
 
@@ -205,7 +205,7 @@ def test_serve_target_counts_ignore_prometheus_created_timestamps() -> None:
     """prometheus_client's `*_created` samples are timestamps: they must not count as inferences."""
     from prometheus_client import CollectorRegistry, Counter
 
-    from fleet.runtime import ServeTarget
+    from fleet.targets import ServeTarget
 
     registry = CollectorRegistry()
     success = Counter("demo_success", "ok", ["model", "version"], registry=registry)

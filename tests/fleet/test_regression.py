@@ -19,7 +19,7 @@ from fleet_helpers import IN, MODEL, seed_device, serving, wait_for, write_model
 
 from fleet.manager.rollout import RolloutSpec
 from fleet.protocol import HealthPolicy
-from fleet.runtime import StandaloneTarget
+from fleet.targets import StandaloneTarget
 
 
 class _Degraded:

@@ -14,7 +14,7 @@ from quantize_models import digits, digits_cnn_bytes, save, tiny_mlp_seq
 from edge_runtime import cli
 from edge_runtime.errors import DatasetError, SignatureError
 from edge_runtime.kernels import is_2_4
-from edge_runtime.native import NativeSession, QuantizedPlan
+from edge_runtime.plan import NativeSession, QuantizedPlan
 from edge_runtime.package import TrustStore, generate_keypair, load_selftest, open_package
 from edge_runtime.quantize import QuantizeOptions, quantize_model
 

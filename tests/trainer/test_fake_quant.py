@@ -1,4 +1,4 @@
-"""The trainer's fake quantization is edge_runtime.quant, bit for bit, and 2:4 masks are prune_2_4's."""
+"""The trainer's fake quantization is edge_runtime.numerics, bit for bit, and 2:4 masks are prune_2_4's."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cloud_trainer.qat import (
     to_float,
 )
 from cloud_trainer.sparsity import MIN_SPARSE_K, TwoFourSparsity, is_2_4, mask_2_4, reduction_rows
-from edge_runtime import quant
+from edge_runtime import numerics
 
 
 def _weights(seed: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -34,7 +34,7 @@ def _weights(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(8, 3, 3, 3), (10, 256), (4, 1, 3, 3)])
 def test_weight_fake_quant_matches_the_spec_bit_for_bit(shape: tuple[int, ...]) -> None:
     w = _weights(0, shape)
-    want = quant.quantize_weights(w, axis=0)
+    want = numerics.quantize_weights(w, axis=0)
     values, scales = fake_quant.quantize_weight(torch.from_numpy(w))
     np.testing.assert_array_equal(scales.numpy(), want.scales)
     np.testing.assert_array_equal(values.numpy(), want.values)
@@ -47,24 +47,24 @@ def test_weight_fake_quant_matches_the_spec_bit_for_bit(shape: tuple[int, ...]) 
 def test_activation_fake_quant_matches_the_spec_bit_for_bit(dtype: str) -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(0.5, 2.0, size=(4, 16, 5, 5)).astype(np.float32)
-    params = quant.activation_params(-1.3, 4.7, dtype)  # values outside saturate
+    params = numerics.activation_params(-1.3, 4.7, dtype)  # values outside saturate
     x.reshape(-1)[:3] = np.array([1.5, 2.5, -0.5], dtype=np.float32) * np.float32(params.scale)  # ties
     got = fake_quant.fake_quantize_activation(torch.from_numpy(x), params).numpy()
-    np.testing.assert_array_equal(got, quant.fake_quantize(x, params))
+    np.testing.assert_array_equal(got, numerics.fake_quantize(x, params))
 
 
 def test_observer_params_come_from_the_spec() -> None:
     obs = fake_quant.EMAObserver(momentum=0.5)
     obs.observe(torch.tensor([-1.0, 3.0]))
     obs.observe(torch.tensor([0.5, 5.0]))
-    assert obs.quant_params() == quant.activation_params(-0.25, 4.0)
+    assert obs.quant_params() == numerics.activation_params(-0.25, 4.0)
     obs.frozen.fill_(True)
     obs.observe(torch.tensor([-100.0, 100.0]))
-    assert obs.quant_params() == quant.activation_params(-0.25, 4.0)
+    assert obs.quant_params() == numerics.activation_params(-0.25, 4.0)
 
 
 def test_straight_through_gradient_is_clipped_to_the_range() -> None:
-    params = quant.activation_params(0.0, 1.0)
+    params = numerics.activation_params(0.0, 1.0)
     x = torch.tensor([-0.5, 0.3, 0.7, 1.5], requires_grad=True)
     fake_quant.fake_quantize_activation(x, params).sum().backward()
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]

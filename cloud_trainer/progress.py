@@ -3,7 +3,7 @@
 Imported only inside the trainer's processes (it needs pytorch_lightning), via the
 demo's generated LightningCLI config::
 
-    - class_path: edge_runtime.demo.train_progress.EpochProgress
+    - class_path: cloud_trainer.progress.EpochProgress
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 The float reference executor (:mod:`edge_runtime.graph.reference`) runs the graph
 on each calibration batch; its ``observe`` hook streams every float tensor into one
-observer from :mod:`edge_runtime.quant`, and each observer finally proposes the
-tensor's :class:`~edge_runtime.quant.QuantParams`. Tensors whose consumers need a
+observer from :mod:`edge_runtime.numerics`, and each observer finally proposes the
+tensor's :class:`~edge_runtime.numerics.QuantParams`. Tensors whose consumers need a
 shared scale (Concat inputs, the layout ops that keep their input's parameters)
-are calibrated on their own here and unified later by :func:`edge_runtime.native.lower`.
+are calibrated on their own here and unified later by :func:`edge_runtime.plan.lower`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_runtime.errors import QuantizationError
 from edge_runtime.graph import Graph, reference
-from edge_runtime.quant import (
+from edge_runtime.numerics import (
     ActivationDType,
     EntropyObserver,
     MinMaxObserver,

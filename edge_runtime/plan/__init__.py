@@ -15,9 +15,9 @@ Typical use::
 
 from typing import Any
 
-from edge_runtime.native.calibrate import CALIBRATION_METHODS, calibrate, tensors_to_calibrate
-from edge_runtime.native.lower import lower
-from edge_runtime.native.plan import PLAN_FORMAT, PLAN_FORMAT_VERSION, PlanIO, QuantizedPlan, Step
+from edge_runtime.plan.calibrate import CALIBRATION_METHODS, calibrate, tensors_to_calibrate
+from edge_runtime.plan.lower import lower
+from edge_runtime.plan.quantized_plan import PLAN_FORMAT, PLAN_FORMAT_VERSION, PlanIO, QuantizedPlan, Step
 
 _EXECUTOR_NAMES = ("NativeSession", "PackedCache", "default_cache_dir")
 
@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Any:
     # The executor needs the compiled kernels; importing it lazily lets the backend
     # registry import this package (and report "unavailable") where they are not built.
     if name in _EXECUTOR_NAMES:
-        from edge_runtime.native import executor
+        from edge_runtime.plan import executor
 
         return getattr(executor, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,8 @@ import numpy as np
 
 from edge_runtime.backends._base import Artifact, Backend, OpenOptions, Session
 from edge_runtime.errors import BackendUnavailableError
-from edge_runtime.native.plan import PlanIO, QuantizedPlan
-from edge_runtime.quant import QuantParams
+from edge_runtime.plan.quantized_plan import PlanIO, QuantizedPlan
+from edge_runtime.numerics import QuantParams
 
 __all__ = ["NativeBackend", "NativeBackendSession", "activation_params_from_manifest"]
 
@@ -49,7 +49,7 @@ def _spec(io_: PlanIO):
 
 
 class NativeBackendSession(Session):
-    """A :class:`~edge_runtime.native.NativeSession` behind the backend interface.
+    """A :class:`~edge_runtime.plan.NativeSession` behind the backend interface.
 
     Not concurrent: :meth:`run` serialises callers on the session's lock (its buffers
     and thread pool are shared), so it is safe from any thread.
@@ -60,7 +60,7 @@ class NativeBackendSession(Session):
     def __init__(
         self, plan: QuantizedPlan, threads: int, lowered: bool, model_sha256: str | None = None
     ) -> None:
-        from edge_runtime.native.executor import NativeSession
+        from edge_runtime.plan.executor import NativeSession
 
         # The session owns the plan: it may drop the unpacked weights once packed and
         # stop referencing the artifact's bytes (see NativeSession's release_weights).
@@ -112,7 +112,7 @@ class NativeBackend(Backend):
                 f"the native backend runs native-plan and onnx artifacts, not {artifact.kind}"
             )
         from edge_runtime.graph import check_supported, import_onnx, optimize
-        from edge_runtime.native.lower import lower
+        from edge_runtime.plan.lower import lower
 
         if options.manifest is None:
             raise BackendUnavailableError(

@@ -157,7 +157,7 @@ def test_misaligned_packed_buffer():
 
 def _zeroed_like(buffer: np.ndarray) -> np.ndarray:
     """An aligned buffer of the same size holding zeros (no packed header)."""
-    from edge_runtime._native import aligned_empty
+    from edge_runtime.kernels._ffi import aligned_empty
 
     zeroed = aligned_empty(buffer.size)
     zeroed[:] = 0

@@ -11,7 +11,7 @@ from graph_testing import make_model, rng, value  # tests/graph, put on sys.path
 from onnx import helper
 
 from edge_runtime.graph import Graph, import_onnx, optimize
-from edge_runtime.native import NativeSession, calibrate, lower
+from edge_runtime.plan import NativeSession, calibrate, lower
 
 __all__ = [
     "calibrated",

@@ -14,7 +14,7 @@ from onnx import helper
 from edge_runtime import kernels
 from edge_runtime.errors import PackageFormatError, UnsupportedOperatorError
 from edge_runtime.graph import reference
-from edge_runtime.native import NativeSession, QuantizedPlan, calibrate, lower
+from edge_runtime.plan import NativeSession, QuantizedPlan, calibrate, lower
 
 CNN_SHAPE = (3, 16, 16)
 ENC_SHAPE = (6, 16)

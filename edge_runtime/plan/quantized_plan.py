@@ -1,5 +1,5 @@
-"""The quantized plan: what :func:`edge_runtime.native.lower` produces and
-:class:`edge_runtime.native.NativeSession` runs.
+"""The quantized plan: what :func:`edge_runtime.plan.lower` produces and
+:class:`edge_runtime.plan.NativeSession` runs.
 
 A plan is a list of :class:`Step` over named buffers. Each step names one kernel
 (``op``), the buffers it reads and writes, JSON-able attributes and numpy arrays
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import PackageFormatError
-from edge_runtime.quant import QuantParams
+from edge_runtime.numerics import QuantParams
 
 __all__ = ["PLAN_FORMAT", "PLAN_FORMAT_VERSION", "PlanIO", "QuantizedPlan", "Step"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from edge_runtime.demo.errors import DemoStepError
+from edge_demo.errors import DemoStepError
 
 __all__ = ["Child", "Supervisor", "free_port"]
 

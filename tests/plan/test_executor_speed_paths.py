@@ -14,9 +14,9 @@ import pytest
 from onnx import helper
 
 from edge_runtime.errors import KernelArgumentError, ShapeError
-from edge_runtime.native import NativeSession, lower
-from edge_runtime.native import executor as executor_module
-from tests.native_backend.native_models import (
+from edge_runtime.plan import NativeSession, lower
+from edge_runtime.plan import executor as executor_module
+from tests.plan.native_models import (
     calibrated,
     make_model,
     prepare,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.demo.traffic import Sample
+from edge_demo.traffic import Sample
 
 __all__ = ["TimelineEvent", "write_plot"]
 

@@ -35,8 +35,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from edge_runtime.demo.errors import DemoStepError, DemoTimeoutError
-from edge_runtime.demo.processes import Child, Supervisor, free_port
+from edge_demo.errors import DemoStepError, DemoTimeoutError
+from edge_demo.processes import Child, Supervisor, free_port
 
 __all__ = ["DEVICES", "DemoOptions", "DeviceSpec", "run_demo"]
 
@@ -246,7 +246,7 @@ class Demo:
                         "class_path": "cloud_trainer.sparsity.TwoFourSparsity",
                         "init_args": {"start_epoch": sparse_start},
                     },
-                    {"class_path": "edge_runtime.demo.train_progress.EpochProgress"},
+                    {"class_path": "cloud_trainer.progress.EpochProgress"},
                 ],
             },
             "model": {
@@ -450,7 +450,7 @@ class Demo:
             argv = [
                 sys.executable,
                 "-m",
-                "edge_runtime.demo.device",
+                "edge_demo.device",
                 "--fleet",
                 FLEET,
                 "--device",
@@ -542,7 +542,7 @@ class Demo:
 
     def _rollout(self, packages: dict[str, dict[str, Any]]) -> None:
         from cloud_trainer.push import push_package
-        from edge_runtime.demo.traffic import TrafficGenerator
+        from edge_demo.traffic import TrafficGenerator
 
         for version in (V1, V2):
             record = push_package(packages[version]["path"], self.api, token=self.api_token)
@@ -656,7 +656,7 @@ class Demo:
     # --- step 5: measurements ---
 
     def _measure(self, packages: dict[str, dict[str, Any]]) -> None:
-        from edge_runtime.demo.traffic import evaluate, latency_summary
+        from edge_demo.traffic import evaluate, latency_summary
 
         self.traffic.stop()
         samples = self.traffic.snapshot()
@@ -730,7 +730,7 @@ class Demo:
     # --- step 6: report ---
 
     def _report(self) -> None:
-        from edge_runtime.demo.plot import write_plot
+        from edge_demo.plot import write_plot
 
         s = self.summary
         acc, ref = s["accuracy"], s["reference"]

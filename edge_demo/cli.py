@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
-    from edge_runtime.demo.runner import DemoOptions, run_demo
+    from edge_demo.runner import DemoOptions, run_demo
 
     # The demo prints its own progress; library INFO logs of this process would interleave with it.
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)

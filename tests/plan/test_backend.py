@@ -11,8 +11,8 @@ from onnx import helper
 
 from edge_runtime.backends import Artifact, OpenOptions
 from edge_runtime.errors import BackendUnavailableError, UnsupportedOperatorError
-from edge_runtime.native import NativeSession, calibrate, lower
-from edge_runtime.native.backend import NativeBackend
+from edge_runtime.plan import NativeSession, calibrate, lower
+from edge_runtime.backends.native import NativeBackend
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m edge_runtime.demo.device --fleet demo --device pi4-kitchen --profile raspberrypi-4b \\
+    python -m edge_demo.device --fleet demo --device pi4-kitchen --profile raspberrypi-4b \\
         --state-dir DIR --broker mqtt://127.0.0.1:1883 --trust demo.pub --ready-file DIR/ready.json \\
         [--fault-version 2.0.0]
 
@@ -20,7 +20,7 @@ batch size and what the agent reports; the kernels run on this machine's CPU.
 Fault injection (the demo's failing device). ``--fault-version V`` (or ``EDGE_DEMO_FAULT_VERSION``)
 wraps every loaded model whose manifest version is ``V``: its load-time self-test runs normally
 (so the hot swap succeeds), and from then on every inference and every self-test probe raises
-:class:`~edge_runtime.demo.errors.InjectedFaultError`, like a fault that only shows in service
+:class:`~edge_demo.errors.InjectedFaultError`, like a fault that only shows in service
 (a driver bug under load). The agent's health window sees the errors and rolls the device back
 locally. Other versions are untouched.
 """
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.demo.errors import InjectedFaultError
+from edge_demo.errors import InjectedFaultError
 
 __all__ = ["FAULT_ENV", "FaultyModel", "main", "make_loader"]
 
@@ -99,7 +99,7 @@ def make_loader(profile: str, threads: int, trust_store: Any, device: str, fault
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m edge_runtime.demo.device", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m edge_demo.device", description=__doc__.split("\n")[0])
     p.add_argument("--fleet", required=True)
     p.add_argument("--device", required=True)
     p.add_argument("--profile", required=True, help="a device profile name (edge profile --list)")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_runtime import errors
-from edge_runtime._native import ffi, lib
+from edge_runtime.kernels._ffi import ffi, lib
 from edge_runtime.kernels import ops, requant_from_scale, supported_isas, use_isa
 
 ISAS = supported_isas()

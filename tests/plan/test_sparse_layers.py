@@ -11,7 +11,7 @@ from onnx import helper
 
 from edge_runtime import kernels
 from edge_runtime.graph import reference
-from edge_runtime.native import NativeSession, calibrate, lower
+from edge_runtime.plan import NativeSession, calibrate, lower
 from edge_runtime.quantize.pipeline import prune_model_2_4
 
 SHAPE = (4, 6, 6)

@@ -16,7 +16,7 @@ from edge_runtime.kernels import (
     use_isa,
 )
 from edge_runtime.kernels.conv import pack_conv2d24
-from tests.native.test_conv import conv_oracle, make_requant
+from tests.kernels.test_conv import conv_oracle, make_requant
 
 ISAS = supported_isas()
 

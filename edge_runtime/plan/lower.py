@@ -47,13 +47,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime import quant
+from edge_runtime import numerics
 from edge_runtime.errors import EdgeRuntimeError, KernelError, QuantizationError, UnsupportedOperatorError
 from edge_runtime.graph import Graph, Node
 from edge_runtime.graph.reference import OPS as REFERENCE_OPS
 from edge_runtime.graph.reference import _spatial_pads  # the one definition of auto_pad
-from edge_runtime.native.plan import PlanIO, QuantizedPlan, Step
-from edge_runtime.quant import QuantParams
+from edge_runtime.plan.quantized_plan import PlanIO, QuantizedPlan, Step
+from edge_runtime.numerics import QuantParams
 
 __all__ = ["lower"]
 
@@ -82,7 +82,7 @@ def lower(
     """Lower an optimized graph (:func:`edge_runtime.graph.optimize`) to an INT8 plan.
 
     ``activations`` holds the parameters of every float tensor (from
-    :func:`edge_runtime.native.calibrate`, QAT or the package's manifest).
+    :func:`edge_runtime.plan.calibrate`, QAT or the package's manifest).
     ``sparsity`` names layers (node names or weight tensor names) to run on the
     2:4-sparse kernel; their int8 weights are pruned to 2:4 when they are not.
     ``sparse_kernels=False`` runs every layer dense (to compare with the sparse plan).
@@ -206,7 +206,7 @@ class _Lowering:
             raise QuantizationError(
                 f"{where}no activation quantization parameters for tensor {name!r}: "
                 "calibrate the model (edge quantize) or pass parameters for every tensor "
-                "listed by edge_runtime.native.tensors_to_calibrate()"
+                "listed by edge_runtime.plan.tensors_to_calibrate()"
             )
         return qp
 
@@ -244,7 +244,7 @@ class _Lowering:
         if qp == target:
             return src
         codes = np.arange(qp.qmin, qp.qmax + 1).astype(qp.numpy_dtype)
-        table = quant.quantize(quant.dequantize(codes, qp), target)
+        table = numerics.quantize(numerics.dequantize(codes, qp), target)
         table = _lut_order(table, qp.dtype)
         out = self.graph.unique_name(f"{src}@requant")
         self.alias.pop(out, None)
@@ -254,8 +254,8 @@ class _Lowering:
 
     def _quantized_constant(self, value: np.ndarray) -> tuple[np.ndarray, QuantParams]:
         value = np.asarray(value, dtype=np.float32)
-        qp = quant.activation_params(float(value.min()), float(value.max()))
-        return quant.quantize(value, qp), qp
+        qp = numerics.activation_params(float(value.min()), float(value.max()))
+        return numerics.quantize(value, qp), qp
 
     # -- GEMM and convolution ---------------------------------------------------
 
@@ -330,7 +330,7 @@ class _Lowering:
         if in_qp is None:
             raise UnsupportedOperatorError(f"{node}: input {a!r} is not a float tensor")
         out_qp = self._act(out)
-        wq = quant.quantize_weights(w, axis=0)  # per output row: permuting columns commutes with it
+        wq = numerics.quantize_weights(w, axis=0)  # per output row: permuting columns commutes with it
         orders, layouts = [wq.values], [self.layout[src]]
         flat = self._flattened_map(a)
         if flat is not None:
@@ -344,10 +344,10 @@ class _Lowering:
             values = orders[chosen]
         if flat is not None and layouts[chosen] != self.layout[src]:
             src = self._flattened(x, "nhwc" if layouts[chosen] == "flat_hwc" else "plain", (c, h, wd))
-        bias_q = quant.quantize_bias(
+        bias_q = numerics.quantize_bias(
             np.zeros(w.shape[0], np.float32) if bias is None else bias, in_qp.scale, wq.scales
         )
-        rq = quant.requant(in_qp.scale, wq.scales, out_qp, node.attrs.get("activation") or None)
+        rq = numerics.requant(in_qp.scale, wq.scales, out_qp, node.attrs.get("activation") or None)
         self._emit(
             "gemm",
             [src],
@@ -405,11 +405,11 @@ class _Lowering:
         in_qp = self.params[src]
         out = node.outputs[0]
         out_qp = self._act(out)
-        wq = quant.quantize_weights(w.astype(np.float32), axis=0)
-        bias_q = quant.quantize_bias(
+        wq = numerics.quantize_weights(w.astype(np.float32), axis=0)
+        bias_q = numerics.quantize_bias(
             np.zeros(m, np.float32) if bias is None else bias.astype(np.float32), in_qp.scale, wq.scales
         )
-        rq = quant.requant(in_qp.scale, wq.scales, out_qp, node.attrs.get("activation") or None)
+        rq = numerics.requant(in_qp.scale, wq.scales, out_qp, node.attrs.get("activation") or None)
         depthwise, sparse, values = False, False, wq.values
         if group == cin == m and kernel[0] == kernel[1] in (3, 5) and strides[0] == strides[1] in (1, 2) \
                 and dilations == [1, 1]:  # fmt: skip
@@ -514,8 +514,8 @@ class _Lowering:
         if node.op_type == "Gelu" and node.attrs.get("approximate", "none") != "none":
             # No C table for the tanh form: build it from the reference op itself.
             codes = np.arange(in_qp.qmin, in_qp.qmax + 1).astype(in_qp.numpy_dtype)
-            real = REFERENCE_OPS["Gelu"](node, [quant.dequantize(codes, in_qp)])[0]
-            table = _lut_order(quant.quantize(real, out_qp), in_qp.dtype)
+            real = REFERENCE_OPS["Gelu"](node, [numerics.dequantize(codes, in_qp)])[0]
+            table = _lut_order(numerics.quantize(real, out_qp), in_qp.dtype)
         else:
             from edge_runtime.kernels import lut_table
 
@@ -541,8 +541,8 @@ class _Lowering:
         qp = self.params[src]
         if qp is None:
             return self._float(node)
-        qlo = qp.qmin if lo is None else int(quant.quantize(np.float32(lo), qp))
-        qhi = qp.qmax if hi is None else int(quant.quantize(np.float32(hi), qp))
+        qlo = qp.qmin if lo is None else int(numerics.quantize(np.float32(lo), qp))
+        qhi = qp.qmax if hi is None else int(numerics.quantize(np.float32(hi), qp))
         self._emit("clamp", [src], [out], {"lo": qlo, "hi": qhi})
         self._set(out, qp, self.layout[src])
 
@@ -723,7 +723,7 @@ class _Lowering:
             self._emit(
                 "embed", [self._src(indices)], [out],
                 {"axis": int(node.attrs.get("axis", 0)), **out_qp.to_dict()},
-                {"table": quant.quantize(table, out_qp)},
+                {"table": numerics.quantize(table, out_qp)},
             )  # fmt: skip
             self._set(out, out_qp, "plain")
             return

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud_trainer.errors import DatasetError
+from cloud_trainer.errors import DataSplitError
 
 __all__ = [
     "DIGITS_SEED",
@@ -65,7 +65,7 @@ def load_digits_splits(
     version's shuffling. Within a split the images are in a seeded shuffled order.
     """
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise DatasetError(f"fractions must be three positive numbers summing to 1, got {fractions}")
+        raise DataSplitError(f"fractions must be three positive numbers summing to 1, got {fractions}")
     from sklearn.datasets import load_digits  # Deferred: the rest of the module needs numpy only.
 
     digits = load_digits()
@@ -86,7 +86,7 @@ def load_digits_splits(
     for chunks in parts:
         index = rng.permutation(np.concatenate(chunks))
         if len(index) == 0:
-            raise DatasetError(f"fractions {fractions} leave a split empty")
+            raise DataSplitError(f"fractions {fractions} leave a split empty")
         splits.append(Split(x=np.ascontiguousarray(images[index]), y=labels[index]))
     return DigitsSplits(train=splits[0], val=splits[1], test=splits[2])
 
@@ -115,7 +115,7 @@ def make_synthetic_images(
     Returns float32 [n, channels, image_size, image_size] and int64 labels [n].
     """
     if n <= 0 or num_classes <= 0 or image_size <= 0 or channels <= 0 or noise < 0:
-        raise DatasetError(
+        raise DataSplitError(
             f"n, num_classes, image_size and channels must be positive and noise >= 0: got n={n}, "
             f"num_classes={num_classes}, image_size={image_size}, channels={channels}, noise={noise}"
         )

@@ -5,7 +5,7 @@ Every error raised on purpose by ``cloud_trainer`` derives from
 so that generic handlers keep working::
 
     TrainerError
-    ├── DatasetError (ValueError)       a data set request that cannot be met (bad split, bad size)
+    ├── DataSplitError (ValueError)       a data set request that cannot be met (bad split, bad size)
     ├── UnknownModelError (LookupError) a reference model name that does not exist
     ├── ExportError (RuntimeError)      an ONNX export that failed or cannot be checked
     │   └── ExportMismatchError         onnxruntime's outputs differ from torch's beyond tolerance
@@ -19,14 +19,14 @@ so that generic handlers keep working::
 
 from __future__ import annotations
 
-__all__ = ["DatasetError", "ExportError", "ExportMismatchError", "TrainerError", "UnknownModelError"]
+__all__ = ["DataSplitError", "ExportError", "ExportMismatchError", "TrainerError", "UnknownModelError"]
 
 
 class TrainerError(Exception):
     """Base of every error the cloud trainer raises on purpose."""
 
 
-class DatasetError(ValueError, TrainerError):
+class DataSplitError(ValueError, TrainerError):
     """A data set request that cannot be met: fractions that do not sum to one, an empty split."""
 
 

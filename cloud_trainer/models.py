@@ -54,6 +54,7 @@ from torch import nn
 
 from cloud_trainer.data import Split
 from cloud_trainer.errors import ExportError, ExportMismatchError, UnknownModelError
+from edge_runtime.package import TensorSpec
 
 __all__ = [
     "BATCH_DIM",
@@ -83,18 +84,6 @@ BATCH_DIM = "batch"
 
 
 # --------------------------------------------------------------------------- specs and base
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, numpy dtype name and shape of a model input or output; ``"batch"`` marks the dynamic dim."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
 class ReferenceModel(nn.Module):

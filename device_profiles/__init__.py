@@ -10,12 +10,15 @@ throttling for telemetry.
 from device_profiles._detect import CpuInfo, detect_profile, parse_cpuinfo
 from device_profiles._profiles import PROFILES, BackendPreference, Profile, get_profile
 from device_profiles._sensors import Throttling, read_temperature_c, read_throttled
+from device_profiles.errors import DeviceProfileError, ProfileError
 
 __all__ = [
     "PROFILES",
     "BackendPreference",
     "CpuInfo",
+    "DeviceProfileError",
     "Profile",
+    "ProfileError",
     "Throttling",
     "detect_profile",
     "get_profile",

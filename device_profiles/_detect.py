@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device_profiles._profiles import PROFILES, Profile
-from edge_runtime.errors import ProfileError
+from device_profiles.errors import ProfileError
 
 __all__ = ["CpuInfo", "detect_profile", "parse_cpuinfo"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edge_runtime.errors import ProfileError
+from device_profiles.errors import ProfileError
 
 __all__ = ["PROFILES", "BackendPreference", "Profile", "get_profile"]
 

@@ -26,11 +26,15 @@ builtin so that generic handlers keep working::
     ├── QuantizationError (ValueError)   quantization parameters that cannot be represented
     ├── UnsupportedOperatorError (NotImplementedError)
     ├── BackendUnavailableError (RuntimeError)  a backend not installed or not built, or none fits the model
-    ├── SelfTestError (RuntimeError)     self-test outputs outside their tolerance, or no vectors to run
-    └── ProfileError (RuntimeError)      a device profile that cannot be found or parsed
+    └── SelfTestError (RuntimeError)     self-test outputs outside their tolerance, or no vectors to run
+
+:class:`~device_profiles.errors.ProfileError` (a device profile that cannot be found or parsed) is
+defined by ``device_profiles``, below the runtime in the import graph, and re-exported here.
 """
 
 from __future__ import annotations
+
+from device_profiles.errors import ProfileError  # noqa: F401 - re-exported
 
 
 class EdgeRuntimeError(Exception):
@@ -125,5 +129,3 @@ class SelfTestError(RuntimeError, EdgeRuntimeError):
     """A model whose self-test outputs differ from the expected ones, or that carries no vectors."""
 
 
-class ProfileError(RuntimeError, EdgeRuntimeError):
-    """A device profile that cannot be found or parsed."""

@@ -52,7 +52,7 @@ from fleet.errors import (
     DownloadError,
     FleetError,
     InsufficientSpaceError,
-    PackageTooLargeError,
+    DownloadTooLargeError,
     ProtocolError,
     UpdateError,
 )
@@ -649,7 +649,7 @@ class Agent:
             return final
         limit = self.config.max_package_bytes
         if d.size > limit:
-            raise PackageTooLargeError(
+            raise DownloadTooLargeError(
                 f"the package is {d.size} bytes, over this device's limit of {limit} (max_package_bytes)"
             )
         part = self._downloads / f"{d.sha256}.part"
@@ -668,7 +668,7 @@ class Agent:
                 self._fetch_blocks(d, f, have, nblocks)
                 f.flush()
                 os.fsync(f.fileno())
-        except PackageTooLargeError:
+        except DownloadTooLargeError:
             part.unlink(missing_ok=True)
             raise
         digest = hashlib.sha256()
@@ -733,7 +733,7 @@ class Agent:
             while have in got:
                 data = got.pop(have)
                 if len(data) > d.block_size or have * d.block_size + len(data) > d.size:
-                    raise PackageTooLargeError(
+                    raise DownloadTooLargeError(
                         f"block {have} would take the download past the {d.size} bytes announced; "
                         "the download was discarded"
                     )

@@ -9,7 +9,7 @@ specific errors also derive from the matching builtin::
     │   └── CertificatePinError          the broker's TLS certificate is not the pinned one
     ├── DownloadError (RuntimeError)     a package transfer that failed or stalled
     │   ├── DigestMismatchError          a downloaded file whose sha256 differs from the deployment's
-    │   ├── PackageTooLargeError         a package over the device's size limit (refused, or cut off)
+    │   ├── DownloadTooLargeError         a package over the device's size limit (refused, or cut off)
     │   └── InsufficientSpaceError       the state directory's file system has no room for it
     ├── UpdateError (RuntimeError)       an OTA step failed; ``step`` says which (verify, selftest, ...)
     │   └── DowngradeError               a version lower than the committed one, not allowed
@@ -35,7 +35,7 @@ __all__ = [
     "InsufficientSpaceError",
     "ManagerLockedError",
     "NotFoundError",
-    "PackageTooLargeError",
+    "DownloadTooLargeError",
     "ProtocolError",
     "UpdateError",
 ]
@@ -65,7 +65,7 @@ class DigestMismatchError(DownloadError):
     """The downloaded bytes do not hash to the sha256 the deployment named."""
 
 
-class PackageTooLargeError(DownloadError):
+class DownloadTooLargeError(DownloadError):
     """The package is bigger than the device accepts (``max_package_bytes``), or the manager sent more
     bytes than the deployment announced; refused before (or as soon as) the limit is crossed."""
 

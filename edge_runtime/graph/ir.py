@@ -170,9 +170,6 @@ class Graph:
         self.initializers[name] = np.asarray(value)
         return name
 
-    def insert_before(self, anchor: Node, new: Node) -> None:
-        self.nodes.insert(self.nodes.index(anchor), new)
-
     def remove_node(self, node: Node) -> None:
         self.nodes.remove(node)
 

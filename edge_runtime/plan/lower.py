@@ -498,11 +498,14 @@ class _Lowering:
     _op_Add = _binary
     _op_Mul = _binary
 
+    # No int8 kernel: dequantize the inputs, run the node's reference in float32, quantize.
     def _op_Sub(self, node: Node) -> None:
         self._float(node)
 
     _op_Div = _op_Sub
-    _op_BatchNormalization = _op_Sub
+
+    def _op_BatchNormalization(self, node: Node) -> None:
+        self._float(node)  # one that no convolution absorbed
 
     def _lut(self, node: Node) -> None:
         x, out = node.inputs[0], node.outputs[0]

@@ -620,9 +620,6 @@ class ModelManager:
         loaded = self._current.get(name)
         return loaded is None or resolve_source(path) != loaded.path
 
-    def last_error(self, name: str) -> str | None:
-        return self._last_error.get(name)
-
     def index(self) -> list[dict[str, Any]]:
         """The repository index: one entry per known model with its state."""
         entries: list[dict[str, Any]] = []

@@ -379,7 +379,7 @@ def open_package(
     """
     pkg_path = Path(path)
     # Kept open on success: the returned Package owns it. FileNotFoundError propagates as is.
-    file = open(pkg_path, "rb")  # noqa: SIM115
+    file = _open_regular_file(pkg_path)
     try:
         size = os.fstat(file.fileno()).st_size
         if size > limits.max_package_bytes:
@@ -399,6 +399,26 @@ def open_package(
             raise
     except BaseException:
         file.close()
+        raise
+
+
+def _open_regular_file(path: Path) -> IO[bytes]:
+    """``open(path, "rb")`` for a regular file only; PackageFormatError for a FIFO, device or socket.
+
+    Checked twice: ``os.stat`` before opening (a FIFO's ``open`` would block until a writer
+    comes), then ``fstat`` on what was opened with ``O_NONBLOCK`` (the path may have been
+    replaced in between; on a regular file the flag changes nothing).
+    """
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise PackageFormatError(f"{path} is not a regular file (a FIFO, device, socket or directory)")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PackageFormatError(f"{path} is not a regular file (a FIFO, device, socket or directory)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
         raise
 
 

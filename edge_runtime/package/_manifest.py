@@ -17,10 +17,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from edge_runtime.errors import PackageFormatError
+from edge_runtime.package._json import JsonLimits, check_json_value, loads_bounded
 
 __all__ = [
     "ARTIFACT_KINDS",
     "DTYPES",
+    "MANIFEST_JSON_LIMITS",
     "MANIFEST_NAME",
     "SCHEMA_VERSION",
     "SIGNATURE_NAME",
@@ -34,6 +36,7 @@ __all__ = [
     "TensorSpec",
     "check_member_path",
     "check_schema_version",
+    "decode_manifest_json",
     "parse_manifest_bytes",
     "utc_now_iso",
 ]
@@ -60,6 +63,11 @@ _LAYOUT_RE = re.compile(r"^[A-Z]{1,8}$")
 _RUNTIME_VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
 _PATH_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _MAX_PATH_CHARS = 255
+
+# What a manifest may hold beyond its byte size (Limits.max_manifest_bytes): nesting depth, the
+# characters of one number literal (a 64-digit integer at most) and finite numbers only. Checked on
+# the bytes before decoding (no recursion) and again on the dict a writer is given.
+MANIFEST_JSON_LIMITS = JsonLimits(max_depth=64, max_number_chars=64)
 
 _TOP_LEVEL_REQUIRED = ("schema_version", "name", "version", "created", "inputs", "outputs", "artifacts")
 _TOP_LEVEL_OPTIONAL = ("quantization", "sparsity", "requirements", "selftest", "metrics", "provenance")
@@ -400,8 +408,14 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Any) -> Manifest:
-        """Validate a decoded manifest; raises PackageFormatError naming the first bad field."""
+        """Validate a decoded manifest; raises PackageFormatError naming the first bad field.
+
+        Also the write path's guard: depth, integer size and finite numbers are checked
+        on the whole dict (:data:`MANIFEST_JSON_LIMITS`), so that nothing is written
+        that the reader would refuse.
+        """
         d = _obj(d, "root")
+        check_json_value(d, MANIFEST_JSON_LIMITS, PackageFormatError, "manifest")
         check_schema_version(d)
         _no_unknown_keys(d, _TOP_LEVEL_REQUIRED + _TOP_LEVEL_OPTIONAL, "root")
         for key in _TOP_LEVEL_REQUIRED:
@@ -469,7 +483,10 @@ class Manifest:
 
     def to_json_bytes(self) -> bytes:
         """Canonical bytes: sorted keys, two-space indent, UTF-8, no NaN. Same manifest, same bytes."""
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        try:
+            text = json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise PackageFormatError(f"manifest cannot be written as JSON: {exc}") from None
         return (text + "\n").encode("utf-8")
 
     def artifact(self, path_or_kind: str) -> ArtifactEntry:
@@ -522,10 +539,6 @@ def check_schema_version(d: Mapping[str, Any]) -> None:
         )
 
 
-def _reject_constant(name: str) -> Any:
-    raise PackageFormatError(f"manifest contains {name}, which is not valid JSON")
-
-
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Two parsers that disagree on which duplicate wins would see different
     # manifests under one signature: refuse duplicates outright.
@@ -538,13 +551,17 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_manifest_bytes(data: bytes) -> Manifest:
-    """Decode and validate manifest bytes (UTF-8 JSON); raises PackageFormatError."""
-    try:
-        decoded = json.loads(
-            data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
-        )
-    except UnicodeDecodeError as exc:
-        raise PackageFormatError(f"manifest is not UTF-8: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise PackageFormatError(f"manifest is not valid JSON: {exc}") from None
-    return Manifest.from_dict(decoded)
+    """Decode and validate manifest bytes (UTF-8 JSON within :data:`MANIFEST_JSON_LIMITS`).
+
+    Raises PackageFormatError for anything else: invalid JSON, duplicate keys,
+    nesting deeper than the limit, an oversized number, NaN/Infinity or a number
+    that is not finite as a double (``1e400``), and every schema error.
+    """
+    return Manifest.from_dict(decode_manifest_json(data))
+
+
+def decode_manifest_json(data: bytes | str) -> Any:
+    """The JSON value of manifest bytes (or text) within :data:`MANIFEST_JSON_LIMITS`, not validated
+    against the schema: what ``edge pack`` reads a hand-written manifest with; PackageFormatError."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return loads_bounded(raw, MANIFEST_JSON_LIMITS, PackageFormatError, "manifest", _no_duplicate_keys)

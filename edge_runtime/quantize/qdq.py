@@ -5,9 +5,14 @@ The QDQ model computes what the native plan computes, in ONNX's vocabulary:
 - every calibrated activation ``t`` is followed by ``QuantizeLinear`` and
   ``DequantizeLinear`` with OUR parameters (uint8 or int8, one scale and zero
   point per tensor); consumers read the dequantized tensor;
-- Conv, ConvTranspose, Gemm and MatMul weights are int8 initializers, symmetric
-  per output channel (:func:`edge_runtime.numerics.quantize_weights`), fed through a
-  ``DequantizeLinear`` with ``axis``;
+- Conv, ConvTranspose, Gemm and MatMul weights are our int8 weights, symmetric
+  per output channel (:func:`edge_runtime.numerics.quantize_weights`), stored as
+  uint8 codes ``w + 128`` with zero point 128 (:func:`qdq_weight_codes`: the same
+  real values, ``(w + 128 - 128) * scale``), fed through a ``DequantizeLinear``
+  with ``axis``. onnxruntime then multiplies uint8 activations by uint8 weights
+  (its u8u8 kernels, exact on every x86) instead of uint8 by int8, which on x86
+  without VNNI uses ``vpmaddubsw`` and saturates (docs/numerics.md, "The QDQ
+  model's weights");
 - biases are int32 with scale ``input_scale * weight_scale[n]``
   (:func:`edge_runtime.numerics.quantize_bias`) and zero point 0;
 - the IR's fused forms become plain ONNX again: a Conv/Gemm ``activation``
@@ -39,10 +44,12 @@ from edge_runtime.errors import GraphError, QuantizationError
 from edge_runtime.graph import Graph, Node, ValueInfo, import_onnx, optimize
 from edge_runtime.numerics import QuantParams, WeightQuant, bias_scales, quantize_bias, quantize_weights
 
-__all__ = ["MIN_EXPORT_OPSET", "export_qdq", "quantized_weights"]
+__all__ = ["MIN_EXPORT_OPSET", "QDQ_WEIGHT_ZERO_POINT", "export_qdq", "qdq_weight_codes", "quantized_weights"]
 
 MIN_EXPORT_OPSET = 17
 _GELU_OPSET = 20
+# The zero point of the QDQ model's uint8 weight codes: our int8 weight w is stored as w + 128.
+QDQ_WEIGHT_ZERO_POINT = 128
 _REDUCE_AXES_INPUT_OPSET = 18
 
 
@@ -86,6 +93,22 @@ def quantized_weights(graph: Graph) -> dict[str, WeightQuant]:
             weights, axis = layout
             out[node.name] = quantize_weights(weights, axis)
     return out
+
+
+def qdq_weight_codes(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """(uint8 codes, zero point) of int8 weights ``values`` in the QDQ model: ``values + 128`` and 128.
+
+    The same real weights (``(code - 128) * scale == w * scale``, exactly), in the
+    encoding onnxruntime runs on its u8u8 kernels: its u8s8 kernels on x86 without
+    VNNI (AVX2, AVX-512 without VNNI) sum pairs of u8 x s8 products into a
+    saturating int16 (``vpmaddubsw``), and 255 x 127 x 2 does not fit. With VNNI
+    both give the same exact int32 sums, hence the same outputs.
+    """
+    values = np.asarray(values)
+    if values.dtype != np.int8:
+        raise QuantizationError(f"QDQ weights must be int8 codes, got {values.dtype}")
+    codes = (values.astype(np.int16) + QDQ_WEIGHT_ZERO_POINT).astype(np.uint8)
+    return codes, QDQ_WEIGHT_ZERO_POINT
 
 
 def _weight_layout(graph: Graph, node: Node) -> tuple[np.ndarray, int] | None:
@@ -197,9 +220,10 @@ class _Writer:
         self.read_as[tensor] = dq
 
     def _weights(self, node: Node, wq: WeightQuant) -> str:
-        values = self.const(wq.values, f"{node.inputs[1]}_quantized")
+        codes, zero_point = qdq_weight_codes(wq.values)
+        values = self.const(codes, f"{node.inputs[1]}_quantized")
         scales = self.const(wq.scales.astype(np.float32), f"{node.inputs[1]}_scale")
-        zeros = self.const(np.zeros(wq.channels, np.int8), f"{node.inputs[1]}_zero_point")
+        zeros = self.const(np.full(wq.channels, zero_point, np.uint8), f"{node.inputs[1]}_zero_point")
         out = self.fresh(f"{node.inputs[1]}_dq")
         self.emit("DequantizeLinear", [values, scales, zeros], [out], f"{node.name}/weight_dq", axis=wq.axis)
         return out

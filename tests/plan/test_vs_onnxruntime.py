@@ -1,9 +1,10 @@
 """The plan against onnxruntime's own INT8 kernels on the same quantized model (QDQ).
 
-The QDQ model carries exactly the plan's int8 weights, int32 bias and activation
-parameters, so the two differ only in how the int32 accumulator is requantized
-(onnxruntime: a float multiply; the plan: the fixed-point rule of the spec): at
-most one output code apart.
+The QDQ model carries exactly the plan's int8 weights (as `edge quantize` writes them:
+uint8 codes w + 128 with zero point 128, which onnxruntime runs on its exact u8u8
+kernels, also on x86 without VNNI), int32 bias and activation parameters, so the two
+differ only in how the int32 accumulator is requantized (onnxruntime: a float
+multiply; the plan: the fixed-point rule of the spec): at most one output code apart.
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from onnx import helper
 
 from edge_runtime.plan import NativeSession, calibrate, lower
 from edge_runtime.numerics import quantize_bias, quantize_weights
+from edge_runtime.quantize.qdq import qdq_weight_codes
 
 ort = pytest.importorskip("onnxruntime")
 
 
 def _qdq_conv(w: np.ndarray, b: np.ndarray, xq, yq, relu: bool):
     wq = quantize_weights(w, axis=0)
+    codes, zero_point = qdq_weight_codes(wq.values)
     bq = quantize_bias(b, xq.scale, wq.scales)
     f = lambda v: np.array(v, np.float32)
     init = {
         "xs": f(xq.scale), "xz": np.array(xq.zero_point, np.uint8), "ys": f(yq.scale),
-        "yz": np.array(yq.zero_point, np.uint8), "wq": wq.values, "ws": wq.scales,
-        "wz": np.zeros(len(wq.scales), np.int8), "bq": bq,
+        "yz": np.array(yq.zero_point, np.uint8), "wq": codes, "ws": wq.scales,
+        "wz": np.full(len(wq.scales), zero_point, np.uint8), "bq": bq,
         "bs": (np.float32(xq.scale) * wq.scales).astype(np.float32), "bz": np.zeros(len(bq), np.int32),
     }  # fmt: skip
     n = helper.make_node

@@ -65,9 +65,12 @@ def test_qdq_carries_our_parameters(cnn) -> None:
     dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     onnx_conv = next(n for n in model.graph.node if n.op_type == "Conv")
     weight_dq, bias_dq = dq[onnx_conv.input[1]], dq[onnx_conv.input[2]]
-    np.testing.assert_array_equal(inits[weight_dq.input[0]], expected.values)
+    # our int8 weights as uint8 codes w + 128 with zero point 128: onnxruntime's exact u8u8 kernels
+    codes, zero_points = inits[weight_dq.input[0]], inits[weight_dq.input[2]]
+    assert codes.dtype == np.uint8 and zero_points.dtype == np.uint8
+    np.testing.assert_array_equal(codes.astype(np.int16) - 128, expected.values)
+    np.testing.assert_array_equal(zero_points, np.full(len(expected.scales), 128, np.uint8))
     np.testing.assert_array_equal(inits[weight_dq.input[1]], expected.scales)
-    assert inits[weight_dq.input[0]].dtype == np.int8
     assert {a.name: a.i for a in weight_dq.attribute} == {"axis": 0}
     bias = inits[bias_dq.input[0]]
     in_scale = activations[conv.inputs[0]].scale

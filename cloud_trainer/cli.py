@@ -24,7 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fit", "main", "register"]
+from cloud_trainer.errors import TrainerError
+from edge_runtime.cli import CommandGroup
+
+__all__ = ["COMMANDS", "fit", "main", "register"]
 
 
 def register(subparsers: Any) -> None:
@@ -139,8 +142,6 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m cloud_trainer.cli train ...``; typed trainer errors become one line and exit code 1."""
-    from cloud_trainer.errors import TrainerError
-
     parser = argparse.ArgumentParser(prog="edge")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
@@ -153,3 +154,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+COMMANDS = CommandGroup(register, (TrainerError,), order=20)

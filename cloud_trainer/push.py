@@ -4,9 +4,8 @@ The manager's API (``fleet.manager.http``) takes the raw ``.edgepkg`` bytes as t
 body, verifies the package and stores it by sha256, and answers ``201`` with the stored
 package's record (JSON, including its ``sha256``). The file is streamed, not loaded whole;
 the standard library's ``urllib`` is the only dependency. The manager requires its API token
-(``Authorization: Bearer``): ``edge train push --token``, else ``$EDGE_FLEET_TOKEN``,
-``$EDGE_FLEET_TOKEN_FILE`` or a local manager's ``/var/lib/edge-fleet/api-token``
-(:func:`fleet.auth.client_token`). A ``401`` says the token is missing or wrong.
+(``Authorization: Bearer``): ``edge train push --token``, else ``$EDGE_FLEET_TOKEN`` (the variable
+the fleet's own client reads too). A ``401`` says the token is missing or wrong.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from cloud_trainer.errors import PushError
 __all__ = ["PACKAGES_ENDPOINT", "push_package"]
 
 PACKAGES_ENDPOINT = "/api/v1/packages"
+TOKEN_ENV = "EDGE_FLEET_TOKEN"
 
 
 def push_package(
@@ -60,13 +60,6 @@ def push_package(
 
 
 def main_push(package: str, fleet: str, token: str | None) -> int:
-    from fleet.auth import client_token
-    from fleet.errors import AuthError
-
-    try:
-        token = token or client_token()
-    except AuthError as exc:
-        raise PushError(str(exc)) from exc
-    record = push_package(package, fleet, token=token)
+    record = push_package(package, fleet, token=token or os.environ.get(TOKEN_ENV, "").strip() or None)
     print(json.dumps(record, indent=2, sort_keys=True), file=sys.stdout)
     return 0

@@ -11,7 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["register"]
+from edge_runtime.cli import CommandGroup
+from edge_demo.errors import DemoError
+
+__all__ = ["COMMANDS", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -64,3 +67,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print("edge demo: interrupted; everything it started has been stopped", file=sys.stderr)
         return 130
     return 0
+
+
+COMMANDS = CommandGroup(register, (DemoError,), order=30)

@@ -6,7 +6,7 @@
         --state-dir DIR --broker mqtt://127.0.0.1:1883 --trust demo.pub --ready-file DIR/ready.json \\
         [--fault-version 2.0.0]
 
-It runs what ``edge serve --fleet ... --device ...`` runs (:mod:`edge_runtime.serve.agent`): the
+It runs what ``edge serve --fleet ... --device ...`` runs (:mod:`fleet.serve_agent`): the
 Open Inference Protocol server (:class:`~edge_runtime.serve.ServerThread`, on a free loopback port)
 serving the models committed in ``--state-dir`` (none at first), with the device agent inside
 driving the server's models: deployments hot-swap them. Once the server is ready (the agent
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from device_profiles import PROFILES
     from edge_runtime.package import TrustStore
     from edge_runtime.serve import BatchingConfig, ServeConfig, ServerThread
-    from fleet.agent import AgentConfig
-    from fleet.mqtt import BrokerConfig
+    from fleet.agent_options import AgentOptions
 
     profile = PROFILES[args.profile]
     trust = TrustStore.load(*args.trust) if args.trust else None
@@ -146,18 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    fleet = AgentConfig(
+    agent = AgentOptions(
         fleet=args.fleet,
         device=args.device,
         state_dir=args.state_dir,
-        broker=BrokerConfig(args.broker),
+        broker=args.broker,
         trust=tuple(args.trust),
         tags=tuple(args.tag),
         profile=args.profile,
         telemetry_interval_s=args.telemetry_interval,
-        probe_interval_s=0.25,
     )
-    server = ServerThread(config, loader=loader, fleet=fleet).start()
+    server = ServerThread(config, loader=loader, agent_spec=agent).start()
     try:
         ready = {"url": server.url, "pid": os.getpid(), "device": args.device, "profile": args.profile}
         tmp = args.ready_file.with_suffix(".tmp")

@@ -1,5 +1,5 @@
-"""Typed errors of ``edge demo``; all are :class:`~edge_runtime.errors.EdgeRuntimeError`, so ``edge``
-prints them on one line and exits 1."""
+"""Typed errors of ``edge demo``, rooted at :class:`DemoError` (``edge`` prints them on one line and
+exits 1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from edge_runtime.errors import EdgeRuntimeError
 __all__ = ["DemoError", "DemoStepError", "DemoTimeoutError", "InjectedFaultError"]
 
 
-class DemoError(EdgeRuntimeError):
+class DemoError(Exception):
     """The demo could not complete."""
 
 
@@ -20,5 +20,7 @@ class DemoTimeoutError(DemoError):
     """Something the demo waited for did not happen in time."""
 
 
-class InjectedFaultError(EdgeRuntimeError):
-    """The deliberate fault of a simulated device (``--fault-version``): never raised outside the demo."""
+class InjectedFaultError(EdgeRuntimeError, DemoError):
+    """The deliberate fault of a simulated device (``--fault-version``): never raised outside the demo.
+
+    Also an EdgeRuntimeError: the server reports it as a model failing, as it would a real one."""

@@ -7,17 +7,52 @@ Every command returns an exit code: 0 on success, 1 when the work failed
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from edge_runtime._version import __version__
 from edge_runtime.errors import EdgeRuntimeError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS_GROUP", "CommandGroup", "build_parser", "command_groups", "main"]
+
+COMMANDS_GROUP = "edge_runtime.cli"  # the entry-point group other packages add commands through
+
+
+@dataclass(frozen=True)
+class CommandGroup:
+    """Subcommands a package adds to ``edge`` and the roots of the typed errors they raise.
+
+    A package exposes one (``fleet.cli.COMMANDS``) and names it in pyproject.toml under
+    ``[project.entry-points."edge_runtime.cli"]``; ``edge`` turns each of those errors into one
+    line on stderr and exit code 1 (``-v`` shows the traceback). ``order`` sorts the groups in
+    ``edge --help``.
+    """
+
+    register: Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
+    errors: tuple[type[BaseException], ...]
+    order: int = 50
+
+
+@functools.cache
+def command_groups() -> tuple[CommandGroup, ...]:
+    """The runtime's own commands, then each installed package's (by ``order``)."""
+    from device_profiles import DeviceProfileError
+
+    groups = [CommandGroup(_register_runtime, (EdgeRuntimeError, DeviceProfileError), order=0)]
+    for ep in entry_points(group=COMMANDS_GROUP):
+        try:
+            groups.append(ep.load())
+        except ImportError as exc:  # an extra that is not installed: its commands are missing
+            logging.getLogger("edge").debug("commands %s (%s) unavailable: %s", ep.name, ep.value, exc)
+    return tuple(sorted(groups, key=lambda g: g.order))
 
 # Kinds guessed from the file name when `edge pack --artifact` gives none.
 _KIND_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite", ".npz": "selftest"}
@@ -30,9 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edge inference runtime: quantize, package, serve and roll out INT8 models.",
     )
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in command_groups():  # the runtime's commands, then the fleet's, the trainer's, the demo's
+        group.register(sub)
+    return parser
 
+
+def _register_runtime(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The device runtime's own commands."""
     # --- the device ---
     isa = sub.add_parser("isa", help="show the CPU features and the kernel path in use")
     isa.set_defaults(func=_cmd_isa)
@@ -178,21 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_serve(sub)
 
-    # --- the fleet ---
-    from fleet.cli import register as register_fleet
-
-    register_fleet(sub)
-
-    # --- the cloud: training (the trainer extra; nothing heavy is imported here) ---
-    from cloud_trainer.cli import register as register_train
-
-    register_train(sub)
-
-    # --- the whole system on one machine ---
-    from edge_demo.cli import register as register_demo
-
-    register_demo(sub)
-    return parser
 
 
 # --- the device ---
@@ -562,14 +590,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    expected = tuple(root for group in command_groups() for root in group.errors)
     try:
         return int(args.func(args) or 0)
-    except (EdgeRuntimeError, OSError) as exc:
-        # Expected failures (a bad package, a missing file): one line, no traceback.
+    except (*expected, OSError) as exc:
+        # Expected failures (a bad package, a missing file, an unknown id): one line, no traceback.
         if args.verbose:
             logging.getLogger("edge").exception("edge %s failed", args.command)
-        print(f"edge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"edge {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 2000 else text[:2000] + "..."
 
 
 if __name__ == "__main__":

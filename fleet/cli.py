@@ -23,22 +23,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["device_rows", "main", "register"]
+from fleet.agent_options import PASSWORD_ENV, add_arguments, options_from_args
+from edge_runtime.cli import CommandGroup
+from fleet.errors import AgentOptionsError, FleetError
+
+__all__ = ["COMMANDS", "device_rows", "main", "register"]
 
 DEFAULT_API = os.environ.get("EDGE_FLEET_API", "http://127.0.0.1:8480")
 DEFAULT_MANAGER_STATE = Path("/var/lib/edge-fleet")
-PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
 
 
 def _password(args: argparse.Namespace) -> str | None:
-    """``--password-file``'s first line, else ``--password`` (agent only), else $EDGE_MQTT_PASSWORD."""
+    """The manager's MQTT password: ``--password-file``'s first line, else $EDGE_MQTT_PASSWORD."""
     if args.password_file is not None:
         try:
             lines = args.password_file.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise SystemExit(f"edge: cannot read the password file {args.password_file}: {exc}") from None
         return lines[0].strip() if lines else ""
-    return getattr(args, "password", None) or os.environ.get(PASSWORD_ENV)
+    return os.environ.get(PASSWORD_ENV)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -49,35 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Connect to the fleet's broker (given, or found by zeroconf), report, and apply "
         "deployments: download, verify, self-test, swap, watch health, commit or roll back.",
     )
-    agent.add_argument("--fleet", required=True)
-    agent.add_argument("--device", required=True, help="this device's id (also its MQTT user name)")
-    agent.add_argument("--state-dir", type=Path, default=Path("/var/lib/edge"))
-    agent.add_argument("--broker", help="mqtt://host:port or mqtts://host:port; default: zeroconf")
-    agent.add_argument("--username", help="default: the device id when --password is given")
-    agent.add_argument("--password", help=f"prefer --password-file or ${PASSWORD_ENV} (ps shows this)")
-    agent.add_argument("--password-file", type=Path, help="a file whose first line is the MQTT password")
-    agent.add_argument("--ca-file", help="CA certificate for mqtts://")
+    add_arguments(agent, "agent options", "also the [fleet] table of edge serve's config file")
     agent.add_argument(
-        "--tls-fingerprint",
-        metavar="SHA256",
-        help="pin the broker's certificate (sha256 of its DER form); default: the one zeroconf advertises",
-    )
-    agent.add_argument("--trust", type=Path, action="append", default=[], help="trusted .pub or dir")
-    agent.add_argument("--tag", action="append", default=[])
-    agent.add_argument("--group")
-    agent.add_argument("--telemetry-interval", type=float, default=10.0, metavar="S")
-    agent.add_argument("--queue-max-bytes", type=int, default=8 << 20)
-    agent.add_argument("--download-window", type=int, default=8, metavar="BLOCKS")
-    agent.add_argument(
-        "--max-package-mib", type=float, default=512, metavar="MIB", help="refuse larger packages (512)"
-    )
-    agent.add_argument(
-        "--min-free-mib", type=float, default=64, metavar="MIB", help="disk kept free after an install (64)"
-    )
-    agent.add_argument(
-        "--no-downgrade-guard",
-        action="store_true",
-        help="install versions lower than the committed one even when the deployment does not allow it",
+        "--password", help=f"the MQTT password; prefer --password-file or ${PASSWORD_ENV} (ps shows this)"
     )
     agent.set_defaults(func=_cmd_agent)
 
@@ -179,30 +156,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    from fleet.agent import Agent, AgentConfig
-    from fleet.mqtt import BrokerConfig
+    from fleet.agent import Agent
 
-    broker = None
-    password = _password(args)
-    user = args.username or (args.device if password else None)
-    if args.broker or user or args.ca_file or args.tls_fingerprint:
-        # No --broker: url "" means "found by zeroconf", logging in with these settings.
-        broker = BrokerConfig(args.broker or "", user, password, args.ca_file, args.tls_fingerprint)
-    config = AgentConfig(
-        fleet=args.fleet,
-        device=args.device,
-        state_dir=args.state_dir,
-        broker=broker,
-        trust=tuple(args.trust),
-        tags=tuple(args.tag),
-        group=args.group,
-        telemetry_interval_s=args.telemetry_interval,
-        queue_max_bytes=args.queue_max_bytes,
-        download_window=args.download_window,
-        max_package_bytes=int(args.max_package_mib * 2**20),
-        min_free_bytes=int(args.min_free_mib * 2**20),
-        downgrade_guard=not args.no_downgrade_guard,
-    )
+    options = options_from_args(args)
+    if options is None:
+        raise AgentOptionsError("edge agent needs --fleet and --device")
+    config = options.agent_config(password=args.password)
     agent = Agent(config)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop(timeout=0))
@@ -332,6 +291,8 @@ def _resource_cells(r: dict[str, Any] | None) -> str:
 
 def device_rows(devices: list[dict[str, Any]]) -> list[str]:
     """The table ``edge fleet devices`` prints (resources over the API's window, 5 min by default)."""
+    from fleet.protocol import Presence
+
     header = (
         f"{'DEVICE':<20} {'STATE':<8} {'PROFILE':<18} {'GROUP':<10} {'CPU avg/max':<11} "
         f"{'MEM peak/total':<15} {'TEMP':<6} {'THROT':<5} MODELS"
@@ -339,7 +300,7 @@ def device_rows(devices: list[dict[str, Any]]) -> list[str]:
     rows = [header]
     for d in devices:
         models = ", ".join(f"{n}@{m['version']}" for n, m in d["models"].items()) or "-"
-        state = "online" if d["online"] else "offline"
+        state = Presence.ONLINE if d["online"] else Presence.OFFLINE
         rows.append(
             f"{d['id']:<20} {state:<8} {d['profile'] or '-':<18} {d['grp'] or '-':<10} "
             f"{_resource_cells(d.get('resources'))} {models}"
@@ -446,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return int(args.func(args) or 0)
 
+
+COMMANDS = CommandGroup(register, (FleetError,), order=10)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,6 +12,7 @@ is the manager's HTTP API, and the TXT record carries what an agent needs::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from fleet.errors import DiscoveryError
+from fleet.mqtt import BrokerConfig
 from fleet.protocol import PROTOCOL_VERSION
 
-__all__ = ["SERVICE_TYPE", "Advertiser", "FoundManager", "discover"]
+__all__ = ["SERVICE_TYPE", "Advertiser", "FoundManager", "discover", "find_broker"]
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +109,33 @@ def discover(fleet: str, timeout: float = 10.0, interface: str | None = None) ->
     finally:
         browser.cancel()
         zc.close()
+
+
+# Zeroconf is browsed again with back-off between these bounds (seconds) until a manager answers.
+RETRY_S = (2.0, 30.0)
+
+
+def find_broker(
+    fleet: str, login: BrokerConfig, stopping: threading.Event, timeout: float = 10.0
+) -> BrokerConfig | None:
+    """The broker of ``fleet``'s manager, logging in with ``login``; None once ``stopping`` is set.
+
+    Browses until a manager answers, waiting 2 s, 4 s, ... up to 30 s between tries. A configured
+    TLS fingerprint wins over the advertised one. The one discovery of the agent, standalone
+    (``edge agent``) or inside ``edge serve``.
+    """
+    delay = RETRY_S[0]
+    while not stopping.is_set():
+        try:
+            found = discover(fleet, timeout=timeout)
+        except DiscoveryError as exc:
+            log.warning("%s; trying again in %.0f s", exc, delay)
+            if stopping.wait(delay):
+                return None
+            delay = min(delay * 2, RETRY_S[1])
+            continue
+        log.info("found fleet %s manager at %s (broker %s)", found.fleet, found.api_url, found.broker_url)
+        return dataclasses.replace(
+            login, url=found.broker_url, tls_fingerprint=login.tls_fingerprint or found.tls_fingerprint
+        )
+    return None

@@ -4,12 +4,13 @@ Every error raised on purpose by ``fleet`` derives from :class:`FleetError`;
 specific errors also derive from the matching builtin::
 
     FleetError
+    ├── AgentOptionsError (ValueError)   agent settings that cannot start an agent (ids, files, table)
     ├── ProtocolError (ValueError)       a message that does not follow docs/mqtt-protocol.md
     ├── BrokerError (ConnectionError)    the broker cannot be reached or refused us
     │   └── CertificatePinError          the broker's TLS certificate is not the pinned one
     ├── DownloadError (RuntimeError)     a package transfer that failed or stalled
     │   ├── DigestMismatchError          a downloaded file whose sha256 differs from the deployment's
-    │   ├── DownloadTooLargeError         a package over the device's size limit (refused, or cut off)
+    │   ├── DownloadTooLargeError        a package over the device's size limit (refused, or cut off)
     │   └── InsufficientSpaceError       the state directory's file system has no room for it
     ├── UpdateError (RuntimeError)       an OTA step failed; ``step`` says which (verify, selftest, ...)
     │   └── DowngradeError               a version lower than the committed one, not allowed
@@ -23,6 +24,7 @@ specific errors also derive from the matching builtin::
 from __future__ import annotations
 
 __all__ = [
+    "AgentOptionsError",
     "AuthError",
     "BrokerError",
     "CertificatePinError",
@@ -43,6 +45,10 @@ __all__ = [
 
 class FleetError(Exception):
     """Base of every error the fleet package raises on purpose."""
+
+
+class AgentOptionsError(ValueError, FleetError):
+    """Agent settings that cannot start an agent: a bad id, broker URL, trust store or password file."""
 
 
 class ProtocolError(ValueError, FleetError):

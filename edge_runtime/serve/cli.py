@@ -22,16 +22,14 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge_runtime.serve.batcher import BatchingConfig
 from edge_runtime.serve.config import ModelConfig, ServeConfig, load_config
 from edge_runtime.serve.errors import ServeConfigError
+from edge_runtime.serve.hosting import AgentSpec, serve_plugins
 
-if TYPE_CHECKING:
-    from edge_runtime.serve.agent import FleetOptions
-
-__all__ = ["config_from_args", "fleet_from_args", "register"]
+__all__ = ["agent_from_args", "config_from_args", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -95,54 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     batching.add_argument("--max-queue-size", type=int, help="queued requests before answering 503")
     batching.add_argument("--latency-target-us", type=int, help="dispatch early to meet this latency")
     batching.add_argument("--batch-workers", type=int, help="batches computed at once per model")
-    fleet = serve.add_argument_group(
-        "fleet agent",
-        "run the fleet agent (`edge agent`) in this process: deployments hot-swap the served models, "
-        "and the models committed in STATE_DIR/models serve at start; also a [fleet] table of the "
-        "config file (see docs/serving.md)",
-    )
-    fleet.add_argument("--fleet", help="the fleet's id; with --device, starts the agent")
-    fleet.add_argument("--device", help="this device's id (also its MQTT user name)")
-    fleet.add_argument("--broker", help="mqtt://host:port or mqtts://host:port; default: zeroconf")
-    fleet.add_argument("--username", help="default: the device id when a password is given")
-    fleet.add_argument(
-        "--password-file",
-        type=Path,
-        help="a file whose first line is the MQTT password (else $EDGE_MQTT_PASSWORD)",
-    )
-    fleet.add_argument("--ca-file", help="CA certificate for mqtts://")
-    fleet.add_argument(
-        "--tls-fingerprint",
-        metavar="SHA256",
-        help="pin the broker's certificate (sha256 of its DER form); default: the one zeroconf advertises",
-    )
-    fleet.add_argument(
-        "--trust",
-        type=Path,
-        action="append",
-        help="trusted .pub or dir (repeatable); packages must be signed so",
-    )
-    fleet.add_argument(
-        "--state-dir",
-        type=Path,
-        help="the agent's state and model store (default: $STATE_DIRECTORY, else /var/lib/edge)",
-    )
-    fleet.add_argument("--tag", action="append", help="repeatable")
-    fleet.add_argument("--group")
-    fleet.add_argument(
-        "--telemetry-interval", type=float, dest="telemetry_interval_s", metavar="S", help="default 10"
-    )
-    fleet.add_argument("--queue-max-bytes", type=int, help="telemetry outbox bound (default 8 MiB)")
-    fleet.add_argument("--download-window", type=int, metavar="BLOCKS", help="default 8")
-    fleet.add_argument("--max-package-mib", type=float, metavar="MIB", help="refuse larger packages (512)")
-    fleet.add_argument(
-        "--min-free-mib", type=float, metavar="MIB", help="disk kept free after an install (64)"
-    )
-    fleet.add_argument(
-        "--no-downgrade-guard",
-        action="store_true",
-        help="install versions lower than the committed one even when the deployment does not allow it",
-    )
+    for plugin in serve_plugins():  # the fleet agent's options, when the fleet is installed
+        plugin.add_arguments(serve)
     service = serve.add_argument_group("systemd")
     service.add_argument(
         "--install-service", action="store_true", help="write the systemd unit for this install and exit"
@@ -199,49 +151,12 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return config.replace(**server, batching=default, models=tuple(models))
 
 
-_FLEET_FLAGS = (
-    "fleet",
-    "device",
-    "broker",
-    "username",
-    "password_file",
-    "ca_file",
-    "tls_fingerprint",
-    "state_dir",
-    "group",
-    "telemetry_interval_s",
-    "queue_max_bytes",
-    "download_window",
-    "max_package_mib",
-    "min_free_mib",
-)
-
-
-def fleet_from_args(args: argparse.Namespace) -> FleetOptions | None:
-    """The config file's ``[fleet]`` table (if any) with the fleet flags given on top; None: no agent."""
-    from edge_runtime.serve.agent import FleetOptions, fleet_options_from_dict, read_fleet_table
-
-    table = read_fleet_table(args.config) if args.config else None
-    given = {key: getattr(args, key) for key in _FLEET_FLAGS if getattr(args, key, None) is not None}
-    if table is None and not given and not args.trust and not args.tag and not args.no_downgrade_guard:
-        return None
-    if table is None and not (args.fleet and args.device):
-        raise ServeConfigError("the fleet agent needs both --fleet and --device (or a [fleet] table)")
-    options = (
-        fleet_options_from_dict(table, args.config.parent.absolute())
-        if table is not None
-        else FleetOptions(fleet=args.fleet, device=args.device)
-    )
-    if args.trust:
-        given["trust"] = tuple(p.absolute() for p in args.trust)
-    if args.tag:
-        given["tags"] = tuple(args.tag)
-    if args.no_downgrade_guard:
-        given["downgrade_guard"] = False
-    for key in ("state_dir", "password_file"):
-        if key in given:
-            given[key] = given[key].absolute()
-    return dataclasses.replace(options, **given)
+def agent_from_args(args: argparse.Namespace) -> AgentSpec | None:
+    """The agent a plugin's options ask ``edge serve`` to host (the fleet agent), or None."""
+    specs = [spec for plugin in serve_plugins() if (spec := plugin.from_args(args)) is not None]
+    if len(specs) > 1:
+        raise ServeConfigError("edge serve hosts one agent; the options ask for several")
+    return specs[0] if specs else None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -260,14 +175,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(f"(and write the config {config}: see docs/serving.md)")
         return 0
     config = config_from_args(args)
-    fleet = fleet_from_args(args)
-    if not config.models and fleet is None:
+    agent_spec = agent_from_args(args)
+    if not config.models and agent_spec is None:
         print(
             "edge serve: nothing to serve: give --model NAME=PATH, --config FILE or --fleet/--device",
             file=sys.stderr,
         )
         return 2
-    return serve(config, fleet=fleet.agent_config() if fleet is not None else None)
+    return serve(config, agent_spec=agent_spec)
 
 
 def _cmd_swap(args: argparse.Namespace) -> int:

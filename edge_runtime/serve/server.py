@@ -7,7 +7,7 @@ Lifecycle of :func:`serve` (what ``edge serve`` runs)::
                                                                    │   changed models, load new ones,
                                                                    │   unload removed ones
                                                                    └─► SIGTERM/SIGINT: STOPPING=1, stop the
-                                                                       fleet agent (if any), readiness
+                                                                       hosted agent (if any), readiness
                                                                        503, stop listening, finish in-flight
                                                                        requests, drain queues, exit 0
 
@@ -18,9 +18,10 @@ or stuck workers make systemd restart the service.
 :class:`ServerThread` runs the same server on a background thread, for
 embedding and tests.
 
-With a fleet agent config (``edge serve --fleet ... --device ...``), the server also loads the
-models committed in the agent's store before READY=1, starts the agent after it (the agent
-connects in the background) and stops it first on shutdown: see :mod:`edge_runtime.serve.agent`.
+With an agent to host (``edge serve --fleet ... --device ...``: the fleet agent, through the
+protocols of :mod:`edge_runtime.serve.hosting`), the server also loads the models the agent
+committed before READY=1, starts the agent after it (the agent connects in the background) and
+stops it first on shutdown.
 """
 
 from __future__ import annotations
@@ -31,29 +32,26 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from edge_runtime.serve.app import STATE, create_app
 from edge_runtime.serve.config import ModelConfig, ServeConfig, load_config
 from edge_runtime.serve.errors import ServeError
+from edge_runtime.serve.hosting import AgentSpec, HostedAgent
 from edge_runtime.serve.manager import Loader, ModelManager, SwapResult, default_loader
 from edge_runtime.serve.metrics import ServeMetrics
 from edge_runtime.serve.sdnotify import Notifier, watchdog_interval
-
-if TYPE_CHECKING:
-    from edge_runtime.serve.agent import EmbeddedAgent
-    from fleet.agent import AgentConfig
 
 __all__ = ["InferenceServer", "ServerThread", "new_event_loop", "serve"]
 
 log = logging.getLogger(__name__)
 
 
-def _loader_for(config: ServeConfig, fleet: AgentConfig | None) -> Loader:
-    """The default loader; packages must be signed by ``trust_dir``, else by the fleet's trust."""
-    trust = (config.trust_dir,) if config.trust_dir is not None else fleet.trust if fleet else ()
+def _loader_for(config: ServeConfig, agent_spec: AgentSpec | None) -> Loader:
+    """The default loader; packages must be signed by ``trust_dir``, else by the hosted agent's trust."""
+    trust = (config.trust_dir,) if config.trust_dir is not None else agent_spec.trust if agent_spec else ()
     trust_store = None
     if trust:
         from edge_runtime.package import TrustStore
@@ -66,21 +64,21 @@ def _loader_for(config: ServeConfig, fleet: AgentConfig | None) -> Loader:
 class InferenceServer:
     """One HTTP server and its models. Use from a running event loop: ``await start()``, ``await stop()``.
 
-    ``fleet``: run the fleet agent with this config inside the server (:mod:`edge_runtime.serve.agent`);
-    a bad setting raises :class:`~edge_runtime.serve.agent.FleetAgentError` here, before any load.
+    ``agent_spec``: host this agent in the server (:mod:`edge_runtime.serve.hosting`); a bad setting
+    raises the agent's own typed error here, before any load.
     """
 
     config: ServeConfig
     loader: Loader | None = None
     notifier: Notifier = field(default_factory=Notifier)
-    fleet: AgentConfig | None = None
+    agent_spec: AgentSpec | None = None
     manager: ModelManager = field(init=False)
-    agent: EmbeddedAgent | None = field(init=False, default=None)
+    agent: HostedAgent | None = field(init=False, default=None)
     port: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.manager = ModelManager(
-            self.loader or _loader_for(self.config, self.fleet),
+            self.loader or _loader_for(self.config, self.agent_spec),
             ServeMetrics(device=True),
             self.config.batching,
             require_selftest=self.config.require_selftest,
@@ -96,10 +94,8 @@ class InferenceServer:
         self._tasks: list[asyncio.Task[Any]] = []
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="serve-admin")
         self._stop_started = False
-        if self.fleet is not None:
-            from edge_runtime.serve.agent import EmbeddedAgent
-
-            self.agent = EmbeddedAgent(self.fleet, self.manager)
+        if self.agent_spec is not None:
+            self.agent = self.agent_spec.create(self.manager)
 
     @property
     def url(self) -> str:
@@ -120,7 +116,7 @@ class InferenceServer:
         return list(results)
 
     def _startup_models(self) -> tuple[ModelConfig, ...]:
-        """The configured models, plus those committed in the fleet agent's store (which win)."""
+        """The configured models, plus those the hosted agent committed (which win)."""
         if self.agent is None:
             return self.config.models
         committed = self.agent.committed_models(self.config.batching)
@@ -128,15 +124,16 @@ class InferenceServer:
         for m in self.config.models:
             if m.name in names:
                 log.warning(
-                    "model %s is configured and also managed by the fleet agent: the fleet's committed "
-                    "version serves (remove it from the config; a SIGHUP would swap it to %s)",
+                    "model %s is configured and also managed by the %s: its committed version serves "
+                    "(remove it from the config; a SIGHUP would swap it to %s)",
                     m.name,
+                    self.agent.description,
                     m.path,
                 )
         return tuple(m for m in self.config.models if m.name not in names) + committed
 
     async def start(self) -> None:
-        """Load the models, listen, tell systemd READY=1, then start the fleet agent (if any)."""
+        """Load the models, listen, tell systemd READY=1, then start the hosted agent (if any)."""
         self._app[STATE]["started"] = False
         models = self._startup_models()
         self.notifier.status(f"loading {len(models)} model(s)")
@@ -156,7 +153,7 @@ class InferenceServer:
         if failed:
             status += f"; {len(failed)} failed to load: " + ", ".join(r.name for r in failed)
         if self.agent is not None:
-            status += f"; fleet {self.agent.config.fleet} device {self.agent.config.device}"
+            status += f"; {self.agent.description}"
         log.info("%s", status)
         self.notifier.ready(status)
         interval = watchdog_interval()
@@ -227,7 +224,7 @@ class InferenceServer:
         if self.agent is not None:
             # First, while the models still serve: an update in progress is abandoned and swapped
             # back, and the agent publishes "offline" before it disconnects.
-            log.info("shutting down: stopping the fleet agent")
+            log.info("shutting down: stopping the %s", self.agent.description)
             agent, self.agent = self.agent, None
             await self._run(agent.stop)
         log.info("shutting down: draining in-flight requests (up to %.0fs)", self.config.drain_timeout_s)
@@ -249,8 +246,8 @@ class InferenceServer:
         await self._stopped.wait()
 
 
-async def _serve(config: ServeConfig, loader: Loader | None, fleet: AgentConfig | None) -> int:
-    server = InferenceServer(config, loader, fleet=fleet)
+async def _serve(config: ServeConfig, loader: Loader | None, agent_spec: AgentSpec | None) -> int:
+    server = InferenceServer(config, loader, agent_spec=agent_spec)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: list[asyncio.Task[Any]] = []
@@ -271,12 +268,12 @@ async def _serve(config: ServeConfig, loader: Loader | None, fleet: AgentConfig 
     return 0
 
 
-def serve(config: ServeConfig, loader: Loader | None = None, fleet: AgentConfig | None = None) -> int:
-    """Run the server (and the fleet agent, given its config) until SIGTERM or SIGINT.
+def serve(config: ServeConfig, loader: Loader | None = None, agent_spec: AgentSpec | None = None) -> int:
+    """Run the server (and the agent ``agent_spec`` describes, if any) until SIGTERM or SIGINT.
 
-    Returns the exit code (0 after a clean drain). FleetAgentError for bad fleet settings.
+    Returns the exit code (0 after a clean drain).
     """
-    return _run_loop(_serve(config, loader, fleet))
+    return _run_loop(_serve(config, loader, agent_spec))
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -312,9 +309,9 @@ class ServerThread:
         config: ServeConfig,
         loader: Loader | None = None,
         notifier: Notifier | None = None,
-        fleet: AgentConfig | None = None,
+        agent_spec: AgentSpec | None = None,
     ) -> None:
-        self._config, self._loader, self._notifier, self._fleet = config, loader, notifier, fleet
+        self._config, self._loader, self._notifier, self._agent_spec = config, loader, notifier, agent_spec
         self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="serve-loop", daemon=True)
         self.server: InferenceServer | None = None
@@ -324,7 +321,7 @@ class ServerThread:
 
         async def make() -> InferenceServer:
             kwargs = {"notifier": self._notifier} if self._notifier is not None else {}
-            server = InferenceServer(self._config, self._loader, fleet=self._fleet, **kwargs)
+            server = InferenceServer(self._config, self._loader, agent_spec=self._agent_spec, **kwargs)
             await server.start()
             return server
 
@@ -342,8 +339,8 @@ class ServerThread:
         return self.server.url
 
     @property
-    def agent(self) -> EmbeddedAgent | None:
-        """The fleet agent running in the server (None without a fleet config, or once stopped)."""
+    def agent(self) -> HostedAgent | None:
+        """The agent hosted in the server (None without one, or once stopped)."""
         assert self.server is not None, "start() first"
         return self.server.agent
 

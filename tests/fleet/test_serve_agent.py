@@ -25,7 +25,7 @@ pytest.importorskip("paho.mqtt")
 pytest.importorskip("onnxruntime")
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "fleet"))
+sys.path.insert(0, str(REPO / "tests" / "serve"))
 
 from fleet_helpers import (
     MODEL,
@@ -39,13 +39,9 @@ from fleet_helpers import (
 from test_process import NotifySocket
 
 from edge_runtime.errors import SignatureError
-from edge_runtime.serve.agent import (
-    FleetAgentError,
-    FleetOptions,
-    default_state_dir,
-)
-from edge_runtime.serve.cli import fleet_from_args, register
-from edge_runtime.serve.errors import ServeConfigError
+from edge_runtime.serve.cli import agent_from_args, register
+from fleet.agent_options import AgentOptions, default_state_dir
+from fleet.errors import AgentOptionsError
 from fleet.manager.rollout import RolloutSpec
 from fleet.manager.service import FleetManager, ManagerConfig
 from fleet.mqtt import BrokerConfig, make_client
@@ -180,11 +176,11 @@ def test_readiness_does_not_wait_for_the_broker(tmp_path: Path) -> None:
     state = tmp_path / "device"
     seed_device(state, v1, tmp_path / "trust")
     nobody_listens = f"mqtt://127.0.0.1:{free_port()}"
-    options = FleetOptions(
+    options = AgentOptions(
         fleet=FLEET, device=DEVICE, state_dir=state, broker=nobody_listens, trust=(tmp_path / "trust",)
     )
     started = time.monotonic()
-    server = ServerThread(ServeConfig(port=0, backend="onnxruntime", threads=1), fleet=options.agent_config())
+    server = ServerThread(ServeConfig(port=0, backend="onnxruntime", threads=1), agent_spec=options)
     with server:
         assert time.monotonic() - started < 10
         assert _get(f"{server.url}/v2/health/ready") == {"ready": True}  # committed 1.0 loaded
@@ -203,10 +199,10 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 
 def test_fleet_flags_mirror_edge_agent(tmp_path: Path) -> None:
-    assert fleet_from_args(_parse("--model", "m=x.edgepkg")) is None  # no fleet flag: no agent
+    assert agent_from_args(_parse("--model", "m=x.edgepkg")) is None  # no fleet flag: no agent
     password = tmp_path / "password"
     password.write_text("s3cret\n")
-    options = fleet_from_args(
+    options = agent_from_args(
         _parse(
             "--fleet", "f", "--device", "d", "--broker", "mqtts://b:8883",
             "--password-file", str(password), "--trust", "keys", "--tag", "a", "--tag", "b",
@@ -224,12 +220,12 @@ def test_fleet_flags_mirror_edge_agent(tmp_path: Path) -> None:
     assert config.trust == (Path("keys").absolute(),) and config.tags == ("a", "b")
     assert config.max_package_bytes == 2 << 20 and config.downgrade_guard is False
     assert config.min_free_bytes == 64 << 20 and config.telemetry_interval_s == 10.0  # edge agent's defaults
-    with pytest.raises(ServeConfigError, match="--fleet and --device"):
-        fleet_from_args(_parse("--fleet", "f"))
+    with pytest.raises(AgentOptionsError, match="--device"):
+        agent_from_args(_parse("--fleet", "f"))
 
 
 def test_password_from_the_environment_and_zeroconf_without_a_broker() -> None:
-    options = FleetOptions(fleet="f", device="d")
+    options = AgentOptions(fleet="f", device="d")
     assert options.broker_config(environ={}) is None  # zeroconf, anonymous
     broker = options.broker_config(environ={"EDGE_MQTT_PASSWORD": "pw"})
     assert broker is not None and (broker.url, broker.username, broker.password) == ("", "d", "pw")
@@ -249,14 +245,14 @@ def test_fleet_table_of_the_config_file_with_flags_on_top(tmp_path: Path) -> Non
     from edge_runtime.serve import load_config
 
     assert load_config(config).port == 0  # the server's part of the file still loads
-    options = fleet_from_args(_parse("--config", str(config), "--device", "pi-2"))
+    options = agent_from_args(_parse("--config", str(config), "--device", "pi-2"))
     assert options is not None
     assert (options.fleet, options.device) == ("home", "pi-2")
     assert options.state_dir == tmp_path / "state" and options.trust == (tmp_path / "keys",)
     assert options.tags == ("x",) and options.telemetry_interval_s == 2
     config.write_text('[fleet]\nfleet = "home"\ndevice = "pi"\nbroker_url = "mqtt://x"\n')
-    with pytest.raises(ServeConfigError, match="unknown field.*broker_url"):
-        fleet_from_args(_parse("--config", str(config)))
+    with pytest.raises(AgentOptionsError, match="unknown field.*broker_url"):
+        agent_from_args(_parse("--config", str(config)))
 
 
 def test_bad_fleet_settings_fail_before_anything_loads(tmp_path: Path) -> None:
@@ -264,16 +260,16 @@ def test_bad_fleet_settings_fail_before_anything_loads(tmp_path: Path) -> None:
     from edge_runtime.serve.server import InferenceServer
 
     for options, match in (
-        (FleetOptions(fleet="f", device="no/slash", state_dir=tmp_path), "device"),
-        (FleetOptions(fleet="f", device="d", state_dir=tmp_path, broker="http://x"), "mqtt://"),
+        (AgentOptions(fleet="f", device="no/slash", state_dir=tmp_path), "device"),
+        (AgentOptions(fleet="f", device="d", state_dir=tmp_path, broker="http://x"), "mqtt://"),
     ):
-        with pytest.raises(FleetAgentError, match=match):
-            InferenceServer(ServeConfig(port=0), fleet=options.agent_config(environ={}))
-    missing_keys = FleetOptions(fleet="f", device="d", state_dir=tmp_path, trust=(tmp_path / "none",))
+        with pytest.raises(AgentOptionsError, match=match):
+            InferenceServer(ServeConfig(port=0), agent_spec=options)
+    missing_keys = AgentOptions(fleet="f", device="d", state_dir=tmp_path, trust=(tmp_path / "none",))
     with pytest.raises(SignatureError, match="does not exist"):  # the server's loader reads it first
-        InferenceServer(ServeConfig(port=0), fleet=missing_keys.agent_config(environ={}))
-    with pytest.raises(FleetAgentError, match="password file"):
-        FleetOptions(fleet="f", device="d", password_file=tmp_path / "missing").agent_config()
+        InferenceServer(ServeConfig(port=0), agent_spec=missing_keys)
+    with pytest.raises(AgentOptionsError, match="password file"):
+        AgentOptions(fleet="f", device="d", password_file=tmp_path / "missing").agent_config()
 
 
 # --- the manager's systemd unit ---

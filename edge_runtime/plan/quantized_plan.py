@@ -30,16 +30,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import struct
+import tokenize
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import PackageFormatError
+from edge_runtime.errors import EdgeRuntimeError, PackageFormatError
 from edge_runtime.numerics import QuantParams
+from edge_runtime.package._json import JsonLimits, loads_bounded
 
 __all__ = ["PLAN_FORMAT", "PLAN_FORMAT_VERSION", "PlanIO", "QuantizedPlan", "Step"]
 
@@ -145,45 +149,144 @@ class QuantizedPlan:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> QuantizedPlan:
-        """Read a plan written by :meth:`to_bytes`; PackageFormatError if it is not one."""
+        """Read a plan written by :meth:`to_bytes`; PackageFormatError if it is not one.
+
+        Every malformed input ends in PackageFormatError (a ValueError): a broken zip,
+        compression other than stored, a header that is not bounded JSON
+        (:data:`PLAN_JSON_LIMITS`) or not of the plan's shape, a step reading a buffer
+        that nothing wrote, a member that is missing or not a plain ``.npy`` of an
+        allowed dtype and of the size its zip entry says.
+        """
         try:
-            zf = zipfile.ZipFile(io.BytesIO(data))
-            header = json.loads(zf.read(_HEADER))
-        except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-            raise PackageFormatError(f"not a native plan (expected a zip holding {_HEADER}): {exc}") from exc
-        if header.get("format") != PLAN_FORMAT:
-            raise PackageFormatError(f"not a native plan: format {header.get('format')!r}")
-        if header.get("version") not in _READABLE_VERSIONS:
-            raise PackageFormatError(
-                f"native plan format version {header.get('version')} is not supported by this runtime "
-                f"(it reads versions {', '.join(map(str, _READABLE_VERSIONS))}); re-run `edge quantize` "
-                "with this runtime"
+            return _read_plan(cls, data)
+        except PackageFormatError:
+            raise
+        except _READ_ERRORS as exc:
+            raise PackageFormatError(f"malformed native plan: {type(exc).__name__}: {exc}") from None
+
+
+# What a corrupt or hostile plan can make the zip, numpy and JSON readers raise, besides
+# PackageFormatError: all of it is reported as "malformed native plan".
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+    NotImplementedError,  # zipfile: an unsupported compression method
+    tokenize.TokenError,  # numpy: a .npy header that is not a Python literal
+    SyntaxError,
+    EOFError,
+    OSError,
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    OverflowError,
+    AttributeError,
+    RecursionError,
+    UnicodeDecodeError,
+    MemoryError,
+    EdgeRuntimeError,  # QuantizationError from QuantParams.from_dict
+)
+
+# plan.json is small and machine-written: shallow, short numbers, finite floats.
+PLAN_JSON_LIMITS = JsonLimits(max_depth=32, max_number_chars=64)
+_MAX_HEADER_BYTES = 64 << 20
+
+
+def _bad(message: str) -> PackageFormatError:
+    return PackageFormatError(f"malformed native plan: {message}")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, (int, float)):
+        raise _bad(f"{where} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    _expect(value, list, where)
+    for i, item in enumerate(value):
+        _expect(item, str, f"{where}[{i}]")
+    return value
+
+
+def _plan_io(value: Any, where: str) -> PlanIO:
+    _expect(value, dict, where)
+    if set(value) != {"name", "buffer", "dtype", "shape"}:
+        raise _bad(f"{where} must have exactly name, buffer, dtype and shape, got {sorted(value)}")
+    for key in ("name", "buffer", "dtype"):
+        _expect(value[key], str, f"{where}.{key}")
+    _expect(value["shape"], list, f"{where}.shape")
+    for i, dim in enumerate(value["shape"]):
+        if (
+            dim is not None
+            and not isinstance(dim, str)
+            and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 0)
+        ):
+            raise _bad(f"{where}.shape[{i}] must be a non-negative integer, a name or null, got {dim!r}")
+    return PlanIO(**value)
+
+
+def _read_plan(cls: type[QuantizedPlan], data: bytes) -> QuantizedPlan:
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        info = zf.getinfo(_HEADER)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise PackageFormatError(f"not a native plan (expected a zip holding {_HEADER}): {exc}") from None
+    if info.file_size > _MAX_HEADER_BYTES:
+        raise _bad(f"{_HEADER} is {info.file_size} bytes, over the limit of {_MAX_HEADER_BYTES}")
+    header = loads_bounded(zf.read(info), PLAN_JSON_LIMITS, _bad, _HEADER)
+    _expect(header, dict, _HEADER)
+    if header.get("format") != PLAN_FORMAT:
+        raise PackageFormatError(f"not a native plan: format {header.get('format')!r}")
+    if header.get("version") not in _READABLE_VERSIONS:
+        raise PackageFormatError(
+            f"native plan format version {header.get('version')} is not supported by this runtime "
+            f"(it reads versions {', '.join(map(str, _READABLE_VERSIONS))}); re-run `edge quantize` "
+            "with this runtime"
+        )
+    name = _expect(header.get("name"), str, "name")
+    inputs = [
+        _plan_io(v, f"inputs[{i}]") for i, v in enumerate(_expect(header.get("inputs"), list, "inputs"))
+    ]
+    outputs = [
+        _plan_io(v, f"outputs[{i}]") for i, v in enumerate(_expect(header.get("outputs"), list, "outputs"))
+    ]
+    params: dict[str, QuantParams | None] = {}
+    for key, value in _expect(header.get("params"), dict, "params").items():
+        params[key] = None if value is None else QuantParams.from_dict(_expect(value, dict, f"params.{key}"))
+
+    written = {io_.buffer for io_ in inputs}
+    steps = []
+    for index, raw in enumerate(_expect(header.get("steps"), list, "steps")):
+        where = f"steps[{index}]"
+        _expect(raw, dict, where)
+        missing = {"op", "node", "inputs", "outputs", "attrs", "arrays"} - set(raw)
+        if missing:
+            raise _bad(f"{where} lacks {', '.join(sorted(missing))}")
+        op = _expect(raw["op"], str, f"{where}.op")
+        node = _expect(raw["node"], str, f"{where}.node")
+        step_inputs = _str_list(raw["inputs"], f"{where}.inputs")
+        step_outputs = _str_list(raw["outputs"], f"{where}.outputs")
+        unknown = [b for b in step_inputs if b and b not in written]
+        if unknown:
+            raise _bad(
+                f"{where} ({op} of node {node!r}) reads buffer(s) {', '.join(unknown)} that nothing wrote"
             )
-        try:
-            steps = []
-            for raw in header["steps"]:
-                arrays = {}
-                for key, member in raw["arrays"].items():
-                    value = _read_npy(zf, data, member + ".npy")
-                    if value.dtype.name not in _ARRAY_DTYPES:
-                        raise PackageFormatError(f"plan array {member} has dtype {value.dtype}")
-                    arrays[key] = value
-                steps.append(
-                    Step(raw["op"], raw["node"], raw["inputs"], raw["outputs"], raw["attrs"], arrays)
-                )
-            return cls(
-                name=header["name"],
-                inputs=[PlanIO(**v) for v in header["inputs"]],
-                outputs=[PlanIO(**v) for v in header["outputs"]],
-                steps=steps,
-                params={
-                    k: (None if v is None else QuantParams.from_dict(v)) for k, v in header["params"].items()
-                },
-            )
-        except (KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
-            if isinstance(exc, PackageFormatError):
-                raise
-            raise PackageFormatError(f"malformed native plan: {exc!r}") from exc
+        written.update(step_outputs)
+        attrs = _expect(raw["attrs"], dict, f"{where}.attrs")
+        arrays = {}
+        for key, member in _expect(raw["arrays"], dict, f"{where}.arrays").items():
+            _expect(member, str, f"{where}.arrays.{key}")
+            value = _read_npy(zf, data, member + ".npy")
+            if value.dtype.name not in _ARRAY_DTYPES:
+                raise PackageFormatError(f"plan array {member} has dtype {value.dtype}")
+            arrays[key] = value
+        steps.append(Step(op, node, step_inputs, step_outputs, attrs, arrays))
+    unwritten = [o.buffer for o in outputs if o.buffer not in written]
+    if unwritten:
+        raise _bad(f"output buffer(s) {', '.join(unwritten)} are written by no step")
+    return cls(name=name, inputs=inputs, outputs=outputs, steps=steps, params=params)
 
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (skipped fields), name length, extra length
@@ -191,24 +294,41 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (skipped fields), name l
 
 def _read_npy(zf: zipfile.ZipFile, data: bytes, name: str) -> np.ndarray:
     """Member ``name`` of the plan zip as an array: a read-only view of ``data`` when the
-    member is stored and its payload is aligned for its dtype, else a copy."""
+    member is stored and its payload is aligned for its dtype, else a copy.
+
+    The ``.npy`` header's shape and dtype must account for exactly the member's bytes,
+    so that a forged header never makes numpy allocate more than the member holds.
+    """
     info = zf.getinfo(name)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _bad(f"member {name} uses compression method {info.compress_type}; plans are stored")
     if info.compress_type == zipfile.ZIP_STORED:
+        if info.header_offset + _LOCAL_HEADER.size > len(data):
+            raise _bad(f"member {name}: local zip header out of range")
         signature, name_len, extra_len = _LOCAL_HEADER.unpack_from(data, info.header_offset)
         if signature != b"PK\x03\x04":
             raise PackageFormatError(f"plan member {name}: bad local zip header")
         start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-        view = memoryview(data)[start : start + info.file_size]
-        fh = io.BytesIO(view)
-        major, _ = np.lib.format.read_magic(fh)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(fh)
-        count = int(np.prod(shape, dtype=np.int64))
-        if not fortran and not dtype.hasobject and fh.tell() + count * dtype.itemsize == info.file_size:
-            array = np.frombuffer(data, dtype, count, offset=start + fh.tell()).reshape(shape)
-            return array if array.flags.aligned else array.copy()
-    with zf.open(name) as fh:
-        return np.lib.format.read_array(fh, allow_pickle=False)
+        if start + info.file_size > len(data):
+            raise _bad(f"member {name}: its bytes run past the end of the plan")
+        fh = io.BytesIO(memoryview(data)[start : start + info.file_size])
+    else:
+        fh = io.BytesIO(zf.read(name))  # bounded: the reader enforces file_size and the CRC
+    major, _ = np.lib.format.read_magic(fh)
+    if major not in (1, 2):
+        raise _bad(f"member {name}: .npy format version {major} is not read")
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(fh)
+    if dtype.hasobject:
+        raise _bad(f"member {name} holds Python objects")
+    count = math.prod(shape)
+    if fh.tell() + count * dtype.itemsize != info.file_size:
+        raise _bad(f"member {name}: shape {shape} of {dtype} does not match its {info.file_size} bytes")
+    if info.compress_type == zipfile.ZIP_STORED and not fortran:
+        array = np.frombuffer(data, dtype, count, offset=start + fh.tell()).reshape(shape)
+        return array if array.flags.aligned else array.copy()
+    fh.seek(0)
+    return np.lib.format.read_array(fh, allow_pickle=False)
 
 
 def _json_default(value: Any) -> Any:

@@ -1,7 +1,10 @@
 /* Direct depthwise conv2d on every ISA, bit-exact against the naive reference
- * (a grouped convolution with groups == channels). */
+ * (a grouped convolution with groups == channels): geometry cases (stride,
+ * padding, batch), then the edge-case channel counts of every micro-kernel
+ * tile (generated/q8-dwconv-shapes.h, from native/kernels.json). */
 #include <string.h>
 
+#include "generated/q8-dwconv-shapes.h"
 #include "internal.h"
 #include "reference/q8-conv-reference.h"
 #include "test_util.h"
@@ -110,6 +113,20 @@ static void test_against_reference(void) {
   }
 }
 
+/* Channels around each tile, on a 5x4 image with "same" padding: 20 pixels,
+ * padding taps on the border. */
+static void test_tile_edges(void) {
+  for (size_t i = 0; i < EDGE_TEST_COUNT(edge_test_q8_dwconv_shapes); i++) {
+    const edge_test_dwconv_shape* s = &edge_test_q8_dwconv_shapes[i];
+    const int32_t pad = s->kernel / 2;
+    const dw_case c = {1, 5, 4, s->channels, s->kernel, 1, pad, pad, pad, pad};
+    run_case(&c, EDGE_DTYPE_U8, EDGE_DTYPE_U8, 0);
+    run_case(&c, EDGE_DTYPE_S8, EDGE_DTYPE_S8, 0);
+    run_case(&c, EDGE_DTYPE_U8, EDGE_DTYPE_S8, 1);
+    run_case(&c, EDGE_DTYPE_S8, EDGE_DTYPE_U8, 0);
+  }
+}
+
 static void test_refusals(void) {
   const dw_case base = {1, 8, 8, 16, 3, 1, 1, 1, 1, 1};
   edge_conv2d_params p = params_of(&base);
@@ -160,6 +177,7 @@ static void test_refusals(void) {
 
 int main(void) {
   test_against_reference();
+  test_tile_edges();
   test_refusals();
   return edge_test_summary("test_q8_dwconv");
 }

@@ -1,18 +1,15 @@
-/* Dense INT8 GEMM against the naive reference on every ISA: a spec of shapes
- * (M = 1, tiles and tails in M, N and K, K = 1, large K), u8 and s8 A, u8, s8
- * and s32 outputs, random zero points and clamps, strided A and C, 1 to 3
- * threads; then the error paths. */
+/* Dense INT8 GEMM against the naive reference on every ISA: the edge-case
+ * shapes of every micro-kernel tile (generated/q8-gemm-shapes.h, from
+ * native/kernels.json), each with u8 and s8 A and u8, s8 and s32 outputs,
+ * random zero points and clamps, strided A and C, 1 to 3 threads; large K and
+ * int32 wrap-around; then the error paths. */
 #include <string.h>
 
 #include "internal.h"
 #include "q8-gemm/q8-gemm.h"
 #include "reference/q8-gemm-reference.h"
+#include "generated/q8-gemm-shapes.h"
 #include "test_util.h"
-
-static const int32_t kMs[] = {1, 2, 3, 4, 5, 7, 8, 17, 64};
-static const int32_t kNs[] = {1, 15, 16, 17, 33, 100};
-static const int32_t kKs[] = {1, 3, 4, 5, 15, 16, 17, 64, 300};
-#define COUNT(x) (sizeof(x) / sizeof((x)[0]))
 
 static edge_threadpool* pools[4]; /* pools[t] has t threads; pools[1] stays NULL (inline) */
 
@@ -20,6 +17,7 @@ static size_t dtype_size(edge_dtype d) { return d == EDGE_DTYPE_S32 ? 4 : 1; }
 
 typedef struct case_spec {
   int32_t m, n, k;
+  const char* tile; /* whose edges the shape tests, or NULL */
   edge_dtype a_dtype, c_dtype;
   int extreme; /* saturating inputs and bias: exercises int32 wrap-around */
   int threads;
@@ -87,8 +85,8 @@ static void run_case(const case_spec* cs) {
       same &= memcmp(expected + i * stride_bytes, actual + i * stride_bytes, row_bytes) == 0;
       for (size_t b = row_bytes; b < stride_bytes; b++) padding_kept &= actual[i * stride_bytes + b] == 0xA5;
     }
-    EDGE_CHECK(same, "m=%d n=%d k=%d a_dtype=%d c_dtype=%d extreme=%d threads=%d", (int) m, (int) n, (int) k,
-               (int) cs->a_dtype, (int) cs->c_dtype, cs->extreme, cs->threads);
+    EDGE_CHECK(same, "m=%d n=%d k=%d (tile %s) a_dtype=%d c_dtype=%d extreme=%d threads=%d", (int) m, (int) n,
+               (int) k, cs->tile ? cs->tile : "-", (int) cs->a_dtype, (int) cs->c_dtype, cs->extreme, cs->threads);
     EDGE_CHECK(padding_kept, "C row padding untouched (m=%d n=%d k=%d)", (int) m, (int) n, (int) k);
   }
   edge_isa_set(edge_isa_detect());
@@ -102,17 +100,18 @@ static void run_case(const case_spec* cs) {
   free(actual);
 }
 
+/* Every tile's edge shapes with every pair of A and C dtypes; the thread
+ * count cycles. */
 static void test_shapes(void) {
   static const edge_dtype c_dtypes[] = {EDGE_DTYPE_U8, EDGE_DTYPE_S8, EDGE_DTYPE_S32};
   size_t index = 0;
-  for (size_t im = 0; im < COUNT(kMs); im++) {
-    for (size_t in = 0; in < COUNT(kNs); in++) {
-      for (size_t ik = 0; ik < COUNT(kKs); ik++, index++) {
-        /* Cycle the dtypes and thread counts across shapes to keep the run short. */
+  for (size_t s = 0; s < EDGE_TEST_COUNT(edge_test_q8_gemm_shapes); s++) {
+    const edge_test_gemm_shape* shape = &edge_test_q8_gemm_shapes[s];
+    for (int a_dtype = EDGE_DTYPE_U8; a_dtype <= EDGE_DTYPE_S8; a_dtype++) {
+      for (size_t c = 0; c < EDGE_TEST_COUNT(c_dtypes); c++, index++) {
         const case_spec cs = {
-            .m = kMs[im], .n = kNs[in], .k = kKs[ik],
-            .a_dtype = (index % 2) ? EDGE_DTYPE_S8 : EDGE_DTYPE_U8,
-            .c_dtype = c_dtypes[(index / 2) % 3],
+            .m = shape->m, .n = shape->n, .k = shape->k, .tile = shape->tile,
+            .a_dtype = (edge_dtype) a_dtype, .c_dtype = c_dtypes[c],
             .threads = 1 + (int) (index % 3),
         };
         run_case(&cs);

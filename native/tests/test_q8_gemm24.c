@@ -1,10 +1,12 @@
-/* 2:4-sparse INT8 GEMM against the naive reference: a spec of shapes (M = 1,
- * tails of N and K, K = 1, large K), u8/s8 A, u8/s8/s32 output, strides,
+/* 2:4-sparse INT8 GEMM against the naive reference: the edge-case shapes of
+ * every micro-kernel tile (generated/q8-gemm24-shapes.h, from
+ * native/kernels.json) with u8/s8 A and u8/s8/s32 output, large K, strides,
  * 1..3 threads, every ISA; then the error paths. EDGE_TEST_QUICK drops the
  * large-K shapes (for qemu), never an ISA. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "generated/q8-gemm24-shapes.h"
 #include "reference/q8-gemm24-reference.h"
 #include "test_util.h"
 
@@ -34,6 +36,7 @@ static void fill_sparse(int8_t* w, int32_t n, int32_t k, int mode) {
 
 typedef struct gemm_case {
   int32_t m, n, k;
+  const char* tile; /* whose edges the shape tests, or NULL */
   edge_dtype a_dtype, c_dtype;
   int sparsity_mode;
   int threads;
@@ -88,8 +91,8 @@ static void run_case(const gemm_case* tc) {
         bad = actual[(size_t) i * c_stride * c_elem + p] != 0xA5;
       }
     }
-    EDGE_CHECK(!bad, "m %d n %d k %d a %d c %d mode %d threads %d a_pad %zu c_pad %zu", (int) m, (int) n, (int) k,
-               (int) tc->a_dtype, (int) tc->c_dtype, tc->sparsity_mode, tc->threads, tc->a_pad, tc->c_pad);
+    EDGE_CHECK(!bad, "m %d n %d k %d (tile %s) a %d c %d mode %d threads %d a_pad %zu c_pad %zu", (int) m, (int) n,
+               (int) k, tc->tile ? tc->tile : "-", (int) tc->a_dtype, (int) tc->c_dtype, tc->sparsity_mode, tc->threads, tc->a_pad, tc->c_pad);
   }
   edge_isa_set(edge_isa_detect());
   free(packed);
@@ -102,31 +105,41 @@ static void run_case(const gemm_case* tc) {
   free(actual);
 }
 
-static void test_shapes(int quick) {
-  static const int32_t ms[] = {1, 2, 3, 4, 5, 8, 17, 64};
-  static const int32_t ns[] = {1, 15, 16, 17, 33};
-  static const int32_t ks[] = {1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 64, 300, 4096};
+static gemm_case rotated_case(int32_t m, int32_t n, int32_t k, int counter) {
   static const edge_dtype c_types[] = {EDGE_DTYPE_U8, EDGE_DTYPE_S8, EDGE_DTYPE_S32};
+  /* Rotate through the sparsity modes, thread counts and strides. */
+  gemm_case tc = {.m = m, .n = n, .k = k};
+  tc.a_dtype = counter % 2 == 0 ? EDGE_DTYPE_U8 : EDGE_DTYPE_S8;
+  tc.c_dtype = c_types[(counter / 2) % 3];
+  tc.sparsity_mode = (counter / 3) % 4;
+  tc.threads = 1 + counter % 3;
+  tc.a_pad = counter % 5 == 0 ? (size_t) edge_test_rand_range(1, 9) : 0;
+  tc.c_pad = counter % 7 == 0 ? (size_t) edge_test_rand_range(1, 5) : 0;
+  return tc;
+}
+
+/* Every tile's edge shapes with every pair of A and C dtypes. */
+static void test_shapes(void) {
   int counter = 0;
-  for (size_t ki = 0; ki < sizeof(ks) / sizeof(ks[0]); ki++) {
-    for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++) {
-      for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
-        /* Large K: a few shapes are enough (and keep qemu fast). */
-        if (ks[ki] == 4096 && (quick || (ms[mi] != 1 && ms[mi] != 5 && ms[mi] != 17) || ns[ni] < 16)) continue;
-        gemm_case tc;
-        tc.m = ms[mi];
-        tc.n = ns[ni];
-        tc.k = ks[ki];
-        /* Rotate through the dtype pairs, sparsity modes and thread counts. */
-        tc.a_dtype = counter % 2 == 0 ? EDGE_DTYPE_U8 : EDGE_DTYPE_S8;
-        tc.c_dtype = c_types[(counter / 2) % 3];
-        tc.sparsity_mode = (counter / 3) % 4;
-        tc.threads = 1 + counter % 3;
-        tc.a_pad = counter % 5 == 0 ? (size_t) edge_test_rand_range(1, 9) : 0;
-        tc.c_pad = counter % 7 == 0 ? (size_t) edge_test_rand_range(1, 5) : 0;
-        run_case(&tc);
-        counter++;
-      }
+  for (size_t s = 0; s < EDGE_TEST_COUNT(edge_test_q8_gemm24_shapes); s++) {
+    const edge_test_gemm_shape* shape = &edge_test_q8_gemm24_shapes[s];
+    for (int pair = 0; pair < 6; pair++, counter++) {
+      gemm_case tc = rotated_case(shape->m, shape->n, shape->k, counter);
+      tc.tile = shape->tile;
+      tc.a_dtype = pair % 2 == 0 ? EDGE_DTYPE_U8 : EDGE_DTYPE_S8;
+      tc.c_dtype = pair / 2 == 0 ? EDGE_DTYPE_U8 : pair / 2 == 1 ? EDGE_DTYPE_S8 : EDGE_DTYPE_S32;
+      run_case(&tc);
+    }
+  }
+}
+
+/* Large K: the gemv path and a tile with tails. */
+static void test_large_k(int quick) {
+  static const int32_t shapes[][3] = {{1, 33, 4096}, {5, 16, 4096}, {17, 40, 4093}};
+  for (size_t s = 0; s < (quick ? 0 : EDGE_TEST_COUNT(shapes)); s++) {
+    for (int counter = 0; counter < 2; counter++) {
+      const gemm_case tc = rotated_case(shapes[s][0], shapes[s][1], shapes[s][2], counter + (int) s);
+      run_case(&tc);
     }
   }
 }
@@ -137,7 +150,7 @@ static void test_dtypes(void) {
   for (int ai = 0; ai < 2; ai++) {
     for (int ci = 0; ci < 3; ci++) {
       for (int threads = 1; threads <= 3; threads++) {
-        gemm_case tc = {9, 37, 45, ai == 0 ? EDGE_DTYPE_U8 : EDGE_DTYPE_S8, c_types[ci], 3, threads, 3, 2};
+        gemm_case tc = {9, 37, 45, NULL, ai == 0 ? EDGE_DTYPE_U8 : EDGE_DTYPE_S8, c_types[ci], 3, threads, 3, 2};
         run_case(&tc);
       }
     }
@@ -257,7 +270,8 @@ int main(void) {
   test_errors();
   test_dtypes();
   test_wraparound();
-  test_shapes(quick);
+  test_shapes();
+  test_large_k(quick);
   for (int i = 0; i < 3; i++) edge_threadpool_destroy(pools[i]);
   return edge_test_summary("test_q8_gemm24");
 }

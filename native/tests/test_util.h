@@ -23,6 +23,21 @@ void edge_test_fill_u8(uint8_t* p, size_t n, int32_t lo, int32_t hi);
 void edge_test_fill_s8(int8_t* p, size_t n, int32_t lo, int32_t hi);
 void* edge_test_aligned_alloc(size_t size); /* 64-byte aligned, zeroed; free with free() */
 
+/* The rows of the generated shape tables (generated/<family>-shapes.h, from
+ * native/kernels.json by gen_kernel_tests.py); tile names the kernel tile
+ * whose edges the shape tests. */
+typedef struct edge_test_gemm_shape {
+  int32_t m, n, k;
+  const char* tile;
+} edge_test_gemm_shape;
+
+typedef struct edge_test_dwconv_shape {
+  int32_t kernel, channels; /* kernel x kernel taps */
+  const char* tile;
+} edge_test_dwconv_shape;
+
+#define EDGE_TEST_COUNT(x) (sizeof(x) / sizeof((x)[0]))
+
 /* Every ISA the machine runs, scalar first. Returns the count. */
 int edge_test_isas(edge_isa* out, int capacity);
 int edge_test_summary(const char* name);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import kernel_spec
 import numpy as np
 import pytest
 
@@ -143,6 +144,30 @@ def test_dwconv2d_matches_oracle(isa, spec, x_dtype, out_dtype):
         out = np.empty_like(expected)
         assert dwconv2d(x[:1], packed, x_zp, requant, out_dtype, out=out[:1]) is not None
         np.testing.assert_array_equal(out[:1], expected[:1])
+
+
+DW_TILE_EDGES = kernel_spec.cases("q8-dwconv")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", DW_TILE_EDGES, ids=kernel_spec.case_id)
+@pytest.mark.parametrize("x_dtype,out_dtype", [(np.uint8, np.uint8), (np.int8, np.int8), (np.uint8, np.int8)])
+def test_dwconv2d_tile_edges(isa, case, x_dtype, out_dtype):
+    """Channels around every micro-kernel tile (native/kernels.json), padding taps on the border."""
+    k, c, _tile = case
+    shape = (1, 5, 4, c)
+    rng = np.random.default_rng(k * 1000 + c)
+    info = np.iinfo(x_dtype)
+    x = rng.integers(info.min, info.max + 1, size=shape).astype(x_dtype)
+    x_zp = int(rng.integers(info.min, info.max + 1))
+    w = rng.integers(-127, 128, size=(c, 1, k, k)).astype(np.int8)
+    bias = rng.integers(-20000, 20000, size=c).astype(np.int32)
+    padding = (k // 2,) * 4
+    packed = pack_dwconv2d(w, bias, input_shape=shape, stride=1, padding=padding)
+    requant = make_requant(rng, c, out_dtype)
+    expected = requant.apply(conv_oracle(x, x_zp, w, bias, (1, 1), padding, (1, 1), c)).astype(out_dtype)
+    with use_isa(isa):
+        np.testing.assert_array_equal(dwconv2d(x, packed, x_zp, requant, out_dtype), expected)
 
 
 def test_dwconv2d_refuses_what_it_does_not_support():

@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 
+import kernel_spec
 import numpy as np
 import pytest
 
@@ -14,20 +15,8 @@ from edge_runtime.kernels import Requant, ThreadPool, supported_isas, use_isa
 from edge_runtime.kernels.gemm import PackedGemm, gemm, pack_gemm
 
 ISAS = supported_isas()
-# (M, N, K): M = 1, tiles and their tails in M, N and K, K = 1, large K.
-SHAPES = [
-    (1, 1, 1),
-    (1, 100, 300),
-    (2, 16, 4),
-    (3, 17, 5),
-    (4, 15, 3),
-    (5, 33, 17),
-    (8, 32, 64),
-    (9, 64, 15),
-    (17, 100, 16),
-    (64, 65, 129),
-    (3, 20, 4096),
-]
+# The edge-case shapes of every micro-kernel tile (native/kernels.json), on every ISA.
+SHAPES = kernel_spec.cases("q8-gemm")
 
 
 def oracle(a, w, bias, a_zp, requant, out_dtype):
@@ -49,10 +38,10 @@ def make_requant(rng, n, k, out_dtype, relu6=False):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("m,n,k,tile", SHAPES, ids=[kernel_spec.case_id(s) for s in SHAPES])
 @pytest.mark.parametrize("a_dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("out_dtype", [np.uint8, np.int8, np.int32])
-def test_matches_oracle(isa, m, n, k, a_dtype, out_dtype):
+def test_matches_oracle(isa, m, n, k, tile, a_dtype, out_dtype):
     rng = np.random.default_rng(m * 10007 + n * 101 + k)
     info = np.iinfo(a_dtype)
     a = rng.integers(info.min, info.max + 1, (m, k), dtype=a_dtype)

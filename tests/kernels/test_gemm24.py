@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import kernel_spec
 import numpy as np
 import pytest
 
@@ -18,16 +19,8 @@ from edge_runtime.kernels import (
 )
 
 ISAS = supported_isas()
-SHAPES = [
-    (1, 1, 1),
-    (1, 33, 300),
-    (2, 16, 8),
-    (3, 17, 9),
-    (5, 15, 64),
-    (8, 33, 17),
-    (17, 16, 4096),
-    (64, 40, 129),
-]
+# The edge-case shapes of every micro-kernel tile (native/kernels.json), on every ISA.
+SHAPES = kernel_spec.cases("q8-gemm24")
 
 
 def random_sparse(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -49,11 +42,11 @@ def make_requant(rng: np.random.Generator, n: int, dtype: type) -> Requant:
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES, ids=kernel_spec.case_id)
 @pytest.mark.parametrize("a_dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("out_dtype", [np.uint8, np.int8, np.int32])
-def test_matches_oracle(isa: str, shape: tuple[int, int, int], a_dtype: type, out_dtype: type) -> None:
-    m, n, k = shape
+def test_matches_oracle(isa: str, shape: tuple[int, int, int, str], a_dtype: type, out_dtype: type) -> None:
+    m, n, k, _tile = shape
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
     info = np.iinfo(a_dtype)
     a = rng.integers(info.min, info.max + 1, size=(m, k), dtype=a_dtype)
@@ -70,6 +63,19 @@ def test_matches_oracle(isa: str, shape: tuple[int, int, int], a_dtype: type, ou
     with use_isa(isa):
         got = gemm24(a, packed, a_zero_point=zp, requant=requant, out_dtype=out_dtype)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m,n", [(1, 33), (17, 16)])
+def test_large_k(isa: str, m: int, n: int) -> None:
+    rng = np.random.default_rng(m + n)
+    k = 4096
+    a = rng.integers(0, 256, size=(m, k), dtype=np.uint8)
+    w = random_sparse(rng, n, k)
+    bias = rng.integers(-50000, 50000, size=n, dtype=np.int32)
+    with use_isa(isa):
+        got = gemm24(a, pack_gemm24(w, bias), a_zero_point=9, out_dtype=np.int32)
+    np.testing.assert_array_equal(got, oracle_acc(a, 9, w, bias))
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -40,7 +40,11 @@ def test_environment_variable_selects_the_isa(isa: str) -> None:
         pytest.skip(f"{isa} not supported here")
     code = "from edge_runtime import kernels; print(kernels.get_isa())"
     out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "EDGE_ISA": isa}, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        env={**os.environ, "EDGE_ISA": isa},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == isa
 

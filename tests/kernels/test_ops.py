@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from edge_runtime import errors
-from edge_runtime.kernels._ffi import ffi, lib
 from edge_runtime.kernels import ops, requant_from_scale, supported_isas, use_isa
+from edge_runtime.kernels._ffi import ffi, lib
 
 ISAS = supported_isas()
 DTYPES = [np.uint8, np.int8]

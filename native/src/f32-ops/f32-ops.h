@@ -17,15 +17,22 @@ typedef struct edge_f32_ops_config {
 
 const edge_f32_ops_config* edge_f32_ops_config_get(void);
 
-#define EDGE_F32_OPS_DECLARE(isa)                                                                      \
-  void edge_f32_softmax_ukernel__##isa(size_t n, const float* x, float* y);                           \
-  void edge_f32_layernorm_ukernel__##isa(size_t n, const float* x, const float* gamma, const float* beta, \
-                                         float epsilon, float* y);
+/* Kernels (src/f32-ops/<name>.c). */
+void edge_f32_softmax_ukernel__scalar(size_t n, const float* x, float* y);
+void edge_f32_layernorm_ukernel__scalar(size_t n, const float* x, const float* gamma, const float* beta,
+                                        float epsilon, float* y);
 
-EDGE_F32_OPS_DECLARE(scalar)
-EDGE_F32_OPS_DECLARE(avx2)
-EDGE_F32_OPS_DECLARE(avx512vnni)
-EDGE_F32_OPS_DECLARE(neon)
+void edge_f32_softmax_ukernel__avx2(size_t n, const float* x, float* y);
+void edge_f32_layernorm_ukernel__avx2(size_t n, const float* x, const float* gamma, const float* beta,
+                                      float epsilon, float* y);
+
+void edge_f32_softmax_ukernel__avx512vnni(size_t n, const float* x, float* y);
+void edge_f32_layernorm_ukernel__avx512vnni(size_t n, const float* x, const float* gamma, const float* beta,
+                                            float epsilon, float* y);
+
+void edge_f32_softmax_ukernel__neon(size_t n, const float* x, float* y);
+void edge_f32_layernorm_ukernel__neon(size_t n, const float* x, const float* gamma, const float* beta,
+                                      float epsilon, float* y);
 
 /* The SIMD softmax paths evaluate exp(x) for x <= 0 with the Cephes expf
  * polynomial after x = n * ln2 + r, |r| <= ln2 / 2 (about 1 ulp, 2 ulp worst

@@ -1,5 +1,6 @@
 /* The pixel and channel loops every depthwise micro-kernel shares, around the
- * ISA's 16-channel block. Included by each kernel file after it defines
+ * ISA's 16-channel block. Included by each ISA header (q8-dwconv-<isa>.h)
+ * after it defines
  *
  *   EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, const uint8_t* block,
  *                                   const int32_t* multiplier, const int32_t* shift,
@@ -48,17 +49,5 @@ EDGE_Q8_DWCONV_INLINE void dwconv_pixels(size_t taps, size_t pixels, size_t chan
     }
   }
 }
-
-#define EDGE_Q8_DWCONV_DEFINE(isa)                                                                                \
-  void edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__##isa(size_t pixels, size_t channels, const uint8_t* const* input, \
-                                                      const uint8_t* zero, const void* packed, uint8_t* output,   \
-                                                      size_t output_stride, const edge_q8_dwconv_params* params) { \
-    dwconv_pixels(9, pixels, channels, input, zero, packed, output, output_stride, params);                      \
-  }                                                                                                               \
-  void edge_q8_qc8w_dwconv5x5_rndnu_ukernel_16c__##isa(size_t pixels, size_t channels, const uint8_t* const* input, \
-                                                      const uint8_t* zero, const void* packed, uint8_t* output,   \
-                                                      size_t output_stride, const edge_q8_dwconv_params* params) { \
-    dwconv_pixels(25, pixels, channels, input, zero, packed, output, output_stride, params);                     \
-  }
 
 #endif /* EDGE_Q8_DWCONV_PIXELS_H */

@@ -69,24 +69,34 @@ typedef struct edge_q8_dwconv_config {
 /* The table entry of an ISA, or NULL when this build lacks it. */
 const edge_q8_dwconv_config* edge_q8_dwconv_get_config(edge_isa isa);
 
-#define EDGE_Q8_DWCONV_DECLARE(isa)                                                                              \
-  void edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__##isa(size_t pixels, size_t channels, const uint8_t* const* input, \
-                                                      const uint8_t* zero, const void* packed, uint8_t* output,   \
-                                                      size_t output_stride, const edge_q8_dwconv_params* params); \
-  void edge_q8_qc8w_dwconv5x5_rndnu_ukernel_16c__##isa(size_t pixels, size_t channels, const uint8_t* const* input, \
-                                                      const uint8_t* zero, const void* packed, uint8_t* output,   \
-                                                      size_t output_stride, const edge_q8_dwconv_params* params);
+/* Kernels (src/q8-dwconv/<name>.c), their shared code in q8-dwconv-<isa>.h. */
+void edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__scalar(size_t pixels, size_t channels, const uint8_t* const* input,
+    const uint8_t* zero, const void* packed, uint8_t* output, size_t output_stride,
+    const edge_q8_dwconv_params* params);
+void edge_q8_qc8w_dwconv5x5_rndnu_ukernel_16c__scalar(size_t pixels, size_t channels, const uint8_t* const* input,
+    const uint8_t* zero, const void* packed, uint8_t* output, size_t output_stride,
+    const edge_q8_dwconv_params* params);
 
-EDGE_Q8_DWCONV_DECLARE(scalar)
-EDGE_Q8_DWCONV_DECLARE(avx2)
-EDGE_Q8_DWCONV_DECLARE(neon)
+void edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__avx2(size_t pixels, size_t channels, const uint8_t* const* input,
+    const uint8_t* zero, const void* packed, uint8_t* output, size_t output_stride,
+    const edge_q8_dwconv_params* params);
+void edge_q8_qc8w_dwconv5x5_rndnu_ukernel_16c__avx2(size_t pixels, size_t channels, const uint8_t* const* input,
+    const uint8_t* zero, const void* packed, uint8_t* output, size_t output_stride,
+    const edge_q8_dwconv_params* params);
 
-/* AVX-512 VNNI: 64 channels and 4 taps per step (see its file). */
+void edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__neon(size_t pixels, size_t channels, const uint8_t* const* input,
+    const uint8_t* zero, const void* packed, uint8_t* output, size_t output_stride,
+    const edge_q8_dwconv_params* params);
+void edge_q8_qc8w_dwconv5x5_rndnu_ukernel_16c__neon(size_t pixels, size_t channels, const uint8_t* const* input,
+    const uint8_t* zero, const void* packed, uint8_t* output, size_t output_stride,
+    const edge_q8_dwconv_params* params);
+
+/* AVX-512 VNNI: 64 channels and 4 taps per step (see q8-dwconv-avx512vnni.h). */
 void edge_q8_qc8w_dwconv3x3_rndnu_ukernel_64c4__avx512vnni(size_t pixels, size_t channels, const uint8_t* const* input,
-                                                          const uint8_t* zero, const void* packed, uint8_t* output,
-                                                          size_t output_stride, const edge_q8_dwconv_params* params);
+    const uint8_t* zero, const void* packed, uint8_t* output, size_t output_stride,
+    const edge_q8_dwconv_params* params);
 void edge_q8_qc8w_dwconv5x5_rndnu_ukernel_64c4__avx512vnni(size_t pixels, size_t channels, const uint8_t* const* input,
-                                                          const uint8_t* zero, const void* packed, uint8_t* output,
-                                                          size_t output_stride, const edge_q8_dwconv_params* params);
+    const uint8_t* zero, const void* packed, uint8_t* output, size_t output_stride,
+    const edge_q8_dwconv_params* params);
 
 #endif /* EDGE_Q8_DWCONV_INTERNAL_H */

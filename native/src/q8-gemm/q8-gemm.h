@@ -136,9 +136,6 @@ void edge_q8_qc8w_gemm_rndnu_ukernel_1x64c4__avx512vnni(size_t mr, size_t nb, si
                                                         size_t a_stride, int a_signed, const int8_t* w,
                                                         size_t panel_stride, const int32_t* init,
                                                         const edge_q8_gemm_store* store);
-void edge_q8_vrequant_rndnu_ukernel__avx512vnni(size_t rows, size_t n, const int32_t* acc, size_t acc_stride,
-    const int32_t* multiplier, const int32_t* shift, int32_t zero_point, int32_t out_min, int32_t out_max,
-    int out_signed, void* out, size_t out_stride);
 
 void edge_q8_qc8w_gemm_ukernel_2x16c4__neon(size_t mr, size_t nb, size_t k, const uint8_t* a, size_t a_stride,
                                             int a_signed, const int8_t* w, size_t panel_stride,

@@ -59,22 +59,43 @@ typedef struct edge_q8_ops_config {
 /* The table of the active ISA (edge_isa_get()). */
 const edge_q8_ops_config* edge_q8_ops_config_get(void);
 
-#define EDGE_Q8_OPS_DECLARE(isa)                                                                              \
-  void edge_q8_vadd_rndnu_ukernel__##isa(size_t n, const uint8_t* a, const uint8_t* b, size_t b_inc,         \
-                                         uint8_t* y, const edge_q8_vbinary_params* p);                        \
-  void edge_q8_vmul_rndnu_ukernel__##isa(size_t n, const uint8_t* a, const uint8_t* b, size_t b_inc,         \
-                                         uint8_t* y, const edge_q8_vbinary_params* p);                        \
-  void edge_q8_lut_ukernel__##isa(size_t n, const uint8_t* x, const uint8_t* table, uint8_t* y);            \
-  void edge_q8_vmax_ukernel__##isa(size_t n, const uint8_t* x, uint8_t flip, uint8_t* y);                   \
-  void edge_q8_vsum_ukernel__##isa(size_t n, const uint8_t* x, uint8_t flip, int32_t* acc);                 \
-  void edge_f32_q8_quantize_ukernel__##isa(size_t n, const float* x, const edge_q8_quantize_params* p,      \
-                                           uint8_t* y);                                                      \
-  void edge_q8_f32_dequantize_ukernel__##isa(size_t n, const uint8_t* x, uint8_t flip, int32_t zero_point,  \
-                                             float scale, float* y);
+/* Kernels (src/q8-ops/<name>.c). */
+void edge_q8_vadd_rndnu_ukernel__scalar(size_t n, const uint8_t* a, const uint8_t* b, size_t b_inc,
+                                        uint8_t* y, const edge_q8_vbinary_params* p);
+void edge_q8_vmul_rndnu_ukernel__scalar(size_t n, const uint8_t* a, const uint8_t* b, size_t b_inc,
+                                        uint8_t* y, const edge_q8_vbinary_params* p);
+void edge_q8_lut_ukernel__scalar(size_t n, const uint8_t* x, const uint8_t* table, uint8_t* y);
+void edge_q8_vmax_ukernel__scalar(size_t n, const uint8_t* x, uint8_t flip, uint8_t* y);
+void edge_q8_vsum_ukernel__scalar(size_t n, const uint8_t* x, uint8_t flip, int32_t* acc);
+void edge_f32_q8_quantize_ukernel__scalar(size_t n, const float* x, const edge_q8_quantize_params* p,
+                                          uint8_t* y);
+void edge_q8_f32_dequantize_ukernel__scalar(size_t n, const uint8_t* x, uint8_t flip, int32_t zero_point,
+                                            float scale, float* y);
 
-EDGE_Q8_OPS_DECLARE(scalar)
-EDGE_Q8_OPS_DECLARE(avx2)
-EDGE_Q8_OPS_DECLARE(neon)
+void edge_q8_vadd_rndnu_ukernel__avx2(size_t n, const uint8_t* a, const uint8_t* b, size_t b_inc,
+                                      uint8_t* y, const edge_q8_vbinary_params* p);
+void edge_q8_vmul_rndnu_ukernel__avx2(size_t n, const uint8_t* a, const uint8_t* b, size_t b_inc,
+                                      uint8_t* y, const edge_q8_vbinary_params* p);
+void edge_q8_lut_ukernel__avx2(size_t n, const uint8_t* x, const uint8_t* table, uint8_t* y);
+void edge_q8_vmax_ukernel__avx2(size_t n, const uint8_t* x, uint8_t flip, uint8_t* y);
+void edge_q8_vsum_ukernel__avx2(size_t n, const uint8_t* x, uint8_t flip, int32_t* acc);
+void edge_f32_q8_quantize_ukernel__avx2(size_t n, const float* x, const edge_q8_quantize_params* p,
+                                        uint8_t* y);
+void edge_q8_f32_dequantize_ukernel__avx2(size_t n, const uint8_t* x, uint8_t flip, int32_t zero_point,
+                                          float scale, float* y);
+
+void edge_q8_vadd_rndnu_ukernel__neon(size_t n, const uint8_t* a, const uint8_t* b, size_t b_inc,
+                                      uint8_t* y, const edge_q8_vbinary_params* p);
+void edge_q8_vmul_rndnu_ukernel__neon(size_t n, const uint8_t* a, const uint8_t* b, size_t b_inc,
+                                      uint8_t* y, const edge_q8_vbinary_params* p);
+void edge_q8_lut_ukernel__neon(size_t n, const uint8_t* x, const uint8_t* table, uint8_t* y);
+void edge_q8_vmax_ukernel__neon(size_t n, const uint8_t* x, uint8_t flip, uint8_t* y);
+void edge_q8_vsum_ukernel__neon(size_t n, const uint8_t* x, uint8_t flip, int32_t* acc);
+void edge_f32_q8_quantize_ukernel__neon(size_t n, const float* x, const edge_q8_quantize_params* p,
+                                        uint8_t* y);
+void edge_q8_f32_dequantize_ukernel__neon(size_t n, const uint8_t* x, uint8_t flip, int32_t zero_point,
+                                          float scale, float* y);
+
 /* avx512vnni has its own add, mul, lut and quantize; the table reuses the
  * AVX2 vmax, vsum and dequantize. */
 void edge_q8_vadd_rndnu_ukernel__avx512vnni(size_t n, const uint8_t* a, const uint8_t* b, size_t b_inc, uint8_t* y,

@@ -1,10 +1,14 @@
-/* Depthwise 3x3 and 5x5 micro-kernels, AVX2:
- * edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__avx2 and ..._dwconv5x5_...
+/* The depthwise block of the micro-kernels, AVX2:
+ * edge_q8_qc8w_dwconv{3x3,5x5}_rndnu_ukernel_16c__avx2; included only by
+ * their two files (it needs their compiler flags).
  * Two taps at a time: the input bytes of taps 2p and 2p+1 are interleaved,
  * widened to int16 minus the zero point (exact: within [-255, 255]) and
  * multiplied by the packed weight pairs with vpmaddwd into int32 lanes (no
  * saturation: each product is below 2^15 * 2^8). Requantization in SIMD,
  * the same bits as edge_requantize. */
+#ifndef EDGE_Q8_DWCONV_AVX2_H
+#define EDGE_Q8_DWCONV_AVX2_H
+
 #include <immintrin.h>
 
 #include "q8-dwconv.h"
@@ -71,4 +75,4 @@ EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, c
 
 #include "q8-dwconv-pixels.h"
 
-EDGE_Q8_DWCONV_DEFINE(avx2)
+#endif /* EDGE_Q8_DWCONV_AVX2_H */

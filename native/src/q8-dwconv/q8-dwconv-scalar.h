@@ -1,6 +1,10 @@
-/* Depthwise 3x3 and 5x5 micro-kernels, portable C (the production fallback):
- * edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__scalar and ..._dwconv5x5_...
+/* The depthwise block of the micro-kernels, portable C (the production fallback):
+ * edge_q8_qc8w_dwconv{3x3,5x5}_rndnu_ukernel_16c__scalar; included by
+ * their two files.
  * Accumulation wraps mod 2^32 like the SIMD paths (unsigned arithmetic, no UB). */
+#ifndef EDGE_Q8_DWCONV_SCALAR_H
+#define EDGE_Q8_DWCONV_SCALAR_H
+
 #include <string.h>
 
 #include "q8-dwconv.h"
@@ -25,4 +29,4 @@ EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, c
 
 #include "q8-dwconv-pixels.h"
 
-EDGE_Q8_DWCONV_DEFINE(scalar)
+#endif /* EDGE_Q8_DWCONV_SCALAR_H */

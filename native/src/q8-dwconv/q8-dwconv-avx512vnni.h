@@ -1,5 +1,6 @@
-/* Depthwise 3x3 and 5x5 micro-kernels, AVX-512 with VNNI:
- * edge_q8_qc8w_dwconv3x3_rndnu_ukernel_64c4__avx512vnni and ..._dwconv5x5_...
+/* The depthwise block of the micro-kernels, AVX-512 with VNNI:
+ * edge_q8_qc8w_dwconv{3x3,5x5}_rndnu_ukernel_64c4__avx512vnni; included only by
+ * their two files (it needs their compiler flags).
  *
  * 64 channels and 4 taps per step: the input bytes of taps 4g..4g+3 are
  * interleaved by in-lane unpacks into 4-byte groups, and vpdpbusd adds each
@@ -16,6 +17,9 @@
  * in-lane packs of the output stage (vpackssdw, vpackuswb) restore the
  * natural order for free.
  */
+#ifndef EDGE_Q8_DWCONV_AVX512VNNI_H
+#define EDGE_Q8_DWCONV_AVX512VNNI_H
+
 #include <immintrin.h>
 #include <string.h>
 
@@ -191,16 +195,4 @@ EDGE_Q8_DWCONV_INLINE void dwconv_pixels(size_t TAPS, size_t pixels, size_t chan
   }
 }
 
-void edge_q8_qc8w_dwconv3x3_rndnu_ukernel_64c4__avx512vnni(size_t pixels, size_t channels,
-                                                          const uint8_t* const* input, const uint8_t* zero,
-                                                          const void* packed, uint8_t* output, size_t output_stride,
-                                                          const edge_q8_dwconv_params* params) {
-  dwconv_pixels(9, pixels, channels, input, zero, packed, output, output_stride, params);
-}
-
-void edge_q8_qc8w_dwconv5x5_rndnu_ukernel_64c4__avx512vnni(size_t pixels, size_t channels,
-                                                          const uint8_t* const* input, const uint8_t* zero,
-                                                          const void* packed, uint8_t* output, size_t output_stride,
-                                                          const edge_q8_dwconv_params* params) {
-  dwconv_pixels(25, pixels, channels, input, zero, packed, output, output_stride, params);
-}
+#endif /* EDGE_Q8_DWCONV_AVX512VNNI_H */

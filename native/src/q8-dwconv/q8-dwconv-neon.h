@@ -1,10 +1,14 @@
-/* Depthwise 3x3 and 5x5 micro-kernels, NEON (also run on neondot: one channel
+/* The depthwise block of the micro-kernels, NEON (also run on neondot: one channel
  * per lane leaves nothing for the dot product):
- * edge_q8_qc8w_dwconv3x3_rndnu_ukernel_16c__neon and ..._dwconv5x5_...
+ * edge_q8_qc8w_dwconv{3x3,5x5}_rndnu_ukernel_16c__neon; included only by
+ * their two files (it needs their compiler flags).
  * Input widened to int16 minus the zero point (exact: within [-255, 255]),
  * weights widened from the de-interleaved tap pairs (vld2), products
  * accumulated by vmlal_s16 (non-saturating). Requantization by vmull_s32 and
  * vrshlq_s64, whose rounding shift is the rule's "+ 2^(shift-1), >> shift". */
+#ifndef EDGE_Q8_DWCONV_NEON_H
+#define EDGE_Q8_DWCONV_NEON_H
+
 #include <arm_neon.h>
 
 #include "q8-dwconv.h"
@@ -67,4 +71,4 @@ EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, c
 
 #include "q8-dwconv-pixels.h"
 
-EDGE_Q8_DWCONV_DEFINE(neon)
+#endif /* EDGE_Q8_DWCONV_NEON_H */

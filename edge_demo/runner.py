@@ -37,12 +37,15 @@ from typing import Any, TextIO
 
 from edge_demo.errors import DemoStepError, DemoTimeoutError
 from edge_demo.processes import Child, Supervisor, free_port
+from fleet.protocol import DeploymentState, DeviceDeploymentState
 
 __all__ = ["DEVICES", "DemoOptions", "DeviceSpec", "run_demo"]
 
 MODEL = "digits"
 FLEET = "demo"
-TERMINAL_DEPLOYMENT_STATES = ("succeeded", "completed_with_failures", "aborted", "failed")
+# Every state a deployment ends in (fleet.protocol defines them: succeeded, completed_with_failures,
+# completed_with_offline, aborted, superseded); the demo waits for one of them.
+TERMINAL_DEPLOYMENT_STATES = DeploymentState.terminal_states()
 # Subdirectories of the workdir that the demo owns and recreates on every run.
 _OWNED_DIRS = ("train", "packages", "keys", "fleet", "devices", "logs")
 
@@ -551,7 +554,7 @@ class Demo:
             )
 
         initial = self._deploy(V1, packages[V1]["sha256"], waves=[], label="initial")
-        if initial["state"] != "succeeded":
+        if initial["state"] != DeploymentState.SUCCEEDED:
             raise DemoStepError(
                 f"the initial deployment of {V1} ended {initial['state']}: {initial.get('reason')}"
             )
@@ -620,13 +623,13 @@ class Demo:
                 if seen.get(d["device"]) != key:
                     seen[d["device"]] = key
                     shown = d["phase"] or d["state"]
-                    if d["state"] in ("failed", "succeeded", "rolled_back", "timed_out"):
+                    if DeviceDeploymentState(d["state"]).terminal:
                         shown = d["state"]
                     why = f"  [{d['step']}] {d['reason']}" if d.get("reason") else ""
                     self.note(f"t={self.t():5.1f}s  {d['device']:<13} {version}  {shown}{why}")
-                    if shown not in ("pending", "in_progress"):
+                    if shown not in DeviceDeploymentState.active():
                         self.events.append((self.t(), d["device"], f"{version} {shown}"))
-            if dep["state"] in TERMINAL_DEPLOYMENT_STATES:
+            if DeploymentState(dep["state"]).terminal:
                 break
             if time.monotonic() > deadline:
                 raise DemoTimeoutError(f"deployment {dep['id']} still {dep['state']} after 240s")

@@ -50,7 +50,6 @@ from fleet.errors import (
     DigestMismatchError,
     DowngradeError,
     DownloadError,
-    FleetError,
     InsufficientSpaceError,
     DownloadTooLargeError,
     ProtocolError,
@@ -58,12 +57,23 @@ from fleet.errors import (
 )
 from fleet.mqtt import BrokerConfig, make_client
 from fleet.protocol import (
+    OTA_FAILURE_STEP,
+    OTA_START,
+    OTA_TRANSITIONS,
+    ROLLBACK_SUFFIX,
+    AgentPhase,
+    Alert,
     Command,
     Desired,
+    DesiredAction,
     Event,
+    EventState,
+    OtaOutcome,
+    Presence,
     Status,
     StreamGet,
     Telemetry,
+    UpdateStep,
     check_id,
     decode_block,
     parse_json_message,
@@ -77,6 +87,7 @@ from fleet.versions import compare_versions
 __all__ = ["DEFAULT_MAX_PACKAGE_BYTES", "Agent", "AgentConfig"]
 
 DEFAULT_MAX_PACKAGE_BYTES = 512 << 20
+_RECONNECT_MIN_S, _RECONNECT_MAX_S = 1, 10  # fleet.mqtt.make_client's reconnect delays
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +127,46 @@ class _Superseded(Exception):
     """A newer desired state arrived; the current attempt stops (and rolls back if it swapped)."""
 
 
+@dataclass
+class _Attempt:
+    """What the OTA machine's handlers hand on to each other for one desired state."""
+
+    desired: Desired
+    previous: Any  # the committed InstalledModel when the attempt started, or None
+    path: Path | None = None  # the verified-by-sha256 package file
+    installed: Any = None  # the InstalledModel staged in the store
+    before: VersionStats | None = None  # the previous version's stats, the health window's baseline
+    left: AgentPhase | None = None  # the forward phase that failed or was superseded
+    error: BaseException | None = None
+
+
+def _done_state(d: Desired) -> EventState:
+    """What a desired state reports once its version is committed."""
+    return EventState.ROLLED_BACK if d.action == DesiredAction.ROLLBACK else EventState.SUCCEEDED
+
+
+# Journaled phases after which a restarted agent settles the attempt instead of resuming it: the new
+# version may have been serving, and `current` says whether it was committed.
+_RESTART_SETTLES = (AgentPhase.SWAP, AgentPhase.HEALTH, AgentPhase.COMMIT)
+
+
 class Agent:
     """One device's agent. ``run()`` blocks until :meth:`stop`; :meth:`start` runs it in a thread."""
+
+    # Two agents with one device id take the broker session from each other (MQTT 3.1.1 closes the
+    # older connection without a reason; MQTT 5 says "session taken over", 0x8E). A connection the
+    # broker drops within TAKEOVER_WINDOW_S of accepting it, TAKEOVER_COUNT times in a row (or once
+    # with 0x8E), is taken for that: the agent says so, raises the duplicate_device_id alert in its
+    # status and backs off (TAKEOVER_BASE_S doubling to TAKEOVER_MAX_BACKOFF_S) instead of
+    # reconnecting every second. A connection that lasts STABLE_S restores the normal reconnect
+    # delay; the alert clears after ALERT_CLEAR_S without another takeover.
+    TAKEOVER_WINDOW_S = 5.0
+    TAKEOVER_COUNT = 3
+    TAKEOVER_BASE_S = 2
+    TAKEOVER_MAX_BACKOFF_S = 120
+    STABLE_S = 30.0
+    ALERT_CLEAR_S = 600.0
+    _SESSION_TAKEN_OVER = 0x8E
 
     def __init__(self, config: AgentConfig, runtime: RuntimeTarget | None = None) -> None:
         self.config = config
@@ -160,6 +209,12 @@ class Agent:
         self._profile_obj: Any = None
         self._threads: list[threading.Thread] = []
         self._status_dirty = threading.Event()
+        # The takeover detector (see the class attributes); written by paho's thread.
+        self._link_lock = threading.Lock()
+        self._connected_at = 0.0
+        self._short_sessions = 0  # consecutive connections the broker dropped soon after accepting
+        self._backoff_s: int | None = None  # the reconnect delay while backing off, else None
+        self._alerts: dict[Alert, float] = {}  # alert -> when it was last seen (monotonic)
         self.on_event: Callable[[Event], None] | None = None  # a hook for embedding programs and tests
 
     # --- journal: what survives a restart besides the store and the outbox ---
@@ -221,6 +276,7 @@ class Agent:
         try:
             while not self._stopping.is_set():
                 self._drain_acks()
+                self._check_link()
                 if time.monotonic() >= next_telemetry:
                     next_telemetry += self.config.telemetry_interval_s
                     self._queue_telemetry()
@@ -238,7 +294,7 @@ class Agent:
         if client is not None:
             if self._connected.is_set():
                 info = client.publish(
-                    self._topic("status"), self._status("offline").to_json(), qos=1, retain=True
+                    self._topic("status"), self._status(Presence.OFFLINE).to_json(), qos=1, retain=True
                 )
                 try:
                     info.wait_for_publish(timeout=2)
@@ -265,7 +321,7 @@ class Agent:
 
     def _connect(self, broker: BrokerConfig) -> mqtt.Client:
         client = make_client(f"edge-{self.config.fleet}-{self.config.device}", broker)
-        client.will_set(self._topic("status"), self._status("offline").to_json(), qos=1, retain=True)
+        client.will_set(self._topic("status"), self._status(Presence.OFFLINE).to_json(), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -281,16 +337,83 @@ class Agent:
             return
         for kind in ("desired", "cmd", "stream/data"):
             client.subscribe(self._topic(kind), qos=1)
+        with self._link_lock:
+            self._connected_at = time.monotonic()
         self._connected.set()
         self._resend.set()
-        self._status_dirty.set()
+        self._status_dirty.set()  # the status carries any alert raised while away
         self._wake.set()
         log.info("connected to the broker")
 
-    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
-        if self._connected.is_set():
-            log.warning("disconnected from the broker (%s); reconnecting", rc)
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
+        if not was_connected or self._stopping.is_set():
+            return  # a connection attempt that failed, or our own disconnect
+        with self._link_lock:
+            lasted = time.monotonic() - self._connected_at
+            taken_over = getattr(rc, "value", rc) == self._SESSION_TAKEN_OVER
+            if taken_over or lasted < self.TAKEOVER_WINDOW_S:
+                self._short_sessions += 1
+            else:
+                self._short_sessions = 0
+            if not taken_over and self._short_sessions < self.TAKEOVER_COUNT:
+                log.warning("disconnected from the broker (%s); reconnecting", rc)
+                return
+            excess = max(0, self._short_sessions - self.TAKEOVER_COUNT)
+            backoff = int(min(self.TAKEOVER_MAX_BACKOFF_S, self.TAKEOVER_BASE_S * 2**excess))
+            self._backoff_s = backoff
+            self._alerts[Alert.DUPLICATE_DEVICE_ID] = time.monotonic()
+            count = self._short_sessions
+        self._status_dirty.set()
+        client.reconnect_delay_set(min_delay=backoff, max_delay=max(backoff, _RECONNECT_MAX_S))
+        log.error(
+            "another agent is using device id %r in fleet %r: the broker closed this connection %d "
+            "time(s) in a row within %.0f s of accepting it (%s), which is what it does when a second "
+            "client connects with the same id. Give every device its own id (--device). "
+            "Reconnecting in %d s (backing off).",
+            self.config.device,
+            self.config.fleet,
+            count,
+            self.TAKEOVER_WINDOW_S,
+            rc,
+            backoff,
+        )
+
+    def _check_link(self) -> None:
+        """Main loop: after STABLE_S connected, stop backing off; clear an alert that has gone quiet."""
+        if not self._connected.is_set():
+            return
+        now = time.monotonic()
+        cleared: list[Alert] = []
+        with self._link_lock:
+            stable = now - self._connected_at >= self.STABLE_S
+            restore = stable and self._backoff_s is not None
+            if stable:
+                self._short_sessions = 0
+                self._backoff_s = None
+                for alert, seen in list(self._alerts.items()):
+                    if now - seen >= self.ALERT_CLEAR_S:
+                        del self._alerts[alert]
+                        cleared.append(alert)
+        if restore and self._client is not None:
+            self._client.reconnect_delay_set(min_delay=_RECONNECT_MIN_S, max_delay=_RECONNECT_MAX_S)
+            log.info("the broker connection is stable again; normal reconnect delays")
+        if cleared:
+            log.info("alert(s) cleared: %s", ", ".join(cleared))
+            self._status_dirty.set()
+
+    @property
+    def alerts(self) -> tuple[Alert, ...]:
+        """The alerts the agent's status reports now."""
+        with self._link_lock:
+            return tuple(sorted(self._alerts))
+
+    @property
+    def reconnect_backoff_s(self) -> int | None:
+        """The reconnect delay while backing off from a session takeover loop, else None."""
+        with self._link_lock:
+            return self._backoff_s
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         # Runs on paho's thread: parse, hand over, return. Never raise: a bad message is dropped.
@@ -348,15 +471,15 @@ class Agent:
 
     def _publish_status(self) -> None:
         if self._client is not None:
-            self._client.publish(self._topic("status"), self._status("online").to_json(), qos=1, retain=True)
+            self._client.publish(
+                self._topic("status"), self._status(Presence.ONLINE).to_json(), qos=1, retain=True
+            )
 
-    def _status(self, state: str) -> Status:
+    def _status(self, state: Presence) -> Status:
         models = {}
         for name in self.store.names():
             try:
                 cur = self.store.current(name)
-            except FleetError:
-                cur = None
             except Exception:  # noqa: BLE001 - a store being changed by another process
                 cur = None
             if cur is not None:
@@ -371,6 +494,7 @@ class Agent:
             group=self.config.group,
             models=models,
             deployment_id=self._deployment_id,
+            alerts=[a.value for a in self.alerts],
         )
 
     def _profile_name(self) -> str | None:
@@ -443,7 +567,7 @@ class Agent:
                 log.debug("sensors unreadable: %s", exc)
         return {k: v for k, v in out.items() if v is not None}
 
-    def _event(self, d: Desired, state: str, **fields: Any) -> None:
+    def _event(self, d: Desired, state: EventState, **fields: Any) -> None:
         def build(seq: int) -> bytes:
             event = Event(
                 device=self.config.device,
@@ -489,18 +613,18 @@ class Agent:
                 prev = self.store.rollback(name)
                 self.runtime.swap(name, self._package_path(prev.sha256))
         attempt = self._journal.get("attempt")
-        if attempt and attempt.get("phase") in ("swap", "health"):
+        if attempt and attempt.get("phase") in _RESTART_SETTLES:
             d = Desired.from_dict(attempt["desired"])
             current = self.store.current(d.model)
             if current is not None and current.sha256 == d.sha256:
-                self._finish(d, "succeeded", reason="committed just before the agent restarted")
+                self._finish(d, _done_state(d), reason="committed just before the agent restarted")
             else:
                 # Killed after swapping but before committing: `current` still names the old version,
                 # which is what we just loaded. Record the failure so the attempt is not retried.
                 reason = "the agent restarted during the swap or health window; the previous version serves"
-                self._finish(d, "failed", step=attempt["phase"], reason=reason)
+                self._finish(d, EventState.FAILED, step=attempt["phase"], reason=reason)
 
-    def _finish(self, d: Desired, state: str, **fields: Any) -> None:
+    def _finish(self, d: Desired, state: EventState, **fields: Any) -> None:
         current = self.store.current(d.model)
         fields.setdefault("serving_sha256", current.sha256 if current else None)
         self._event(d, state, **{k: v for k, v in fields.items() if v is not None})
@@ -510,7 +634,7 @@ class Agent:
         self._deployment_id = None
         self._status_dirty.set()
 
-    # --- the updater thread ---
+    # --- the updater thread: one desired state at a time, through the OTA machine ---
 
     def _updater(self) -> None:
         while not self._stopping.is_set():
@@ -522,8 +646,6 @@ class Agent:
                 continue
             try:
                 self._apply(d)
-            except _Superseded:
-                log.info("deployment %s superseded by a newer desired state", d.deployment_id)
             except Exception:
                 log.exception("deployment %s: unexpected error", d.deployment_id)
 
@@ -539,51 +661,114 @@ class Agent:
             return  # already done (the retained desired state is delivered on every connect)
         current = self.store.current(d.model)
         if current is not None and current.sha256 == d.sha256:
-            self._finish(
-                d, "rolled_back" if d.action == "rollback" else "succeeded", reason="already serving"
-            )
+            self._finish(d, _done_state(d), reason="already serving")
             return
         self._deployment_id = d.deployment_id
         self._status_dirty.set()
-        if d.action == "rollback":
-            self._rollback_to(d, current.sha256 if current else None)
-            return
-        self._event(d, "accepted")
-        self._journal["attempt"] = {"desired": d.to_dict(), "phase": "download"}
-        self._write_journal()
-        swapped = False
-        try:
-            self._check_downgrade(d, d.version, current)  # early, on the version the manager names
-            path = self._download(d)
-            installed = self._install(d, path)
-            self._check_downgrade(d, installed.version, current)  # on the signed manifest's version
-            self._journal["attempt"]["phase"] = "swap"
-            self._write_journal()
-            before = self.runtime.stats(d.model)
-            self.runtime.swap(d.model, path)
-            swapped = True
-            self._journal["attempt"]["phase"] = "health"
-            self._write_journal()
-            self._event(d, "swapped")
-            self._watch_health(d, before)
-            self.store.activate(d.model, installed.sha256)  # the commit
-            self._gc(d.model)
-            self._finish(d, "succeeded")
-        except (_Superseded, UpdateError, DownloadError) as exc:
-            if swapped:
-                self._swap_back(d, current.sha256 if current else None)
-            if isinstance(exc, _Superseded):
-                self._journal["attempt"] = None
+        if d.action == DesiredAction.INSTALL:
+            self._event(d, EventState.ACCEPTED)
+        self._run_ota(_Attempt(d, previous=current))
+
+    def _run_ota(self, a: _Attempt) -> None:
+        """Walk :data:`fleet.protocol.OTA_TRANSITIONS` from the first phase back to idle.
+
+        Each phase is one handler (``_ota_<phase>``); how it ends (ok, error, superseded) and the
+        table alone decide the next phase. Forward phases are journaled as they start, so that a
+        restarted agent knows whether the new version may have been serving.
+        """
+        phase = OTA_START
+        while phase is not AgentPhase.IDLE:
+            if phase in OTA_FAILURE_STEP:  # a forward phase
+                self._journal["attempt"] = {"desired": a.desired.to_dict(), "phase": phase.value}
                 self._write_journal()
-                self._deployment_id = None
-                raise
-            step = exc.step if isinstance(exc, UpdateError) else "download"
-            reason = exc.reason if isinstance(exc, UpdateError) else str(exc)
-            self._finish(d, "failed", step=step, reason=reason)
+            try:
+                getattr(self, f"_ota_{phase.value}")(a)
+                outcome = OtaOutcome.OK
+            except _Superseded:
+                outcome, a.left = OtaOutcome.SUPERSEDED, phase
+            except Exception as exc:  # every failure rolls back through the table
+                outcome, a.left, a.error = OtaOutcome.ERROR, phase, exc
+                if not isinstance(exc, (UpdateError, DownloadError)):
+                    log.exception("deployment %s: %s failed unexpectedly", a.desired.deployment_id, phase)
+            following = OTA_TRANSITIONS.get((phase, outcome))
+            if following is None:
+                log.critical(
+                    "deployment %s: no transition from %s on %s; the agent stops this attempt",
+                    a.desired.deployment_id,
+                    phase,
+                    outcome,
+                )
+                following = AgentPhase.IDLE
+            phase = following
+
+    # The handlers of the forward phases: raise to fail (UpdateError names its step), _Superseded
+    # when a newer desired state arrives.
+
+    def _ota_download(self, a: _Attempt) -> None:
+        self._check_downgrade(a.desired, a.desired.version, a.previous)  # on the version the manager names
+        a.path = self._download(a.desired)
+
+    def _ota_verify(self, a: _Attempt) -> None:
+        assert a.path is not None
+        self._check_expanded_space(a.desired, a.path)
+        a.installed = self._install(a.desired, a.path)
+        self._check_downgrade(a.desired, a.installed.version, a.previous)  # the signed manifest's version
+
+    def _ota_swap(self, a: _Attempt) -> None:
+        assert a.path is not None
+        a.before = self.runtime.stats(a.desired.model)
+        self.runtime.swap(a.desired.model, a.path)
+        if a.desired.action == DesiredAction.INSTALL:
+            self._event(a.desired, EventState.SWAPPED)
+
+    def _ota_health(self, a: _Attempt) -> None:
+        if a.desired.action == DesiredAction.ROLLBACK:
+            return  # back to a version that served before: no health window
+        self._watch_health(a.desired, a.before)
+
+    def _ota_commit(self, a: _Attempt) -> None:
+        assert a.installed is not None
+        self.store.activate(a.desired.model, a.installed.sha256)
+        self._gc(a.desired.model)
+
+    # The handlers of the closing phases.
+
+    def _ota_report(self, a: _Attempt) -> None:
+        self._finish(a.desired, _done_state(a.desired))
+
+    def _ota_revert(self, a: _Attempt) -> None:
+        self._swap_back(a.desired, a.previous.sha256 if a.previous else None)
+
+    def _ota_fail(self, a: _Attempt) -> None:
+        exc = a.error
+        if isinstance(exc, UpdateError):
+            step, reason = exc.step, exc.reason
+        else:
+            step = OTA_FAILURE_STEP.get(a.left, UpdateStep.DOWNLOAD) if a.left else UpdateStep.DOWNLOAD
+            reason = str(exc) if isinstance(exc, DownloadError) else f"{type(exc).__name__}: {exc}"
+        self._finish(a.desired, EventState.FAILED, step=step, reason=reason)
+
+    def _ota_abandon(self, a: _Attempt) -> None:
+        if a.left is not None and a.left.swapped:
+            self._swap_back(a.desired, a.previous.sha256 if a.previous else None)
+        self._journal["attempt"] = None
+        self._write_journal()
+        self._deployment_id = None
+        self._status_dirty.set()
+        log.info("deployment %s superseded by a newer desired state", a.desired.deployment_id)
 
     def _check_downgrade(self, d: Desired, version: str, current: Any) -> None:
-        """DowngradeError if installing ``version`` over the committed one is a refused downgrade."""
-        if not self.config.downgrade_guard or d.allow_downgrade or current is None:
+        """DowngradeError if installing ``version`` over the committed one is a refused downgrade.
+
+        A rollback passes when it undoes the deployment whose version this device serves (what a
+        manager's abort sends); any other rollback (a replayed or forged one naming an older
+        deployment) is judged like an install.
+        """
+        if not self.config.downgrade_guard or current is None:
+            return
+        if d.allow_downgrade and d.action == DesiredAction.INSTALL:
+            return
+        if d.action == DesiredAction.ROLLBACK and self._undoes_what_serves(d, current):
             return
         order = compare_versions(version, current.version)
         if order is None:
@@ -594,10 +779,28 @@ class Agent:
                 current.version,
             )
         elif order < 0:
+            if d.action == DesiredAction.ROLLBACK:
+                raise DowngradeError(
+                    f"rollback to version {version} is lower than the committed {current.version} and "
+                    "does not undo the deployment this device serves (a replayed rollback?); refused by "
+                    "the downgrade guard"
+                )
             raise DowngradeError(
                 f"version {version} is lower than the committed {current.version}; refused by the "
                 "downgrade guard (deploy with allow_downgrade, or roll back, to go back)"
             )
+
+    def _undoes_what_serves(self, d: Desired, current: Any) -> bool:
+        """Whether rollback ``d`` names (``<deployment>.rollback``) the deployment that installed
+        the committed version: only then is it the manager's abort of what this device runs."""
+        if not d.deployment_id.endswith(ROLLBACK_SUFFIX):
+            return False
+        done = self._journal["finished"].get(d.deployment_id[: -len(ROLLBACK_SUFFIX)])
+        return (
+            isinstance(done, dict)
+            and done.get("state") == EventState.SUCCEEDED
+            and done.get("sha256") == current.sha256
+        )
 
     def _swap_back(self, d: Desired, sha256: str | None) -> None:
         if sha256 is None:
@@ -608,19 +811,31 @@ class Agent:
         except UpdateError as exc:
             log.critical("deployment %s: swapping back to %s failed: %s", d.deployment_id, sha256[:12], exc)
 
-    def _rollback_to(self, d: Desired, current_sha: str | None) -> None:
-        """The manager asked for an earlier version: swap to it, then commit it (no health window)."""
-        try:
-            path = self._download(d)
-            installed = self._install(d, path)
-            self.runtime.swap(d.model, path)
-        except (UpdateError, DownloadError) as exc:
-            self._swap_back(d, current_sha)
-            step = exc.step if isinstance(exc, UpdateError) else "download"
-            self._finish(d, "failed", step=step, reason=str(exc))
+    def _check_expanded_space(self, d: Desired, path: Path) -> None:
+        """InsufficientSpaceError unless the package *as extracted* (the manifest's artifact sizes,
+        which the reader holds the archive's entries to) and ``min_free_bytes`` fit.
+
+        The check before the download can only use the compressed size the desired state names: a
+        1 MiB package may expand to 1 GiB. A version already in the store needs no room.
+        """
+        if any(m.sha256 == d.sha256 for m in self.store.versions(d.model)):
             return
-        self.store.activate(d.model, installed.sha256)
-        self._finish(d, "rolled_back")
+        from edge_runtime.package import open_package
+
+        try:
+            with open_package(path, self._trust, self.store.limits) as pkg:
+                expanded = len(pkg.manifest_bytes) + sum(a.size for a in pkg.manifest.artifacts)
+        except Exception as exc:
+            path.unlink(missing_ok=True)
+            raise UpdateError(UpdateStep.VERIFY, f"{type(exc).__name__}: {exc}") from exc
+        need = expanded + self.config.min_free_bytes
+        free = self._free_bytes()
+        if free < need:
+            path.unlink(missing_ok=True)  # it cannot be installed here; do not keep its bytes either
+            raise InsufficientSpaceError(
+                f"{free} bytes free in {self._downloads}, {need} needed: the package expands to "
+                f"{expanded} bytes ({d.size} compressed), and {self.config.min_free_bytes} are kept free"
+            )
 
     def _install(self, d: Desired, path: Path) -> Any:
         """Verify the signature and hashes and extract into the store (does not activate)."""
@@ -628,10 +843,10 @@ class Agent:
             installed = self.store.install(path)
         except Exception as exc:
             path.unlink(missing_ok=True)
-            raise UpdateError("verify", f"{type(exc).__name__}: {exc}") from exc
+            raise UpdateError(UpdateStep.VERIFY, f"{type(exc).__name__}: {exc}") from exc
         if installed.name != d.model:
-            raise UpdateError("verify", f"the package is model {installed.name!r}, not {d.model!r}")
-        self._event(d, "verified")
+            raise UpdateError(UpdateStep.VERIFY, f"the package is model {installed.name!r}, not {d.model!r}")
+        self._event(d, EventState.VERIFIED)
         return installed
 
     def _gc(self, name: str) -> None:
@@ -744,7 +959,7 @@ class Agent:
                 f.flush()
                 os.fsync(f.fileno())
                 written = min(have * d.block_size, d.size)
-                self._event(d, "downloading", progress={"bytes": written, "total": d.size})
+                self._event(d, EventState.DOWNLOADING, progress={"bytes": written, "total": d.size})
                 next_report = have + max(1, nblocks // 4)
 
     def _watch_health(self, d: Desired, before: VersionStats | None) -> None:
@@ -759,12 +974,12 @@ class Agent:
             time.sleep(self.config.probe_interval_s)
         now = self.runtime.stats(d.model)
         if now is None or start_stats is None:
-            raise UpdateError("health", "the new version stopped serving during the health window")
+            raise UpdateError(UpdateStep.HEALTH, "the new version stopped serving during the health window")
         window = now.since(start_stats)
         # Probes ran inside this window, so at least one inference is always judged.
         if window.inferences and window.errors / window.inferences > policy.max_error_rate:
             raise UpdateError(
-                "health",
+                UpdateStep.HEALTH,
                 f"{window.errors} errors in {window.inferences} inferences "
                 f"(over the {policy.max_error_rate:.0%} allowed)",
             )
@@ -776,18 +991,7 @@ class Agent:
             and p95 > policy.max_latency_ratio * baseline_p95
         ):
             raise UpdateError(
-                "health",
+                UpdateStep.HEALTH,
                 f"p95 latency {p95:.1f} ms is over {policy.max_latency_ratio}x the previous version's "
                 f"{baseline_p95:.1f} ms",
             )
-
-
-def run_agent(config: AgentConfig) -> int:
-    """Run until SIGINT/SIGTERM; the CLI's entry point."""
-    import signal
-
-    agent = Agent(config)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: agent._stopping.set())
-    agent.run()
-    return 0

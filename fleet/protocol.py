@@ -26,8 +26,9 @@ import json
 import re
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any, ClassVar
 
 from fleet.errors import ProtocolError
@@ -37,22 +38,36 @@ __all__ = [
     "DEVICE_TOPICS",
     "EVENT_STATES",
     "MANAGER_TOPICS",
+    "OTA_FAILURE_STEP",
+    "OTA_START",
+    "OTA_TRANSITIONS",
     "PROTOCOL_VERSION",
+    "ROLLBACK_SUFFIX",
     "TERMINAL_EVENT_STATES",
+    "AgentPhase",
+    "Alert",
     "Block",
     "Command",
+    "DeploymentState",
     "Desired",
+    "DesiredAction",
+    "DeviceDeploymentState",
     "Event",
+    "EventState",
     "HealthPolicy",
+    "OtaOutcome",
+    "Presence",
     "Status",
     "StreamGet",
     "Telemetry",
     "Topic",
+    "UpdateStep",
     "check_id",
     "decode_block",
     "encode_block",
     "parse_json_message",
     "parse_topic",
+    "sql_in",
     "subscription",
     "topic",
 ]
@@ -65,16 +80,253 @@ MANAGER_TOPICS = ("desired", "cmd", "stream/data")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
-EVENT_STATES = (
-    "accepted",  # the desired state was read; work starts
-    "downloading",  # progress while blocks arrive
-    "verified",  # sha256 and signature checked, staged in the store
-    "swapped",  # self-test passed, the new version serves; the health window runs
-    "succeeded",  # health window passed and `current` committed
-    "failed",  # a step failed; the device rolled back locally (reason says which step)
-    "rolled_back",  # the manager asked for the previous version and the device serves it again
+# =====================================================================================
+# --- state machines: the one definition of every state string (wire and database) ---
+# =====================================================================================
+#
+# Each machine is an enum whose members *are* strings (``str`` mixin): they compare equal to,
+# JSON-encode as and bind into SQL as their value, so the wire format and the database are
+# unchanged. Compare against members, never against bare strings (STYLE.md, "Mender, paho").
+
+
+class _WireState(str, Enum):
+    """A state that travels as its string: ``str()``, ``format()`` and f-strings give the value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+
+def sql_in(states: Iterable[_WireState]) -> str:
+    """``('a', 'b')`` for an SQL ``IN`` clause; states are fixed identifiers, never user input."""
+    return "(" + ", ".join(f"'{s.value}'" for s in states) + ")"
+
+
+class DeploymentState(_WireState):
+    """A deployment (``deployments.state``)::
+
+        running ⇄ paused ─► aborted
+        running ─► succeeded | completed_with_failures | completed_with_offline   (a late device
+                   result recomputes which of the three)
+        running | paused ─► superseded   (every device taken over by a newer deployment)
+    """
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+    COMPLETED_WITH_OFFLINE = "completed_with_offline"
+    ABORTED = "aborted"
+    SUPERSEDED = "superseded"
+
+    @property
+    def terminal(self) -> bool:
+        """Finished: the rollout no longer moves (a device's late result may still change *which*
+        completed state it is, but never makes it active again)."""
+        return self not in _ACTIVE_DEPLOYMENT
+
+    @property
+    def completed(self) -> bool:
+        """Ran to its end (not aborted, not superseded)."""
+        return self in _COMPLETED_DEPLOYMENT
+
+    @classmethod
+    def active(cls) -> tuple[DeploymentState, ...]:
+        return _ACTIVE_DEPLOYMENT
+
+    @classmethod
+    def terminal_states(cls) -> tuple[DeploymentState, ...]:
+        return tuple(s for s in cls if s.terminal)
+
+
+_ACTIVE_DEPLOYMENT = (DeploymentState.RUNNING, DeploymentState.PAUSED)
+_COMPLETED_DEPLOYMENT = (
+    DeploymentState.SUCCEEDED,
+    DeploymentState.COMPLETED_WITH_FAILURES,
+    DeploymentState.COMPLETED_WITH_OFFLINE,
 )
-TERMINAL_EVENT_STATES = ("succeeded", "failed", "rolled_back")
+
+
+class DeviceDeploymentState(_WireState):
+    """One device in one deployment (``deployment_devices.state``)::
+
+        pending ─start─► in_progress ─event─► succeeded | failed
+        in_progress ─timeout─► timed_out (answered, or online) | offline (away, never answered)
+        timed_out | offline ─late result─► succeeded | failed
+        pending ─abort─► skipped          pending | in_progress ─newer deployment─► superseded
+        in_progress | succeeded | timed_out | offline ─abort─► rolling_back ─► rolled_back | rollback_failed
+    """
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    OFFLINE = "offline"
+    SKIPPED = "skipped"
+    SUPERSEDED = "superseded"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+
+    @property
+    def terminal(self) -> bool:
+        """Done for its wave (offline and timed_out too: a late result may still replace them)."""
+        return self not in (self.PENDING, self.IN_PROGRESS, self.ROLLING_BACK)
+
+    @property
+    def failure(self) -> bool:
+        """Counts against the rollout's failure thresholds."""
+        return self in (self.FAILED, self.TIMED_OUT)
+
+    @property
+    def awaiting_result(self) -> bool:
+        """The device's own final result (succeeded or failed) may still replace this state."""
+        return self in (self.PENDING, self.IN_PROGRESS, self.TIMED_OUT, self.OFFLINE)
+
+    @classmethod
+    def active(cls) -> tuple[DeviceDeploymentState, ...]:
+        """States of devices a deployment still drives."""
+        return (cls.PENDING, cls.IN_PROGRESS)
+
+
+class EventState(_WireState):
+    """What an ``event`` reports: a step of a deployment on the device."""
+
+    ACCEPTED = "accepted"  # the desired state was read; work starts
+    DOWNLOADING = "downloading"  # progress while blocks arrive
+    VERIFIED = "verified"  # sha256 and signature checked, staged in the store
+    SWAPPED = "swapped"  # self-test passed, the new version serves; the health window runs
+    SUCCEEDED = "succeeded"  # health window passed and `current` committed
+    FAILED = "failed"  # a step failed; the device rolled back locally (``step`` and ``reason`` say why)
+    ROLLED_BACK = "rolled_back"  # the manager asked for the previous version and the device serves it
+
+    @property
+    def terminal(self) -> bool:
+        return self in (self.SUCCEEDED, self.FAILED, self.ROLLED_BACK)
+
+
+class UpdateStep(_WireState):
+    """The OTA step a ``failed`` event names (``step``)."""
+
+    DOWNLOAD = "download"
+    VERIFY = "verify"
+    LOAD = "load"
+    SELFTEST = "selftest"
+    SWAP = "swap"  # the agent restarted while swapping (the journal's phase)
+    HEALTH = "health"
+    COMMIT = "commit"
+
+
+class DesiredAction(_WireState):
+    """What a ``desired`` state asks for."""
+
+    INSTALL = "install"
+    ROLLBACK = "rollback"  # back to an earlier version (no health window)
+
+
+# A rollback the manager orders (aborting deployment D) is desired state "D.rollback".
+ROLLBACK_SUFFIX = ".rollback"
+
+
+class Presence(_WireState):
+    """A device's ``status.state`` (``offline`` is also its Last Will)."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class Alert(_WireState):
+    """A condition the agent reports in its status (``status.alerts``) until it clears."""
+
+    # Another agent connects with this device id: the broker hands the session back and forth.
+    DUPLICATE_DEVICE_ID = "duplicate_device_id"
+
+
+class AgentPhase(_WireState):
+    """The agent's OTA machine; the forward phases are also the journal's ``phase``.
+
+    :data:`OTA_TRANSITIONS` is the whole machine: from each phase, on each outcome, the next one.
+    """
+
+    IDLE = "idle"  # nothing in progress (the start and end of every attempt)
+    DOWNLOAD = "download"  # downgrade guard (desired version), size and space checks, stream blocks, sha256
+    VERIFY = "verify"  # expanded size vs free disk, signature and artifact hashes, staged; guard again
+    SWAP = "swap"  # the runtime loads the new version and runs its self-test; the old one stays loaded
+    HEALTH = "health"  # the watchdog window (skipped for a rollback)
+    COMMIT = "commit"  # `current` switches atomically; old versions are collected
+    REPORT = "report"  # succeeded (or rolled_back), journal closed
+    REVERT = "revert"  # swap back to the committed version after a failure
+    FAIL = "fail"  # report failed (step, reason), journal closed
+    ABANDON = "abandon"  # a newer desired state arrived: swap back if swapped, drop the attempt
+
+    @property
+    def swapped(self) -> bool:
+        """The new version may be serving: leaving by failure or supersession must swap back."""
+        return self in (self.HEALTH, self.COMMIT)
+
+
+class OtaOutcome(_WireState):
+    """How a phase of the agent's OTA machine ended."""
+
+    OK = "ok"
+    ERROR = "error"  # UpdateError, DownloadError or anything unexpected: roll back locally
+    SUPERSEDED = "superseded"  # a newer desired state (or the agent stopping)
+
+
+# The agent's OTA machine, after Mender's client (src/mender-update/daemon/state_machine/): every
+# phase, outcome and next phase in one place. A (phase, outcome) pair not listed cannot happen.
+OTA_TRANSITIONS: Mapping[tuple[AgentPhase, OtaOutcome], AgentPhase] = {
+    (AgentPhase.DOWNLOAD, OtaOutcome.OK): AgentPhase.VERIFY,
+    (AgentPhase.DOWNLOAD, OtaOutcome.ERROR): AgentPhase.FAIL,
+    (AgentPhase.DOWNLOAD, OtaOutcome.SUPERSEDED): AgentPhase.ABANDON,
+    (AgentPhase.VERIFY, OtaOutcome.OK): AgentPhase.SWAP,
+    (AgentPhase.VERIFY, OtaOutcome.ERROR): AgentPhase.FAIL,
+    (AgentPhase.VERIFY, OtaOutcome.SUPERSEDED): AgentPhase.ABANDON,
+    (AgentPhase.SWAP, OtaOutcome.OK): AgentPhase.HEALTH,
+    # A swap that fails leaves the old version serving: nothing to swap back.
+    (AgentPhase.SWAP, OtaOutcome.ERROR): AgentPhase.FAIL,
+    (AgentPhase.SWAP, OtaOutcome.SUPERSEDED): AgentPhase.ABANDON,
+    (AgentPhase.HEALTH, OtaOutcome.OK): AgentPhase.COMMIT,
+    (AgentPhase.HEALTH, OtaOutcome.ERROR): AgentPhase.REVERT,
+    (AgentPhase.HEALTH, OtaOutcome.SUPERSEDED): AgentPhase.ABANDON,
+    (AgentPhase.COMMIT, OtaOutcome.OK): AgentPhase.REPORT,
+    (AgentPhase.COMMIT, OtaOutcome.ERROR): AgentPhase.REVERT,
+    (AgentPhase.REVERT, OtaOutcome.OK): AgentPhase.FAIL,
+    (AgentPhase.FAIL, OtaOutcome.OK): AgentPhase.IDLE,
+    (AgentPhase.REPORT, OtaOutcome.OK): AgentPhase.IDLE,
+    (AgentPhase.ABANDON, OtaOutcome.OK): AgentPhase.IDLE,
+    # The closing phases end the attempt whatever happens (their handlers log what went wrong);
+    # a swap back that failed is still reported as the failure that caused it.
+    (AgentPhase.REVERT, OtaOutcome.ERROR): AgentPhase.FAIL,
+    (AgentPhase.FAIL, OtaOutcome.ERROR): AgentPhase.IDLE,
+    (AgentPhase.REPORT, OtaOutcome.ERROR): AgentPhase.IDLE,
+    (AgentPhase.ABANDON, OtaOutcome.ERROR): AgentPhase.IDLE,
+}
+# The first phase of an attempt, and the step a failure in each forward phase is reported as
+# when the error does not name one itself (an UpdateError does: load, selftest, ...).
+OTA_START = AgentPhase.DOWNLOAD
+OTA_FAILURE_STEP: Mapping[AgentPhase, UpdateStep] = {
+    AgentPhase.DOWNLOAD: UpdateStep.DOWNLOAD,
+    AgentPhase.VERIFY: UpdateStep.VERIFY,
+    AgentPhase.SWAP: UpdateStep.LOAD,
+    AgentPhase.HEALTH: UpdateStep.HEALTH,
+    AgentPhase.COMMIT: UpdateStep.COMMIT,
+}
+
+# Kept for importers of the tuples (the enums are the definition).
+EVENT_STATES = EventState.values()
+TERMINAL_EVENT_STATES = tuple(s.value for s in EventState if s.terminal)
+
+# =====================================================================================
+# --- end of the state machines ---
+# =====================================================================================
 
 
 def check_id(value: Any, what: str) -> str:
@@ -180,7 +432,7 @@ class Status(_Message):
 
     TYPE: ClassVar[str] = "status"
     device: str
-    state: str  # "online" or "offline" (the Last Will)
+    state: str  # a Presence: "online" or "offline" (the Last Will)
     ts: float
     agent_version: str = ""
     profile: str | None = None
@@ -188,13 +440,18 @@ class Status(_Message):
     group: str | None = None
     models: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {version, sha256}
     deployment_id: str | None = None  # the deployment being worked on, if any
+    # Alert values (e.g. "duplicate_device_id") the device reports until they clear; optional in v1.
+    alerts: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Status:
         w = "status"
         state = _get(d, "state", str, w)
-        if state not in ("online", "offline"):
+        if state not in Presence.values():
             raise ProtocolError(f"status: state {state!r} is neither 'online' nor 'offline'")
+        alerts = _get(d, "alerts", list, w, [])
+        if len(alerts) > 16 or not all(isinstance(a, str) and len(a) <= 64 for a in alerts):
+            raise ProtocolError("status: alerts must be at most 16 strings of at most 64 characters")
         models = _get(d, "models", dict, w, {})
         for name, m in models.items():
             if not isinstance(m, dict) or not isinstance(m.get("version"), str):
@@ -213,6 +470,7 @@ class Status(_Message):
             group=_get(d, "group", str, w, None),
             models=models,
             deployment_id=_get(d, "deployment_id", str, w, None),
+            alerts=list(alerts),
         )
 
 
@@ -277,7 +535,7 @@ class Event(_Message):
     deployment_id: str
     model: str
     sha256: str
-    state: str  # one of EVENT_STATES
+    state: str  # an EventState
     version: str | None = None
     reason: str | None = None  # why it failed, or what happened
     step: str | None = None  # the OTA step that failed: download, verify, install, selftest, swap, health
@@ -288,7 +546,7 @@ class Event(_Message):
     def from_dict(cls, d: Mapping[str, Any]) -> Event:
         w = "event"
         state = _get(d, "state", str, w)
-        if state not in EVENT_STATES:
+        if state not in EventState.values():
             raise ProtocolError(f"event: unknown state {state!r}")
         return cls(
             device=check_id(_get(d, "device", str, w), "device"),
@@ -338,7 +596,7 @@ class Desired(_Message):
     size: int
     version: str
     ts: float
-    action: str = "install"  # "install", or "rollback" to an earlier version (no health window)
+    action: str = DesiredAction.INSTALL  # or ROLLBACK to an earlier version (no health window)
     block_size: int = 65536
     health: HealthPolicy = field(default_factory=HealthPolicy)
     # An install of a version lower than the committed one is refused by the agent's downgrade
@@ -348,8 +606,8 @@ class Desired(_Message):
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Desired:
         w = "desired"
-        action = _get(d, "action", str, w, "install")
-        if action not in ("install", "rollback"):
+        action = _get(d, "action", str, w, DesiredAction.INSTALL.value)
+        if action not in DesiredAction.values():
             raise ProtocolError(f"desired: unknown action {action!r}")
         block = _get(d, "block_size", int, w, 65536)
         if not 512 <= block <= 1 << 20:

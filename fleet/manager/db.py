@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fleet.protocol import DeploymentState, Presence, sql_in
+
 __all__ = ["FleetDB"]
 
 _SCHEMA = """
@@ -155,7 +157,8 @@ class FleetDB:
         deleted: dict[str, int] = {}
         for table, column in _PRUNE:
             keep = (
-                " AND deployment_id NOT IN (SELECT id FROM deployments WHERE state IN ('running', 'paused'))"
+                " AND deployment_id NOT IN (SELECT id FROM deployments WHERE state IN "
+                f"{sql_in(DeploymentState.active())})"
                 if table == "events"
                 else ""
             )
@@ -192,7 +195,7 @@ class FleetDB:
                        agent_version=excluded.agent_version, deployment_id=excluded.deployment_id""",
                 (
                     status.device,
-                    int(status.state == "online"),
+                    int(status.state == Presence.ONLINE),
                     now,
                     now,
                     status.profile,

@@ -49,30 +49,27 @@ from typing import Any
 
 from fleet.errors import ConflictError, NotFoundError
 from fleet.manager.db import FleetDB
-from fleet.protocol import Desired, Event, HealthPolicy
+from fleet.protocol import (
+    ROLLBACK_SUFFIX,
+    DeploymentState,
+    Desired,
+    DesiredAction,
+    DeviceDeploymentState,
+    Event,
+    EventState,
+    HealthPolicy,
+    sql_in,
+)
 from fleet.targets import LatencyHistogram
 
 __all__ = ["RolloutEngine", "RolloutSpec", "Targets"]
 
 log = logging.getLogger(__name__)
 
-ROLLBACK_SUFFIX = ".rollback"
-_TERMINAL = (
-    "succeeded",
-    "failed",
-    "timed_out",
-    "offline",
-    "skipped",
-    "superseded",
-    "rolled_back",
-    "rollback_failed",
-)
-_ACTIVE_SQL = "('pending', 'in_progress')"  # device rows a deployment still drives, for SQL IN
-_FAILED = ("failed", "timed_out")
-# Row states a device's own final result (succeeded/failed) may still replace.
-_AWAITING_RESULT = ("pending", "in_progress", "timed_out", "offline")
-# Deployment states that are finished but not aborted: a late result may change which one applies.
-_COMPLETED = ("succeeded", "completed_with_failures", "completed_with_offline")
+# The states are defined once, in fleet.protocol (DeploymentState, DeviceDeploymentState).
+_DS = DeviceDeploymentState
+_ACTIVE_SQL = sql_in(_DS.active())  # device rows a deployment still drives, for SQL IN
+_RUNNING_SQL = sql_in(DeploymentState.active())  # running or paused deployments, for SQL IN
 
 
 @dataclass(frozen=True)
@@ -153,11 +150,11 @@ class RolloutSpec:
 
 def _outcome(states: list[str]) -> str:
     """The final state of a deployment that ran to its end, from its devices' states."""
-    if any(s in _FAILED for s in states):
-        return "completed_with_failures"
-    if "offline" in states:
-        return "completed_with_offline"
-    return "succeeded"
+    if any(_DS(s).failure for s in states):
+        return DeploymentState.COMPLETED_WITH_FAILURES
+    if _DS.OFFLINE in states:
+        return DeploymentState.COMPLETED_WITH_OFFLINE
+    return DeploymentState.SUCCEEDED
 
 
 class RolloutEngine:
@@ -237,7 +234,7 @@ class RolloutEngine:
         busy: dict[str, list[str]] = {}
         for r in self.db.query(
             "SELECT x.deployment_id, x.device FROM deployment_devices x JOIN deployments d "
-            "ON d.id = x.deployment_id WHERE d.model = ? AND d.state IN ('running', 'paused') "
+            f"ON d.id = x.deployment_id WHERE d.model = ? AND d.state IN {_RUNNING_SQL} "
             f"AND x.state IN {_ACTIVE_SQL}",
             (model,),
         ):
@@ -274,7 +271,7 @@ class RolloutEngine:
         """
         joined: list[str] = []
         for dep in self.db.query(
-            "SELECT d.id, d.model, d.spec FROM deployments d WHERE d.state IN ('running', 'paused') "
+            f"SELECT d.id, d.model, d.spec FROM deployments d WHERE d.state IN {_RUNNING_SQL} "
             "AND NOT EXISTS (SELECT 1 FROM deployment_devices x WHERE x.deployment_id = d.id AND x.device = ?)",
             (device["id"],),
         ):
@@ -322,17 +319,19 @@ class RolloutEngine:
         return [self.status(r["id"]) for r in self.db.query("SELECT id FROM deployments ORDER BY created")]
 
     def pause(self, dep_id: str) -> dict[str, Any]:
-        self._set_state(dep_id, ("running",), "paused", "paused by the operator")
+        self._set_state(
+            dep_id, (DeploymentState.RUNNING,), DeploymentState.PAUSED, "paused by the operator"
+        )
         return self.status(dep_id)
 
     def resume(self, dep_id: str) -> dict[str, Any]:
-        self._set_state(dep_id, ("paused",), "running", None)
+        self._set_state(dep_id, (DeploymentState.PAUSED,), DeploymentState.RUNNING, None)
         self.tick()
         return self.status(dep_id)
 
     def abort(self, dep_id: str, reason: str = "aborted by the operator") -> dict[str, Any]:
         dep = self._deployment(dep_id)
-        if dep["state"] not in ("running", "paused"):
+        if DeploymentState(dep["state"]).terminal:
             raise ConflictError(f"deployment {dep_id} is {dep['state']}; only a running or paused one aborts")
         self._abort(dep, reason)
         return self.status(dep_id)
@@ -384,7 +383,7 @@ class RolloutEngine:
                     size=size_row["size"] if size_row else 0,
                     version=d["previous_version"] or "",
                     ts=now,
-                    action="rollback",
+                    action=DesiredAction.ROLLBACK,
                     block_size=spec.block_size,
                 )
                 db.execute(
@@ -413,10 +412,13 @@ class RolloutEngine:
                 log.info("event for unknown deployment %s from %s ignored", dep_id, event.device)
                 return
             if rollback:
-                state = {"rolled_back": "rolled_back", "failed": "rollback_failed"}.get(event.state)
-            elif event.state in ("succeeded", "failed"):
+                state = {
+                    EventState.ROLLED_BACK: _DS.ROLLED_BACK,
+                    EventState.FAILED: _DS.ROLLBACK_FAILED,
+                }.get(EventState(event.state))
+            elif event.state in (EventState.SUCCEEDED, EventState.FAILED):
                 # After an abort, the forward result no longer changes the device's state.
-                state = event.state if row["state"] in _AWAITING_RESULT else None
+                state = _DS(event.state) if _DS(row["state"]).awaiting_result else None
             else:
                 state = None
             if state is not None:
@@ -433,7 +435,7 @@ class RolloutEngine:
             if state is not None and not rollback:
                 # A late result of a finished deployment (a device that was away): recompute its outcome.
                 dep = db.execute("SELECT state FROM deployments WHERE id=?", (dep_id,)).fetchone()
-                if dep["state"] in _COMPLETED:
+                if DeploymentState(dep["state"]).completed:
                     states = [
                         r["state"]
                         for r in db.execute(
@@ -448,7 +450,7 @@ class RolloutEngine:
     # --- the ticker ---
 
     def tick(self) -> None:
-        for dep in self.db.query("SELECT id FROM deployments WHERE state IN ('running', 'paused')"):
+        for dep in self.db.query(f"SELECT id FROM deployments WHERE state IN {_RUNNING_SQL}"):
             try:
                 self._tick_one(self._deployment(dep["id"]))
             except Exception:
@@ -478,8 +480,8 @@ class RolloutEngine:
         if timed_out:
             log.warning("deployment %s: %d device(s) timed out", dep["id"], timed_out)
         devices = self.db.query("SELECT * FROM deployment_devices WHERE deployment_id=?", (dep["id"],))
-        executed = [d for d in devices if d["state"] in ("succeeded", *_FAILED)]
-        failures = sum(d["state"] in _FAILED for d in executed)
+        executed = [d for d in devices if d["state"] == _DS.SUCCEEDED or _DS(d["state"]).failure]
+        failures = sum(_DS(d["state"]).failure for d in executed)
         if len(executed) >= spec.min_executed and failures:
             if spec.max_failures is not None and failures >= spec.max_failures:
                 self._abort(dep, f"{failures} device(s) failed (threshold {spec.max_failures})")
@@ -500,7 +502,7 @@ class RolloutEngine:
         soak = spec.watch_s if spec.watches_telemetry else 0.0
         while wave < len(waves):
             rows = [d for d in devices if d["wave"] == wave]
-            if not all(d["state"] in _TERMINAL for d in rows):
+            if not all(_DS(d["state"]).terminal for d in rows):
                 break
             # The wave is done; with telemetry thresholds, its updated devices are judged for a while
             # before anything else is updated (otherwise the last wave would never be judged at all).
@@ -521,9 +523,9 @@ class RolloutEngine:
             log.info("deployment %s: wave %d of %d starts", dep["id"], wave + 1, len(waves))
             with self.db.tx() as db:
                 db.execute("UPDATE deployments SET wave=?, updated=? WHERE id=?", (wave, now, dep["id"]))
-        if dep["state"] == "running":
+        if dep["state"] == DeploymentState.RUNNING:
             self._start_devices(
-                dep, spec, [d for d in devices if d["wave"] <= wave and d["state"] == "pending"]
+                dep, spec, [d for d in devices if d["wave"] <= wave and d["state"] == _DS.PENDING]
             )
 
     def _start_devices(self, dep: dict[str, Any], spec: RolloutSpec, pending: list[dict[str, Any]]) -> None:
@@ -561,7 +563,7 @@ class RolloutEngine:
         """Why the updated devices' telemetry is worse than before the deployment, or None."""
         if not spec.watches_telemetry:
             return None
-        updated = [d for d in devices if d["state"] == "succeeded"]
+        updated = [d for d in devices if d["state"] == _DS.SUCCEEDED]
         if not updated:
             return None
         new = self._aggregate(dep["model"], dep["version"], [(d["device"], d["finished"]) for d in updated])

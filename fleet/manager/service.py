@@ -40,14 +40,17 @@ from fleet.manager.packages import PackageStore
 from fleet.manager.rollout import RolloutEngine, RolloutSpec
 from fleet.mqtt import BrokerConfig, make_client, peer_fingerprint
 from fleet.protocol import (
+    DeploymentState,
     Desired,
     Event,
+    Presence,
     Status,
     StreamGet,
     Telemetry,
     encode_block,
     parse_json_message,
     parse_topic,
+    sql_in,
     subscription,
     topic,
 )
@@ -231,7 +234,7 @@ class FleetManager:
                 raise ProtocolError(f"message on {t.device}'s topic claims to be from {body.device}")
             if isinstance(body, Status):
                 self.db.upsert_device(body)
-                if body.state == "online":
+                if body.state == Presence.ONLINE:
                     # A device new to the fleet, or newly matching, joins the deployments under way.
                     device = self.db.device(body.device)
                     if device is not None:
@@ -410,10 +413,12 @@ class FleetManager:
     def render_metrics(self) -> bytes:
         m = self.metrics
         devices = self.db.devices()
-        m.devices.labels("online").set(sum(d["online"] for d in devices))
-        m.devices.labels("offline").set(sum(not d["online"] for d in devices))
+        m.devices.labels(Presence.ONLINE).set(sum(d["online"] for d in devices))
+        m.devices.labels(Presence.OFFLINE).set(sum(not d["online"] for d in devices))
         m.deployment_devices.clear()
-        for dep in self.db.query("SELECT id FROM deployments WHERE state IN ('running', 'paused')"):
+        for dep in self.db.query(
+            f"SELECT id FROM deployments WHERE state IN {sql_in(DeploymentState.active())}"
+        ):
             for state, n in self.rollouts.status(dep["id"])["counts"].items():
                 m.deployment_devices.labels(dep["id"], state).set(n)
         return generate_latest(m.registry)

@@ -96,6 +96,7 @@ def loads_bounded(
     error: Callable[[str], Exception],
     what: str = "JSON",
     object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+    too_large: Callable[[str], Exception] | None = None,
 ) -> Any:
     """Decode UTF-8 JSON within ``limits``; anything else raises ``error(message)``.
 
@@ -104,12 +105,15 @@ def loads_bounded(
     ``NaN``, ``Infinity`` and ``-Infinity`` are always refused (they are not
     JSON); with ``check_numbers`` so are numbers that decode to a non-finite
     float (``1e400``) and number literals over ``max_number_chars``.
+    ``too_large`` (default ``error``) builds the refusal for ``max_values``.
     """
-    raw = bytes(data)
+    raw = data if isinstance(data, bytes) else bytes(data)
     if limits.max_values is not None:
         values = _count_values(raw)
         if values > limits.max_values:
-            raise error(f"{what} holds up to {values} values, over the limit of {limits.max_values}")
+            raise (too_large or error)(
+                f"{what} holds up to {values} values, over the limit of {limits.max_values}"
+            )
     depth = json_depth(raw, stop_above=limits.max_depth)
     if depth > limits.max_depth:
         raise error(f"{what} is nested {depth}+ levels deep, over the limit of {limits.max_depth}")

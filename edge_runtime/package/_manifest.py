@@ -111,7 +111,7 @@ def _obj(value: Any, where: str) -> Mapping[str, Any]:
 def _str(value: Any, where: str, pattern: re.Pattern[str] | None = None) -> str:
     if not isinstance(value, str) or not value:
         raise PackageFormatError(f"manifest {where} must be a non-empty string, got {value!r}")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):  # not match: "$" allows a final newline
         raise PackageFormatError(f"manifest {where} {value!r} does not match {pattern.pattern}")
     return value
 

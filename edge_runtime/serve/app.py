@@ -22,7 +22,6 @@ batcher's threads; the event loop only parses, queues and answers.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,15 +31,23 @@ from aiohttp import web
 
 from edge_runtime._version import __version__
 from edge_runtime.errors import EdgeRuntimeError, ModelInputError
+from edge_runtime.package._json import JsonLimits, loads_bounded
 from edge_runtime.serve.errors import (
     InferenceRequestError,
     ModelNotReadyError,
     OverloadedError,
+    RequestTimeoutError,
+    RequestTooLargeError,
     ServeError,
 )
 from edge_runtime.serve.manager import ModelManager
 from edge_runtime.serve.metrics import CONTENT_TYPE
-from edge_runtime.serve.protocol import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from edge_runtime.serve.protocol import (
+    HEADER_LENGTH,
+    RequestLimits,
+    encode_infer_response,
+    parse_infer_request,
+)
 
 __all__ = ["EXTENSIONS", "SERVER_NAME", "create_app"]
 
@@ -51,6 +58,15 @@ EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration")
 
 MANAGER: web.AppKey[ModelManager] = web.AppKey("manager", ModelManager)
 STATE: web.AppKey[dict[str, Any]] = web.AppKey("state", dict)
+LIMITS: web.AppKey[RequestLimits] = web.AppKey("limits", RequestLimits)
+BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout_s", float)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body_bytes", int)
+
+# Defaults of ServeConfig.header_timeout_s and body_timeout_s.
+HEADER_TIMEOUT_S = 15.0
+BODY_TIMEOUT_S = 60.0
+# The repository API's small JSON bodies.
+_ADMIN_JSON = JsonLimits(max_depth=16, max_number_chars=64, max_values=1024)
 
 # Bodies above this are parsed on a thread so the loop keeps answering health checks meanwhile.
 _PARSE_INLINE_BYTES = 256 * 1024
@@ -68,20 +84,48 @@ async def _errors(
     try:
         return await handler(request)
     except ServeError as exc:
-        return _error(exc.http_status, str(exc))
+        response = _error(exc.http_status, str(exc))
+        if exc.http_status in (408, 413):
+            response.force_close()  # the rest of the body is not worth reading
+        return response
     except (ModelInputError, ValueError) as exc:
         return _error(400, str(exc))
     except web.HTTPException as exc:
         if exc.status >= 400:
-            return _error(
+            response = _error(
                 exc.status, exc.reason if exc.text is None else exc.text.removeprefix(f"{exc.status}: ")
             )
+            if exc.status == 413:
+                response.force_close()
+            return response
         raise
     except EdgeRuntimeError as exc:
         return _error(500, str(exc))
     except Exception as exc:
         log.exception("%s %s failed", request.method, request.path)
         return _error(500, f"{type(exc).__name__}: {exc}")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, within the size limit and the body read timeout.
+
+    A ``Content-Length`` over the limit is refused at once (413), before a byte of
+    the body is read; a body that does not arrive within ``body_timeout_s`` is
+    refused with 408. Both answers close the connection.
+    """
+    limit = request.app[MAX_BODY]
+    announced = request.content_length
+    if announced is not None and announced > limit:
+        raise RequestTooLargeError(
+            f"the request announces {announced} bytes, over the limit of {limit} (max_request_mib)"
+        )
+    timeout = request.app[BODY_TIMEOUT]
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body did not arrive within {timeout:g} s (body_timeout_s)"
+        ) from None
 
 
 def _model_key(request: web.Request) -> tuple[str, str | None]:
@@ -165,8 +209,8 @@ async def infer(request: web.Request) -> web.Response:
             header_length = int(header) if header is not None else None
         except ValueError:
             raise InferenceRequestError(f"{HEADER_LENGTH} must be an integer, got {header!r}") from None
-        body = await request.read()
-        args = (body, header_length, loaded.inputs, loaded.output_names)
+        body = await read_body(request)
+        args = (body, header_length, loaded.inputs, loaded.output_names, request.app[LIMITS])
         if len(body) > _PARSE_INLINE_BYTES:
             parsed = await asyncio.get_running_loop().run_in_executor(None, parse_infer_request, *args)
         else:
@@ -201,13 +245,10 @@ async def repository_index(request: web.Request) -> web.Response:
 
 async def _parameters(request: web.Request) -> dict[str, Any]:
     """``parameters`` of a repository request body (an empty body has none)."""
-    body = await request.read()
+    body = await read_body(request)
     if not body.strip():
         return {}
-    try:
-        doc = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise InferenceRequestError(f"request body is not valid JSON: {exc}") from None
+    doc = loads_bounded(body, _ADMIN_JSON, InferenceRequestError, "request body")
     if not isinstance(doc, dict):
         raise InferenceRequestError("request body must be a JSON object")
     params = doc.get("parameters") or {}
@@ -253,15 +294,36 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(
-    manager: ModelManager, *, repository_api: bool = True, max_request_mib: int = 64
+    manager: ModelManager,
+    *,
+    repository_api: bool = True,
+    max_request_mib: int = 64,
+    limits: RequestLimits | None = None,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> web.Application:
     """The aiohttp application serving ``manager``'s models.
 
     ``app[STATE]`` holds ``started`` (set once the initial models are
     loaded) and ``draining`` (set on shutdown): both feed the readiness checks.
+
+    Bounds on what a client can hold or make the server build: ``max_request_mib``
+    (bytes of a body; a larger ``Content-Length`` is refused before reading),
+    ``limits`` (tensor elements, JSON values and depth), ``body_timeout_s`` (to
+    receive a body) and ``header_timeout_s``: a connection that has not sent a
+    complete request head this long after it opened, or after its previous
+    response, is closed (aiohttp's keep-alive timer, which also closes idle
+    keep-alive connections).
     """
-    app = web.Application(middlewares=[_errors], client_max_size=max_request_mib * 1024 * 1024)
+    app = web.Application(
+        middlewares=[_errors],
+        client_max_size=max_request_mib * 1024 * 1024,
+        handler_args={"keepalive_timeout": header_timeout_s},
+    )
     app[MANAGER] = manager
+    app[LIMITS] = limits or RequestLimits()
+    app[BODY_TIMEOUT] = float(body_timeout_s)
+    app[MAX_BODY] = max_request_mib * 1024 * 1024
     app[STATE] = {"started": True, "draining": False}
     r = app.router
     # Routes are matched in the order they are added: inference, the hot path, first.

@@ -9,7 +9,11 @@ TOML needs nothing beyond the standard library on Python 3.11+ (``tomllib``;
     port = 8000
     drain_timeout_s = 30        # SIGTERM: how long in-flight requests may take to finish
     repository_api = true       # POST /v2/repository/... (load, unload, index) by the admin
-    max_request_mib = 64        # largest request body
+    max_request_mib = 64        # largest request body (a larger Content-Length: 413 before reading)
+    max_request_elements = 16777216  # tensor elements over a request's inputs (declared shapes)
+    max_json_values = 2097152   # values in a request's JSON part (larger tensors: binary extension)
+    header_timeout_s = 15       # to send a request head (after connecting or the previous response)
+    body_timeout_s = 60         # to send a request body (408 after it)
     backend = "auto"            # edge_runtime.load(backend=...)
     threads = 0                 # intra-op threads per model, 0: the device profile's default
     trust_dir = ""              # a trust store directory: packages must be signed by one of its keys
@@ -53,7 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.serve.batcher import BatchingConfig
-from edge_runtime.serve.errors import ServeConfigError
+from edge_runtime.serve.errors import ModelNameError, ServeConfigError
+from edge_runtime.serve.manager import check_model_name
+from edge_runtime.serve.protocol import RequestLimits
 
 __all__ = ["ModelConfig", "ServeConfig", "load_config"]
 
@@ -74,6 +80,10 @@ class ModelConfig:
     keep_versions: int | None = None  # None: the server's keep_versions
 
     def __post_init__(self) -> None:
+        try:
+            check_model_name(self.name)
+        except ModelNameError as exc:
+            raise ServeConfigError(f"[models.{self.name[:64]}]: {exc}") from None
         _check_keep_versions(self.keep_versions, f"[models.{self.name}] keep_versions", optional=True)
 
 
@@ -93,6 +103,10 @@ class ServeConfig:
     drain_timeout_s: float = 30.0
     repository_api: bool = True
     max_request_mib: int = 64
+    max_request_elements: int = 1 << 24
+    max_json_values: int = 1 << 21
+    header_timeout_s: float = 15.0
+    body_timeout_s: float = 60.0
     backend: str = "auto"
     threads: int = 0
     trust_dir: Path | None = None
@@ -106,10 +120,23 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             raise ServeConfigError(f"server.port must be in 0..65535, got {self.port}")
         _check_keep_versions(self.keep_versions, "server.keep_versions")
+        for key in ("max_request_mib", "max_request_elements", "max_json_values"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ServeConfigError(f"server.{key} must be an integer >= 1, got {value!r}")
+        for key in ("header_timeout_s", "body_timeout_s"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86400:
+                raise ServeConfigError(
+                    f"server.{key} must be a number of seconds in (0, 86400), got {value!r}"
+                )
         names = [m.name for m in self.models]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ServeConfigError(f"model(s) {', '.join(duplicates)} configured twice")
+
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(max_elements=self.max_request_elements, max_json_values=self.max_json_values)
 
     def replace(self, **changes: Any) -> ServeConfig:
         return dataclasses.replace(self, **changes)

@@ -9,6 +9,9 @@ All derive from :class:`edge_runtime.errors.EdgeRuntimeError` through
         ├── ModelUnavailableError (LookupError)     404  unknown model or version
         ├── ModelNotReadyError (RuntimeError)       503  known, but loading, unloaded or shutting down
         ├── InferenceRequestError (ValueError)      400  bad JSON, tensor, shape, datatype or output name
+        │   └── RequestTooLargeError                413  over the bytes, elements or JSON values limit
+        ├── RequestTimeoutError (TimeoutError)      408  the body did not arrive in time
+        ├── ModelNameError (ValueError)             400  a model name that is not one safe path segment
         ├── OverloadedError (RuntimeError)          503  the model's queue is full (back-pressure)
         └── ModelLoadError (RuntimeError)           400  a package that failed to load or to self-test
 
@@ -23,9 +26,12 @@ from edge_runtime.errors import EdgeRuntimeError
 __all__ = [
     "InferenceRequestError",
     "ModelLoadError",
+    "ModelNameError",
     "ModelNotReadyError",
     "ModelUnavailableError",
     "OverloadedError",
+    "RequestTimeoutError",
+    "RequestTooLargeError",
     "ServeConfigError",
     "ServeError",
 ]
@@ -67,5 +73,23 @@ class OverloadedError(RuntimeError, ServeError):
 
 class ModelLoadError(RuntimeError, ServeError):
     """A package that could not be loaded or failed its self-test; the old version keeps serving."""
+
+    http_status = 400
+
+
+class RequestTooLargeError(InferenceRequestError):
+    """A request over a size limit: its bytes, its tensors' elements or its JSON values."""
+
+    http_status = 413
+
+
+class RequestTimeoutError(TimeoutError, ServeError):
+    """A request whose body did not arrive within the body read timeout."""
+
+    http_status = 408
+
+
+class ModelNameError(ValueError, ServeError):
+    """A model name that is not one path segment of ``[A-Za-z0-9._-]`` (at most 128 characters)."""
 
     http_status = 400

@@ -30,6 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
+import stat
 import sys
 import threading
 import time
@@ -45,6 +48,7 @@ from edge_runtime.serve.batcher import BatchingConfig, BatchStats, DynamicBatche
 from edge_runtime.serve.errors import (
     InferenceRequestError,
     ModelLoadError,
+    ModelNameError,
     ModelNotReadyError,
     ModelUnavailableError,
     ServeConfigError,
@@ -52,7 +56,16 @@ from edge_runtime.serve.errors import (
 from edge_runtime.serve.metrics import ServeMetrics
 from edge_runtime.serve.protocol import ModelLike, TensorSpecLike, datatype_of, tensor_metadata
 
-__all__ = ["LoadedVersion", "Loader", "ModelManager", "SwapResult", "default_loader", "resolve_source"]
+__all__ = [
+    "LoadedVersion",
+    "Loader",
+    "ModelManager",
+    "SwapResult",
+    "check_model_name",
+    "check_source",
+    "default_loader",
+    "resolve_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +109,41 @@ def default_loader(backend: str = "auto", threads: int | None = None, trust_stor
         return edge_load(path, backend=backend, threads=threads, trust_store=trust_store)  # type: ignore[no-any-return]
 
     return load
+
+
+# A served model's name is a URL segment, a metrics label and, in the agent's store, a directory:
+# one path segment of a safe charset, bounded (the package manifest's rule for names).
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_model_name(name: object) -> str:
+    """``name`` if it can name a served model, else ModelNameError (a ValueError, HTTP 400)."""
+    if not isinstance(name, str) or not _MODEL_NAME_RE.fullmatch(name):
+        shown = (
+            repr(name)
+            if not isinstance(name, str) or len(name) <= 64
+            else f"{name[:64]!r}... ({len(name)} characters)"
+        )
+        raise ModelNameError(
+            f"model name {shown} is not valid: 1-128 characters of A-Z a-z 0-9 . _ -, starting with a "
+            "letter or digit (one path segment)"
+        )
+    return name
+
+
+def check_source(path: Path) -> None:
+    """Refuse a model source that is neither a regular file nor a directory (a FIFO would block the
+    load forever); a path that does not exist is left to the loader to report."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load {path}: {exc.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ModelLoadError(
+            f"cannot load {path}: not a regular file or a directory (a FIFO, device or socket)"
+        )
 
 
 _MANIFEST_NAME = "manifest.json"  # edge_runtime.package.MANIFEST_NAME, without importing the reader here
@@ -329,7 +377,9 @@ class ModelManager:
         model are serialised; swaps of different models run in parallel.
         ``keep_versions`` (default: as before for this model, else the
         manager's) is how many versions stay loaded after the switch.
+        Raises ModelNameError for a name that is not one safe path segment.
         """
+        check_model_name(name)
         configured = Path(package_path)
         path = resolve_source(configured)
         with self._lock:
@@ -397,6 +447,7 @@ class ModelManager:
             return SwapResult(name, True, new.version, old_version, None, seconds, loaded_versions)
 
     def _load(self, name: str, path: Path, batching: BatchingConfig, selftest: bool) -> LoadedVersion:
+        check_source(path)
         try:
             model = self._loader(path)
         except Exception as exc:

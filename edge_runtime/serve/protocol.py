@@ -25,12 +25,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from edge_runtime.serve.errors import InferenceRequestError
+from edge_runtime.package._json import JsonLimits, loads_bounded
+from edge_runtime.serve.errors import InferenceRequestError, RequestTooLargeError
 
 __all__ = [
     "HEADER_LENGTH",
     "InferRequest",
     "ModelLike",
+    "RequestLimits",
     "RequestedOutput",
     "TensorSpecLike",
     "datatype_of",
@@ -59,6 +61,31 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 _DATATYPE_BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in _DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one inference request may expand to, beyond its size in bytes (``max_request_mib``).
+
+    ``max_elements``: tensor elements over all inputs, from the declared shapes, checked
+    before any array is built (16 Mi: a 64 MiB FP32 body). ``max_json_values``: values
+    in the JSON part, counted on the raw bytes before decoding (commas and brackets):
+    each costs some 30 bytes of Python objects while it is decoded, so 2 Mi of them
+    cost about 64 MiB; larger tensors belong in the binary extension.
+    ``max_json_depth``: nesting of the JSON part (a tensor of rank 60 still fits).
+    """
+
+    max_elements: int = 1 << 24
+    max_json_values: int = 1 << 21
+    max_json_depth: int = 64
+
+    def json_limits(self) -> JsonLimits:
+        # Numbers are decoded by json's C code (no per-number hook: bodies hold millions);
+        # Python's own 4,300-digit integer limit and parse_constant (NaN, Infinity) still apply.
+        return JsonLimits(max_depth=self.max_json_depth, max_values=self.max_json_values, check_numbers=False)
+
+
+DEFAULT_LIMITS = RequestLimits()
 
 
 @runtime_checkable
@@ -179,23 +206,48 @@ def parse_infer_request(
     header_length: int | None,
     input_specs: Sequence[TensorSpecLike],
     output_names: Sequence[str],
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> InferRequest:
     """Decode and validate a request body against the model's interface.
 
     ``header_length`` is the ``Inference-Header-Content-Length`` header (None
     when absent: the whole body is JSON). Raises InferenceRequestError with a
-    message naming the field at fault.
+    message naming the field at fault (RequestTooLargeError, one of them, when
+    the body is over ``limits``); never anything else for any body.
     """
+    try:
+        return _parse(body, header_length, input_specs, output_names, limits)
+    except RecursionError:  # not expected past the depth limit: a last line of defence
+        raise _bad("request body is nested too deeply") from None
+
+
+def _declared_elements(raw_inputs: list[Any], limits: RequestLimits) -> None:
+    """Refuse a request whose declared shapes hold more than ``limits.max_elements``, before any array."""
+    total = 0
+    for i, item in enumerate(raw_inputs):
+        if not isinstance(item, dict):
+            raise _bad(f"inputs[{i}] must be a JSON object")
+        total += math.prod(_shape(item.get("shape"), f"inputs[{i}]"))
+        if total > limits.max_elements:
+            raise RequestTooLargeError(
+                f"the inputs' shapes hold {total}+ elements, over the limit of {limits.max_elements}"
+            )
+
+
+def _parse(
+    body: bytes,
+    header_length: int | None,
+    input_specs: Sequence[TensorSpecLike],
+    output_names: Sequence[str],
+    limits: RequestLimits,
+) -> InferRequest:
     if header_length is None:
         header, binary = body, b""
     else:
         if header_length < 0 or header_length > len(body):
             raise _bad(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
         header, binary = body[:header_length], memoryview(body)[header_length:]
-    try:
-        doc = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(f"request body is not valid JSON: {exc}") from None
+    doc = loads_bounded(header, limits.json_limits(), _bad, "request body", too_large=RequestTooLargeError)
     if not isinstance(doc, dict):
         raise _bad("request body must be a JSON object")
     request_id = doc.get("id")
@@ -204,6 +256,7 @@ def parse_infer_request(
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise _bad("'inputs' must be a non-empty list")
+    _declared_elements(raw_inputs, limits)
 
     specs = {s.name: s for s in input_specs}
     inputs: dict[str, np.ndarray] = {}

@@ -88,6 +88,9 @@ class InferenceServer:
             self.manager,
             repository_api=self.config.repository_api,
             max_request_mib=self.config.max_request_mib,
+            limits=self.config.request_limits(),
+            header_timeout_s=self.config.header_timeout_s,
+            body_timeout_s=self.config.body_timeout_s,
         )
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()

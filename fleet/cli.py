@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -117,6 +118,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--tag", action="append", default=[])
     p.add_argument("--profile", action="append", default=[])
     p.add_argument("--group", action="append", default=[])
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="target every device of the fleet (required when no --device/--tag/--profile/--group is given)",
+    )
     p.add_argument("--canary", type=float, help="first wave's fraction, e.g. 0.1")
     p.add_argument("--waves", help="cumulative fractions, e.g. 0.1,0.5,1")
     p.add_argument("--rate", type=float, default=0.0, help="device starts per minute (0: no limit)")
@@ -275,17 +281,33 @@ def _print(args: argparse.Namespace, data: Any, rows: list[str]) -> None:
     print(json.dumps(data, indent=2) if args.json else "\n".join(rows))
 
 
-def _resource_cells(r: dict[str, Any] | None) -> str:
+def _num(value: Any) -> float | None:
+    """A value from the API as a finite number, else None: displays never trust what devices sent."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _cell(value: Any, width: int = 0) -> str:
+    """A text cell: '-' for anything but a string; control characters (terminal escapes) blanked."""
+    if not isinstance(value, str) or not value:
+        return "-"
+    text = "".join(c if c.isprintable() else "?" for c in value[:64])
+    return text[:width] if width else text
+
+
+def _resource_cells(r: Any) -> str:
     """CPU mean/max %, peak memory, peak temperature and throttled reports; '-' where unknown."""
-    if not r:
+    if not isinstance(r, dict) or not r:
         return f"{'-':<11} {'-':<15} {'-':<6} {'-':<5}"
-    cpu = f"{r['cpu_mean']:.0f}/{r['cpu_max']:.0f}%" if r.get("cpu_max") is not None else "-"
-    if r.get("mem_used_max") is not None and r.get("mem_total"):
-        mem = f"{r['mem_used_max'] / 2**20:.0f}/{r['mem_total'] / 2**20:.0f}M"
-    else:
-        mem = "-"
-    temp = f"{r['temperature_max']:.0f}C" if r.get("temperature_max") is not None else "-"
-    thr = f"{r['throttled_reports']}/{r['reports']}" if r.get("throttled_reports") is not None else "-"
+    cpu_mean, cpu_max = _num(r.get("cpu_mean")), _num(r.get("cpu_max"))
+    cpu = f"{cpu_mean:.0f}/{cpu_max:.0f}%" if cpu_mean is not None and cpu_max is not None else "-"
+    used, total = _num(r.get("mem_used_max")), _num(r.get("mem_total"))
+    mem = f"{used / 2**20:.0f}/{total / 2**20:.0f}M" if used is not None and total else "-"
+    temp_max = _num(r.get("temperature_max"))
+    temp = f"{temp_max:.0f}C" if temp_max is not None else "-"
+    throttled, reports = _num(r.get("throttled_reports")), _num(r.get("reports"))
+    thr = f"{throttled:.0f}/{reports:.0f}" if throttled is not None and reports is not None else "-"
     return f"{cpu:<11} {mem:<15} {temp:<6} {thr:<5}"
 
 
@@ -298,11 +320,19 @@ def device_rows(devices: list[dict[str, Any]]) -> list[str]:
         f"{'MEM peak/total':<15} {'TEMP':<6} {'THROT':<5} MODELS"
     )
     rows = [header]
-    for d in devices:
-        models = ", ".join(f"{n}@{m['version']}" for n, m in d["models"].items()) or "-"
-        state = Presence.ONLINE if d["online"] else Presence.OFFLINE
+    for d in devices if isinstance(devices, list) else []:
+        if not isinstance(d, dict):
+            continue
+        listed = d.get("models") if isinstance(d.get("models"), dict) else {}
+        models = (
+            ", ".join(
+                f"{_cell(n)}@{_cell(m.get('version') if isinstance(m, dict) else None)}" for n, m in listed.items()
+            )
+            or "-"
+        )
+        state = Presence.ONLINE if d.get("online") is True else Presence.OFFLINE
         rows.append(
-            f"{d['id']:<20} {state:<8} {d['profile'] or '-':<18} {d['grp'] or '-':<10} "
+            f"{_cell(d.get('id')):<20} {state:<8} {_cell(d.get('profile')):<18} {_cell(d.get('grp')):<10} "
             f"{_resource_cells(d.get('resources'))} {models}"
         )
     return rows
@@ -310,7 +340,7 @@ def device_rows(devices: list[dict[str, Any]]) -> list[str]:
 
 def _cmd_devices(args: argparse.Namespace) -> int:
     devices = _call(args, "GET", f"/api/v1/devices?since_s={args.since}")
-    _print(args, devices, device_rows(devices))
+    _print(args, devices, [] if args.json else device_rows(devices))
     return 0
 
 
@@ -332,9 +362,21 @@ def _cmd_packages(args: argparse.Namespace) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    targets = {"devices": args.device, "tags": args.tag, "profiles": args.profile, "groups": args.group}
-    if not any(targets.values()):
+    targets: dict[str, Any] = {
+        "devices": args.device,
+        "tags": args.tag,
+        "profiles": args.profile,
+        "groups": args.group,
+    }
+    if args.all and any(targets.values()):
+        raise SystemExit("edge fleet deploy: --all targets every device; drop --device/--tag/--profile/--group")
+    if args.all:
         targets = {"all": True}
+    elif not any(targets.values()):
+        raise SystemExit(
+            "edge fleet deploy: no target given: name --device, --tag, --profile or --group, "
+            "or --all for every device of the fleet"
+        )
     spec: dict[str, Any] = {
         "targets": targets,
         "canary": args.canary,
@@ -384,12 +426,23 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
 def _cmd_telemetry(args: argparse.Namespace) -> int:
     s = _call(args, "GET", f"/api/v1/telemetry?since_s={args.since}")
-    rows = [f"last {s['since_s']:.0f} s: {s['messages']} reports from {s['devices']} device(s)"]
-    for m in s["models"]:
-        p95 = f"{m['p95_ms']:.1f} ms" if m["p95_ms"] is not None else "-"
+    if args.json or not isinstance(s, dict):
+        _print(args, s, [json.dumps(s)])
+        return 0
+
+    def whole(value: Any) -> str:
+        n = _num(value)
+        return f"{n:.0f}" if n is not None else "-"
+
+    rows = [f"last {whole(s.get('since_s'))} s: {whole(s.get('messages'))} reports from {whole(s.get('devices'))} device(s)"]
+    for m in s.get("models") if isinstance(s.get("models"), list) else []:
+        if not isinstance(m, dict):
+            continue
+        p95, rate = _num(m.get("p95_ms")), _num(m.get("error_rate"))
         rows.append(
-            f"  {m['model']} {m['version']}: {m['inferences']} inferences, {m['errors']} errors "
-            f"({m['error_rate']:.2%}), p95 {p95}"
+            f"  {_cell(m.get('model'))} {_cell(m.get('version'))}: {whole(m.get('inferences'))} inferences, "
+            f"{whole(m.get('errors'))} errors ({f'{rate:.2%}' if rate is not None else '-'}), "
+            f"p95 {f'{p95:.1f} ms' if p95 is not None else '-'}"
         )
     _print(args, s, rows)
     return 0

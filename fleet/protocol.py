@@ -23,6 +23,7 @@ the raw bytes) so that a package costs barely more than its size on the wire.
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import zlib
@@ -38,6 +39,16 @@ __all__ = [
     "DEVICE_TOPICS",
     "EVENT_STATES",
     "MANAGER_TOPICS",
+    "MAX_BUCKETS",
+    "MAX_INT",
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_MODELS",
+    "MAX_REASON",
+    "MAX_TAGS",
+    "MAX_TEXT",
+    "MAX_TS",
+    "MAX_WINDOW_S",
     "OTA_FAILURE_STEP",
     "OTA_START",
     "OTA_TRANSITIONS",
@@ -65,6 +76,8 @@ __all__ = [
     "check_id",
     "decode_block",
     "encode_block",
+    "json_depth",
+    "loads_bounded",
     "parse_json_message",
     "parse_topic",
     "sql_in",
@@ -79,6 +92,21 @@ MANAGER_TOPICS = ("desired", "cmd", "stream/data")
 # A fleet or device id is one topic level: no wildcards, no '/', nothing a broker treats specially.
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+# C0 and C1 control characters: refused in names and versions (they would reach operators' terminals).
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+# --- bounds on what a message may carry (docs/security.md "Fleet limits") ---
+MAX_JSON_BYTES = 256 << 10  # one JSON message's payload
+MAX_JSON_DEPTH = 16  # nesting of a JSON message (and of an API body)
+MAX_INT = 1 << 53  # counts, sizes, sequence numbers: exact in every JSON reader, fits SQLite
+MAX_TS = 4102444800.0  # 2100-01-01: a device timestamp is epoch seconds in [0, MAX_TS]
+MAX_WINDOW_S = 7 * 86400.0  # a telemetry window or a health window
+MAX_TEXT = 128  # versions, profiles, groups, tags, agent versions, steps, tokens, command ids
+MAX_REASON = 2048  # an event's reason (longer ones are cut, not refused: the result matters)
+MAX_TAGS = 32  # tags of one device
+MAX_MODELS = 32  # models in one status or telemetry message
+MAX_BUCKETS = 64  # bounds of one latency histogram
+MAX_LATENCY_MS = 1e9  # a histogram bound
 
 # =====================================================================================
 # --- state machines: the one definition of every state string (wire and database) ---
@@ -389,24 +417,134 @@ def _get(
     return value
 
 
-def _nonneg(d: Mapping[str, Any], key: str, where: str, default: Any = ...) -> Any:
+def _show(value: Any) -> str:
+    """A short rendering of a refused value for an error message (never a 4,000-digit integer)."""
+    text = f"a {value.bit_length()}-bit integer" if isinstance(value, int) and value > MAX_INT else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _in_range(value: float, lo: float, hi: float) -> bool:
+    if isinstance(value, int):
+        return lo <= value <= hi
+    return math.isfinite(value) and lo <= value <= hi
+
+
+def _nonneg(
+    d: Mapping[str, Any], key: str, where: str, default: Any = ..., hi: float = float(MAX_INT)
+) -> Any:
+    """A finite number in [0, hi] (NaN, Infinity and 1e400 are refused)."""
+    return _number(d, key, where, default, 0.0, hi)
+
+
+def _number(d: Mapping[str, Any], key: str, where: str, default: Any, lo: float, hi: float) -> Any:
     value = _get(d, key, (int, float), where, default)
-    if value is not None and value is not default and value < 0:
-        raise ProtocolError(f"{where}: field {key!r} must be >= 0, got {value}")
+    if value is not default and value is not None and not _in_range(value, lo, hi):
+        raise ProtocolError(f"{where}: field {key!r} must be a finite number in [{lo:g}, {hi:g}], got {_show(value)}")
     return value
 
 
-def _count(d: Mapping[str, Any], key: str, where: str, default: Any = ...) -> Any:
-    value = _get(d, key, int, where, default)
-    if value is not default and value is not None and value < 0:
-        raise ProtocolError(f"{where}: field {key!r} must be >= 0, got {value}")
+def _count(
+    d: Mapping[str, Any], key: str, where: str, default: Any = ..., hi: int = MAX_INT, integral: bool = False
+) -> Any:
+    """An integer in [0, hi]; ``integral``: a float with no fraction (``10.0``) is taken as one too."""
+    value = _get(d, key, (int, float) if integral else int, where, default)
+    if value is default or value is None:
+        return value
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise ProtocolError(f"{where}: field {key!r} must be an integer, got {_show(value)}")
+        value = int(value)
+    if not 0 <= value <= hi:
+        raise ProtocolError(f"{where}: field {key!r} must be an integer in [0, {hi}], got {_show(value)}")
     return value
+
+
+def _ts(d: Mapping[str, Any], key: str, where: str) -> float:
+    """A device timestamp: epoch seconds in [0, MAX_TS] (year 2100)."""
+    return float(_nonneg(d, key, where, hi=MAX_TS))
+
+
+def _text(d: Mapping[str, Any], key: str, where: str, default: Any = ..., max_len: int = MAX_TEXT) -> Any:
+    """A string of at most ``max_len`` characters without control characters."""
+    value = _get(d, key, str, where, default)
+    if value is default or value is None:
+        return value
+    return _check_text(value, f"{where}: field {key!r}", max_len)
+
+
+def _check_text(value: Any, what: str, max_len: int = MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise ProtocolError(f"{what} is {len(value)} characters long, over the limit of {max_len}")
+    if _CONTROL_RE.search(value):
+        raise ProtocolError(f"{what} contains control characters")
+    return value
+
+
+def _reason(d: Mapping[str, Any], key: str, where: str) -> str | None:
+    """Free text (why a step failed): control characters blanked, cut at MAX_REASON characters."""
+    value = _get(d, key, str, where, None)
+    if value is None:
+        return None
+    value = _CONTROL_RE.sub(" ", value)
+    return value if len(value) <= MAX_REASON else value[: MAX_REASON - 3] + "..."
 
 
 def _sha(d: Mapping[str, Any], key: str, where: str, default: Any = ...) -> Any:
     value = _get(d, key, str, where, default)
     if value is not default and value is not None and not _SHA_RE.match(value):
         raise ProtocolError(f"{where}: field {key!r} is not a sha256 (64 lowercase hex characters)")
+    return value
+
+
+def _mapping(d: Mapping[str, Any], key: str, where: str, max_items: int) -> dict[str, Any]:
+    value = _get(d, key, dict, where, {})
+    if len(value) > max_items:
+        raise ProtocolError(f"{where}: field {key!r} has {len(value)} entries, over the limit of {max_items}")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` (a decoded JSON document) nests lists and objects; iterative."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, list):
+            continue
+        depth = max(depth, level)
+        stack.extend((child, level + 1) for child in item if isinstance(child, (dict, list)))
+    return depth
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_bounded(payload: bytes | str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for untrusted input: a size and nesting limit, no NaN/Infinity, no overflow to inf.
+
+    Anything else raises :class:`ProtocolError` (a ValueError) with the reason.
+    """
+    if len(payload) > max_bytes:
+        raise ProtocolError(f"payload of {len(payload)} bytes is over the limit of {max_bytes}")
+    try:
+        value = json.loads(payload, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ProtocolError(f"payload nests deeper than {max_depth} levels") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, a 5,000-digit integer, NaN
+        raise ProtocolError(f"payload is not JSON ({exc})") from None
+    if json_depth(value) > max_depth:
+        raise ProtocolError(f"payload nests deeper than {max_depth} levels")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} overflows a float")
     return value
 
 
@@ -452,24 +590,29 @@ class Status(_Message):
         alerts = _get(d, "alerts", list, w, [])
         if len(alerts) > 16 or not all(isinstance(a, str) and len(a) <= 64 for a in alerts):
             raise ProtocolError("status: alerts must be at most 16 strings of at most 64 characters")
-        models = _get(d, "models", dict, w, {})
-        for name, m in models.items():
-            if not isinstance(m, dict) or not isinstance(m.get("version"), str):
-                raise ProtocolError(f"status: models[{name!r}] needs a string version")
-            _sha(m, "sha256", f"status models[{name!r}]")
+        models: dict[str, dict[str, str]] = {}
+        for name, m in _mapping(d, "models", w, MAX_MODELS).items():
+            where = f"status models[{_show(name)}]"
+            check_id(name, "status: model name")
+            if not isinstance(m, dict):
+                raise ProtocolError(f"{where} must be an object")
+            models[name] = {"version": _text(m, "version", where), "sha256": _sha(m, "sha256", where)}
         tags = _get(d, "tags", list, w, [])
-        if not all(isinstance(t, str) for t in tags):
-            raise ProtocolError("status: tags must be strings")
+        if len(tags) > MAX_TAGS:
+            raise ProtocolError(f"status: {len(tags)} tags, over the limit of {MAX_TAGS}")
+        for tag in tags:
+            _check_text(tag, "status: a tag")
+        deployment_id = _get(d, "deployment_id", str, w, None)
         return cls(
             device=check_id(_get(d, "device", str, w), "device"),
             state=state,
-            ts=_nonneg(d, "ts", w),
-            agent_version=_get(d, "agent_version", str, w, ""),
-            profile=_get(d, "profile", str, w, None),
-            tags=list(tags),
-            group=_get(d, "group", str, w, None),
+            ts=_ts(d, "ts", w),
+            agent_version=_text(d, "agent_version", w, ""),
+            profile=_text(d, "profile", w, None),
+            tags=list(dict.fromkeys(tags)),
+            group=_text(d, "group", w, None),
             models=models,
-            deployment_id=_get(d, "deployment_id", str, w, None),
+            deployment_id=None if deployment_id is None else check_id(deployment_id, "deployment_id"),
             alerts=list(alerts),
         )
 
@@ -498,29 +641,90 @@ class Telemetry(_Message):
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Telemetry:
         w = "telemetry"
-        models = _get(d, "models", dict, w, {})
-        for name, m in models.items():
-            where = f"telemetry models[{name!r}]"
+        models: dict[str, dict[str, Any]] = {}
+        for name, m in _mapping(d, "models", w, MAX_MODELS).items():
+            where = f"telemetry models[{_show(name)}]"
+            check_id(name, "telemetry: model name")
             if not isinstance(m, dict):
                 raise ProtocolError(f"{where} must be an object")
-            _get(m, "version", str, where)
-            _nonneg(m, "inferences", where)
-            _nonneg(m, "errors", where)
+            inferences = _count(m, "inferences", where, integral=True)
+            errors = _count(m, "errors", where, integral=True)
+            if errors > inferences:
+                raise ProtocolError(f"{where}: {errors} errors in {inferences} inferences")
+            entry: dict[str, Any] = {
+                "version": _text(m, "version", where),
+                "inferences": inferences,
+                "errors": errors,
+            }
             hist = _get(m, "latency_ms", dict, where, None)
             if hist is not None:
-                le, counts = _get(hist, "le", list, where), _get(hist, "counts", list, where)
-                if len(counts) != len(le) + 1 or not all(isinstance(c, int) and c >= 0 for c in counts):
-                    raise ProtocolError(f"{where}: latency_ms needs len(le)+1 non-negative integer counts")
+                entry["latency_ms"] = _histogram(hist, f"{where} latency_ms")
+            models[name] = entry
         return cls(
             device=check_id(_get(d, "device", str, w), "device"),
             stream=check_id(_get(d, "stream", str, w), "stream"),
             seq=_count(d, "seq", w),
-            ts=_nonneg(d, "ts", w),
-            window_s=_nonneg(d, "window_s", w),
+            ts=_ts(d, "ts", w),
+            window_s=float(_nonneg(d, "window_s", w, hi=MAX_WINDOW_S)),
             models=models,
-            system=_get(d, "system", dict, w, {}),
-            queue=_get(d, "queue", dict, w, {}),
+            system=_system(_get(d, "system", dict, w, {})),
+            queue=_known(_get(d, "queue", dict, w, {}), _QUEUE_FIELDS, "telemetry queue"),
         )
+
+
+# Known telemetry fields: (low, high, integer only). Unknown ones are ignored and not kept.
+_SYSTEM_FIELDS: dict[str, tuple[float, float, bool]] = {
+    "cpu_percent": (0.0, 100.0, False),
+    "mem_used_bytes": (0.0, float(MAX_INT), True),
+    "mem_total_bytes": (0.0, float(MAX_INT), True),
+    "temperature_c": (-273.15, 1000.0, False),
+    "throttled": (0.0, float(1 << 32), True),  # the raw flag word (Raspberry Pi firmware)
+    "load_1m": (0.0, 1e6, False),
+}
+_QUEUE_FIELDS: dict[str, tuple[float, float, bool]] = {
+    "depth": (0.0, float(MAX_INT), True),
+    "dropped": (0.0, float(MAX_INT), True),
+}
+
+
+def _known(d: Mapping[str, Any], fields: dict[str, tuple[float, float, bool]], where: str) -> dict[str, Any]:
+    """The known numeric fields of ``d``, each checked against its range; the rest left out."""
+    out: dict[str, Any] = {}
+    for key, (lo, hi, integer) in fields.items():
+        if d.get(key) is None:
+            continue
+        if integer:
+            out[key] = _count(d, key, where, hi=int(hi), integral=True)
+        else:
+            out[key] = float(_number(d, key, where, ..., lo, hi))
+    return out
+
+
+def _system(d: Mapping[str, Any]) -> dict[str, Any]:
+    out = _known(d, _SYSTEM_FIELDS, "telemetry system")
+    if out.get("mem_used_bytes", 0) > out.get("mem_total_bytes", MAX_INT):
+        raise ProtocolError("telemetry system: mem_used_bytes is over mem_total_bytes")
+    return out
+
+
+def _histogram(hist: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``{"le": [...], "counts": [...]}``: increasing finite bounds, one more non-negative count."""
+    le, counts = _get(hist, "le", list, where), _get(hist, "counts", list, where)
+    if not 1 <= len(le) <= MAX_BUCKETS:
+        raise ProtocolError(f"{where}: {len(le)} bucket bounds, allowed 1 to {MAX_BUCKETS}")
+    if len(counts) != len(le) + 1:
+        raise ProtocolError(f"{where}: needs len(le)+1 counts, got {len(counts)} for {len(le)} bounds")
+    bounds: list[float] = []
+    for b in le:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not _in_range(b, 0.0, MAX_LATENCY_MS):
+            raise ProtocolError(f"{where}: bound {_show(b)} is not a finite number in [0, {MAX_LATENCY_MS:g}]")
+        if bounds and b <= bounds[-1]:
+            raise ProtocolError(f"{where}: bounds must increase ({_show(b)} after {bounds[-1]:g})")
+        bounds.append(b)
+    for c in counts:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_INT:
+            raise ProtocolError(f"{where}: count {_show(c)} is not an integer in [0, {MAX_INT}]")
+    return {"le": bounds, "counts": list(counts)}
 
 
 @dataclass(frozen=True)
@@ -552,17 +756,24 @@ class Event(_Message):
             device=check_id(_get(d, "device", str, w), "device"),
             stream=check_id(_get(d, "stream", str, w), "stream"),
             seq=_count(d, "seq", w),
-            ts=_nonneg(d, "ts", w),
+            ts=_ts(d, "ts", w),
             deployment_id=check_id(_get(d, "deployment_id", str, w), "deployment_id"),
             model=check_id(_get(d, "model", str, w), "model"),
             sha256=_sha(d, "sha256", w),
             state=state,
-            version=_get(d, "version", str, w, None),
-            reason=_get(d, "reason", str, w, None),
-            step=_get(d, "step", str, w, None),
+            version=_text(d, "version", w, None),
+            reason=_reason(d, "reason", w),
+            step=_text(d, "step", w, None),
             serving_sha256=_sha(d, "serving_sha256", w, None),
-            progress=_get(d, "progress", dict, w, None),
+            progress=_progress(_get(d, "progress", dict, w, None)),
         )
+
+
+def _progress(d: Mapping[str, Any] | None) -> dict[str, int] | None:
+    if d is None:
+        return None
+    out = {k: _count(d, k, "event progress", None) for k in ("bytes", "total")}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -578,10 +789,10 @@ class HealthPolicy:
     def from_dict(cls, d: Mapping[str, Any]) -> HealthPolicy:
         w = "desired.health"
         return cls(
-            window_s=float(_nonneg(d, "window_s", w, cls.window_s)),
-            max_error_rate=float(_nonneg(d, "max_error_rate", w, cls.max_error_rate)),
-            max_latency_ratio=float(_nonneg(d, "max_latency_ratio", w, cls.max_latency_ratio)),
-            min_inferences=int(_nonneg(d, "min_inferences", w, cls.min_inferences)),
+            window_s=float(_nonneg(d, "window_s", w, cls.window_s, hi=MAX_WINDOW_S)),
+            max_error_rate=float(_nonneg(d, "max_error_rate", w, cls.max_error_rate, hi=1.0)),
+            max_latency_ratio=float(_nonneg(d, "max_latency_ratio", w, cls.max_latency_ratio, hi=1e6)),
+            min_inferences=_count(d, "min_inferences", w, cls.min_inferences, hi=1 << 31, integral=True),
         )
 
 
@@ -617,8 +828,8 @@ class Desired(_Message):
             model=check_id(_get(d, "model", str, w), "model"),
             sha256=_sha(d, "sha256", w),
             size=_count(d, "size", w),
-            version=_get(d, "version", str, w),
-            ts=_nonneg(d, "ts", w),
+            version=_text(d, "version", w),
+            ts=_ts(d, "ts", w),
             action=action,
             block_size=block,
             health=HealthPolicy.from_dict(_get(d, "health", dict, w, {})),
@@ -639,7 +850,7 @@ class Command(_Message):
         cmd = _get(d, "cmd", str, "cmd")
         if cmd not in ("report",):
             raise ProtocolError(f"cmd: unknown command {cmd!r}")
-        return cls(cmd=cmd, id=_get(d, "id", str, "cmd", ""))
+        return cls(cmd=cmd, id=_text(d, "id", "cmd", ""))
 
 
 @dataclass(frozen=True)
@@ -662,13 +873,15 @@ class StreamGet(_Message):
         w = "stream_get"
         block, count = _get(d, "block_size", int, w), _get(d, "count", int, w)
         if not 512 <= block <= 1 << 20 or not 1 <= count <= 64:
-            raise ProtocolError(f"stream_get: block_size {block} or count {count} out of range")
+            raise ProtocolError(
+                f"stream_get: block_size {_show(block)} or count {_show(count)} out of range"
+            )
         return cls(
             file_id=_sha(d, "file_id", w),
             block_size=block,
-            offset=_count(d, "offset", w),
+            offset=_count(d, "offset", w, hi=1 << 32),
             count=count,
-            token=_get(d, "token", str, w, ""),
+            token=_text(d, "token", w, ""),
         )
 
 
@@ -688,15 +901,15 @@ def parse_json_message(kind: str, payload: bytes) -> Any:
     if parser is None:
         raise ProtocolError(f"no JSON message is defined for topic kind {kind!r}")
     try:
-        d = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"{kind}: payload is not JSON ({exc})") from None
+        d = loads_bounded(payload)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{kind}: {exc}") from None
     if not isinstance(d, dict):
         raise ProtocolError(f"{kind}: payload must be a JSON object")
-    if d.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"{kind}: protocol version {d.get('v')!r}, this side speaks {PROTOCOL_VERSION}")
+    if d.get("v") != PROTOCOL_VERSION or isinstance(d.get("v"), bool):
+        raise ProtocolError(f"{kind}: protocol version {_show(d.get('v'))}, this side speaks {PROTOCOL_VERSION}")
     if d.get("type") != parser.TYPE:
-        raise ProtocolError(f"{kind}: message type {d.get('type')!r}, expected {parser.TYPE!r}")
+        raise ProtocolError(f"{kind}: message type {_show(d.get('type'))}, expected {parser.TYPE!r}")
     return parser.from_dict(d)
 
 
@@ -748,16 +961,15 @@ def decode_block(payload: bytes) -> Block:
     magic, hlen = _HEAD.unpack_from(payload)
     if magic != BLOCK_MAGIC or len(payload) < _HEAD.size + hlen:
         raise ProtocolError("stream block with a bad magic or a truncated header")
-    try:
-        h = json.loads(payload[_HEAD.size : _HEAD.size + hlen])
-        return Block(
-            file_id=_sha(h, "f", "block"),
-            index=_get(h, "i", int, "block"),
-            total_size=_get(h, "n", int, "block"),
-            data=payload[_HEAD.size + hlen :],
-            crc32=_get(h, "c", int, "block"),
-            token=_get(h, "t", str, "block", ""),
-            error=_get(h, "e", str, "block", None),
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise ProtocolError(f"stream block header is not a JSON object ({exc})") from None
+    h = loads_bounded(payload[_HEAD.size : _HEAD.size + hlen])
+    if not isinstance(h, dict):
+        raise ProtocolError("stream block header is not a JSON object")
+    return Block(
+        file_id=_sha(h, "f", "block"),
+        index=_count(h, "i", "block", hi=1 << 32),
+        total_size=_count(h, "n", "block"),
+        data=payload[_HEAD.size + hlen :],
+        crc32=_count(h, "c", "block", hi=0xFFFFFFFF),
+        token=_text(h, "t", "block", ""),
+        error=_reason(h, "e", "block"),
+    )

@@ -208,15 +208,34 @@ class FleetDB:
             )
 
     def devices(self) -> list[dict[str, Any]]:
-        rows = self.query("SELECT * FROM devices ORDER BY id")
-        for r in rows:
-            r["tags"], r["models"] = json.loads(r["tags"]), json.loads(r["models"])
-            r["online"] = bool(r["online"])
-        return rows
+        return [_device_row(r) for r in self.query("SELECT * FROM devices ORDER BY id")]
 
     def device(self, device_id: str) -> dict[str, Any] | None:
         r = self.one("SELECT * FROM devices WHERE id=?", (device_id,))
-        if r is not None:
-            r["tags"], r["models"] = json.loads(r["tags"]), json.loads(r["models"])
-            r["online"] = bool(r["online"])
-        return r
+        return None if r is None else _device_row(r)
+
+
+def _stored_json(text: Any, kind: type, default: Any) -> Any:
+    """A JSON column as ``kind``, or ``default`` when it holds anything else: readers never trust it."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return default
+    return value if isinstance(value, kind) else default
+
+
+def _device_row(r: dict[str, Any]) -> dict[str, Any]:
+    """A registry row with its JSON columns decoded; malformed stored entries are left out."""
+    tags = _stored_json(r["tags"], list, [])
+    r["tags"] = [t for t in tags if isinstance(t, str)]
+    models = _stored_json(r["models"], dict, {})
+    r["models"] = {
+        name: m
+        for name, m in models.items()
+        if isinstance(m, dict) and isinstance(m.get("version"), str) and isinstance(m.get("sha256"), str)
+    }
+    r["online"] = bool(r["online"])
+    for key in ("profile", "grp", "agent_version", "deployment_id"):
+        if not isinstance(r.get(key), str):
+            r[key] = None
+    return r

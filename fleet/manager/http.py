@@ -23,6 +23,9 @@ Routes (JSON unless said otherwise)::
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -31,9 +34,10 @@ from typing import Any
 from aiohttp import web
 
 from fleet.auth import bearer_matches
-from fleet.errors import ConflictError, NotFoundError
-from fleet.manager.rollout import RolloutSpec
+from fleet.errors import ConflictError, NotFoundError, ProtocolError
+from fleet.manager.rollout import InvalidRequestError, RolloutSpec
 from fleet.manager.service import FleetManager
+from fleet.protocol import MAX_JSON_DEPTH, loads_bounded
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "OPEN_PATHS", "ApiServer", "create_app"]
 
@@ -41,10 +45,53 @@ DEFAULT_MAX_UPLOAD_BYTES = 512 << 20
 # Served without a token: scrapers and health checks. Neither reveals more than counts and states.
 OPEN_PATHS = frozenset({"/metrics", "/healthz"})
 _JSON_BODY_LIMIT = 1 << 20  # deployment requests; uploads stream and have their own limit
+_PACKAGE_REF = re.compile(r"[0-9a-f]{8,64}")
+_DEPLOY_KEYS = frozenset({"package", "spec", "supersede"})
+_MAX_SINCE_S = 366 * 86400.0
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None: a response is always valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(_finite(data), allow_nan=False)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, parsed with size and depth limits; InvalidRequestError otherwise."""
+    raw = await request.read()
+    try:
+        body = loads_bounded(raw, max_bytes=_JSON_BODY_LIMIT, max_depth=MAX_JSON_DEPTH)
+    except ProtocolError as exc:
+        raise InvalidRequestError(f"request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError(f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _since(request: web.Request, default: float) -> float:
+    raw = request.query.get("since_s")
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequestError(f"since_s must be a number of seconds, got {raw[:40]!r}") from None
+    if not (math.isfinite(value) and 0 < value <= _MAX_SINCE_S):
+        raise InvalidRequestError(f"since_s must be in (0, {_MAX_SINCE_S:.0f}], got {raw[:40]!r}")
+    return value
 
 
 @web.middleware
@@ -87,7 +134,7 @@ def create_app(
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def devices(request: web.Request) -> web.Response:
-        return _json(await run(manager.devices, float(request.query.get("since_s", 300))))
+        return _json(await run(manager.devices, _since(request, 300.0)))
 
     async def packages(_r: web.Request) -> web.Response:
         return _json(await run(manager.packages.list))
@@ -114,10 +161,23 @@ def create_app(
         return _json(await run(manager.rollouts.list))
 
     async def create_deployment(request: web.Request) -> web.Response:
-        body = await request.json()
-        spec = RolloutSpec.from_dict(body.get("spec") or {})
-        supersede = bool(body.get("supersede", False))
-        return _json(await run(manager.deploy, str(body["package"]), spec, supersede), 201)
+        body = await _body(request)
+        unknown = set(body) - _DEPLOY_KEYS
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown key(s) in the deployment request: {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(_DEPLOY_KEYS))}; targets go in spec.targets)"
+            )
+        package = body.get("package")
+        if not isinstance(package, str) or not _PACKAGE_REF.fullmatch(package):
+            raise InvalidRequestError("package must be a sha256 or a prefix of 8 or more of its hex digits")
+        if "spec" not in body:
+            raise InvalidRequestError('spec is missing: at least {"targets": {...}} ({"all": true} for every device)')
+        spec = RolloutSpec.from_dict(body["spec"])
+        supersede = body.get("supersede", False)
+        if not isinstance(supersede, bool):
+            raise InvalidRequestError("supersede must be true or false")
+        return _json(await run(manager.deploy, package, spec, supersede), 201)
 
     async def deployment(request: web.Request) -> web.Response:
         return _json(await run(manager.rollouts.status, request.match_info["id"]))
@@ -134,7 +194,7 @@ def create_app(
         return _json(await run(fn[action], request.match_info["id"]))
 
     async def telemetry(request: web.Request) -> web.Response:
-        return _json(await run(manager.telemetry_summary, float(request.query.get("since_s", 3600))))
+        return _json(await run(manager.telemetry_summary, _since(request, 3600.0)))
 
     async def metrics(_r: web.Request) -> web.Response:
         body = await run(manager.render_metrics)

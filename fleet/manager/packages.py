@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -21,6 +22,9 @@ from fleet.manager.db import FleetDB
 
 __all__ = ["PackageStore"]
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_PREFIX = re.compile(r"[0-9a-f]{8,64}")
+
 
 class PackageStore:
     """Files under ``root/<sha256>.edgepkg``, with their metadata in the ``packages`` table."""
@@ -32,8 +36,10 @@ class PackageStore:
         self.trust_store = trust_store
 
     def path(self, sha256: str) -> Path:
+        if not _SHA256.fullmatch(sha256):
+            raise NotFoundError(f"no package {sha256[:12]!r} in the store (not a sha256)")
         p = self.root / f"{sha256}.edgepkg"
-        if len(sha256) != 64 or not p.is_file():
+        if not p.is_file():
             raise NotFoundError(f"no package {sha256[:12]} in the store")
         return p
 
@@ -66,8 +72,11 @@ class PackageStore:
 
     def get(self, ref: str) -> dict[str, Any]:
         """A package by sha256 (or a unique prefix of at least 8 characters)."""
+        # Hex only: a '%' or '_' would be a LIKE wildcard.
         rows = (
-            self.db.query("SELECT * FROM packages WHERE sha256 LIKE ?", (ref + "%",)) if len(ref) >= 8 else []
+            self.db.query("SELECT * FROM packages WHERE sha256 LIKE ?", (ref + "%",))
+            if _PREFIX.fullmatch(ref)
+            else []
         )
         if len(rows) != 1:
             raise NotFoundError(f"no package {ref!r}" if not rows else f"package prefix {ref!r} is ambiguous")

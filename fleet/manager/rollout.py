@@ -47,9 +47,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fleet.errors import ConflictError, NotFoundError
+from fleet.errors import ConflictError, FleetError, NotFoundError, ProtocolError
 from fleet.manager.db import FleetDB
 from fleet.protocol import (
+    MAX_INT,
+    MAX_TEXT,
     ROLLBACK_SUFFIX,
     DeploymentState,
     Desired,
@@ -62,7 +64,7 @@ from fleet.protocol import (
 )
 from fleet.targets import LatencyHistogram
 
-__all__ = ["RolloutEngine", "RolloutSpec", "Targets"]
+__all__ = ["InvalidRequestError", "RolloutEngine", "RolloutSpec", "Targets", "merge_latency"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,79 @@ log = logging.getLogger(__name__)
 _DS = DeviceDeploymentState
 _ACTIVE_SQL = sql_in(_DS.active())  # device rows a deployment still drives, for SQL IN
 _RUNNING_SQL = sql_in(DeploymentState.active())  # running or paused deployments, for SQL IN
+
+
+class InvalidRequestError(ValueError, FleetError):
+    """A deployment request or spec that is malformed or out of range (HTTP 400, naming the field)."""
+
+
+MAX_TARGETS = 100_000  # entries of one target list
+MAX_WAVES = 100
+# spec field -> (kind, low, high, optional). "fraction": (0, 1]; "int": an integer; "number": finite.
+_SPEC_RANGES: dict[str, tuple[str, float, float, bool]] = {
+    "canary": ("fraction", 0.0, 1.0, True),
+    "rate_per_min": ("number", 0.0, 1e6, False),
+    "device_timeout_s": ("number", 0.1, 30 * 86400.0, False),
+    "max_failures": ("int", 1, 1 << 31, True),
+    "max_failure_rate": ("number", 0.0, 1.0, True),
+    "min_executed": ("int", 0, 1 << 31, False),
+    "max_error_rate": ("number", 0.0, 1.0, True),
+    "max_latency_ratio": ("number", 1e-3, 1e6, True),
+    "min_inferences": ("int", 0, MAX_INT, False),
+    "watch_s": ("number", 0.0, 7 * 86400.0, False),
+    "block_size": ("int", 512, 1 << 20, False),
+}
+
+
+def _check_type(name: str, value: Any, kind: str, optional: bool) -> None:
+    if value is None:
+        if optional:
+            return
+        raise InvalidRequestError(f"{name} must be {'an integer' if kind == 'int' else 'a number'}, got null")
+    wanted: tuple[type, ...] = (int,) if kind == "int" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        raise InvalidRequestError(
+            f"{name} must be {'an integer' if kind == 'int' else 'a number'}, got {type(value).__name__}"
+        )
+
+
+def _check_value(name: str, value: Any, kind: str, lo: float, hi: float, optional: bool) -> None:
+    _check_type(name, value, kind, optional)
+    if value is None:
+        return
+    finite = isinstance(value, int) or math.isfinite(value)
+    low_ok = value > lo if kind == "fraction" else value >= lo
+    if not (finite and low_ok and value <= hi):
+        interval = f"({lo:g}, {hi:g}]" if kind == "fraction" else f"[{lo:g}, {hi:g}]"
+        shown = repr(value) if not isinstance(value, int) or abs(value) < 1 << 64 else "a huge integer"
+        raise InvalidRequestError(f"{name} must be a finite number in {interval}, got {shown}")
+
+
+def _stored_count(value: Any) -> int:
+    """A count read back from the database: a non-negative integer, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT else 0
+
+
+def merge_latency(hist: LatencyHistogram, stored: Any) -> bool:
+    """Add a stored histogram (JSON text) to ``hist`` when it is one on the same bounds; else False.
+
+    Readers never trust stored values: rows of an older manager may hold anything.
+    """
+    if not stored:
+        return False
+    try:
+        h = json.loads(stored)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    if not isinstance(h, dict) or not isinstance(h.get("le"), list) or not isinstance(h.get("counts"), list):
+        return False
+    counts = h["counts"]
+    if tuple(h["le"]) != tuple(hist.le) or len(counts) != len(hist.counts):
+        return False
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_INT for c in counts):
+        return False
+    hist.counts = [a + b for a, b in zip(hist.counts, counts)]
+    return True
 
 
 @dataclass(frozen=True)
@@ -81,6 +156,40 @@ class Targets:
     profiles: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     all: bool = False
+
+    @classmethod
+    def from_dict(cls, t: Any) -> Targets:
+        """Targets from JSON; they must name devices, tags, profiles or groups, or say ``all``."""
+        if t is None:
+            raise InvalidRequestError(
+                'spec.targets is missing: name devices, tags, profiles or groups, or {"all": true} '
+                "for the whole fleet"
+            )
+        if not isinstance(t, dict):
+            raise InvalidRequestError(f"spec.targets must be an object, got {type(t).__name__}")
+        unknown = set(t) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InvalidRequestError(f"unknown spec.targets key(s): {', '.join(sorted(map(str, unknown)))}")
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("devices", "tags", "profiles", "groups"):
+            values = t.get(key) or []
+            if not isinstance(values, list) or len(values) > MAX_TARGETS:
+                raise InvalidRequestError(f"spec.targets.{key} must be a list of at most {MAX_TARGETS} strings")
+            for v in values:
+                if not isinstance(v, str) or not 0 < len(v) <= MAX_TEXT:
+                    raise InvalidRequestError(
+                        f"spec.targets.{key}: each entry must be a string of 1 to {MAX_TEXT} characters"
+                    )
+            lists[key] = tuple(values)
+        everything = t.get("all", False)
+        if not isinstance(everything, bool):
+            raise InvalidRequestError("spec.targets.all must be true or false")
+        if not everything and not any(lists.values()):
+            raise InvalidRequestError(
+                'spec.targets names no device: give devices, tags, profiles or groups, or {"all": true} '
+                "for the whole fleet"
+            )
+        return cls(all=everything, **lists)
 
     def match(self, device: dict[str, Any]) -> bool:
         return (
@@ -133,19 +242,52 @@ class RolloutSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __post_init__(self) -> None:
+        for name, (kind, lo, hi, optional) in _SPEC_RANGES.items():
+            _check_value(f"spec.{name}", getattr(self, name), kind, lo, hi, optional)
+        if len(self.waves) > MAX_WAVES:
+            raise InvalidRequestError(f"spec.waves: {len(self.waves)} waves, over the limit of {MAX_WAVES}")
+        for i, f in enumerate(self.waves):
+            _check_value(f"spec.waves[{i}]", f, "fraction", 0.0, 1.0, False)
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RolloutSpec:
+    def from_dict(cls, d: Any) -> RolloutSpec:
+        """A spec from JSON (an API body or the stored copy); InvalidRequestError naming the field.
+
+        Every field is checked for its type, finiteness and range; unknown fields are refused, and
+        so are targets that name nothing: a fleet-wide deployment says ``"targets": {"all": true}``.
+        """
+        if not isinstance(d, dict):
+            raise InvalidRequestError(f"spec must be an object, got {type(d).__name__}")
         d = dict(d)
-        t = d.pop("targets", None) or {"all": True}
-        targets = Targets(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})
-        health = HealthPolicy.from_dict(d.pop("health", None) or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
+        unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown rollout option(s): {', '.join(sorted(unknown))}")
+            raise InvalidRequestError(f"unknown rollout option(s): {', '.join(sorted(map(str, unknown)))}")
+        targets = Targets.from_dict(d.pop("targets", None))
+        health = d.pop("health", None)
+        if health is None:
+            health = {}
+        if not isinstance(health, dict):
+            raise InvalidRequestError(f"spec.health must be an object, got {type(health).__name__}")
+        unknown = set(health) - set(HealthPolicy.__dataclass_fields__)
+        if unknown:
+            raise InvalidRequestError(f"unknown spec.health option(s): {', '.join(sorted(map(str, unknown)))}")
+        try:
+            policy = HealthPolicy.from_dict(health)
+        except ProtocolError as exc:
+            raise InvalidRequestError(f"spec.{exc}") from None
+        for name, (kind, _lo, _hi, optional) in _SPEC_RANGES.items():
+            if name in d:
+                _check_type(f"spec.{name}", d[name], kind, optional)
+        if "allow_downgrade" in d and not isinstance(d["allow_downgrade"], bool):
+            raise InvalidRequestError("spec.allow_downgrade must be true or false")
         if "waves" in d:
+            if not isinstance(d["waves"], (list, tuple)):
+                raise InvalidRequestError(f"spec.waves must be a list, got {type(d['waves']).__name__}")
+            for i, f in enumerate(d["waves"]):
+                _check_type(f"spec.waves[{i}]", f, "fraction", False)
             d["waves"] = tuple(d["waves"])
-        return cls(targets=targets, health=health, **d)
+        return cls(targets=targets, health=policy, **d)
 
 
 def _outcome(states: list[str]) -> str:
@@ -596,10 +738,8 @@ class RolloutEngine:
                 "WHERE device=? AND model=? AND version=? AND ts >= ?",
                 (device, model, version, start),
             ):
-                inferences, errors = inferences + r["inferences"], errors + r["errors"]
-                if r["latency"]:
-                    h = json.loads(r["latency"])
-                    hist.counts = [a + b for a, b in zip(hist.counts, h["counts"])]
+                inferences, errors = inferences + _stored_count(r["inferences"]), errors + _stored_count(r["errors"])
+                merge_latency(hist, r["latency"])
         return {
             "inferences": inferences,
             "errors": errors,
@@ -617,7 +757,6 @@ class RolloutEngine:
                 "AND ts >= ?",
                 (d["device"], dep["model"], d["previous_version"], dep["created"] - 3600),
             ):
-                inferences += r["inferences"]
-                if r["latency"]:
-                    hist.counts = [a + b for a, b in zip(hist.counts, json.loads(r["latency"])["counts"])]
+                inferences += _stored_count(r["inferences"])
+                merge_latency(hist, r["latency"])
         return {"inferences": inferences, "p95_ms": hist.quantile(0.95)}

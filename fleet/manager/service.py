@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -37,7 +38,7 @@ from fleet.errors import BrokerError, NotFoundError, ProtocolError
 from fleet.manager.db import FleetDB
 from fleet.manager.lock import StateLock
 from fleet.manager.packages import PackageStore
-from fleet.manager.rollout import RolloutEngine, RolloutSpec
+from fleet.manager.rollout import RolloutEngine, RolloutSpec, merge_latency
 from fleet.mqtt import BrokerConfig, make_client, peer_fingerprint
 from fleet.protocol import (
     DeploymentState,
@@ -54,7 +55,7 @@ from fleet.protocol import (
     subscription,
     topic,
 )
-from fleet.targets import LatencyHistogram
+from fleet.targets import LATENCY_BUCKETS_MS, LatencyHistogram
 
 __all__ = ["FleetManager", "ManagerConfig"]
 
@@ -72,11 +73,105 @@ class ManagerConfig:
     tick_interval_s: float = 0.5
     retention_days: float = 30.0  # telemetry and events older than this are deleted; 0: keep forever
     prune_interval_s: float = 3600.0  # how often the ticker prunes (the first time right after start)
+    # Package streaming (stream/get): token buckets of bytes, one per device and one per package
+    # (the package a deployment streams); blocks past either are not sent (the agent asks again).
+    stream_device_bytes_per_s: float = 4 << 20
+    stream_device_burst_bytes: float = 16 << 20
+    stream_package_bytes_per_s: float = 128 << 20
+    stream_package_burst_bytes: float = 256 << 20
+    max_models_per_device: int = 32  # distinct model names one device may report in telemetry
+    max_label_sets: int = 1000  # label combinations per Prometheus metric (the rest are not exported)
+
+
+def _num(field: str) -> str:
+    """SQL: the ``system`` JSON's ``field`` when it is a number, else NULL (also for malformed JSON)."""
+    path = f"'$.{field}'"
+    return (
+        f"(CASE WHEN json_valid(system) THEN CASE WHEN json_type(system, {path}) IN ('integer', 'real') "
+        f"THEN json_extract(system, {path}) END END)"
+    )
+
+
+def _finite(value: Any) -> Any:
+    """A stored number as it may be shown: None unless a finite int or float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int:
+    """A stored count: a non-negative integer, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+# A device timestamp more than this ahead of the manager's clock is stored as the receipt time.
+MAX_CLOCK_AHEAD_S = 300.0
+_STREAM_ERROR_COST = 256  # bytes charged for an error block (a request for a file we do not have)
+_LOG_EVERY_S = 60.0  # per device: one warning about its invalid messages a minute, with the count
+
+
+class TokenBucket:
+    """``rate`` tokens a second up to ``burst``; :meth:`take` spends ``n`` if there are that many."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
+
+    def refill(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.tokens
+
+    @property
+    def full(self) -> bool:
+        return self.tokens >= self.burst
+
+
+class _Buckets:
+    """Token buckets by key, at most ``max_keys`` of them (full ones are forgotten first)."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 10000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def get(self, key: str, now: float) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                for k in [k for k, b in self._buckets.items() if b.refill(now) >= b.burst]:
+                    del self._buckets[k]
+                if len(self._buckets) >= self.max_keys:  # all busy: forget the oldest
+                    del self._buckets[next(iter(self._buckets))]
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        bucket.refill(now)
+        return bucket
+
+
+class _LabelCap:
+    """At most ``limit`` label combinations per metric; the excess is refused (and counted by the caller)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: dict[str, set[tuple[str, ...]]] = {}
+
+    def allow(self, metric: str, *labels: str) -> bool:
+        seen = self._seen.setdefault(metric, set())
+        if labels in seen:
+            return True
+        if len(seen) >= self.limit:
+            return False
+        seen.add(labels)
+        return True
 
 
 class _Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self.limited = Counter(
+            "fleet_limited_total",
+            "Values dropped or clamped by a manager limit, by limit",
+            ["limit"],
+            registry=r,
+        )
         self.messages = Counter(
             "fleet_messages_total", "MQTT messages received, by kind", ["kind"], registry=r
         )
@@ -132,6 +227,11 @@ class FleetManager:
         self.rollouts = RolloutEngine(self.db, self._publish_desired)
         self.metrics = _Metrics()
         self.block_filter: BlockFilter | None = None  # fault injection for tests and drills
+        self._device_streams = _Buckets(config.stream_device_bytes_per_s, config.stream_device_burst_bytes)
+        self._package_streams = _Buckets(config.stream_package_bytes_per_s, config.stream_package_burst_bytes)
+        self._labels = _LabelCap(config.max_label_sets)
+        self._device_models: dict[str, set[str]] = {}  # model names each device reported (bounded)
+        self._warned: dict[str, tuple[float, int]] = {}  # device -> (last warning, messages since)
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -247,16 +347,65 @@ class FleetManager:
                 self._serve_blocks(t.device, body)
         except ProtocolError as exc:
             self.metrics.dropped.labels("invalid").inc()
-            log.warning("dropped a message on %s: %s", msg.topic, exc)
+            self._warn_invalid(msg.topic, exc)
         except Exception:
             self.metrics.dropped.labels("error").inc()
             log.exception("dropped a message on %s: unexpected error", msg.topic)
+
+    def _warn_invalid(self, topic_name: str, exc: Exception) -> None:
+        """Log a dropped message, at most once a minute per sender (with how many were dropped since)."""
+        parts = topic_name.split("/")
+        sender = parts[3] if len(parts) > 3 else "?"
+        self._warn_limited(sender, f"dropped a message on {topic_name[:200]}: {str(exc)[:500]}")
+
+    def _warn_limited(self, sender: str, text: str) -> None:
+        """``log.warning(text)``, at most once a minute per sender, with how many were suppressed."""
+        now = time.monotonic()
+        last, since = self._warned.get(sender, (-_LOG_EVERY_S, 0))
+        if now - last < _LOG_EVERY_S:
+            self._warned[sender] = (last, since + 1)
+            return
+        if len(self._warned) >= 10000:
+            self._warned.clear()
+        self._warned[sender] = (now, 0)
+        more = f" (and {since} more from {sender} in the last minute)" if since else ""
+        log.warning("%s%s", text, more)
+
+    def _limited(self, limit: str, n: int = 1) -> None:
+        self.metrics.limited.labels(limit).inc(n)
+
+    def _device_ts(self, ts: float, now: float) -> float:
+        """A device's timestamp, or the receipt time when the device's clock is far ahead."""
+        if ts > now + MAX_CLOCK_AHEAD_S:
+            self._limited("clock_ahead")
+            return now
+        return ts
+
+    def _admit_models(self, device: str, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The models of a telemetry message within the device's model limit; histograms on our bounds."""
+        known = self._device_models.setdefault(device, set())
+        out: dict[str, dict[str, Any]] = {}
+        for name, m in models.items():
+            if name not in known:
+                if len(known) >= self.config.max_models_per_device:
+                    self._limited("models_per_device")
+                    continue
+                known.add(name)
+            hist = m.get("latency_ms")
+            if hist is not None and tuple(hist["le"]) != LATENCY_BUCKETS_MS:
+                # Merged bucket by bucket with everyone else's: other bounds cannot be, so not kept.
+                self._limited("histogram_bounds")
+                m = {k: v for k, v in m.items() if k != "latency_ms"}
+            out[name] = m
+        return out
 
     # --- ingestion: each (device, stream, seq) counts once ---
 
     def ingest_telemetry(self, t: Telemetry) -> bool:
         """Store a telemetry window; False when it is a duplicate."""
         now = time.time()
+        models = self._admit_models(t.device, t.models)
+        ts = self._device_ts(t.ts, now)
         with self.db.tx() as db:
             inserted = db.execute(
                 "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -264,7 +413,7 @@ class FleetManager:
                     t.device,
                     t.stream,
                     t.seq,
-                    t.ts,
+                    ts,
                     now,
                     json.dumps(t.system),
                     t.queue.get("depth"),
@@ -281,30 +430,38 @@ class FleetManager:
                             t.seq,
                             name,
                             m["version"],
-                            t.ts,
+                            ts,
                             int(m["inferences"]),
                             int(m["errors"]),
                             json.dumps(m.get("latency_ms")) if m.get("latency_ms") else None,
                         )
-                        for name, m in t.models.items()
+                        for name, m in models.items()
                     ],
                 )
                 db.execute("UPDATE devices SET last_seen=? WHERE id=?", (now, t.device))
         if not inserted:
             self.metrics.duplicates.inc()
             return False
-        for name, m in t.models.items():
-            self.metrics.inferences.labels(name, m["version"]).inc(m["inferences"])
-            self.metrics.errors.labels(name, m["version"]).inc(m["errors"])
+        for name, m in models.items():
+            # Label combinations are bounded: past the limit a (model, version) is not exported.
+            if self._labels.allow("model_version", name, m["version"]):
+                self.metrics.inferences.labels(name, m["version"]).inc(m["inferences"])
+                self.metrics.errors.labels(name, m["version"]).inc(m["errors"])
+            else:
+                self._limited("metric_labels")
         if "dropped" in t.queue:
-            self.metrics.device_queue_dropped.labels(t.device).set(t.queue["dropped"])
+            if self._labels.allow("device", t.device):
+                self.metrics.device_queue_dropped.labels(t.device).set(t.queue["dropped"])
+            else:
+                self._limited("metric_labels")
         return True
 
     def ingest_event(self, e: Event) -> bool:
+        ts = self._device_ts(e.ts, time.time())
         with self.db.tx() as db:
             inserted = db.execute(
                 "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (e.device, e.stream, e.seq, e.ts, e.deployment_id, e.state, e.to_json().decode()),
+                (e.device, e.stream, e.seq, ts, e.deployment_id, e.state, e.to_json().decode()),
             ).rowcount
         if not inserted:
             self.metrics.duplicates.inc()
@@ -317,16 +474,38 @@ class FleetManager:
     def _serve_blocks(self, device: str, req: StreamGet) -> None:
         assert self._client is not None
         out = topic(self.config.fleet, device, "stream/data")
+        now = time.monotonic()
+        # Amplification bound: a ~200-byte request may ask for 64 MiB. Each block is paid for from
+        # the device's bucket and the package's; what neither covers is not sent (and counted): the
+        # agent asks again for what it misses after its block timeout, so a download slows, never fails.
+        mine = self._device_streams.get(device, now)
         for index in range(req.offset, req.offset + req.count):
             try:
                 data, size = self.packages.read_block(req.file_id, index, req.block_size)
             except NotFoundError as exc:
+                if mine.tokens < _STREAM_ERROR_COST:
+                    self._limited("stream_device")
+                    return
+                mine.tokens -= _STREAM_ERROR_COST
                 self._client.publish(
                     out, encode_block(req.file_id, index, 0, b"", req.token, str(exc)), qos=1
                 )
                 return
             if not data:
                 break  # past the end
+            cost = len(data) + _STREAM_ERROR_COST
+            package = self._package_streams.get(req.file_id, now)
+            # A full bucket always admits one block (it goes into debt): a block larger than the
+            # burst still gets through, at the bucket's rate.
+            if not (mine.tokens >= cost or mine.full) or not (package.tokens >= cost or package.full):
+                left = req.offset + req.count - index
+                self._limited("stream_device" if mine.tokens < cost and not mine.full else "stream_package", left)
+                self._warn_limited(
+                    device, f"stream/get from {device}: over the stream rate limit, {left} block(s) not sent"
+                )
+                return
+            mine.tokens -= cost
+            package.tokens -= cost
             crc = zlib.crc32(data)
             if self.block_filter is not None:
                 data = self.block_filter(device, index, data)  # sent under the original crc
@@ -351,22 +530,27 @@ class FleetManager:
         From the ``system`` field of the telemetry received in the last ``since_s``; a figure the
         device cannot read (no sensor) is None. Aggregated in SQLite, one pass over the window.
         """
+        # Readers never trust stored values (rows of an older manager, a hand-edited database): only
+        # numbers are aggregated, and what comes out is a finite number or None.
         rows = self.db.query(
-            """SELECT device, COUNT(*) AS reports, MAX(ts) AS last_ts,
-                   AVG(json_extract(system, '$.cpu_percent')) AS cpu_mean,
-                   MAX(json_extract(system, '$.cpu_percent')) AS cpu_max,
-                   MAX(json_extract(system, '$.mem_used_bytes')) AS mem_used_max,
-                   MAX(json_extract(system, '$.mem_total_bytes')) AS mem_total,
-                   MAX(json_extract(system, '$.temperature_c')) AS temperature_max,
-                   SUM(COALESCE(json_extract(system, '$.throttled'), 0) != 0) AS throttled_reports,
-                   COUNT(json_extract(system, '$.throttled')) AS throttled_readable
+            f"""SELECT device, COUNT(*) AS reports,
+                   MAX(CASE WHEN typeof(ts) IN ('integer', 'real') THEN ts END) AS last_ts,
+                   AVG({_num("cpu_percent")}) AS cpu_mean,
+                   MAX({_num("cpu_percent")}) AS cpu_max,
+                   MAX({_num("mem_used_bytes")}) AS mem_used_max,
+                   MAX({_num("mem_total_bytes")}) AS mem_total,
+                   MAX({_num("temperature_c")}) AS temperature_max,
+                   SUM(COALESCE({_num("throttled")}, 0) != 0) AS throttled_reports,
+                   COUNT({_num("throttled")}) AS throttled_readable
                FROM telemetry WHERE received >= ? GROUP BY device""",
             (time.time() - since_s,),
         )
         out: dict[str, dict[str, Any]] = {}
         for r in rows:
             device = r.pop("device")
-            if not r.pop("throttled_readable"):
+            readable = r.pop("throttled_readable")
+            r = {k: _finite(v) for k, v in r.items()}
+            if not readable:
                 r["throttled_reports"] = None
             r["since_s"] = since_s
             out[device] = r
@@ -394,18 +578,17 @@ class FleetManager:
                     "_hist": LatencyHistogram(),
                 },
             )
-            agg["inferences"] += r["inferences"]
-            agg["errors"] += r["errors"]
-            if r["latency"]:
-                h = json.loads(r["latency"])["counts"]
-                agg["_hist"].counts = [a + b for a, b in zip(agg["_hist"].counts, h)]
+            agg["inferences"] += _count(r["inferences"])
+            agg["errors"] += _count(r["errors"])
+            merge_latency(agg["_hist"], r["latency"])
         for agg in out.values():
             hist = agg.pop("_hist")
             agg["error_rate"] = agg["errors"] / agg["inferences"] if agg["inferences"] else 0.0
             agg["p95_ms"] = hist.quantile(0.95)
         devices = self.db.query(
             "SELECT COUNT(*) AS messages, COUNT(DISTINCT device) AS devices, "
-            "COALESCE(SUM(queue_dropped), 0) AS queue_dropped FROM telemetry WHERE ts >= ?",
+            "COALESCE(SUM(CASE WHEN typeof(queue_dropped) = 'integer' THEN queue_dropped END), 0) "
+            "AS queue_dropped FROM telemetry WHERE ts >= ?",
             (since,),
         )[0]
         return {"since_s": since_s, **devices, "models": sorted(out.values(), key=lambda a: a["model"])}

@@ -97,7 +97,7 @@ def test_serve_with_embedded_broker_and_client_commands(tmp_path, keys):
         # `edge train push` uploads with the token (the same package again: stored once).
         assert push_package(pkg.path, api, token=token)["sha256"] == pkg.sha256
         # No device is known yet: deploying is refused with a reason, exit code 1.
-        refused = _edge("fleet", "deploy", *nowhere, pkg.sha256[:12], EDGE_FLEET_TOKEN=token)
+        refused = _edge("fleet", "deploy", *nowhere, pkg.sha256[:12], "--all", EDGE_FLEET_TOKEN=token)
         assert refused.returncode == 1 and "no known device" in refused.stderr
         status = _edge("fleet", "rollout", *local, "status")
         assert status.returncode == 0 and "no deployments" in status.stdout

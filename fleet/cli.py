@@ -24,14 +24,37 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fleet.agent_options import PASSWORD_ENV, add_arguments, options_from_args
 from edge_runtime.cli import CommandGroup
-from fleet.errors import AgentOptionsError, FleetError
+from fleet.agent_options import PASSWORD_ENV, add_arguments, options_from_args
+from fleet.errors import AgentOptionsError, FleetError, ProtocolError
 
 __all__ = ["COMMANDS", "device_rows", "main", "register"]
 
 DEFAULT_API = os.environ.get("EDGE_FLEET_API", "http://127.0.0.1:8480")
 DEFAULT_MANAGER_STATE = Path("/var/lib/edge-fleet")
+
+
+def _fleet_id(text: str) -> str:
+    from fleet.protocol import check_id
+
+    try:
+        return check_id(text, "fleet")
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _host_port(text: str) -> str:
+    port = text.rpartition(":")[2]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:8480), got {text!r}")
+    return text
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"expected http://host:port or https://host:port, got {text!r}")
+    return text
 
 
 def _password(args: argparse.Namespace) -> str | None:
@@ -62,35 +85,85 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     fleet = subparsers.add_parser("fleet", help="the fleet manager and its client commands")
     fsub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
 
-    serve = fsub.add_parser("serve", help="run the fleet manager")
-    serve.add_argument("--fleet", required=True)
-    serve.add_argument("--state-dir", type=Path, default=Path("/var/lib/edge-fleet"))
-    serve.add_argument("--broker", help="mqtts://user@host:port; default: start an embedded broker")
-    serve.add_argument("--broker-port", type=int, default=1883, help="embedded broker port")
+    serve = fsub.add_parser(
+        "serve",
+        help="run the fleet manager",
+        description="Run the fleet manager: it keeps devices, packages, deployments and telemetry in "
+        "STATE_DIR, drives rollouts over the MQTT broker and answers the HTTP API. See docs/fleet.md.",
+    )
+    serve.add_argument("--fleet", required=True, type=_fleet_id, metavar="ID", help="the fleet's id")
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_MANAGER_STATE,
+        metavar="DIR",
+        help="the manager's database, package store and API token (default %(default)s); one manager "
+        "per directory",
+    )
+    serve.add_argument(
+        "--broker",
+        metavar="URL",
+        help="the broker, mqtt[s]://[user@]host:port (default: start an embedded broker on this machine)",
+    )
+    serve.add_argument(
+        "--broker-port", type=int, default=1883, metavar="PORT", help="embedded broker port (default 1883)"
+    )
     serve.add_argument("--username", help="MQTT user (default: the URL's, else 'manager' with a password)")
     serve.add_argument(
-        "--password-file", type=Path, help=f"MQTT password file (default: ${PASSWORD_ENV}, else the URL's)"
+        "--password-file",
+        type=Path,
+        metavar="FILE",
+        help=f"a file whose first line is the MQTT password (default: ${PASSWORD_ENV}, else the URL's)",
     )
     serve.add_argument(
         "--token-file",
         type=Path,
+        metavar="FILE",
         help="HTTP API token file (default: $EDGE_FLEET_TOKEN, else STATE_DIR/api-token, generated)",
     )
     serve.add_argument(
-        "--max-upload-mib", type=float, default=512, metavar="MIB", help="package uploads (512)"
+        "--max-upload-mib", type=float, default=512, metavar="MIB", help="largest package upload (512)"
     )
     serve.add_argument(
-        "--retention-days", type=float, default=30, metavar="DAYS", help="telemetry/events kept (30; 0: all)"
+        "--retention-days",
+        type=float,
+        default=30,
+        metavar="DAYS",
+        help="how long telemetry and events are kept (default 30; 0: forever)",
     )
-    serve.add_argument("--ca-file")
-    serve.add_argument("--trust", type=Path, action="append", default=[], help="require packages signed so")
-    serve.add_argument("--http", default="127.0.0.1:8480", metavar="HOST:PORT")
-    serve.add_argument("--advertise", action="store_true", help="announce with zeroconf (DNS-SD)")
+    serve.add_argument(
+        "--ca-file", metavar="PEM", help="CA certificate (PEM) that signed the broker's, for mqtts://"
+    )
+    serve.add_argument(
+        "--trust",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="KEY_OR_DIR",
+        help="a trusted public key (.pub) or a directory of them; with any, uploaded packages must be "
+        "signed by one. Repeatable",
+    )
+    serve.add_argument(
+        "--http",
+        default="127.0.0.1:8480",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="where the HTTP API listens (default %(default)s)",
+    )
+    serve.add_argument(
+        "--advertise", action="store_true", help="announce the manager and its broker with zeroconf (DNS-SD)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = fsub.add_parser(name, help=help)
-        p.add_argument("--api", default=DEFAULT_API, help=f"manager URL (default {DEFAULT_API})")
+        p.add_argument(
+            "--api",
+            default=DEFAULT_API,
+            type=_http_url,
+            metavar="URL",
+            help=f"the manager's HTTP API (default {DEFAULT_API}, or $EDGE_FLEET_API)",
+        )
         p.add_argument(
             "--token-file",
             type=Path,
@@ -113,11 +186,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("file", nargs="?", type=Path, metavar="FILE", help="add: an .edgepkg to upload")
     p.set_defaults(func=_cmd_packages)
     p = client("deploy", "start a deployment")
-    p.add_argument("package", help="sha256 (or a prefix of 8+)")
-    p.add_argument("--device", action="append", default=[])
-    p.add_argument("--tag", action="append", default=[])
-    p.add_argument("--profile", action="append", default=[])
-    p.add_argument("--group", action="append", default=[])
+    p.add_argument("package", help="the package's sha256 (or a prefix of 8+ hex digits)")
+    p.add_argument("--device", action="append", default=[], metavar="ID", help="target a device. Repeatable")
+    p.add_argument("--tag", action="append", default=[], help="target the devices with a tag. Repeatable")
+    p.add_argument(
+        "--profile", action="append", default=[], help="target the devices of a profile. Repeatable"
+    )
+    p.add_argument("--group", action="append", default=[], help="target the devices of a group. Repeatable")
     p.add_argument(
         "--all",
         action="store_true",
@@ -127,9 +202,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--waves", help="cumulative fractions, e.g. 0.1,0.5,1")
     p.add_argument("--rate", type=float, default=0.0, help="device starts per minute (0: no limit)")
     p.add_argument("--timeout", type=float, default=600.0, help="per-device timeout, seconds")
-    p.add_argument("--max-failures", type=int)
-    p.add_argument("--max-failure-rate", type=float)
-    p.add_argument("--min-executed", type=int, default=1)
+    p.add_argument("--max-failures", type=int, metavar="N", help="abort after this many failed devices")
+    p.add_argument(
+        "--max-failure-rate", type=float, metavar="F", help="abort when this fraction of devices failed"
+    )
+    p.add_argument(
+        "--min-executed",
+        type=int,
+        default=1,
+        metavar="N",
+        help="devices that must have finished before --max-failure-rate is judged (default 1)",
+    )
     p.add_argument(
         "--supersede",
         action="store_true",
@@ -138,8 +221,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--allow-downgrade", action="store_true", help="let devices install a lower version than theirs"
     )
-    p.add_argument("--max-error-rate", type=float)
-    p.add_argument("--max-latency-ratio", type=float)
+    p.add_argument(
+        "--max-error-rate", type=float, metavar="F", help="abort when the new version's error rate exceeds F"
+    )
+    p.add_argument(
+        "--max-latency-ratio",
+        type=float,
+        metavar="R",
+        help="abort when the new version's p95 latency exceeds R times the previous version's",
+    )
     p.add_argument("--health-window", type=float, default=10.0, help="device-side health window, s")
     p.add_argument(
         "--watch",
@@ -154,7 +244,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("id", nargs="?", help="deployment id (status: all when omitted)")
     p.set_defaults(func=_cmd_rollout)
     p = client("telemetry", "per-model summary of recent telemetry")
-    p.add_argument("--since", type=float, default=3600.0, metavar="S")
+    p.add_argument(
+        "--since", type=float, default=3600.0, metavar="S", help="the last S seconds (default 3600)"
+    )
     p.set_defaults(func=_cmd_telemetry)
 
 

@@ -75,6 +75,7 @@ class InferenceServer:
     manager: ModelManager = field(init=False)
     agent: HostedAgent | None = field(init=False, default=None)
     port: int = field(init=False, default=0)
+    nothing_loaded: bool = field(init=False, default=False)  # every model failed at start, no agent
 
     def __post_init__(self) -> None:
         self.manager = ModelManager(
@@ -152,6 +153,7 @@ class InferenceServer:
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._app[STATE]["started"] = True
         failed = [r for r in results if not r.ok]
+        self.nothing_loaded = bool(results) and len(failed) == len(results) and self.agent is None
         status = f"serving {len(results) - len(failed)} model(s) on {self.url}"
         if failed:
             status += f"; {len(failed)} failed to load: " + ", ".join(r.name for r in failed)
@@ -261,6 +263,10 @@ async def _serve(config: ServeConfig, loader: Loader | None, agent_spec: AgentSp
         await server.start()
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
+        await server.stop()
+        return 1
+    if server.nothing_loaded:  # as Triton exits when its models fail: a unit restarts, a person sees why
+        log.error("no model could be loaded (the reasons are above); exiting")
         await server.stop()
         return 1
     await stop.wait()

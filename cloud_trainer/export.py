@@ -12,14 +12,13 @@ The steps (:func:`export_package`):
    is module ``features.block1``). Tensors no QAT module covers (none for the digits CNN;
    residual adds of a MobileNetV2) are calibrated by ``edge_runtime.plan.calibrate`` on
    training samples, and reported;
-4. lower to the native INT8 plan (``edge_runtime.plan.lower``); 2:4 layers are detected
-   from the int8 weights, and the export fails if fewer layers than the masks say come out sparse;
-5. the QDQ ONNX model (``edge_runtime.quantize.qdq.export_qdq``) for onnxruntime users;
-6. metrics on the evaluation data: float, the QAT model's own (torch fake quantization) and
-   the native plan's accuracy, and native-vs-QAT top-1 agreement;
-7. self-test vectors (a few evaluation inputs and the plan's outputs);
-8. the package, signed when a key is given, written as ``edge quantize`` writes it
-   (``edge_runtime.quantize.pipeline.write_quantized_package``: artifacts stored uncompressed).
+4-8. the package, assembled as ``edge quantize`` assembles it
+   (:func:`edge_runtime.quantize.assemble.assemble_package`): the native INT8 plan
+   (2:4 layers are detected from the int8 weights, and the export fails if fewer layers
+   than the masks say come out sparse), the QDQ ONNX model for onnxruntime users, metrics
+   on the evaluation data (float, the QAT model's own (torch fake quantization) and the
+   native plan's accuracy, and native-vs-QAT top-1 agreement), self-test vectors (a few
+   evaluation inputs and the plan's outputs), signed when a key is given.
 """
 
 from __future__ import annotations
@@ -44,10 +43,12 @@ from cloud_trainer.lightning import DigitsDataModule, EdgeModule, ImageClassifie
 from cloud_trainer.models import export_onnx
 from cloud_trainer.qat import INPUT_KEY, activation_params_by_module, is_prepared, prepare_qat, to_float
 from edge_runtime.numerics import QuantParams
-from edge_runtime.quantize.pipeline import (  # as `edge quantize`
+from edge_runtime.quantize.assemble import (  # as `edge quantize`
     ARTIFACT_PATHS,
-    selftest_tolerance,
-    write_quantized_package,
+    Lowered,
+    PackageFields,
+    assemble_package,
+    native_backend,
 )
 
 __all__ = ["ARTIFACT_PATHS", "ExportResult", "export_package", "load_checkpoint", "map_activation_params"]
@@ -219,10 +220,9 @@ def export_package(
     ``eval_data``/``calibration_data`` default to the built-in task's test split and
     training split. ``signing_key`` is an Ed25519 private key or a path to one.
     """
-    from edge_runtime import plan as native
-    from edge_runtime._version import __version__
     from edge_runtime.graph import check_supported, import_onnx, optimize
-    from edge_runtime.quantize.qdq import export_qdq
+
+    native = native_backend()
 
     def say(message: str) -> None:
         if progress:
@@ -262,146 +262,96 @@ def export_package(
             if t in found:
                 activations[t] = found[t]
         calibrated = [t for t in missing if t in found]
+    sparse_layers: list[str] = []
 
-    # 4. Native plan.
-    plan = native.lower(graph, activations)
-    calibrated = [
-        t for t in calibrated if plan.params.get(t) == activations[t]
-    ]  # not overridden by layout ops
-    say(f"activation parameters: {len(activations) - len(missing)} from QAT, {len(calibrated)} calibrated")
-    sparse_layers = _check_sparse_layers(graph, plan, _sparse_masks(ckpt))
-    effective = {t: plan.params.get(t) or qp for t, qp in activations.items()}
-    session = native.NativeSession(plan, threads=threads, cache_dir=False)
+    def describe(lowered: Lowered) -> PackageFields:
+        # 4. The native plan: what layout ops did not override, the 2:4 layers on the sparse kernels.
+        calibrated[:] = [t for t in calibrated if lowered.plan.params.get(t) == activations[t]]
+        say(
+            f"activation parameters: {len(activations) - len(missing)} from QAT, {len(calibrated)} calibrated"
+        )
+        sparse_layers[:] = _check_sparse_layers(graph, lowered.plan, _sparse_masks(ckpt))
+        # 6. Metrics.
+        metrics = _metrics(
+            lowered.session, input_name, graph.outputs[0].name, qat_model, float_model, eval_data
+        )
+        metrics["sparsity"] = "2:4" if sparse_layers else None
+        say(
+            f"top-1: float {metrics['float']['top1']:.4f}, QAT {metrics['int8_qat']['top1']:.4f}, "
+            f"native INT8 {metrics['int8']['top1']:.4f}; native/QAT agreement "
+            f"{metrics['native_vs_qat_top1_agreement']:.4f}"
+        )
+        return PackageFields(
+            name=name or getattr(module.model, "name", "") or "model",
+            version=version,
+            method="qat",
+            metrics=metrics,
+            provenance=_provenance(ckpt, Path(checkpoint)),
+            quantization={"calibrated_tensors": calibrated},
+            sparse_layers=sparse_layers,
+        )
 
-    # 5. QDQ model.
-    qdq_bytes = export_qdq(graph, effective).SerializeToString()
-
-    # 6. Metrics.
-    x, y = eval_data.x, eval_data.y
-    output_name = graph.outputs[0].name
-    native_logits = np.concatenate(
-        [session.run({input_name: x[i : i + 64]})[output_name] for i in range(0, len(x), 64)]
-    )
-    qat_logits = _torch_logits(qat_model, x)
-    float_logits = _torch_logits(float_model, x)
-    agreement = float((native_logits.argmax(1) == qat_logits.argmax(1)).mean())
-    metrics = {
-        "data": f"{len(y)} evaluation samples",
-        "float": {"top1": _accuracy(float_logits, y)},
-        "int8_qat": {"top1": _accuracy(qat_logits, y)},
-        "int8": {"top1": _accuracy(native_logits, y)},
-        "native_vs_qat_top1_agreement": agreement,
-        "sparsity": "2:4" if sparse_layers else None,
-    }
-    say(
-        f"top-1: float {metrics['float']['top1']:.4f}, QAT {metrics['int8_qat']['top1']:.4f}, "
-        f"native INT8 {metrics['int8']['top1']:.4f}; native/QAT agreement {agreement:.4f}"
-    )
-
-    # 7. Self-test vectors.
-    inputs = {input_name: np.ascontiguousarray(x[:SELFTEST_SAMPLES])}
-    expected = session.run(inputs)
-    atol = selftest_tolerance(effective, expected, qdq_bytes, inputs)
-
-    # 8. The package.
-    manifest = _manifest(
-        graph=graph,
-        module=module,
-        ckpt=ckpt,
-        checkpoint=Path(checkpoint),
-        name=name or getattr(module.model, "name", "") or "model",
-        version=version,
-        activations=effective,
-        calibrated=calibrated,
-        sparse_layers=sparse_layers,
-        metrics=metrics,
-        atol=atol,
-        runtime_version=__version__,
-    )
-    info = write_quantized_package(
+    done = assemble_package(
         out,
-        manifest,
+        graph,
+        activations,
         float_bytes=float_bytes,
-        plan_bytes=plan.to_bytes(),
-        qdq_bytes=qdq_bytes,
-        selftest_inputs=inputs,
-        expected=expected,
+        selftest_inputs={input_name: eval_data.x[:SELFTEST_SAMPLES]},
+        describe=describe,
         signing_key=signing_key,
+        threads=threads,
     )
+    info = done.package
     say(f"wrote {info.path}: {info.size} bytes, {'signed by ' + info.signer if info.signer else 'unsigned'}")
     return ExportResult(
         path=Path(info.path),
         sha256=info.sha256,
         signer=info.signer,
-        metrics=metrics,
-        activations=effective,
+        metrics=done.manifest["metrics"],
+        activations=done.lowered.activations,
         calibrated=calibrated,
         sparse_layers=sparse_layers,
     )
 
 
-def _manifest(
-    *,
-    graph: Any,
-    module: EdgeModule,
-    ckpt: Mapping[str, Any],
-    checkpoint: Path,
-    name: str,
-    version: str,
-    activations: Mapping[str, QuantParams],
-    calibrated: list[str],
-    sparse_layers: list[str],
-    metrics: dict[str, Any],
-    atol: float,
-    runtime_version: str,
+def _metrics(
+    session: Any,
+    input_name: str,
+    output_name: str,
+    qat_model: torch.nn.Module,
+    float_model: torch.nn.Module,
+    eval_data: Split,
 ) -> dict[str, Any]:
-    def spec(info: Any) -> dict[str, Any]:
-        shape = [d if isinstance(d, int) else "batch" for d in (info.shape or [])]
-        return {
-            "name": info.name,
-            "dtype": (info.dtype.name if info.dtype is not None else "float32"),
-            "shape": shape,
-        }
-
-    manifest: dict[str, Any] = {
-        "name": name,
-        "version": version,
-        "inputs": [spec(v) for v in graph.inputs],
-        "outputs": [spec(v) for v in graph.outputs],
-        "artifacts": [{"path": path, "kind": kind} for kind, path in ARTIFACT_PATHS.items()],
-        "quantization": {
-            "spec": "edge_runtime.numerics",
-            "method": "qat",
-            "activations": {k: qp.to_dict() for k, qp in activations.items()},
-            "calibrated_tensors": calibrated,
-            "weights": {
-                "dtype": "int8",
-                "symmetric": True,
-                "granularity": "per-channel",
-                "range": [-127, 127],
-            },
-            "bias": {"dtype": "int32", "scale": "input_scale * weight_scale"},
-        },
-        "requirements": {"min_runtime_version": ".".join(runtime_version.split(".")[:3]).split("+")[0]},
-        "selftest": {"artifact": ARTIFACT_PATHS["selftest"], "atol": atol, "rtol": 0.0},
-        "metrics": metrics,
-        "provenance": {
-            "tool": "edge train export",
-            "trainer_config": {k: _jsonable(v) for k, v in dict(ckpt.get("hyper_parameters", {})).items()},
-            "checkpoint": {
-                "file": checkpoint.name,
-                "epoch": ckpt.get("epoch"),
-                "global_step": ckpt.get("global_step"),
-                "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-            },
-            "git_revision": _git_revision(),
-            "lightning_version": ckpt.get("pytorch-lightning_version"),
-            "torch_version": torch.__version__,
-        },
+    """Float, QAT (torch fake quantization) and native INT8 top-1 on ``eval_data``, and native/QAT agreement."""
+    x, y = eval_data.x, eval_data.y
+    native_logits = np.concatenate(
+        [session.run({input_name: x[i : i + 64]})[output_name] for i in range(0, len(x), 64)]
+    )
+    qat_logits = _torch_logits(qat_model, x)
+    float_logits = _torch_logits(float_model, x)
+    return {
+        "data": f"{len(y)} evaluation samples",
+        "float": {"top1": _accuracy(float_logits, y)},
+        "int8_qat": {"top1": _accuracy(qat_logits, y)},
+        "int8": {"top1": _accuracy(native_logits, y)},
+        "native_vs_qat_top1_agreement": float((native_logits.argmax(1) == qat_logits.argmax(1)).mean()),
     }
-    if sparse_layers:
-        manifest["sparsity"] = {"pattern": "2:4", "layers": sparse_layers}
-    return manifest
+
+
+def _provenance(ckpt: Mapping[str, Any], checkpoint: Path) -> dict[str, Any]:
+    return {
+        "tool": "edge train export",
+        "trainer_config": {k: _jsonable(v) for k, v in dict(ckpt.get("hyper_parameters", {})).items()},
+        "checkpoint": {
+            "file": checkpoint.name,
+            "epoch": ckpt.get("epoch"),
+            "global_step": ckpt.get("global_step"),
+            "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        },
+        "git_revision": _git_revision(),
+        "lightning_version": ckpt.get("pytorch-lightning_version"),
+        "torch_version": torch.__version__,
+    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -9,15 +9,13 @@ The steps, in order (:func:`quantize_model`):
    exporters' shape arithmetic with a symbolic batch), check that the native
    backend can take every node;
 3. calibrate the activations on the calibration data (progress bar);
-4. lower to the native INT8 plan (``native-plan``); the plan unifies the
-   parameters of the tensors that must share them (layout ops), and those
-   effective parameters are what the manifest and the QDQ model carry;
-5. export the QDQ ONNX model (``onnx-qdq``) for onnxruntime users;
-6. compare float and INT8 on the evaluation data (or the calibration data):
-   the manifest's ``metrics``;
-7. self-test vectors: a few calibration inputs and the native plan's outputs,
-   with a tolerance that also covers the QDQ model on onnxruntime;
-8. write the package (signed when a key is given).
+4-8. :func:`edge_runtime.quantize.assemble.assemble_package`, shared with the
+   trainer's export: lower to the native INT8 plan (``native-plan``), export the
+   QDQ ONNX model (``onnx-qdq``), compare float and INT8 on the evaluation data
+   (or the calibration data: the manifest's ``metrics``), make the self-test
+   vectors (a few calibration inputs and the native plan's outputs, with a
+   tolerance of a few of the plan's output quantization steps), write the package
+   (signed when a key is given).
 """
 
 from __future__ import annotations
@@ -36,13 +34,19 @@ import onnx
 from onnx import numpy_helper
 
 from edge_runtime._version import __version__
-from edge_runtime.errors import BackendUnavailableError, GraphError, QuantizationError
-from edge_runtime.graph import Graph, ValueInfo, check_supported, import_onnx, optimize, reference
-from edge_runtime.package import PackageInfo, load_private_key, make_selftest, write_package
-from edge_runtime.package._manifest import utc_now_iso
+from edge_runtime.errors import GraphError, QuantizationError
+from edge_runtime.graph import Graph, check_supported, import_onnx, optimize, reference
 from edge_runtime.numerics import QuantParams
+from edge_runtime.package import PackageInfo, load_private_key
+from edge_runtime.package._manifest import utc_now_iso
+from edge_runtime.quantize.assemble import (
+    ARTIFACT_PATHS,
+    Lowered,
+    PackageFields,
+    assemble_package,
+    native_backend,
+)
 from edge_runtime.quantize.data import Dataset, DataSource, ImageOptions, load_data, load_labels
-from edge_runtime.quantize.qdq import export_qdq
 from edge_runtime.quantize.report import AccuracyReport, evaluate, format_table
 
 if TYPE_CHECKING:
@@ -55,26 +59,12 @@ __all__ = [
     "QuantizeResult",
     "prune_model_2_4",
     "quantize_model",
-    "selftest_tolerance",
-    "write_quantized_package",
 ]
 
-# Paths of the artifacts inside the package, by kind.
-ARTIFACT_PATHS = {
-    "onnx": "model.onnx",
-    "native-plan": "model.plan",
-    "onnx-qdq": "model.qdq.onnx",
-    "selftest": "selftest.npz",
-}
 SPARSITY_PATTERNS = ("2:4",)
 # Layers whose reduction is shorter than this stay dense: pruning a 3x3 single-channel stem
 # costs accuracy and saves nothing (the native lowering uses the same threshold).
 MIN_SPARSE_K = 16
-# Self-test tolerance: at least this many output quantization steps.
-SELFTEST_MIN_STEPS = 2.0
-SELFTEST_MARGIN = 2.0  # times the largest native-vs-QDQ difference seen on the vectors
-
-_DIM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -122,7 +112,7 @@ def quantize_model(
     the integer kernels cannot represent, BackendUnavailableError when the
     native backend is not built.
     """
-    native = _native()
+    native = native_backend()
     say = _Say(options.progress)
     source = Path(model)
     source_bytes = source.read_bytes()
@@ -144,104 +134,43 @@ def quantize_model(
     sparse_layers = _sparse_layer_names(graph, pruned)
 
     # 3. Calibrate.
-    calibration = load_data(
-        options.calibration,
-        graph.inputs,
-        batch_size=options.batch_size,
-        max_samples=options.max_samples,
-        image_options=options.image_options,
-    )
+    calibration = _load(options.calibration, graph, options)
     say(f"calibrating on {calibration.description} ({options.method})")
     # A data set that does not know its size is passed as a plain iterator (len() would raise).
     batches = calibration if calibration.num_samples is not None else iter(calibration)
     calibrated = native.calibrate(graph, batches, method=options.method, progress=options.progress)
 
-    # 4. Lower; the plan's parameters are the effective ones (shared by layout ops).
+    # 4-8. Lower, QDQ model, metrics (float vs INT8), self-test vectors, the package.
+    count = calibration.batch_size if calibration.fixed_batch else options.selftest_samples
+    report: list[AccuracyReport] = []
+
+    def describe(lowered: Lowered) -> PackageFields:
+        report.append(_evaluate(graph, float_bytes, lowered.session, calibration, options))
+        return _fields(source, source_bytes, options, calibration, report[0], sparse_layers)
+
     # The pruned layers are not forced sparse: the plan picks the 2:4 kernel where the weights
     # are 2:4 in its own order, and never re-prunes (which would make it differ from the float model).
-    plan = native.lower(graph, calibrated)
-    sparse_kernel_layers = sorted(set(plan.sparse_layers()))
-    activations = {name: plan.params.get(name) or qp for name, qp in calibrated.items()}
-    session = native.NativeSession(plan, threads=options.threads, cache_dir=False)
-
-    # 5. QDQ model for onnxruntime.
-    qdq = export_qdq(graph, activations)
-    qdq_bytes = qdq.SerializeToString()
-
-    # 6. Float vs INT8.
-    report = _evaluate(graph, float_bytes, session, calibration, options)
-    table = format_table(report)
-
-    # 7. Self-test vectors and their tolerance.
-    count = calibration.batch_size if calibration.fixed_batch else options.selftest_samples
-    selftest_inputs = calibration.first(count)
-    expected = session.run(selftest_inputs)
-    atol = selftest_tolerance(activations, expected, qdq_bytes, selftest_inputs)
-
-    # 8. The package.
-    manifest = _manifest(
-        graph=graph,
-        source=source,
-        source_bytes=source_bytes,
-        options=options,
-        calibration=calibration,
-        activations=activations,
-        sparse_layers=sparse_layers,
-        sparse_kernel_layers=sparse_kernel_layers,
-        report=report,
-        expected=expected,
-        atol=atol,
-    )
-    info = write_quantized_package(
+    done = assemble_package(
         out,
-        manifest,
+        graph,
+        calibrated,
         float_bytes=float_bytes,
-        plan_bytes=plan.to_bytes(),
-        qdq_bytes=qdq_bytes,
-        selftest_inputs=selftest_inputs,
-        expected=expected,
+        selftest_inputs=calibration.first(count),
+        describe=describe,
         signing_key=key,
+        threads=options.threads,
     )
+    info = done.package
     signed = f"signed by {info.signer}" if info.signer else "unsigned"
     say(f"wrote {info.path}: {info.size} bytes, {signed}, sha256 {info.sha256}")
     return QuantizeResult(
         package=info,
-        metrics=manifest["metrics"],
-        activations=activations,
+        metrics=done.manifest["metrics"],
+        activations=done.lowered.activations,
         sparse_layers=sparse_layers,
-        selftest_atol=atol,
-        report_table=table,
+        selftest_atol=done.selftest_atol,
+        report_table=format_table(report[0]),
     )
-
-
-def write_quantized_package(
-    out: str | os.PathLike[str],
-    manifest: Mapping[str, Any],
-    *,
-    float_bytes: bytes,
-    plan_bytes: bytes,
-    qdq_bytes: bytes,
-    selftest_inputs: Mapping[str, np.ndarray],
-    expected: Mapping[str, np.ndarray],
-    signing_key: Ed25519PrivateKey | str | os.PathLike[str] | None = None,
-) -> PackageInfo:
-    """Write the package of a quantized model: its artifacts at :data:`ARTIFACT_PATHS` and
-    ``manifest``, signed when a key (or a key file) is given.
-
-    Shared by ``edge quantize`` and the trainer's export, so that both make the same package.
-    """
-    key = signing_key
-    if key is not None and not hasattr(key, "sign"):
-        key = load_private_key(key)
-    artifacts = {
-        ARTIFACT_PATHS["onnx"]: float_bytes,
-        ARTIFACT_PATHS["native-plan"]: plan_bytes,
-        ARTIFACT_PATHS["onnx-qdq"]: qdq_bytes,
-        ARTIFACT_PATHS["selftest"]: make_selftest(selftest_inputs, expected),
-    }
-    # Stored, not deflated: weights hardly compress, and a stored artifact is read at load
-    # without zlib (the native plan's arrays are then views of the bytes read).
-    return write_package(out, manifest, artifacts, signing_key=key, compress=False)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------
@@ -362,21 +291,6 @@ def _sparse_layer_names(graph: Graph, pruned: Sequence[tuple[str, str]]) -> list
 # steps
 
 
-def _native():
-    try:
-        from edge_runtime import plan as native
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"edge quantize needs the native backend (edge_runtime.plan), which cannot be imported: {exc}"
-        ) from exc
-    missing = [name for name in ("calibrate", "lower", "NativeSession") if not hasattr(native, name)]
-    if missing:
-        raise BackendUnavailableError(
-            f"edge quantize needs edge_runtime.plan.{', '.join(missing)}, which this build lacks"
-        )
-    return native
-
-
 class _Say:
     """Progress messages on stderr (stdout stays for results)."""
 
@@ -406,18 +320,22 @@ def _float_runner(graph: Graph, float_bytes: bytes):
     return lambda feeds: dict(zip(names, session.run(names, dict(feeds))))
 
 
+def _load(source: DataSource, graph: Graph, options: QuantizeOptions) -> Dataset:
+    """The calibration or evaluation data for ``graph``'s inputs, batched as the options say."""
+    return load_data(
+        source,
+        graph.inputs,
+        batch_size=options.batch_size,
+        max_samples=options.max_samples,
+        image_options=options.image_options,
+    )
+
+
 def _evaluate(
     graph: Graph, float_bytes: bytes, session: Any, calibration: Dataset, options: QuantizeOptions
 ) -> AccuracyReport:
     if options.eval_data is not None:
-        data = load_data(
-            options.eval_data,
-            graph.inputs,
-            batch_size=options.batch_size,
-            max_samples=options.max_samples,
-            image_options=options.image_options,
-        )
-        kind = "evaluation"
+        data, kind = _load(options.eval_data, graph, options), "evaluation"
     else:
         data, kind = calibration, "calibration"
     labels = data.labels
@@ -440,135 +358,38 @@ def _evaluate(
     return report
 
 
-def _qdq_outputs(qdq_bytes: bytes, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """The QDQ model's outputs on onnxruntime, or None when onnxruntime is not installed."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    session = ort.InferenceSession(qdq_bytes, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, dict(feeds))))
-
-
-def selftest_tolerance(
-    activations: Mapping[str, QuantParams],
-    expected: Mapping[str, np.ndarray],
-    qdq_bytes: bytes,
-    feeds: Mapping[str, np.ndarray],
-) -> float:
-    """One atol for every output of a package's self-test (``expected``: the native plan's
-    outputs on ``feeds``): a few output quantization steps, and twice what onnxruntime
-    running the QDQ model differs by from the native plan on these very vectors.
-    Used by ``edge quantize`` and the trainer's export alike."""
-    qdq = _qdq_outputs(qdq_bytes, feeds)
-    atol = 0.0
-    for name, value in expected.items():
-        qp = activations.get(name)
-        step = qp.scale if qp is not None else float(np.max(np.abs(value), initial=1.0)) / 127.0
-        atol = max(atol, SELFTEST_MIN_STEPS * step)
-        if qdq is not None and name in qdq:
-            diff = float(np.max(np.abs(np.asarray(qdq[name], np.float64) - value), initial=0.0))
-            atol = max(atol, SELFTEST_MARGIN * diff)
-    return float(np.float32(atol))
-
-
-def _dim_name(dim: Any, tensor: str, axis: int) -> int | str:
-    """A manifest dimension: a size, or a name (invented when the model has none usable)."""
-    if isinstance(dim, int):
-        return dim
-    if isinstance(dim, str) and _DIM_RE.match(dim) and not dim.startswith("unk__"):
-        return dim
-    if axis == 0:
-        return "batch"
-    base = re.sub(r"[^A-Za-z0-9_]", "_", tensor).strip("_") or "dim"
-    return f"{base}_{axis}"[:64] if base[0].isalpha() or base[0] == "_" else f"d_{base}_{axis}"[:64]
-
-
-def _tensor_spec(info: ValueInfo, observed: np.ndarray | None, preprocessing: dict | None) -> dict[str, Any]:
-    shape: list[Any]
-    if info.shape is not None:
-        shape = list(info.shape)
-    elif observed is not None:
-        shape = list(observed.shape)
-        shape[0] = None  # the batch of the self-test vectors is not the model's
-    else:
-        raise GraphError(f"tensor {info.name!r} has an unknown rank; re-export the model with output shapes")
-    dtype = (
-        info.dtype.name
-        if info.dtype is not None
-        else (observed.dtype.name if observed is not None else "float32")
-    )
-    spec: dict[str, Any] = {
-        "name": info.name,
-        "dtype": dtype,
-        "shape": [_dim_name(d, info.name, i) for i, d in enumerate(shape)],
-    }
-    if preprocessing:
-        spec["preprocessing"] = preprocessing
-    return spec
-
-
-def _manifest(
-    *,
-    graph: Graph,
+def _fields(
     source: Path,
     source_bytes: bytes,
     options: QuantizeOptions,
     calibration: Dataset,
-    activations: Mapping[str, QuantParams],
-    sparse_layers: Sequence[str],
-    sparse_kernel_layers: Sequence[str],
     report: AccuracyReport,
-    expected: Mapping[str, np.ndarray],
-    atol: float,
-) -> dict[str, Any]:
+    sparse_layers: Sequence[str],
+) -> PackageFields:
+    """The manifest fields of ``edge quantize`` (the rest is :func:`assemble_package`'s)."""
     image = calibration.image_options
     preprocessing = (
         {"layout": "NCHW", "mean": list(image.mean), "std": list(image.std)} if image is not None else None
     )
-    name = options.name or (_NAME_RE.sub("-", source.stem).strip("-._") or "model")
-    manifest: dict[str, Any] = {
-        "name": name,
-        "version": options.version,
-        "inputs": [_tensor_spec(v, None, preprocessing) for v in graph.inputs],
-        "outputs": [_tensor_spec(v, expected.get(v.name), None) for v in graph.outputs],
-        "artifacts": [{"path": path, "kind": kind} for kind, path in ARTIFACT_PATHS.items()],
-        "quantization": {
-            "spec": "edge_runtime.numerics",
-            "method": options.method,
-            "activations": {k: qp.to_dict() for k, qp in activations.items()},
-            "weights": {
-                "dtype": "int8",
-                "symmetric": True,
-                "granularity": "per-channel",
-                "range": [-127, 127],
-            },
-            "bias": {"dtype": "int32", "scale": "input_scale * weight_scale"},
-            "calibration": {
-                "data": calibration.description,
-                "batch_size": calibration.batch_size,
-                "max_samples": options.max_samples,
-            },
-        },
-        "requirements": {"min_runtime_version": _numeric_version(__version__)},
-        "selftest": {"artifact": ARTIFACT_PATHS["selftest"], "atol": atol, "rtol": 0.0},
-        "metrics": report.to_dict(),
-        "provenance": {
+    return PackageFields(
+        name=options.name or (_NAME_RE.sub("-", source.stem).strip("-._") or "model"),
+        version=options.version,
+        method=options.method,
+        metrics=report.to_dict(),
+        provenance={
             "tool": "edge quantize",
             "tool_version": __version__,
             "command": options.command or "edge_runtime.quantize.quantize_model (Python API)",
             "time": utc_now_iso(),
             "source_model": {"file": source.name, "sha256": hashlib.sha256(source_bytes).hexdigest()},
         },
-    }
-    if sparse_layers:
-        manifest["sparsity"] = {"pattern": "2:4", "layers": list(sparse_layers)}
-    if sparse_kernel_layers:
-        manifest["quantization"]["sparse_kernel_layers"] = list(sparse_kernel_layers)
-    return manifest
-
-
-def _numeric_version(version: str) -> str:
-    match = re.match(r"^\d+(\.\d+){0,2}", version)
-    return match.group(0) if match else "0"
+        quantization={
+            "calibration": {
+                "data": calibration.description,
+                "batch_size": calibration.batch_size,
+                "max_samples": options.max_samples,
+            },
+        },
+        sparse_layers=sparse_layers,
+        preprocessing=preprocessing,
+    )

@@ -9,8 +9,8 @@ from onnx import numpy_helper
 from quantize_models import digits, digits_cnn_bytes, tiny_mlp_seq
 
 from edge_runtime.graph import import_onnx, optimize, reference
-from edge_runtime.plan import NativeSession, calibrate, lower
 from edge_runtime.numerics import quantize_bias, quantize_weights
+from edge_runtime.plan import NativeSession, calibrate, lower
 from edge_runtime.quantize import export_qdq
 
 ort = pytest.importorskip("onnxruntime")

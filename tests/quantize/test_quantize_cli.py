@@ -14,9 +14,11 @@ from quantize_models import digits, digits_cnn_bytes, save, tiny_mlp_seq
 from edge_runtime import cli
 from edge_runtime.errors import DatasetError, SignatureError
 from edge_runtime.kernels import is_2_4
-from edge_runtime.plan import NativeSession, QuantizedPlan
+from edge_runtime.numerics import QuantParams
 from edge_runtime.package import TrustStore, generate_keypair, load_selftest, open_package
+from edge_runtime.plan import NativeSession, QuantizedPlan
 from edge_runtime.quantize import QuantizeOptions, quantize_model
+from edge_runtime.quantize.assemble import SELFTEST_FLOAT_ATOL, SELFTEST_STEPS, selftest_tolerance
 
 ARTIFACT_KINDS = {"onnx", "native-plan", "onnx-qdq", "selftest"}
 
@@ -50,6 +52,9 @@ def _selftest_on_native_and_qdq(pkg) -> None:
     inputs, expected = load_selftest(pkg.read_artifact("selftest"))
     atol = pkg.manifest.selftest.atol
     assert 0 < atol < 1.0
+    # the tolerance is the plan's own output quantization steps, never onnxruntime's error
+    activations = pkg.manifest.quantization["activations"]
+    assert atol == selftest_tolerance({k: QuantParams.from_dict(v) for k, v in activations.items()}, expected)
     plan = QuantizedPlan.from_bytes(pkg.read_artifact("native-plan"))
     native = NativeSession(plan, cache_dir=False).run(inputs)
     for name, value in expected.items():
@@ -249,3 +254,13 @@ def test_callable_calibration_with_progress(files, capsys) -> None:
     with open_package(out) as pkg:
         assert pkg.manifest.metrics["samples"] == 12
         assert "seq_data.py:batches" in pkg.manifest.provenance["command"]
+
+
+def test_selftest_tolerance_is_a_few_output_steps_or_the_float_tolerance() -> None:
+    logits, probs = QuantParams(0.05, 128, "uint8"), QuantParams(1 / 255, 0, "uint8")
+    assert selftest_tolerance({"logits": logits}, ["logits"]) == np.float32(SELFTEST_STEPS * 0.05)
+    assert selftest_tolerance({"logits": logits, "probs": probs}, ["probs"]) == np.float32(
+        SELFTEST_STEPS / 255
+    )
+    assert selftest_tolerance({"logits": logits}, ["logits", "hidden"]) == np.float32(SELFTEST_STEPS * 0.05)
+    assert selftest_tolerance({}, ["hidden"]) == np.float32(SELFTEST_FLOAT_ATOL)  # a float output

@@ -19,7 +19,6 @@ from model_helpers import (
     mlp_onnx,
     mlp_package,
     mlp_reference,
-    qdq_onnx,
     requires_tflite,
     spec,
     two_input_onnx,
@@ -41,7 +40,10 @@ from edge_runtime.errors import (
     SignatureError,
     UnsupportedOperatorError,
 )
+from edge_runtime.graph import import_onnx, optimize
 from edge_runtime.package import TrustStore
+from edge_runtime.plan import calibrate
+from edge_runtime.quantize import export_qdq
 
 FLOAT_ATOL = 1e-5  # float32 engines vs the float64 reference on values of size ~1
 PI4 = "raspberrypi-4b"
@@ -146,10 +148,11 @@ def test_auto_on_jetson_skips_gpu_entry_without_gpu_providers(package: Path):
 def test_auto_prefers_qdq_artifact_and_artifact_argument_overrides(tmp_path: Path):
     layers = mlp_layers()
     float_model = mlp_onnx(layers)
-    qdq = qdq_onnx(float_model, [{"input": _x(16, s)} for s in range(4)], tmp_path)
+    graph = optimize(import_onnx(float_model))  # the QDQ model as `edge quantize` writes it
+    qdq = export_qdq(graph, calibrate(graph, [{"input": _x(16, s)} for s in range(4)], progress=False))
     pkg = write_model_package(
         tmp_path / "q.edgepkg",
-        {"model.onnx": ("onnx", float_model), "model.qdq.onnx": ("onnx-qdq", qdq)},
+        {"model.onnx": ("onnx", float_model), "model.qdq.onnx": ("onnx-qdq", qdq.SerializeToString())},
         [spec("input", ["batch", IN_FEATURES])],
         [spec("output", ["batch", CLASSES])],
     ).path
@@ -194,8 +197,12 @@ def test_explicit_backend_without_matching_artifact(tmp_path: Path):
         edge_runtime.load(pkg, backend="onnxruntime")
 
 
-def test_auto_with_nothing_runnable_lists_every_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_auto_with_nothing_runnable_lists_every_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+):
     # Without the native backend nothing here runs a native plan: every skip is listed.
+    registry = dict(backends.BACKENDS)  # restored in its order (auto selection and test_backends read it)
+    request.addfinalizer(lambda: (backends.BACKENDS.clear(), backends.BACKENDS.update(registry)))
     monkeypatch.delitem(backends.BACKENDS, "native")
     pkg = mlp_package(tmp_path / "plan-only.edgepkg", kinds=("native-plan",), selftest_atol=None).path
     with pytest.raises(BackendUnavailableError, match="no backend can run this model") as exc:

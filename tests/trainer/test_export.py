@@ -94,6 +94,8 @@ def test_package_is_signed_and_carries_what_the_issue_lists(signed_package: tupl
     assert raw["sparsity"]["pattern"] == "2:4"
     assert raw["provenance"]["tool"] == "edge train export"
     assert raw["provenance"]["checkpoint"]["global_step"] > 0
+    # the self-test tolerance: two of the plan's output quantization steps, as `edge quantize`'s
+    assert raw["selftest"]["atol"] == pytest.approx(2 * raw["quantization"]["activations"]["logits"]["scale"])
 
 
 class _Fleet(http.server.BaseHTTPRequestHandler):

@@ -227,7 +227,12 @@ def _declared_elements(raw_inputs: list[Any], limits: RequestLimits) -> None:
     for i, item in enumerate(raw_inputs):
         if not isinstance(item, dict):
             raise _bad(f"inputs[{i}] must be a JSON object")
-        total += math.prod(_shape(item.get("shape"), f"inputs[{i}]"))
+        shape = _shape(item.get("shape"), f"inputs[{i}]")
+        if any(d > limits.max_elements for d in shape):  # even beside a 0: numpy cannot shape it
+            raise RequestTooLargeError(
+                f"inputs[{i}].shape {shape} has a dimension over the limit of {limits.max_elements} elements"
+            )
+        total += math.prod(shape)
         if total > limits.max_elements:
             raise RequestTooLargeError(
                 f"the inputs' shapes hold {total}+ elements, over the limit of {limits.max_elements}"

@@ -22,7 +22,7 @@ TOML needs nothing beyond the standard library on Python 3.11+ (``tomllib``;
                                 # included; older ones answer /v2/models/{m}/versions/{v}/...
 
     [fleet]                     # optional: run the fleet agent in this process; read by
-    fleet = "home"              # edge_runtime.serve.agent (every field documented there)
+    fleet = "home"              # the fleet agent's options (fleet.agent_options; every field documented there)
     device = "pi4-kitchen"
 
     [batching]                  # defaults for every model (see BatchingConfig)
@@ -165,7 +165,7 @@ def config_from_dict(
     doc: Mapping[str, Any], base_dir: Path = Path("."), source: Path | None = None
 ) -> ServeConfig:
     """A :class:`ServeConfig` from the parsed file (relative paths resolved against ``base_dir``)."""
-    # [fleet] is the embedded agent's (edge_runtime.serve.agent.read_fleet_table), not the server's.
+    # [fleet] is the hosted agent's (fleet.agent_options.read_fleet_table), not the server's.
     _check_keys(doc, {"server", "batching", "models", "fleet"}, "the config")
     server = dict(_table(doc, "server", ""))
     _check_keys(server, _SERVER_KEYS, "[server]")

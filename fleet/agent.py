@@ -3,11 +3,13 @@
 Threads: paho's network thread only parses and hands messages over; the
 *main loop* (:meth:`Agent.run`) turns acknowledgements into deleted outbox
 rows, writes telemetry windows and publishes the outbox; the *updater*
-thread carries out one desired state at a time::
+thread carries out one desired state at a time, walking the OTA machine's one transition table
+(:data:`fleet.protocol.OTA_TRANSITIONS`, one ``_ota_<phase>`` handler per phase)::
 
-    desired ─► accepted ─► download (resumable) ─► sha256 ─► install (signature, store)
-            ─► verified ─► swap (self-test) ─► swapped ─► health window ─► commit `current` ─► succeeded
-                              │ any failure ─► swap back to the previous package ─► failed (step, reason)
+    download (guard, size, resumable, sha256) ─► verify (expanded size, signature, staged; guard)
+      ─► swap (self-test) ─► health window ─► commit `current` ─► report succeeded (or rolled_back)
+    error before the swap ─► fail      error after it ─► revert (swap back) ─► fail (step, reason)
+    newer desired state ─► abandon (swap back if swapped)
 
 State under ``state_dir``: ``models/`` (the :class:`~edge_runtime.store.ModelStore`,
 whose ``current`` link moves only at commit), ``fleet/packages/<sha256>.edgepkg``

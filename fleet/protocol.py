@@ -139,10 +139,10 @@ def sql_in(states: Iterable[_WireState]) -> str:
 class DeploymentState(_WireState):
     """A deployment (``deployments.state``)::
 
-        running ⇄ paused ─► aborted
-        running ─► succeeded | completed_with_failures | completed_with_offline   (a late device
-                   result recomputes which of the three)
-        running | paused ─► superseded   (every device taken over by a newer deployment)
+    running ⇄ paused ─► aborted
+    running ─► succeeded | completed_with_failures | completed_with_offline   (a late device
+               result recomputes which of the three)
+    running | paused ─► superseded   (every device taken over by a newer deployment)
     """
 
     RUNNING = "running"
@@ -184,11 +184,11 @@ _COMPLETED_DEPLOYMENT = (
 class DeviceDeploymentState(_WireState):
     """One device in one deployment (``deployment_devices.state``)::
 
-        pending ─start─► in_progress ─event─► succeeded | failed
-        in_progress ─timeout─► timed_out (answered, or online) | offline (away, never answered)
-        timed_out | offline ─late result─► succeeded | failed
-        pending ─abort─► skipped          pending | in_progress ─newer deployment─► superseded
-        in_progress | succeeded | timed_out | offline ─abort─► rolling_back ─► rolled_back | rollback_failed
+    pending ─start─► in_progress ─event─► succeeded | failed
+    in_progress ─timeout─► timed_out (answered, or online) | offline (away, never answered)
+    timed_out | offline ─late result─► succeeded | failed
+    pending ─abort─► skipped          pending | in_progress ─newer deployment─► superseded
+    in_progress | succeeded | timed_out | offline ─abort─► rolling_back ─► rolled_back | rollback_failed
     """
 
     PENDING = "pending"

@@ -340,7 +340,7 @@ class RolloutEngine:
             for old_id, old_devices in busy.items():
                 self._supersede(db, old_id, old_devices, dep_id, now)
             db.execute(
-                "INSERT INTO deployments VALUES (?, ?, ?, ?, ?, 'running', NULL, 0, ?, ?)",
+                f"INSERT INTO deployments VALUES (?, ?, ?, ?, ?, '{DeploymentState.RUNNING}', NULL, 0, ?, ?)",
                 (
                     dep_id,
                     package["sha256"],
@@ -356,7 +356,7 @@ class RolloutEngine:
                 current = dev["models"].get(package["name"], {})
                 db.execute(
                     "INSERT INTO deployment_devices (deployment_id, device, wave, state, previous_sha256, "
-                    "previous_version) VALUES (?, ?, ?, 'pending', ?, ?)",
+                    f"previous_version) VALUES (?, ?, ?, '{_DS.PENDING}', ?, ?)",
                     (dep_id, dev["id"], wave, current.get("sha256"), current.get("version")),
                 )
         log.info(
@@ -389,7 +389,7 @@ class RolloutEngine:
         """Hand ``devices`` of deployment ``old_id`` over to ``new_id`` (inside the caller's transaction)."""
         reason = f"superseded by deployment {new_id}"
         db.executemany(
-            "UPDATE deployment_devices SET state='superseded', finished=?, reason=? "
+            f"UPDATE deployment_devices SET state='{_DS.SUPERSEDED}', finished=?, reason=? "
             f"WHERE deployment_id=? AND device=? AND state IN {_ACTIVE_SQL}",
             [(now, reason, old_id, device) for device in devices],
         )
@@ -399,7 +399,7 @@ class RolloutEngine:
         ).fetchone()[0]
         if not left:
             db.execute(
-                "UPDATE deployments SET state='superseded', reason=?, updated=? WHERE id=?",
+                f"UPDATE deployments SET state='{DeploymentState.SUPERSEDED}', reason=?, updated=? WHERE id=?",
                 (reason, now, old_id),
             )
         log.warning("deployment %s: %d device(s) %s", old_id, len(devices), reason)
@@ -424,7 +424,7 @@ class RolloutEngine:
             with self.db.tx() as db:
                 db.execute(
                     "INSERT OR IGNORE INTO deployment_devices (deployment_id, device, wave, state, "
-                    "previous_sha256, previous_version) VALUES (?, ?, ?, 'pending', ?, ?)",
+                    f"previous_sha256, previous_version) VALUES (?, ?, ?, '{_DS.PENDING}', ?, ?)",
                     (
                         dep["id"],
                         device["id"],
@@ -461,9 +461,7 @@ class RolloutEngine:
         return [self.status(r["id"]) for r in self.db.query("SELECT id FROM deployments ORDER BY created")]
 
     def pause(self, dep_id: str) -> dict[str, Any]:
-        self._set_state(
-            dep_id, (DeploymentState.RUNNING,), DeploymentState.PAUSED, "paused by the operator"
-        )
+        self._set_state(dep_id, (DeploymentState.RUNNING,), DeploymentState.PAUSED, "paused by the operator")
         return self.status(dep_id)
 
     def resume(self, dep_id: str) -> dict[str, Any]:
@@ -496,17 +494,17 @@ class RolloutEngine:
         clears: list[str] = []
         with self.db.tx() as db:
             db.execute(
-                "UPDATE deployments SET state='aborted', reason=?, updated=? WHERE id=?",
+                f"UPDATE deployments SET state='{DeploymentState.ABORTED}', reason=?, updated=? WHERE id=?",
                 (reason, now, dep["id"]),
             )
             db.execute(
-                "UPDATE deployment_devices SET state='skipped', reason='deployment aborted' "
-                "WHERE deployment_id=? AND state='pending'",
+                f"UPDATE deployment_devices SET state='{_DS.SKIPPED}', reason='deployment aborted' "
+                f"WHERE deployment_id=? AND state='{_DS.PENDING}'",
                 (dep["id"],),
             )
             for d in db.execute(
                 "SELECT * FROM deployment_devices WHERE deployment_id=? AND state IN "
-                "('in_progress', 'succeeded', 'timed_out', 'offline')",
+                f"{sql_in((_DS.IN_PROGRESS, _DS.SUCCEEDED, _DS.TIMED_OUT, _DS.OFFLINE))}",
                 (dep["id"],),
             ).fetchall():
                 if d["previous_sha256"] is None:
@@ -529,7 +527,7 @@ class RolloutEngine:
                     block_size=spec.block_size,
                 )
                 db.execute(
-                    "UPDATE deployment_devices SET state='rolling_back' WHERE deployment_id=? AND device=?",
+                    f"UPDATE deployment_devices SET state='{_DS.ROLLING_BACK}' WHERE deployment_id=? AND device=?",
                     (dep["id"], d["device"]),
                 )
                 rollbacks.append((d["device"], desired))
@@ -605,16 +603,16 @@ class RolloutEngine:
             # Offline and silent since it was started: it has not tried and failed, it is away.
             # Not a failure; its retained desired state makes it converge when it returns.
             offline = db.execute(
-                "UPDATE deployment_devices SET state='offline', finished=?, "
+                f"UPDATE deployment_devices SET state='{_DS.OFFLINE}', finished=?, "
                 "reason='offline since it was started; converges when it reconnects' "
-                "WHERE deployment_id=? AND state='in_progress' AND started < ? AND phase IS NULL "
+                f"WHERE deployment_id=? AND state='{_DS.IN_PROGRESS}' AND started < ? AND phase IS NULL "
                 "AND device IN (SELECT id FROM devices WHERE online=0)",
                 (now, dep["id"], now - spec.device_timeout_s),
             ).rowcount
             timed_out = db.execute(
-                "UPDATE deployment_devices SET state='timed_out', finished=?, "
+                f"UPDATE deployment_devices SET state='{_DS.TIMED_OUT}', finished=?, "
                 "reason='no result within ' || ? || ' s' "
-                "WHERE deployment_id=? AND state='in_progress' AND started < ?",
+                f"WHERE deployment_id=? AND state='{_DS.IN_PROGRESS}' AND started < ?",
                 (now, int(spec.device_timeout_s), dep["id"], now - spec.device_timeout_s),
             ).rowcount
         if offline:
@@ -691,7 +689,7 @@ class RolloutEngine:
             )
             with self.db.tx() as db:
                 db.execute(
-                    "UPDATE deployment_devices SET state='in_progress', started=? "
+                    f"UPDATE deployment_devices SET state='{_DS.IN_PROGRESS}', started=? "
                     "WHERE deployment_id=? AND device=?",
                     (now, dep["id"], d["device"]),
                 )

@@ -50,16 +50,20 @@ def register(subparsers: Any) -> None:
     p = commands.add_parser(
         "export", help="checkpoint -> signed model package (float ONNX, QAT params, native plan)"
     )
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="the Lightning checkpoint (.ckpt) to export")
     p.add_argument("--out", required=True, help="the .edgepkg to write")
     p.add_argument("--sign", default=None, help="Ed25519 private key (PEM) to sign the manifest with")
-    p.add_argument("--name", default=None)
-    p.add_argument("--version", default="1.0.0", dest="package_version")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default=None, help="the package's model name (default: the model's)")
+    p.add_argument(
+        "--version", default="1.0.0", dest="package_version", help="the package's version (default 1.0.0)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="threads of the native self-test and checks (default 1)"
+    )
     p.set_defaults(func=_cmd_export)
 
     p = commands.add_parser("push", help="upload a package to the fleet manager (POST /api/v1/packages)")
-    p.add_argument("package")
+    p.add_argument("package", help="the .edgepkg to upload")
     p.add_argument("--fleet", required=True, help="the manager's base URL, e.g. http://manager:8080")
     p.add_argument("--token", default=None, help="bearer token (default: $EDGE_FLEET_TOKEN)")
     p.set_defaults(func=_cmd_push)

@@ -54,6 +54,7 @@ def command_groups() -> tuple[CommandGroup, ...]:
             logging.getLogger("edge").debug("commands %s (%s) unavailable: %s", ep.name, ep.value, exc)
     return tuple(sorted(groups, key=lambda g: g.order))
 
+
 # Kinds guessed from the file name when `edge pack --artifact` gives none.
 _KIND_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite", ".npz": "selftest"}
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,31}$")
@@ -133,7 +134,7 @@ def _register_runtime(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         description="Exit 0 when the package is intact (and, with --trust, signed by a trusted key); "
         "otherwise exit 1 and print the reason.",
     )
-    verify.add_argument("package", type=Path, metavar="X.edgepkg")
+    verify.add_argument("package", type=Path, metavar="X.edgepkg", help="the package to check")
     verify.add_argument(
         "--trust",
         action="append",
@@ -150,7 +151,7 @@ def _register_runtime(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         description="Print name, version, inputs, outputs, artifacts and signer. Hashes are not checked "
         "(use edge verify).",
     )
-    inspect.add_argument("package", type=Path, metavar="X.edgepkg")
+    inspect.add_argument("package", type=Path, metavar="X.edgepkg", help="the package to summarise")
     inspect.add_argument("--json", action="store_true", help="print the manifest and package facts as JSON")
     inspect.set_defaults(func=_cmd_inspect)
 
@@ -162,8 +163,10 @@ def _register_runtime(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "The .tflite keeps the NCHW input and the output names; an operator it cannot convert is named in "
         "the error. Pack it with edge pack MODEL.tflite:tflite.",
     )
-    to_tflite.add_argument("model", type=Path, metavar="MODEL.onnx")
-    to_tflite.add_argument("--out", "-o", type=Path, required=True, metavar="OUT.tflite")
+    to_tflite.add_argument("model", type=Path, metavar="MODEL.onnx", help="the float ONNX model")
+    to_tflite.add_argument(
+        "--out", "-o", type=Path, required=True, metavar="OUT.tflite", help="the .tflite file to write"
+    )
     to_tflite.set_defaults(func=_cmd_to_tflite)
 
     # --- running models ---
@@ -173,7 +176,7 @@ def _register_runtime(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         description="Load MODEL (.edgepkg, or a bare .onnx / .tflite), feed it .npy arrays, print a "
         "summary of each output and, with --out, write each output as DIR/<name>.npy.",
     )
-    run.add_argument("model", type=Path, metavar="MODEL")
+    run.add_argument("model", type=Path, metavar="MODEL", help="a package (.edgepkg), .onnx or .tflite")
     run.add_argument(
         "--input",
         "-i",
@@ -194,7 +197,7 @@ def _register_runtime(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "inputs generated from the model's specs (seeded). Latency p50/p90/p99 in ms, throughput in "
         "samples/s, peak RSS of the process.",
     )
-    bench.add_argument("model", type=Path, metavar="MODEL")
+    bench.add_argument("model", type=Path, metavar="MODEL", help="a package (.edgepkg), .onnx or .tflite")
     bench.add_argument("--batch", type=_positive_int, default=1, metavar="B", help="batch size (default 1)")
     bench.add_argument(
         "--dim",
@@ -220,7 +223,6 @@ def _register_runtime(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     from edge_runtime.serve.cli import register as register_serve
 
     register_serve(sub)
-
 
 
 # --- the device ---

@@ -182,7 +182,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--since", type=float, default=300.0, metavar="S", help="resource window (default 300)")
     p.set_defaults(func=_cmd_devices)
     p = client("packages", "list packages, or add one")
-    p.add_argument("action", nargs="?", choices=("list", "add"), default="list")
+    p.add_argument(
+        "action", nargs="?", choices=("list", "add"), default="list", help="list (default) or add FILE"
+    )
     p.add_argument("file", nargs="?", type=Path, metavar="FILE", help="add: an .edgepkg to upload")
     p.set_defaults(func=_cmd_packages)
     p = client("deploy", "start a deployment")
@@ -240,7 +242,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.set_defaults(func=_cmd_deploy)
     p = client("rollout", "status, pause, resume or abort a deployment")
-    p.add_argument("action", choices=("status", "pause", "resume", "abort"))
+    p.add_argument(
+        "action",
+        choices=("status", "pause", "resume", "abort"),
+        help="show a deployment (or all), or pause, resume or abort one",
+    )
     p.add_argument("id", nargs="?", help="deployment id (status: all when omitted)")
     p.set_defaults(func=_cmd_rollout)
     p = client("telemetry", "per-model summary of recent telemetry")
@@ -418,7 +424,8 @@ def device_rows(devices: list[dict[str, Any]]) -> list[str]:
         listed = d.get("models") if isinstance(d.get("models"), dict) else {}
         models = (
             ", ".join(
-                f"{_cell(n)}@{_cell(m.get('version') if isinstance(m, dict) else None)}" for n, m in listed.items()
+                f"{_cell(n)}@{_cell(m.get('version') if isinstance(m, dict) else None)}"
+                for n, m in listed.items()
             )
             or "-"
         )
@@ -461,7 +468,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         "groups": args.group,
     }
     if args.all and any(targets.values()):
-        raise SystemExit("edge fleet deploy: --all targets every device; drop --device/--tag/--profile/--group")
+        raise SystemExit(
+            "edge fleet deploy: --all targets every device; drop --device/--tag/--profile/--group"
+        )
     if args.all:
         targets = {"all": True}
     elif not any(targets.values()):
@@ -526,7 +535,9 @@ def _cmd_telemetry(args: argparse.Namespace) -> int:
         n = _num(value)
         return f"{n:.0f}" if n is not None else "-"
 
-    rows = [f"last {whole(s.get('since_s'))} s: {whole(s.get('messages'))} reports from {whole(s.get('devices'))} device(s)"]
+    rows = [
+        f"last {whole(s.get('since_s'))} s: {whole(s.get('messages'))} reports from {whole(s.get('devices'))} device(s)"
+    ]
     for m in s.get("models") if isinstance(s.get("models"), list) else []:
         if not isinstance(m, dict):
             continue

@@ -110,8 +110,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Ask a running `edge serve` to load PACKAGE as NAME beside the running version, "
         "self-test it and switch; on failure the old version keeps serving and the reason is printed.",
     )
-    swap.add_argument("name", metavar="NAME")
-    swap.add_argument("package", metavar="PACKAGE", type=Path)
+    swap.add_argument("name", metavar="NAME", help="the served model's name")
+    swap.add_argument(
+        "package", metavar="PACKAGE", type=Path, help="the package to swap to (a path the server can read)"
+    )
     swap.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
     swap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default %(default)s)")
     swap.set_defaults(func=_cmd_swap)

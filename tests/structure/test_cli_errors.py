@@ -7,6 +7,7 @@ argparse's ``edge X: error: ...``, or a server's ERROR log line). ``-v`` shows t
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -94,3 +95,21 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     loud = _run("verify", ["/missing.edgepkg"], tmp_path, "-v")
     assert "Traceback" not in quiet.stderr and quiet.returncode == 1
     assert "Traceback" in loud.stderr and loud.returncode == 1
+
+
+def _undocumented(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _undocumented(sub, f"{path} {name}")
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                found.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    return found
+
+
+def test_help_describes_every_option_of_every_subcommand() -> None:
+    from edge_runtime.cli import build_parser
+
+    assert _undocumented(build_parser(), "edge") == []

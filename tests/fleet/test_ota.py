@@ -15,7 +15,10 @@ from fleet.manager.rollout import RolloutSpec
 from fleet.protocol import HealthPolicy
 from fleet.targets import StandaloneTarget
 
-FAST = HealthPolicy(window_s=0.5, min_inferences=1)
+# The device-side window judges errors only: on a loaded machine a healthy version's p95 can exceed
+# twice the previous one's, which would fail good devices (a threshold test once counted 3 failures
+# for its 2 faulty devices). No test here is about the latency judgement.
+FAST = HealthPolicy(window_s=0.5, min_inferences=1, max_latency_ratio=1000.0)
 
 
 def _spec(**kw: Any) -> RolloutSpec:

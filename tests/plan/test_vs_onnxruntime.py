@@ -14,8 +14,8 @@ import pytest
 from native_models import make_model, prepare, rng, value
 from onnx import helper
 
-from edge_runtime.plan import NativeSession, calibrate, lower
 from edge_runtime.numerics import quantize_bias, quantize_weights
+from edge_runtime.plan import NativeSession, calibrate, lower
 from edge_runtime.quantize.qdq import qdq_weight_codes
 
 ort = pytest.importorskip("onnxruntime")

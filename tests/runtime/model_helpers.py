@@ -145,31 +145,6 @@ def two_input_onnx() -> bytes:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]))
 
 
-def qdq_onnx(float_model: bytes, calibration: Sequence[Mapping[str, np.ndarray]], work: Path) -> bytes:
-    """QDQ INT8 version of ``float_model`` by onnxruntime's static quantizer (per-channel s8 weights)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
-
-    src, dst = work / "float.onnx", work / "qdq.onnx"
-    src.write_bytes(float_model)
-    quantize_static(
-        str(src),
-        str(dst),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-    )
-    return dst.read_bytes()
-
-
 def spec(name: str, shape: Sequence[int | str], dtype: str = "float32") -> dict[str, Any]:
     return {"name": name, "dtype": dtype, "shape": list(shape)}
 

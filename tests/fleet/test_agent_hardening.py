@@ -337,3 +337,64 @@ def test_replayed_rollback_is_refused_by_the_downgrade_guard(tmp_path, manager, 
     done = result(real.deployment_id)
     assert done.state == EventState.ROLLED_BACK, done
     assert serving(tmp_path / "a", trust) == ("2.0", True)
+
+
+# --- the OTA machine's other exits: superseded mid-window, a commit that fails ---
+
+
+def test_superseded_during_the_health_window_swaps_back_then_installs_the_newer(
+    tmp_path, manager, start_agent, keys
+):
+    key, trust = keys
+    pkgs = {
+        v: write_model_package(tmp_path / f"v{v}.edgepkg", v, key, seed=i).path
+        for i, v in enumerate(("1.0", "2.0", "3.0"))
+    }
+    seed_device(tmp_path / "a", pkgs["1.0"], trust)
+    agent = start_agent("a")
+    events: list[Event] = []
+    agent.on_event = events.append
+    wait_for(lambda: manager.devices() and manager.devices()[0]["online"], 15, "device online")
+    shas = {v: manager.packages.add(p)["sha256"] for v, p in pkgs.items()}
+    slow = HealthPolicy(window_s=600.0, min_inferences=1, max_latency_ratio=1000.0)
+    first = manager.deploy(shas["2.0"], _spec(health=slow))
+    wait_for(
+        lambda: any(e.deployment_id == first["id"] and e.state == EventState.SWAPPED for e in events),
+        30,
+        "2.0 swapped in, its health window running",
+    )
+    second = _wait_done(manager, manager.deploy(shas["3.0"], _spec(), supersede=True)["id"])
+    assert second["state"] == DeploymentState.SUCCEEDED, second["devices"]
+    assert manager.rollouts.status(first["id"])["state"] == DeploymentState.SUPERSEDED
+    assert serving(tmp_path / "a", trust) == ("3.0", True)
+    # The abandoned attempt reported nothing final, and the journal holds no attempt in progress.
+    assert not any(e.deployment_id == first["id"] and EventState(e.state).terminal for e in events)
+    assert json.loads((tmp_path / "a" / "fleet" / "journal.json").read_text())["attempt"] is None
+
+
+def test_a_commit_that_fails_reverts_and_reports_the_step(tmp_path, manager, start_agent, keys):
+    key, trust = keys
+    v1 = write_model_package(tmp_path / "v1.edgepkg", "1.0", key, seed=1).path
+    v2 = write_model_package(tmp_path / "v2.edgepkg", "2.0", key, seed=2).path
+    seed_device(tmp_path / "a", v1, trust)
+    agent = start_agent("a")
+    swaps: list[str] = []
+    real_swap = agent.runtime.swap
+
+    def swap(name: str, path: Path) -> Any:
+        swaps.append(Path(path).stem)
+        return real_swap(name, path)
+
+    def activate(name: str, sha256: str) -> Any:
+        raise OSError(28, "No space left on device")
+
+    agent.runtime.swap = swap
+    agent.store.activate = activate
+    wait_for(lambda: manager.devices() and manager.devices()[0]["online"], 15, "device online")
+    sha1, sha2 = manager.packages.add(v1)["sha256"], manager.packages.add(v2)["sha256"]
+    final = _wait_done(manager, manager.deploy(sha2, _spec())["id"])
+    dev = final["devices"][0]
+    assert dev["state"] == DeviceDeploymentState.FAILED and dev["step"] == "commit", dev
+    assert "No space left" in dev["reason"]
+    assert swaps[-2:] == [sha2, sha1], "swapped in, then back"
+    assert serving(tmp_path / "a", trust) == ("1.0", True)

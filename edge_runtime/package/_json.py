@@ -41,12 +41,16 @@ class JsonLimits:
     decodes every number through a Python hook (``max_number_chars``, finite
     floats); a reader of large numeric bodies may switch it off and rely on
     Python's own 4,300-digit integer limit (still a typed refusal) instead.
+    ``yield_gil``: decode numbers through Python functions even so (same values),
+    because json's C scanner never lets other threads run otherwise: a large body
+    decoded on a worker thread would stall the event loop for its whole decode.
     """
 
     max_depth: int = 64
     max_number_chars: int = 64
     max_values: int | None = None
     check_numbers: bool = True
+    yield_gil: bool = False
 
 
 _STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -79,6 +83,15 @@ def json_depth(data: bytes, stop_above: int | None = None) -> int:
         if stop_above is not None and peak > stop_above:
             break
     return peak
+
+
+def _int_yielding(text: str) -> int:
+    # A Python frame: the interpreter may hand the GIL to another thread here.
+    return int(text)
+
+
+def _float_yielding(text: str) -> float:
+    return float(text)
 
 
 class _Refused(Exception):
@@ -144,6 +157,9 @@ def loads_bounded(
 
         hooks["parse_int"] = parse_int
         hooks["parse_float"] = parse_float
+    elif limits.yield_gil:
+        hooks["parse_int"] = _int_yielding
+        hooks["parse_float"] = _float_yielding
     try:
         return json.loads(raw.decode("utf-8"), **hooks)
     except _Refused as exc:

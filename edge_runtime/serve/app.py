@@ -22,6 +22,7 @@ batcher's threads; the event loop only parses, queues and answers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -212,7 +213,8 @@ async def infer(request: web.Request) -> web.Response:
         body = await read_body(request)
         args = (body, header_length, loaded.inputs, loaded.output_names, request.app[LIMITS])
         if len(body) > _PARSE_INLINE_BYTES:
-            parsed = await asyncio.get_running_loop().run_in_executor(None, parse_infer_request, *args)
+            parse = functools.partial(parse_infer_request, *args, off_loop=True)
+            parsed = await asyncio.get_running_loop().run_in_executor(None, parse)
         else:
             parsed = parse_infer_request(*args)
         try:

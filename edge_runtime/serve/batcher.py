@@ -269,16 +269,16 @@ class DynamicBatcher:
         step = self._max_rows
         if n <= step:
             return [_Job(arrays, n, key, loop)]
-        chunks = [
+        needed = -(-n // step)  # counted before any job is built: a huge request costs nothing
+        if needed > self.config.max_queue_size:
+            raise InferenceRequestError(
+                f"a request of {n} rows needs {needed} batches of at most {step}; "
+                f"more than the queue holds ({self.config.max_queue_size})"
+            )
+        return [
             _Job({k: a[i : i + step] for k, a in arrays.items()}, min(step, n - i), key)
             for i in range(0, n, step)
         ]
-        if len(chunks) > self.config.max_queue_size:
-            raise InferenceRequestError(
-                f"a request of {n} rows needs {len(chunks)} batches of at most {step}; "
-                f"more than the queue holds ({self.config.max_queue_size})"
-            )
-        return chunks
 
     def _enqueue(self, chunks: list[_Job]) -> None:
         n = sum(c.rows for c in chunks)

@@ -79,10 +79,15 @@ class RequestLimits:
     max_json_values: int = 1 << 21
     max_json_depth: int = 64
 
-    def json_limits(self) -> JsonLimits:
-        # Numbers are decoded by json's C code (no per-number hook: bodies hold millions);
+    def json_limits(self, yield_gil: bool = False) -> JsonLimits:
+        # Numbers are decoded as json decodes them (no checking hook: bodies hold millions);
         # Python's own 4,300-digit integer limit and parse_constant (NaN, Infinity) still apply.
-        return JsonLimits(max_depth=self.max_json_depth, max_values=self.max_json_values, check_numbers=False)
+        return JsonLimits(
+            max_depth=self.max_json_depth,
+            max_values=self.max_json_values,
+            check_numbers=False,
+            yield_gil=yield_gil,
+        )
 
 
 DEFAULT_LIMITS = RequestLimits()
@@ -207,6 +212,8 @@ def parse_infer_request(
     input_specs: Sequence[TensorSpecLike],
     output_names: Sequence[str],
     limits: RequestLimits = DEFAULT_LIMITS,
+    *,
+    off_loop: bool = False,
 ) -> InferRequest:
     """Decode and validate a request body against the model's interface.
 
@@ -214,11 +221,27 @@ def parse_infer_request(
     when absent: the whole body is JSON). Raises InferenceRequestError with a
     message naming the field at fault (RequestTooLargeError, one of them, when
     the body is over ``limits``); never anything else for any body.
+    ``off_loop``: the caller runs this on a worker thread beside an event loop; the
+    JSON numbers are then decoded so that the loop gets the GIL meanwhile (slower).
     """
     try:
-        return _parse(body, header_length, input_specs, output_names, limits)
+        return _parse(body, header_length, input_specs, output_names, limits, off_loop)
     except RecursionError:  # not expected past the depth limit: a last line of defence
         raise _bad("request body is nested too deeply") from None
+
+
+_CONVERT_CHUNK = 1 << 16
+
+
+def _to_array(data: Any, dtype: np.dtype[Any], off_loop: bool) -> np.ndarray:
+    """``np.asarray(data, dtype)``; off the loop, a long list is converted in slices so that
+    the GIL changes hands between them (one call over millions of values holds it throughout)."""
+    if not off_loop or not isinstance(data, list) or len(data) <= _CONVERT_CHUNK:
+        return np.asarray(data, dtype=dtype)
+    parts = [
+        np.asarray(data[i : i + _CONVERT_CHUNK], dtype=dtype) for i in range(0, len(data), _CONVERT_CHUNK)
+    ]
+    return np.concatenate(parts)  # ValueError when the slices disagree on the inner shape (ragged data)
 
 
 def _declared_elements(raw_inputs: list[Any], limits: RequestLimits) -> None:
@@ -245,6 +268,7 @@ def _parse(
     input_specs: Sequence[TensorSpecLike],
     output_names: Sequence[str],
     limits: RequestLimits,
+    off_loop: bool,
 ) -> InferRequest:
     if header_length is None:
         header, binary = body, b""
@@ -252,7 +276,9 @@ def _parse(
         if header_length < 0 or header_length > len(body):
             raise _bad(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
         header, binary = body[:header_length], memoryview(body)[header_length:]
-    doc = loads_bounded(header, limits.json_limits(), _bad, "request body", too_large=RequestTooLargeError)
+    doc = loads_bounded(
+        header, limits.json_limits(yield_gil=off_loop), _bad, "request body", too_large=RequestTooLargeError
+    )
     if not isinstance(doc, dict):
         raise _bad("request body must be a JSON object")
     request_id = doc.get("id")
@@ -297,7 +323,7 @@ def _parse(
             offset += size
         elif "data" in item:
             try:
-                array = np.asarray(item["data"], dtype=dtype)
+                array = _to_array(item["data"], dtype, off_loop)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise _bad(f"input {name!r}: data is not {datatype} ({exc})") from None
             if array.size != count:

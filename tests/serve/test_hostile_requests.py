@@ -123,10 +123,10 @@ def test_liveness_answers_while_a_large_body_parses(srv, monkeypatch: pytest.Mon
     parsing, release = threading.Event(), threading.Event()
     real = app_module.parse_infer_request
 
-    def held_parse(*args):
+    def held_parse(*args, **kwargs):
         parsing.set()
         release.wait(30)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(app_module, "parse_infer_request", held_parse)
     x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
@@ -142,6 +142,16 @@ def test_liveness_answers_while_a_large_body_parses(srv, monkeypatch: pytest.Mon
         release.set()
         client.join(60)
     assert result and result[0].status == 200, result[0].body[:300]
+
+
+def test_too_many_rows_are_refused_before_splitting(srv) -> None:
+    """A request of 10^9 rows (a zero-copy broadcast here) used to be cut into 10^8 jobs on the
+    event loop before the queue bound refused it; now the count is checked first."""
+    from edge_runtime.serve.errors import InferenceRequestError
+
+    rows = np.broadcast_to(np.float32(0), (10**9, 4))
+    with pytest.raises(InferenceRequestError, match="more than the queue holds"):
+        srv.manager.submit("linear", None, {"x": rows})
 
 
 # --- model names and sources ---

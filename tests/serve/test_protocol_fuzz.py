@@ -138,3 +138,33 @@ def test_nesting_never_escapes(depth: int) -> None:
     data = "[" * depth + "1" + "]" * depth
     body = '{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":' + data + "}]}"
     assert _parse(body.encode(), None) is None  # wrong shape or too deep: both typed
+
+
+def test_off_loop_conversion_matches_on_loop() -> None:
+    """Off the event loop a long list is converted in slices (the GIL changes hands between them):
+    flat, nested and ragged data give what one conversion gives."""
+    limits = RequestLimits()
+    rows = 70_000  # more rows than one slice
+    x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+    ids = list(range(rows))
+    for data in (x.ravel().tolist(), x.tolist()):
+        doc = {
+            "inputs": [
+                {"name": "x", "shape": [rows, 4], "datatype": "FP32", "data": data},
+                {"name": "ids", "shape": [rows], "datatype": "INT64", "data": ids},
+            ]
+        }
+        body = json.dumps(doc).encode()
+        on = parse_infer_request(body, None, SPECS, OUTPUTS, limits)
+        off = parse_infer_request(body, None, SPECS, OUTPUTS, limits, off_loop=True)
+        np.testing.assert_array_equal(on.inputs["x"], off.inputs["x"])
+        np.testing.assert_array_equal(off.inputs["x"], x)
+    ragged = x.tolist()
+    ragged[-1] = [1.0, 2.0]
+    doc["inputs"][0]["data"] = ragged
+    for off_loop in (False, True):
+        try:
+            parse_infer_request(json.dumps(doc).encode(), None, SPECS, OUTPUTS, limits, off_loop=off_loop)
+        except InferenceRequestError:
+            continue
+        raise AssertionError("ragged data was accepted")

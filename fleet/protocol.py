@@ -419,7 +419,9 @@ def _get(
 
 def _show(value: Any) -> str:
     """A short rendering of a refused value for an error message (never a 4,000-digit integer)."""
-    text = f"a {value.bit_length()}-bit integer" if isinstance(value, int) and value > MAX_INT else repr(value)
+    text = (
+        f"a {value.bit_length()}-bit integer" if isinstance(value, int) and value > MAX_INT else repr(value)
+    )
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -439,7 +441,9 @@ def _nonneg(
 def _number(d: Mapping[str, Any], key: str, where: str, default: Any, lo: float, hi: float) -> Any:
     value = _get(d, key, (int, float), where, default)
     if value is not default and value is not None and not _in_range(value, lo, hi):
-        raise ProtocolError(f"{where}: field {key!r} must be a finite number in [{lo:g}, {hi:g}], got {_show(value)}")
+        raise ProtocolError(
+            f"{where}: field {key!r} must be a finite number in [{lo:g}, {hi:g}], got {_show(value)}"
+        )
     return value
 
 
@@ -523,7 +527,9 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def loads_bounded(payload: bytes | str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def loads_bounded(
+    payload: bytes | str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
+) -> Any:
     """``json.loads`` for untrusted input: a size and nesting limit, no NaN/Infinity, no overflow to inf.
 
     Anything else raises :class:`ProtocolError` (a ValueError) with the reason.
@@ -717,7 +723,9 @@ def _histogram(hist: Mapping[str, Any], where: str) -> dict[str, Any]:
     bounds: list[float] = []
     for b in le:
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not _in_range(b, 0.0, MAX_LATENCY_MS):
-            raise ProtocolError(f"{where}: bound {_show(b)} is not a finite number in [0, {MAX_LATENCY_MS:g}]")
+            raise ProtocolError(
+                f"{where}: bound {_show(b)} is not a finite number in [0, {MAX_LATENCY_MS:g}]"
+            )
         if bounds and b <= bounds[-1]:
             raise ProtocolError(f"{where}: bounds must increase ({_show(b)} after {bounds[-1]:g})")
         bounds.append(b)
@@ -873,9 +881,7 @@ class StreamGet(_Message):
         w = "stream_get"
         block, count = _get(d, "block_size", int, w), _get(d, "count", int, w)
         if not 512 <= block <= 1 << 20 or not 1 <= count <= 64:
-            raise ProtocolError(
-                f"stream_get: block_size {_show(block)} or count {_show(count)} out of range"
-            )
+            raise ProtocolError(f"stream_get: block_size {_show(block)} or count {_show(count)} out of range")
         return cls(
             file_id=_sha(d, "file_id", w),
             block_size=block,
@@ -907,7 +913,9 @@ def parse_json_message(kind: str, payload: bytes) -> Any:
     if not isinstance(d, dict):
         raise ProtocolError(f"{kind}: payload must be a JSON object")
     if d.get("v") != PROTOCOL_VERSION or isinstance(d.get("v"), bool):
-        raise ProtocolError(f"{kind}: protocol version {_show(d.get('v'))}, this side speaks {PROTOCOL_VERSION}")
+        raise ProtocolError(
+            f"{kind}: protocol version {_show(d.get('v'))}, this side speaks {PROTOCOL_VERSION}"
+        )
     if d.get("type") != parser.TYPE:
         raise ProtocolError(f"{kind}: message type {_show(d.get('type'))}, expected {parser.TYPE!r}")
     return parser.from_dict(d)

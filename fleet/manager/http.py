@@ -12,7 +12,9 @@ Routes (JSON unless said otherwise)::
     POST /api/v1/packages                    body: an .edgepkg; verified and stored by sha256
     GET  /api/v1/packages/{sha256}/content   the file, with HTTP Range support (resumable downloads)
     GET  /api/v1/deployments                 all deployments with per-state counts
-    POST /api/v1/deployments                 {"package": sha256, "spec": {...RolloutSpec}, "supersede": bool}
+    POST /api/v1/deployments                 {"package": sha256, "spec": {"targets": {...}, ...RolloutSpec},
+                                             "supersede": bool}; unknown keys, targets naming nothing
+                                             (the whole fleet is {"all": true}) and out-of-range values: 400
     GET  /api/v1/deployments/{id}            one deployment with its devices
     POST /api/v1/deployments/{id}/{pause|resume|abort}
     GET  /api/v1/telemetry?since_s=3600      per model and version: inferences, errors, p95
@@ -172,7 +174,9 @@ def create_app(
         if not isinstance(package, str) or not _PACKAGE_REF.fullmatch(package):
             raise InvalidRequestError("package must be a sha256 or a prefix of 8 or more of its hex digits")
         if "spec" not in body:
-            raise InvalidRequestError('spec is missing: at least {"targets": {...}} ({"all": true} for every device)')
+            raise InvalidRequestError(
+                'spec is missing: at least {"targets": {...}} ({"all": true} for every device)'
+            )
         spec = RolloutSpec.from_dict(body["spec"])
         supersede = body.get("supersede", False)
         if not isinstance(supersede, bool):

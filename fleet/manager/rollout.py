@@ -174,7 +174,9 @@ class Targets:
         for key in ("devices", "tags", "profiles", "groups"):
             values = t.get(key) or []
             if not isinstance(values, list) or len(values) > MAX_TARGETS:
-                raise InvalidRequestError(f"spec.targets.{key} must be a list of at most {MAX_TARGETS} strings")
+                raise InvalidRequestError(
+                    f"spec.targets.{key} must be a list of at most {MAX_TARGETS} strings"
+                )
             for v in values:
                 if not isinstance(v, str) or not 0 < len(v) <= MAX_TEXT:
                     raise InvalidRequestError(
@@ -271,7 +273,9 @@ class RolloutSpec:
             raise InvalidRequestError(f"spec.health must be an object, got {type(health).__name__}")
         unknown = set(health) - set(HealthPolicy.__dataclass_fields__)
         if unknown:
-            raise InvalidRequestError(f"unknown spec.health option(s): {', '.join(sorted(map(str, unknown)))}")
+            raise InvalidRequestError(
+                f"unknown spec.health option(s): {', '.join(sorted(map(str, unknown)))}"
+            )
         try:
             policy = HealthPolicy.from_dict(health)
         except ProtocolError as exc:
@@ -417,7 +421,10 @@ class RolloutEngine:
             "AND NOT EXISTS (SELECT 1 FROM deployment_devices x WHERE x.deployment_id = d.id AND x.device = ?)",
             (device["id"],),
         ):
-            spec = RolloutSpec.from_dict(json.loads(dep["spec"]))
+            try:
+                spec = RolloutSpec.from_dict(json.loads(dep["spec"]))
+            except (InvalidRequestError, TypeError, ValueError):
+                continue  # a spec stored before the checks: the ticker aborts that deployment
             if not spec.targets.match(device):
                 continue
             current = device["models"].get(dep["model"], {})
@@ -454,7 +461,10 @@ class RolloutEngine:
             counts[d["state"]] = counts.get(d["state"], 0) + 1
         dep["counts"] = counts
         dep["devices"] = devices
-        dep["waves"] = len(RolloutSpec.from_dict(dep["spec"]).wave_fractions())
+        try:
+            dep["waves"] = len(RolloutSpec.from_dict(dep["spec"]).wave_fractions())
+        except (InvalidRequestError, TypeError):  # a spec stored before the checks: shown, not parsed
+            dep["waves"] = max((d["wave"] for d in devices if isinstance(d["wave"], int)), default=0) + 1
         return dep
 
     def list(self) -> list[dict[str, Any]]:
@@ -489,7 +499,13 @@ class RolloutEngine:
     def _abort(self, dep: dict[str, Any], reason: str) -> None:
         log.warning("deployment %s: aborting: %s", dep["id"], reason)
         now = time.time()
-        spec = RolloutSpec.from_dict(dep["spec"])
+        block_size = dep["spec"].get("block_size") if isinstance(dep["spec"], dict) else None
+        if (
+            isinstance(block_size, bool)
+            or not isinstance(block_size, int)
+            or not 512 <= block_size <= 1 << 20
+        ):
+            block_size = 65536  # a spec stored before the checks; rollbacks need no download anyway
         rollbacks: list[tuple[str, Desired]] = []
         clears: list[str] = []
         with self.db.tx() as db:
@@ -524,7 +540,7 @@ class RolloutEngine:
                     version=d["previous_version"] or "",
                     ts=now,
                     action=DesiredAction.ROLLBACK,
-                    block_size=spec.block_size,
+                    block_size=block_size,
                 )
                 db.execute(
                     f"UPDATE deployment_devices SET state='{_DS.ROLLING_BACK}' WHERE deployment_id=? AND device=?",
@@ -592,7 +608,15 @@ class RolloutEngine:
     def tick(self) -> None:
         for dep in self.db.query(f"SELECT id FROM deployments WHERE state IN {_RUNNING_SQL}"):
             try:
-                self._tick_one(self._deployment(dep["id"]))
+                row = self._deployment(dep["id"])
+                try:
+                    RolloutSpec.from_dict(row["spec"])
+                except (InvalidRequestError, TypeError) as exc:
+                    # A spec stored before the checks (NaN timeouts, block_size 1): it could never move
+                    # on, and would fail every tick. Abort it once, rolling back what it updated.
+                    self._abort(row, f"its stored spec is invalid ({exc}); deploy again")
+                    continue
+                self._tick_one(row)
             except Exception:
                 log.exception("deployment %s: tick failed", dep["id"])
 
@@ -736,7 +760,10 @@ class RolloutEngine:
                 "WHERE device=? AND model=? AND version=? AND ts >= ?",
                 (device, model, version, start),
             ):
-                inferences, errors = inferences + _stored_count(r["inferences"]), errors + _stored_count(r["errors"])
+                inferences, errors = (
+                    inferences + _stored_count(r["inferences"]),
+                    errors + _stored_count(r["errors"]),
+                )
                 merge_latency(hist, r["latency"])
         return {
             "inferences": inferences,

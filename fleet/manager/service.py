@@ -499,7 +499,9 @@ class FleetManager:
             # burst still gets through, at the bucket's rate.
             if not (mine.tokens >= cost or mine.full) or not (package.tokens >= cost or package.full):
                 left = req.offset + req.count - index
-                self._limited("stream_device" if mine.tokens < cost and not mine.full else "stream_package", left)
+                self._limited(
+                    "stream_device" if mine.tokens < cost and not mine.full else "stream_package", left
+                )
                 self._warn_limited(
                     device, f"stream/get from {device}: over the stream rate limit, {left} block(s) not sent"
                 )

@@ -548,3 +548,16 @@ def test_cli_deploy_needs_a_target_or_all(monkeypatch):
         cli.main(["fleet", "deploy", "0123abcd", "--api", "http://127.0.0.1:9"])
     with pytest.raises(SystemExit, match="--all"):
         cli.main(["fleet", "deploy", "0123abcd", "--all", "--tag", "k", "--api", "http://127.0.0.1:9"])
+
+
+def test_a_stored_spec_from_before_the_checks_is_aborted_once_not_failed_every_tick(manager, known):
+    dep = manager.deploy(known, RolloutSpec(targets=Targets(devices=("dev-a",)), device_timeout_s=60))
+    stored = json.loads(manager.db.one("SELECT spec FROM deployments WHERE id=?", (dep["id"],))["spec"])
+    stored["device_timeout_s"], stored["block_size"] = float("nan"), 1
+    with manager.db.tx() as db:
+        db.execute("UPDATE deployments SET spec=? WHERE id=?", (json.dumps(stored), dep["id"]))
+    final = wait_for(
+        lambda: (s := manager.rollouts.status(dep["id"]))["state"] != "running" and s, 10, "the abort"
+    )
+    assert final["state"] == "aborted" and "stored spec is invalid" in final["reason"], final
+    assert final["waves"] == 1

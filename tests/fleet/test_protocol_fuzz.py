@@ -13,13 +13,11 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from fleet.errors import ProtocolError  # noqa: E402
-from fleet.protocol import (  # noqa: E402
+from fleet.errors import ProtocolError
+from fleet.protocol import (
     BLOCK_MAGIC,
     MAX_JSON_DEPTH,
     decode_block,
@@ -28,7 +26,7 @@ from fleet.protocol import (  # noqa: E402
     loads_bounded,
     parse_json_message,
 )
-from fleet.targets import LATENCY_BUCKETS_MS  # noqa: E402
+from fleet.targets import LATENCY_BUCKETS_MS
 
 FUZZ = settings(
     max_examples=200,

@@ -35,6 +35,7 @@ from edge_runtime.package._manifest import (
     SelfTest,
     Sparsity,
     TensorSpec,
+    decode_manifest_json,
     parse_manifest_bytes,
 )
 from edge_runtime.package._selftest import load_selftest, make_selftest
@@ -65,6 +66,7 @@ __all__ = [
     "Sparsity",
     "TensorSpec",
     "TrustStore",
+    "decode_manifest_json",
     "file_sha256",
     "generate_keypair",
     "key_id",

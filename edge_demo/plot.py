@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_demo.traffic import Sample
+from fleet.protocol import EventState
 
 __all__ = ["TimelineEvent", "write_plot"]
 
@@ -17,13 +18,13 @@ __all__ = ["TimelineEvent", "write_plot"]
 TimelineEvent = tuple[float, str, str]
 
 _STATE_MARKERS = {
-    "accepted": ("o", "tab:gray"),
-    "downloading": (".", "tab:gray"),
-    "verified": ("s", "tab:blue"),
-    "swapped": ("D", "tab:orange"),
-    "succeeded": ("*", "tab:green"),
-    "failed": ("X", "tab:red"),
-    "rolled_back": ("P", "tab:purple"),
+    EventState.ACCEPTED: ("o", "tab:gray"),
+    EventState.DOWNLOADING: (".", "tab:gray"),
+    EventState.VERIFIED: ("s", "tab:blue"),
+    EventState.SWAPPED: ("D", "tab:orange"),
+    EventState.SUCCEEDED: ("*", "tab:green"),
+    EventState.FAILED: ("X", "tab:red"),
+    EventState.ROLLED_BACK: ("P", "tab:purple"),
 }
 
 
@@ -89,10 +90,10 @@ def write_plot(
             kwargs["label"] = legend
             seen_labels.add(legend)
         bottom.plot([t], [rows[device]], marker, color=color, ms=8, **kwargs)
-        if state in ("succeeded", "failed", "rolled_back"):
+        if state in _STATE_MARKERS and EventState(state).terminal:
             text = (
                 label.split(" ")[0]
-                if state != "failed"
+                if state != EventState.FAILED
                 else f"{label.split(' ')[0]} failed: rolled back locally"
             )
             bottom.annotate(text, (t, rows[device]), xytext=(4, 7), textcoords="offset points", fontsize=7)

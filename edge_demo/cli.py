@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_runtime.cli import CommandGroup
 from edge_demo.errors import DemoError
+from edge_runtime.cli import CommandGroup
 
 __all__ = ["COMMANDS", "register"]
 

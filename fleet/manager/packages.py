@@ -17,12 +17,33 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.package import TrustStore, open_package
-from fleet.errors import NotFoundError
+from fleet.errors import FleetError, NotFoundError, ProtocolError
 from fleet.manager.db import FleetDB
+from fleet.protocol import MAX_TEXT, check_id
 
-__all__ = ["PackageStore"]
+__all__ = ["InvalidPackageError", "PackageStore"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_deployable(name: Any, version: Any) -> None:
+    """A package whose name or version could not travel in a ``desired`` state is refused at upload."""
+    try:
+        check_id(name, "package name")
+    except ProtocolError as exc:
+        raise InvalidPackageError(f"{exc}: devices would refuse its desired state") from None
+    if not isinstance(version, str) or len(version) > MAX_TEXT or _CONTROL.search(version):
+        raise InvalidPackageError(
+            f"package version {str(version)[:40]!r} is not a text of at most {MAX_TEXT} characters without "
+            "control characters: devices would refuse its desired state"
+        )
+
+
+class InvalidPackageError(ValueError, FleetError):
+    """A package the fleet cannot deploy (HTTP 400)."""
+
+
 _PREFIX = re.compile(r"[0-9a-f]{8,64}")
 
 
@@ -59,6 +80,7 @@ class PackageStore:
             with open_package(tmp, trust_store=self.trust_store) as pkg:
                 pkg.verify()
                 manifest, signer = pkg.manifest, pkg.signer
+            _check_deployable(manifest.name, manifest.version)
             final = self.root / f"{sha256}.edgepkg"
             os.replace(tmp, final)
         finally:

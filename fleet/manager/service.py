@@ -479,6 +479,9 @@ class FleetManager:
         # the device's bucket and the package's; what neither covers is not sent (and counted): the
         # agent asks again for what it misses after its block timeout, so a download slows, never fails.
         mine = self._device_streams.get(device, now)
+        if mine.tokens < _STREAM_ERROR_COST and not mine.full:  # in debt: not even a file read
+            self._limited("stream_device", req.count)
+            return
         for index in range(req.offset, req.offset + req.count):
             try:
                 data, size = self.packages.read_block(req.file_id, index, req.block_size)

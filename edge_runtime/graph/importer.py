@@ -35,22 +35,35 @@ __all__ = [
     "import_onnx",
 ]
 
-# Operators a backend receives after optimize() ("Gelu" and "LayerNormalization"
-# also come from their decomposed patterns).
+# Operators a backend receives after optimize() ("Gelu", "LayerNormalization", "HardSwish" and
+# "Swish" also come from their decomposed patterns).
 SUPPORTED_OPS = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div",
     "Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Gelu", "Softmax",
     "LayerNormalization", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
     "Resize", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice",
     "Gather", "Identity",
+    # real models' operators (opsets 7-21): activations run as 256-entry tables where they are
+    # element-wise, the rest as byte moves or float steps (edge_runtime.plan.lower)
+    "PRelu", "LeakyRelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish", "Swish",
+    "ThresholdedRelu", "Exp", "Log", "Abs", "Neg", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos",
+    "LogSoftmax", "Hardmax", "Pad", "Split", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum",
+    "ReduceL2", "ArgMax", "ArgMin", "Expand", "Tile", "LSTM", "GRU", "Einsum", "GlobalMaxPool",
+    "InstanceNormalization", "DepthToSpace", "SpaceToDepth", "Max", "Min", "Sqrt", "Pow",
 })  # fmt: skip
 # Shape arithmetic: accepted when it folds to constants.
-FOLDABLE_OPS = frozenset({"Shape", "Cast", "Range", "ConstantOfShape", "Equal", "Where", "Constant"})
+FOLDABLE_OPS = frozenset({
+    "Shape", "Cast", "Range", "ConstantOfShape", "Equal", "Where", "Constant", "Size", "Less", "Greater",
+    "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Mod", "ReduceProd",
+})  # fmt: skip
 # Accepted only as part of a pattern that a pass rewrites (GELU, layer norm, mean pool) or removes.
-PATTERN_OPS = frozenset({"Erf", "Pow", "Sqrt", "ReduceMean", "Dropout"})
-IMPORTABLE_OPS = SUPPORTED_OPS | FOLDABLE_OPS | PATTERN_OPS
-# Opsets 22 and 23 only widened the types of these operators.
-SUPPORTED_OPSETS = range(11, 24)
+PATTERN_OPS = frozenset({"Erf", "Dropout"})
+# Operators of old opsets that the importer rewrites into the ones above.
+LEGACY_OPS = frozenset({"Upsample"})
+IMPORTABLE_OPS = SUPPORTED_OPS | FOLDABLE_OPS | PATTERN_OPS | LEGACY_OPS
+# Opsets 7-10 are what older exporters (tf2onnx, keras2onnx, early torch) wrote; 22 and 23 only
+# widened the types of these operators.
+SUPPORTED_OPSETS = range(7, 24)
 
 _ONNX_DOMAINS = ("", "ai.onnx")
 
@@ -71,6 +84,7 @@ def import_onnx(model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> Grap
         raise GraphError(f"the model fails the ONNX checker: {exc}") from exc
     opset = _opset(model)
     _refuse_unsupported(model.graph)
+    model = _name_anonymous_dims(model)
     try:
         inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort; missing shapes only disable some rewrites
@@ -115,6 +129,8 @@ def _unsupported_reason(graph: Graph, node: Node) -> str | None:
         return "shape arithmetic that does not fold to a constant"
     if op in PATTERN_OPS:
         return f"supported only inside a GELU or layer-norm pattern, which this {op} is not part of"
+    if op == "Pow" and (graph.is_constant(node.inputs[0]) or _scalar_value(graph, node.inputs[1]) is None):
+        return "a power whose exponent is not one constant (x ** c runs as a table)"
     if op == "Div" and not graph.is_constant(node.inputs[1]):
         return "division by a tensor computed at run time (only division by constants is supported)"
     variant = _variant_reason(node)
@@ -125,6 +141,11 @@ def _unsupported_reason(graph: Graph, node: Node) -> str | None:
     if op in ("Squeeze", "Unsqueeze", "Slice", "Clip", "Resize") and len(node.inputs) > 1:
         return "parameters computed at run time that did not fold to constants"
     return None
+
+
+def _scalar_value(graph: Graph, name: str) -> float | None:
+    value = graph.constant(name)
+    return None if value is None or value.size != 1 else float(value.ravel()[0])
 
 
 def _variant_reason(node: Node) -> str | None:
@@ -183,6 +204,43 @@ def _opset(model: onnx.ModelProto) -> int:
     return int(version)
 
 
+def _name_anonymous_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph inputs and outputs name every dynamic dimension.
+
+    Exporters write a dynamic dimension as ``-1`` (paddle2onnx, old tf2onnx), ``?`` or
+    nothing at all. ONNX shape inference takes ``-1`` for a size, and its data propagation
+    then turns ``Shape -> Reshape`` chains into ranks it cannot follow (a classifier's last
+    Softmax of rank None); an anonymous dim gets a fresh ``unk__N`` per use, so two tensors
+    of one batch no longer match. Each becomes a symbol ``<input>_dim<i>``."""
+
+    def anonymous(dim: onnx.TensorShapeProto.Dimension) -> bool:
+        if dim.HasField("dim_value"):
+            return dim.dim_value < 0
+        return not dim.dim_param or dim.dim_param == "?"
+
+    values = [*model.graph.input, *model.graph.output]
+    if not any(anonymous(d) for v in values for d in v.type.tensor_type.shape.dim):
+        return model
+    model = copy_model(model)
+    initializers = {t.name for t in model.graph.initializer}
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name in initializers or not value.type.tensor_type.HasField("shape"):
+            continue
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            if anonymous(dim):
+                dim.Clear()
+                dim.dim_param = f"{value.name}_dim{i}"
+    return model
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnx
+
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    return clone
+
+
 def _refuse_unsupported(graph: onnx.GraphProto) -> None:
     by_op: dict[str, list[str]] = defaultdict(list)
     for i, node in enumerate(graph.node):
@@ -208,7 +266,7 @@ def _value_info(proto: onnx.ValueInfoProto) -> ValueInfo:
     if tensor.HasField("shape"):
         dims: list[Dim] = []
         for dim in tensor.shape.dim:
-            if dim.HasField("dim_value"):
+            if dim.HasField("dim_value") and dim.dim_value >= 0:
                 dims.append(int(dim.dim_value))
             elif dim.HasField("dim_param"):
                 dims.append(dim.dim_param)
@@ -295,18 +353,22 @@ def _convert(proto: onnx.GraphProto, opset: int) -> tuple[Graph, list[str]]:
 
 def _normalize_node(graph: Graph, node: Node, opset: int) -> str | None:
     """Give one node the opset-independent meaning the IR uses: explicit defaults,
-    numpy dtypes instead of ONNX type codes, Softmax over one axis. Returns why the
-    node cannot be expressed, or None."""
+    numpy dtypes instead of ONNX type codes, the operators of old opsets in their
+    current form (Upsample and Resize-10 -> Resize with their coordinate rules),
+    Softmax-family nodes of opset < 13 marked ``coerce_2d`` unless they normalize
+    over the last axis only (the ``canonical_softmax`` pass resolves the rest once
+    shapes are known). Returns why the node cannot be expressed, or None."""
     op, attrs = node.op_type, node.attrs
-    if op == "Softmax":
+    if op in ("Softmax", "LogSoftmax", "Hardmax"):
         axis = int(attrs.get("axis", 1 if opset < 13 else -1))
         if opset < 13:
-            # Before opset 13 Softmax normalized over all axes from `axis` on (a 2-D coercion),
-            # which equals one-axis softmax only when `axis` is the last one.
+            # Before opset 13 these normalized over all axes from `axis` on (a 2-D coercion),
+            # which equals the one-axis form only when `axis` is the last one.
             rank = graph.rank(node.inputs[0])
-            if rank is None or axis % rank != rank - 1:
-                return f"of opset {opset} over axes {axis}.. of a rank-{rank} tensor (re-export with opset >= 13)"
-            axis = -1
+            if rank is not None and axis % rank == rank - 1:
+                axis = -1
+            else:
+                attrs["coerce_2d"] = 1
         attrs["axis"] = axis
     elif op == "Cast":
         from onnx import helper
@@ -321,4 +383,25 @@ def _normalize_node(graph: Graph, node: Node, opset: int) -> str | None:
         attrs["value"] = np.zeros(1, dtype=np.float32)
     elif op == "Dropout" and len(node.outputs) > 1 and not node.outputs[1]:
         node.outputs = node.outputs[:1]
+    elif op == "Upsample" or (op == "Resize" and opset < 11):
+        # Upsample (opsets 7-9) and Resize-10: output = floor(input * scale), source coordinate
+        # i / scale (asymmetric), nearest takes its floor; scales an attribute (7-8) or input 1.
+        mode = attrs.get("mode", "nearest")
+        if mode == "bilinear":
+            mode = "linear"
+        scales = attrs.pop("scales", None)
+        node.op_type = "Resize"
+        node.inputs = [node.inputs[0], "", node.input(1)] if scales is None else [node.inputs[0]]
+        if scales is not None:
+            attrs["scales"] = [float(v) for v in scales]
+        attrs.update(mode=mode, coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    elif op == "Resize":
+        attrs.setdefault("coordinate_transformation_mode", "half_pixel")
+        attrs.setdefault("nearest_mode", "round_prefer_floor")
+    elif op == "Pad" and opset < 11:
+        attrs["pads"] = [int(p) for p in attrs.get("pads", attrs.pop("paddings", []))]
+        attrs.setdefault("value", 0.0)
+    elif op == "BatchNormalization":
+        attrs.pop("spatial", None)  # opsets 7-8: 1 is the only form exporters wrote
+        attrs.pop("is_test", None)
     return None

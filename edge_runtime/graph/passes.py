@@ -14,24 +14,31 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError, GraphError
-from edge_runtime.graph.ir import Graph, Node
+from edge_runtime.graph.ir import Graph, Node, ValueInfo
 from edge_runtime.graph.reference import evaluate_node
 from edge_runtime.graph.shapes import infer_shapes
 
 __all__ = [
     "DEFAULT_PASSES",
+    "canonical_softmax",
+    "conv1d_to_conv2d",
+    "einsum_to_matmul",
     "eliminate_dead_code",
     "fold_batch_norm",
     "fold_constants",
     "fuse_activation",
     "fuse_gelu",
+    "fuse_hard_swish",
     "fuse_layer_norm",
     "fuse_matmul_add",
+    "fuse_pad_into_conv",
+    "fuse_swish",
     "infer_shapes",
     "inputs_to_attributes",
     "optimize",
     "reduce_mean_to_global_pool",
     "remove_identities",
+    "split_to_slices",
     "sub_div_by_constant",
 ]
 
@@ -95,10 +102,11 @@ def _is_float(value: np.ndarray) -> bool:
 
 
 def inputs_to_attributes(graph: Graph) -> bool:
-    """Move constant parameter inputs to attributes: Squeeze/Unsqueeze/ReduceMean ``axes``,
-    Slice ``starts/ends/axes/steps``, Clip ``min/max``, Resize ``scales``/``sizes``.
+    """Move constant parameter inputs to attributes: Squeeze/Unsqueeze/ReduceX ``axes``,
+    Slice ``starts/ends/axes/steps``, Clip ``min/max``, Resize ``scales``/``sizes``, Split
+    ``split``, Pad ``pads`` (for every axis) and ``value``.
 
-    Opset 13 and 18 turned these attributes into inputs; backends read one form.
+    Opsets 11, 13 and 18 turned these attributes into inputs; backends read one form.
     """
     changed = False
     for node in list(graph.nodes):
@@ -107,8 +115,26 @@ def inputs_to_attributes(graph: Graph) -> bool:
             continue
         values = [graph.constant(name) if name else None for name in params]
         op = node.op_type
-        if op in ("Squeeze", "Unsqueeze", "ReduceMean") and values[0] is not None:
+        if (op in ("Squeeze", "Unsqueeze") or op in _REDUCE_OPS) and values[0] is not None:
             node.attrs["axes"] = [int(a) for a in values[0].ravel()]
+        elif op == "Split" and values[0] is not None:
+            node.attrs["split"] = [int(a) for a in values[0].ravel()]
+        elif op == "Pad":
+            if values[0] is None:
+                continue
+            pads = [int(v) for v in values[0].ravel()]
+            value = values[1] if len(values) > 1 and values[1] is not None and values[1].size else None
+            axes = values[2] if len(values) > 2 else None
+            if axes is not None:  # opset 18: pads for some axes only -> pads for every axis
+                rank = graph.rank(node.inputs[0])
+                if rank is None:
+                    continue
+                full = [0] * (2 * rank)
+                for i, a in enumerate(int(a) for a in axes.ravel()):
+                    full[a % rank], full[a % rank + rank] = pads[i], pads[i + len(axes.ravel())]
+                pads = full
+            node.attrs["pads"] = pads
+            node.attrs["value"] = 0.0 if value is None else value.ravel()[0].item()
         elif op == "Slice":
             starts, ends = ([int(v) for v in values[i].ravel()] for i in (0, 1))
             axes = values[2] if len(values) > 2 and values[2] is not None else np.arange(len(starts))
@@ -138,6 +164,11 @@ def inputs_to_attributes(graph: Graph) -> bool:
         changed = True
     return changed
 
+
+_REDUCE_OPS = frozenset({
+    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp",
+})  # fmt: skip
 
 # Ops whose 1-D int64 "shape values" can carry symbolic elements through folding.
 _SHAPE_MOVERS = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Reshape", "Identity"}
@@ -259,13 +290,19 @@ def _reshape_target(graph: Graph, node: Node, target: np.ndarray) -> np.ndarray 
 
 
 def remove_identities(graph: Graph) -> bool:
-    """Drop Identity, and Dropout whose mask output is unused (inference is the identity)."""
+    """Drop Identity, Dropout whose mask output is unused (inference is the identity) and
+    Cast to the dtype its input already has."""
     changed = False
     for node in list(graph.nodes):
         if node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1]:
             if graph.uses(node.outputs[1]):
                 continue
             node.outputs = node.outputs[:1]
+        if node.op_type == "Cast" and node.inputs[0]:
+            info = graph.info(node.inputs[0])
+            if info is None or info.dtype is None or np.dtype(info.dtype).name != node.attrs.get("to"):
+                continue
+            changed |= graph.bypass(node, node.inputs[0])  # a Cast to the dtype it already has
         if node.op_type in ("Identity", "Dropout") and node.inputs[0]:
             changed |= graph.bypass(node, node.inputs[0])
     return changed
@@ -665,15 +702,358 @@ def fuse_activation(graph: Graph) -> bool:
     return changed
 
 
+# ---------------------------------------------------------------------------
+# opset forms and the patterns of real exporters
+
+
+_SOFTMAX_OPS = ("Softmax", "LogSoftmax", "Hardmax")
+
+
+def canonical_softmax(graph: Graph) -> bool:
+    """Softmax, LogSoftmax and Hardmax of opset < 13 that the importer marked ``coerce_2d``
+    (normalizing over every axis from ``axis`` on) in the one-axis form once the input's
+    shape is known: over the one axis of the tail whose size is not 1 (a classifier's
+    [N, classes] or [N, classes, 1, 1]), else, with a static tail, between two Reshapes
+    (``[0] * axis + [-1]`` and back). What stays marked runs as the reference defines it."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op_type not in _SOFTMAX_OPS or not node.attrs.get("coerce_2d"):
+            continue
+        shape = graph.shape(node.inputs[0])
+        if shape is None or not shape:
+            continue
+        rank = len(shape)
+        axis = int(node.attrs.get("axis", 1)) % rank
+        tail = shape[axis:]
+        others = [i for i, d in enumerate(tail) if d != 1]
+        if len(others) <= 1:
+            k = others[0] if others else len(tail) - 1
+            node.attrs["axis"] = axis + k - rank
+            del node.attrs["coerce_2d"]
+            changed = True
+            continue
+        if not all(isinstance(d, int) for d in tail):
+            continue
+        flat = graph.unique_name(node.outputs[0] + "/flat")
+        normalized = graph.unique_name(node.outputs[0] + "/rows")
+        to_rows = graph.add_constant(np.array([0] * axis + [-1], np.int64), node.name + "/rows_shape")
+        back = graph.add_constant(np.array([0] * axis + list(tail), np.int64), node.name + "/shape")
+        attrs = {k: v for k, v in node.attrs.items() if k != "coerce_2d"}
+        attrs["axis"] = -1
+        graph.replace_node(
+            node,
+            [
+                Node("Reshape", graph.unique_name(node.name + "/to_rows"), [node.inputs[0], to_rows], [flat]),
+                Node(node.op_type, node.name, [flat], [normalized], attrs),
+                Node(
+                    "Reshape", graph.unique_name(node.name + "/back"), [normalized, back], list(node.outputs)
+                ),
+            ],
+        )
+        changed = True
+    return changed
+
+
+def _is_scalar_const(graph: Graph, name: str, value: float, rel: float = 1e-3) -> bool:
+    return _near(_scalar(graph, name), value, rel)
+
+
+def _clip_bounds(node: Node) -> tuple[float | None, float | None] | None:
+    """(min, max) of a Clip in attribute form, or None."""
+    if node.op_type != "Clip" or len(node.inputs) != 1:
+        return None
+    return node.attrs.get("min"), node.attrs.get("max")
+
+
+def _hard_sigmoid_of(graph: Graph, name: str) -> str | None:
+    """x when tensor ``name`` computes hard_sigmoid(x) = clip(x + 3, 0, 6) / 6 as exporters
+    write it (Add -> Clip -> Mul by 1/6, or a HardSigmoid node with alpha 1/6, beta 0.5);
+    the node producing ``name`` is the end of the pattern."""
+    node = graph.producer(name)
+    if node is None:
+        return None
+    if node.op_type == "HardSigmoid":
+        if _near(float(node.attrs.get("alpha", 0.2)), 1 / 6) and _near(
+            float(node.attrs.get("beta", 0.5)), 0.5
+        ):
+            return node.inputs[0]
+        return None
+    if node.op_type != "Mul":
+        return None
+    operand = _constant_operand(graph, node)
+    if operand is None or operand[1].size != 1 or not _near(float(operand[1].ravel()[0]), 1 / 6):
+        return None
+    return _relu6_of_plus_3(graph, operand[0])
+
+
+def _relu6_of_plus_3(graph: Graph, name: str) -> str | None:
+    """x when ``name`` is Clip(x + 3, 0, 6) and each intermediate has one reader."""
+    clip = graph.producer(name)
+    if clip is None or _clip_bounds(clip) is None or _sole_consumer(graph, name) is None:
+        return None
+    lo, hi = _clip_bounds(clip)
+    if lo != 0.0 or hi != 6.0:
+        return None
+    add = graph.producer(clip.inputs[0])
+    if add is None or add.op_type != "Add" or _sole_consumer(graph, clip.inputs[0]) is not clip:
+        return None
+    operand = _constant_operand(graph, add)
+    if operand is None or operand[1].size != 1 or not _near(float(operand[1].ravel()[0]), 3.0):
+        return None
+    return operand[0]
+
+
+def fuse_hard_swish(graph: Graph) -> bool:
+    """``x * hard_sigmoid(x)`` as paddle2onnx, tf2onnx and torch < opset 14 write it becomes one
+    HardSwish node (a 256-entry table instead of Add, Clip, two Muls and their requantizations):
+    ``x * Clip(x + 3, 0, 6) * (1/6)`` in either association, and ``x * HardSigmoid(x)``."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op_type != "Mul" or node not in graph.nodes:
+            continue
+        x = None
+        a, b = node.inputs[:2]
+        # x * hard_sigmoid(x)
+        for mine, other in ((a, b), (b, a)):
+            if _sole_consumer(graph, other) is node and _hard_sigmoid_of(graph, other) == mine:
+                x = mine
+                break
+        # (x * Clip(x + 3, 0, 6)) * (1/6)
+        if x is None:
+            operand = _constant_operand(graph, node)
+            inner = graph.producer(operand[0]) if operand is not None and operand[1].size == 1 else None
+            if (
+                inner is not None
+                and inner.op_type == "Mul"
+                and _near(float(operand[1].ravel()[0]), 1 / 6)
+                and _sole_consumer(graph, inner.outputs[0]) is node
+            ):
+                p, q = inner.inputs[:2]
+                for mine, other in ((p, q), (q, p)):
+                    if _sole_consumer(graph, other) is inner and _relu6_of_plus_3(graph, other) == mine:
+                        x = mine
+                        break
+        if x is None:
+            continue
+        graph.replace_node(
+            node, [Node("HardSwish", _fused_name(graph, node, "HardSwish"), [x], list(node.outputs))]
+        )
+        changed = True
+    if changed:
+        graph.remove_dead_code()
+    return changed
+
+
+def fuse_swish(graph: Graph) -> bool:
+    """SiLU as exporters write it, ``x * Sigmoid(x)``, becomes one Swish node (alpha 1)."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op_type != "Mul" or len(node.inputs) != 2:
+            continue
+        a, b = node.inputs
+        for mine, other in ((a, b), (b, a)):
+            sig = graph.producer(other)
+            if (
+                sig is not None
+                and sig.op_type == "Sigmoid"
+                and sig.inputs[0] == mine
+                and _sole_consumer(graph, other) is node
+            ):
+                graph.replace_node(
+                    node,
+                    [
+                        Node(
+                            "Swish",
+                            _fused_name(graph, node, "Swish"),
+                            [mine],
+                            list(node.outputs),
+                            {"alpha": 1.0},
+                        )
+                    ],
+                )
+                graph.remove_node(sig)
+                changed = True
+                break
+    return changed
+
+
+def split_to_slices(graph: Graph) -> bool:
+    """Split with sizes known (its ``split``, or an equal split of a static dim) becomes one
+    Slice per output: backends take single-output data movement."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op_type != "Split" or len(node.inputs) != 1:
+            continue
+        shape = graph.shape(node.inputs[0])
+        if shape is None:
+            continue
+        axis = int(node.attrs.get("axis", 0)) % len(shape)
+        sizes = node.attrs.get("split")
+        if sizes is None:
+            dim, n = shape[axis], int(node.attrs.get("num_outputs", len(node.outputs)))
+            if not isinstance(dim, int):
+                continue
+            chunk = -(-dim // n)
+            sizes = [min(chunk, dim - i * chunk) for i in range(n)]
+        bounds = np.cumsum([0, *[int(v) for v in sizes]])
+        slices = [
+            Node(
+                "Slice",
+                graph.unique_name(f"{node.name}/Slice_{i}"),
+                [node.inputs[0]],
+                [out],
+                {"starts": [int(bounds[i])], "ends": [int(bounds[i + 1])], "axes": [axis], "steps": [1]},
+            )
+            for i, out in enumerate(node.outputs)
+            if out
+        ]
+        graph.replace_node(node, slices)
+        changed = True
+    return changed
+
+
+def fuse_pad_into_conv(graph: Graph) -> bool:
+    """A constant zero Pad of the spatial axes only, read by one Conv (explicit pads), becomes
+    part of the Conv's pads."""
+    changed = False
+    for pad in list(graph.nodes):
+        if pad.op_type != "Pad" or len(pad.inputs) != 1 or pad.attrs.get("mode", "constant") != "constant":
+            continue
+        if float(pad.attrs.get("value", 0.0)) != 0.0:
+            continue
+        pads = [int(p) for p in pad.attrs.get("pads", [])]
+        rank = len(pads) // 2
+        conv = _sole_consumer(graph, pad.outputs[0])
+        if (
+            conv is None
+            or conv.op_type != "Conv"
+            or conv.inputs[0] != pad.outputs[0]
+            or conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "")
+            or rank < 3
+            or any(pads[i] or pads[i + rank] for i in (0, 1))
+            or any(p < 0 for p in pads)
+        ):
+            continue
+        spatial = rank - 2
+        old = list(conv.attrs.get("pads", [0] * (2 * spatial)))
+        conv.attrs["pads"] = [old[i] + pads[2 + i] for i in range(spatial)] + [
+            old[spatial + i] + pads[rank + 2 + i] for i in range(spatial)
+        ]
+        conv.inputs[0] = pad.inputs[0]
+        graph.remove_node(pad)
+        changed = True
+    return changed
+
+
+def conv1d_to_conv2d(graph: Graph) -> bool:
+    """A 1-D Conv (audio front ends, STFTs written as convolutions) becomes a 2-D one of height 1
+    between an Unsqueeze and a Squeeze of axis 2, so that backends need 2-D kernels only."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op_type != "Conv" or graph.rank(node.inputs[0]) != 3:
+            continue
+        w = graph.constant(node.inputs[1])
+        if w is None or w.ndim != 3:
+            continue
+        auto_pad = node.attrs.get("auto_pad", "NOTSET")
+        attrs = dict(node.attrs)
+        attrs["kernel_shape"] = [1, int(attrs.get("kernel_shape", [w.shape[2]])[0])]
+        attrs["strides"] = [1, int(attrs.get("strides", [1])[0])]
+        attrs["dilations"] = [1, int(attrs.get("dilations", [1])[0])]
+        if auto_pad in ("NOTSET", ""):
+            pads = list(attrs.get("pads", [0, 0]))
+            attrs["pads"] = [0, int(pads[0]), 0, int(pads[1])]
+        x4 = graph.unique_name(node.inputs[0] + "/h1")
+        y4 = graph.unique_name(node.outputs[0] + "/h1")
+        w4 = graph.add_constant(w[:, :, None, :], node.inputs[1] + "/h1")
+        shape = graph.shape(node.inputs[0])
+        if shape is not None:
+            graph.value_info[x4] = ValueInfo(x4, None, (shape[0], shape[1], 1, shape[2]))
+        graph.replace_node(
+            node,
+            [
+                Node(
+                    "Unsqueeze",
+                    graph.unique_name(node.name + "/Unsqueeze"),
+                    [node.inputs[0]],
+                    [x4],
+                    {"axes": [2]},
+                ),
+                Node("Conv", node.name, [x4, w4, *node.inputs[2:]], [y4], attrs),
+                Node(
+                    "Squeeze",
+                    graph.unique_name(node.name + "/Squeeze"),
+                    [y4],
+                    list(node.outputs),
+                    {"axes": [2]},
+                ),
+            ],
+        )
+        changed = True
+    return changed
+
+
+def einsum_to_matmul(graph: Graph) -> bool:
+    """The two-operand Einsums exporters emit for batched products (``bij,bjk->bik``,
+    ``bhid,bhjd->bhij``: the same leading letters in both operands and the output, one
+    contracted letter) become MatMul, with a Transpose of the second operand when its
+    contracted letter comes last."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op_type != "Einsum" or len(node.inputs) != 2:
+            continue
+        equation = str(node.attrs.get("equation", "")).replace(" ", "")
+        if "->" not in equation or "." in equation:
+            continue
+        lhs, out = equation.split("->")
+        terms = lhs.split(",")
+        if len(terms) != 2:
+            continue
+        a, b = terms
+        if len(a) < 2 or len(a) != len(b) or len(out) != len(a) or len(set(a + b)) != len(a) + 1:
+            continue
+        batch, (i, k) = a[:-2], a[-2:]
+        if b[:-2] != batch or out[:-2] != batch or k not in b or i in b:
+            continue
+        j = b[-1] if b[-2] == k else b[-2] if b[-1] == k else None
+        if j is None or out[-2:] != i + j:
+            continue
+        second = node.inputs[1]
+        new: list[Node] = []
+        if b[-1] == k:  # ...jk: transpose the last two axes
+            perm = list(range(len(b) - 2)) + [len(b) - 1, len(b) - 2]
+            second = graph.unique_name(node.inputs[1] + "/T")
+            new.append(
+                Node(
+                    "Transpose",
+                    graph.unique_name(node.name + "/Transpose"),
+                    [node.inputs[1]],
+                    [second],
+                    {"perm": perm},
+                )
+            )
+        new.append(Node("MatMul", node.name, [node.inputs[0], second], list(node.outputs)))
+        graph.replace_node(node, new)
+        changed = True
+    return changed
+
+
 DEFAULT_PASSES: tuple[Pass, ...] = (
     inputs_to_attributes,
     infer_shapes,
     fold_constants,
+    canonical_softmax,
+    split_to_slices,
+    einsum_to_matmul,
     remove_identities,
     fold_batch_norm,
     fuse_layer_norm,
     sub_div_by_constant,
     fuse_gelu,
+    fuse_hard_swish,
+    fuse_swish,
+    fuse_pad_into_conv,
+    conv1d_to_conv2d,
     reduce_mean_to_global_pool,
     fuse_matmul_add,
     fuse_activation,

@@ -363,14 +363,6 @@ def _dropout(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
 # normalization
 
 
-@_op("Softmax")
-def _softmax(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
-    x = inputs[0]
-    axis = int(node.attrs.get("axis", -1))
-    e = np.exp(x.astype(np.float64) - np.max(x, axis=axis, keepdims=True))
-    return [(e / np.sum(e, axis=axis, keepdims=True)).astype(x.dtype)]
-
-
 @_op("LayerNormalization")
 def _layer_norm(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
     x, scale = inputs[0], inputs[1]
@@ -397,18 +389,6 @@ def _batch_norm(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
     k = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
     y = (x - mean.reshape(shape)) * k.reshape(shape) + bias.reshape(shape)
     return [y.astype(x.dtype)]
-
-
-@_op("ReduceMean")
-def _reduce_mean(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
-    x = inputs[0]
-    axes = _attr_or_input(node, inputs, "axes", 1)
-    keepdims = bool(node.attrs.get("keepdims", 1))
-    if not axes:
-        if node.attrs.get("noop_with_empty_axes", 0):
-            return [x]
-        axes = list(range(x.ndim))
-    return [np.mean(x.astype(np.float64), axis=tuple(axes), keepdims=keepdims).astype(x.dtype)]
 
 
 # ---------------------------------------------------------------------------
@@ -674,3 +654,454 @@ def _constant_of_shape(node: Node, inputs: list[Array | None]) -> Sequence[Array
 @_op("Constant")
 def _constant(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
     return [np.asarray(node.attrs["value"])]
+
+
+# ---------------------------------------------------------------------------
+# operators of real models (vision, OCR, audio, text) beyond the core set
+
+
+def _softmax_axes(node: Node, x: Array) -> tuple[int, ...]:
+    """The axes a Softmax/LogSoftmax/Hardmax normalizes over: one axis, or, for an opset < 13
+    node the importer marked ``coerce_2d``, every axis from ``axis`` on (the input coerced
+    to 2-D at ``axis``)."""
+    axis = int(node.attrs.get("axis", -1)) % max(x.ndim, 1)
+    if node.attrs.get("coerce_2d", 0):
+        return tuple(range(axis, x.ndim))
+    return (axis,)
+
+
+def _softmax_any(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    x = inputs[0]
+    axes = _softmax_axes(node, x)
+    x64 = x.astype(np.float64)
+    shifted = x64 - np.max(x64, axis=axes, keepdims=True)
+    if node.op_type == "LogSoftmax":
+        y = shifted - np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True))
+    elif node.op_type == "Hardmax":
+        # 1 at the first maximum of each row (the rows of the 2-D coercion), else 0.
+        moved = np.moveaxis(x, axes, range(x.ndim - len(axes), x.ndim))
+        lead = moved.shape[: x.ndim - len(axes)]
+        flat = moved.reshape(*lead, -1)
+        hot = np.zeros_like(flat)
+        np.put_along_axis(hot, np.argmax(flat, axis=-1)[..., None], 1, axis=-1)
+        y = np.moveaxis(hot.reshape(moved.shape), range(x.ndim - len(axes), x.ndim), axes)
+    else:
+        e = np.exp(shifted)
+        y = e / np.sum(e, axis=axes, keepdims=True)
+    return [np.asarray(y).astype(x.dtype)]
+
+
+_op("Softmax", "LogSoftmax", "Hardmax")(_softmax_any)
+
+
+def _alpha(node: Node, default: float) -> float:
+    return float(node.attrs.get("alpha", default))
+
+
+def _selu(x: Array, node: Node) -> Array:
+    alpha = _alpha(node, 1.6732632423543772)
+    gamma = float(node.attrs.get("gamma", 1.0507009873554805))
+    x64 = x.astype(np.float64)
+    return gamma * np.where(x64 > 0, x64, alpha * (np.exp(x64) - 1.0))
+
+
+def _softplus(x64: Array) -> Array:
+    return np.logaddexp(0.0, x64)
+
+
+_op("LeakyRelu")(_unary(lambda x, n: np.where(x >= 0, x, x * np.float64(_alpha(n, 0.01)))))
+_op("Elu")(_unary(lambda x, n: np.where(x > 0, x, _alpha(n, 1.0) * np.expm1(x.astype(np.float64)))))
+_op("Celu")(
+    _unary(lambda x, n: np.maximum(x, 0) + np.minimum(0, _alpha(n, 1.0) * np.expm1(x / _alpha(n, 1.0))))
+)
+_op("Selu")(_unary(_selu))
+_op("ThresholdedRelu")(_unary(lambda x, n: np.where(x > _alpha(n, 1.0), x, 0)))
+_op("Softplus")(_unary(lambda x, n: _softplus(x.astype(np.float64))))
+_op("Softsign")(_unary(lambda x, n: x / (1.0 + np.abs(x.astype(np.float64)))))
+_op("Mish")(_unary(lambda x, n: x * np.tanh(_softplus(x.astype(np.float64)))))
+# Swish (opset 24; also what the SiLU pattern x * sigmoid(x) becomes): x * sigmoid(alpha * x).
+_op("Swish")(_unary(lambda x, n: x / (1.0 + np.exp(-_alpha(n, 1.0) * x.astype(np.float64)))))
+_op("Exp")(_unary(lambda x, n: np.exp(x.astype(np.float64))))
+_op("Log")(_unary(lambda x, n: np.log(x.astype(np.float64))))
+_op("Abs")(_unary(lambda x, n: np.abs(x)))
+_op("Neg")(_unary(lambda x, n: np.negative(x)))
+_op("Reciprocal")(_unary(lambda x, n: 1.0 / x.astype(np.float64)))
+_op("Floor")(_unary(lambda x, n: np.floor(x)))
+_op("Ceil")(_unary(lambda x, n: np.ceil(x)))
+_op("Round")(_unary(lambda x, n: np.round(x)))  # half to even, as ONNX
+_op("Sign")(_unary(lambda x, n: np.sign(x)))
+_op("Sin")(_unary(lambda x, n: np.sin(x.astype(np.float64))))
+_op("Cos")(_unary(lambda x, n: np.cos(x.astype(np.float64))))
+_op("Not")(lambda node, inputs: [np.logical_not(inputs[0])])
+
+
+@_op("PRelu")
+def _prelu(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    x, slope = inputs
+    return [np.where(x >= 0, x, x * slope).astype(x.dtype)]
+
+
+_op("Less")(lambda node, inputs: [np.less(inputs[0], inputs[1])])
+_op("LessOrEqual")(lambda node, inputs: [np.less_equal(inputs[0], inputs[1])])
+_op("Greater")(lambda node, inputs: [np.greater(inputs[0], inputs[1])])
+_op("GreaterOrEqual")(lambda node, inputs: [np.greater_equal(inputs[0], inputs[1])])
+_op("And")(lambda node, inputs: [np.logical_and(inputs[0], inputs[1])])
+_op("Or")(lambda node, inputs: [np.logical_or(inputs[0], inputs[1])])
+_op("Xor")(lambda node, inputs: [np.logical_xor(inputs[0], inputs[1])])
+
+
+@_op("Mod")
+def _mod(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    a, b = inputs
+    if node.attrs.get("fmod", 0):
+        return [np.fmod(a, b)]
+    return [np.mod(a, b)]
+
+
+def _variadic(fn: Callable[[Array, Array], Array], mean: bool = False) -> OpFn:
+    def op(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+        parts = [v for v in inputs if v is not None]
+        y = parts[0]
+        for v in parts[1:]:
+            y = fn(y, v)
+        if mean:
+            y = y / len(parts)
+        return [np.asarray(y).astype(np.result_type(*parts), copy=False)]
+
+    return op
+
+
+_op("Max")(_variadic(np.maximum))
+_op("Min")(_variadic(np.minimum))
+_op("Sum")(_variadic(np.add))
+_op("Mean")(_variadic(np.add, mean=True))
+
+
+def _reduce(fn: Callable[..., Array], pre: Callable[[Array], Array] | None = None,
+            post: Callable[[Array], Array] | None = None) -> OpFn:  # fmt: skip
+    """ReduceX: ``axes`` an attribute (before opset 18; ReduceSum before 13) or input 1."""
+
+    def op(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+        x = inputs[0]
+        axes = _attr_or_input(node, inputs, "axes", 1)
+        keepdims = bool(node.attrs.get("keepdims", 1))
+        if not axes:
+            if node.attrs.get("noop_with_empty_axes", 0):
+                return [x]
+            axes = list(range(x.ndim))
+        axes_t = tuple(a % x.ndim for a in axes)
+        value = x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x
+        if pre is not None:
+            value = pre(value)
+        y = fn(value, axis=axes_t, keepdims=keepdims)
+        if post is not None:
+            y = post(y)
+        return [np.asarray(y).astype(x.dtype)]
+
+    return op
+
+
+_op("ReduceMean")(_reduce(np.mean))
+_op("ReduceMax")(_reduce(np.max))
+_op("ReduceMin")(_reduce(np.min))
+_op("ReduceSum")(_reduce(np.sum))
+_op("ReduceProd")(_reduce(np.prod))
+_op("ReduceL1")(_reduce(np.sum, pre=np.abs))
+_op("ReduceL2")(_reduce(np.sum, pre=np.square, post=np.sqrt))
+_op("ReduceSumSquare")(_reduce(np.sum, pre=np.square))
+_op("ReduceLogSum")(_reduce(np.sum, post=np.log))
+_op("ReduceLogSumExp")(_reduce(np.sum, pre=np.exp, post=np.log))
+
+
+@_op("ArgMax", "ArgMin")
+def _arg_reduce(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    x = inputs[0]
+    axis = int(node.attrs.get("axis", 0)) % x.ndim
+    fn = np.argmax if node.op_type == "ArgMax" else np.argmin
+    if node.attrs.get("select_last_index", 0):
+        flipped = np.flip(x, axis=axis)
+        y = x.shape[axis] - 1 - fn(flipped, axis=axis)
+    else:
+        y = fn(x, axis=axis)
+    if node.attrs.get("keepdims", 1):
+        y = np.expand_dims(y, axis)
+    return [np.asarray(y, dtype=np.int64)]
+
+
+@_op("GlobalMaxPool")
+def _global_max_pool(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    x = inputs[0]
+    return [x.max(axis=tuple(range(2, x.ndim)), keepdims=True)]
+
+
+@_op("InstanceNormalization")
+def _instance_norm(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    x, scale, bias = inputs
+    axes = tuple(range(2, x.ndim))
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = (x64 - mean) / np.sqrt(var + eps) * scale.reshape(shape) + bias.reshape(shape)
+    return [y.astype(x.dtype)]
+
+
+@_op("Pad")
+def _pad(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    """Pad of every opset: ``pads``/``value`` attributes (opset < 11, and the IR's canonical
+    form) or inputs (pads, constant_value, axes); modes constant, reflect, edge, wrap.
+    Negative pads crop."""
+    x = inputs[0]
+    pads = _attr_or_input(node, inputs, "pads", 1)
+    if "value" in node.attrs:
+        value = node.attrs["value"]
+    else:
+        value = inputs[2] if len(inputs) > 2 and inputs[2] is not None and inputs[2].size else 0
+    value = np.asarray(value).ravel()[0] if np.size(value) else 0
+    axes = _attr_or_input(node, inputs, "axes", 3)
+    rank = x.ndim
+    full = [0] * (2 * rank)
+    if axes is None:
+        full = list(pads)
+    else:
+        for i, a in enumerate(axes):
+            full[a % rank] = pads[i]
+            full[a % rank + rank] = pads[i + len(axes)]
+    crop = tuple(slice(max(0, -full[i]), x.shape[i] - max(0, -full[i + rank])) for i in range(rank))
+    x = x[crop]
+    widths = [(max(0, full[i]), max(0, full[i + rank])) for i in range(rank)]
+    mode = node.attrs.get("mode", "constant")
+    if mode == "constant":
+        return [np.pad(x, widths, mode="constant", constant_values=np.asarray(value, x.dtype))]
+    if mode not in ("reflect", "edge", "wrap"):
+        raise UnsupportedOperatorError(f"{node}: Pad mode {mode!r}")
+    return [np.pad(x, widths, mode=mode)]
+
+
+@_op("Split")
+def _split(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    x = inputs[0]
+    axis = int(node.attrs.get("axis", 0)) % x.ndim
+    sizes = _attr_or_input(node, inputs, "split", 1)
+    count = len(node.outputs)
+    if sizes is None:
+        n = int(node.attrs.get("num_outputs", count))
+        chunk = -(-x.shape[axis] // n)  # opset 18: the last chunk may be smaller
+        sizes = [min(chunk, x.shape[axis] - i * chunk) for i in range(n)]
+    bounds = np.cumsum([0, *sizes])
+    return [np.take(x, np.arange(bounds[i], bounds[i + 1]), axis=axis) for i in range(len(sizes))]
+
+
+@_op("Expand")
+def _expand(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    x, shape = inputs
+    target = np.broadcast_shapes(x.shape, tuple(int(s) for s in shape))
+    return [np.ascontiguousarray(np.broadcast_to(x, target))]
+
+
+@_op("Tile")
+def _tile(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    x, repeats = inputs
+    return [np.tile(x, [int(r) for r in repeats])]
+
+
+@_op("DepthToSpace")
+def _depth_to_space(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    x = inputs[0]
+    b = int(node.attrs["blocksize"])
+    n, c, h, w = x.shape
+    if node.attrs.get("mode", "DCR") == "DCR":
+        y = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+    else:
+        y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return [y.reshape(n, c // (b * b), h * b, w * b)]
+
+
+@_op("SpaceToDepth")
+def _space_to_depth(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    x = inputs[0]
+    b = int(node.attrs["blocksize"])
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    return [y.reshape(n, c * b * b, h // b, w // b)]
+
+
+@_op("Einsum")
+def _einsum(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    parts = [v for v in inputs if v is not None]
+    y = np.einsum(str(node.attrs["equation"]), *[p.astype(np.float64) for p in parts])
+    return [np.asarray(y).astype(parts[0].dtype)]
+
+
+@_op("Size")
+def _size(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    return [np.asarray(inputs[0].size, dtype=np.int64)]
+
+
+# -- recurrent layers -----------------------------------------------------------
+
+_RNN_ACTIVATIONS: dict[str, Callable[[Array, float, float], Array]] = {
+    "sigmoid": lambda x, a, b: 1.0 / (1.0 + np.exp(-x)),
+    "tanh": lambda x, a, b: np.tanh(x),
+    "relu": lambda x, a, b: np.maximum(x, 0.0),
+    "hardsigmoid": lambda x, a, b: np.clip(a * x + b, 0.0, 1.0),
+    "leakyrelu": lambda x, a, b: np.where(x >= 0, x, a * x),
+    "affine": lambda x, a, b: a * x + b,
+    "softsign": lambda x, a, b: x / (1.0 + np.abs(x)),
+    "softplus": lambda x, a, b: np.logaddexp(0.0, x),
+    "elu": lambda x, a, b: np.where(x > 0, x, a * np.expm1(x)),
+    "thresholdedrelu": lambda x, a, b: np.where(x > a, x, 0.0),
+    "scaledtanh": lambda x, a, b: a * np.tanh(b * x),
+}
+_RNN_DEFAULT_ALPHA = {"hardsigmoid": 0.2, "leakyrelu": 0.01, "elu": 1.0, "thresholdedrelu": 1.0}
+_RNN_DEFAULT_BETA = {"hardsigmoid": 0.5}
+
+
+def _rnn_activations(node: Node, defaults: Sequence[str], directions: int) -> list[Callable[[Array], Array]]:
+    names = [str(a).lower() for a in node.attrs.get("activations", list(defaults) * directions)]
+    alphas = list(node.attrs.get("activation_alpha", []))
+    betas = list(node.attrs.get("activation_beta", []))
+    fns = []
+    for i, name in enumerate(names):
+        if name not in _RNN_ACTIVATIONS:
+            raise UnsupportedOperatorError(f"{node}: activation {name!r}")
+        a = float(alphas[i]) if i < len(alphas) else _RNN_DEFAULT_ALPHA.get(name, 1.0)
+        b = float(betas[i]) if i < len(betas) else _RNN_DEFAULT_BETA.get(name, 0.0)
+        fns.append(lambda x, f=_RNN_ACTIVATIONS[name], a=a, b=b: f(x, a, b))
+    return fns
+
+
+def _rnn_common(node: Node, inputs: list[Array | None], gates: int):
+    """(X [seq, batch, in] float64, W, R, B, sequence_lens, initial state inputs, directions,
+    hidden size) with ``layout`` 1 (batch first) turned into layout 0."""
+    x, w, r = inputs[0], inputs[1], inputs[2]
+    layout = int(node.attrs.get("layout", 0))
+    x = x.astype(np.float64)
+    if layout:
+        x = x.transpose(1, 0, 2)
+    directions, hidden = w.shape[0], r.shape[-1]
+    b = inputs[3] if len(inputs) > 3 and inputs[3] is not None else np.zeros((directions, 2 * gates * hidden))
+    lens = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
+    return (
+        x,
+        w.astype(np.float64),
+        r.astype(np.float64),
+        b.astype(np.float64),
+        lens,
+        directions,
+        hidden,
+        layout,
+    )
+
+
+def _rnn_state(value: Array | None, d: int, batch: int, hidden: int, layout: int) -> Array:
+    if value is None:
+        return np.zeros((batch, hidden))
+    value = value.astype(np.float64)
+    return value[:, d] if layout else value[d]
+
+
+def _rnn_outputs(node: Node, ys: list[Array], finals: list[list[Array]], layout: int, dtype) -> list[Array]:
+    """Y [seq, dirs, batch, hidden] (layout 0) or [batch, seq, dirs, hidden], and the final states."""
+    y = np.stack(ys, axis=1)  # [seq, dirs, batch, hidden]
+    states = [np.stack(f, axis=0) for f in finals]  # [dirs, batch, hidden]
+    if layout:
+        y = y.transpose(2, 0, 1, 3)
+        states = [s.transpose(1, 0, 2) for s in states]
+    outs = [a.astype(dtype) for a in (y, *states)]
+    # The lowering runs each output of a recurrent layer as its own single-output float step:
+    # it names the one it wants in the IR attribute "_output".
+    if "_output" in node.attrs:
+        return [outs[int(node.attrs["_output"])]]
+    return outs
+
+
+def _rnn_directions(node: Node, directions: int) -> list[bool]:
+    """Per direction, whether it runs backwards."""
+    direction = node.attrs.get("direction", "forward")
+    if direction == "bidirectional":
+        return [False, True]
+    return [direction == "reverse"] * directions
+
+
+def _time_steps(seq: int, lens: Array | None, batch: int, reverse: bool):
+    """(t, mask [batch, 1] of the rows still within their sequence length) in walking order."""
+    order = range(seq - 1, -1, -1) if reverse else range(seq)
+    for t in order:
+        mask = np.ones((batch, 1), bool) if lens is None else (t < np.asarray(lens)).reshape(batch, 1)
+        yield t, mask
+
+
+@_op("LSTM")
+def _lstm(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    """ONNX LSTM (gates i, o, f, c; peepholes; clip; input_forget; layout; sequence_lens)."""
+    x, w, r, b, lens, directions, hidden, layout = _rnn_common(node, inputs, 4)
+    seq, batch = x.shape[:2]
+    h0 = inputs[5] if len(inputs) > 5 else None
+    c0 = inputs[6] if len(inputs) > 6 else None
+    p = inputs[7] if len(inputs) > 7 and inputs[7] is not None else np.zeros((directions, 3 * hidden))
+    clip = node.attrs.get("clip")
+    acts = _rnn_activations(node, ("Sigmoid", "Tanh", "Tanh"), directions)
+    ys, hs, cs = [], [], []
+    for d, reverse in enumerate(_rnn_directions(node, directions)):
+        f, g, hfn = acts[3 * d : 3 * d + 3]
+        h = _rnn_state(h0, d, batch, hidden, layout)
+        c = _rnn_state(c0, d, batch, hidden, layout)
+        wb, rb = b[d, : 4 * hidden], b[d, 4 * hidden :]
+        pi, po, pf = (p[d].astype(np.float64)[k * hidden : (k + 1) * hidden] for k in range(3))
+        y = np.zeros((seq, batch, hidden))
+        for t, mask in _time_steps(seq, lens, batch, reverse):
+            gates = x[t] @ w[d].T + h @ r[d].T + wb + rb
+            if clip is not None:
+                gates = np.clip(gates, -float(clip), float(clip))
+            gi, go, gf, gc = (gates[:, k * hidden : (k + 1) * hidden] for k in range(4))
+            i = f(gi + pi * c)
+            forget = 1.0 - i if node.attrs.get("input_forget", 0) else f(gf + pf * c)
+            c_new = forget * c + i * g(gc)
+            o = f(go + po * c_new)
+            h_new = o * hfn(c_new)
+            c = np.where(mask, c_new, c)
+            h = np.where(mask, h_new, h)
+            y[t] = np.where(mask, h_new, 0.0)
+        ys.append(y)
+        hs.append(h)
+        cs.append(c)
+    return _rnn_outputs(node, ys, [hs, cs], layout, inputs[0].dtype)
+
+
+@_op("GRU")
+def _gru(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
+    """ONNX GRU (gates z, r, h; linear_before_reset; clip; layout; sequence_lens)."""
+    x, w, r, b, lens, directions, hidden, layout = _rnn_common(node, inputs, 3)
+    seq, batch = x.shape[:2]
+    h0 = inputs[5] if len(inputs) > 5 else None
+    clip = node.attrs.get("clip")
+    before_reset = bool(node.attrs.get("linear_before_reset", 0))
+    acts = _rnn_activations(node, ("Sigmoid", "Tanh"), directions)
+    ys, hs = [], []
+    for d, reverse in enumerate(_rnn_directions(node, directions)):
+        f, g = acts[2 * d : 2 * d + 2]
+        h = _rnn_state(h0, d, batch, hidden, layout)
+        wz, wr, wh = (w[d][k * hidden : (k + 1) * hidden] for k in range(3))
+        rz, rr, rh = (r[d][k * hidden : (k + 1) * hidden] for k in range(3))
+        wbz, wbr, wbh, rbz, rbr, rbh = (b[d][k * hidden : (k + 1) * hidden] for k in range(6))
+
+        def clipped(v: Array) -> Array:
+            return v if clip is None else np.clip(v, -float(clip), float(clip))
+
+        y = np.zeros((seq, batch, hidden))
+        for t, mask in _time_steps(seq, lens, batch, reverse):
+            xt = x[t]
+            z = f(clipped(xt @ wz.T + h @ rz.T + wbz + rbz))
+            rt = f(clipped(xt @ wr.T + h @ rr.T + wbr + rbr))
+            if before_reset:
+                cand = g(clipped(xt @ wh.T + rt * (h @ rh.T + rbh) + wbh))
+            else:
+                cand = g(clipped(xt @ wh.T + (rt * h) @ rh.T + rbh + wbh))
+            h_new = (1.0 - z) * cand + z * h
+            h = np.where(mask, h_new, h)
+            y[t] = np.where(mask, h_new, 0.0)
+        ys.append(y)
+        hs.append(h)
+    return _rnn_outputs(node, ys, [hs], layout, inputs[0].dtype)

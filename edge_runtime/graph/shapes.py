@@ -23,8 +23,18 @@ Shape = tuple[Dim, ...]
 _SAME_SHAPE = {
     "Relu", "Sigmoid", "Tanh", "Erf", "Sqrt", "Gelu", "HardSigmoid", "HardSwish", "Clip", "Identity",
     "Dropout", "Softmax", "LayerNormalization", "BatchNormalization", "Cast",
+    "LeakyRelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish", "Swish", "ThresholdedRelu",
+    "Exp", "Log", "Abs", "Neg", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Not",
+    "LogSoftmax", "Hardmax", "InstanceNormalization", "PRelu",
 }  # fmt: skip
-_BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Equal", "Where"}
+_BROADCAST = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Equal", "Where", "Less", "LessOrEqual", "Greater",
+    "GreaterOrEqual", "And", "Or", "Xor", "Mod", "Max", "Min", "Sum", "Mean",
+}  # fmt: skip
+_REDUCE = {
+    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp",
+}  # fmt: skip
 
 
 def _known(dim: Dim) -> bool:
@@ -35,23 +45,25 @@ def _known(dim: Dim) -> bool:
 def infer_shapes(graph: Graph) -> bool:
     """Recompute intermediate shapes in node order; returns True when a shape became more precise."""
     changed = False
+    read = {name for node in graph.nodes for name in node.inputs}
     for node in graph.nodes:
         shapes = [graph.shape(name) if name else None for name in node.inputs]
         try:
             out = _infer(graph, node, shapes)
         except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError):
             out = None
-        if out is None or not node.outputs or not node.outputs[0]:
+        if out is None or not node.outputs:
             continue
-        name = node.outputs[0]
-        if name in graph.output_names:
-            continue  # declared by the model
-        old = graph.value_info.get(name)
-        merged = _merge(old.shape if old else None, out)
-        if old is None or merged != old.shape:
-            dtype = old.dtype if old else None
-            graph.value_info[name] = ValueInfo(name, dtype, merged)
-            changed = changed or old is None or _more_precise(merged, old.shape)
+        # One shape for the first output, or a list of shapes, one per output.
+        for name, shape in zip(node.outputs, out if isinstance(out, list) else [out]):
+            if not name or shape is None or name in graph.output_names or name not in read:
+                continue  # omitted, unknown, declared by the model, or read by nobody
+            old = graph.value_info.get(name)
+            merged = _merge(old.shape if old else None, shape)
+            if old is None or merged != old.shape:
+                dtype = old.dtype if old else None
+                graph.value_info[name] = ValueInfo(name, dtype, merged)
+                changed = changed or old is None or _more_precise(merged, old.shape)
     return changed
 
 
@@ -78,7 +90,7 @@ def _broadcast(shapes: Sequence[Shape]) -> Shape:
     return tuple(out)
 
 
-def _infer(graph: Graph, node: Node, shapes: list[Shape | None]) -> Shape | None:
+def _infer(graph: Graph, node: Node, shapes: list[Shape | None]) -> Shape | list[Shape | None] | None:
     op, attrs = node.op_type, node.attrs
     x = shapes[0] if shapes else None
     if op in _SAME_SHAPE:
@@ -121,19 +133,167 @@ def _infer(graph: Graph, node: Node, shapes: list[Shape | None]) -> Shape | None
         parts = [s for s in shapes if s is not None]
         total = _sum([s[axis] for s in parts])
         return tuple(total if i == axis else d for i, d in enumerate(x))
-    if op == "ReduceMean" and "axes" in attrs:
-        axes = {a % len(x) for a in attrs["axes"]}
+    if op in _REDUCE and len(node.inputs) == 1:
+        axes = {a % len(x) for a in attrs.get("axes", [])}
+        if not axes:
+            if attrs.get("noop_with_empty_axes", 0):
+                return x
+            axes = set(range(len(x)))
         if attrs.get("keepdims", 1):
             return tuple(1 if i in axes else d for i, d in enumerate(x))
         return tuple(d for i, d in enumerate(x) if i not in axes)
+    if op in ("ArgMax", "ArgMin"):
+        axis = int(attrs.get("axis", 0)) % len(x)
+        if attrs.get("keepdims", 1):
+            return tuple(1 if i == axis else d for i, d in enumerate(x))
+        return tuple(d for i, d in enumerate(x) if i != axis)
+    if op == "GlobalMaxPool":
+        return x[:2] + (1,) * (len(x) - 2)
+    if op == "Pad" and len(node.inputs) == 1 and "pads" in attrs:
+        pads = [int(p) for p in attrs["pads"]]
+        rank = len(x)
+        return tuple(
+            d + pads[i] + pads[i + rank]
+            if isinstance(d, int)
+            else d
+            if pads[i] == pads[i + rank] == 0
+            else None
+            for i, d in enumerate(x)
+        )
+    if op == "Split" and len(node.inputs) == 1:
+        axis = int(attrs.get("axis", 0)) % len(x)
+        sizes = attrs.get("split")
+        if sizes is None:
+            dim, n = x[axis], int(attrs.get("num_outputs", len(node.outputs)))
+            if not isinstance(dim, int):
+                return None
+            chunk = -(-dim // n)
+            sizes = [min(chunk, dim - i * chunk) for i in range(n)]
+        return [x[:axis] + (int(size),) + x[axis + 1 :] for size in sizes]
+    if op in ("Expand", "Tile"):
+        param = graph.constant(node.inputs[1])
+        if param is None:
+            return None
+        values = [int(v) for v in param.ravel()]
+        if op == "Tile":
+            return tuple(d * r if isinstance(d, int) else d if r == 1 else None for d, r in zip(x, values))
+        return _broadcast([x, tuple(values)])
+    if op in ("LSTM", "GRU"):
+        return _recurrent(graph, node, x)
+    if op in ("DepthToSpace", "SpaceToDepth") and len(x) == 4:
+        b = int(attrs["blocksize"])
+        n, c, h, w = x
+        if op == "DepthToSpace":
+            return (n, _div(c, b * b), _mul(h, b), _mul(w, b))
+        return (n, _mul(c, b * b), _div(h, b), _div(w, b))
     if op == "GlobalAveragePool":
         return x[:2] + (1,) * (len(x) - 2)
     if op == "Gather":
         axis = int(attrs.get("axis", 0)) % len(x)
         return x[:axis] + shapes[1] + x[axis + 1 :]
+    if op == "Slice" and len(node.inputs) == 1 and "starts" in attrs:
+        return _slice_shape(x, attrs)
     if op in ("Conv", "MaxPool", "AveragePool", "ConvTranspose", "Slice", "Resize"):
-        return _batch_preserving(graph, node, x)
+        out = _batch_preserving(graph, node, x)
+        if out is None and op in ("Conv", "MaxPool", "AveragePool") and len(x) >= 3:
+            out = _window_shape(graph, node, x)
+        return out
     return None
+
+
+def _slice_shape(x: Shape, attrs: dict) -> Shape:
+    """Slice in attribute form: static dims computed, a symbolic dim kept when sliced whole."""
+    from edge_runtime.graph.reference import _slice_bounds
+
+    dims = list(x)
+    starts, ends = attrs["starts"], attrs["ends"]
+    axes = attrs.get("axes") or list(range(len(starts)))
+    steps = attrs.get("steps") or [1] * len(starts)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= len(x)
+        d = x[axis]
+        if isinstance(d, int):
+            lo, hi = _slice_bounds(int(start), int(end), int(step), d)
+            dims[axis] = len(range(lo, hi, int(step)))
+        elif not (start == 0 and step == 1 and end >= 2**31 - 1):
+            dims[axis] = None
+    return tuple(dims)
+
+
+def _window_shape(graph: Graph, node: Node, x: Shape) -> Shape | None:
+    """Conv and pool outputs when some spatial dims are symbolic: the rank and the channels are
+    known, a static spatial dim is computed, a symbolic one becomes unknown."""
+    from edge_runtime.graph.reference import _spatial_pads
+
+    rank = len(x) - 2
+    if node.op_type == "Conv":
+        w = graph.shape(node.inputs[1])
+        if w is None or not isinstance(w[0], int):
+            return None
+        channels: Dim = w[0]
+        kernel = list(node.attrs.get("kernel_shape", w[2:]))
+    else:
+        channels = x[1]
+        kernel = list(node.attrs["kernel_shape"])
+    if not all(isinstance(k, int) for k in kernel):
+        return None
+    strides = list(node.attrs.get("strides", [1] * rank))
+    dilations = list(node.attrs.get("dilations", [1] * rank))
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    ceil = bool(node.attrs.get("ceil_mode", 0))
+    dims: list[Dim] = []
+    for i, d in enumerate(x[2:]):
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            dims.append(-(-d // strides[i]) if isinstance(d, int) else None)
+            continue
+        if not isinstance(d, int):
+            dims.append(None)
+            continue
+        pads = (
+            _spatial_pads(node, [d], [kernel[i]], [strides[i]], [dilations[i]])
+            if auto_pad == "VALID"
+            else None
+        )
+        begin, end = (
+            (0, 0)
+            if pads is not None
+            else (
+                list(node.attrs.get("pads", [0] * (2 * rank)))[i],
+                list(node.attrs.get("pads", [0] * (2 * rank)))[i + rank],
+            )
+        )
+        span = d + begin + end - ((kernel[i] - 1) * dilations[i] + 1)
+        size = (-(-span // strides[i]) if ceil else span // strides[i]) + 1
+        if ceil and (size - 1) * strides[i] >= d + begin:
+            size -= 1
+        dims.append(size)
+    return (x[0], channels, *dims)
+
+
+def _recurrent(graph: Graph, node: Node, x: Shape) -> list[Shape | None] | None:
+    """Y, Y_h (and Y_c) of an LSTM/GRU from X [seq, batch, input] (layout 0) and W."""
+    w = graph.shape(node.inputs[1])
+    r = graph.shape(node.inputs[2])
+    if w is None or r is None or len(x) != 3:
+        return None
+    directions, hidden = w[0], r[-1]
+    if node.attrs.get("layout", 0):
+        batch, seq = x[0], x[1]
+        y: Shape = (batch, seq, directions, hidden)
+        state: Shape = (batch, directions, hidden)
+    else:
+        seq, batch = x[0], x[1]
+        y = (seq, directions, batch, hidden)
+        state = (directions, batch, hidden)
+    return [y, state, state]
+
+
+def _mul(a: Dim, b: int) -> Dim:
+    return a * b if isinstance(a, int) else None
+
+
+def _div(a: Dim, b: int) -> Dim:
+    return a // b if isinstance(a, int) else None
 
 
 def _batch_preserving(graph: Graph, node: Node, x: Shape) -> Shape | None:

@@ -528,16 +528,24 @@ def _refuse_constant(name: str) -> Any:
 
 
 def loads_bounded(
-    payload: bytes | str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
+    payload: bytes | str,
+    max_bytes: int = MAX_JSON_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
+    finite: bool = True,
 ) -> Any:
     """``json.loads`` for untrusted input: a size and nesting limit, no NaN/Infinity, no overflow to inf.
 
-    Anything else raises :class:`ProtocolError` (a ValueError) with the reason.
+    Anything else raises :class:`ProtocolError` (a ValueError) with the reason. ``finite=False``
+    lets ``NaN``, ``Infinity`` and ``1e400`` through as floats, for a caller whose own field checks
+    refuse them naming the field (the HTTP API's deployment specs).
     """
     if len(payload) > max_bytes:
         raise ProtocolError(f"payload of {len(payload)} bytes is over the limit of {max_bytes}")
     try:
-        value = json.loads(payload, parse_constant=_refuse_constant, parse_float=_finite_float)
+        if finite:
+            value = json.loads(payload, parse_constant=_refuse_constant, parse_float=_finite_float)
+        else:
+            value = json.loads(payload)
     except RecursionError:
         raise ProtocolError(f"payload nests deeper than {max_depth} levels") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, a 5,000-digit integer, NaN

@@ -75,7 +75,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object, parsed with size and depth limits; InvalidRequestError otherwise."""
     raw = await request.read()
     try:
-        body = loads_bounded(raw, max_bytes=_JSON_BODY_LIMIT, max_depth=MAX_JSON_DEPTH)
+        # NaN and Infinity parse, so that the field checks refuse them by name (spec.device_timeout_s).
+        body = loads_bounded(raw, max_bytes=_JSON_BODY_LIMIT, max_depth=MAX_JSON_DEPTH, finite=False)
     except ProtocolError as exc:
         raise InvalidRequestError(f"request body: {exc}") from None
     if not isinstance(body, dict):

@@ -468,8 +468,11 @@ def test_deployment_request_with_unknown_keys_or_no_targets_is_refused(manager, 
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
-        (b'{"targets": {"all": true}, "device_timeout_s": NaN}', "JSON"),
-        (b'{"targets": {"all": true}, "device_timeout_s": 1e400}', "JSON"),
+        (b'{"targets": {"all": true}, "device_timeout_s": NaN}', "device_timeout_s"),
+        (b'{"targets": {"all": true}, "device_timeout_s": 1e400}', "device_timeout_s"),
+        (b'{"targets": {"all": true}, "max_latency_ratio": -Infinity}', "max_latency_ratio"),
+        (b'{"targets": {"all": true}, "health": {"window_s": NaN}}', "window_s"),
+        (b'{"targets": {"all": true}, "waves": [Infinity]}', "waves"),
         (b'{"targets": {"all": true}, "device_timeout_s": -5}', "device_timeout_s"),
         (b'{"targets": {"all": true}, "device_timeout_s": "600"}', "device_timeout_s"),
         (b'{"targets": {"all": true}, "block_size": 1}', "block_size"),

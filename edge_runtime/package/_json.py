@@ -98,11 +98,6 @@ class _Refused(Exception):
     """Raised by the decoding hooks; turned into the caller's error type."""
 
 
-def _count_values(data: bytes) -> int:
-    """An upper bound on the JSON values in ``data`` (strings included)."""
-    return data.count(b",") + data.count(b"[") + data.count(b"{") + 1
-
-
 def loads_bounded(
     data: bytes | bytearray | memoryview,
     limits: JsonLimits,
@@ -121,13 +116,15 @@ def loads_bounded(
     ``too_large`` (default ``error``) builds the refusal for ``max_values``.
     """
     raw = data if isinstance(data, bytes) else bytes(data)
-    if limits.max_values is not None:
-        values = _count_values(raw)
+    opens = raw.count(b"[") + raw.count(b"{")
+    if limits.max_values is not None and len(raw) >= limits.max_values:  # shorter: fewer values
+        values = raw.count(b",") + opens + 1  # an upper bound on the values (strings included)
         if values > limits.max_values:
             raise (too_large or error)(
                 f"{what} holds up to {values} values, over the limit of {limits.max_values}"
             )
-    depth = json_depth(raw, stop_above=limits.max_depth)
+    # Fewer opening brackets than the limit (strings included) cannot nest deeper: no scan needed.
+    depth = json_depth(raw, stop_above=limits.max_depth) if opens > limits.max_depth else opens
     if depth > limits.max_depth:
         raise error(f"{what} is nested {depth}+ levels deep, over the limit of {limits.max_depth}")
 

@@ -369,8 +369,10 @@ def test_stream_requests_are_rate_limited_per_device_and_a_real_download_still_c
         time.sleep(1.5)
         elapsed = time.monotonic() - t0
         got = sum(len(decode_block(p).data) for p in dev.received)
-        assert 30 * size > 20 * (burst + rate * elapsed), "the attack must be able to ask for much more"
+        # What was asked (30 times the file) against what the buckets let through, however slow the
+        # machine: the burst, the rate over the time it took, and one block a full bucket admits.
         assert 0 < got <= burst + rate * elapsed + size, (got, burst, elapsed)
+        assert got <= 30 * size / 4, (got, 30 * size)
         assert _limited(manager, "stream_device") > 0
         # Another device is not affected by the greedy one's bucket: a real OTA completes.
         v1 = write_model_package(tmp_path / "v1.edgepkg", "1.0", key, seed=1).path

@@ -6,9 +6,9 @@ ValueError (or quadratic time below Python's digit limit), ``NaN``,
 ``Infinity`` and ``1e400`` decode to floats that are not valid JSON when
 written back, and a body of ``0,0,0,...`` expands to tens of bytes of Python
 objects per byte. :func:`loads_bounded` checks the cheap things on the raw
-bytes first, without recursion and without building objects (brackets and
-commas, scanned outside strings), then decodes with hooks that refuse oversized
-numbers and non-finite values. Every refusal is the exception the caller's
+bytes first, without recursion and without building objects (commas and
+brackets counted; the nesting depth scanned outside strings), then decodes with
+hooks that refuse oversized numbers and non-finite values. Every refusal is the exception the caller's
 ``error`` factory builds, so that each reader raises its own typed error.
 
 Used by the manifest reader and writer (``_manifest.py``) and by the serving
@@ -185,15 +185,16 @@ def check_json_value(
     ``value`` itself when it is a container (1 at the top of a document).
     """
     max_digits = limits.max_number_chars
-    int_bound = 10**max_digits
+    # The reader counts the literal's characters: a minus sign takes one of them.
+    upper, lower = 10**max_digits, -(10 ** (max_digits - 1))
     stack: list[tuple[Any, int, str]] = [(value, depth, where)]
     while stack:
         item, depth, path = stack.pop()
         if isinstance(item, bool) or item is None or isinstance(item, str):
             continue
         if isinstance(item, int):
-            if not -int_bound < item < int_bound:
-                raise error(f"{path} is an integer of more than {max_digits} digits")
+            if not lower < item < upper:
+                raise error(f"{path} is an integer of more than {max_digits} characters (digits and sign)")
             continue
         if isinstance(item, float):
             if not math.isfinite(item):

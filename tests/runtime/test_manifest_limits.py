@@ -111,7 +111,7 @@ def test_cli_verify_and_inspect_refuse_with_exit_1(
     [
         ({"x": float("inf")}, "not a finite number"),
         ({"x": float("nan")}, "not a finite number"),
-        ({"x": 10**5000}, "more than 64 digits"),
+        ({"x": 10**5000}, "more than 64 characters"),
         ({"x": [[[[[]]]]]}, None),  # fine: shallow
     ],
 )
@@ -126,6 +126,22 @@ def test_writer_refuses_what_the_reader_would(tmp_path: Path, metrics: dict, mes
     with pytest.raises(PackageFormatError, match=message):
         write_package(out, manifest, base_artifacts(tmp_path))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", [10**64 - 1, -(10**63) + 1, 10**64, -(10**63)])
+def test_writer_and_reader_agree_on_integer_size(tmp_path: Path, value: int) -> None:
+    """64 characters at most: 64 digits, or a minus sign and 63."""
+    fits = len(str(value)) <= 64
+    manifest = base_manifest(metrics={"x": value})
+    text = json.dumps(manifest).encode()
+    if fits:
+        write_package(tmp_path / "m.edgepkg", manifest, base_artifacts(tmp_path))
+        assert decode_manifest_json(text)["metrics"]["x"] == value
+    else:
+        with pytest.raises(PackageFormatError):
+            write_package(tmp_path / "m.edgepkg", manifest, base_artifacts(tmp_path))
+        with pytest.raises(PackageFormatError):
+            decode_manifest_json(text)
 
 
 def test_writer_refuses_deep_nesting_without_recursion(tmp_path: Path) -> None:

@@ -1,0 +1,262 @@
+"""LLM packages: ``edge llm convert`` writes them, :func:`load` runs them.
+
+An LLM package is an ordinary signed ``.edgepkg`` (one writer:
+:func:`edge_runtime.package.write_package`) whose artifacts are
+
+==========================  ===============  ==============================================
+``llm/config.json``         ``llm-config``   architecture, weight format, chat template
+``llm/weights.npz``         ``llm-weights``  the weights (:mod:`edge_runtime.llm.quant`)
+``llm/tokenizer.json``      ``llm-tokenizer`` the model's tokenizer (``tokenizers`` JSON)
+``selftest.npz``            ``selftest``     ``input.input_ids``, ``expected.tokens`` (greedy)
+==========================  ===============  ==============================================
+
+The manifest's interface is ``input_ids [1, tokens]`` -> ``logits [1, tokens,
+vocab]`` (what KServe v2 ``infer`` runs); its ``quantization`` says
+``{"scheme": "llm", "weights": "int8" | "int4" | "f16", ...}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.llm.config import LlamaConfig
+from edge_runtime.llm.errors import ModelSourceError
+from edge_runtime.llm.quant import DEFAULT_GROUP, WEIGHT_FORMATS, encode_weights
+from edge_runtime.llm.sources import ModelSource, read_source
+from edge_runtime.llm.tokenizer import TextTokenizer
+
+__all__ = ["CONFIG_KIND", "FORMAT_VERSION", "SELFTEST_PROMPT", "convert", "is_llm_package", "load"]
+
+CONFIG_KIND, WEIGHTS_KIND, TOKENIZER_KIND = "llm-config", "llm-weights", "llm-tokenizer"
+CONFIG_PATH, WEIGHTS_PATH, TOKENIZER_PATH, SELFTEST_PATH = (
+    "llm/config.json", "llm/weights.npz", "llm/tokenizer.json", "selftest.npz",
+)
+FORMAT_VERSION = 1
+SELFTEST_PROMPT = "The capital of France is"
+SELFTEST_TOKENS = 8
+# A self-test token may trail the argmax by this much (logits) before the self-test fails.
+SELFTEST_ATOL = 0.05
+# SmoothQuant's migration strength (alpha) at conversion; 0 turns smoothing off.
+SMOOTHING_ALPHA = 0.7
+_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _package_name(text: str) -> str:
+    name = _NAME_RE.sub("-", text).strip("-._")[:128]
+    return name or "llm"
+
+
+def _selftest_tokens(model: Any, prompt_ids: list[int], n: int) -> list[int]:
+    """Greedy tokens (EOS included, not stopping) of the model as packaged."""
+    seq = model.new_sequence(len(prompt_ids) + n)
+    logits = model.prefill(seq, prompt_ids)
+    out = []
+    for i in range(n):
+        tok = int(np.argmax(logits))
+        out.append(tok)
+        if i < n - 1:
+            logits = model.decode([seq], [tok])[0]
+    return out
+
+
+def _smoothed(config: LlamaConfig, weights: dict[str, np.ndarray], tokenizer: TextTokenizer,
+              alpha: float) -> dict[str, np.ndarray]:
+    """The weights with SmoothQuant factors folded in, from a calibration pass of the float model."""
+    from edge_runtime.llm.model import LLM
+    from edge_runtime.llm.smooth import CALIBRATION_TEXT, activation_ranges, smooth_weights
+
+    ids = tokenizer.encode(CALIBRATION_TEXT)[: config.max_context]
+    as_float = {(k + ".f16" if k in weights and weights[k].ndim == 2 else k): v for k, v in weights.items()}
+    model = LLM(config, as_float, tokenizer, threads=1, context=len(ids), weights_format="f16")
+    try:
+        ranges = activation_ranges(model, ids)
+    finally:
+        model.close()
+    return smooth_weights(config, weights, ranges, alpha)
+
+
+def convert(
+    source: str | os.PathLike[str] | ModelSource,
+    out: str | os.PathLike[str],
+    *,
+    weights: str = "int8",
+    group_size: int = DEFAULT_GROUP,
+    signing_key: Any = None,
+    name: str | None = None,
+    version: str = "1",
+    selftest_prompt: str = SELFTEST_PROMPT,
+    selftest_tokens: int = SELFTEST_TOKENS,
+    context: int | None = None,
+    smoothing: float = SMOOTHING_ALPHA,
+) -> Any:
+    """Convert a GGUF file or Hugging Face directory into a signed LLM package; returns its PackageInfo.
+
+    ``weights``: ``int8`` (per output channel, the default), ``int4`` (groups of
+    ``group_size``; half the package size) or ``f16`` (a float reference).
+    ``context`` caps the context the package declares (default: the model's).
+    ``smoothing``: the SmoothQuant migration strength (0 turns it off; see
+    :mod:`edge_runtime.llm.smooth`).
+    """
+    from edge_runtime.llm.model import LLM
+    from edge_runtime.package import write_package
+
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    src = source if isinstance(source, ModelSource) else read_source(source)
+    config = src.config
+    if context is not None:
+        config = LlamaConfig.from_dict({**config.to_dict(), "max_context": int(min(context, config.max_context))})
+    tokenizer = TextTokenizer(
+        src.tokenizer_json, bos_token_id=config.bos_token_id, eos_token_ids=config.eos_token_ids,
+        add_bos=config.add_bos, chat_template=src.chat_template, special_tokens=src.special_tokens,
+    )
+    float_weights = src.weights
+    if weights != "f16" and smoothing:
+        float_weights = _smoothed(config, src.weights, tokenizer, smoothing)
+    store = encode_weights(float_weights, weights, group_size)
+    prompt_ids = tokenizer.encode(selftest_prompt)
+    model = LLM(config, store, tokenizer, threads=1, context=len(prompt_ids) + selftest_tokens,
+                weights_format=weights)
+    try:
+        expected = _selftest_tokens(model, prompt_ids, selftest_tokens)
+    finally:
+        model.close()
+    llm_config = {
+        "format_version": FORMAT_VERSION,
+        "architecture": config.to_dict(),
+        "weights": weights,
+        "group_size": group_size,
+        "chat_template": src.chat_template,
+        "special_tokens": src.special_tokens,
+        "selftest": {"prompt": selftest_prompt, "atol": SELFTEST_ATOL},
+    }
+    pkg_name = _package_name(name or Path(out).stem)
+    manifest = {
+        "name": pkg_name,
+        "version": version,
+        "inputs": [{"name": "input_ids", "dtype": "int32", "shape": [1, "tokens"]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "tokens", config.vocab_size]}],
+        "artifacts": [
+            {"path": CONFIG_PATH, "kind": CONFIG_KIND},
+            {"path": WEIGHTS_PATH, "kind": WEIGHTS_KIND},
+            {"path": TOKENIZER_PATH, "kind": TOKENIZER_KIND},
+            {"path": SELFTEST_PATH, "kind": "selftest"},
+        ],
+        "quantization": {
+            "scheme": "llm",
+            "weights": weights,
+            "granularity": {"int8": "per-output-channel", "int4": f"groups of {group_size}",
+                            "f16": "none"}[weights],
+            "activations": "int8, symmetric per row, dynamic" if weights != "f16" else "float32",
+            "kv_cache": "float16 (default) or float32",
+            "smoothing_alpha": smoothing if weights != "f16" else 0.0,
+        },
+        "selftest": {"artifact": SELFTEST_PATH, "atol": SELFTEST_ATOL},
+        "metrics": {"parameters": config.parameter_count()},
+        "provenance": {**{k: v for k, v in src.provenance.items() if v is not None},
+                       "architecture": config.arch, "model_name": config.name},
+    }
+    with tempfile.TemporaryDirectory(prefix="edge-llm-") as tmp:
+        wpath = Path(tmp) / "weights.npz"
+        np.savez(wpath, **store)
+        sbuf = io.BytesIO()
+        np.savez(sbuf, **{"input.input_ids": np.asarray([prompt_ids], dtype=np.int32),
+                          "expected.tokens": np.asarray([expected], dtype=np.int32),
+                          "atol": np.float32(SELFTEST_ATOL)})
+        artifacts = {
+            CONFIG_PATH: json.dumps(llm_config, ensure_ascii=False, indent=1).encode(),
+            WEIGHTS_PATH: wpath,
+            TOKENIZER_PATH: src.tokenizer_json.encode(),
+            SELFTEST_PATH: sbuf.getvalue(),
+        }
+        return write_package(out, manifest, artifacts, signing_key)
+
+
+def is_llm_package(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (a package file or an extracted package directory) holds an LLM."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            doc = json.loads((p / "manifest.json").read_text())
+            return any(a.get("kind") == CONFIG_KIND for a in doc.get("artifacts", []))
+        from edge_runtime.package import open_package
+
+        with open_package(p) as pkg:
+            return any(a.kind == CONFIG_KIND for a in pkg.manifest.artifacts)
+    except Exception:  # noqa: BLE001 - not readable as an LLM package: let the normal loader say why
+        return False
+
+
+def _read_artifacts(path: Path, trust_store: Any) -> tuple[Any, dict[str, bytes]]:
+    from edge_runtime.package import open_package, parse_manifest_bytes
+
+    wanted = (CONFIG_KIND, WEIGHTS_KIND, TOKENIZER_KIND)
+    if path.is_dir():  # a package extracted by the model store (verified when it was extracted)
+        manifest = parse_manifest_bytes((path / "manifest.json").read_bytes())
+        data = {a.kind: (path / a.path).read_bytes() for a in manifest.artifacts if a.kind in (*wanted, "selftest")}
+        return manifest, data
+    with open_package(path, trust_store=trust_store) as pkg:
+        kinds = {a.kind for a in pkg.manifest.artifacts}
+        if CONFIG_KIND not in kinds:
+            raise ModelSourceError(f"{path} is not an LLM package (no {CONFIG_KIND} artifact); use edge_runtime.load")
+        data = {k: pkg.read_artifact(k) for k in wanted}
+        if "selftest" in kinds:
+            data["selftest"] = pkg.read_artifact("selftest")
+        return pkg.manifest, data
+
+
+def load(
+    path: str | os.PathLike[str],
+    threads: int | None = None,
+    *,
+    context: int | None = None,
+    kv_dtype: str = "float16",
+    trust_store: Any = None,
+) -> Any:
+    """Load an LLM package (file, or extracted directory) into an :class:`~edge_runtime.llm.LLM`.
+
+    ``threads``: native GEMM threads (default: up to 4). ``context``: tokens of
+    context per sequence (default: the model's); the KV cache it needs is checked
+    against the available memory up front. ``trust_store``: refuse packages not
+    signed by one of its keys.
+    """
+    from edge_runtime.llm.model import LLM
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist")
+    manifest, data = _read_artifacts(p, trust_store)
+    try:
+        cfg = json.loads(data[CONFIG_KIND])
+        config = LlamaConfig.from_dict(cfg["architecture"])
+        fmt = cfg["weights"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelSourceError(f"{p}: llm/config.json is malformed ({exc})") from None
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise ModelSourceError(
+            f"{p}: LLM package format {cfg.get('format_version')} is not {FORMAT_VERSION}; update edge-runtime"
+        )
+    try:
+        with np.load(io.BytesIO(data[WEIGHTS_KIND]), allow_pickle=False) as z:
+            store = {k: z[k] for k in z.files}
+    except Exception as exc:  # noqa: BLE001 - a corrupt npz in a package whose hash matched: the writer's fault
+        raise ModelSourceError(f"{p}: the weights archive cannot be read ({exc})") from None
+    selftest = None
+    if "selftest" in data:
+        with np.load(io.BytesIO(data["selftest"]), allow_pickle=False) as z:
+            selftest = {k: z[k] for k in z.files}
+    tokenizer = TextTokenizer(
+        data[TOKENIZER_KIND].decode("utf-8"), bos_token_id=config.bos_token_id,
+        eos_token_ids=config.eos_token_ids, add_bos=config.add_bos, chat_template=cfg.get("chat_template"),
+        special_tokens=cfg.get("special_tokens") or {},
+    )
+    return LLM(config, store, tokenizer, threads=threads, context=context, kv_dtype=kv_dtype,
+               weights_format=fmt, manifest=manifest, selftest_vectors=selftest, source=str(p))

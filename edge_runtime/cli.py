@@ -305,12 +305,9 @@ def _parse_artifact_arg(spec: str) -> tuple[Path, str | None]:
 
 def _cmd_pack(args: argparse.Namespace) -> int:
     from edge_runtime.errors import PackageFormatError
-    from edge_runtime.package import load_private_key, write_package
+    from edge_runtime.package import decode_manifest_json, load_private_key, write_package
 
-    try:
-        manifest: dict[str, Any] = json.loads(args.manifest.read_text())
-    except json.JSONDecodeError as exc:
-        raise PackageFormatError(f"{args.manifest} is not valid JSON: {exc}") from None
+    manifest: dict[str, Any] = decode_manifest_json(args.manifest.read_bytes())  # bounded: depth, numbers
     if not isinstance(manifest, dict):
         raise PackageFormatError(f"{args.manifest} must hold a JSON object")
     listed = {a.get("path"): a for a in manifest.get("artifacts", []) if isinstance(a, dict)}
@@ -372,6 +369,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     with open_package(args.package) as pkg:
         m = pkg.manifest
         claimed = pkg.signature.key_id if pkg.signature is not None else None
+        partition = _plan_partition(pkg)
         if args.json:
             facts = {
                 "path": str(pkg.path),
@@ -379,7 +377,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 "size": pkg.size,
                 "signed_by_claimed": claimed,
             }
-            print(json.dumps({"package": facts, "manifest": m.to_dict()}, indent=2, sort_keys=True))
+            out = {"package": facts, "manifest": m.to_dict()}
+            if partition is not None:
+                out["partition"] = partition
+            print(json.dumps(out, indent=2, sort_keys=True))
             return 0
         print(f"{m.name} {m.version}  (schema {m.schema_version}, created {m.created})")
         print(f"package:   {pkg.path}, {pkg.size} bytes, sha256 {pkg.sha256}")
@@ -406,7 +407,44 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             )
         if m.selftest is not None:
             print(f"selftest:  {m.selftest.artifact} (atol {m.selftest.atol}, rtol {m.selftest.rtol})")
+        if partition is not None:
+            for line in _partition_lines(partition):
+                print(line)
     return 0
+
+
+def _plan_partition(pkg: Any) -> dict[str, Any] | None:
+    """Which nodes of the package's native plan run where (None without a readable plan)."""
+    if not any(a.kind == "native-plan" for a in pkg.manifest.artifacts):
+        return None
+    from edge_runtime.plan.partition import partition_report
+    from edge_runtime.plan.quantized_plan import QuantizedPlan
+
+    try:
+        plan = QuantizedPlan.from_bytes(pkg.read_artifact("native-plan"))
+    except Exception:  # noqa: BLE001 - inspect summarises; edge verify/run report a bad plan
+        return None
+    report = partition_report(plan)
+    # Without loading, a foreign segment's engine is onnxruntime where installed, else the reference.
+    engine = "float (onnxruntime, else the reference executor)"
+    report["nodes"] = {k: (engine if v == "float" else v) for k, v in report["nodes"].items()}
+    for segment in report["segments"]:
+        segment["engine"] = engine
+    return report
+
+
+def _partition_lines(report: dict[str, Any]) -> list[str]:
+    share = report["native_mac_share"]
+    counts = ", ".join(f"{n} {where}" for where, n in report["counts"].items())
+    lines = [
+        f"native plan: {len(report['nodes'])} node(s): {counts}"
+        + ("" if share is None else f"; {share:.1%} of MACs on native kernels")
+    ]
+    for segment in report["segments"]:
+        names = segment["nodes"]
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        lines.append(f"  in {segment['engine']}: {shown}")
+    return lines
 
 
 # --- running models ---

@@ -24,6 +24,7 @@ CASES = [
     ("quantize", ["/missing.onnx", "--calibration", "/missing.npz", "--out", "{tmp}/q.edgepkg"]),
     ("keygen", ["/proc/no-such-dir/key"]),
     ("pack", ["--manifest", "/missing.json", "--artifact", "/missing.onnx", "--out", "{tmp}/p.edgepkg"]),
+    ("pack", ["--manifest", "{tmp}/huge-int.json", "--artifact", "{tmp}/a.onnx", "--out", "{tmp}/p.edgepkg"]),
     ("verify", ["/missing.edgepkg"]),
     ("verify", ["{tmp}/not-a-zip.edgepkg"]),
     ("inspect", ["/missing.edgepkg"]),
@@ -68,6 +69,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> list[subprocess.Complet
         pytest.skip("this install has no edge script")
     tmp = tmp_path_factory.mktemp("cli")
     (tmp / "not-a-zip.edgepkg").write_bytes(b"not a zip file")
+    (tmp / "huge-int.json").write_text('{"name": "m", "version": "1.0", "metrics": {"n": ' + "9" * 5000 + "}}")
+    (tmp / "a.onnx").write_bytes(b"not read: the manifest is refused first")
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(lambda case: _run(*case, tmp), CASES))
 

@@ -260,15 +260,22 @@ class Model:
         verified signer), ``backend`` and ``reason`` (why it was chosen), ``skipped``
         (backends passed over and why), ``artifact`` (path, kind),
         ``profile``, ``kernel_isa``, ``machine``, ``threads``, ``warnings``,
-        ``runtime_version`` and ``session`` (the backend's own description:
-        engine, execution providers, thread safety).
+        ``runtime_version``, ``session`` (the backend's own description:
+        engine, execution providers, thread safety) and ``partition``: on the native
+        backend, which graph nodes run where (``nodes``: node -> ``native``,
+        ``native-float``, ``onnxruntime`` or ``reference``; ``segments``: the foreign
+        ones) and ``native_mac_share``, the share of multiply-accumulates on the native
+        kernels (:func:`edge_runtime.plan.partition.partition_report`); None on the others,
+        which run the whole graph.
         """
         source = self._info["source"]
         if callable(source.get("sha256")):
             source["sha256"] = source["sha256"]()
         info = copy.deepcopy(self._info)
+        info["partition"] = None
         if self._session is not None:
             info["session"] = self._session.describe()
+            info["partition"] = info["session"].pop("partition", None)
         return info
 
     @property

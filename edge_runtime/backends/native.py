@@ -4,8 +4,12 @@
 otherwise it lowers the float ``onnx`` artifact with the activation parameters the
 quantizer wrote into the manifest (``manifest.quantization``, see
 :func:`activation_params_from_manifest`), and refuses a model without them. A graph
-with an operator the plan cannot run raises UnsupportedOperatorError naming it, so
-that ``auto`` falls back to onnxruntime and says why.
+with operators the kernels lack is partitioned: those nodes run in float on
+onnxruntime (or the reference executor), the rest natively, and ``describe()["partition"]``
+says which nodes ran where and the share of MACs on the native kernels
+(:mod:`edge_runtime.plan.partition`). Only a graph of which nothing runs natively raises
+UnsupportedOperatorError naming the operator, so that ``auto`` falls back to
+onnxruntime and says why.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.backends._base import Artifact, Backend, OpenOptions, Session
-from edge_runtime.errors import BackendUnavailableError
+from edge_runtime.errors import BackendUnavailableError, UnsupportedOperatorError
 from edge_runtime.plan.quantized_plan import PlanIO, QuantizedPlan
 from edge_runtime.numerics import QuantParams
 
@@ -77,6 +81,10 @@ class NativeBackendSession(Session):
         info["plan"] = "lowered at load from the float ONNX" if self._lowered else "native-plan artifact"
         return info
 
+    def partition(self) -> dict[str, Any]:
+        """Which graph nodes run where and the share of MACs on native kernels."""
+        return self._session.partition()
+
     def close(self) -> None:
         self._session.close()
 
@@ -120,7 +128,10 @@ class NativeBackend(Backend):
                 "backend needs a package made by `edge quantize`; use backend='onnxruntime'"
             )
         graph = optimize(import_onnx(artifact.data))
-        check_supported(graph)
+        try:
+            check_supported(graph)
+        except UnsupportedOperatorError:
+            pass  # the lowering partitions: what the kernels lack runs in float (or it refuses)
         activations = activation_params_from_manifest(options.manifest.quantization)
         sparse = options.manifest.sparsity
         layers = set(sparse.layers) if sparse is not None else set()

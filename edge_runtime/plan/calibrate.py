@@ -1,17 +1,29 @@
 """Calibration: per-tensor activation quantization from sample inputs.
 
-The float reference executor (:mod:`edge_runtime.graph.reference`) runs the graph
-on each calibration batch; its ``observe`` hook streams every float tensor into one
-observer from :mod:`edge_runtime.numerics`, and each observer finally proposes the
-tensor's :class:`~edge_runtime.numerics.QuantParams`. Tensors whose consumers need a
-shared scale (Concat inputs, the layout ops that keep their input's parameters)
-are calibrated on their own here and unified later by :func:`edge_runtime.plan.lower`.
+Each calibration batch runs through the float graph and every float tensor streams
+into one observer from :mod:`edge_runtime.numerics`; each observer finally proposes
+the tensor's :class:`~edge_runtime.numerics.QuantParams`. The graph runs on
+onnxruntime when it is installed (the float ONNX model of the graph with every tensor
+to calibrate as an extra output, :func:`edge_runtime.plan.partition.float_onnx`: one
+call per batch), else, or when onnxruntime cannot take the model, on the numpy
+reference executor (:mod:`edge_runtime.graph.reference`) through its ``observe`` hook.
+Both feed each observer the same tensors in the same order, so the ranges agree
+within float32 rounding (tests/plan/test_calibrate_engines.py). Tensors whose
+consumers need a shared scale (Concat inputs, the layout ops that keep their input's
+parameters) are calibrated on their own here and unified later by
+:func:`edge_runtime.plan.lower`.
+
+Progress: a tqdm bar with an ETA when tqdm is installed (the dev extra), else one log
+line per batch on stderr with the elapsed time and, when the number of batches is
+known, an ETA.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -26,7 +38,9 @@ from edge_runtime.numerics import (
     QuantParams,
 )
 
-__all__ = ["CALIBRATION_METHODS", "calibrate", "tensors_to_calibrate"]
+__all__ = ["CALIBRATION_ENGINES", "CALIBRATION_METHODS", "calibrate", "tensors_to_calibrate"]
+
+CALIBRATION_ENGINES = ("auto", "onnxruntime", "reference")
 
 CALIBRATION_METHODS: dict[str, Callable[[ActivationDType], Observer]] = {
     "minmax": lambda dtype: MinMaxObserver(dtype),
@@ -69,10 +83,16 @@ def calibrate(
     method: str = "minmax",
     progress: bool = True,
     dtype: ActivationDType = "uint8",
+    engine: str = "auto",
+    info: dict | None = None,
 ) -> dict[str, QuantParams]:
     """Activation quantization parameters per tensor name (see :func:`tensors_to_calibrate`).
 
-    ``batches`` yields feeds (arrays by graph input name) for ``graph.reference``;
+    ``batches`` yields feeds (arrays by graph input name), each run as one batch;
+    ``engine`` runs the float graph: ``"auto"`` (onnxruntime when installed and able to
+    run the graph, else the reference executor), ``"onnxruntime"`` or ``"reference"``.
+    ``info``, when given, receives ``engine`` (the one used) and ``reason`` (why not
+    onnxruntime), ``batches`` and ``seconds``;
     ``method`` picks the observer: ``"minmax"`` (full range), ``"percentile"``
     (99.99th percentile of |x|) or ``"entropy"`` (KL-divergence threshold).
     Activations are uint8 asymmetric by default (``dtype="int8"`` for signed).
@@ -83,7 +103,10 @@ def calibrate(
         raise QuantizationError(
             f"calibration method {method!r}: expected one of {sorted(CALIBRATION_METHODS)}"
         )
-    wanted = set(tensors_to_calibrate(graph))
+    if engine not in CALIBRATION_ENGINES:
+        raise QuantizationError(f"calibration engine {engine!r}: expected one of {list(CALIBRATION_ENGINES)}")
+    order = tensors_to_calibrate(graph)
+    wanted = set(order)
     make = CALIBRATION_METHODS[method]
     observers: dict[str, Observer] = {}
 
@@ -95,10 +118,25 @@ def calibrate(
             observer = observers[name] = make(dtype)
         observer.update(value)
 
+    started = time.perf_counter()
+    runner, reason = (None, "the reference executor was asked for") if engine == "reference" else \
+        _onnxruntime_runner(graph, [n for n in order if n not in set(graph.input_names)])  # fmt: skip
+    if runner is None and engine == "onnxruntime":
+        raise QuantizationError(f"calibration on onnxruntime is not possible: {reason}")
+    used = "reference" if runner is None else "onnxruntime"
     count = 0
-    for feeds in _progress(batches, progress, f"calibrating {graph.name} ({method})"):
-        reference.run(graph, feeds, observe=observe)
+    for feeds in _progress(batches, progress, f"calibrating {graph.name} ({method}, {used})"):
+        if runner is None:
+            reference.run(graph, feeds, observe=observe)
+        else:
+            for name in graph.input_names:  # the inputs first, then the tensors in execution order
+                if name in feeds:
+                    observe(name, np.asarray(feeds[name]))
+            for name, value in runner(feeds):
+                observe(name, value)
         count += 1
+    if info is not None:
+        info.update(engine=used, reason=reason, batches=count, seconds=time.perf_counter() - started)
     if count == 0:
         raise QuantizationError("calibration needs at least one batch of inputs; none was given")
 
@@ -113,21 +151,54 @@ def calibrate(
     return params
 
 
+def _onnxruntime_runner(graph: Graph, names: Sequence[str]):
+    """(``run(feeds) -> [(name, value)]``, "") on onnxruntime, or (None, why not)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None, "onnxruntime is not installed"
+    try:
+        from edge_runtime.plan.partition import float_onnx
+
+        model = float_onnx(graph, outputs=list(dict.fromkeys(names)))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                           else (os.cpu_count() or 1))  # fmt: skip
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any failure means: calibrate on the reference executor
+        return None, f"onnxruntime cannot run the float graph ({type(exc).__name__}: {str(exc)[:300]})"
+    outputs = [o.name for o in model.graph.output]
+    inputs = {i.name for i in session.get_inputs()}
+
+    def run(feeds: Mapping[str, np.ndarray]):
+        values = session.run(outputs, {k: v for k, v in feeds.items() if k in inputs})
+        return zip(outputs, values)
+
+    return run, ""
+
+
 def _progress(items: Iterable[Mapping[str, np.ndarray]], enabled: bool, label: str):
-    """Wrap ``items`` in a tqdm bar when available, else a plain stderr counter."""
+    """Wrap ``items`` in a tqdm bar (with its ETA) when available, else log one line per
+    batch on stderr: count, elapsed time and, when the number of batches is known, the ETA."""
     if not enabled:
         yield from items
-        return
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        for count, item in enumerate(items, start=1):
-            yield item
-            print(f"\r{label}: {count} batches", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
         return
     try:
         total: int | None = len(items)  # type: ignore[arg-type]
     except TypeError:  # an iterable of unknown size (some define __len__ and raise)
         total = None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        start = time.perf_counter()
+        for count, item in enumerate(items, start=1):
+            yield item
+            elapsed = time.perf_counter() - start
+            line = f"{label}: {count}" + (f"/{total}" if total else "") + f" batches, {elapsed:.1f} s"
+            if total:
+                line += f", ETA {elapsed / count * (total - count):.1f} s"
+            print(line, file=sys.stderr, flush=True)
+        return
     yield from tqdm(items, desc=label, total=total, unit="batch", leave=False)

@@ -73,7 +73,26 @@ _PER_SAMPLE_STEPS = frozenset({"quantize", "conv", "add", "mul", "lut", "clamp",
 # batch 16 at 2.1 ms a sample against 2.9 ms unsliced, 2.4 ms in slices of 2.
 _CHUNK_BYTES = 1 << 20
 # Steps that may call numpy's BLAS (float matmul and attention; the reference op of a float fallback).
-_BLAS_STEPS = frozenset({"matmul", "attention", "float"})
+_BLAS_STEPS = frozenset({"matmul", "attention", "float", "subgraph"})
+# Bytes of the packed headers that describe the input geometry (see native/src/q8-conv and
+# q8-dwconv): a convolution with a symbolic input height/width rewrites them per input shape.
+_CONV_HEADER_BYTES = 128
+_DWCONV_HEADER_BYTES = 64
+
+
+def _dynamic_padding(attrs: Mapping[str, Any], hw: tuple[int, int], kernel, strides, dilations) -> list[int]:
+    """(top, left, bottom, right) padding of a ``dynamic_hw`` convolution or pool for an
+    input of height and width ``hw``: ONNX's auto_pad rule and ceil_mode, as the lowering
+    applies them to a static shape."""
+    from edge_runtime.graph.reference import _spatial_pads
+    from edge_runtime.plan.lower import _ceil_extra
+
+    node = Node("Conv", "", [], [], {"auto_pad": attrs.get("auto_pad", "NOTSET"), "pads": list(attrs["pads"])})
+    pads = [int(p) for p in _spatial_pads(node, hw, kernel, strides, dilations)]
+    if attrs.get("ceil_mode"):
+        extra = _ceil_extra(hw, kernel, strides, dilations, pads)
+        pads = [pads[0], pads[1], pads[2] + extra[0], pads[3] + extra[1]]
+    return pads
 
 
 def _bind_input(env: dict, src: str, slot: dict, bind: Callable) -> tuple[np.ndarray, tuple]:
@@ -259,6 +278,7 @@ class NativeSession:
         # Per input-shape signature: one dict per step, where the step binds its buffers.
         self._buffers: OrderedDict[tuple, list[dict[str, Any]]] = OrderedDict()
         self._fresh_outputs: set[str] = set()  # output buffers allocated per call (not copied)
+        self._engines: dict[int, str] = {}  # subgraph step -> the engine that runs it
         self.cache_hit: bool | None = None  # None: no cache
         self.load_seconds = 0.0
         start = time.perf_counter()
@@ -414,10 +434,12 @@ class NativeSession:
         keep them cached. The prefix steps do not mix samples, so the bits are those of
         the whole batch at once. Returns the index of the first step left to run (0
         when the batch is not larger than a slice)."""
-        prefix, cut, chunk = self._split  # type: ignore[misc]
+        prefix, cut, chunk, dynamic_c = self._split  # type: ignore[misc]
         (source,) = [io_.buffer for io_ in self.plan.inputs]
         x = env[source]
         batch = x.shape[0] if x.ndim else 0
+        if dynamic_c and x.ndim == 4:  # symbolic height/width: size the slices on this input
+            chunk = min(chunk, max(1, _CHUNK_BYTES // max(1, x.shape[2] * x.shape[3] * dynamic_c)))
         if batch <= chunk:
             return 0
         # One buffer set per slice shape (a full slice, the last partial one); the cut
@@ -448,8 +470,9 @@ class NativeSession:
             env[name] = gathered[name]
         return prefix
 
-    def _find_batch_split(self) -> tuple[int, tuple[str, ...], int] | None:
-        """(prefix length, tensors it hands on, samples per slice), or None.
+    def _find_batch_split(self) -> tuple[int, tuple[str, ...], int, int] | None:
+        """(prefix length, tensors it hands on, samples per slice, the most channels of a
+        convolution with a symbolic input height/width), or None.
 
         The prefix is the leading run of steps that work sample by sample on NHWC
         tensors (entry quantization, convolutions, element-wise ops, pools) from the
@@ -463,6 +486,7 @@ class NativeSession:
         steps = self.plan.steps
         prefix = 0
         largest = 0
+        dynamic_c = 0
         for step in steps:
             if step.op not in _PER_SAMPLE_STEPS:
                 break
@@ -471,6 +495,8 @@ class NativeSession:
             if step.op == "conv":
                 h, w, c = step.attrs["input_hwc"]
                 largest = max(largest, h * w * c)
+                if step.attrs.get("dynamic_hw"):  # h, w are stand-ins: the slice is sized per call
+                    dynamic_c = max(dynamic_c, c)
             prefix += 1
         if prefix < 2 or prefix == len(steps):
             return None
@@ -479,7 +505,7 @@ class NativeSession:
         later |= {io_.buffer for io_ in self.plan.outputs}
         cut = tuple(sorted(produced & later))
         chunk = max(1, _CHUNK_BYTES // max(1, largest))
-        return prefix, cut, chunk
+        return prefix, cut, chunk, dynamic_c
 
     def describe(self) -> dict[str, Any]:
         """ISA, threads, steps, op histogram, sparse layers, batch slicing and packed-cache outcome."""
@@ -496,7 +522,16 @@ class NativeSession:
             "packed_cache": {None: "disabled", True: "hit", False: "miss"}[self.cache_hit],
             "load_seconds": round(self.load_seconds, 4),
             "plan_sha256": self._plan_sha256(),
+            "input_shapes_cached": len(self._buffers),
+            "partition": self.partition(),
         }
+
+    def partition(self) -> dict[str, Any]:
+        """Which graph nodes run where and the share of MACs on native kernels
+        (:func:`edge_runtime.plan.partition.partition_report`)."""
+        from edge_runtime.plan.partition import partition_report
+
+        return partition_report(self.plan, self._engines)
 
     def close(self) -> None:
         with self._lock:
@@ -705,23 +740,38 @@ class NativeSession:
         )
         (src,), (dst,) = step.inputs, step.outputs
         what = f"{step.node}: {step.kernel}"
+        geometry = self._conv_geometry(index, step, params, packed)
 
         def bind(x: np.ndarray) -> tuple:
             # The wrappers' checks, once per buffer set: typed errors naming what is wrong.
-            x, out, batch = _check_conv_io(x, packed, zp, rq, out_dtype, None, what)
-            c_params = replace(params, batch=batch).c_struct()
-            size = 0 if depthwise else kernels.conv2d_workspace_size(packed, batch, pool)
+            shaped, header = geometry(x)
+            x, out, batch = _check_conv_io(x, shaped, zp, rq, out_dtype, None, what)
+            c_params = replace(shaped.params, batch=batch).c_struct()
+            size = 0 if depthwise else kernels.conv2d_workspace_size(shaped, batch, pool)
             workspace = aligned_empty(size) if size else None
             ws_ptr = ffi.NULL if workspace is None else _address(workspace)
-            return x.shape, x.dtype, c_params, DTYPES[x.dtype], out, _address(out), workspace, ws_ptr, size
+            return (x.shape, x.dtype, c_params, DTYPES[x.dtype], out, _address(out), workspace, ws_ptr, size,
+                    header)  # fmt: skip
 
         if _numpy_im2col(params, depthwise):
-            return self._conv_as_gemm(step, params, step.arrays["weights"], packed, rq, zp, out_dtype, what)
+            return self._conv_as_gemm(step, params, step.arrays["weights"], geometry, rq, zp, out_dtype, what)
+        dynamic = bool(attrs.get("dynamic_hw"))
+        # The input geometry the packed header describes now (a dynamic_hw convolution
+        # rewrites it when the input shape changes; run() holds the session's lock).
+        current: list[Any] = [None]
+
+        def use_header(header: np.ndarray | None) -> None:
+            if header is not None and current[0] is not header:
+                buffer[: header.size] = header
+                current[0] = header
+
         if depthwise:
             run_dw = lib.edge_q8_dwconv2d
 
             def fn(env, slot):
                 x, b = _bind_input(env, src, slot, bind)
+                if dynamic:
+                    use_header(b[9])
                 status = run_dw(
                     b[2], b[3], _address(x), zp, packed_ptr, out_code, b[5], rq_struct, pool_handle
                 )
@@ -734,6 +784,8 @@ class NativeSession:
 
             def fn(env, slot):
                 x, b = _bind_input(env, src, slot, bind)
+                if dynamic:
+                    use_header(b[9])
                 status = run_conv(
                     b[2],
                     b[3],
@@ -754,7 +806,46 @@ class NativeSession:
         fn.keep = (packed, rq)  # type: ignore[attr-defined]
         return fn
 
-    def _conv_as_gemm(self, step, params, weights, packed, rq, zp, out_dtype, what):
+    def _conv_geometry(self, index: int, step: Step, params: kernels.Conv2dParams, packed: kernels.PackedConv2d):
+        """``geometry(x) -> (packed for x's height and width, header bytes or None)``.
+
+        A static convolution has one geometry, the packed one. A ``dynamic_hw`` one (a
+        symbolic input height/width) gets, per input shape, its padding from the ONNX rule
+        and the packed header for that geometry: the packed weights after the header do not
+        depend on the input size, so one packed buffer serves every shape, its header
+        rewritten when the shape changes (the C kernels check the header against the call)."""
+        attrs = step.attrs
+        if not attrs.get("dynamic_hw"):
+            return lambda x: (packed, None)
+        depthwise = packed.depthwise
+        size = _DWCONV_HEADER_BYTES if depthwise else _CONV_HEADER_BYTES
+        kernel = (params.kernel_h, params.kernel_w)
+
+        def geometry(x: np.ndarray):
+            if x.ndim != 4:
+                raise ShapeError(f"{step.node}: {step.kernel}: x must be NHWC (4-D), got shape {x.shape}")
+            hw = (int(x.shape[1]), int(x.shape[2]))
+            pads = _dynamic_padding(attrs, hw, kernel, params.stride, params.dilation)
+            shaped = replace(params, in_h=hw[0], in_w=hw[1], padding=tuple(pads))
+            shaped.output_size()  # ShapeError for an input too small for the kernel
+            zeros = np.zeros(self._weight_shapes[index], np.int8)
+            if depthwise:
+                dummy = kernels.pack_dwconv2d(zeros, input_shape=(1, *hw, params.in_c), stride=params.stride[0],
+                                              padding=pads)  # fmt: skip
+            else:
+                pack = pack_conv2d24 if packed.sparse else kernels.pack_conv2d
+                dummy = pack(zeros, input_shape=(1, *hw, params.in_c), stride=params.stride, padding=tuple(pads),
+                             dilation=params.dilation, groups=params.groups)  # fmt: skip
+            header = dummy.buffer[:size].copy()
+            if header[:8].tobytes() != packed.buffer[:8].tobytes():
+                raise KernelArgumentError(f"{step.node}: the packed weights are not of this kernel's format")
+            shaped_packed = kernels.PackedConv2d(params=shaped, buffer=packed.buffer, depthwise=depthwise,
+                                                 sparse=packed.sparse)  # fmt: skip
+            return shaped_packed, header
+
+        return geometry
+
+    def _conv_as_gemm(self, step, params, weights, geometry, rq, zp, out_dtype, what):
         """A convolution with few input channels (an image stem: 3 channels, 7x7) as numpy
         im2col + the dense GEMM. The kernel's im2col copies one input channel run per tap
         (3 bytes here); numpy copies a whole row of taps at once (kernel_w * channels
@@ -765,26 +856,28 @@ class NativeSession:
         k = p.kernel_h * p.kernel_w * p.in_c
         # Weights in the im2col order (ky, kx, c), as the C convolution packs them.
         flat = np.ascontiguousarray(weights.transpose(0, 2, 3, 1).reshape(p.out_c, k))
-        sparse = packed.sparse
+        sparse = step.attrs.get("sparse")
         gemm_packed = (kernels.pack_gemm24 if sparse else kernels.pack_gemm)(flat, step.arrays["bias"])
         run_gemm = lib.edge_q8_gemm24 if sparse else lib.edge_q8_gemm
         gemm_ptr, out_code, pool = _address(gemm_packed.buffer), DTYPES[out_dtype], self._pool.handle
         rq_struct = rq.struct()
-        top, left, bottom, right = p.padding
         sh, sw = p.stride
 
         def bind(x: np.ndarray) -> tuple:
+            packed, _ = geometry(x)
+            g = packed.params
+            top, left, bottom, right = g.padding
             x, out, batch = _check_conv_io(x, packed, zp, rq, out_dtype, None, what)
             out_h, out_w = out.shape[1:3]
-            padded = np.full((batch, p.in_h + top + bottom, p.in_w + left + right, p.in_c), zp, x.dtype)
+            padded = np.full((batch, g.in_h + top + bottom, g.in_w + left + right, g.in_c), zp, x.dtype)
             n_s, h_s, w_s, _ = padded.strides
             taps = np.lib.stride_tricks.as_strided(
                 padded,
-                (batch, out_h, out_w, p.kernel_h, p.kernel_w * p.in_c),
+                (batch, out_h, out_w, g.kernel_h, g.kernel_w * g.in_c),
                 (n_s, h_s * sh, w_s * sw, h_s, 1),
             )
             a = np.empty((batch * out_h * out_w, k), x.dtype)
-            inner = padded[:, top : top + p.in_h, left : left + p.in_w, :]
+            inner = padded[:, top : top + g.in_h, left : left + g.in_w, :]
             return (x.shape, x.dtype, inner, taps, a.reshape(taps.shape), DTYPES[x.dtype], _address(a),
                     a.shape[0], out, _address(out))  # fmt: skip
 
@@ -802,7 +895,7 @@ class NativeSession:
                 check(status, what)
             env[dst] = b[8]
 
-        fn.keep = (gemm_packed, packed, rq)  # type: ignore[attr-defined]
+        fn.keep = (gemm_packed, rq)  # type: ignore[attr-defined]
         return fn
 
     def _prep_add(self, index: int, step: Step):
@@ -915,10 +1008,12 @@ class NativeSession:
         (src,), (dst,) = step.inputs, step.outputs
         what = f"{step.node}: maxpool2d"
 
+        padding = self._pool_padding(step)
+
         def bind(x: np.ndarray) -> tuple:
             x = _q8(x, f"{what}: x")
             params, shape = _pool_params(
-                x, a["kernel"], a["stride"], a["padding"], a["dilation"], False, what
+                x, a["kernel"], a["stride"], padding(x), a["dilation"], False, what
             )
             out = np.empty(shape, x.dtype)
             return x.shape, x.dtype, params, DTYPES[x.dtype], out, _address(out)
@@ -935,15 +1030,35 @@ class NativeSession:
     def _prep_avgpool(self, index: int, step: Step):
         a = step.attrs
         (src,), (dst,) = step.inputs, step.outputs
+        padding = self._pool_padding(step)
 
         def fn(env, slot):
+            x = env[src]
+            pads = slot.get("pads")
+            if pads is None or pads[0] != x.shape:
+                pads = slot["pads"] = (x.shape, padding(x))
             env[dst] = kernels.avgpool2d(
-                env[src], a["kernel"], a["x_scale"], a["x_zero_point"], a["y_scale"], a["y_zero_point"],
-                stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
+                x, a["kernel"], a["x_scale"], a["x_zero_point"], a["y_scale"], a["y_zero_point"],
+                stride=a["stride"], padding=pads[1], dilation=a["dilation"],
                 count_include_pad=a["count_include_pad"],
             )  # fmt: skip
 
         return fn
+
+    @staticmethod
+    def _pool_padding(step: Step) -> Callable[[np.ndarray], list[int]]:
+        """``padding(x)`` for a pool on NHWC ``x``: the plan's, or for a ``dynamic_hw`` pool
+        the ONNX rule applied to x's height and width."""
+        a = step.attrs
+        if not a.get("dynamic_hw"):
+            return lambda x: a["padding"]
+
+        def padding(x: np.ndarray) -> list[int]:
+            if x.ndim != 4:
+                raise ShapeError(f"{step.node}: pool input must be NHWC (4-D), got shape {x.shape}")
+            return _dynamic_padding(a, (int(x.shape[1]), int(x.shape[2])), a["kernel"], a["stride"], a["dilation"])
+
+        return padding
 
     def _prep_global_avgpool(self, index: int, step: Step):
         a = step.attrs
@@ -1065,6 +1180,37 @@ class NativeSession:
             y = np.ascontiguousarray(compute(values), dtype=np.float32)
             env[dst] = kernels.quantize(y, out_scale, out_zp, out_dtype)
 
+        return fn
+
+    def _prep_subgraph(self, index: int, step: Step):
+        """Nodes the native kernels cannot run, in float32 on onnxruntime or the reference
+        executor (see edge_runtime.plan.partition): quantized inputs are dequantized, float
+        outputs read by native steps are quantized with their parameters."""
+        from edge_runtime.plan.partition import SegmentRunner
+
+        runner = SegmentRunner(step.attrs, step.arrays, self.threads)
+        self._engines[index] = runner.engine
+        inputs, outputs = step.inputs, step.outputs
+        in_params = [None if p is None else QuantParams.from_dict(p) for p in step.attrs["in_params"]]
+        out_params = [None if p is None else QuantParams.from_dict(p) for p in step.attrs["out_params"]]
+        if len(in_params) != len(inputs) or len(out_params) != len(outputs):
+            raise KernelArgumentError(f"plan step {index} ({step.node}): subgraph parameters do not match")
+
+        def fn(env, slot):
+            values = []
+            for name, qp in zip(inputs, in_params):
+                value = env[name]
+                if qp is not None:
+                    value = kernels.dequantize(np.ascontiguousarray(value), qp.scale, qp.zero_point)
+                values.append(value)
+            for name, qp, value in zip(outputs, out_params, runner(values)):
+                if qp is not None:
+                    value = kernels.quantize(
+                        np.ascontiguousarray(value, np.float32), qp.scale, qp.zero_point, qp.numpy_dtype
+                    )
+                env[name] = value
+
+        fn.keep = runner  # type: ignore[attr-defined]
         return fn
 
     def _prep_float(self, index: int, step: Step):

@@ -70,6 +70,14 @@ _MOVE_OPS = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"
 _FLOAT_OK = frozenset({"Sub", "Div", "BatchNormalization", "Resize", "Add", "Mul", "AveragePool", "Gemm"})
 # A layer is auto-detected as 2:4 only when it is big enough for that not to be an accident.
 _MIN_SPARSE_K = 16
+# The stand-in height and width of a symbolic input dimension (see _Lowering._conv_geometry).
+_DYNAMIC_STANDIN = 32
+# Operators whose handler always refuses them (so a partition need not try them).
+_NEVER_NATIVE_OPS: frozenset[str] = frozenset()
+# Steps that are no native computation: a plan made only of these refuses the graph instead.
+_NOT_NATIVE = frozenset({"quantize", "dequantize", "transpose", "move", "subgraph", "float"})
+# Operators that carry a model's multiply-accumulates.
+_MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN"})
 
 
 def lower(
@@ -78,6 +86,8 @@ def lower(
     *,
     sparsity: set[str] | None = None,
     sparse_kernels: bool = True,
+    partition: bool = True,
+    input_shapes: Mapping[str, Any] | None = None,
 ) -> QuantizedPlan:
     """Lower an optimized graph (:func:`edge_runtime.graph.optimize`) to an INT8 plan.
 
@@ -87,10 +97,33 @@ def lower(
     2:4-sparse kernel; their int8 weights are pruned to 2:4 when they are not.
     ``sparse_kernels=False`` runs every layer dense (to compare with the sparse plan).
 
-    Raises UnsupportedOperatorError naming the operator and node the plan cannot
-    run, and QuantizationError naming a tensor without parameters.
+    Nodes the native kernels cannot run are gathered into [subgraph] steps that run
+    them in float (``partition``, see :mod:`edge_runtime.plan.partition`); with
+    ``partition=False``, or when no node runs natively, the first such node is refused
+    with UnsupportedOperatorError naming the operator and node. Input height and width
+    may be symbolic: convolutions and pools then work out their padding per input shape.
+    ``input_shapes`` (input name -> a representative shape) only sizes the per-node MAC
+    estimate of symbolic dimensions (``plan.macs``). Raises QuantizationError naming a
+    tensor without parameters.
     """
-    return _Lowering(graph, activations, sparsity or set(), sparse_kernels).run()
+    lowering = _Lowering(graph, activations, sparsity or set(), sparse_kernels)
+    lowering.partition = partition
+    plan = lowering.run()
+    # Once the foreign nodes are known, lower again with them set aside from the start, so
+    # that they merge into as few [subgraph] steps as their dependencies allow (the first
+    # pass has to emit a segment before trying any node that reads from it).
+    known: set[str] = set()
+    for _ in range(4):
+        if lowering.failed <= known:
+            break
+        known |= lowering.failed
+        lowering = _Lowering(graph, activations, sparsity or set(), sparse_kernels)
+        lowering.partition, lowering.foreign = True, set(known)
+        plan = lowering.run()
+    from edge_runtime.plan.partition import node_macs
+
+    plan.macs = {k: v for k, v in node_macs(graph, input_shapes).items() if v}
+    return plan
 
 
 class _Lowering:
@@ -108,6 +141,9 @@ class _Lowering:
         self.alias: dict[str, str] = {}  # Identity outputs -> their input
         self.converted: dict[tuple[str, str], str] = {}
         self.node: Node | None = None
+        self.partition = True
+        self.foreign: set[str] = set()  # nodes known not to lower: straight into [subgraph] steps
+        self.failed: set[str] = set()  # nodes that refused to lower in this pass
 
     # -- driver ------------------------------------------------------------
 
@@ -115,13 +151,68 @@ class _Lowering:
         inputs = [self._entry(info.name) for info in self.graph.inputs]
         attention = {id(chain.nodes[-1]): chain for chain in _attention_chains(self.graph)}
         fused = {id(node) for chain in attention.values() for node in chain.nodes}
+        # Nodes the kernels cannot run, not emitted yet: one [subgraph] step, emitted when
+        # a native node needs one of their results (or at the end), so that foreign nodes
+        # merge across the native nodes between them (see edge_runtime.plan.partition).
+        pending: list[Node] = []
+        pending_out: set[str] = set()
+        first_error: UnsupportedOperatorError | None = None
         for node in self.graph.nodes:
             self.node = node
-            if id(node) in attention:
-                self._attention(attention[id(node)])
-                continue
-            if id(node) in fused:
+            chain = attention.get(id(node))
+            if chain is None and id(node) in fused:
                 continue  # a node of an attention chain, emitted at the chain's last node
+            group = chain.nodes if chain is not None else [node]
+            if self.partition and any(g.name in self.foreign for g in group):
+                pending.extend(group)
+                pending_out.update(n for g in group for n in g.outputs if n)
+                continue
+            if pending and any(n in pending_out for g in group for n in g.inputs):
+                if self.partition and chain is None and self._never_native(node):
+                    pending.append(node)  # joins the segment it reads from
+                    pending_out.update(n for n in node.outputs if n)
+                    continue
+                self._segment(pending, pending_out)
+            error = self._lower_node(node, chain)
+            if error is None:
+                continue
+            if not self.partition:
+                raise error
+            first_error = first_error or error
+            self.failed.update(g.name for g in group)
+            pending.extend(group)
+            pending_out.update(n for g in group for n in g.outputs if n)
+        self.node = None
+        if pending:
+            self._segment(pending, pending_out)
+        if self.graph.nodes and not any(s.op not in _NOT_NATIVE for s in self.steps):
+            # Nothing would run on the int8 kernels: the last resort is refusing the graph.
+            if first_error is not None:
+                raise first_error
+            floats = {s.node: s.attrs.get("node_op", s.op) for s in self.steps if s.op == "float"}
+            if any(op in _MAC_OPS for op in floats.values()):  # all its MACs in float: onnxruntime's job
+                raise UnsupportedOperatorError(
+                    f"graph {self.graph.name!r}: no node runs on the native int8 kernels, only float "
+                    "fallbacks (" + ", ".join(f"{op} node {name!r}" for name, op in floats.items())
+                    + "); run this model on onnxruntime (backend='onnxruntime' or 'auto')"
+                )
+        outputs = [self._exit(info.name) for info in self.graph.outputs]
+        return QuantizedPlan(self.graph.name, inputs, outputs, self.steps, self.params)
+
+    def _never_native(self, node: Node) -> bool:
+        """Whether ``node`` has no native form whatever its inputs (no handler, another domain)."""
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_NATIVE_OPS:
+            return True
+        return getattr(self, f"_op_{node.op_type}", None) is None
+
+    def _lower_node(self, node: Node, chain: _AttentionChain | None) -> UnsupportedOperatorError | None:
+        """Emit the steps of ``node`` (or of an attention chain ending at it); on
+        UnsupportedOperatorError, undo what it emitted and return the error."""
+        mark = (len(self.steps), set(self.converted), set(self.params), set(self.alias))
+        try:
+            if chain is not None:
+                self._attention(chain)
+                return None
             handler = getattr(self, f"_op_{node.op_type}", None)
             if node.domain not in ("", "ai.onnx") or handler is None:
                 raise UnsupportedOperatorError(
@@ -135,9 +226,69 @@ class _Lowering:
                 if str(node.name) in str(exc):
                     raise
                 raise type(exc)(f"{node}: {exc}") from exc
-        self.node = None
-        outputs = [self._exit(info.name) for info in self.graph.outputs]
-        return QuantizedPlan(self.graph.name, inputs, outputs, self.steps, self.params)
+        except UnsupportedOperatorError as exc:
+            del self.steps[mark[0] :]
+            for key in set(self.converted) - mark[1]:
+                del self.converted[key]
+            for name in set(self.params) - mark[2]:
+                self.params.pop(name, None)
+                self.layout.pop(name, None)
+            for name in set(self.alias) - mark[3]:
+                del self.alias[name]
+            return exc
+        return None
+
+    def _segment(self, nodes: list[Node], produced: set[str]) -> None:
+        """One [subgraph] step running ``nodes`` in float; clears ``nodes`` and ``produced``."""
+        from edge_runtime.plan.partition import segment_step
+
+        current, self.node = self.node, nodes[0]
+
+        inside = {id(n) for n in nodes}
+        graph_inputs = set(self.graph.input_names)
+        reads: list[str] = []
+        for node in nodes:
+            for name in node.inputs:
+                if name and name not in produced and name not in reads and not self.graph.is_constant(name):
+                    reads.append(name)
+        buffers, is_float, in_params = [], [], []
+        for name in reads:
+            src = self._src(name)
+            if name in graph_inputs and self.params.get(name) is not None:
+                buffers.append(f"in:{name}")  # the float input as fed: no quantization on the way
+                is_float.append(True)
+                in_params.append(None)
+                continue
+            qp = self.params.get(src)
+            if qp is not None:
+                src = self._as(name, "plain")
+            buffers.append(src)
+            is_float.append(qp is not None or _is_float(self.graph, name))
+            in_params.append(None if qp is None else qp.to_dict())
+        outputs = self.graph.output_names
+        written: list[str] = []
+        out_params: list[dict[str, Any] | None] = []
+        for node in nodes:
+            for name in node.outputs:
+                if not name:
+                    continue
+                readers = [r for r in self.graph.consumers(name) if id(r) not in inside]
+                if not readers and name not in outputs:
+                    continue
+                written.append(name)
+                qp = None
+                if _is_float(self.graph, name) and readers:
+                    qp = self._act(name)  # native steps read it quantized (a graph output too)
+                out_params.append(None if qp is None else qp.to_dict())
+        attrs, arrays = segment_step(self.graph, nodes, reads, written, is_float)
+        attrs["in_params"] = in_params
+        attrs["out_params"] = out_params
+        self._emit("subgraph", buffers, written, attrs, arrays, node=nodes[0].name)
+        for name, p in zip(written, out_params):
+            self._set(name, None if p is None else QuantParams.from_dict(p), "plain")
+        self.node = current
+        nodes.clear()
+        produced.clear()
 
     def _entry(self, name: str) -> PlanIO:
         info = self.graph.info(name)
@@ -219,6 +370,41 @@ class _Lowering:
         if shape is None or not all(isinstance(d, int) for d in shape[1:]):
             return None
         return tuple(d if isinstance(d, int) else -1 for d in shape)
+
+    def _spatial(self, name: str) -> tuple[int | None, int | None, int | None] | None:
+        """(C, H, W) of a 4-D NCHW tensor, each None when symbolic; None when not 4-D."""
+        shape = self.graph.shape(name)
+        if shape is None or len(shape) != 4:
+            return None
+        return tuple(d if isinstance(d, int) and d > 0 else None for d in shape[1:])  # type: ignore[return-value]
+
+    @staticmethod
+    def _conv_geometry(spatial, cin: int | None, kernel, strides, dilations) -> tuple[int, int, int, bool]:
+        """(C, H, W, dynamic) for a convolution or pool. A symbolic H or W becomes a
+        stand-in size at which the weights are packed and the kernel choice is checked
+        (the packed weights do not depend on it); the executor works out the padding and
+        output size of each real input shape (``dynamic_hw``)."""
+        c = spatial[0] if spatial[0] is not None else cin
+        if c is None:
+            raise UnsupportedOperatorError("the number of input channels is unknown")
+        dynamic = spatial[1] is None or spatial[2] is None
+        sizes = []
+        for i, d in enumerate(spatial[1:]):
+            extent = (int(kernel[i]) - 1) * int(dilations[i]) + 1
+            sizes.append(d if d is not None else max(_DYNAMIC_STANDIN, extent, int(strides[i])))
+        return int(c), sizes[0], sizes[1], dynamic
+
+    @staticmethod
+    def _dynamic_attrs(node: Node, dynamic: bool) -> dict[str, Any]:
+        """What the executor needs to pad an input of any height and width like ONNX does."""
+        if not dynamic:
+            return {}
+        return {
+            "dynamic_hw": True,
+            "auto_pad": str(node.attrs.get("auto_pad", "NOTSET")),
+            "pads": [int(p) for p in node.attrs.get("pads", [0, 0, 0, 0])],
+            "ceil_mode": int(node.attrs.get("ceil_mode", 0)),
+        }
 
     def _as(self, name: str, layout: str) -> str:
         """The buffer holding tensor ``name`` in ``layout`` ("plain" or "nhwc"), converting once."""
@@ -388,18 +574,18 @@ class _Lowering:
         w = self.graph.constant(wname)
         bname = node.input(2)
         bias = self.graph.constant(bname) if bname else None
-        shape = self._static(x)
-        if w is None or (bname and bias is None) or shape is None or len(shape) != 4:
+        spatial = self._spatial(x)
+        if w is None or (bname and bias is None) or spatial is None or w.ndim != 4:
             raise UnsupportedOperatorError(
-                f"{node}: the native backend runs 2-D convolutions with constant weights and a statically "
-                f"known input shape (got input shape {self.graph.shape(x)})"
+                f"{node}: the native backend runs 2-D convolutions with constant weights on a 4-D input "
+                f"with known channels (got input shape {self.graph.shape(x)})"
             )
-        _, cin, h, wd = shape
         m = w.shape[0]
         kernel = list(node.attrs.get("kernel_shape", w.shape[2:]))
         strides = list(node.attrs.get("strides", [1, 1]))
         dilations = list(node.attrs.get("dilations", [1, 1]))
         group = int(node.attrs.get("group", 1))
+        cin, h, wd, dynamic = self._conv_geometry(spatial, w.shape[1] * group, kernel, strides, dilations)
         pads = [int(p) for p in _spatial_pads(node, (h, wd), kernel, strides, dilations)]  # t, l, b, r
         src = self._as(x, "nhwc")
         in_qp = self.params[src]
@@ -425,7 +611,7 @@ class _Lowering:
         attrs = {
             "input_hwc": [h, wd, cin], "stride": strides, "padding": pads, "dilation": dilations,
             "groups": group, "depthwise": depthwise, "sparse": sparse, "x_zero_point": in_qp.zero_point,
-            **_requant_attrs(rq, out_qp),
+            **_requant_attrs(rq, out_qp), **self._dynamic_attrs(node, dynamic),
         }  # fmt: skip
         self._emit("conv", [src], [out], attrs, {"weights": values, "bias": bias_q, **_requant_arrays(rq)})
         self._set(out, out_qp, "nhwc")
@@ -490,9 +676,10 @@ class _Lowering:
         self._set(out, out_qp, layout)
 
     def _stored_shape(self, name: str, layout: str) -> tuple[int, ...] | None:
-        shape = self._static(name)
+        shape = self.graph.shape(name)  # symbolic dims as -1: a constant never matches them
         if shape is None:
             return None
+        shape = tuple(d if isinstance(d, int) else -1 for d in shape)
         return tuple(shape[i] for i in TO_NHWC) if layout == "nhwc" else shape
 
     _op_Add = _binary
@@ -561,27 +748,26 @@ class _Lowering:
 
     def _pool(self, node: Node) -> None:
         x, out = node.inputs[0], node.outputs[0]
-        shape = self._static(x)
-        if shape is None or len(shape) != 4 or (len(node.outputs) > 1 and node.outputs[1]):
+        spatial = self._spatial(x)
+        kernel = list(node.attrs.get("kernel_shape", []))
+        if spatial is None or len(kernel) != 2 or (len(node.outputs) > 1 and node.outputs[1]):
             if node.op_type == "AveragePool":
                 return self._float(node)
-            raise UnsupportedOperatorError(
-                f"{node}: only 2-D pooling of a statically shaped map is supported"
-            )
-        _, _, h, w = shape
-        kernel = list(node.attrs["kernel_shape"])
+            raise UnsupportedOperatorError(f"{node}: only 2-D pooling of a 4-D map is supported")
         strides = list(node.attrs.get("strides", [1, 1]))
         dilations = list(node.attrs.get("dilations", [1, 1]))
+        _, h, w, dynamic = self._conv_geometry(spatial, spatial[0], kernel, strides, dilations)
         pads = [int(p) for p in _spatial_pads(node, (h, w), kernel, strides, dilations)]
         include_pad = bool(node.attrs.get("count_include_pad", 0))
         if node.attrs.get("ceil_mode", 0):
             extra = _ceil_extra((h, w), kernel, strides, dilations, pads)
-            if node.op_type == "AveragePool" and include_pad and any(extra):
+            if node.op_type == "AveragePool" and include_pad and (any(extra) or dynamic):
                 return self._float(node)  # the kernel would count the extra cells as padding
             pads = [pads[0], pads[1], pads[2] + extra[0], pads[3] + extra[1]]
         src = self._as(x, "nhwc")
         in_qp = self.params[src]
-        attrs: dict[str, Any] = {"kernel": kernel, "stride": strides, "padding": pads, "dilation": dilations}
+        attrs: dict[str, Any] = {"kernel": kernel, "stride": strides, "padding": pads, "dilation": dilations,
+                                 **self._dynamic_attrs(node, dynamic)}  # fmt: skip
         if node.op_type == "MaxPool":
             self._emit("maxpool", [src], [out], attrs)
             self._set(out, in_qp, "nhwc")
@@ -946,6 +1132,11 @@ def _binary_ok(op: str, a: QuantParams, b: QuantParams, y: QuantParams) -> bool:
     except KernelError:
         return False
     return True
+
+
+def _is_float(graph: Graph, name: str) -> bool:
+    info = graph.info(name)
+    return info is None or info.dtype is None or np.issubdtype(np.dtype(info.dtype), np.floating)
 
 
 def _same_shape(a: tuple | None, b: tuple | None) -> bool:

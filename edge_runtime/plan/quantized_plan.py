@@ -19,7 +19,12 @@ a plan identifies it, which is what the packed-weight cache is keyed by.
 of the artifact's bytes (which they keep alive), so reading a plan costs no memory
 beyond the bytes themselves.
 
-Versions: 3 adds the [attention] step (a fused Q.K^T -> softmax -> .V block, which
+Versions: 4 adds the [subgraph] step (nodes run in float on onnxruntime or the
+reference executor: a partitioned graph, see :mod:`edge_runtime.plan.partition`) and
+convolutions and pools whose input height and width are symbolic (``dynamic_hw``:
+padding recomputed per input shape); a plan without either is still written as
+version 3, so that older runtimes read it. The optional ``macs`` header (per-node
+multiply-accumulates, for ``Model.info()``) is ignored by older readers. 3 adds the [attention] step (a fused Q.K^T -> softmax -> .V block, which
 older runtimes cannot run); 2 stores embedding tables ([embed] steps) quantized with
 the step's output parameters; 1 stored them as float32 (still read: the executor
 quantizes them at load).
@@ -48,8 +53,8 @@ from edge_runtime.package._json import JsonLimits, loads_bounded
 __all__ = ["PLAN_FORMAT", "PLAN_FORMAT_VERSION", "PlanIO", "QuantizedPlan", "Step"]
 
 PLAN_FORMAT = "edge-native-plan"
-PLAN_FORMAT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+PLAN_FORMAT_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 _HEADER = "plan.json"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: identical plans give identical bytes
 _ARRAY_DTYPES = frozenset({"int8", "uint8", "int32", "int64", "float32"})
@@ -98,6 +103,8 @@ class QuantizedPlan:
     steps: list[Step]
     # Quantization of every quantized buffer (None: a float or integer buffer).
     params: dict[str, QuantParams | None] = field(default_factory=dict)
+    # Multiply-accumulates per sample of the graph's Conv/ConvTranspose/Gemm/MatMul nodes.
+    macs: dict[str, int] = field(default_factory=dict)
 
     # -- facts -------------------------------------------------------------
 
@@ -111,6 +118,16 @@ class QuantizedPlan:
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    def format_version(self) -> int:
+        """The oldest format version that holds this plan (what :meth:`to_bytes` writes)."""
+        if any(s.op == "subgraph" or s.attrs.get("dynamic_hw") for s in self.steps):
+            return 4
+        return 3
+
+    def is_partitioned(self) -> bool:
+        """Whether some nodes run outside the native kernels ([subgraph] steps)."""
+        return any(s.op == "subgraph" for s in self.steps)
 
     # -- serialization -----------------------------------------------------
 
@@ -130,13 +147,15 @@ class QuantizedPlan:
             })  # fmt: skip
         header = {
             "format": PLAN_FORMAT,
-            "version": PLAN_FORMAT_VERSION,
+            "version": self.format_version(),
             "name": self.name,
             "inputs": [vars(io_) for io_ in self.inputs],
             "outputs": [vars(io_) for io_ in self.outputs],
             "params": {k: (None if v is None else v.to_dict()) for k, v in sorted(self.params.items())},
             "steps": steps,
         }
+        if self.macs:
+            header["macs"] = {str(k): int(v) for k, v in self.macs.items()}
         text = json.dumps(header, sort_keys=True, default=_json_default, separators=(",", ":"))
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -286,7 +305,13 @@ def _read_plan(cls: type[QuantizedPlan], data: bytes) -> QuantizedPlan:
     unwritten = [o.buffer for o in outputs if o.buffer not in written]
     if unwritten:
         raise _bad(f"output buffer(s) {', '.join(unwritten)} are written by no step")
-    return cls(name=name, inputs=inputs, outputs=outputs, steps=steps, params=params)
+    macs: dict[str, int] = {}
+    for key, value in _expect(header.get("macs", {}), dict, "macs").items():
+        _expect(value, int, f"macs.{key}")
+        if value < 0:
+            raise _bad(f"macs.{key} must be non-negative, got {value}")
+        macs[key] = value
+    return cls(name=name, inputs=inputs, outputs=outputs, steps=steps, params=params, macs=macs)
 
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (skipped fields), name length, extra length

@@ -64,6 +64,7 @@ from edge_runtime.package import (
     file_sha256,
     load_selftest,
     open_package,
+    open_regular_file,
     parse_manifest_bytes,
 )
 from edge_runtime.package._manifest import check_member_path
@@ -387,7 +388,8 @@ class ExtractedPackage:
                 raise IntegrityError(
                     f"artifact {file} has {size} bytes, the manifest says {entry.size}; reinstall the package"
                 )
-            data = file.read_bytes()
+            with open_regular_file(file) as f:
+                data = f.read()
         except FileNotFoundError:
             raise IntegrityError(f"artifact {file} is missing; reinstall the package") from None
         digest = hashlib.sha256(data).hexdigest()
@@ -435,7 +437,7 @@ def _file_kind(path: Path) -> str:
     by_suffix = {".edgepkg": "package", ".onnx": "onnx", ".tflite": "tflite"}
     if suffix in by_suffix:
         return by_suffix[suffix]
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:  # a FIFO or device is refused, never waited on
         head = f.read(8)
     if head.startswith(_ZIP_MAGIC):
         return "package"
@@ -664,7 +666,8 @@ def load(
                 f"{model_path} is a bare {kind} file, which cannot carry a signature, but a trust store "
                 "is configured; load a signed .edgepkg instead"
             )
-        data = model_path.read_bytes()
+        with open_regular_file(model_path) as f:
+            data = f.read()
         opened = _open_best(
             [(model_path.name, kind)], lambda _: data, backend, artifact, resolved, nthreads, None
         )

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleet.errors import AgentOptionsError
+from fleet.errors import AgentOptionsError, ProtocolError
 
 if TYPE_CHECKING:
     from edge_runtime.serve.manager import ModelManager
@@ -88,6 +88,22 @@ class AgentOptions:
     max_package_mib: float = 512
     min_free_mib: float = 64
     downgrade_guard: bool = True
+
+    def __post_init__(self) -> None:
+        """Refuse tags, a group or a profile that the manager would refuse in every status (the ids
+        are checked where the agent is made)."""
+        from fleet.protocol import MAX_TAGS, check_text
+
+        try:
+            if len(self.tags) > MAX_TAGS:
+                raise AgentOptionsError(f"{len(self.tags)} tags, over the limit of {MAX_TAGS}")
+            for tag in self.tags:
+                check_text(tag, "a tag")
+            for key in ("group", "profile"):
+                if getattr(self, key) is not None:
+                    check_text(getattr(self, key), key)
+        except ProtocolError as exc:
+            raise AgentOptionsError(str(exc)) from None
 
     def password(self, environ: Mapping[str, str] = os.environ, flag: str | None = None) -> str | None:
         """The first line of ``password_file``, else ``flag`` (``edge agent --password``), else

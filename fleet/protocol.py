@@ -74,6 +74,7 @@ __all__ = [
     "Topic",
     "UpdateStep",
     "check_id",
+    "check_text",
     "decode_block",
     "encode_block",
     "json_depth",
@@ -473,10 +474,10 @@ def _text(d: Mapping[str, Any], key: str, where: str, default: Any = ..., max_le
     value = _get(d, key, str, where, default)
     if value is default or value is None:
         return value
-    return _check_text(value, f"{where}: field {key!r}", max_len)
+    return check_text(value, f"{where}: field {key!r}", max_len)
 
 
-def _check_text(value: Any, what: str, max_len: int = MAX_TEXT) -> str:
+def check_text(value: Any, what: str, max_len: int = MAX_TEXT) -> str:
     if not isinstance(value, str):
         raise ProtocolError(f"{what} must be a string, got {type(value).__name__}")
     if len(value) > max_len:
@@ -615,7 +616,7 @@ class Status(_Message):
         if len(tags) > MAX_TAGS:
             raise ProtocolError(f"status: {len(tags)} tags, over the limit of {MAX_TAGS}")
         for tag in tags:
-            _check_text(tag, "status: a tag")
+            check_text(tag, "status: a tag")
         deployment_id = _get(d, "deployment_id", str, w, None)
         return cls(
             device=check_id(_get(d, "device", str, w), "device"),

@@ -20,6 +20,7 @@ from edge_runtime.package._archive import (
     PackageInfo,
     file_sha256,
     open_package,
+    open_regular_file,
     write_package,
 )
 from edge_runtime.package._manifest import (
@@ -75,6 +76,7 @@ __all__ = [
     "load_selftest",
     "make_selftest",
     "open_package",
+    "open_regular_file",
     "parse_manifest_bytes",
     "write_package",
 ]

@@ -47,6 +47,7 @@ __all__ = [
     "PackageInfo",
     "file_sha256",
     "open_package",
+    "open_regular_file",
     "write_package",
 ]
 
@@ -379,7 +380,7 @@ def open_package(
     """
     pkg_path = Path(path)
     # Kept open on success: the returned Package owns it. FileNotFoundError propagates as is.
-    file = _open_regular_file(pkg_path)
+    file = open_regular_file(pkg_path)
     try:
         size = os.fstat(file.fileno()).st_size
         if size > limits.max_package_bytes:
@@ -402,7 +403,7 @@ def open_package(
         raise
 
 
-def _open_regular_file(path: Path) -> IO[bytes]:
+def open_regular_file(path: Path) -> IO[bytes]:
     """``open(path, "rb")`` for a regular file only; PackageFormatError for a FIFO, device or socket.
 
     Checked twice: ``os.stat`` before opening (a FIFO's ``open`` would block until a writer

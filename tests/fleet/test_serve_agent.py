@@ -294,3 +294,13 @@ def test_fleet_manager_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "edge-fleet.service" not in result.stderr, result.stderr  # no warning about our unit
+
+
+def test_options_the_manager_would_refuse_in_every_status_are_refused_at_start() -> None:
+    with pytest.raises(AgentOptionsError, match="over the limit of 32"):
+        AgentOptions(fleet="f", device="d", tags=tuple(f"t{i}" for i in range(33)))
+    with pytest.raises(AgentOptionsError, match="200 characters"):
+        AgentOptions(fleet="f", device="d", tags=("x" * 200,))
+    with pytest.raises(AgentOptionsError, match="control characters"):
+        AgentOptions(fleet="f", device="d", group="line\nbreak")
+    assert AgentOptions(fleet="f", device="d", tags=("a", "b"), group="g").tags == ("a", "b")

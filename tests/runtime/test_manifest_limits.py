@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pkg_helpers import base_artifacts, base_manifest, write_valid
 
+import edge_runtime
 from edge_runtime.errors import EdgeRuntimeError, PackageFormatError
 from edge_runtime.package import TrustStore, open_package, write_package
 from edge_runtime.package._json import JsonLimits, json_depth, loads_bounded
@@ -195,15 +196,16 @@ def test_value_count_is_bounded_before_decoding() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
-    fifo = tmp_path / "model.edgepkg"
+@pytest.mark.parametrize("name", ["model.edgepkg", "model.onnx", "model"])
+def test_fifo_is_refused_without_blocking(tmp_path: Path, name: str) -> None:
+    fifo = tmp_path / name
     os.mkfifo(fifo)
     done = threading.Event()
     errors: list[BaseException] = []
 
     def attempt() -> None:
         try:
-            open_package(fifo)
+            open_package(fifo) if name.endswith(".edgepkg") else edge_runtime.load(fifo)
         except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
             errors.append(exc)
         done.set()

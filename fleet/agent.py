@@ -29,7 +29,6 @@ event with its step and reason.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -48,12 +47,13 @@ import paho.mqtt.client as mqtt
 
 from edge_runtime._version import __version__ as runtime_version
 from edge_runtime.store import ModelStore
+from fleet.discovery import find_broker
 from fleet.errors import (
     DigestMismatchError,
     DowngradeError,
     DownloadError,
-    InsufficientSpaceError,
     DownloadTooLargeError,
+    InsufficientSpaceError,
     ProtocolError,
     UpdateError,
 )
@@ -269,7 +269,13 @@ class Agent:
         self._recover()
         broker = self.config.broker
         if broker is None or not broker.url:
-            broker = self._discover(broker or BrokerConfig(url=""))
+            broker = find_broker(
+                self.config.fleet, broker or BrokerConfig(url=""), self._stopping, self.config.discovery_timeout_s
+            )
+            if broker is None:  # stopped while looking
+                self.runtime.close()
+                self.outbox.close()
+                return
         self._client = self._connect(broker)
         updater = threading.Thread(target=self._updater, name="agent-updater", daemon=True)
         updater.start()
@@ -306,15 +312,6 @@ class Agent:
             client.loop_stop()
         self.runtime.close()
         self.outbox.close()
-
-    def _discover(self, login: BrokerConfig) -> BrokerConfig:
-        from fleet.discovery import discover
-
-        found = discover(self.config.fleet, timeout=self.config.discovery_timeout_s)
-        log.info("found fleet %s manager at %s (broker %s)", found.fleet, found.api_url, found.broker_url)
-        return dataclasses.replace(
-            login, url=found.broker_url, tls_fingerprint=login.tls_fingerprint or found.tls_fingerprint
-        )
 
     # --- MQTT plumbing ---
 

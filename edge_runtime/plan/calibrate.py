@@ -38,7 +38,14 @@ from edge_runtime.numerics import (
     QuantParams,
 )
 
-__all__ = ["CALIBRATION_ENGINES", "CALIBRATION_METHODS", "calibrate", "tensors_to_calibrate"]
+__all__ = [
+    "CALIBRATION_ENGINES",
+    "CALIBRATION_METHODS",
+    "AtInputShapes",
+    "calibrate",
+    "parse_input_shape",
+    "tensors_to_calibrate",
+]
 
 CALIBRATION_ENGINES = ("auto", "onnxruntime", "reference")
 
@@ -202,3 +209,83 @@ def _progress(items: Iterable[Mapping[str, np.ndarray]], enabled: bool, label: s
             print(line, file=sys.stderr, flush=True)
         return
     yield from tqdm(items, desc=label, total=total, unit="batch", leave=False)
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``"image:1x3x320x320"`` -> ``("image", (1, 3, 320, 320))``; QuantizationError otherwise."""
+    name, sep, dims = str(text).rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or any(d < 1 for d in shape):
+        raise QuantizationError(
+            f"input shape {text!r}: expected NAME:D0xD1x..., e.g. image:1x3x320x320 (positive sizes)"
+        )
+    return name, shape
+
+
+class AtInputShapes:
+    """Calibration batches at representative input sizes (``edge quantize --input-shape``).
+
+    ``shapes`` lists (input name, shape) pairs; the k-th shape given for each input makes
+    the k-th size, and the whole of ``batches`` (an iterable that can be iterated again)
+    is fed once per size, each batch resized to it: the dimensions after the first (the
+    batch, kept from the data) are interpolated linearly (separably, pixel centres
+    aligned, as an image resize does). Inputs without a listed shape are fed as they are.
+    Raises QuantizationError for an unknown input or a shape whose rank or fixed
+    dimensions the model does not accept (``inputs``: the graph's input infos)."""
+
+    def __init__(self, batches: Iterable[Mapping[str, np.ndarray]], shapes: Sequence[tuple[str, Sequence[int]]],
+                 inputs: Sequence = ()) -> None:  # fmt: skip
+        self.batches = batches
+        declared = {info.name: info.shape for info in inputs}
+        per_input: dict[str, list[tuple[int, ...]]] = {}
+        for name, shape in shapes:
+            if declared and name not in declared:
+                raise QuantizationError(f"input shape for {name!r}: the model's inputs are {sorted(declared)}")
+            want = declared.get(name)
+            if want is not None:
+                if len(want) != len(shape):
+                    raise QuantizationError(
+                        f"input shape {name}:{'x'.join(map(str, shape))}: the input has rank {len(want)}"
+                    )
+                for axis, (d, s) in enumerate(zip(want, shape)):
+                    if axis and isinstance(d, int) and d != s:
+                        raise QuantizationError(
+                            f"input shape {name}:{'x'.join(map(str, shape))}: dimension {axis} is fixed at {d}"
+                        )
+            per_input.setdefault(name, []).append(tuple(int(d) for d in shape))
+        count = max((len(v) for v in per_input.values()), default=0)
+        self.sizes = [{name: v[min(k, len(v) - 1)] for name, v in per_input.items()} for k in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.batches) * max(1, len(self.sizes))  # type: ignore[arg-type]
+
+    def __iter__(self):
+        for size in self.sizes or [{}]:
+            for feeds in self.batches:
+                yield {k: _resized(np.asarray(v), size[k]) if k in size else v for k, v in feeds.items()}
+
+
+def _resized(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``x`` with every dimension but the first linearly resampled to ``shape[1:]``."""
+    if x.ndim != len(shape):
+        raise QuantizationError(f"calibration data of shape {x.shape} cannot be resized to {shape}")
+    out = x
+    for axis in range(1, x.ndim):
+        size = shape[axis]
+        n = out.shape[axis]
+        if n == size:
+            continue
+        pos = np.clip((np.arange(size) + 0.5) * (n / size) - 0.5, 0, n - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, n - 1)
+        frac = (pos - lo).astype(np.float32)
+        view = [1] * out.ndim
+        view[axis] = size
+        frac = frac.reshape(view)
+        a, b = np.take(out, lo, axis=axis), np.take(out, hi, axis=axis)
+        out = a * (1 - frac) + b * frac if np.issubdtype(out.dtype, np.floating) else np.take(out, np.rint(
+            pos).astype(np.int64), axis=axis)  # fmt: skip
+    return np.ascontiguousarray(out.astype(x.dtype, copy=False))

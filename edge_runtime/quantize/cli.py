@@ -45,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--mean", metavar="M[,M,M]", help="image mean after scaling pixels to [0, 1] (default 0)")
     p.add_argument("--std", metavar="S[,S,S]", help="image std after scaling pixels to [0, 1] (default 1)")
     p.add_argument("--image-size", metavar="HxW", help="image size for models with a dynamic height/width")
+    p.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME:D0xD1x...",
+        help="calibrate at this representative input shape (repeatable, e.g. image:1x3x320x320 "
+        "--input-shape image:1x3x640x480): the calibration data is resized to each; default: its own shapes",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_quantize)
@@ -82,10 +87,13 @@ def _command_line(args: argparse.Namespace) -> str:
     for flag, value in flags.items():
         if value is not None:
             words += [f"--{flag}", str(value)]
+    for shape in getattr(args, "input_shape", None) or []:
+        words += ["--input-shape", str(shape)]
     return shlex.join(words)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    from edge_runtime.plan.calibrate import parse_input_shape
     from edge_runtime.quantize.data import ImageOptions
     from edge_runtime.quantize.pipeline import QuantizeOptions, quantize_model
 
@@ -108,6 +116,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         image_options=image,
         progress=not args.quiet,
         command=_command_line(args),
+        input_shapes=[parse_input_shape(text) for text in args.input_shape],
     )
     result = quantize_model(args.model, args.out, options)
     if args.json:

@@ -87,6 +87,9 @@ class QuantizeOptions:
     selftest_samples: int = 4
     progress: bool = True
     command: str | None = None  # the command line, recorded in the provenance
+    # (input name, shape) pairs: calibrate at these representative sizes (--input-shape);
+    # empty: at the calibration data's own shapes.
+    input_shapes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
 
 
 @dataclass
@@ -138,7 +141,15 @@ def quantize_model(
     say(f"calibrating on {calibration.description} ({options.method})")
     # A data set that does not know its size is passed as a plain iterator (len() would raise).
     batches = calibration if calibration.num_samples is not None else iter(calibration)
-    calibrated = native.calibrate(graph, batches, method=options.method, progress=options.progress)
+    if options.input_shapes:
+        from edge_runtime.plan.calibrate import AtInputShapes
+
+        batches = AtInputShapes(calibration, options.input_shapes, graph.inputs)
+        say("at input shapes " + ", ".join(f"{n}:{'x'.join(map(str, s))}" for n, s in options.input_shapes))
+    engine: dict[str, Any] = {}
+    calibrated = native.calibrate(graph, batches, method=options.method, progress=options.progress, info=engine)
+    say(f"calibrated {engine['batches']} batch(es) on {engine['engine']} in {engine['seconds']:.1f} s"
+        + (f" ({engine['reason']})" if engine["engine"] != "onnxruntime" else ""))  # fmt: skip
 
     # 4-8. Lower, QDQ model, metrics (float vs INT8), self-test vectors, the package.
     count = calibration.batch_size if calibration.fixed_batch else options.selftest_samples

@@ -95,6 +95,9 @@ def _register_runtime(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     from edge_runtime.quantize.cli import register as register_quantize
 
     register_quantize(sub)
+    from edge_runtime.llm.cli import register as register_llm
+
+    register_llm(sub)
 
     # --- packages ---
     keygen = sub.add_parser(
@@ -428,6 +431,7 @@ def _plan_partition(pkg: Any) -> dict[str, Any] | None:
     # Without loading, a foreign segment's engine is onnxruntime where installed, else the reference.
     engine = "float (onnxruntime, else the reference executor)"
     report["nodes"] = {k: (engine if v == "float" else v) for k, v in report["nodes"].items()}
+    report["counts"] = {(engine if k == "float" else k): v for k, v in report["counts"].items()}
     for segment in report["segments"]:
         segment["engine"] = engine
     return report

@@ -30,7 +30,7 @@ from edge_runtime.llm.quant import decode_matrix
 from edge_runtime.llm.sampling import Sampler, SamplingParams, StopMatcher
 from edge_runtime.llm.tokenizer import IncrementalDecoder, TextTokenizer
 
-__all__ = ["LLM", "Generation", "KVSequence", "TokenEvent", "available_memory"]
+__all__ = ["LLM", "Generation", "GenerationState", "KVSequence", "TokenEvent", "available_memory"]
 
 # Tokens per prefill pass: bounds the attention score matrix of a long prompt.
 PREFILL_CHUNK = 256
@@ -145,6 +145,40 @@ class Generation:
 def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     ms = np.einsum("ij,ij->i", x, x)[:, None] * (1.0 / x.shape[1])
     return x * (1.0 / np.sqrt(ms + eps)) * w
+
+
+class GenerationState:
+    """Where one generation stands: sampler, incremental detokenizer, stop strings, token budget.
+
+    :meth:`advance` turns the logits of the latest position into the next :class:`TokenEvent`;
+    the caller runs that token through the model (alone, or batched with other sequences).
+    """
+
+    def __init__(self, model: LLM, seq: KVSequence, params: SamplingParams) -> None:
+        self.seq = seq
+        self.params = params
+        self.sampler = Sampler(params)
+        self.decoder = IncrementalDecoder(model.tokenizer)
+        self.matcher = StopMatcher(params.stop)
+        self.eos = frozenset(model.config.eos_token_ids)
+        self.remaining = seq.capacity - seq.length
+        self.generated = 0
+        self.finish_reason: str | None = None
+
+    def advance(self, logits: np.ndarray) -> TokenEvent:
+        tok = self.sampler(logits, self.seq.tokens)
+        self.generated += 1
+        self.remaining -= 1
+        if tok in self.eos:
+            self.finish_reason = "stop"
+            return TokenEvent(tok, self.matcher.flush(), "stop")
+        text, stopped = self.matcher.feed(self.decoder.push(tok))
+        if stopped:
+            self.finish_reason = "stop"
+        elif self.remaining <= 0:
+            self.finish_reason = "length"
+            text += self.matcher.flush()
+        return TokenEvent(tok, text, self.finish_reason)
 
 
 class LLM:
@@ -440,28 +474,16 @@ class LLM:
     def _continue(
         self, seq: KVSequence, logits: np.ndarray, params: SamplingParams, prompt_len: int, cancelled: Any
     ) -> Iterator[TokenEvent]:
-        sampler = Sampler(params)
-        decoder = IncrementalDecoder(self.tokenizer)
-        matcher = StopMatcher(params.stop)
-        limit = seq.capacity - prompt_len
+        state = GenerationState(self, seq, params)
         is_cancelled = getattr(cancelled, "is_set", cancelled)
-        eos = set(self.config.eos_token_ids)
-        for step in range(limit):
+        while True:
             if is_cancelled is not None and is_cancelled():
                 raise GenerationCancelled("the generation was cancelled")
-            tok = sampler(logits, seq.tokens)
-            if tok in eos:
-                yield TokenEvent(tok, matcher.flush(), "stop")
+            event = state.advance(logits)
+            yield event
+            if event.finish_reason is not None:
                 return
-            text, stopped = matcher.feed(decoder.push(tok))
-            if stopped:
-                yield TokenEvent(tok, text, "stop")
-                return
-            if step == limit - 1:
-                yield TokenEvent(tok, text + matcher.flush(), "length")
-                return
-            yield TokenEvent(tok, text)
-            logits = self.decode([seq], [tok])[0]
+            logits = self.decode([seq], [event.id])[0]
 
     def generate(
         self,
@@ -559,7 +581,19 @@ class LLM:
             "source": self.source,
         }
 
+    def engine(self, **options: Any) -> Any:
+        """The continuous-batching engine of this model (created on first use; closed with the model)."""
+        with self._lock:
+            if getattr(self, "_engine", None) is None:
+                from edge_runtime.llm.engine import LLMEngine
+
+                self._engine = LLMEngine(self, **options)
+            return self._engine
+
     def close(self) -> None:
+        engine, self._engine = getattr(self, "_engine", None), None
+        if engine is not None:
+            engine.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()

@@ -344,4 +344,7 @@ def create_app(
         r.add_post("/v2/repository/models/{name}/load", repository_load)
         r.add_post("/v2/repository/models/{name}/unload", repository_unload)
     r.add_get("/metrics", metrics)
+    from edge_runtime.serve.openai import add_routes as add_llm_routes  # /v1/..., /v2/.../generate
+
+    add_llm_routes(app)
     return app

@@ -1,0 +1,417 @@
+"""Language models over HTTP: the OpenAI-compatible API and the KServe v2 generate extension.
+
+=========================================================  ===========================================
+``GET  /v1/models``                                        the language models served
+``POST /v1/chat/completions``                              chat (messages through the model's template)
+``POST /v1/completions``                                   text completion of a prompt
+``POST /v2/models/{m}/generate``                           KServe v2 generate: ``text_input`` -> ``text_output``
+``POST /v2/models/{m}/generate_stream``                    the same as server-sent events
+=========================================================  ===========================================
+
+``stream: true`` answers with server-sent events (``data: {...}`` chunks, then
+``data: [DONE]``); ``stream_options.include_usage`` adds a usage chunk. Honoured
+fields: ``max_tokens`` (``max_completion_tokens``), ``temperature``, ``top_p``,
+``seed``, ``stop``; extensions ``top_k`` and ``repetition_penalty``. Generations
+run on the model's continuous-batching engine (:mod:`edge_runtime.llm.engine`);
+a full queue answers 503, a client that goes away cancels its generation.
+Prometheus: time to first token, inter-token latency, tokens/s, tokens counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from edge_runtime.package._json import JsonLimits, loads_bounded
+from edge_runtime.serve.errors import InferenceRequestError, OverloadedError
+
+__all__ = ["add_routes"]
+
+_JSON = JsonLimits(max_depth=16, max_number_chars=64, max_values=100_000)
+_MAX_STOP = 4
+_DEFAULT_MAX_TOKENS = 256
+
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1.0)
+_RATE_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 200, 500)
+
+_metrics: weakref.WeakKeyDictionary[Any, _LLMMetrics] = weakref.WeakKeyDictionary()
+
+
+class _LLMMetrics:
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter, Histogram
+
+        labels = ("model", "version")
+        self.ttft = Histogram("edge_llm_time_to_first_token_seconds", "Time from request to its first token",
+                              labels, buckets=_TTFT_BUCKETS, registry=registry)
+        self.itl = Histogram("edge_llm_inter_token_latency_seconds", "Time between two tokens of a generation",
+                             labels, buckets=_ITL_BUCKETS, registry=registry)
+        self.rate = Histogram("edge_llm_tokens_per_second", "Decode rate of each finished generation",
+                              labels, buckets=_RATE_BUCKETS, registry=registry)
+        self.prompt = Counter("edge_llm_prompt_tokens", "Prompt tokens processed", labels, registry=registry)
+        self.generated = Counter("edge_llm_generated_tokens", "Tokens generated", labels, registry=registry)
+        self.requests = Counter("edge_llm_requests", "Generations by how they ended",
+                                (*labels, "finish_reason"), registry=registry)
+
+
+def _llm_metrics(app: web.Application) -> _LLMMetrics:
+    from edge_runtime.serve.app import MANAGER
+
+    registry = app[MANAGER].metrics.registry
+    m = _metrics.get(registry)
+    if m is None:
+        m = _metrics[registry] = _LLMMetrics(registry)
+    return m
+
+
+def _is_llm(model: Any) -> bool:
+    return callable(getattr(model, "engine", None)) and hasattr(model, "tokenizer")
+
+
+def _openai_error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    from edge_runtime.serve.app import read_body
+
+    raw = await read_body(request)
+    doc = loads_bounded(raw, _JSON, InferenceRequestError, "request body")
+    if not isinstance(doc, dict):
+        raise InferenceRequestError("the request body must be a JSON object")
+    return doc
+
+
+def _number(doc: dict[str, Any], key: str, default: Any, kind: type = float) -> Any:
+    value = doc.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise InferenceRequestError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    return kind(value)
+
+
+def _params(doc: dict[str, Any], model: Any, prompt_len: int, temperature: float = 1.0) -> Any:
+    """Sampling parameters of a request; ``temperature`` is the default (OpenAI's is 1)."""
+    from edge_runtime.llm.sampling import SamplingParams
+
+    max_tokens = doc.get("max_completion_tokens", doc.get("max_tokens", doc.get("max_new_tokens")))
+    if max_tokens is None:
+        max_tokens = max(1, min(_DEFAULT_MAX_TOKENS, model.context - prompt_len))
+    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise InferenceRequestError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    stop = doc.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or len(stop) > _MAX_STOP or not all(isinstance(s, str) and s for s in stop):
+        raise InferenceRequestError(f"stop must be a string or a list of at most {_MAX_STOP} non-empty strings")
+    if doc.get("n", 1) != 1:
+        raise InferenceRequestError("only n = 1 is supported")
+    seed = doc.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InferenceRequestError(f"seed must be an integer, got {seed!r}")
+    try:
+        return SamplingParams(
+            max_new_tokens=max_tokens,
+            temperature=_number(doc, "temperature", temperature),
+            top_p=_number(doc, "top_p", 1.0),
+            top_k=_number(doc, "top_k", 0, int),
+            repetition_penalty=_number(doc, "repetition_penalty", 1.0),
+            seed=seed,
+            stop=tuple(stop),
+        )
+    except ValueError as exc:
+        raise InferenceRequestError(str(exc)) from None
+
+
+class _Generation:
+    """One generation of a served model: holds a reference on the version and cancels on exit."""
+
+    def __init__(self, request: web.Request, name: str, version: str | None = None) -> None:
+        from edge_runtime.serve.app import MANAGER
+
+        self.request = request
+        self.loaded = request.app[MANAGER].get(name, version)
+        if not _is_llm(self.loaded.model):
+            raise InferenceRequestError(
+                f"model {name!r} is not a language model; use /v2/models/{name}/infer"
+            )
+        self.model = self.loaded.model
+        self.name = name
+        self.handle: Any = None
+        self.metrics = _llm_metrics(request.app)
+        self.labels = (name, self.loaded.version)
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.finish_reason = "length"
+
+    async def events(self, prompt_ids: list[int], params: Any) -> AsyncIterator[Any]:
+        """The token events of the generation; cancels it when the consumer stops early."""
+        from edge_runtime.llm.engine import EngineOverloadedError
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                if self.handle is not None:
+                    self.handle.cancel()
+
+        self.loaded.acquire()
+        start = time.monotonic()
+        try:
+            try:
+                self.handle = self.model.engine().submit(prompt_ids, params, emit)
+            except EngineOverloadedError as exc:
+                self.metrics.requests.labels(*self.labels, "rejected").inc()
+                raise OverloadedError(str(exc)) from None
+            self.prompt_tokens = len(prompt_ids)
+            self.metrics.prompt.labels(*self.labels).inc(len(prompt_ids))
+            last = first = None
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                now = time.monotonic()
+                if first is None:
+                    first = now
+                    self.metrics.ttft.labels(*self.labels).observe(now - start)
+                else:
+                    self.metrics.itl.labels(*self.labels).observe(now - last)  # type: ignore[operator]
+                last = now
+                self.completion_tokens += 1
+                yield item
+                if item.finish_reason is not None:
+                    self.finish_reason = item.finish_reason
+                    break
+            self.metrics.generated.labels(*self.labels).inc(self.completion_tokens)
+            self.metrics.requests.labels(*self.labels, self.finish_reason).inc()
+            if self.completion_tokens > 1 and last is not None and first is not None and last > first:
+                self.metrics.rate.labels(*self.labels).observe((self.completion_tokens - 1) / (last - first))
+        except (asyncio.CancelledError, GeneratorExit, ConnectionError):
+            self.metrics.requests.labels(*self.labels, "cancelled").inc()
+            raise
+        finally:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.loaded.release()
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+async def _sse(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    return response
+
+
+async def _send(response: web.StreamResponse, payload: Any) -> None:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    await response.write(f"data: {data}\n\n".encode())
+
+
+def _model_name(doc: dict[str, Any]) -> str:
+    name = doc.get("model")
+    if not isinstance(name, str) or not name:
+        raise InferenceRequestError("model must name a served model (GET /v1/models lists them)")
+    return name
+
+
+# --- /v1 ---
+
+
+async def list_models(request: web.Request) -> web.Response:
+    from edge_runtime.serve.app import MANAGER
+
+    manager = request.app[MANAGER]
+    data = []
+    for name in manager.names():
+        try:
+            loaded = manager.get(name)
+        except Exception:  # noqa: BLE001 - not loaded now
+            continue
+        if _is_llm(loaded.model):
+            data.append({"id": name, "object": "model", "created": int(loaded.loaded_at), "owned_by": "edge-runtime"})
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
+    doc = await _body(request)
+    name = _model_name(doc)
+    gen = _Generation(request, name)
+    model = gen.model
+    if chat:
+        messages = doc.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InferenceRequestError("messages must be a non-empty list of {role, content}")
+        messages = [_message(m) for m in messages]
+        ids = model.tokenize(model.apply_chat_template(messages))
+    else:
+        prompt = doc.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, str) and prompt:
+            ids = model.tokenize(prompt)
+        elif isinstance(prompt, list) and prompt and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt):
+            ids = list(prompt)
+            if min(ids) < 0 or max(ids) >= model.config.vocab_size:
+                raise InferenceRequestError(f"prompt token ids must be in [0, {model.config.vocab_size})")
+        else:
+            raise InferenceRequestError("prompt must be a non-empty string or a list of token ids")
+    params = _params(doc, model, len(ids))
+    created = int(time.time())
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    obj = "chat.completion" if chat else "text_completion"
+    if not doc.get("stream"):
+        parts = [ev.text async for ev in gen.events(ids, params)]
+        text = "".join(parts)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": gen.finish_reason}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice.update(text=text, logprobs=None)
+        return web.json_response({"id": rid, "object": obj, "created": created, "model": name,
+                                  "choices": [choice], "usage": gen.usage()})
+    options = doc.get("stream_options") or {}
+    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    response = await _sse(request)
+    chunk_obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(delta_text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        c: dict[str, Any] = {"index": 0, "finish_reason": finish}
+        if chat:
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if delta_text is not None:
+                delta["content"] = delta_text
+            c["delta"] = delta
+        else:
+            c.update(text=delta_text or "", logprobs=None)
+        return {"id": rid, "object": chunk_obj, "created": created, "model": name, "choices": [c]}
+
+    if chat:
+        await _send(response, chunk("", None, role=True))
+    try:
+        async for ev in gen.events(ids, params):
+            if ev.text:
+                await _send(response, chunk(ev.text, None))
+            if ev.finish_reason is not None:
+                await _send(response, chunk(None if chat else "", ev.finish_reason))
+    except Exception as exc:  # noqa: BLE001 - headers are gone: report in the stream
+        if isinstance(exc, (ConnectionError, asyncio.CancelledError)):
+            raise
+        await _send(response, {"error": {"message": str(exc), "type": type(exc).__name__}})
+    if include_usage:
+        await _send(response, {"id": rid, "object": chunk_obj, "created": created, "model": name, "choices": [],
+                               "usage": gen.usage()})
+    await _send(response, "[DONE]")
+    await response.write_eof()
+    return response
+
+
+def _message(m: Any) -> dict[str, str]:
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise InferenceRequestError("each message must be an object with a role and a content")
+    content = m.get("content")
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
+            raise InferenceRequestError("only text content parts are supported")
+        content = "".join(texts)
+    if not isinstance(content, str):
+        raise InferenceRequestError("message content must be a string")
+    return {"role": m["role"], "content": content}
+
+
+async def _openai_errors(request: web.Request, chat: bool) -> web.StreamResponse:
+    """OpenAI's error body (``{"error": {"message", "type", "code"}}``), which its clients read."""
+    from edge_runtime.errors import EdgeRuntimeError
+    from edge_runtime.serve.errors import ServeError
+
+    try:
+        return await _complete(request, chat)
+    except ServeError as exc:
+        kind = {404: "not_found_error", 503: "overloaded_error"}.get(exc.http_status, "invalid_request_error")
+        return _openai_error(exc.http_status, str(exc), kind)
+    except ValueError as exc:  # bad parameters, context exceeded, a template that refuses the messages
+        return _openai_error(400, str(exc))
+    except EdgeRuntimeError as exc:
+        return _openai_error(500, str(exc), "server_error")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _openai_errors(request, chat=True)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _openai_errors(request, chat=False)
+
+
+# --- KServe v2 generate extension ---
+
+
+async def _generate(request: web.Request, stream: bool) -> web.StreamResponse:
+    doc = await _body(request)
+    name = request.match_info["name"]
+    gen = _Generation(request, name, request.match_info.get("version"))
+    text = doc.get("text_input")
+    if not isinstance(text, str) or not text:
+        raise InferenceRequestError("text_input must be a non-empty string")
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InferenceRequestError("parameters must be a JSON object")
+    ids = gen.model.tokenize(text)
+    params = _params(parameters, gen.model, len(ids), temperature=0.0)
+    base = {"model_name": name, "model_version": gen.loaded.version}
+    if not stream:
+        out = "".join([ev.text async for ev in gen.events(ids, params)])
+        return web.json_response({**base, "text_output": out, "finish_reason": gen.finish_reason,
+                                  "usage": gen.usage()})
+    response = await _sse(request)
+    try:
+        async for ev in gen.events(ids, params):
+            payload = {**base, "text_output": ev.text}
+            if ev.finish_reason is not None:
+                payload["finish_reason"] = ev.finish_reason
+            await _send(response, payload)
+    except Exception as exc:  # noqa: BLE001
+        if isinstance(exc, (ConnectionError, asyncio.CancelledError)):
+            raise
+        await _send(response, {"error": str(exc)})
+    await response.write_eof()
+    return response
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, stream=False)
+
+
+async def generate_stream(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, stream=True)
+
+
+def add_routes(app: web.Application) -> None:
+    """Add the language-model routes to the server's application."""
+    r = app.router
+    r.add_get("/v1/models", list_models)
+    r.add_post("/v1/chat/completions", chat_completions)
+    r.add_post("/v1/completions", completions)
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        r.add_post(prefix + "/generate", generate)
+        r.add_post(prefix + "/generate_stream", generate_stream)

@@ -16,6 +16,18 @@ lookups (the shapes are validated, with typed errors, when a signature is
 first seen). A Relu/Clip after an Add or Mul (ResNet's residual joins) is done
 by the add/mul kernel's own clamp.
 
+Dynamic shapes: any input dimension may change between calls, not only the batch.
+A convolution or pool lowered with a symbolic input height/width (``dynamic_hw``)
+works out its padding per input shape when that shape's buffer set is bound, and a
+convolution rewrites the geometry header of its packed weights when the shape
+changes (the weights after the header do not depend on the input size; the C
+kernels check the header against each call), so the weights are packed once.
+
+Partitions: a ``subgraph`` step runs the nodes the kernels lack in float32 on
+onnxruntime or the reference executor (:mod:`edge_runtime.plan.partition`), with
+dequantization before and quantization after; :meth:`NativeSession.partition` says
+which nodes run where.
+
 Batches: on one thread, a batch larger than a slice runs the plan's leading
 per-sample steps (an image model's convolutions, up to its global pooling) on
 slices of the batch, so that each slice's early high-resolution activations stay

@@ -189,3 +189,42 @@ def test_model_info_and_edge_inspect_report_the_partition(lacking, tmp_path, cap
     assert main(["inspect", str(out), "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["partition"]["native_mac_share"] == partition["native_mac_share"]
+
+
+def test_shape_arithmetic_of_a_dynamic_detector_runs_in_a_segment(tmp_path) -> None:
+    """A feature-pyramid join whose upsampling size is the Shape of the finer map: the shape
+    arithmetic (which does not fold with a symbolic height and width) runs in float, the
+    convolutions natively, from one package at every size."""
+    import edge_runtime
+    from edge_runtime.quantize.pipeline import QuantizeOptions, quantize_model
+
+    r = rng(31)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w1"], ["c1"], name="c1", strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        n("Relu", ["c1"], ["r1"], name="r1"),
+        n("Conv", ["r1", "w2"], ["c2"], name="c2", strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        n("Shape", ["r1"], ["s1"], name="shape"),
+        n("Resize", ["c2", "", "", "s1"], ["up"], name="up", mode="nearest"),
+        n("Add", ["r1", "up"], ["a"], name="fpn_add"),
+        n("Conv", ["a", "w3"], ["y"], name="head", kernel_shape=[1, 1]),
+    ]  # fmt: skip
+    inits = {"w1": _weights(r, 8, 3, 3, 3), "w2": _weights(r, 8, 8, 3, 3), "w3": _weights(r, 4, 8, 1, 1)}
+    model = make_model(nodes, [value("x", ["N", 3, "H", "W"])], [value("y", None)], inits)
+    path = tmp_path / "fpn.onnx"
+    path.write_bytes(model.SerializeToString())
+    data = tmp_path / "calibration.npy"
+    images = r.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    np.save(data, images)
+    result = quantize_model(path, tmp_path / "fpn.edgepkg", QuantizeOptions(calibration=data, progress=False))
+    step = result.activations["y"].scale
+    with edge_runtime.load(tmp_path / "fpn.edgepkg", backend="native", profile=None, threads=1) as loaded:
+        error = np.abs(loaded.run({"x": images})["y"] - _ort(model, {"x": images}))
+        assert error.mean() <= step and error.max() <= 4 * step
+        for h, w in ((48, 64), (20, 28)):
+            y = loaded.run({"x": rng(h).standard_normal((1, 3, h, w)).astype(np.float32)})["y"]
+            assert y.shape == (1, 4, h // 2, w // 2)
+        partition = loaded.info()["partition"]
+    assert partition["nodes"]["shape"] == "onnxruntime"
+    assert all(partition["nodes"][k] == "native" for k in ("c1", "c2", "head"))
+    assert partition["native_mac_share"] == 1.0

@@ -20,26 +20,66 @@ __all__ = ["register"]
 
 def _sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--max-tokens", type=int, default=256, metavar="N",
-                   help="most tokens to generate per answer (default 256; 0: until the context is full)")
-    g.add_argument("--temperature", type=float, default=0.0,
-                   help="sampling temperature; 0 (the default) is greedy decoding")
-    g.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K likeliest tokens (0: all)")
-    g.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                   help="sample among the likeliest tokens whose probabilities add up to P (nucleus; 1: all)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
-                   help="divide the logits of tokens already seen by R (1: off; 1.1 is a common value)")
+    g.add_argument(
+        "--max-tokens",
+        type=int,
+        default=256,
+        metavar="N",
+        help="most tokens to generate per answer (default 256; 0: until the context is full)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature; 0 (the default) is greedy decoding",
+    )
+    g.add_argument(
+        "--top-k", type=int, default=0, metavar="K", help="sample among the K likeliest tokens (0: all)"
+    )
+    g.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="sample among the likeliest tokens whose probabilities add up to P (nucleus; 1: all)",
+    )
+    g.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="divide the logits of tokens already seen by R (1: off; 1.1 is a common value)",
+    )
     g.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop when the answer contains TEXT (repeatable; the model's end token always stops)")
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop when the answer contains TEXT (repeatable; the model's end token always stops)",
+    )
     r = p.add_argument_group("runtime")
     r.add_argument("--threads", type=int, help="native GEMM threads (default: up to 4, the CPUs there are)")
-    r.add_argument("--context", type=int, metavar="N",
-                   help="tokens of context (default: the model's); bounds the KV cache allocated up front")
-    r.add_argument("--kv-dtype", choices=("float16", "float32"), default="float16",
-                   help="KV cache element type (default float16: half the memory)")
-    r.add_argument("--trust", type=Path, action="append", default=[], metavar="KEY_OR_DIR",
-                   help="require a package signed by this public key (or a key in this directory); repeatable")
+    r.add_argument(
+        "--context",
+        type=int,
+        metavar="N",
+        help="tokens of context (default: the model's); bounds the KV cache allocated up front",
+    )
+    r.add_argument(
+        "--kv-dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="KV cache element type (default float16: half the memory)",
+    )
+    r.add_argument(
+        "--trust",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="KEY_OR_DIR",
+        help="require a package signed by this public key (or a key in this directory); repeatable",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -60,20 +100,38 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "tokenizer.json), quantize its weights, and write a package with the tokenizer, the chat "
         "template and self-test tokens.",
     )
-    convert.add_argument("source", metavar="SRC", type=Path, help="a .gguf file or a Hugging Face model directory")
-    convert.add_argument("--out", type=Path, required=True, metavar="MODEL.edgepkg", help="the package to write")
-    convert.add_argument("--weights", choices=("int8", "int4", "f16"), default="int8",
-                         help="int8 per output channel (default), int4 in groups (half the package; "
-                         "expanded to int8 at load), or f16 (a float reference, no quantization)")
-    convert.add_argument("--group-size", type=int, default=32, metavar="G", help="int4 group size (default 32)")
-    convert.add_argument("--sign", type=Path, metavar="KEY", help="private key (PEM) to sign the package with")
+    convert.add_argument(
+        "source", metavar="SRC", type=Path, help="a .gguf file or a Hugging Face model directory"
+    )
+    convert.add_argument(
+        "--out", type=Path, required=True, metavar="MODEL.edgepkg", help="the package to write"
+    )
+    convert.add_argument(
+        "--weights",
+        choices=("int8", "int4", "f16"),
+        default="int8",
+        help="int8 per output channel (default), int4 in groups (half the package; "
+        "expanded to int8 at load), or f16 (a float reference, no quantization)",
+    )
+    convert.add_argument(
+        "--group-size", type=int, default=32, metavar="G", help="int4 group size (default 32)"
+    )
+    convert.add_argument(
+        "--sign", type=Path, metavar="KEY", help="private key (PEM) to sign the package with"
+    )
     convert.add_argument("--name", help="package name (default: the output file's name)")
     convert.add_argument("--version", default="1", help="package version (default 1)")
-    convert.add_argument("--context", type=int, metavar="N",
-                         help="largest context the package declares (default: the model's)")
-    convert.add_argument("--smoothing", type=float, default=0.7, metavar="ALPHA",
-                         help="SmoothQuant migration strength folded into the weights before int8/int4 "
-                         "quantization (default 0.7; 0 turns it off)")
+    convert.add_argument(
+        "--context", type=int, metavar="N", help="largest context the package declares (default: the model's)"
+    )
+    convert.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.7,
+        metavar="ALPHA",
+        help="SmoothQuant migration strength folded into the weights before int8/int4 "
+        "quantization (default 0.7; 0 turns it off)",
+    )
     convert.set_defaults(func=_cmd_convert)
 
     run = cmds.add_parser(
@@ -98,7 +156,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     chat.add_argument("package", metavar="MODEL.edgepkg", type=Path, help="an LLM package (edge llm convert)")
     chat.add_argument("--system", help="system message at the start of the conversation")
-    chat.add_argument("--stats", action="store_true", help="print time to first token and tokens/s after each answer")
+    chat.add_argument(
+        "--stats", action="store_true", help="print time to first token and tokens/s after each answer"
+    )
     _sampling_options(chat)
     chat.set_defaults(func=_cmd_chat)
 
@@ -109,13 +169,24 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     key = load_private_key(args.sign) if args.sign else None
     start = time.monotonic()
-    info = convert(args.source, args.out, weights=args.weights, group_size=args.group_size, signing_key=key,
-                   name=args.name, version=args.version, context=args.context, smoothing=args.smoothing)
+    info = convert(
+        args.source,
+        args.out,
+        weights=args.weights,
+        group_size=args.group_size,
+        signing_key=key,
+        name=args.name,
+        version=args.version,
+        context=args.context,
+        smoothing=args.smoothing,
+    )
     m = info.manifest
     signed = f"signed by {info.signer}" if info.signer else "UNSIGNED"
     arch = m.provenance.get("architecture")
-    print(f"{info.path}: {m.name} {m.version} ({arch}, {args.weights}), {info.size / 2**20:.1f} MiB, {signed}, "
-          f"{time.monotonic() - start:.1f} s")
+    print(
+        f"{info.path}: {m.name} {m.version} ({arch}, {args.weights}), {info.size / 2**20:.1f} MiB, {signed}, "
+        f"{time.monotonic() - start:.1f} s"
+    )
     return 0
 
 
@@ -124,7 +195,9 @@ def _load(args: argparse.Namespace) -> Any:
     from edge_runtime.package import TrustStore
 
     trust = TrustStore.load(*args.trust) if args.trust else None
-    return load(args.package, threads=args.threads, context=args.context, kv_dtype=args.kv_dtype, trust_store=trust)
+    return load(
+        args.package, threads=args.threads, context=args.context, kv_dtype=args.kv_dtype, trust_store=trust
+    )
 
 
 def _generate(model: Any, prompt: Any, args: argparse.Namespace) -> tuple[str, str]:
@@ -134,9 +207,16 @@ def _generate(model: Any, prompt: Any, args: argparse.Namespace) -> tuple[str, s
     parts = []
     reason = "length"
     n = 0
-    for ev in model.stream(prompt, max_new_tokens=args.max_tokens or None, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
-                           repetition_penalty=args.repetition_penalty):
+    for ev in model.stream(
+        prompt,
+        max_new_tokens=args.max_tokens or None,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+        repetition_penalty=args.repetition_penalty,
+    ):
         if first is None:
             first = time.perf_counter() - start
         n += 1
@@ -149,8 +229,10 @@ def _generate(model: Any, prompt: Any, args: argparse.Namespace) -> tuple[str, s
         total = time.perf_counter() - start
         decode = total - (first or 0.0)
         rate = (n - 1) / decode if n > 1 and decode > 0 else 0.0
-        print(f"[{n} tokens, first after {1000 * (first or 0):.0f} ms, {rate:.1f} tokens/s, {reason}]",
-              file=sys.stderr)
+        print(
+            f"[{n} tokens, first after {1000 * (first or 0):.0f} ms, {rate:.1f} tokens/s, {reason}]",
+            file=sys.stderr,
+        )
     return "".join(parts), reason
 
 
@@ -159,7 +241,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with _load(args) as model:
         if args.chat:
             messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-                {"role": "user", "content": prompt}]
+                {"role": "user", "content": prompt}
+            ]
             prompt = model.apply_chat_template(messages)
         _generate(model, prompt, args)
     return 0

@@ -58,8 +58,16 @@ class LlamaConfig:
                 f"architecture {self.arch!r} is not supported; supported: {', '.join(ARCHITECTURES)} "
                 "(Llama 2/3.x, SmolLM2, TinyLlama, Mistral, Qwen2/2.5)"
             )
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                    "num_kv_heads", "head_dim", "max_context"):
+        for key in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_context",
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ModelSourceError(f"model config {key} must be a positive integer, got {value!r}")
@@ -68,7 +76,9 @@ class LlamaConfig:
                 f"{self.num_layers} layers and a vocabulary of {self.vocab_size} are over this runtime's limits"
             )
         if max(self.hidden_size, self.intermediate_size, self.num_heads * self.head_dim) > _MAX_DIM:
-            raise UnsupportedModelError(f"a dimension of {self.name} is over {_MAX_DIM}, the int8 GEMM's K limit")
+            raise UnsupportedModelError(
+                f"a dimension of {self.name} is over {_MAX_DIM}, the int8 GEMM's K limit"
+            )
         if self.num_heads % self.num_kv_heads:
             raise ModelSourceError(
                 f"{self.num_heads} attention heads are not a multiple of {self.num_kv_heads} KV heads"

@@ -116,7 +116,7 @@ class LLMEngine:
     def _deliver(self, handle: GenerationHandle, item: Any) -> None:
         try:
             handle.emit(item)
-        except Exception:  # noqa: BLE001 - a broken consumer must not stop the others
+        except Exception:
             log.exception("delivering a generation event failed; cancelling that generation")
             handle.cancel()
 
@@ -157,7 +157,7 @@ class LLMEngine:
             batch = list(self._running)
             try:
                 logits = self.model.decode([h.state.seq for h in batch], [h.state.seq_next for h in batch])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.exception("a decode step failed")
                 self._fail(batch, exc)
                 self._running = []

@@ -23,9 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from typing_extensions import Self
 
 from edge_runtime.llm.config import LlamaConfig, rope_inv_freq
-from edge_runtime.llm.errors import ContextLengthError, ContextMemoryError, GenerationCancelled, ModelSourceError
+from edge_runtime.llm.errors import (
+    ContextLengthError,
+    ContextMemoryError,
+    GenerationCancelled,
+    ModelSourceError,
+)
 from edge_runtime.llm.quant import decode_matrix
 from edge_runtime.llm.sampling import Sampler, SamplingParams, StopMatcher
 from edge_runtime.llm.tokenizer import IncrementalDecoder, TextTokenizer
@@ -225,7 +231,9 @@ class LLM:
 
     # --- construction ---
 
-    def _linear(self, store: dict[str, np.ndarray], names: Sequence[str], biases: Sequence[str] | None) -> Any:
+    def _linear(
+        self, store: dict[str, np.ndarray], names: Sequence[str], biases: Sequence[str] | None
+    ) -> Any:
         parts = [decode_matrix(store, n, self.float_path) for n in names]
         bias = None
         if biases is not None:
@@ -248,7 +256,9 @@ class LLM:
         self._embed = emb
         self._embed_scale = emb_scale
         self.lm_head = (
-            self._linear(store, ["embed"], None) if c.tie_embeddings else self._linear(store, ["lm_head"], None)
+            self._linear(store, ["embed"], None)
+            if c.tie_embeddings
+            else self._linear(store, ["lm_head"], None)
         )
         self.norm = self._vector(store, "norm")
         self.layers: list[_Layer] = []
@@ -314,7 +324,9 @@ class LLM:
         out[..., half:] = x2 * cos + x1 * sin
         return out
 
-    def forward(self, seqs: Sequence[KVSequence], tokens: Sequence[Sequence[int]], all_logits: bool = False) -> np.ndarray:
+    def forward(
+        self, seqs: Sequence[KVSequence], tokens: Sequence[Sequence[int]], all_logits: bool = False
+    ) -> np.ndarray:
         """Run the new ``tokens[i]`` of each ``seqs[i]``, append them to its cache.
 
         Returns the logits of the last new token of each sequence ``[len(seqs), vocab]``
@@ -346,20 +358,20 @@ class LLM:
                 a = _rms_norm(x, layer.attn_norm, c.rms_eps)
                 qkv = layer.qkv(a, pool)
                 q = self._rope(qkv[:, :qd].reshape(m, h, hd), cos, sin)
-                k = self._rope(qkv[:, qd: qd + kd].reshape(m, kvh, hd), cos, sin)
-                v = qkv[:, qd + kd:].reshape(m, kvh, hd)
+                k = self._rope(qkv[:, qd : qd + kd].reshape(m, kvh, hd), cos, sin)
+                v = qkv[:, qd + kd :].reshape(m, kvh, hd)
                 attn = np.empty((m, qd), dtype=np.float32)
                 row = 0
                 for s, t in zip(seqs, tokens):
                     n, start = len(t), s.length
                     end = start + n
-                    s.k[li, :, start:end] = k[row: row + n].transpose(1, 0, 2)
-                    s.v[li, :, start:end] = v[row: row + n].transpose(1, 0, 2)
+                    s.k[li, :, start:end] = k[row : row + n].transpose(1, 0, 2)
+                    s.v[li, :, start:end] = v[row : row + n].transpose(1, 0, 2)
                     keys = s.k[li, :, :end]
                     vals = s.v[li, :, :end]
                     if keys.dtype != np.float32:
                         keys, vals = keys.astype(np.float32), vals.astype(np.float32)
-                    qs = q[row: row + n].reshape(n, kvh, group, hd).transpose(1, 2, 0, 3)  # [kv, g, n, hd]
+                    qs = q[row : row + n].reshape(n, kvh, group, hd).transpose(1, 2, 0, 3)  # [kv, g, n, hd]
                     scores = np.matmul(qs, keys[:, None].transpose(0, 1, 3, 2)) * scale  # [kv, g, n, end]
                     if n > 1:
                         causal = np.arange(end)[None, :] > (start + np.arange(n))[:, None]
@@ -368,12 +380,12 @@ class LLM:
                     np.exp(scores, out=scores)
                     scores /= scores.sum(axis=-1, keepdims=True)
                     out = np.matmul(scores, vals[:, None])  # [kv, g, n, hd]
-                    attn[row: row + n] = out.transpose(2, 0, 1, 3).reshape(n, qd)
+                    attn[row : row + n] = out.transpose(2, 0, 1, 3).reshape(n, qd)
                     row += n
                 x += layer.o(attn, pool)
                 f = _rms_norm(x, layer.ffn_norm, c.rms_eps)
                 gu = layer.gate_up(f, pool)
-                g, u = gu[:, : c.intermediate_size], gu[:, c.intermediate_size:]
+                g, u = gu[:, : c.intermediate_size], gu[:, c.intermediate_size :]
                 x += layer.down(g / (1.0 + np.exp(-g)) * u, pool)
             for s, t in zip(seqs, tokens):
                 s.tokens.extend(int(i) for i in t)
@@ -389,7 +401,7 @@ class LLM:
         ids = list(ids)
         logits = None
         for i in range(0, len(ids), PREFILL_CHUNK):
-            logits = self.forward([seq], [ids[i: i + PREFILL_CHUNK]])[0]
+            logits = self.forward([seq], [ids[i : i + PREFILL_CHUNK]])[0]
         assert logits is not None
         return logits
 
@@ -405,7 +417,9 @@ class LLM:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
@@ -416,15 +430,20 @@ class LLM:
         if len(ids) > self.context:
             raise ContextLengthError(f"{len(ids)} tokens do not fit in the context of {self.context} tokens")
         seq = self.new_sequence(len(ids))
-        out = [self.forward([seq], [ids[i: i + PREFILL_CHUNK]], all_logits=True)
-               for i in range(0, len(ids), PREFILL_CHUNK)]
+        out = [
+            self.forward([seq], [ids[i : i + PREFILL_CHUNK]], all_logits=True)
+            for i in range(0, len(ids), PREFILL_CHUNK)
+        ]
         return np.concatenate(out)
 
     def _fit(self, prompt: int, new: int | None) -> int:
         """The KV capacity a generation of ``new`` tokens (None: up to the context) after ``prompt`` needs."""
         if prompt >= self.context:
-            larger = (f" or load with a larger context (the model allows {self.config.max_context})"
-                      if self.context < self.config.max_context else "")
+            larger = (
+                f" or load with a larger context (the model allows {self.config.max_context})"
+                if self.context < self.config.max_context
+                else ""
+            )
             raise ContextLengthError(
                 f"the prompt has {prompt} tokens and the context holds {self.context}: shorten the prompt{larger}"
             )
@@ -462,8 +481,12 @@ class LLM:
         ``cancelled``: an optional callable (or threading.Event) checked before each step.
         """
         params = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-            repetition_penalty=float(repetition_penalty), seed=seed,
+            max_new_tokens=max_new_tokens,
+            temperature=float(temperature),
+            top_k=int(top_k),
+            top_p=float(top_p),
+            repetition_penalty=float(repetition_penalty),
+            seed=seed,
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
         )
         ids = self.prompt_ids(prompt)
@@ -556,13 +579,18 @@ class LLM:
         prompt = [int(i) for i in self._selftest["input.input_ids"].reshape(-1)]
         expected = [int(i) for i in self._selftest["expected.tokens"].reshape(-1)]
         atol = float(self._selftest.get("atol", np.float32(0.05)))
-        logits = self.logits(prompt + expected)[len(prompt) - 1: len(prompt) - 1 + len(expected)]
+        logits = self.logits(prompt + expected)[len(prompt) - 1 : len(prompt) - 1 + len(expected)]
         worst = 0.0
         for row, tok in zip(logits, expected):
             worst = max(worst, float(row.max() - row[tok]))
         passed = worst <= atol
-        return {"passed": passed, "tokens": len(expected), "max_logit_gap": worst, "atol": atol,
-                "summary": None if passed else f"self-test tokens differ (logit gap {worst:.4f} > {atol})"}
+        return {
+            "passed": passed,
+            "tokens": len(expected),
+            "max_logit_gap": worst,
+            "atol": atol,
+            "summary": None if passed else f"self-test tokens differ (logit gap {worst:.4f} > {atol})",
+        }
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
@@ -598,7 +626,7 @@ class LLM:
         if pool is not None:
             pool.close()
 
-    def __enter__(self) -> LLM:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -37,7 +37,10 @@ __all__ = ["CONFIG_KIND", "FORMAT_VERSION", "SELFTEST_PROMPT", "convert", "is_ll
 
 CONFIG_KIND, WEIGHTS_KIND, TOKENIZER_KIND = "llm-config", "llm-weights", "llm-tokenizer"
 CONFIG_PATH, WEIGHTS_PATH, TOKENIZER_PATH, SELFTEST_PATH = (
-    "llm/config.json", "llm/weights.npz", "llm/tokenizer.json", "selftest.npz",
+    "llm/config.json",
+    "llm/weights.npz",
+    "llm/tokenizer.json",
+    "selftest.npz",
 )
 FORMAT_VERSION = 1
 SELFTEST_PROMPT = "The capital of France is"
@@ -67,8 +70,9 @@ def _selftest_tokens(model: Any, prompt_ids: list[int], n: int) -> list[int]:
     return out
 
 
-def _smoothed(config: LlamaConfig, weights: dict[str, np.ndarray], tokenizer: TextTokenizer,
-              alpha: float) -> dict[str, np.ndarray]:
+def _smoothed(
+    config: LlamaConfig, weights: dict[str, np.ndarray], tokenizer: TextTokenizer, alpha: float
+) -> dict[str, np.ndarray]:
     """The weights with SmoothQuant factors folded in, from a calibration pass of the float model."""
     from edge_runtime.llm.model import LLM
     from edge_runtime.llm.smooth import CALIBRATION_TEXT, activation_ranges, smooth_weights
@@ -113,18 +117,25 @@ def convert(
     src = source if isinstance(source, ModelSource) else read_source(source)
     config = src.config
     if context is not None:
-        config = LlamaConfig.from_dict({**config.to_dict(), "max_context": int(min(context, config.max_context))})
+        config = LlamaConfig.from_dict(
+            {**config.to_dict(), "max_context": int(min(context, config.max_context))}
+        )
     tokenizer = TextTokenizer(
-        src.tokenizer_json, bos_token_id=config.bos_token_id, eos_token_ids=config.eos_token_ids,
-        add_bos=config.add_bos, chat_template=src.chat_template, special_tokens=src.special_tokens,
+        src.tokenizer_json,
+        bos_token_id=config.bos_token_id,
+        eos_token_ids=config.eos_token_ids,
+        add_bos=config.add_bos,
+        chat_template=src.chat_template,
+        special_tokens=src.special_tokens,
     )
     float_weights = src.weights
     if weights != "f16" and smoothing:
         float_weights = _smoothed(config, src.weights, tokenizer, smoothing)
     store = encode_weights(float_weights, weights, group_size)
     prompt_ids = tokenizer.encode(selftest_prompt)
-    model = LLM(config, store, tokenizer, threads=1, context=len(prompt_ids) + selftest_tokens,
-                weights_format=weights)
+    model = LLM(
+        config, store, tokenizer, threads=1, context=len(prompt_ids) + selftest_tokens, weights_format=weights
+    )
     try:
         expected = _selftest_tokens(model, prompt_ids, selftest_tokens)
     finally:
@@ -153,24 +164,33 @@ def convert(
         "quantization": {
             "scheme": "llm",
             "weights": weights,
-            "granularity": {"int8": "per-output-channel", "int4": f"groups of {group_size}",
-                            "f16": "none"}[weights],
+            "granularity": {"int8": "per-output-channel", "int4": f"groups of {group_size}", "f16": "none"}[
+                weights
+            ],
             "activations": "int8, symmetric per row, dynamic" if weights != "f16" else "float32",
             "kv_cache": "float16 (default) or float32",
             "smoothing_alpha": smoothing if weights != "f16" else 0.0,
         },
         "selftest": {"artifact": SELFTEST_PATH, "atol": SELFTEST_ATOL},
         "metrics": {"parameters": config.parameter_count()},
-        "provenance": {**{k: v for k, v in src.provenance.items() if v is not None},
-                       "architecture": config.arch, "model_name": config.name},
+        "provenance": {
+            **{k: v for k, v in src.provenance.items() if v is not None},
+            "architecture": config.arch,
+            "model_name": config.name,
+        },
     }
     with tempfile.TemporaryDirectory(prefix="edge-llm-") as tmp:
         wpath = Path(tmp) / "weights.npz"
         np.savez(wpath, **store)
         sbuf = io.BytesIO()
-        np.savez(sbuf, **{"input.input_ids": np.asarray([prompt_ids], dtype=np.int32),
-                          "expected.tokens": np.asarray([expected], dtype=np.int32),
-                          "atol": np.float32(SELFTEST_ATOL)})
+        np.savez(
+            sbuf,
+            **{
+                "input.input_ids": np.asarray([prompt_ids], dtype=np.int32),
+                "expected.tokens": np.asarray([expected], dtype=np.int32),
+                "atol": np.float32(SELFTEST_ATOL),
+            },
+        )
         artifacts = {
             CONFIG_PATH: json.dumps(llm_config, ensure_ascii=False, indent=1).encode(),
             WEIGHTS_PATH: wpath,
@@ -201,12 +221,18 @@ def _read_artifacts(path: Path, trust_store: Any) -> tuple[Any, dict[str, bytes]
     wanted = (CONFIG_KIND, WEIGHTS_KIND, TOKENIZER_KIND)
     if path.is_dir():  # a package extracted by the model store (verified when it was extracted)
         manifest = parse_manifest_bytes((path / "manifest.json").read_bytes())
-        data = {a.kind: (path / a.path).read_bytes() for a in manifest.artifacts if a.kind in (*wanted, "selftest")}
+        data = {
+            a.kind: (path / a.path).read_bytes()
+            for a in manifest.artifacts
+            if a.kind in (*wanted, "selftest")
+        }
         return manifest, data
     with open_package(path, trust_store=trust_store) as pkg:
         kinds = {a.kind for a in pkg.manifest.artifacts}
         if CONFIG_KIND not in kinds:
-            raise ModelSourceError(f"{path} is not an LLM package (no {CONFIG_KIND} artifact); use edge_runtime.load")
+            raise ModelSourceError(
+                f"{path} is not an LLM package (no {CONFIG_KIND} artifact); use edge_runtime.load"
+            )
         data = {k: pkg.read_artifact(k) for k in wanted}
         if "selftest" in kinds:
             data["selftest"] = pkg.read_artifact("selftest")
@@ -254,9 +280,22 @@ def load(
         with np.load(io.BytesIO(data["selftest"]), allow_pickle=False) as z:
             selftest = {k: z[k] for k in z.files}
     tokenizer = TextTokenizer(
-        data[TOKENIZER_KIND].decode("utf-8"), bos_token_id=config.bos_token_id,
-        eos_token_ids=config.eos_token_ids, add_bos=config.add_bos, chat_template=cfg.get("chat_template"),
+        data[TOKENIZER_KIND].decode("utf-8"),
+        bos_token_id=config.bos_token_id,
+        eos_token_ids=config.eos_token_ids,
+        add_bos=config.add_bos,
+        chat_template=cfg.get("chat_template"),
         special_tokens=cfg.get("special_tokens") or {},
     )
-    return LLM(config, store, tokenizer, threads=threads, context=context, kv_dtype=kv_dtype,
-               weights_format=fmt, manifest=manifest, selftest_vectors=selftest, source=str(p))
+    return LLM(
+        config,
+        store,
+        tokenizer,
+        threads=threads,
+        context=context,
+        kv_dtype=kv_dtype,
+        weights_format=fmt,
+        manifest=manifest,
+        selftest_vectors=selftest,
+        source=str(p),
+    )

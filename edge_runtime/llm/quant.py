@@ -65,7 +65,15 @@ def dequantize_int4(packed: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def _is_matrix(name: str) -> bool:
-    return name in ("embed", "lm_head") or name.rsplit(".", 1)[-1] in ("q", "k", "v", "o", "gate", "up", "down")
+    return name in ("embed", "lm_head") or name.rsplit(".", 1)[-1] in (
+        "q",
+        "k",
+        "v",
+        "o",
+        "gate",
+        "up",
+        "down",
+    )
 
 
 def encode_weights(
@@ -78,7 +86,9 @@ def encode_weights(
     the group stays int8 too.
     """
     if fmt not in WEIGHT_FORMATS:
-        raise UnsupportedModelError(f"weights {fmt!r} are not supported; use one of {', '.join(WEIGHT_FORMATS)}")
+        raise UnsupportedModelError(
+            f"weights {fmt!r} are not supported; use one of {', '.join(WEIGHT_FORMATS)}"
+        )
     out: dict[str, np.ndarray] = {}
     for name, w in weights.items():
         if not _is_matrix(name):
@@ -92,7 +102,9 @@ def encode_weights(
     return out
 
 
-def decode_matrix(store: dict[str, np.ndarray], name: str, as_float: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_matrix(
+    store: dict[str, np.ndarray], name: str, as_float: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``(int8 weights, float32 scales)`` of matrix ``name``, or ``(float32 weights, None)`` when ``as_float``
     or the matrix is stored as float16."""
     if name + ".f16" in store:

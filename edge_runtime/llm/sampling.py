@@ -30,14 +30,27 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.max_new_tokens is None or (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1),
-             f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}"),
-            (math.isfinite(self.temperature) and 0 <= self.temperature <= 100,
-             f"temperature must be in [0, 100], got {self.temperature!r}"),
-            (isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an integer >= 0, got {self.top_k!r}"),
-            (math.isfinite(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}"),
-            (math.isfinite(self.repetition_penalty) and 0 < self.repetition_penalty <= 10,
-             f"repetition_penalty must be in (0, 10], got {self.repetition_penalty!r}"),
+            (
+                self.max_new_tokens is None
+                or (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1),
+                f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}",
+            ),
+            (
+                math.isfinite(self.temperature) and 0 <= self.temperature <= 100,
+                f"temperature must be in [0, 100], got {self.temperature!r}",
+            ),
+            (
+                isinstance(self.top_k, int) and self.top_k >= 0,
+                f"top_k must be an integer >= 0, got {self.top_k!r}",
+            ),
+            (
+                math.isfinite(self.top_p) and 0 < self.top_p <= 1,
+                f"top_p must be in (0, 1], got {self.top_p!r}",
+            ),
+            (
+                math.isfinite(self.repetition_penalty) and 0 < self.repetition_penalty <= 10,
+                f"repetition_penalty must be in (0, 10], got {self.repetition_penalty!r}",
+            ),
             (self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
         ]
@@ -104,7 +117,7 @@ class StopMatcher:
                     hold = k
                     break
         out = self._buffer[: len(self._buffer) - hold]
-        self._buffer = self._buffer[len(self._buffer) - hold:]
+        self._buffer = self._buffer[len(self._buffer) - hold :]
         return out, False
 
     def flush(self) -> str:

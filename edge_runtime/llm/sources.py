@@ -47,8 +47,12 @@ _LAYER_GGUF = {
     "ffn_up.weight": "up",
     "ffn_down.weight": "down",
 }
-_TOP_GGUF = {"token_embd.weight": "embed", "output_norm.weight": "norm", "output.weight": "lm_head",
-             "rope_freqs.weight": "rope_freqs"}
+_TOP_GGUF = {
+    "token_embd.weight": "embed",
+    "output_norm.weight": "norm",
+    "output.weight": "lm_head",
+    "rope_freqs.weight": "rope_freqs",
+}
 
 _LAYER_HF = {
     "input_layernorm.weight": "attn_norm",
@@ -98,12 +102,27 @@ def check_weights(config: LlamaConfig, weights: dict[str, np.ndarray], where: st
         want["lm_head"] = (v, d)
     for i in range(config.num_layers):
         p = f"layers.{i}."
-        want.update({p + "attn_norm": (d,), p + "ffn_norm": (d,), p + "q": (config.q_dim, d),
-                     p + "k": (config.kv_dim, d), p + "v": (config.kv_dim, d), p + "o": (d, config.q_dim),
-                     p + "gate": (f, d), p + "up": (f, d), p + "down": (d, f)})
+        want.update(
+            {
+                p + "attn_norm": (d,),
+                p + "ffn_norm": (d,),
+                p + "q": (config.q_dim, d),
+                p + "k": (config.kv_dim, d),
+                p + "v": (config.kv_dim, d),
+                p + "o": (d, config.q_dim),
+                p + "gate": (f, d),
+                p + "up": (f, d),
+                p + "down": (d, f),
+            }
+        )
         if config.attention_bias:
-            want.update({p + "q_bias": (config.q_dim,), p + "k_bias": (config.kv_dim,),
-                         p + "v_bias": (config.kv_dim,)})
+            want.update(
+                {
+                    p + "q_bias": (config.q_dim,),
+                    p + "k_bias": (config.kv_dim,),
+                    p + "v_bias": (config.kv_dim,),
+                }
+            )
     for name, shape in want.items():
         if name not in weights:
             raise ModelSourceError(f"{where} has no tensor for {name}")
@@ -147,7 +166,9 @@ def read_gguf(path: str | os.PathLike[str]) -> ModelSource:
         import gguf
         from gguf import quants
     except ImportError as exc:  # pragma: no cover - the llm extra
-        raise UnsupportedModelError("reading GGUF needs the gguf package: pip install 'edge-runtime[llm]'") from exc
+        raise UnsupportedModelError(
+            "reading GGUF needs the gguf package: pip install 'edge-runtime[llm]'"
+        ) from exc
     with open(p, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
@@ -220,11 +241,23 @@ def read_gguf(path: str | os.PathLike[str]) -> ModelSource:
     from edge_runtime.llm.tokenizer import tokenizer_from_gguf
 
     tok_json, specials = tokenizer_from_gguf(lambda k, d=None: _field(reader, k, d), p)
-    eos = [i for i in (_field(reader, "tokenizer.ggml.eos_token_id"), _field(reader, "tokenizer.ggml.eot_token_id"),
-                       _field(reader, "tokenizer.ggml.eom_token_id")) if i is not None]
+    eos = [
+        i
+        for i in (
+            _field(reader, "tokenizer.ggml.eos_token_id"),
+            _field(reader, "tokenizer.ggml.eot_token_id"),
+            _field(reader, "tokenizer.ggml.eom_token_id"),
+        )
+        if i is not None
+    ]
     bos = _field(reader, "tokenizer.ggml.bos_token_id")
-    add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", arch == "llama" and
-                          _field(reader, "tokenizer.ggml.model") == "llama"))
+    add_bos = bool(
+        _field(
+            reader,
+            "tokenizer.ggml.add_bos_token",
+            arch == "llama" and _field(reader, "tokenizer.ggml.model") == "llama",
+        )
+    )
     vocab = weights["embed"].shape[0]
     config = LlamaConfig(
         arch=arch,
@@ -288,7 +321,10 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             )
         start, end = info["data_offsets"]
         shape = tuple(info["shape"])
-        if not 0 <= start <= end <= data.size or end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        if (
+            not 0 <= start <= end <= data.size
+            or end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize
+        ):
             raise ModelSourceError(f"{path}: tensor {name} lies outside the file or has the wrong size")
         raw = np.frombuffer(data[start:end], dtype=dtype).reshape(shape)
         if info["dtype"] == "BF16":
@@ -326,8 +362,7 @@ def read_hf_dir(path: str | os.PathLike[str]) -> ModelSource:
     if model_type not in _HF_ARCHS:
         archs = cfg.get("architectures")
         raise UnsupportedModelError(
-            f"{root}: model_type {model_type!r} ({archs}) is not supported; "
-            f"supported: {', '.join(_HF_ARCHS)}"
+            f"{root}: model_type {model_type!r} ({archs}) is not supported; supported: {', '.join(_HF_ARCHS)}"
         )
     files = sorted(root.glob("*.safetensors"))
     if not files:
@@ -350,7 +385,9 @@ def read_hf_dir(path: str | os.PathLike[str]) -> ModelSource:
         weights.pop("lm_head", None)
     tok_cfg = _json_file(root / "tokenizer_config.json", required=False)
     if not (root / "tokenizer.json").exists():
-        raise ModelSourceError(f"{root} has no tokenizer.json (a sentencepiece tokenizer.model alone is not read)")
+        raise ModelSourceError(
+            f"{root} has no tokenizer.json (a sentencepiece tokenizer.model alone is not read)"
+        )
     tok_json = (root / "tokenizer.json").read_text(encoding="utf-8")
     template = tok_cfg.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]

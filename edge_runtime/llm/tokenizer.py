@@ -34,7 +34,9 @@ def _require_tokenizers() -> Any:
     try:
         import tokenizers
     except ImportError as exc:  # pragma: no cover - the llm extra
-        raise UnsupportedModelError("LLM tokenizers need the tokenizers package: pip install 'edge-runtime[llm]'") from exc
+        raise UnsupportedModelError(
+            "LLM tokenizers need the tokenizers package: pip install 'edge-runtime[llm]'"
+        ) from exc
     return tokenizers
 
 
@@ -47,7 +49,9 @@ def load_tokenizer(tokenizer_json: str) -> Any:
         raise ModelSourceError(f"the tokenizer cannot be read: {exc}") from None
 
 
-def _spm_merges(tokens: Sequence[str], scores: Sequence[float], types: Sequence[int]) -> list[tuple[str, str]]:
+def _spm_merges(
+    tokens: Sequence[str], scores: Sequence[float], types: Sequence[int]
+) -> list[tuple[str, str]]:
     """SentencePiece BPE merges in priority order: a piece made of two pieces, ranked by its score."""
     vocab = {t: i for i, t in enumerate(tokens)}
     found: list[tuple[float, int, int, tuple[str, str]]] = []
@@ -62,7 +66,9 @@ def _spm_merges(tokens: Sequence[str], scores: Sequence[float], types: Sequence[
     return [m for *_, m in found]
 
 
-def tokenizer_from_gguf(get: Callable[..., Any], path: Path | str = "the GGUF file") -> tuple[str, dict[str, str]]:
+def tokenizer_from_gguf(
+    get: Callable[..., Any], path: Path | str = "the GGUF file"
+) -> tuple[str, dict[str, str]]:
     """The ``tokenizers`` JSON of a GGUF file's tokenizer, and its special tokens as text."""
     tk = _require_tokenizers()
     from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
@@ -96,8 +102,10 @@ def tokenizer_from_gguf(get: Callable[..., Any], path: Path | str = "the GGUF fi
             )
         elif pre == "smollm":
             tok.pre_tokenizer = pre_tokenizers.Sequence(
-                [pre_tokenizers.Digits(individual_digits=True),
-                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+                [
+                    pre_tokenizers.Digits(individual_digits=True),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+                ]
             )
         else:  # "default", "gpt-2" and the like: GPT-2's own split
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -105,15 +113,26 @@ def tokenizer_from_gguf(get: Callable[..., Any], path: Path | str = "the GGUF fi
     elif kind == "llama":
         scores = [float(s) for s in (get("tokenizer.ggml.scores") or [])]
         unk_id = get("tokenizer.ggml.unknown_token_id", 0)
-        tok = tk.Tokenizer(models.BPE(vocab=vocab, merges=_spm_merges(tokens, scores, types),
-                                      unk_token=tokens[int(unk_id)], fuse_unk=True, byte_fallback=True))
+        tok = tk.Tokenizer(
+            models.BPE(
+                vocab=vocab,
+                merges=_spm_merges(tokens, scores, types),
+                unk_token=tokens[int(unk_id)],
+                fuse_unk=True,
+                byte_fallback=True,
+            )
+        )
         steps = [normalizers.Replace(" ", "\u2581")]
         if get("tokenizer.ggml.add_space_prefix", True):
             steps.insert(0, normalizers.Prepend("\u2581"))
         tok.normalizer = normalizers.Sequence(steps)
         tok.decoder = decoders.Sequence(
             [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
-            + ([decoders.Strip(content=" ", left=1, right=0)] if get("tokenizer.ggml.add_space_prefix", True) else [])
+            + (
+                [decoders.Strip(content=" ", left=1, right=0)]
+                if get("tokenizer.ggml.add_space_prefix", True)
+                else []
+            )
         )
     else:
         raise UnsupportedModelError(
@@ -129,7 +148,10 @@ def tokenizer_from_gguf(get: Callable[..., Any], path: Path | str = "the GGUF fi
         tok.add_special_tokens([a for a in added if a.special])
         tok.add_tokens([a for a in added if not a.special])
     specials = {}
-    for key, name in (("tokenizer.ggml.bos_token_id", "bos_token"), ("tokenizer.ggml.eos_token_id", "eos_token")):
+    for key, name in (
+        ("tokenizer.ggml.bos_token_id", "bos_token"),
+        ("tokenizer.ggml.eos_token_id", "eos_token"),
+    ):
         i = get(key)
         if i is not None and 0 <= int(i) < len(tokens):
             specials[name] = tokens[int(i)]
@@ -185,21 +207,24 @@ class TextTokenizer:
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
         """Token ids of ``text``; BOS first when the model wants one and the text does not start with it."""
         ids = list(self._tok.encode(text, add_special_tokens=False).ids)
-        if (self.add_bos if add_bos is None else add_bos) and self.bos_token_id is not None:
-            if not ids or ids[0] != self.bos_token_id:
-                ids.insert(0, self.bos_token_id)
+        wanted = self.add_bos if add_bos is None else add_bos
+        if wanted and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
+            ids.insert(0, self.bos_token_id)
         return ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return str(self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens))
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
         """The prompt text of a conversation, rendered by the model's Jinja chat template (sandboxed)."""
         if self._template is None:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                extensions=["jinja2.ext.loopcontrols"])
+            env = ImmutableSandboxedEnvironment(
+                trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+            )
             env.filters["tojson"] = _tojson
             env.globals["raise_exception"] = _raise
             try:
@@ -207,14 +232,20 @@ class TextTokenizer:
             except Exception as exc:  # noqa: BLE001 - a template error is the model's
                 raise ModelSourceError(f"the model's chat template does not compile: {exc}") from None
         for m in messages:
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise ValueError("each message must be an object with string 'role' and 'content'")
-        return str(self._template.render(
-            messages=list(messages),
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.special_tokens.get("bos_token", ""),
-            eos_token=self.special_tokens.get("eos_token", ""),
-        ))
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)
+            ):
+                raise ValueError("each message must be an object with string 'role' and 'content'")  # noqa: TRY004
+        return str(
+            self._template.render(
+                messages=list(messages),
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.special_tokens.get("bos_token", ""),
+                eos_token=self.special_tokens.get("eos_token", ""),
+            )
+        )
 
 
 class IncrementalDecoder:
@@ -231,7 +262,7 @@ class IncrementalDecoder:
         text = self._tokenizer.decode(self._ids)
         if text.endswith("\ufffd") or not text.startswith(self._text):
             return ""
-        new, self._text = text[len(self._text):], text
+        new, self._text = text[len(self._text) :], text
         return new
 
     @property

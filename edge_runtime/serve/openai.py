@@ -50,16 +50,35 @@ class _LLMMetrics:
         from prometheus_client import Counter, Histogram
 
         labels = ("model", "version")
-        self.ttft = Histogram("edge_llm_time_to_first_token_seconds", "Time from request to its first token",
-                              labels, buckets=_TTFT_BUCKETS, registry=registry)
-        self.itl = Histogram("edge_llm_inter_token_latency_seconds", "Time between two tokens of a generation",
-                             labels, buckets=_ITL_BUCKETS, registry=registry)
-        self.rate = Histogram("edge_llm_tokens_per_second", "Decode rate of each finished generation",
-                              labels, buckets=_RATE_BUCKETS, registry=registry)
+        self.ttft = Histogram(
+            "edge_llm_time_to_first_token_seconds",
+            "Time from request to its first token",
+            labels,
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.itl = Histogram(
+            "edge_llm_inter_token_latency_seconds",
+            "Time between two tokens of a generation",
+            labels,
+            buckets=_ITL_BUCKETS,
+            registry=registry,
+        )
+        self.rate = Histogram(
+            "edge_llm_tokens_per_second",
+            "Decode rate of each finished generation",
+            labels,
+            buckets=_RATE_BUCKETS,
+            registry=registry,
+        )
         self.prompt = Counter("edge_llm_prompt_tokens", "Prompt tokens processed", labels, registry=registry)
         self.generated = Counter("edge_llm_generated_tokens", "Tokens generated", labels, registry=registry)
-        self.requests = Counter("edge_llm_requests", "Generations by how they ended",
-                                (*labels, "finish_reason"), registry=registry)
+        self.requests = Counter(
+            "edge_llm_requests",
+            "Generations by how they ended",
+            (*labels, "finish_reason"),
+            registry=registry,
+        )
 
 
 def _llm_metrics(app: web.Application) -> _LLMMetrics:
@@ -94,8 +113,14 @@ def _number(doc: dict[str, Any], key: str, default: Any, kind: type = float) -> 
     value = doc.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise InferenceRequestError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not isinstance(value, int))
+    ):
+        raise InferenceRequestError(
+            f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+        )
     return kind(value)
 
 
@@ -114,7 +139,9 @@ def _params(doc: dict[str, Any], model: Any, prompt_len: int, temperature: float
     elif isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list) or len(stop) > _MAX_STOP or not all(isinstance(s, str) and s for s in stop):
-        raise InferenceRequestError(f"stop must be a string or a list of at most {_MAX_STOP} non-empty strings")
+        raise InferenceRequestError(
+            f"stop must be a string or a list of at most {_MAX_STOP} non-empty strings"
+        )
     if doc.get("n", 1) != 1:
         raise InferenceRequestError("only n = 1 is supported")
     seed = doc.get("seed")
@@ -209,13 +236,17 @@ class _Generation:
             self.loaded.release()
 
     def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
 
 
 async def _sse(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
     await response.prepare(request)
     return response
 
@@ -243,10 +274,12 @@ async def list_models(request: web.Request) -> web.Response:
     for name in manager.names():
         try:
             loaded = manager.get(name)
-        except Exception:  # noqa: BLE001 - not loaded now
+        except Exception:  # noqa: BLE001, S112 - not loaded now
             continue
         if _is_llm(loaded.model):
-            data.append({"id": name, "object": "model", "created": int(loaded.loaded_at), "owned_by": "edge-runtime"})
+            data.append(
+                {"id": name, "object": "model", "created": int(loaded.loaded_at), "owned_by": "edge-runtime"}
+            )
     return web.json_response({"object": "list", "data": data})
 
 
@@ -267,7 +300,11 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
             prompt = prompt[0]
         if isinstance(prompt, str) and prompt:
             ids = model.tokenize(prompt)
-        elif isinstance(prompt, list) and prompt and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt):
+        elif (
+            isinstance(prompt, list)
+            and prompt
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt)
+        ):
             ids = list(prompt)
             if min(ids) < 0 or max(ids) >= model.config.vocab_size:
                 raise InferenceRequestError(f"prompt token ids must be in [0, {model.config.vocab_size})")
@@ -285,8 +322,16 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice.update(text=text, logprobs=None)
-        return web.json_response({"id": rid, "object": obj, "created": created, "model": name,
-                                  "choices": [choice], "usage": gen.usage()})
+        return web.json_response(
+            {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": name,
+                "choices": [choice],
+                "usage": gen.usage(),
+            }
+        )
     options = doc.get("stream_options") or {}
     include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     response = await _sse(request)
@@ -313,13 +358,22 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
                 await _send(response, chunk(ev.text, None))
             if ev.finish_reason is not None:
                 await _send(response, chunk(None if chat else "", ev.finish_reason))
-    except Exception as exc:  # noqa: BLE001 - headers are gone: report in the stream
+    except Exception as exc:
         if isinstance(exc, (ConnectionError, asyncio.CancelledError)):
             raise
         await _send(response, {"error": {"message": str(exc), "type": type(exc).__name__}})
     if include_usage:
-        await _send(response, {"id": rid, "object": chunk_obj, "created": created, "model": name, "choices": [],
-                               "usage": gen.usage()})
+        await _send(
+            response,
+            {
+                "id": rid,
+                "object": chunk_obj,
+                "created": created,
+                "model": name,
+                "choices": [],
+                "usage": gen.usage(),
+            },
+        )
     await _send(response, "[DONE]")
     await response.write_eof()
     return response
@@ -381,8 +435,9 @@ async def _generate(request: web.Request, stream: bool) -> web.StreamResponse:
     base = {"model_name": name, "model_version": gen.loaded.version}
     if not stream:
         out = "".join([ev.text async for ev in gen.events(ids, params)])
-        return web.json_response({**base, "text_output": out, "finish_reason": gen.finish_reason,
-                                  "usage": gen.usage()})
+        return web.json_response(
+            {**base, "text_output": out, "finish_reason": gen.finish_reason, "usage": gen.usage()}
+        )
     response = await _sse(request)
     try:
         async for ev in gen.events(ids, params):
@@ -390,7 +445,7 @@ async def _generate(request: web.Request, stream: bool) -> web.StreamResponse:
             if ev.finish_reason is not None:
                 payload["finish_reason"] = ev.finish_reason
             await _send(response, payload)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if isinstance(exc, (ConnectionError, asyncio.CancelledError)):
             raise
         await _send(response, {"error": str(exc)})

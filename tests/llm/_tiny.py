@@ -33,7 +33,9 @@ def train_tokenizer(vocab_size: int = 320):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
@@ -63,8 +65,10 @@ def random_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
     def mat(n: int, k: int, gain: float = 1.0) -> np.ndarray:
         return (rng.standard_normal((n, k)) * gain / np.sqrt(k)).astype(np.float32)
 
-    w = {"embed": rng.standard_normal((vocab, d)).astype(np.float32),
-         "norm": (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)}
+    w = {
+        "embed": rng.standard_normal((vocab, d)).astype(np.float32),
+        "norm": (1 + 0.1 * rng.standard_normal(d)).astype(np.float32),
+    }
     if not spec.tie:
         w["lm_head"] = mat(vocab, d, 4.0)
     for i in range(spec.layers):
@@ -80,10 +84,20 @@ def random_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
     return w
 
 
-_GGUF_NAMES = {"attn_norm": "attn_norm.weight", "ffn_norm": "ffn_norm.weight", "q": "attn_q.weight",
-               "k": "attn_k.weight", "v": "attn_v.weight", "o": "attn_output.weight", "gate": "ffn_gate.weight",
-               "up": "ffn_up.weight", "down": "ffn_down.weight", "q_bias": "attn_q.bias",
-               "k_bias": "attn_k.bias", "v_bias": "attn_v.bias"}
+_GGUF_NAMES = {
+    "attn_norm": "attn_norm.weight",
+    "ffn_norm": "ffn_norm.weight",
+    "q": "attn_q.weight",
+    "k": "attn_k.weight",
+    "v": "attn_v.weight",
+    "o": "attn_output.weight",
+    "gate": "ffn_gate.weight",
+    "up": "ffn_up.weight",
+    "down": "ffn_down.weight",
+    "q_bias": "attn_q.bias",
+    "k_bias": "attn_k.bias",
+    "v_bias": "attn_v.bias",
+}
 
 
 def _merges(tok) -> list[str]:
@@ -91,8 +105,27 @@ def _merges(tok) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in merges]
 
 
-def write_gguf(path: Path, spec: TinySpec, tok, weights: dict[str, np.ndarray] | None = None,
-               arch_name: str | None = None) -> dict[str, np.ndarray]:
+# k-quant block: (bytes, offset of the float16 scale(s), how many) - the rest is random codes.
+_K_LAYOUT = {"Q4_K": (144, 0, 2), "Q5_K": (176, 0, 2), "Q6_K": (210, 208, 1)}
+
+
+def _random_k_blocks(shape: tuple[int, int], dtype: str) -> np.ndarray:
+    size, offset, count = _K_LAYOUT[dtype]
+    rows, cols = shape
+    rng = np.random.default_rng(rows * cols)
+    blocks = rng.integers(0, 256, (rows, cols // 256, size), dtype=np.uint8)
+    scales = np.full((rows, cols // 256, count), 0.004, dtype=np.float16).view(np.uint8)
+    blocks[:, :, offset : offset + 2 * count] = scales
+    return blocks.reshape(rows, -1)
+
+
+def write_gguf(
+    path: Path,
+    spec: TinySpec,
+    tok,
+    weights: dict[str, np.ndarray] | None = None,
+    arch_name: str | None = None,
+) -> dict[str, np.ndarray]:
     import gguf
 
     vocab = tok.get_vocab_size()
@@ -121,7 +154,9 @@ def write_gguf(path: Path, spec: TinySpec, tok, weights: dict[str, np.ndarray] |
     qtype = getattr(gguf.GGMLQuantizationType, spec.dtype)
 
     def put(name: str, arr: np.ndarray, matrix: bool) -> None:
-        if matrix and spec.dtype != "F32":
+        if matrix and spec.dtype in _K_LAYOUT:  # gguf-py cannot quantize k-quants: random valid blocks
+            w.add_tensor(name, _random_k_blocks(arr.shape, spec.dtype), raw_dtype=qtype)
+        elif matrix and spec.dtype != "F32":
             if spec.dtype == "F16":
                 w.add_tensor(name, arr.astype(np.float16))
             else:
@@ -153,7 +188,11 @@ def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     header, blobs, offset = {}, [], 0
     for name, arr in tensors.items():
         data = np.ascontiguousarray(arr, dtype=np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     head = json.dumps(header).encode()
@@ -164,27 +203,55 @@ def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
 def write_hf_dir(root: Path, spec: TinySpec, tok, weights: dict[str, np.ndarray]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     hd = spec.hidden // spec.heads
-    (root / "config.json").write_text(json.dumps({
-        "model_type": spec.arch, "architectures": ["LlamaForCausalLM"], "hidden_size": spec.hidden,
-        "intermediate_size": spec.ffn, "num_hidden_layers": spec.layers, "num_attention_heads": spec.heads,
-        "num_key_value_heads": spec.kv_heads, "head_dim": hd, "max_position_embeddings": spec.context,
-        "rms_norm_eps": 1e-5, "rope_theta": spec.rope_theta, "tie_word_embeddings": spec.tie,
-        "vocab_size": tok.get_vocab_size(), "bos_token_id": tok.token_to_id("<|im_start|>"),
-        "eos_token_id": tok.token_to_id("<|im_end|>"),
-    }))
-    (root / "tokenizer_config.json").write_text(json.dumps({
-        "chat_template": CHAT_TEMPLATE, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
-        "add_bos_token": False,
-    }))
+    (root / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": spec.arch,
+                "architectures": ["LlamaForCausalLM"],
+                "hidden_size": spec.hidden,
+                "intermediate_size": spec.ffn,
+                "num_hidden_layers": spec.layers,
+                "num_attention_heads": spec.heads,
+                "num_key_value_heads": spec.kv_heads,
+                "head_dim": hd,
+                "max_position_embeddings": spec.context,
+                "rms_norm_eps": 1e-5,
+                "rope_theta": spec.rope_theta,
+                "tie_word_embeddings": spec.tie,
+                "vocab_size": tok.get_vocab_size(),
+                "bos_token_id": tok.token_to_id("<|im_start|>"),
+                "eos_token_id": tok.token_to_id("<|im_end|>"),
+            }
+        )
+    )
+    (root / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": CHAT_TEMPLATE,
+                "bos_token": "<|im_start|>",
+                "eos_token": "<|im_end|>",
+                "add_bos_token": False,
+            }
+        )
+    )
     tok.save(str(root / "tokenizer.json"))
     hf = {"model.embed_tokens.weight": weights["embed"], "model.norm.weight": weights["norm"]}
     if "lm_head" in weights:
         hf["lm_head.weight"] = weights["lm_head"]
-    names = {"attn_norm": "input_layernorm.weight", "ffn_norm": "post_attention_layernorm.weight",
-             "q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
-             "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
-             "down": "mlp.down_proj.weight", "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
-             "v_bias": "self_attn.v_proj.bias"}
+    names = {
+        "attn_norm": "input_layernorm.weight",
+        "ffn_norm": "post_attention_layernorm.weight",
+        "q": "self_attn.q_proj.weight",
+        "k": "self_attn.k_proj.weight",
+        "v": "self_attn.v_proj.weight",
+        "o": "self_attn.o_proj.weight",
+        "gate": "mlp.gate_proj.weight",
+        "up": "mlp.up_proj.weight",
+        "down": "mlp.down_proj.weight",
+        "q_bias": "self_attn.q_proj.bias",
+        "k_bias": "self_attn.k_proj.bias",
+        "v_bias": "self_attn.v_proj.bias",
+    }
     for i in range(spec.layers):
         for short, hname in names.items():
             if f"layers.{i}.{short}" in weights:

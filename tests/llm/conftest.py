@@ -12,7 +12,7 @@ pytest.importorskip("tokenizers")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _tiny import TinySpec, train_tokenizer, write_gguf, write_hf_dir  # noqa: E402
+from _tiny import TinySpec, train_tokenizer, write_gguf, write_hf_dir
 
 PROMPT = "The capital of France is"
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import PROMPT
 
 from edge_runtime import llm
 from edge_runtime.llm import model as llm_model
-
-from conftest import PROMPT
 
 # The int8 path (per-channel int8 weights, per-row int8 activations) against the float64 reference,
 # teacher-forced on the reference's 64 greedy tokens of random tiny decoders.
@@ -58,7 +57,7 @@ def test_int8_path_agrees_with_reference(arch, packages, references):
     ids, greedy, ref_logits = references[arch]
     with llm.load(packages(arch, "int8"), threads=2) as model:
         logits = model.logits(ids + greedy)
-    forced = logits[len(ids) - 1: -1].argmax(-1)
+    forced = logits[len(ids) - 1 : -1].argmax(-1)
     agreement = float(np.mean(forced == np.asarray(greedy)))
     error = float(np.abs(logits - ref_logits).max() / ref_logits.std())
     assert agreement >= INT8_MIN_AGREEMENT, agreement
@@ -69,7 +68,7 @@ def test_int4_package_is_smaller_and_close(packages, references):
     ids, greedy, _ = references["qwen2"]
     assert packages("qwen2", "int4").stat().st_size < 0.8 * packages("qwen2", "int8").stat().st_size
     with llm.load(packages("qwen2", "int4"), threads=1) as model:
-        forced = model.logits(ids + greedy)[len(ids) - 1: -1].argmax(-1)
+        forced = model.logits(ids + greedy)[len(ids) - 1 : -1].argmax(-1)
     assert float(np.mean(forced == np.asarray(greedy))) >= INT4_MIN_AGREEMENT
 
 

@@ -21,8 +21,9 @@ openai = pytest.importorskip("openai")
 
 @pytest.fixture(scope="module")
 def server(packages):
-    config = ServeConfig(host="127.0.0.1", port=0, drain_timeout_s=5,
-                         models=(ModelConfig("tiny", packages("qwen2", "int8")),))
+    config = ServeConfig(
+        host="127.0.0.1", port=0, drain_timeout_s=5, models=(ModelConfig("tiny", packages("qwen2", "int8")),)
+    )
     with ServerThread(config, loader=default_loader("auto", 1)) as srv:
         yield srv
 
@@ -48,8 +49,14 @@ def test_models_lists_the_language_model(client):
 def test_chat_streaming_with_the_openai_client(client, server):
     messages = [{"role": "user", "content": "The capital of France is"}]
     whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
-    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     pieces, finish, usage = [], None, None
     for chunk in stream:
         if chunk.usage is not None:
@@ -75,8 +82,9 @@ def test_completions_stop_seed_and_max_tokens(client):
     greedy = client.completions.create(model="tiny", prompt="Hello world", max_tokens=8, temperature=0)
     text = greedy.choices[0].text
     if len(text) >= 3:
-        cut = client.completions.create(model="tiny", prompt="Hello world", max_tokens=8, temperature=0,
-                                        stop=[text[1:3]])
+        cut = client.completions.create(
+            model="tiny", prompt="Hello world", max_tokens=8, temperature=0, stop=[text[1:3]]
+        )
         assert cut.choices[0].finish_reason == "stop" and text.startswith(cut.choices[0].text)
 
 
@@ -90,13 +98,17 @@ def test_errors(client, server):
 
 
 def test_kserve_generate_and_generate_stream(server):
-    status, body = _post(server.url + "/v2/models/tiny/generate",
-                         {"text_input": "Hello world", "parameters": {"max_tokens": 6}})
+    status, body = _post(
+        server.url + "/v2/models/tiny/generate",
+        {"text_input": "Hello world", "parameters": {"max_tokens": 6}},
+    )
     assert status == 200
     doc = json.loads(body)
     assert doc["model_name"] == "tiny" and isinstance(doc["text_output"], str)
-    status, body = _post(server.url + "/v2/models/tiny/generate_stream",
-                         {"text_input": "Hello world", "parameters": {"max_tokens": 6}})
+    status, body = _post(
+        server.url + "/v2/models/tiny/generate_stream",
+        {"text_input": "Hello world", "parameters": {"max_tokens": 6}},
+    )
     assert status == 200
     events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
     assert "".join(e["text_output"] for e in events) == doc["text_output"]
@@ -121,8 +133,12 @@ def test_concurrent_streams_are_batched_and_metrics_exported(client, server):
     assert engine.batched_tokens - tokens > engine.steps - steps  # some steps decoded several sequences
     with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
         text = r.read().decode()
-    for name in ("edge_llm_time_to_first_token_seconds_bucket", "edge_llm_inter_token_latency_seconds_bucket",
-                 "edge_llm_tokens_per_second_bucket", "edge_llm_generated_tokens_total"):
+    for name in (
+        "edge_llm_time_to_first_token_seconds_bucket",
+        "edge_llm_inter_token_latency_seconds_bucket",
+        "edge_llm_tokens_per_second_bucket",
+        "edge_llm_generated_tokens_total",
+    ):
         assert name in text
 
 
@@ -132,15 +148,27 @@ def test_queue_bound_and_cancellation(server):
     old = engine.max_queue
     engine.max_queue = 0
     try:
-        status, body = _post(server.url + "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 2})
+        status, body = _post(
+            server.url + "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 2}
+        )
         assert status == 503, body
     finally:
         engine.max_queue = old
     # A client that goes away mid-stream: its generation leaves the batch.
-    req = urllib.request.Request(server.url + "/v1/completions",
-                                 json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 200,
-                                             "stream": True, "temperature": 0, "stop": ["\x00never"]}).encode(),
-                                 {"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server.url + "/v1/completions",
+        json.dumps(
+            {
+                "model": "tiny",
+                "prompt": "Hello",
+                "max_tokens": 200,
+                "stream": True,
+                "temperature": 0,
+                "stop": ["\x00never"],
+            }
+        ).encode(),
+        {"Content-Type": "application/json"},
+    )
     r = urllib.request.urlopen(req, timeout=30)
     r.readline()
     r.close()

@@ -101,6 +101,8 @@ def test_dynamic_plan_gives_the_bits_of_a_static_plan(dynamic) -> None:
             static_graph = prepare(_model(h, w))
             static = NativeSession(lower(static_graph, params), cache_dir=False)
             assert not any(s.attrs.get("dynamic_hw") for s in static.plan.steps)
+            # A plan without the new features is still written as version 3 (older runtimes read it).
+            assert static.plan.format_version() == 3 and b'"version":3' in static.plan.to_bytes()
             x = _images((2, 3, h, w), 200 + i)
             np.testing.assert_array_equal(session.run({"x": x})["y"], static.run({"x": x})["y"])
             # Back to an earlier size: the rewritten packed headers follow.

@@ -24,12 +24,14 @@ __all__ = [
     "conv1d_to_conv2d",
     "einsum_to_matmul",
     "eliminate_dead_code",
+    "fold_affine_into_conv",
     "fold_batch_norm",
     "fold_constants",
     "fuse_activation",
     "fuse_gelu",
     "fuse_hard_swish",
     "fuse_layer_norm",
+    "fuse_magnitude",
     "fuse_matmul_add",
     "fuse_pad_into_conv",
     "fuse_swish",
@@ -993,6 +995,108 @@ def conv1d_to_conv2d(graph: Graph) -> bool:
     return changed
 
 
+def _bias_heavy(w: np.ndarray, b: np.ndarray) -> bool:
+    """Whether some channel's bias is over 1000 times its largest weight (its int32 bias at
+    scale input x weight would overflow for a typical input scale)."""
+    peak = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+    return bool(np.any(np.abs(b) > 1000.0 * peak))
+
+
+def fold_affine_into_conv(graph: Graph) -> bool:
+    """``Conv(x) * a + b`` with scalar constants a and b (a learnable affine block, as
+    PP-LCNetV3 writes it after its convolutions; either one alone too) becomes the Conv with
+    scaled weights and bias."""
+    changed = False
+    for conv in list(graph.nodes):
+        if conv.op_type != "Conv" or conv.attrs.get("activation") or conv not in graph.nodes:
+            continue
+        w = graph.constant(conv.inputs[1])
+        bias = graph.constant(conv.input(2)) if conv.input(2) else None
+        if w is None or (conv.input(2) and bias is None) or not _is_float(w):
+            continue
+        scale, shift, chain = 1.0, 0.0, []
+        node = _sole_consumer(graph, conv.outputs[0])
+        if node is not None and node.op_type == "Mul":
+            operand = _constant_operand(graph, node)
+            if operand is not None and operand[1].size == 1:
+                scale = float(operand[1].ravel()[0])
+                chain.append(node)
+                node = _sole_consumer(graph, node.outputs[0])
+        if node is not None and node.op_type == "Add":
+            operand = _constant_operand(graph, node)
+            if operand is not None and operand[1].size == 1:
+                shift = float(operand[1].ravel()[0])
+                chain.append(node)
+        if not chain:
+            continue
+        b = np.zeros(w.shape[0], np.float64) if bias is None else bias.astype(np.float64)
+        w_new, b_new = w.astype(np.float64) * scale, b * scale + shift
+        if _bias_heavy(w_new, b_new) and not _bias_heavy(w.astype(np.float64), b):
+            continue  # an int8 conv could no longer hold the bias at the scaled weights' scale
+        conv.inputs = [
+            conv.inputs[0],
+            graph.add_constant((w.astype(np.float64) * scale).astype(w.dtype), conv.name + "/W_affine"),
+            graph.add_constant((b * scale + shift).astype(w.dtype), conv.name + "/B_affine"),
+        ]
+        out = chain[-1].outputs[0]
+        for node in chain:
+            graph.remove_node(node)
+        conv.outputs = [out]
+        changed = True
+    if changed:
+        graph.remove_dead_code()
+    return changed
+
+
+def _square_of(graph: Graph, name: str) -> str | None:
+    """x when ``name`` is Pow(x, 2) or Mul(x, x), read only once."""
+    node = graph.producer(name)
+    if node is None or _sole_consumer(graph, name) is None:
+        return None
+    if node.op_type == "Pow" and _is_scalar_const(graph, node.inputs[1], 2.0, 1e-9):
+        return node.inputs[0]
+    if node.op_type == "Mul" and node.inputs[0] == node.inputs[1]:
+        return node.inputs[0]
+    return None
+
+
+def fuse_magnitude(graph: Graph) -> bool:
+    """``Sqrt(a ** 2 + b ** 2)`` (an STFT's magnitude from its real and imaginary parts, as audio
+    front ends write it) becomes ``ReduceL2`` over a new leading axis of ``[a, b]``: the squares
+    are never materialized, so an 8-bit backend does not quantize them (which loses every quiet
+    frequency bin)."""
+    changed = False
+    for sqrt in list(graph.nodes):
+        if sqrt.op_type != "Sqrt":
+            continue
+        add = graph.producer(sqrt.inputs[0])
+        if add is None or add.op_type != "Add" or _sole_consumer(graph, sqrt.inputs[0]) is not sqrt:
+            continue
+        a, b = (_square_of(graph, name) for name in add.inputs[:2])
+        sa, sb = graph.shape(a) if a else None, graph.shape(b) if b else None
+        if a is None or b is None or sa is None or sa != sb:
+            continue
+        parts = []
+        nodes = []
+        for name in (a, b):
+            out = graph.unique_name(name + "/lead")
+            nodes.append(
+                Node("Unsqueeze", graph.unique_name(name + "/Unsqueeze"), [name], [out], {"axes": [0]})
+            )
+            graph.value_info[out] = ValueInfo(out, None, (1, *sa))
+            parts.append(out)
+        stacked = graph.unique_name(sqrt.outputs[0] + "/parts")
+        graph.value_info[stacked] = ValueInfo(stacked, None, (2, *sa))
+        nodes.append(Node("Concat", graph.unique_name(sqrt.name + "/Concat"), parts, [stacked], {"axis": 0}))
+        nodes.append(Node("ReduceL2", sqrt.name, [stacked], list(sqrt.outputs), {"axes": [0], "keepdims": 0}))
+        graph.replace_node(sqrt, nodes)
+        graph.remove_node(add)
+        changed = True
+    if changed:
+        graph.remove_dead_code()
+    return changed
+
+
 def einsum_to_matmul(graph: Graph) -> bool:
     """The two-operand Einsums exporters emit for batched products (``bij,bjk->bik``,
     ``bhid,bhjd->bhij``: the same leading letters in both operands and the output, one
@@ -1053,6 +1157,8 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fuse_hard_swish,
     fuse_swish,
     fuse_pad_into_conv,
+    fold_affine_into_conv,
+    fuse_magnitude,
     conv1d_to_conv2d,
     reduce_mean_to_global_pool,
     fuse_matmul_add,

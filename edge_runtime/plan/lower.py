@@ -67,7 +67,21 @@ _LUT_KINDS = {"Sigmoid": "sigmoid", "HardSigmoid": "hardsigmoid", "HardSwish": "
               "Gelu": "gelu", "Tanh": "tanh"}  # fmt: skip
 _MOVE_OPS = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather"})
 # Ops that may run in float on dequantized inputs when no int8 kernel fits.
-_FLOAT_OK = frozenset({"Sub", "Div", "BatchNormalization", "Resize", "Add", "Mul", "AveragePool", "Gemm"})
+_FLOAT_OK = frozenset({
+    "Sub", "Div", "BatchNormalization", "Resize", "Add", "Mul", "AveragePool", "Gemm",
+    "ConvTranspose", "PRelu", "Softmax", "LogSoftmax", "Hardmax", "InstanceNormalization", "ReduceMean",
+    "ReduceSum", "ReduceL2", "Einsum", "Max", "Min", "MatMul", "LSTM", "GRU", "Pow",
+})  # fmt: skip
+# Element-wise functions of one tensor: a 256-entry table built from the reference op
+# (y = quantize(f(dequantize(x))), the spec's rule for non-linear int8 ops).
+_TABLE_OPS = frozenset({
+    "LeakyRelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish", "Swish", "ThresholdedRelu",
+    "Exp", "Log", "Abs", "Neg", "Reciprocal", "Sqrt", "Erf", "Floor", "Ceil", "Round", "Sin", "Cos",
+})  # fmt: skip
+# Data movement and order statistics that commute with a monotonic quantization: run on the
+# int8 bytes, the output keeps the input's parameters.
+_BYTE_OPS = frozenset({"Expand", "Tile", "DepthToSpace", "SpaceToDepth", "ReduceMax", "ReduceMin",
+                       "GlobalMaxPool"})  # fmt: skip
 # A layer is auto-detected as 2:4 only when it is big enough for that not to be an accident.
 _MIN_SPARSE_K = 16
 # The stand-in height and width of a symbolic input dimension (see _Lowering._conv_geometry).
@@ -423,6 +437,19 @@ class _Lowering:
             self.converted[key] = out
         return self.converted[key]
 
+    def _widened(self, name: str, qp: QuantParams, accumulator_scales: np.ndarray) -> QuantParams:
+        """``qp``, or the same zero point with a larger scale when an output channel's
+        accumulator step (input scale x weight scale) is coarser than the calibrated output
+        step (the requantization multiplier must stay below 1): a channel the calibration
+        data barely excited (silero's encoder has such channels) widens the range instead of
+        failing the model."""
+        needed = float(np.max(accumulator_scales)) * (1.0 + 2.0**-20)
+        if qp.scale >= needed:
+            return qp
+        widened = QuantParams(needed, qp.zero_point, qp.dtype)
+        self.activations[name] = widened
+        return widened
+
     def _requantized(self, name: str, target: QuantParams) -> str:
         """``name`` requantized to ``target`` by a 256-entry table (a no-op when equal)."""
         src = self._src(name)
@@ -517,6 +544,7 @@ class _Lowering:
             raise UnsupportedOperatorError(f"{node}: input {a!r} is not a float tensor")
         out_qp = self._act(out)
         wq = numerics.quantize_weights(w, axis=0)  # per output row: permuting columns commutes with it
+        out_qp = self._widened(out, out_qp, in_qp.scale * wq.scales)
         orders, layouts = [wq.values], [self.layout[src]]
         flat = self._flattened_map(a)
         if flat is not None:
@@ -562,6 +590,8 @@ class _Lowering:
     def _op_MatMul(self, node: Node) -> None:
         a, b = node.inputs
         w = self.graph.constant(b)
+        if w is not None and w.ndim > 2 and all(d == 1 for d in w.shape[:-2]):
+            w = w.reshape(w.shape[-2:])  # [1, ..., K, N] weights broadcast like [K, N]
         if w is not None and w.ndim == 2 and self.graph.constant(a) is None:
             return self._weight_gemm(node, a, np.ascontiguousarray(w.astype(np.float32).T), None, b)
         # Two activations (attention scores and context): float matmul, see the module docstring.
@@ -592,6 +622,7 @@ class _Lowering:
         out = node.outputs[0]
         out_qp = self._act(out)
         wq = numerics.quantize_weights(w.astype(np.float32), axis=0)
+        out_qp = self._widened(out, out_qp, in_qp.scale * wq.scales)
         bias_q = numerics.quantize_bias(
             np.zeros(m, np.float32) if bias is None else bias.astype(np.float32), in_qp.scale, wq.scales
         )
@@ -617,9 +648,11 @@ class _Lowering:
         self._set(out, out_qp, "nhwc")
 
     def _op_ConvTranspose(self, node: Node) -> None:
-        raise UnsupportedOperatorError(
-            f"{node}: the native backend has no ConvTranspose kernel; run this model on onnxruntime"
-        )
+        # No int8 kernel: the reference's float transposed convolution on the dequantized
+        # input (decoders use a few, e.g. DBNet's two 2x2 stride-2 upsamplers).
+        if self.graph.constant(node.inputs[1]) is None:
+            raise UnsupportedOperatorError(f"{node}: ConvTranspose with weights computed at run time")
+        self._float(node)
 
     # -- element-wise --------------------------------------------------------
 
@@ -633,6 +666,8 @@ class _Lowering:
         out_qp = self._act(out)
         if ca is not None or cb is not None:  # one constant operand
             var, const, const_first = (b_name, ca, True) if ca is not None else (a_name, cb, False)
+            if self._compose_affine(node, var, np.asarray(const), out_qp):
+                return
             src = self._src(var)
             if self.params[src] is None:
                 return self._float(node)
@@ -717,6 +752,17 @@ class _Lowering:
                 raise UnsupportedOperatorError(f"{node}: {in_qp.dtype} input with {out_qp.dtype} output")
         self._emit("lut", [src], [out], {"kind": kind}, {"table": table})
         self._set(out, out_qp, self.layout[src])
+        codes = np.arange(in_qp.qmin, in_qp.qmax + 1).astype(in_qp.numpy_dtype)
+        self._remember_table(
+            out, src, REFERENCE_OPS[node.op_type](node, [numerics.dequantize(codes, in_qp)])[0]
+        )
+
+    def _table_op(self, node: Node) -> None:
+        self._table(node)
+
+    for _name in _TABLE_OPS:
+        locals()[f"_op_{_name}"] = _table_op
+    del _name
 
     _op_Sigmoid = _lut
     _op_HardSigmoid = _lut
@@ -851,6 +897,45 @@ class _Lowering:
             return self._move(node, layout=layout, attrs=attrs)
         self._float(node, layout=layout, attrs=attrs)
 
+    def _op_Pad(self, node: Node) -> None:
+        """Pad on the int8 bytes: a constant pad writes the code of its value (0 -> the zero
+        point); reflect/edge/wrap copy codes. NHWC storage pads its permuted axes."""
+        src = self._src(node.inputs[0])
+        qp = self.params[src]
+        if len(node.inputs) > 1 and any(node.inputs[1:]):
+            raise UnsupportedOperatorError(f"{node}: pads computed at run time")
+        attrs = dict(node.attrs)
+        if qp is not None and attrs.get("mode", "constant") == "constant":
+            attrs["value"] = int(numerics.quantize(np.float32(attrs.get("value", 0.0)), qp))
+        layout = "plain"
+        if self.layout[src] == "nhwc" and len(attrs.get("pads", [])) == 8:
+            pads = list(attrs["pads"])
+            attrs["pads"] = [pads[a] for a in TO_NHWC] + [pads[4 + a] for a in TO_NHWC]
+            layout = "nhwc"
+        self._move(node, layout=layout, attrs=attrs)
+
+    def _bytes(self, node: Node) -> None:
+        """A data-movement or order-statistic op on the int8 bytes (see _BYTE_OPS)."""
+        self._move(node)
+
+    _op_Expand = _bytes
+    _op_Tile = _bytes
+    _op_DepthToSpace = _bytes
+    _op_SpaceToDepth = _bytes
+    _op_ReduceMax = _bytes
+    _op_ReduceMin = _bytes
+    _op_GlobalMaxPool = _bytes
+
+    def _op_ArgMax(self, node: Node) -> None:
+        """The index of the largest code is that of the largest value (up to the ties 8 bits make)."""
+        inputs, arrays = self._node_inputs(node, "plain")
+        self._emit(
+            "move", inputs, [node.outputs[0]], {"node_op": node.op_type, "node_attrs": node.attrs}, arrays
+        )
+        self._set(node.outputs[0], None, "plain")
+
+    _op_ArgMin = _op_ArgMax
+
     def _op_Flatten(self, node: Node) -> None:
         self._reshape_like(node)
 
@@ -977,7 +1062,113 @@ class _Lowering:
         return [None if not n else (self.params[n] and self.params[n].to_dict()) for n in inputs]
 
     def _op_Softmax(self, node: Node) -> None:
+        if node.attrs.get("coerce_2d"):
+            return self._float(node)  # an opset < 13 softmax over several axes: the reference's
         self._float(node, op="softmax")
+
+    def _op_LogSoftmax(self, node: Node) -> None:
+        self._float(node)
+
+    _op_Hardmax = _op_LogSoftmax
+    _op_InstanceNormalization = _op_LogSoftmax
+    _op_ReduceMean = _op_LogSoftmax
+    _op_ReduceSum = _op_LogSoftmax
+    _op_ReduceL2 = _op_LogSoftmax
+    _op_Einsum = _op_LogSoftmax
+    _op_Max = _op_LogSoftmax
+    _op_Min = _op_LogSoftmax
+
+    def _op_PRelu(self, node: Node) -> None:
+        slope = self.graph.constant(node.inputs[1])
+        if slope is not None and slope.size and np.all(slope == slope.ravel()[0]):
+            # One slope for every element: a leaky ReLU, as a table.
+            alpha = float(slope.ravel()[0])
+            return self._table(
+                node, Node("LeakyRelu", node.name, node.inputs[:1], node.outputs, {"alpha": alpha})
+            )
+        self._float(node)  # per-channel slopes
+
+    def _op_Pow(self, node: Node) -> None:
+        exponent = self.graph.constant(node.inputs[1])
+        if exponent is not None and exponent.size == 1 and self.graph.constant(node.inputs[0]) is None:
+            return self._table(node, node, [exponent])
+        self._float(node)
+
+    def _remember_table(self, out: str, src: str, real: np.ndarray) -> None:
+        """What a table step computes in real numbers, per input code: a scalar Mul/Add that
+        follows it is composed into it (one rounding instead of two, see _compose_affine)."""
+        if not hasattr(self, "tables"):
+            self.tables: dict[str, tuple[str, np.ndarray, Step]] = {}
+        self.tables[out] = (src, np.asarray(real, np.float64).ravel(), self.steps[-1])
+
+    def _compose_affine(self, node: Node, var: str, const: np.ndarray, out_qp: QuantParams) -> bool:
+        """``table(x) * c`` or ``table(x) + c`` for a table step's output read by nothing else:
+        the table is rebuilt from real values (a learnable affine block after an activation,
+        PP-LCNetV3's, costs no step and no rounding). Returns whether it did."""
+        entry = getattr(self, "tables", {}).get(self._src(var))
+        if entry is None or const.size != 1 or var in self.graph.output_names:
+            return False
+        if [n for n in self.graph.consumers(var)] != [node]:
+            return False
+        src, real, step = entry
+        in_qp = self.params[src]
+        if in_qp is None or out_qp.dtype != in_qp.dtype or step not in self.steps:
+            return False
+        c = float(np.asarray(const, np.float64).ravel()[0])
+        real = real * c if node.op_type == "Mul" else real + c
+        table = _lut_order(numerics.quantize(real.astype(np.float32), out_qp), in_qp.dtype)
+        self.steps.remove(step)
+        out = node.outputs[0]
+        self._emit(
+            "lut",
+            [src],
+            [out],
+            {"kind": f"{step.attrs.get('kind', 'table')}+{node.op_type.lower()}"},
+            {"table": table},
+        )
+        self._set(out, out_qp, self.layout[src])
+        self.tables[out] = (src, real, self.steps[-1])
+        return True
+
+    def _table(
+        self, node: Node, fn_node: Node | None = None, constants: list[np.ndarray] | None = None
+    ) -> None:
+        """An element-wise function of one tensor as a 256-entry table built from the reference
+        op ``fn_node`` (default: the node itself) on every input code; constants are its
+        other inputs (a Pow's exponent). Falls back to a float step when the output is
+        quantized to another dtype than the input."""
+        x, out = node.inputs[0], node.outputs[0]
+        src = self._src(x)
+        in_qp, out_qp = self.params[src], self._act(out)
+        fn_node = fn_node or node
+        if in_qp is None or out_qp.dtype != in_qp.dtype:
+            if fn_node.op_type in _FLOAT_OK:
+                return self._float(node)
+            raise UnsupportedOperatorError(
+                f"{node}: {in_qp and in_qp.dtype} input with {out_qp.dtype} output"
+            )
+        codes = np.arange(in_qp.qmin, in_qp.qmax + 1).astype(in_qp.numpy_dtype)
+        with np.errstate(all="ignore"):
+            real = REFERENCE_OPS[fn_node.op_type](
+                fn_node, [numerics.dequantize(codes, in_qp), *(constants or [])]
+            )[0]
+        # log(0), 1/0, sqrt(-1): saturate (the float model is undefined there too).
+        real = np.nan_to_num(np.asarray(real, np.float64), nan=0.0, posinf=3.0e38, neginf=-3.0e38)
+        table = _lut_order(numerics.quantize(real.astype(np.float32), out_qp), in_qp.dtype)
+        self._emit("lut", [src], [out], {"kind": fn_node.op_type.lower()}, {"table": table})
+        self._set(out, out_qp, self.layout[src])
+        self._remember_table(out, src, real)
+
+    def _op_LSTM(self, node: Node) -> None:
+        """Recurrent layers in float (dequantized input and states, float32 gates): one step
+        per output that something reads, each naming its output in ``_output``."""
+        for index, out in enumerate(node.outputs):
+            if not out or not (self.graph.consumers(out) or out in self.graph.output_names):
+                continue
+            single = Node(node.op_type, node.name, list(node.inputs), [out], {**node.attrs, "_output": index})
+            self._float(single)
+
+    _op_GRU = _op_LSTM
 
     def _attention(self, chain: _AttentionChain) -> None:
         """softmax(Q.K^T * scale + mask).V as one step (see _attention_chains)."""
@@ -1141,14 +1332,16 @@ def _is_float(graph: Graph, name: str) -> bool:
 
 def _same_shape(a: tuple | None, b: tuple | None) -> bool:
     """Whether two tensors have the same shape as far as shape inference knows: equal
-    dims, where a batch dim of unknown size (a symbol, or None after a Reshape whose
-    output exporters leave unnamed) matches any other unknown one. Residual joins of
-    transformers add tensors whose batch dims shape inference named differently; the
-    add kernel checks the real shapes on each call."""
+    dims, where a dim of unknown size (a symbol, or None after a Reshape whose output
+    exporters leave unnamed) matches any other unknown one. Residual joins of
+    transformers add tensors whose batch dims shape inference named differently, and
+    a detector's feature-pyramid joins maps whose symbolic heights and widths it could
+    not follow; the add kernel checks the real shapes on each call (and a broadcast it
+    does not run falls back to float for that shape, see the executor's add/mul)."""
     if a is None or b is None or len(a) != len(b):
         return False
-    return all(x == y or (i == 0 and not isinstance(x, int) and not isinstance(y, int))
-               for i, (x, y) in enumerate(zip(a, b)))  # fmt: skip
+    return all(x == y or (not isinstance(x, int) and not isinstance(y, int))
+               for x, y in zip(a, b))  # fmt: skip
 
 
 def _trim_leading_ones(value: np.ndarray) -> np.ndarray:

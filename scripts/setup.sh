@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine for this project: system packages, a virtual
 # environment in .venv, and an editable install that compiles the C kernels.
-#   bash scripts/setup.sh                      development install: runtime, tests, trainer
-#   EDGE_EXTRAS=dev bash scripts/setup.sh      the same without torch and Lightning
+#   bash scripts/setup.sh                      development install: runtime, tests, trainer, the
+#                                              real-model corpus (tests/realmodels)
+#   EDGE_EXTRAS=dev bash scripts/setup.sh      the same without torch, Lightning and the corpus
 # (A device needs neither: `pip install .` is the device install.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-echo "==> installing edge-runtime[${EDGE_EXTRAS:-dev,trainer}] (compiles the C kernels)"
-.venv/bin/python -m pip install -q -e ".[${EDGE_EXTRAS:-dev,trainer}]"
+echo "==> installing edge-runtime[${EDGE_EXTRAS:-dev,trainer,corpus}] (compiles the C kernels)"
+.venv/bin/python -m pip install -q -e ".[${EDGE_EXTRAS:-dev,trainer,corpus}]"
 .venv/bin/edge isa

@@ -932,16 +932,32 @@ class NativeSession:
         inputs, (dst,) = step.inputs, step.outputs
         what = f"{step.node}: {op}"
 
+        def float_binary(x: np.ndarray, y: np.ndarray, lo: int, hi: int) -> np.ndarray:
+            fa = kernels.dequantize(np.ascontiguousarray(x), scales[0], scales[1])
+            fb = kernels.dequantize(np.ascontiguousarray(y), scales[2], scales[3])
+            r = np.ascontiguousarray(fa + fb if op == "add" else fa * fb, dtype=np.float32)
+            q = kernels.quantize(r, scales[4], scales[5], x.dtype)
+            return np.clip(q, np.array(lo, x.dtype), np.array(hi, x.dtype), out=q)
+
         def bind(x: np.ndarray, y: np.ndarray) -> tuple:
             x, y = _q8(x, f"{what}: a"), _q8(y, f"{what}: b")
             if x.dtype != y.dtype:
                 raise KernelArgumentError(
                     f"{what}: a and b must have the same dtype, got {x.dtype} and {y.dtype}"
                 )
-            shape, rows, cols, (a_row, a_col), (b_row, b_col) = _broadcast_layout(x, y, what)
             lo, hi = dtype_range(x.dtype)
             if bounds is not None:
                 lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+            try:
+                shape, rows, cols, (a_row, a_col), (b_row, b_col) = _broadcast_layout(x, y, what)
+            except ShapeError:
+                # A broadcast the kernel does not run (shapes the lowering could not see, e.g.
+                # symbolic dims): dequantize, compute and quantize in float for this shape.
+                try:
+                    np.broadcast_shapes(x.shape, y.shape)
+                except ValueError:
+                    raise ShapeError(f"{what}: shapes {x.shape} and {y.shape} do not broadcast") from None
+                return x.shape, y.shape, x.dtype, None, (lo, hi)
             params = ffi.new(f"edge_q8_{op}_params *")
             check(init(*scales, lo, hi, params), f"{what} parameters")
             out = np.empty(shape, x.dtype)
@@ -960,6 +976,9 @@ class NativeSession:
                 b = slot["b"] = bind(x, y)
             if not x.flags.c_contiguous:
                 x = np.ascontiguousarray(x)
+            if b[3] is None:
+                env[dst] = float_binary(x, y, *b[4])
+                return
             if not y.flags.c_contiguous:
                 y = np.ascontiguousarray(y)
             status = run_c(b[3], b[4], b[5], _address(x), b[6], b[7], _address(y), b[8], b[9], b[11], b[12])

@@ -140,3 +140,29 @@ def test_too_small_an_input_is_a_shape_error(dynamic) -> None:
     finally:
         session.close()
 
+
+
+def test_an_add_of_symbolic_maps_broadcasting_at_run_time() -> None:
+    """Two maps whose heights and widths are symbols the lowering cannot compare run on the
+    int8 add kernel; a call where one broadcasts (1x1) in a way the kernel does not run
+    falls back to float for that shape, and still matches onnxruntime."""
+    nodes = [helper.make_node("Add", ["a", "b"], ["y"], name="join")]
+    model = make_model(nodes, [value("a", ["N", 4, "H", "W"]), value("b", ["N", 4, "P", "Q"])],
+                       [value("y", None)])  # fmt: skip
+    graph = prepare(model)
+    r = rng(7)
+    feeds = [{"a": r.standard_normal((2, 4, 6, 5)).astype(np.float32),
+              "b": r.standard_normal((2, 4, 6, 5)).astype(np.float32)}]  # fmt: skip
+    params = calibrate(graph, feeds, progress=False)
+    plan = lower(graph, params)
+    assert [s.op for s in plan.steps if s.node == "join"] == ["add"]
+    session = NativeSession(plan, cache_dir=False)
+    try:
+        for b_shape in ((2, 4, 6, 5), (2, 4, 1, 1)):
+            x = {"a": feeds[0]["a"], "b": np.clip(r.standard_normal(b_shape), -2, 2).astype(np.float32)}
+            got = session.run(x)["y"]
+            want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+            assert got.shape == want.shape
+            assert np.abs(got - want).max() <= 2 * params["y"].scale + 1e-6, b_shape
+    finally:
+        session.close()

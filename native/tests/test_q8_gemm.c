@@ -1,8 +1,9 @@
 /* Dense INT8 GEMM against the naive reference on every ISA: the edge-case
  * shapes of every micro-kernel tile (generated/q8-gemm-shapes.h, from
  * native/kernels.json), each with u8 and s8 A and u8, s8 and s32 outputs,
- * random zero points and clamps, strided A and C, 1 to 3 threads; large K and
- * int32 wrap-around; then the error paths. */
+ * random zero points and clamps, strided A and C, 1 to 3 threads, 8-bit and
+ * 7-bit weights (the flagged packing that AVX2 runs through vpmaddubsw);
+ * large K and int32 wrap-around; then the error paths. */
 #include <string.h>
 
 #include "internal.h"
@@ -21,6 +22,7 @@ typedef struct case_spec {
   edge_dtype a_dtype, c_dtype;
   int extreme; /* saturating inputs and bias: exercises int32 wrap-around */
   int threads;
+  int w7; /* 7-bit weights ([-63, 63]), packed with weight_bits 7 */
 } case_spec;
 
 /* Runs one case on every ISA and compares each with the reference. */
@@ -40,13 +42,18 @@ static void run_case(const case_spec* cs) {
   uint8_t* actual = malloc(c_bytes);
   const int a_signed = cs->a_dtype == EDGE_DTYPE_S8;
   int32_t a_zp;
+  const int w_max = cs->w7 ? 63 : 127;
   if (cs->extreme) {
     memset(a, a_signed ? 0x80 : 0xFF, a_bytes);
-    memset(w, a_signed ? -127 : 127, (size_t) n * k);
+    memset(w, a_signed ? -w_max : w_max, (size_t) n * k);
     a_zp = 0;
   } else {
     edge_test_fill_u8(a, a_bytes, 0, 255);
-    edge_test_fill_s8(w, (size_t) n * k, -127, 127);
+    edge_test_fill_s8(w, (size_t) n * k, -w_max, w_max);
+    if (cs->w7 && n * k > 1) { /* both ends of the 7-bit range */
+      w[0] = -63;
+      w[(size_t) n * k - 1] = 63;
+    }
     a_zp = a_signed ? edge_test_rand_range(-128, 127) : edge_test_rand_range(0, 255);
   }
   int log_k = 0;
@@ -72,7 +79,8 @@ static void run_case(const case_spec* cs) {
 
   const size_t packed_size = edge_q8_gemm_packed_size(n, k);
   void* packed = edge_test_aligned_alloc(packed_size);
-  EDGE_CHECK_OK(edge_q8_gemm_pack(n, k, w, bias, packed, packed_size));
+  EDGE_CHECK_OK(edge_q8_gemm_pack_bits(n, k, w, bias, cs->w7 ? 7 : 8, packed, packed_size));
+  if (cs->w7) EDGE_CHECK(edge_q8_gemm_packed_weight_bits(packed) == 7, "7-bit weights flagged");
   edge_isa isa;
   EDGE_FOR_EACH_ISA(isa) {
     memset(actual, 0xA5, c_bytes);
@@ -85,8 +93,9 @@ static void run_case(const case_spec* cs) {
       same &= memcmp(expected + i * stride_bytes, actual + i * stride_bytes, row_bytes) == 0;
       for (size_t b = row_bytes; b < stride_bytes; b++) padding_kept &= actual[i * stride_bytes + b] == 0xA5;
     }
-    EDGE_CHECK(same, "m=%d n=%d k=%d (tile %s) a_dtype=%d c_dtype=%d extreme=%d threads=%d", (int) m, (int) n,
-               (int) k, cs->tile ? cs->tile : "-", (int) cs->a_dtype, (int) cs->c_dtype, cs->extreme, cs->threads);
+    EDGE_CHECK(same, "%s: m=%d n=%d k=%d (tile %s) a_dtype=%d c_dtype=%d extreme=%d threads=%d w7=%d",
+               edge_isa_name(isa), (int) m, (int) n, (int) k, cs->tile ? cs->tile : "-", (int) cs->a_dtype,
+               (int) cs->c_dtype, cs->extreme, cs->threads, cs->w7);
     EDGE_CHECK(padding_kept, "C row padding untouched (m=%d n=%d k=%d)", (int) m, (int) n, (int) k);
   }
   edge_isa_set(edge_isa_detect());
@@ -100,21 +109,23 @@ static void run_case(const case_spec* cs) {
   free(actual);
 }
 
-/* Every tile's edge shapes with every pair of A and C dtypes; the thread
- * count cycles. */
+/* Every tile's edge shapes with every pair of A and C dtypes, with 8-bit
+ * weights and with 7-bit ones; the thread count cycles. */
 static void test_shapes(void) {
   static const edge_dtype c_dtypes[] = {EDGE_DTYPE_U8, EDGE_DTYPE_S8, EDGE_DTYPE_S32};
   size_t index = 0;
   for (size_t s = 0; s < EDGE_TEST_COUNT(edge_test_q8_gemm_shapes); s++) {
     const edge_test_gemm_shape* shape = &edge_test_q8_gemm_shapes[s];
-    for (int a_dtype = EDGE_DTYPE_U8; a_dtype <= EDGE_DTYPE_S8; a_dtype++) {
-      for (size_t c = 0; c < EDGE_TEST_COUNT(c_dtypes); c++, index++) {
-        const case_spec cs = {
-            .m = shape->m, .n = shape->n, .k = shape->k, .tile = shape->tile,
-            .a_dtype = (edge_dtype) a_dtype, .c_dtype = c_dtypes[c],
-            .threads = 1 + (int) (index % 3),
-        };
-        run_case(&cs);
+    for (int w7 = 0; w7 <= 1; w7++) {
+      for (int a_dtype = EDGE_DTYPE_U8; a_dtype <= EDGE_DTYPE_S8; a_dtype++) {
+        for (size_t c = 0; c < EDGE_TEST_COUNT(c_dtypes); c++, index++) {
+          const case_spec cs = {
+              .m = shape->m, .n = shape->n, .k = shape->k, .tile = shape->tile,
+              .a_dtype = (edge_dtype) a_dtype, .c_dtype = c_dtypes[c],
+              .threads = 1 + (int) (index % 3), .w7 = w7,
+          };
+          run_case(&cs);
+        }
       }
     }
   }
@@ -122,19 +133,52 @@ static void test_shapes(void) {
 
 static void test_large_k(void) {
   const int quick = getenv("EDGE_TEST_QUICK") != NULL;
-  for (int a_dtype = EDGE_DTYPE_U8; a_dtype <= EDGE_DTYPE_S8; a_dtype++) {
-    const case_spec gemv = {.m = 1, .n = 33, .k = 4096, .a_dtype = a_dtype, .c_dtype = EDGE_DTYPE_U8, .threads = 2};
-    run_case(&gemv);
-    const case_spec tile = {.m = 9, .n = 40, .k = 4095, .a_dtype = a_dtype, .c_dtype = EDGE_DTYPE_S8, .threads = 3};
-    run_case(&tile);
-    /* K at the limit with every product at its extreme: int32 wrap-around. */
-    const case_spec wrap = {.m = quick ? 1 : 3, .n = 17, .k = EDGE_Q8_GEMM_MAX_K, .a_dtype = a_dtype,
-                            .c_dtype = EDGE_DTYPE_S32, .extreme = 1, .threads = 1};
-    run_case(&wrap);
-    const case_spec wrap_rq = {.m = 2, .n = 16, .k = 1000, .a_dtype = a_dtype, .c_dtype = EDGE_DTYPE_U8,
-                               .extreme = 1, .threads = 2};
-    run_case(&wrap_rq);
+  for (int w7 = 0; w7 <= 1; w7++) {
+    for (int a_dtype = EDGE_DTYPE_U8; a_dtype <= EDGE_DTYPE_S8; a_dtype++) {
+      const case_spec gemv = {.m = 1, .n = 33, .k = 4096, .a_dtype = a_dtype, .c_dtype = EDGE_DTYPE_U8,
+                              .threads = 2, .w7 = w7};
+      run_case(&gemv);
+      const case_spec tile = {.m = 9, .n = 40, .k = 4095, .a_dtype = a_dtype, .c_dtype = EDGE_DTYPE_S8,
+                              .threads = 3, .w7 = w7};
+      run_case(&tile);
+      /* K at the limit with every product at its extreme: int32 wrap-around
+       * (7-bit: 255 * 63 pairs, the largest vpmaddubsw sums). */
+      const case_spec wrap = {.m = quick ? 1 : 3, .n = 17, .k = EDGE_Q8_GEMM_MAX_K, .a_dtype = a_dtype,
+                              .c_dtype = EDGE_DTYPE_S32, .extreme = 1, .threads = 1, .w7 = w7};
+      run_case(&wrap);
+      const case_spec wrap_rq = {.m = 2, .n = 16, .k = 1000, .a_dtype = a_dtype, .c_dtype = EDGE_DTYPE_U8,
+                                 .extreme = 1, .threads = 2, .w7 = w7};
+      run_case(&wrap_rq);
+    }
   }
+}
+
+/* The 7-bit flag: set by packing exactly when every weight is in [-63, 63],
+ * refused (not set) for weight_bits 7 with a weight outside. */
+static void test_weight_bits(void) {
+  const int32_t n = 20, k = 10;
+  int8_t w[20 * 10];
+  edge_test_fill_s8(w, sizeof(w), -63, 63);
+  const size_t size = edge_q8_gemm_packed_size(n, k);
+  uint8_t* packed = edge_test_aligned_alloc(size);
+  EDGE_CHECK_OK(edge_q8_gemm_pack_bits(n, k, w, NULL, 7, packed, size));
+  EDGE_CHECK(edge_q8_gemm_packed_weight_bits(packed) == 7, "7-bit weights flagged");
+  EDGE_CHECK_OK(edge_q8_gemm_pack(n, k, w, NULL, packed, size));
+  EDGE_CHECK(edge_q8_gemm_packed_weight_bits(packed) == 7, "8-bit packing of weights in [-63, 63] flags them too");
+  for (int bad = 0; bad < 2; bad++) {
+    int8_t wide[20 * 10];
+    memcpy(wide, w, sizeof(wide));
+    wide[13 * k + 4] = bad ? -64 : 64;
+    EDGE_CHECK(edge_q8_gemm_pack_bits(n, k, wide, NULL, 7, packed, size) == EDGE_ERR_INVALID_ARGUMENT,
+               "7-bit packing refuses %d", bad ? -64 : 64);
+    EDGE_CHECK(strstr(edge_last_error(), "channel 13") != NULL, "detail names the channel: %s", edge_last_error());
+    EDGE_CHECK_OK(edge_q8_gemm_pack_bits(n, k, wide, NULL, 8, packed, size));
+    EDGE_CHECK(edge_q8_gemm_packed_weight_bits(packed) == 8, "a weight of %d is not flagged", bad ? -64 : 64);
+  }
+  EDGE_CHECK(edge_q8_gemm_pack_bits(n, k, w, NULL, 6, packed, size) == EDGE_ERR_INVALID_ARGUMENT, "6 bits");
+  EDGE_CHECK(edge_q8_gemm_packed_weight_bits(packed + 64) == 0, "not a packed buffer");
+  EDGE_CHECK(edge_q8_gemm_packed_weight_bits(NULL) == 0, "NULL");
+  free(packed);
 }
 
 static void test_errors(void) {
@@ -224,6 +268,7 @@ int main(void) {
   }
   test_shapes();
   test_large_k();
+  test_weight_bits();
   test_errors();
   for (int t = 2; t <= 3; t++) edge_threadpool_destroy(pools[t]);
   return edge_test_summary("test_q8_gemm");

@@ -56,6 +56,62 @@ def test_matches_oracle(isa, m, n, k, tile, a_dtype, out_dtype):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m,n,k,tile", SHAPES, ids=[kernel_spec.case_id(s) for s in SHAPES])
+@pytest.mark.parametrize("a_dtype", [np.uint8, np.int8])
+def test_7bit_weights_match_oracle(isa, m, n, k, tile, a_dtype):
+    """7-bit weights (AVX2: the vpmaddubsw kernel) give the oracle's results exactly,
+    at the ends of the ranges too (255 * 63 pairs: the largest int16 pair sums)."""
+    rng = np.random.default_rng(m * 10007 + n * 101 + k + 7)
+    info = np.iinfo(a_dtype)
+    a = rng.integers(info.min, info.max + 1, (m, k), dtype=a_dtype)
+    a.flat[0] = info.max
+    w = rng.integers(-63, 64, (n, k), dtype=np.int8)
+    w.flat[0], w.flat[-1] = 63, -63
+    bias = rng.integers(-(2**20), 2**20, n, dtype=np.int32)
+    a_zp = int(rng.integers(info.min, info.max + 1))
+    packed = pack_gemm(w, bias, weight_bits=7)
+    assert packed.weight_bits == 7
+    out_dtype = (np.uint8, np.int8, np.int32)[(m + n + k) % 3]
+    requant = None if out_dtype == np.int32 else make_requant(rng, n, k, out_dtype, relu6=bool(m % 2))
+    with use_isa(isa):
+        got = gemm(a, packed, a_zp, requant, out_dtype)
+    np.testing.assert_array_equal(got, oracle(a, w, bias, a_zp, requant, out_dtype))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("a_dtype", [np.uint8, np.int8])
+def test_7bit_extremes_wrap_at_max_k(isa, a_dtype):
+    k = 65536
+    info = np.iinfo(a_dtype)
+    a = np.full((3, k), info.max, dtype=a_dtype)
+    a[1] = info.min
+    w = np.full((17, k), 63, dtype=np.int8)
+    w[1::2] = -63
+    bias = np.full(17, 2**31 - 1, dtype=np.int32)
+    packed = pack_gemm(w, bias, weight_bits=7)
+    with use_isa(isa):
+        got = gemm(a, packed, 0, None, np.int32)
+    np.testing.assert_array_equal(got, oracle(a, w, bias, 0, None, np.int32))
+
+
+def test_weight_bits_flag():
+    rng = np.random.default_rng(3)
+    w7 = rng.integers(-63, 64, (20, 30), dtype=np.int8)
+    assert pack_gemm(w7, weight_bits=7).weight_bits == 7
+    assert pack_gemm(w7).weight_bits == 7, "8-bit packing flags weights that fit 7 bits"
+    w8 = w7.copy()
+    w8[4, 9] = 64
+    assert pack_gemm(w8).weight_bits == 8
+    with pytest.raises(errors.KernelArgumentError, match="channel 4"):
+        pack_gemm(w8, weight_bits=7)
+    w8[4, 9] = -64
+    with pytest.raises(errors.KernelArgumentError, match="channel 4"):
+        pack_gemm(w8, weight_bits=7)
+    with pytest.raises(errors.KernelArgumentError, match="8 or 7"):
+        pack_gemm(w7, weight_bits=6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_strided_a_and_out_with_threads(isa):
     rng = np.random.default_rng(1)
     m, n, k = 37, 50, 70

@@ -26,7 +26,7 @@ KERNEL_FILES = sorted(NATIVE.glob("src/*/*__*.c"))
 
 # edge_<activation>_<weights>_<op>_<requant>_ukernel_<MR>x<NR>c<KR>__<isa>, the optional parts optional.
 GRAMMAR = re.compile(
-    r"edge_(?P<act>q8|f32)(_(?P<weights>qc8w24|qc8w|q8|f32))?_(?P<op>[a-z0-9]+)(_(?P<requant>rndnu))?"
+    r"edge_(?P<act>q8|f32)(_(?P<weights>qc8w24|qc8w|qc7w|q8|f32))?_(?P<op>[a-z0-9]+)(_(?P<requant>rndnu))?"
     r"_ukernel(_(?P<tile>((?P<mr>\d+)x)?(?P<nr>\d+)c(?P<kr>\d*)))?__(?P<isa>[a-z0-9]+)"
 )
 # A function definition at file scope: return type, name, parameters, then the body;

@@ -34,6 +34,16 @@ size_t edge_q8_gemm_packed_size(int32_t n, int32_t k);
 /* weights: [n][k] row-major int8 in [-127, 127]; bias: [n] int32 or NULL. */
 edge_status edge_q8_gemm_pack(int32_t n, int32_t k, const int8_t* weights, const int32_t* bias,
                               void* packed, size_t packed_size);
+/* The same with weight_bits 8 ([-127, 127]) or 7: weights in [-63, 63], any
+ * other value refused (EDGE_ERR_INVALID_ARGUMENT naming the channel). Either
+ * way the packed header records whether every weight lies in [-63, 63]; such
+ * weights run on AVX2 through vpmaddubsw (exact for them) instead of the
+ * widening vpmaddwd kernel, with bit-identical results on every ISA. */
+edge_status edge_q8_gemm_pack_bits(int32_t n, int32_t k, const int8_t* weights, const int32_t* bias,
+                                   int32_t weight_bits, void* packed, size_t packed_size);
+/* 7 when packing found every weight in [-63, 63], else 8; 0 for a buffer
+ * that is not dense packed weights. */
+int32_t edge_q8_gemm_packed_weight_bits(const void* packed);
 edge_status edge_q8_gemm(int32_t m, int32_t n, int32_t k,
                          edge_dtype a_dtype, const void* a, size_t a_stride, int32_t a_zero_point,
                          const void* packed,

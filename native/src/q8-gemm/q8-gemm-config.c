@@ -9,12 +9,17 @@ static const edge_q8_gemm_config scalar_config = {
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
-/* AVX2 widens both operands to 16 bits (vpmaddwd is exact), A as it is. */
+/* AVX2 widens both operands to 16 bits (vpmaddwd is exact), A as it is.
+ * 7-bit weights take vpmaddubsw (u8 x s8, exact for |w| <= 63): s8 A is
+ * flipped to u8 by xor 0x80 (+128). */
 static const edge_q8_gemm_config avx2_config = {
     .gemm = edge_q8_qc8w_gemm_ukernel_4x16c4__avx2, .mr = 4, .nr = 16,
     .gemv = edge_q8_qc8w_gemm_ukernel_4x16c4__avx2, .gemv_nr = 16,
     .requant = edge_q8_vrequant_rndnu_ukernel__avx2,
     .a_offset_u8 = 0, .a_offset_s8 = 0,
+    .gemm_w7 = edge_q8_qc7w_gemm_ukernel_4x16c4__avx2,
+    .gemv_w7 = edge_q8_qc7w_gemm_ukernel_4x16c4__avx2,
+    .a_offset_w7_u8 = 0, .a_offset_w7_s8 = 128,
 };
 /* vpdpbusd multiplies u8 by s8: s8 A is flipped to u8 by xor 0x80 (+128).
  * The kernels requantize from registers (measured faster than a tile pass). */

@@ -7,6 +7,8 @@
  * straight from their registers; the others accumulate a tile in int32 on the
  * stack, which one requantization pass per tile writes to C while in L1.
  */
+#include <stddef.h>
+
 #include "q8-gemm.h"
 
 /* The fewest rows of a task when a pool splits the rows of a panel: enough
@@ -47,6 +49,11 @@ static int32_t* start_packed(int32_t n, int32_t k, void* packed) {
 
 edge_status edge_q8_gemm_pack(int32_t n, int32_t k, const int8_t* weights, const int32_t* bias, void* packed,
                               size_t packed_size) {
+  return edge_q8_gemm_pack_bits(n, k, weights, bias, 8, packed, packed_size);
+}
+
+edge_status edge_q8_gemm_pack_bits(int32_t n, int32_t k, const int8_t* weights, const int32_t* bias,
+                                   int32_t weight_bits, void* packed, size_t packed_size) {
   edge_status status = check_dims(n, k, "edge_q8_gemm_pack");
   if (status != EDGE_OK) return status;
   if (weights == NULL || packed == NULL) {
@@ -60,13 +67,21 @@ edge_status edge_q8_gemm_pack(int32_t n, int32_t k, const int8_t* weights, const
     return edge_fail(EDGE_ERR_SHAPE, "edge_q8_gemm_pack: packed buffer of %zu bytes, %zu needed for n=%d k=%d",
                      packed_size, needed, (int) n, (int) k);
   }
+  if (weight_bits != 8 && weight_bits != 7) {
+    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_q8_gemm_pack: weight_bits = %d must be 8 or 7",
+                     (int) weight_bits);
+  }
+  const int32_t w_max = weight_bits == 7 ? EDGE_Q8_GEMM_W7_MAX : 127;
+  int w7 = 1; /* every weight in [-63, 63] so far */
   for (int32_t c = 0; c < n; c++) {
     for (int32_t i = 0; i < k; i++) {
-      if (weights[(size_t) c * k + i] == INT8_MIN) {
+      const int32_t v = weights[(size_t) c * k + i];
+      if (v < -w_max || v > w_max) {
         return edge_fail(EDGE_ERR_INVALID_ARGUMENT,
-                         "edge_q8_gemm_pack: weight of channel %d at k=%d is -128; weights must be in [-127, 127]",
-                         (int) c, (int) i);
+                         "edge_q8_gemm_pack: weight of channel %d at k=%d is %d; %d-bit weights must be in [%d, %d]",
+                         (int) c, (int) i, (int) v, (int) weight_bits, (int) -w_max, (int) w_max);
       }
+      w7 &= v >= -EDGE_Q8_GEMM_W7_MAX && v <= EDGE_Q8_GEMM_W7_MAX;
     }
   }
 
@@ -86,8 +101,20 @@ edge_status edge_q8_gemm_pack(int32_t n, int32_t k, const int8_t* weights, const
     packed_bias[c] = bias != NULL ? bias[c] : 0;
     colsum[c] = sum;
   }
+  if (w7) { /* the flag is set here only, after the check above */
+    const uint32_t flags = EDGE_Q8_GEMM_FLAG_W7;
+    memcpy((uint8_t*) packed + offsetof(edge_q8_gemm_header, flags), &flags, sizeof(flags));
+  }
   edge_clear_error();
   return EDGE_OK;
+}
+
+int32_t edge_q8_gemm_packed_weight_bits(const void* packed) {
+  if (packed == NULL) return 0;
+  edge_q8_gemm_header header;
+  memcpy(&header, packed, sizeof(header));
+  if (header.magic != EDGE_Q8_GEMM_MAGIC || header.version != EDGE_Q8_GEMM_VERSION) return 0;
+  return (header.flags & EDGE_Q8_GEMM_FLAG_W7) ? 7 : 8;
 }
 
 void edge_q8_gemm_pack_codes(int32_t n, int32_t k, const uint8_t* codes, size_t n_stride, size_t k_stride,
@@ -252,6 +279,10 @@ edge_status edge_q8_gemm(int32_t m, int32_t n, int32_t k, edge_dtype a_dtype, co
   }
   const size_t n_pad = padded_n(n), k_pad = padded_k(k);
   const int32_t* packed_bias = (const int32_t*) ((const uint8_t*) packed + sizeof(edge_q8_gemm_header));
+  /* 7-bit weights take the ISA's w7 kernels where it has them (same results). */
+  const int w7 = (header.flags & EDGE_Q8_GEMM_FLAG_W7) && config->gemm_w7 != NULL;
+  const int32_t a_offset = a_dtype == EDGE_DTYPE_S8 ? (w7 ? config->a_offset_w7_s8 : config->a_offset_s8)
+                                                    : (w7 ? config->a_offset_w7_u8 : config->a_offset_u8);
   const size_t nr = m == 1 ? config->gemv_nr : config->nr;
   const size_t n_tiles = (n_pad + nr - 1) / nr;
   /* One thread takes all rows of a panel per task (no splitting overhead);
@@ -263,7 +294,7 @@ edge_status edge_q8_gemm(int32_t m, int32_t n, int32_t k, edge_dtype a_dtype, co
   }
   gemm_context ctx = {
       .config = config,
-      .kernel = m == 1 ? config->gemv : config->gemm,
+      .kernel = w7 ? (m == 1 ? config->gemv_w7 : config->gemm_w7) : (m == 1 ? config->gemv : config->gemm),
       .fused_kernel = m == 1 ? config->gemv_fused : config->gemm_fused,
       .mr = m == 1 ? 1 : config->mr,
       .nr = nr,
@@ -273,7 +304,7 @@ edge_status edge_q8_gemm(int32_t m, int32_t n, int32_t k, edge_dtype a_dtype, co
       .m_blocks = ((size_t) m + rows_per_task - 1) / rows_per_task,
       .a = a, .a_stride = a_stride,
       .a_signed = a_dtype == EDGE_DTYPE_S8,
-      .zero_point_term = a_zero_point + (a_dtype == EDGE_DTYPE_S8 ? config->a_offset_s8 : config->a_offset_u8),
+      .zero_point_term = a_zero_point + a_offset,
       .bias = packed_bias,
       .colsum = packed_bias + n_pad,
       .weights = (const int8_t*) (packed_bias + 2 * n_pad),

@@ -13,6 +13,11 @@
  * bytes; inside it each 64-byte group holds 4 consecutive k for 16 channels,
  * the operand layout of vpdpbusd / sdot (4-way dot into 16 int32 lanes).
  * k_pad = round_up(k, 4) and n_pad = round_up(n, 16), padded with zeros.
+ *
+ * flags: EDGE_Q8_GEMM_FLAG_W7 when packing found every weight in [-63, 63]
+ * (7-bit weights): then an ISA may run its w7 kernels (vpmaddubsw on AVX2,
+ * exact for such weights). Buffers packed before the field existed hold 0
+ * there (it was reserved and zeroed), so they take the exact 8-bit kernels.
  */
 #ifndef EDGE_Q8_GEMM_INTERNAL_H
 #define EDGE_Q8_GEMM_INTERNAL_H
@@ -37,8 +42,12 @@ typedef struct edge_q8_gemm_header {
   int32_t k;
   int32_t n_pad;
   int32_t k_pad;
-  uint32_t reserved[10];
+  uint32_t flags; /* EDGE_Q8_GEMM_FLAG_* */
+  uint32_t reserved[9];
 } edge_q8_gemm_header;
+
+#define EDGE_Q8_GEMM_FLAG_W7 UINT32_C(1) /* every weight in [-63, 63] */
+#define EDGE_Q8_GEMM_W7_MAX 63
 
 _Static_assert(sizeof(edge_q8_gemm_header) == 64, "the packed header is one cache line");
 
@@ -100,6 +109,13 @@ typedef struct edge_q8_gemm_config {
    * -(a_zero_point + a_offset) * colsum into init. */
   int32_t a_offset_u8;
   int32_t a_offset_s8;
+  /* Accumulating kernels for weights flagged EDGE_Q8_GEMM_FLAG_W7, or NULL
+   * (the kernels above then run them: the same results), with their own
+   * offsets of A. Same tile (mr, nr, gemv_nr) and requant as above. */
+  edge_q8_gemm_ukernel_fn gemm_w7;
+  edge_q8_gemm_ukernel_fn gemv_w7;
+  int32_t a_offset_w7_u8;
+  int32_t a_offset_w7_s8;
 } edge_q8_gemm_config;
 
 /* The table entry of an ISA, or NULL when this build lacks it. */
@@ -122,6 +138,9 @@ void edge_q8_vrequant_rndnu_ukernel__scalar(size_t rows, size_t n, const int32_t
     int out_signed, void* out, size_t out_stride);
 
 void edge_q8_qc8w_gemm_ukernel_4x16c4__avx2(size_t mr, size_t nb, size_t k, const uint8_t* a, size_t a_stride,
+                                            int a_signed, const int8_t* w, size_t panel_stride,
+                                            const int32_t* init, int32_t* acc, size_t acc_stride);
+void edge_q8_qc7w_gemm_ukernel_4x16c4__avx2(size_t mr, size_t nb, size_t k, const uint8_t* a, size_t a_stride,
                                             int a_signed, const int8_t* w, size_t panel_stride,
                                             const int32_t* init, int32_t* acc, size_t acc_stride);
 void edge_q8_vrequant_rndnu_ukernel__avx2(size_t rows, size_t n, const int32_t* acc, size_t acc_stride,

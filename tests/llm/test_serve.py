@@ -176,3 +176,55 @@ def test_queue_bound_and_cancellation(server):
     while engine.running() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.running() == 0
+
+
+def test_the_edge_serve_command_streams_to_the_openai_client(packages, tmp_path):
+    """`edge serve --model NAME=MODEL.edgepkg` as a user starts it, on a free loopback port."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.cli",
+            "serve",
+            "--model",
+            f"tiny={packages('llama', 'int8')}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "edge serve did not become ready"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        stream = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert isinstance(text, str)
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -134,3 +134,48 @@ def test_rope_scaling_llama3_and_linear():
     assert l3[0] == pytest.approx(plain[0]) and l3[-1] == pytest.approx(plain[-1] / 8)
     with pytest.raises(llm.UnsupportedModelError, match="yarn"):
         rope_inv_freq(LlamaConfig(**base, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+
+
+def test_sentencepiece_gguf_tokenizer_round_trip():
+    """GGUF's `llama` tokenizer (SentencePiece BPE with byte fallback: Llama 2, TinyLlama)."""
+    from edge_runtime.llm.tokenizer import tokenizer_from_gguf
+
+    pieces = [
+        "\u2581",
+        "\u2581H",
+        "\u2581He",
+        "\u2581Hel",
+        "\u2581Hell",
+        "\u2581Hello",
+        "e",
+        "l",
+        "o",
+        "H",
+        "\u2581w",
+        "\u2581wo",
+        "\u2581wor",
+        "\u2581worl",
+        "\u2581world",
+        "w",
+        "r",
+        "d",
+    ]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    scores = [0.0] * 259 + [float(len(p)) for p in pieces]
+    meta = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+    tok_json, specials = tokenizer_from_gguf(lambda k, d=None: meta.get(k, d))
+    assert specials == {"bos_token": "<s>", "eos_token": "</s>"}
+    tok = TextTokenizer(tok_json, bos_token_id=1, add_bos=True)
+    ids = tok.encode("Hello world")
+    assert ids == [1, tokens.index("\u2581Hello"), tokens.index("\u2581world")]
+    for text in ["Hello world", "Hello wörld!", "new\nline"]:
+        assert tok.decode(tok.encode(text)) == text  # unknown characters through byte fallback

@@ -706,7 +706,9 @@ class _Lowering:
         same = _same_shape(self.graph.shape(a_name), self.graph.shape(b_name))
         qa, qb = self.params[sa], self.params[sb]
         if not same or qa.dtype != qb.dtype or not _binary_ok(op, qa, qb, out_qp):
-            return self._float(node)
+            # A broadcast (an SE block's [N, C, H, W] x [N, C, 1, 1]) in float, in the layout both
+            # inputs already share: NHWC storage broadcasts the same way, and no transposes.
+            return self._float(node, layout=layout)
         self._emit(op, [sa, sb], [out], _binary_attrs(qa, qb, out_qp))
         self._set(out, out_qp, layout)
 

@@ -1,0 +1,230 @@
+"""Real models from the field: native INT8 against onnxruntime float and onnxruntime INT8.
+
+For every model of the corpus (tests/realmodels/corpus.py; ``pip install -e .[corpus]``):
+
+- MACs per inference and the share the plan runs on native int8 kernels (the rest runs in
+  float steps or partitioned subgraphs);
+- agreement with the float model on held-out generated inputs (the corpus's measure per model:
+  top-1, mask IoU, per-step argmax, speech decisions) of the native plan and of onnxruntime's
+  own INT8 (a QDQ model from ``onnxruntime.quantization.quantize_static`` on the same
+  calibration data);
+- latency, batch 1, 1 and 2 threads, p50 of the timed runs, for native INT8, onnxruntime
+  float and onnxruntime INT8, in one run on one machine.
+
+Writes bench/results/realmodels.json and, with ``--markdown``, appends a "Real models" table to
+BENCHMARKS.md.
+
+    python bench/realmodels.py [--models ocr-cls,ocr-det] [--seconds 2] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "realmodels"))
+
+from corpus import CORPUS, CorpusModel, available  # noqa: E402
+
+CALIBRATION = {"ocr-cls": 24, "ocr-det": 12, "ocr-rec": 16, "vad-stream": 128, "vad-sequence": 16}
+HELD_OUT = {"ocr-cls": 40, "ocr-det": 6, "ocr-rec": 10, "vad-stream": 64, "vad-sequence": 8}
+
+
+def _p50(fn, feeds: dict[str, np.ndarray], seconds: float, warmup: int = 3, min_runs: int = 10) -> float:
+    for _ in range(warmup):
+        fn(feeds)
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn(feeds)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 2000:
+            break
+    return statistics.median(times) * 1e3
+
+
+def _ort_session(model_bytes: bytes, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _ort_int8(model_bytes: bytes, calibration: list[dict[str, np.ndarray]]) -> bytes:
+    """onnxruntime's static INT8 (QDQ, per-channel int8 weights, uint8 activations, minmax)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calibration)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(model_bytes)
+        quantize_static(
+            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        return dst.read_bytes()
+
+
+def _score(model: CorpusModel, want: list[np.ndarray], got: list[np.ndarray]) -> float:
+    if model.metric_name == "mask IoU":
+        return model.metric(np.concatenate([w.ravel() for w in want]), np.concatenate([g.ravel() for g in got]))
+    return float(np.mean([model.metric(w, g) for w, g in zip(want, got)]))
+
+
+def bench_model(key: str, seconds: float) -> dict[str, Any]:
+    from edge_runtime import plan as native
+    from edge_runtime.graph import import_onnx, optimize
+
+    model = CORPUS[key]
+    data = model.model_bytes()  # pinned where the corpus pins (one resolution for every engine)
+    calibration = model.make(np.random.default_rng(0), CALIBRATION[key])
+    held = model.make(np.random.default_rng(1), HELD_OUT[key])
+    graph = optimize(import_onnx(data))
+    params = native.calibrate(graph, calibration, progress=False)
+    plan = native.lower(graph, params)
+    int8_bytes = _ort_int8(data, calibration)
+
+    float1 = _ort_session(model.model_bytes(pinned=False), 1)
+    want = [float1.run([model.output], f)[0] for f in held]
+    result: dict[str, Any] = {
+        "model": key,
+        "package": model.package,
+        "file": model.relpath,
+        "exporter": model.exporter,
+        "kind": model.kind,
+        "input_shapes": {k: list(v.shape) for k, v in held[0].items()},
+        "metric": model.metric_name,
+        "threshold": model.threshold,
+    }
+    latency: dict[str, dict[str, float]] = {}
+    for threads in (1, 2):
+        session = native.NativeSession(plan, threads=threads)
+        if threads == 1:
+            got = [session.run(f)[model.output] for f in held]
+            result["agreement_native_int8"] = round(_score(model, want, got), 4)
+            report = session.partition()
+            result["macs"] = int(report.get("macs_total", sum(getattr(plan, "macs", {}).values())))
+            result["native_mac_share"] = report.get("native_mac_share")
+            result["partition"] = {k: v for k, v in report.items() if k not in ("nodes",)}
+        feeds = held[0]
+        engines = {
+            "native_int8": session.run,
+            "ort_float": lambda f, s=_ort_session(model.model_bytes(pinned=False), threads): s.run(None, f),
+            "ort_int8": lambda f, s=_ort_session(int8_bytes, threads): s.run(None, f),
+        }
+        for name, fn in engines.items():
+            latency.setdefault(name, {})[f"{threads}t_p50_ms"] = round(_p50(fn, feeds, seconds), 3)
+        session.close()
+    ort_int8 = _ort_session(int8_bytes, 1)
+    got = [ort_int8.run([model.output], f)[0] for f in held]
+    result["agreement_ort_int8"] = round(_score(model, want, got), 4)
+    result["latency"] = latency
+    return result
+
+
+def machine() -> dict[str, Any]:
+    from edge_runtime import kernels
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime as ort
+
+    return {"cpu": cpu, "isa": kernels.get_isa(), "python": platform.python_version(), "onnxruntime": ort.__version__}
+
+
+def markdown(results: list[dict[str, Any]], where: dict[str, Any], command: str) -> str:
+    lines = [
+        "",
+        "## Real models",
+        "",
+        f"`{command}` on {where['cpu']} (`edge isa`: {where['isa']}), onnxruntime {where['onnxruntime']}; "
+        "batch 1, p50 latency in ms at 1 / 2 threads. Agreement with onnxruntime float on held-out "
+        "generated inputs (docs/realmodels.md); ORT INT8 is onnxruntime's quantize_static (QDQ, "
+        "per-channel, minmax) on the same calibration data. Native MACs: the share of the "
+        "model's multiply-accumulates on the int8 kernels.",
+        "",
+        "| model | exporter | input | MMACs | native MACs | measure | native INT8 | ORT INT8 "
+        "| native INT8 ms | ORT float ms | ORT INT8 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lat = r["latency"]
+        shape = "x".join(str(d) for d in next(iter(r["input_shapes"].values())))
+        share = r.get("native_mac_share")
+        share_s = "-" if share is None else f"{100 * share:.1f}%"
+
+        def ms(name: str, r: dict = r) -> str:
+            return f"{lat[name]['1t_p50_ms']:.2f} / {lat[name]['2t_p50_ms']:.2f}"
+
+        lines.append(
+            f"| {r['model']} ({r['kind']}) | {r['exporter']} | {shape} | {r['macs'] / 1e6:.1f} | {share_s} "
+            f"| {r['metric']} | {r['agreement_native_int8']:.3f} | {r['agreement_ort_int8']:.3f} "
+            f"| {ms('native_int8')} | {ms('ort_float')} | {ms('ort_int8')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=None, help="comma-separated corpus keys (default: all installed)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per engine and thread count")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "realmodels.json"))
+    parser.add_argument("--markdown", action="store_true", help="append the table to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    keys = args.models.split(",") if args.models else available()
+    if not keys:
+        print("no corpus model installed: pip install -e .[corpus]", file=sys.stderr)
+        return 1
+    results = []
+    for key in keys:
+        t0 = time.perf_counter()
+        results.append(bench_model(key, args.seconds))
+        r = results[-1]
+        print(
+            f"{key}: {r['metric']} native {r['agreement_native_int8']:.3f} ort-int8 {r['agreement_ort_int8']:.3f}; "
+            f"p50 1t native {r['latency']['native_int8']['1t_p50_ms']:.2f} ms, ort float "
+            f"{r['latency']['ort_float']['1t_p50_ms']:.2f} ms, ort int8 {r['latency']['ort_int8']['1t_p50_ms']:.2f} ms "
+            f"({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
+    where = machine()
+    command = "python bench/realmodels.py" + (f" --models {args.models}" if args.models else "")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": where, "command": command, "results": results}, indent=2) + "\n")
+    table = markdown(results, where, command)
+    print(table)
+    if args.markdown:
+        with open(ROOT / "BENCHMARKS.md", "a") as fh:
+            fh.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

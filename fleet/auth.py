@@ -11,6 +11,12 @@ Clients (``edge fleet ...``, ``edge train push``) take ``--token-file``, then ``
 then ``$EDGE_FLEET_TOKEN_FILE``, then the default state directory's ``api-token`` when it is
 readable (an operator on the manager's host). Requests carry ``Authorization: Bearer <token>``;
 the manager compares it with :func:`hmac.compare_digest` (constant time).
+
+Two roles (:class:`Role`): the token above is the **operator**'s (every route); a second,
+read-only **viewer** token (``GET`` routes only: ``403`` on actions) comes from
+``--viewer-token-file``, else ``$EDGE_FLEET_VIEWER_TOKEN``, else ``<state-dir>/viewer-token``,
+generated beside ``api-token`` the same way (:func:`viewer_token`). The console
+(:mod:`fleet.console`) exchanges either token for a session cookie of the same role.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import hmac
 import logging
 import os
 import secrets
+from enum import Enum
 from pathlib import Path
 
 from fleet.errors import AuthError
@@ -28,10 +35,15 @@ __all__ = [
     "TOKEN_ENV",
     "TOKEN_FILE_ENV",
     "TOKEN_FILE_NAME",
+    "VIEWER_TOKEN_ENV",
+    "VIEWER_TOKEN_FILE_NAME",
+    "Role",
     "bearer_matches",
     "client_token",
     "manager_token",
     "read_token_file",
+    "role_of",
+    "viewer_token",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,8 +51,24 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "EDGE_FLEET_TOKEN"
 TOKEN_FILE_ENV = "EDGE_FLEET_TOKEN_FILE"
 TOKEN_FILE_NAME = "api-token"
+VIEWER_TOKEN_ENV = "EDGE_FLEET_VIEWER_TOKEN"
+VIEWER_TOKEN_FILE_NAME = "viewer-token"
 DEFAULT_STATE_DIR = Path("/var/lib/edge-fleet")
 _MIN_LENGTH = 16  # a shorter token is refused: it would be guessable
+
+
+class Role(str, Enum):
+    """What a token (or a console session made from one) may do."""
+
+    VIEWER = "viewer"  # GET routes only
+    OPERATOR = "operator"  # everything: uploads, deployments, pause, resume, abort
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @property
+    def can_act(self) -> bool:
+        return self is Role.OPERATOR
 
 
 def read_token_file(path: Path) -> str:
@@ -70,7 +98,24 @@ def manager_token(state_dir: Path, token_file: Path | None = None) -> tuple[str,
     if env:
         _check(env.strip(), f"${TOKEN_ENV}")
         return env.strip(), f"${TOKEN_ENV}"
-    path = Path(state_dir) / TOKEN_FILE_NAME
+    return _stored_or_generated(Path(state_dir) / TOKEN_FILE_NAME, "HTTP API token", TOKEN_ENV)
+
+
+def viewer_token(state_dir: Path, token_file: Path | None = None) -> tuple[str, str]:
+    """The read-only viewer token and where it came from: ``token_file``, $EDGE_FLEET_VIEWER_TOKEN,
+    else ``<state_dir>/viewer-token`` (generated with mode 0600 like ``api-token``)."""
+    if token_file is not None:
+        return read_token_file(token_file), str(token_file)
+    env = os.environ.get(VIEWER_TOKEN_ENV)
+    if env:
+        _check(env.strip(), f"${VIEWER_TOKEN_ENV}")
+        return env.strip(), f"${VIEWER_TOKEN_ENV}"
+    return _stored_or_generated(
+        Path(state_dir) / VIEWER_TOKEN_FILE_NAME, "read-only viewer token", VIEWER_TOKEN_ENV
+    )
+
+
+def _stored_or_generated(path: Path, what: str, env: str) -> tuple[str, str]:
     if path.exists():
         return read_token_file(path), str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,10 +125,11 @@ def manager_token(state_dir: Path, token_file: Path | None = None) -> tuple[str,
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(token + "\n")
     log.warning(
-        "generated the HTTP API token in %s (mode 0600); clients read it with --token-file %s or $%s",
+        "generated the %s in %s (mode 0600); clients read it with --token-file %s or $%s",
+        what,
         path,
         path,
-        TOKEN_ENV,
+        env,
     )
     return token, f"{path} (generated)"
 
@@ -113,3 +159,14 @@ def bearer_matches(authorization: str | None, token: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def role_of(authorization: str | None, operator: str, viewer: str | None = None) -> Role | None:
+    """The role an ``Authorization`` header's bearer token has (None: neither token).
+
+    Both comparisons always run (constant time, whichever token matches)."""
+    is_operator = bearer_matches(authorization, operator)
+    is_viewer = bool(viewer) and bearer_matches(authorization, viewer or "")
+    if is_operator:
+        return Role.OPERATOR
+    return Role.VIEWER if is_viewer else None

@@ -122,6 +122,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="HTTP API token file (default: $EDGE_FLEET_TOKEN, else STATE_DIR/api-token, generated)",
     )
     serve.add_argument(
+        "--viewer-token-file",
+        type=Path,
+        metavar="FILE",
+        help="read-only viewer token file for the API and the console (default: $EDGE_FLEET_VIEWER_TOKEN, "
+        "else STATE_DIR/viewer-token, generated)",
+    )
+    serve.add_argument(
         "--max-upload-mib", type=float, default=512, metavar="MIB", help="largest package upload (512)"
     )
     serve.add_argument(
@@ -274,7 +281,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from fleet.auth import manager_token
+    from fleet.auth import manager_token, viewer_token
     from fleet.errors import AuthError, ManagerLockedError
     from fleet.manager.http import ApiServer
     from fleet.manager.service import FleetManager, ManagerConfig
@@ -283,6 +290,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     log = logging.getLogger(__name__)
     try:
         token, token_source = manager_token(args.state_dir, args.token_file)
+        viewer, viewer_source = viewer_token(args.state_dir, args.viewer_token_file)
+        if viewer == token:
+            raise AuthError("the viewer token is the operator's: give the viewer its own token")
     except AuthError as exc:
         raise SystemExit(f"edge fleet serve: {exc}") from None
     config = ManagerConfig(
@@ -312,8 +322,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         int(port),
         token=token,
         max_upload_bytes=int(args.max_upload_mib * 2**20),
+        viewer_token=viewer,
     ).start()
     log.info("HTTP API token: %s (send it as Authorization: Bearer, or use --token-file)", token_source)
+    log.info("read-only viewer token: %s; console: %s/ (sign in with either token)", viewer_source, api.url)
     advert = None
     if args.advertise:
         from fleet.discovery import Advertiser

@@ -94,6 +94,23 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The console (fleet/console): alerts devices report in their status, the operators' actions,
+-- and indexes for its paged, filtered device table and per-device pages.
+CREATE TABLE IF NOT EXISTS device_alerts (
+    device TEXT NOT NULL, alert TEXT NOT NULL, since REAL NOT NULL,
+    PRIMARY KEY (device, alert)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    ts REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS audit_by_ts ON audit (ts);
+CREATE INDEX IF NOT EXISTS devices_by_online ON devices (online, id);
+CREATE INDEX IF NOT EXISTS devices_by_profile ON devices (profile, id);
+CREATE INDEX IF NOT EXISTS devices_by_grp ON devices (grp, id);
+CREATE INDEX IF NOT EXISTS devices_by_last_seen ON devices (last_seen);
+CREATE INDEX IF NOT EXISTS deployment_devices_by_device ON deployment_devices (device);
+CREATE INDEX IF NOT EXISTS events_by_deployment ON events (deployment_id, ts);
 """
 
 # Retention: what is pruned, and by which time column (received: the manager's clock, used where
@@ -213,6 +230,190 @@ class FleetDB:
     def device(self, device_id: str) -> dict[str, Any] | None:
         r = self.one("SELECT * FROM devices WHERE id=?", (device_id,))
         return None if r is None else _device_row(r)
+
+    # --- console reads and writes (fleet/console); plain SQL, for SQLite and PostgreSQL alike ---
+
+    def set_device_alerts(self, device_id: str, alerts: list[str]) -> None:
+        """The alerts a device's status reports now; each keeps the time it was first seen."""
+        now, wanted = time.time(), set(alerts)
+        with self.tx() as db:
+            known = {r[0] for r in db.execute("SELECT alert FROM device_alerts WHERE device=?", (device_id,))}
+            for alert in known - wanted:
+                db.execute("DELETE FROM device_alerts WHERE device=? AND alert=?", (device_id, alert))
+            for alert in wanted - known:
+                db.execute("INSERT INTO device_alerts VALUES (?, ?, ?)", (device_id, alert, now))
+
+    def device_alerts(self, device_id: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        if device_id is not None:
+            return self.query("SELECT * FROM device_alerts WHERE device=? ORDER BY alert", (device_id,))
+        return self.query("SELECT * FROM device_alerts ORDER BY since DESC LIMIT ?", (limit,))
+
+    def device_page(
+        self,
+        offset: int = 0,
+        limit: int = 50,
+        *,
+        search: str = "",
+        online: bool | None = None,
+        profile: str | None = None,
+        group: str | None = None,
+        tag: str | None = None,
+        model: str | None = None,
+        sort: str = "id",
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One page of the registry, filtered (indexed columns; tags and models by their JSON text)
+        and sorted by ``sort`` (id, last_seen, profile, grp or online; ``-`` first: descending)."""
+        where, args = ["1=1"], []
+        if search:
+            where.append("id LIKE ? ESCAPE '\\'")
+            args.append(f"%{_like(search)}%")
+        if online is not None:
+            where.append("online=?")
+            args.append(int(online))
+        if profile:
+            where.append("profile=?")
+            args.append(profile)
+        if group:
+            where.append("grp=?")
+            args.append(group)
+        if tag:
+            where.append("tags LIKE ? ESCAPE '\\'")
+            args.append(f"%{_like(json.dumps(tag))}%")
+        if model:
+            where.append("models LIKE ? ESCAPE '\\'")
+            args.append(f"%{_like(json.dumps(model))}:%")
+        column = sort.lstrip("-")
+        if column not in ("id", "last_seen", "profile", "grp", "online"):
+            raise ValueError(f"sort must be one of id, last_seen, profile, grp, online, got {sort[:20]!r}")
+        order = f"{column} {'DESC' if sort.startswith('-') else 'ASC'}" + (", id" if column != "id" else "")
+        clause = " AND ".join(where)
+        total = self.one(f"SELECT COUNT(*) AS n FROM devices WHERE {clause}", tuple(args))
+        rows = self.query(
+            f"SELECT * FROM devices WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return int(total["n"] if total else 0), [_device_row(r) for r in rows]
+
+    def device_facets(self) -> list[dict[str, Any]]:
+        """Every device's online flag, profile, group, tags, models and agent version (the overview)."""
+        return [
+            _device_row({**r, "id": None, "first_seen": None, "last_seen": None, "deployment_id": None})
+            for r in self.query("SELECT online, profile, grp, tags, models, agent_version FROM devices")
+        ]
+
+    def resources_of(self, device_ids: list[str], since: float) -> list[dict[str, Any]]:
+        """Raw system telemetry of some devices received since ``since`` (the device table's page)."""
+        if not device_ids:
+            return []
+        marks = ", ".join("?" for _ in device_ids)
+        return self.query(
+            f"SELECT device, ts, system, queue_dropped FROM telemetry WHERE received >= ? AND device IN ({marks})",
+            (since, *device_ids),
+        )
+
+    def queue_drops(self, since: float, limit: int = 500) -> list[dict[str, Any]]:
+        """Devices whose outbox reported dropped messages in telemetry received since ``since``."""
+        return self.query(
+            "SELECT device, MAX(queue_dropped) AS total FROM telemetry WHERE received >= ? "
+            "GROUP BY device HAVING MAX(queue_dropped) > 0 ORDER BY device LIMIT ?",
+            (since, limit),
+        )
+
+    def system_series(self, device_id: str, since: float, limit: int = 20000) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT ts, system, queue_depth, queue_dropped FROM telemetry WHERE device=? AND received >= ? "
+            "ORDER BY ts LIMIT ?",
+            (device_id, since, limit),
+        )
+
+    def model_rows(
+        self, since: float, device_id: str | None = None, model: str | None = None, limit: int = 200000
+    ) -> list[dict[str, Any]]:
+        where, args = ["ts >= ?"], [since]
+        if device_id is not None:
+            where.append("device=?")
+            args.append(device_id)
+        if model is not None:
+            where.append("model=?")
+            args.append(model)
+        return self.query(
+            "SELECT device, ts, model, version, inferences, errors, latency FROM telemetry_models WHERE "
+            f"{' AND '.join(where)} ORDER BY ts LIMIT ?",
+            (*args, limit),
+        )
+
+    def device_events(self, device_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT ts, deployment_id, state, body FROM events WHERE device=? ORDER BY ts DESC LIMIT ?",
+            (device_id, limit),
+        )
+
+    def deployment_events(self, dep_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        """Events of a deployment and of its rollback (``<id>.rollback``), newest first."""
+        return self.query(
+            "SELECT device, ts, deployment_id, state, body FROM events WHERE deployment_id IN (?, ?) "
+            "ORDER BY ts DESC LIMIT ?",
+            (dep_id, f"{dep_id}.rollback", limit),
+        )
+
+    def device_deployments(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT dd.*, d.model, d.version, d.state AS deployment_state, d.created FROM deployment_devices dd "
+            "JOIN deployments d ON d.id = dd.deployment_id WHERE dd.device=? ORDER BY d.created DESC LIMIT ?",
+            (device_id, limit),
+        )
+
+    def deployment_summaries(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest deployments with their per-state device counts (no device rows)."""
+        deps = self.query(
+            "SELECT id, sha256, model, version, state, reason, wave, created, updated FROM deployments "
+            "ORDER BY created DESC LIMIT ?",
+            (limit,),
+        )
+        if deps:
+            marks = ", ".join("?" for _ in deps)
+            counts: dict[str, dict[str, int]] = {}
+            for r in self.query(
+                "SELECT deployment_id, state, COUNT(*) AS n FROM deployment_devices "
+                f"WHERE deployment_id IN ({marks}) GROUP BY deployment_id, state",
+                tuple(d["id"] for d in deps),
+            ):
+                counts.setdefault(r["deployment_id"], {})[r["state"]] = int(r["n"])
+            for d in deps:
+                d["counts"] = counts.get(d["id"], {})
+        return deps
+
+    def add_audit(self, actor: str, action: str, target: str, detail: str = "") -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO audit (ts, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), actor, action, target, detail[:2000]),
+            )
+
+    def audit(self, limit: int = 200, target: str | None = None) -> list[dict[str, Any]]:
+        if target is not None:
+            return self.query(
+                "SELECT * FROM audit WHERE target=? ORDER BY ts DESC LIMIT ?", (target, limit)
+            )
+        return self.query("SELECT * FROM audit ORDER BY ts DESC LIMIT ?", (limit,))
+
+    def change_marks(self) -> dict[str, Any]:
+        """Cheap figures that change when devices, deployments or telemetry do (the console's SSE)."""
+        devices = self.one("SELECT COUNT(*) AS n, SUM(online) AS online, MAX(last_seen) AS seen FROM devices")
+        deps = self.one("SELECT COUNT(*) AS n, MAX(updated) AS updated FROM deployments")
+        events = self.one("SELECT MAX(ts) AS ts FROM events")
+        alerts = self.one("SELECT COUNT(*) AS n, MAX(since) AS since FROM device_alerts")
+        return {
+            "devices": [devices and devices["n"], devices and devices["online"], alerts and alerts["n"],
+                        alerts and alerts["since"]],
+            "telemetry": devices and devices["seen"],
+            "deployments": [deps and deps["n"], deps and deps["updated"], events and events["ts"]],
+        }
+
+
+def _like(text: str) -> str:
+    """``text`` for a LIKE pattern (ESCAPE '\\'): its own wildcards matched literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _stored_json(text: Any, kind: type, default: Any) -> Any:

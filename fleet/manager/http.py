@@ -20,6 +20,27 @@ Routes (JSON unless said otherwise)::
     GET  /api/v1/telemetry?since_s=3600      per model and version: inferences, errors, p95
     GET  /metrics                            Prometheus text format (no token)
     GET  /healthz                            {"ok": true} while the manager runs (no token)
+
+Two roles (:class:`fleet.auth.Role`): the operator token may use every route; the viewer token
+(``viewer_token``) only GET ones (``403`` otherwise). Every action (a method other than GET/HEAD)
+is recorded in the ``audit`` table. The console (:mod:`fleet.console`, docs/console.md) adds::
+
+    GET  /                                   the console's page (no token: it holds no data)
+    GET  /console/static/{path}              its scripts, styles and vendored libraries
+    GET|POST|DELETE /console/session         who is signed in | sign in with a token | sign out
+    GET  /api/v1/overview                    counts by profile/group/tag, versions, rollouts, alerts
+    GET  /api/v1/console/devices?offset=&limit=&q=&online=&profile=&group=&tag=&model=&sort=
+    GET  /api/v1/console/deployments         the newest deployments with per-state counts
+    GET  /api/v1/devices/{id}                one device: alerts, events, deployments
+    GET  /api/v1/devices/{id}/series?since_s= its system telemetry and per-model series
+    GET  /api/v1/deployments/{id}/timeline   a deployment with its events and audit entries
+    POST /api/v1/deployments/preview         the devices and waves a deployment would reach
+    GET  /api/v1/packages/{sha256}/inside    manifest, per-layer view, accuracy, self-test
+    GET  /api/v1/telemetry/series?model=&since_s=  per model and version over time
+    GET  /api/v1/audit                       the operators' actions, newest first
+    GET  /api/v1/stream                      server-sent events: which parts changed
+The console's session cookie authenticates these (and every /api/v1 route) like a bearer token
+of its role, with the ``X-CSRF-Token`` header required on actions.
 """
 
 from __future__ import annotations
@@ -29,13 +50,17 @@ import json
 import math
 import re
 import tempfile
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from fleet.auth import bearer_matches
+from fleet.auth import role_of
+from fleet.console.api import console_routes
+from fleet.console.api import is_open_path as is_console_path
+from fleet.console.sessions import CSRF_HEADER, ConsoleSessions
 from fleet.errors import ConflictError, NotFoundError, ProtocolError
 from fleet.manager.rollout import InvalidRequestError, RolloutSpec
 from fleet.manager.service import FleetManager
@@ -50,6 +75,7 @@ _JSON_BODY_LIMIT = 1 << 20  # deployment requests; uploads stream and have their
 _PACKAGE_REF = re.compile(r"[0-9a-f]{8,64}")
 _DEPLOY_KEYS = frozenset({"package", "spec", "supersede"})
 _MAX_SINCE_S = 366 * 86400.0
+log = logging.getLogger(__name__)
 
 
 def _finite(value: Any) -> Any:
@@ -107,16 +133,57 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _json({"error": str(exc)}, 409 if isinstance(exc, ConflictError) else 400)
 
 
-def _auth(token: str) -> Any:
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _auth(token: str, viewer_token: str | None = None, sessions: Any = None, audit: Any = None) -> Any:
+    """Roles: the operator token (or an operator's console session) may do everything; the viewer
+    token (or a viewer's session) only read (403 on any other method). A request authenticated by
+    the console's session cookie must carry its CSRF header on actions (fleet.console.sessions).
+    ``audit(actor, action, target, detail)`` records every action (method other than GET/HEAD)."""
+
     @web.middleware
     async def check(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS and not bearer_matches(request.headers.get("Authorization"), token):
+        if request.path in OPEN_PATHS or (sessions is not None and is_console_path(request.path)):
+            return await handler(request)
+        role = role_of(request.headers.get("Authorization"), token, viewer_token)
+        actor = f"{role} token"
+        session = None
+        if role is None and sessions is not None:
+            session = sessions.from_request(request)
+            if session is not None:
+                role, actor = session.role, session.actor
+        if role is None:
             return web.json_response(
                 {"error": "missing or wrong API token (Authorization: Bearer ...)"},
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="edge-fleet"'},
             )
-        return await handler(request)
+        if request.method in _READ_METHODS:
+            return await handler(request)
+        if not role.can_act:
+            return web.json_response({"error": "the viewer token is read-only"}, status=403)
+        if session is not None and not sessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
+            return web.json_response(
+                {"error": f"missing or wrong {CSRF_HEADER} header (the console's CSRF token)"}, status=403
+            )
+        response = await handler(request)
+        if audit is not None and response.status < 400 and not request.path.endswith("/preview"):
+            target = request.match_info.get("id") or request.match_info.get("sha") or ""
+            if not target and isinstance(response, web.Response) and response.body:
+                try:
+                    body = json.loads(response.body)  # type: ignore[arg-type]
+                    target = str(body.get("id") or body.get("sha256") or "")[:100]
+                except (TypeError, ValueError, AttributeError):
+                    target = ""
+            action = request.match_info.get("action") or f"{request.method} {request.path}"
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, audit, actor, action, target, f"{request.method} {request.path} -> {response.status}"
+                )
+            except Exception:  # noqa: BLE001 - the action happened; a failed audit row is logged
+                log.exception("could not record %s %s in the audit log", request.method, request.path)
+        return response
 
     return check
 
@@ -126,12 +193,24 @@ def _too_large(limit: int) -> web.Response:
 
 
 def create_app(
-    manager: FleetManager, token: str, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    manager: FleetManager,
+    token: str,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    *,
+    viewer_token: str | None = None,
+    console: bool = True,
 ) -> web.Application:
-    """The API; every route but :data:`OPEN_PATHS` requires ``token``; uploads up to ``max_upload_bytes``."""
+    """The API; every route but :data:`OPEN_PATHS` requires ``token`` (or ``viewer_token``, for GET
+    routes only); uploads up to ``max_upload_bytes``. ``console``: serve the console at ``/``."""
     if not token:
         raise ValueError("the HTTP API needs a token")
-    app = web.Application(middlewares=[_auth(token), _errors], client_max_size=_JSON_BODY_LIMIT)
+    if viewer_token is not None and (not viewer_token or viewer_token == token):
+        raise ValueError("the viewer token must be set and differ from the operator's")
+    sessions = ConsoleSessions(token, viewer_token) if console else None
+    app = web.Application(
+        middlewares=[_auth(token, viewer_token, sessions, manager.db.add_audit), _errors],
+        client_max_size=_JSON_BODY_LIMIT,
+    )
 
     async def run(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -223,6 +302,9 @@ def create_app(
             web.get("/metrics", metrics),
         ]
     )
+    if sessions is not None:
+        # The console (fleet/console): its page at /, sign-in, the reads of its pages, live updates.
+        app.add_routes(console_routes(manager, sessions, run, app))
     return app
 
 
@@ -237,9 +319,11 @@ class ApiServer:
         *,
         token: str,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        viewer_token: str | None = None,
     ) -> None:
         self.manager, self.host, self.port = manager, host, port
         self.token, self.max_upload_bytes = token, max_upload_bytes
+        self.viewer_token = viewer_token
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="fleet-http", daemon=True)
@@ -253,7 +337,8 @@ class ApiServer:
 
         async def up() -> None:
             self._runner = web.AppRunner(
-                create_app(self.manager, self.token, self.max_upload_bytes), access_log=None
+                create_app(self.manager, self.token, self.max_upload_bytes, viewer_token=self.viewer_token),
+                access_log=None,
             )
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.host, self.port)

@@ -334,6 +334,7 @@ class FleetManager:
                 raise ProtocolError(f"message on {t.device}'s topic claims to be from {body.device}")
             if isinstance(body, Status):
                 self.db.upsert_device(body)
+                self.db.set_device_alerts(body.device, body.alerts)  # shown by the console
                 if body.state == Presence.ONLINE:
                     # A device new to the fleet, or newly matching, joins the deployments under way.
                     device = self.db.device(body.device)

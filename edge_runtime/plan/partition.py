@@ -45,6 +45,10 @@ __all__ = [
 
 # A symbolic non-batch dimension counts as this many when MACs are estimated without shapes.
 MAC_DIM = 224
+# The opset from which a reduction takes its axes as an input instead of an attribute.
+_REDUCE_AXES_INPUT = {"ReduceSum": 13, **{op: 18 for op in (
+    "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
+    "ReduceLogSumExp")}}  # fmt: skip
 # Steps that run no kernel of their own (entry/exit conversions, layout moves).
 _BOOKKEEPING = frozenset({"quantize", "dequantize", "transpose", "move", "subgraph"})
 _FLOAT_STEPS = frozenset({"float", "matmul", "softmax", "layernorm"})
@@ -66,7 +70,7 @@ def float_onnx(
     plain ONNX (a Conv/Gemm ``activation`` a Relu or Clip, a batched Gemm a MatMul and
     an Add), as in the QDQ export, without any quantization.
     """
-    from onnx import TensorProto
+    from onnx import helper
 
     from edge_runtime.quantize.qdq import MIN_EXPORT_OPSET, _attributes, _Writer
 
@@ -89,6 +93,23 @@ def float_onnx(
             elif activation:
                 raise GraphError(f"{node}: fused activation {activation!r} cannot be exported")
 
+        def _onnx_form(self, node: Node, inputs: list[str]) -> tuple[list[str], dict[str, Any]]:
+            # The IR's parameters-as-attributes (edge_runtime.graph.passes.inputs_to_attributes)
+            # that later opsets take as inputs, beyond those the QDQ writer converts.
+            op, attrs, inputs = node.op_type, dict(node.attrs), list(inputs)
+            int64 = lambda key, hint: self.const(np.asarray(attrs.pop(key), np.int64), f"{node.name}/{hint}")  # noqa: E731
+            if op == "Pad" and "pads" in attrs:
+                value = attrs.pop("value", None)
+                inputs = [inputs[0], int64("pads", "pads")]
+                if value not in (None, 0, 0.0):
+                    inputs.append(self.const(np.array(value, self._dtype(node.inputs[0])), f"{node.name}/value"))
+            elif op == "Split" and "split" in attrs and self.opset >= 13:
+                inputs = [inputs[0], int64("split", "split")]
+            elif op in _REDUCE_AXES_INPUT and "axes" in attrs and self.opset >= _REDUCE_AXES_INPUT[op]:
+                inputs = [inputs[0], int64("axes", "axes")]
+            plain = Node(op, node.name, node.inputs, node.outputs, attrs, node.domain)
+            return super()._onnx_form(plain, inputs)
+
     view = Graph(
         graph.nodes,
         [
@@ -105,11 +126,12 @@ def float_onnx(
         opset=graph.opset,
     )
     model = _FloatWriter(view, {}, max(MIN_EXPORT_OPSET, graph.opset)).build()
-    if outputs is not None:  # intermediate outputs: leave their shapes to onnxruntime
-        for out in model.graph.output:
-            if out.type.tensor_type.elem_type == TensorProto.UNDEFINED:
-                out.type.tensor_type.elem_type = TensorProto.FLOAT
-            out.type.tensor_type.ClearField("shape")
+    if outputs is not None:
+        # Intermediate outputs: their types and shapes are left to onnxruntime (an untyped
+        # output is valid there), so that a dtype the IR does not know cannot mismatch.
+        names = [out.name for out in model.graph.output]
+        del model.graph.output[:]
+        model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
     return model
 
 
@@ -290,7 +312,7 @@ def segment_step(
     }
     sub = _segment_graph(attrs, arrays)
     try:
-        model = float_onnx(sub)
+        model = float_onnx(sub, outputs=list(outputs))  # untyped outputs: onnxruntime infers them
         arrays["onnx"] = np.frombuffer(model.SerializeToString(), np.uint8).copy()
     except ImportError:
         pass  # no onnx here: the runtime runs the segment on the reference executor

@@ -139,3 +139,34 @@ def test_edge_quantize_input_shape_serves_several_sizes_from_one_package(tmp_pat
     code = main(["quantize", str(path), "--calibration", str(data), "--out", str(out), "--input-shape", "y:1x2"])
     assert code == 1
     assert "inputs are" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_parameters_held_as_attributes_go_back_to_inputs_for_onnxruntime(opset) -> None:
+    """Pad, Split and reductions keep their parameters as IR attributes; the float model
+    calibration runs on gives them back as the inputs the opset wants."""
+    from graph_testing import make_model, value
+    from onnx import helper
+
+    n = helper.make_node
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    nodes = [
+        n("Pad", ["x", "pads", "pad_value"], ["p"], name="pad", mode="constant"),
+        n("Split", ["p", "split"], ["s1", "s2"], name="split", axis=1),
+        n("ReduceSum", ["s1", "axes"], ["r1"], name="sum", keepdims=1),
+        n("ReduceMax", ["s2", "axes"] if opset >= 18 else ["s2"], ["r2"], name="max", keepdims=1,
+          **({} if opset >= 18 else {"axes": [2]})),
+        n("Add", ["r1", "r2"], ["y"], name="add"),
+    ]  # fmt: skip
+    inits = {"pads": i64(0, 0, 1, 0, 0, 2), "pad_value": np.array(0.5, np.float32), "split": i64(2, 2),
+             "axes": i64(2)}  # fmt: skip
+    model = make_model(nodes, [value("x", ["N", 4, 5])], [value("y", None)], inits, opset=opset)
+    graph = prepare(model)
+    assert any(node.op_type == "Pad" and "pads" in node.attrs for node in graph.nodes)
+    batches = [{"x": rng(2).standard_normal((3, 4, 5)).astype(np.float32)}]
+    info: dict = {}
+    fast = calibrate(graph, batches, progress=False, engine="auto", info=info)
+    assert info["engine"] == "onnxruntime", info["reason"]
+    slow = calibrate(graph, batches, progress=False, engine="reference")
+    for name in slow:
+        assert fast[name].scale == pytest.approx(slow[name].scale, rel=1e-5), name

@@ -64,3 +64,15 @@ def test_the_walk_sees_lazy_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from fleet.agent import Agent\n    import torch.nn\n")
     assert imported_top_packages(module) == {"fleet": 2, "torch": 3}
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test files by their bare names (tests/ has no __init__.py): two files with one
+    name in different folders stop the whole run at collection."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        if path.name in seen and path.name not in ("conftest.py", "__init__.py"):
+            clashes.append(f"{seen[path.name].relative_to(REPO)} and {path.relative_to(REPO)}")
+        seen.setdefault(path.name, path)
+    assert clashes == []

@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")
 import onnx
 
 from cloud_trainer.data import DIGITS_SPLIT_FRACTIONS, load_digits_splits, make_synthetic_images
-from cloud_trainer.errors import DatasetError, ExportMismatchError, UnknownModelError
+from cloud_trainer.errors import DataSplitError, ExportMismatchError, UnknownModelError
 from cloud_trainer.models import (
     DigitsCNN,
     MiniLMEncoder,
@@ -177,7 +177,7 @@ def test_digits_split_is_stratified(digits):
 
 
 def test_digits_split_refuses_bad_fractions():
-    with pytest.raises(DatasetError):
+    with pytest.raises(DataSplitError):
         load_digits_splits(fractions=(0.8, 0.1, 0.2))
 
 

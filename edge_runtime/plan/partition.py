@@ -97,12 +97,14 @@ def float_onnx(
             # The IR's parameters-as-attributes (edge_runtime.graph.passes.inputs_to_attributes)
             # that later opsets take as inputs, beyond those the QDQ writer converts.
             op, attrs, inputs = node.op_type, dict(node.attrs), list(inputs)
-            int64 = lambda key, hint: self.const(np.asarray(attrs.pop(key), np.int64), f"{node.name}/{hint}")  # noqa: E731
+            int64 = lambda key, hint: self.const(np.asarray(attrs.pop(key), np.int64), f"{node.name}/{hint}")
             if op == "Pad" and "pads" in attrs:
                 value = attrs.pop("value", None)
                 inputs = [inputs[0], int64("pads", "pads")]
                 if value not in (None, 0, 0.0):
-                    inputs.append(self.const(np.array(value, self._dtype(node.inputs[0])), f"{node.name}/value"))
+                    inputs.append(
+                        self.const(np.array(value, self._dtype(node.inputs[0])), f"{node.name}/value")
+                    )
             elif op == "Split" and "split" in attrs and self.opset >= 13:
                 inputs = [inputs[0], int64("split", "split")]
             elif op in _REDUCE_AXES_INPUT and "axes" in attrs and self.opset >= _REDUCE_AXES_INPUT[op]:
@@ -110,16 +112,14 @@ def float_onnx(
             plain = Node(op, node.name, node.inputs, node.outputs, attrs, node.domain)
             return super()._onnx_form(plain, inputs)
 
+    shapes = dict(input_shapes or {})
     view = Graph(
         graph.nodes,
         [
-            ValueInfo(v.name, v.dtype, tuple(input_shapes[v.name]) if input_shapes and v.name in input_shapes
-                      else v.shape)
+            ValueInfo(v.name, v.dtype, tuple(shapes[v.name]) if v.name in shapes else v.shape)
             for v in graph.inputs
-        ],  # fmt: skip
-        graph.outputs
-        if outputs is None
-        else [_output_info(graph, name) for name in outputs],
+        ],
+        graph.outputs if outputs is None else [_output_info(graph, name) for name in outputs],
         graph.initializers,
         graph.value_info,
         name=graph.name,
@@ -145,9 +145,7 @@ def _output_info(graph: Graph, name: str) -> ValueInfo:
 # MACs
 
 
-def node_macs(
-    graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None = None
-) -> dict[str, int]:
+def node_macs(graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, int]:
     """Multiply-accumulates per sample of each Conv, ConvTranspose, Gemm and MatMul node.
 
     Shapes come from the graph; where a dimension is symbolic they come from ONNX shape
@@ -160,9 +158,11 @@ def node_macs(
         return shape is not None and all(isinstance(d, int) for d in shape[1:])
 
     heavy = [n for n in graph.nodes if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
-    names = {n.inputs[0] for n in heavy} | {n.outputs[0] for n in heavy} | {
-        n.inputs[1] for n in heavy if len(n.inputs) > 1
-    }
+    names = (
+        {n.inputs[0] for n in heavy}
+        | {n.outputs[0] for n in heavy}
+        | {n.inputs[1] for n in heavy if len(n.inputs) > 1}
+    )
     for name in names:
         shape = graph.shape(name)
         if known(shape):
@@ -173,7 +173,9 @@ def node_macs(
     for node in heavy:
         x, y = shapes.get(node.inputs[0]), shapes.get(node.outputs[0])
         w = graph.constant(node.inputs[1]) if len(node.inputs) > 1 else None
-        wshape = tuple(w.shape) if w is not None else shapes.get(node.inputs[1]) if len(node.inputs) > 1 else None
+        wshape = (
+            tuple(w.shape) if w is not None else shapes.get(node.inputs[1]) if len(node.inputs) > 1 else None
+        )
         try:
             macs[node.name] = _macs(node, x, wshape, y)
         except (TypeError, ValueError, IndexError):

@@ -54,7 +54,7 @@ def mobilenet_v2_detector(
 
     inits.extend([numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
                   numpy_helper.from_array(np.array(6.0, np.float32), "six")])  # fmt: skip
-    c = lambda v: max(8, int(round(v * width / 8)) * 8)  # noqa: E731
+    c = lambda v: max(8, round(v * width / 8) * 8)
     x, cin = conv("image", 3, c(32), 3, 2), c(32)
     for t, channels, n, s in MOBILENET_V2:
         cout = c(channels)
@@ -98,7 +98,11 @@ def main() -> None:
     graph = optimize(import_onnx(mobilenet_v2_detector(None)))
     rng = np.random.default_rng(1)
     batches = [
-        {"image": rng.standard_normal((min(args.batch, args.images - i), 3, args.size, args.size)).astype(np.float32)}
+        {
+            "image": rng.standard_normal((min(args.batch, args.images - i), 3, args.size, args.size)).astype(
+                np.float32
+            )
+        }
         for i in range(0, args.images, args.batch)
     ]
     info: dict = {}

@@ -116,9 +116,10 @@ def test_input_shapes_resize_the_calibration_data() -> None:
 
 
 def test_edge_quantize_input_shape_serves_several_sizes_from_one_package(tmp_path, capsys) -> None:
+    from test_dynamic_shapes import _model  # a conv net with input [N, 3, H, W]
+
     import edge_runtime
     from edge_runtime.cli import main
-    from test_dynamic_shapes import _model  # a conv net with input [N, 3, H, W]
 
     path = tmp_path / "detector.onnx"
     path.write_bytes(_model().SerializeToString())
@@ -136,7 +137,9 @@ def test_edge_quantize_input_shape_serves_several_sizes_from_one_package(tmp_pat
             y = model.run({"x": rng(h).standard_normal((1, 3, h, w)).astype(np.float32)})["y"]
             assert y.shape[2:] == (-(-h // 4), -(-w // 4))
         assert model.info()["session"]["input_shapes_cached"] == 3
-    code = main(["quantize", str(path), "--calibration", str(data), "--out", str(out), "--input-shape", "y:1x2"])
+    code = main(
+        ["quantize", str(path), "--calibration", str(data), "--out", str(out), "--input-shape", "y:1x2"]
+    )
     assert code == 1
     assert "inputs are" in capsys.readouterr().err
 
@@ -149,7 +152,7 @@ def test_parameters_held_as_attributes_go_back_to_inputs_for_onnxruntime(opset) 
     from onnx import helper
 
     n = helper.make_node
-    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    i64 = lambda *v: np.array(v, np.int64)
     nodes = [
         n("Pad", ["x", "pads", "pad_value"], ["p"], name="pad", mode="constant"),
         n("Split", ["p", "split"], ["s1", "s2"], name="split", axis=1),

@@ -94,7 +94,7 @@ def test_one_plan_runs_every_size_and_matches_onnxruntime(dynamic) -> None:
 
 
 def test_dynamic_plan_gives_the_bits_of_a_static_plan(dynamic) -> None:
-    model, params, plan = dynamic
+    _, params, plan = dynamic
     session = NativeSession(plan, cache_dir=False)
     try:
         for i, (h, w) in enumerate(SIZES):
@@ -141,7 +141,6 @@ def test_too_small_an_input_is_a_shape_error(dynamic) -> None:
         session.close()
 
 
-
 def test_an_add_of_symbolic_maps_broadcasting_at_run_time() -> None:
     """Two maps whose heights and widths are symbols the lowering cannot compare run on the
     int8 add kernel; a call where one broadcasts (1x1) in a way the kernel does not run
@@ -161,7 +160,9 @@ def test_an_add_of_symbolic_maps_broadcasting_at_run_time() -> None:
         for b_shape in ((2, 4, 6, 5), (2, 4, 1, 1)):
             x = {"a": feeds[0]["a"], "b": np.clip(r.standard_normal(b_shape), -2, 2).astype(np.float32)}
             got = session.run(x)["y"]
-            want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+            want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+                None, x
+            )[0]
             assert got.shape == want.shape
             assert np.abs(got - want).max() <= 2 * params["y"].scale + 1e-6, b_shape
     finally:

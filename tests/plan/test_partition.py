@@ -8,19 +8,19 @@ which operators the lowering knows today.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 from native_models import make_model, prepare, rng, value
 from onnx import helper
 
+import edge_runtime.plan.lower  # noqa: F401 - the module (edge_runtime.plan.lower is also the function)
 from edge_runtime.errors import UnsupportedOperatorError
 from edge_runtime.plan import NativeSession, QuantizedPlan, calibrate, lower
-import edge_runtime.plan.lower as _unused  # noqa: F401  (the module, not the function)
-import sys
+from edge_runtime.plan.partition import SegmentRunner
 
 lower_module = sys.modules["edge_runtime.plan.lower"]
-from edge_runtime.plan.partition import SegmentRunner
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -114,7 +114,7 @@ def test_unsupported_nodes_run_in_float_between_native_segments(partitioned) -> 
 
 
 def test_reference_executor_when_the_plan_has_no_onnx_segment(partitioned) -> None:
-    model, _, _, plan = partitioned
+    _, _, _, plan = partitioned
     with_ort = NativeSession(plan, cache_dir=False)
     want = with_ort.run(_feeds(4))["y"]
     for step in plan.steps:
@@ -149,7 +149,9 @@ def test_segment_runner_falls_back_without_onnxruntime(partitioned, monkeypatch)
 
 def test_nothing_native_is_refused(lacking) -> None:
     n = helper.make_node
-    model = make_model([n("Tanh", ["x"], ["y"], name="only_tanh")], [value("x", ["N", 4])], [value("y", None)])
+    model = make_model(
+        [n("Tanh", ["x"], ["y"], name="only_tanh")], [value("x", ["N", 4])], [value("y", None)]
+    )
     graph = prepare(model)
     params = calibrate(graph, [{"x": np.ones((1, 4), np.float32)}], progress=False)
     with pytest.raises(UnsupportedOperatorError, match="only_tanh"):

@@ -628,11 +628,22 @@ class _Lowering:
         )
         rq = numerics.requant(in_qp.scale, wq.scales, out_qp, node.attrs.get("activation") or None)
         depthwise, sparse, values = False, False, wq.values
+        subsample = None  # (stride_h, stride_w) taken after a stride-1 depthwise conv
         if group == cin == m and kernel[0] == kernel[1] in (3, 5) and strides[0] == strides[1] in (1, 2) \
                 and dilations == [1, 1]:  # fmt: skip
             try:  # the kernel has the last word on what it supports (e.g. large pads)
                 pack_dwconv2d(wq.values, bias_q, input_shape=(1, h, wd, cin), stride=strides[0], padding=pads)
                 depthwise = True
+            except KernelError:
+                depthwise = False
+        elif group == cin == m and kernel[0] == kernel[1] in (3, 5) and strides in ([2, 1], [1, 2]) \
+                and dilations == [1, 1] and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", ""):  # fmt: skip
+            # PaddleOCR's (2, 1) depthwise convs: the stride-1 depthwise kernel, then every other
+            # row (or column) of its output: twice the taps of a strided kernel, a fraction of
+            # the grouped im2col path's time; the rows kept are exactly the strided conv's.
+            try:
+                pack_dwconv2d(wq.values, bias_q, input_shape=(1, h, wd, cin), stride=1, padding=pads)
+                depthwise, subsample = True, strides
             except KernelError:
                 depthwise = False
         if not depthwise:  # 2:4 along the im2col order of one group, (kernel_h, kernel_w, in_c / group)
@@ -644,6 +655,17 @@ class _Lowering:
             "groups": group, "depthwise": depthwise, "sparse": sparse, "x_zero_point": in_qp.zero_point,
             **_requant_attrs(rq, out_qp), **self._dynamic_attrs(node, dynamic),
         }  # fmt: skip
+        if subsample is not None:
+            full = self.graph.unique_name(out + "@stride1")
+            attrs["stride"] = [1, 1]
+            self._emit("conv", [src], [full], attrs, {"weights": values, "bias": bias_q, **_requant_arrays(rq)})
+            self._set(full, out_qp, "nhwc")
+            rows = Node(
+                "Slice", node.name, [full], [out],
+                {"starts": [0, 0], "ends": [2**62, 2**62], "axes": [1, 2], "steps": list(subsample)},
+            )  # fmt: skip
+            self._move(rows, layout="nhwc")
+            return
         self._emit("conv", [src], [out], attrs, {"weights": values, "bias": bias_q, **_requant_arrays(rq)})
         self._set(out, out_qp, "nhwc")
 

@@ -11,6 +11,8 @@ does not fold).
 
 from __future__ import annotations
 
+import re
+
 import os
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -211,7 +213,7 @@ def _name_anonymous_dims(model: onnx.ModelProto) -> onnx.ModelProto:
     nothing at all. ONNX shape inference takes ``-1`` for a size, and its data propagation
     then turns ``Shape -> Reshape`` chains into ranks it cannot follow (a classifier's last
     Softmax of rank None); an anonymous dim gets a fresh ``unk__N`` per use, so two tensors
-    of one batch no longer match. Each becomes a symbol ``<input>_dim<i>``."""
+    of one batch no longer match. Each gets a name (:func:`anonymous_dim_name`)."""
 
     def anonymous(dim: onnx.TensorShapeProto.Dimension) -> bool:
         if dim.HasField("dim_value"):
@@ -229,8 +231,17 @@ def _name_anonymous_dims(model: onnx.ModelProto) -> onnx.ModelProto:
         for i, dim in enumerate(value.type.tensor_type.shape.dim):
             if anonymous(dim):
                 dim.Clear()
-                dim.dim_param = f"{value.name}_dim{i}"
+                dim.dim_param = anonymous_dim_name(value.name, i)
     return model
+
+
+def anonymous_dim_name(tensor: str, axis: int) -> str:
+    """The name a dynamic dimension gets when its model leaves it unnamed: ``batch`` for the first
+    axis, else ``<tensor>_<axis>`` (what the package manifest records too)."""
+    if axis == 0:
+        return "batch"
+    base = re.sub(r"[^A-Za-z0-9_]", "_", tensor).strip("_") or "dim"
+    return f"{base}_{axis}"[:64] if base[0].isalpha() or base[0] == "_" else f"d_{base}_{axis}"[:64]
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -31,6 +31,7 @@ import numpy as np
 from edge_runtime._version import __version__
 from edge_runtime.errors import BackendUnavailableError, GraphError
 from edge_runtime.graph import Graph, ValueInfo
+from edge_runtime.graph.importer import anonymous_dim_name
 from edge_runtime.numerics import QuantParams
 from edge_runtime.package import PackageInfo, load_private_key, make_selftest, write_package
 from edge_runtime.quantize.qdq import export_qdq
@@ -136,21 +137,25 @@ def assemble_package(
     describe: Callable[[Lowered], PackageFields],
     signing_key: Ed25519PrivateKey | str | os.PathLike[str] | None = None,
     threads: int = 1,
+    weight_bits: int = 8,
 ) -> AssembledPackage:
     """Write the package ``out`` of ``graph`` quantized with ``activations`` (see the module docstring).
 
     ``float_bytes`` is the float ONNX artifact; ``selftest_inputs`` the self-test
     inputs; ``describe`` is called once, after lowering and the QDQ export, and may
-    raise to refuse the plan. Raises QuantizationError for parameters the integer
-    kernels cannot represent, BackendUnavailableError without the native backend.
+    raise to refuse the plan. ``weight_bits`` 7 quantizes every weight to [-63, 63]
+    (x86 without VNNI then multiplies them with ``vpmaddubsw``, bit-identical on every
+    ISA; docs/numerics.md) and the manifest declares it (``quantization.weight_bits``).
+    Raises QuantizationError for parameters the integer kernels cannot represent,
+    BackendUnavailableError without the native backend.
     """
     native = native_backend()
     # 1. Lower; the plan's parameters are the effective ones (shared by layout ops).
-    plan = native.lower(graph, activations)
+    plan = native.lower(graph, activations, weight_bits=weight_bits)
     effective = {name: plan.params.get(name) or qp for name, qp in activations.items()}
     session = native.NativeSession(plan, threads=threads, cache_dir=False)
     # 2. The QDQ model for onnxruntime.
-    qdq_bytes = export_qdq(graph, effective).SerializeToString()
+    qdq_bytes = export_qdq(graph, effective, weight_bits=weight_bits).SerializeToString()
     lowered = Lowered(graph, plan, effective, session, qdq_bytes)
     # 3. The caller's checks, metrics and fields.
     fields = describe(lowered)
@@ -159,7 +164,7 @@ def assemble_package(
     expected = session.run(inputs)
     atol = selftest_tolerance(effective, expected)
     # 5. The manifest.
-    manifest = _manifest(lowered, fields, expected, atol)
+    manifest = _manifest(lowered, fields, expected, atol, weight_bits)
     # 6. The package.
     info = write_quantized_package(
         out,
@@ -221,19 +226,25 @@ def write_quantized_package(
 
 
 def _manifest(
-    lowered: Lowered, fields: PackageFields, expected: Mapping[str, np.ndarray], atol: float
+    lowered: Lowered,
+    fields: PackageFields,
+    expected: Mapping[str, np.ndarray],
+    atol: float,
+    weight_bits: int = 8,
 ) -> dict[str, Any]:
+    qmax = (1 << (weight_bits - 1)) - 1
     graph = lowered.graph
     quantization: dict[str, Any] = {
         "spec": "edge_runtime.numerics",
         "method": fields.method,
         "activations": {k: qp.to_dict() for k, qp in lowered.activations.items()},
         **fields.quantization,
+        "weight_bits": weight_bits,  # readers of manifests without it assume 8
         "weights": {
             "dtype": "int8",
             "symmetric": True,
             "granularity": "per-channel",
-            "range": [-127, 127],
+            "range": [-qmax, qmax],
         },
         "bias": {"dtype": "int32", "scale": "input_scale * weight_scale"},
     }
@@ -262,10 +273,7 @@ def _dim_name(dim: Any, tensor: str, axis: int) -> int | str:
         return dim
     if isinstance(dim, str) and _DIM_RE.match(dim) and not dim.startswith("unk__"):
         return dim
-    if axis == 0:
-        return "batch"
-    base = re.sub(r"[^A-Za-z0-9_]", "_", tensor).strip("_") or "dim"
-    return f"{base}_{axis}"[:64] if base[0].isalpha() or base[0] == "_" else f"d_{base}_{axis}"[:64]
+    return anonymous_dim_name(tensor, axis)
 
 
 def _tensor_spec(info: ValueInfo, observed: np.ndarray | None, preprocessing: dict | None) -> dict[str, Any]:

@@ -11,9 +11,8 @@ does not fold).
 
 from __future__ import annotations
 
-import re
-
 import os
+import re
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 

@@ -252,6 +252,10 @@ class LLM:
     def _build(self, store: dict[str, np.ndarray]) -> None:
         c = self.config
         self.inv_freq = rope_inv_freq(c, store.get("rope_freqs"))
+        angles = np.arange(self.context, dtype=np.float64)[:, None] * self.inv_freq[None, :].astype(
+            np.float64
+        )
+        self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
         emb, emb_scale = decode_matrix(store, "embed", self.float_path)
         self._embed = emb
         self._embed_scale = emb_scale
@@ -324,6 +328,47 @@ class LLM:
         out[..., half:] = x2 * cos + x1 * sin
         return out
 
+    def _attend(
+        self,
+        seq: KVSequence,
+        li: int,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        row: int,
+        n: int,
+        scale: Any,
+    ) -> np.ndarray:
+        """Append ``n`` new keys/values of layer ``li`` to ``seq``'s cache; their attention output ``[n, q_dim]``."""
+        c = self.config
+        kvh, hd = c.num_kv_heads, c.head_dim
+        group = c.num_heads // kvh
+        start = seq.length
+        end = start + n
+        if n == 1:  # decode: no mask, no transposes of the queries
+            seq.k[li, :, start] = k[row]
+            seq.v[li, :, start] = v[row]
+            qs = q[row].reshape(kvh, group, hd)
+            scores = np.matmul(qs, seq.k[li, :, :end].transpose(0, 2, 1))  # [kv, g, end]
+            scores *= scale
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            return np.matmul(scores, seq.v[li, :, :end]).reshape(1, c.q_dim)  # [kv, g, hd]
+        seq.k[li, :, start:end] = k[row : row + n].transpose(1, 0, 2)
+        seq.v[li, :, start:end] = v[row : row + n].transpose(1, 0, 2)
+        keys = seq.k[li, :, :end].astype(np.float32, copy=False)
+        vals = seq.v[li, :, :end].astype(np.float32, copy=False)
+        qs = q[row : row + n].reshape(n, kvh, group, hd).transpose(1, 2, 0, 3)  # [kv, g, n, hd]
+        scores = np.matmul(qs, keys[:, None].transpose(0, 1, 3, 2)) * scale  # [kv, g, n, end]
+        causal = np.arange(end)[None, :] > (start + np.arange(n))[:, None]
+        scores[..., causal] = -np.inf
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        out = np.matmul(scores, vals[:, None])  # [kv, g, n, hd]
+        return out.transpose(2, 0, 1, 3).reshape(n, c.q_dim)
+
     def forward(
         self, seqs: Sequence[KVSequence], tokens: Sequence[Sequence[int]], all_logits: bool = False
     ) -> np.ndarray:
@@ -344,10 +389,8 @@ class LLM:
         if ids.size and (ids.min() < 0 or ids.max() >= c.vocab_size):
             raise ValueError(f"token ids must be in [0, {c.vocab_size})")
         positions = np.concatenate([np.arange(s.length, s.length + len(t)) for s, t in zip(seqs, tokens)])
-        angles = positions[:, None].astype(np.float32) * self.inv_freq[None, :]
-        cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+        cos, sin = self._cos[positions][:, None, :], self._sin[positions][:, None, :]
         h, kvh, hd = c.num_heads, c.num_kv_heads, c.head_dim
-        group = h // kvh
         qd, kd = c.q_dim, c.kv_dim
         scale = np.float32(1.0 / np.sqrt(hd))
         pool = self._pool
@@ -362,26 +405,9 @@ class LLM:
                 v = qkv[:, qd + kd :].reshape(m, kvh, hd)
                 attn = np.empty((m, qd), dtype=np.float32)
                 row = 0
-                for s, t in zip(seqs, tokens):
-                    n, start = len(t), s.length
-                    end = start + n
-                    s.k[li, :, start:end] = k[row : row + n].transpose(1, 0, 2)
-                    s.v[li, :, start:end] = v[row : row + n].transpose(1, 0, 2)
-                    keys = s.k[li, :, :end]
-                    vals = s.v[li, :, :end]
-                    if keys.dtype != np.float32:
-                        keys, vals = keys.astype(np.float32), vals.astype(np.float32)
-                    qs = q[row : row + n].reshape(n, kvh, group, hd).transpose(1, 2, 0, 3)  # [kv, g, n, hd]
-                    scores = np.matmul(qs, keys[:, None].transpose(0, 1, 3, 2)) * scale  # [kv, g, n, end]
-                    if n > 1:
-                        causal = np.arange(end)[None, :] > (start + np.arange(n))[:, None]
-                        scores[..., causal] = -np.inf
-                    scores -= scores.max(axis=-1, keepdims=True)
-                    np.exp(scores, out=scores)
-                    scores /= scores.sum(axis=-1, keepdims=True)
-                    out = np.matmul(scores, vals[:, None])  # [kv, g, n, hd]
-                    attn[row : row + n] = out.transpose(2, 0, 1, 3).reshape(n, qd)
-                    row += n
+                for seq, t in zip(seqs, tokens):
+                    attn[row : row + len(t)] = self._attend(seq, li, q, k, v, row, len(t), scale)
+                    row += len(t)
                 x += layer.o(attn, pool)
                 f = _rms_norm(x, layer.ffn_norm, c.rms_eps)
                 gu = layer.gate_up(f, pool)

@@ -2,9 +2,11 @@
 
 One engine thread per model loops::
 
-    admit waiting requests (up to max_batch running): prefill each, emit its first token
-    one decode step for every running sequence: one forward pass, one GEMM per layer
-    emit each sequence's token; retire the finished and the cancelled
+    admit waiting requests while fewer than max_batch are running or prefilling
+    one forward pass: the next token of every running sequence, and chunks of the admitted
+        prompts (prefill_tokens per pass), so a long prompt never stalls the running generations
+    emit each sequence's token (a prompt's first token once it is complete);
+    retire the finished and the cancelled
 
 Requests wait in a bounded queue (:class:`EngineOverloadedError` beyond
 ``max_queue``: the server answers 503). A request is cancelled by its handle
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_runtime.llm.errors import ContextLengthError, GenerationCancelled, LLMError
+from edge_runtime.llm.model import GenerationState
 from edge_runtime.llm.sampling import SamplingParams
 
 __all__ = ["EngineOverloadedError", "GenerationHandle", "LLMEngine"]
@@ -50,6 +53,7 @@ class GenerationHandle:
     generated: int = 0
     _cancelled: threading.Event = field(default_factory=threading.Event)
     state: Any = None
+    seq: Any = None  # the KV sequence, created when the request is admitted
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -62,12 +66,15 @@ class GenerationHandle:
 class LLMEngine:
     """Runs the generations of one model, batching their decode steps (see the module's doc)."""
 
-    def __init__(self, model: Any, max_batch: int = 8, max_queue: int = 64) -> None:
+    def __init__(
+        self, model: Any, max_batch: int = 8, max_queue: int = 64, prefill_tokens: int = 128
+    ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError("max_batch must be >= 1 and max_queue >= 0")
         self.model = model
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.prefill_tokens = prefill_tokens  # prompt tokens per step, beside the running sequences' tokens
         self._waiting: collections.deque[GenerationHandle] = collections.deque()
         self._running: list[GenerationHandle] = []
         self._cond = threading.Condition()
@@ -125,46 +132,62 @@ class LLMEngine:
             self._deliver(h, exc)
 
     def _loop(self) -> None:
-        from edge_runtime.llm.model import GenerationState
-
+        prefilling: list[GenerationHandle] = []
         while True:
             with self._cond:
-                while not self._closed and not self._waiting and not self._running:
+                while not self._closed and not self._waiting and not self._running and not prefilling:
                     self._cond.wait()
                 if self._closed:
-                    pending = list(self._waiting) + self._running
+                    pending = list(self._waiting) + self._running + prefilling
                     self._waiting.clear()
                     self._running = []
                     break
-                admit = []
-                while self._waiting and len(self._running) + len(admit) < self.max_batch:
-                    admit.append(self._waiting.popleft())
-            for h in admit:
-                if h.cancelled:
-                    continue
+                while self._waiting and len(self._running) + len(prefilling) < self.max_batch:
+                    prefilling.append(self._waiting.popleft())
+            self._running = [h for h in self._running if not h.cancelled]
+            prefilling = [h for h in prefilling if not h.cancelled]
+            # One forward pass: a token of every running sequence, and prompt chunks of the admitted ones.
+            batch: list[tuple[GenerationHandle, list[int], bool]] = [
+                (h, [h.state.seq_next], False) for h in self._running
+            ]
+            budget = self.prefill_tokens
+            for h in prefilling:
+                if budget <= 0:
+                    break
                 try:
-                    seq = self.model.new_sequence(h.capacity)
-                    logits = self.model.prefill(seq, h.prompt_ids)
-                    h.state = GenerationState(self.model, seq, h.params)
+                    if h.seq is None:
+                        h.seq = self.model.new_sequence(h.capacity)
                 except Exception as exc:  # noqa: BLE001 - the request fails, the engine goes on
                     self._deliver(h, exc)
+                    h.cancel()
                     continue
-                if self._emit_next(h, logits):
-                    self._running.append(h)
-            self._running = [h for h in self._running if not h.cancelled]
-            if not self._running:
+                chunk = h.prompt_ids[h.seq.length : h.seq.length + budget]
+                budget -= len(chunk)
+                batch.append((h, chunk, True))
+            if not batch:
                 continue
-            batch = list(self._running)
             try:
-                logits = self.model.decode([h.state.seq for h in batch], [h.state.seq_next for h in batch])
+                logits = self.model.forward(
+                    [h.seq if pre else h.state.seq for h, _, pre in batch], [t for _, t, _ in batch]
+                )
             except Exception as exc:
-                log.exception("a decode step failed")
-                self._fail(batch, exc)
-                self._running = []
+                log.exception("a forward pass failed")
+                self._fail([h for h, _, _ in batch], exc)
+                self._running = [h for h in self._running if all(h is not b for b, _, _ in batch)]
+                prefilling = [h for h in prefilling if all(h is not b for b, _, _ in batch)]
                 continue
             self.steps += 1
-            self.batched_tokens += len(batch)
-            self._running = [h for h, row in zip(batch, logits) if self._emit_next(h, row)]
+            self.batched_tokens += sum(1 for _, _, pre in batch if not pre)
+            running = []
+            for (h, _, pre), row in zip(batch, logits):
+                if pre:
+                    if h.seq.length < len(h.prompt_ids):
+                        continue  # more prompt to go
+                    prefilling.remove(h)
+                    h.state = GenerationState(self.model, h.seq, h.params)
+                if self._emit_next(h, row):
+                    running.append(h)
+            self._running = running
         self._fail(pending, GenerationCancelled("the model was unloaded before the generation finished"))
 
     def _emit_next(self, h: GenerationHandle, logits: Any) -> bool:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from typing_extensions import Self
 
 from edge_runtime.llm.config import LlamaConfig, rope_inv_freq
 from edge_runtime.llm.errors import (
@@ -652,7 +651,7 @@ class LLM:
         if pool is not None:
             pool.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> LLM:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -125,3 +125,38 @@ def test_selftest_and_info(packages):
         assert info["kind"] == "llm" and info["weights"] == "int8"
         out = model.run({"input_ids": np.asarray([[1, 2, 3]], dtype=np.int32)})
         assert out["logits"].shape == (1, 3, model.config.vocab_size)
+
+
+def test_engine_batches_chunked_prefill_with_decode(packages, tiny_tokenizer):
+    """Generations through the continuous-batching engine equal generate() one at a time, also when a
+    long prompt is prefilled in chunks beside running sequences."""
+    import threading
+
+    from edge_runtime.llm.sampling import SamplingParams
+
+    with llm.load(packages("qwen2", "int8"), threads=1) as model:
+        prompts = [
+            model.tokenize(PROMPT),
+            model.tokenize("Hello world! " * 25),
+            model.tokenize("def add(a, b):"),
+        ]
+        expected = [model.generate(p, max_new_tokens=10).text for p in prompts]
+        engine = model.engine(prefill_tokens=32)
+        done = [threading.Event() for _ in prompts]
+        texts: list[list[str]] = [[] for _ in prompts]
+
+        def emit(i):
+            def on(item):
+                assert not isinstance(item, BaseException), item
+                texts[i].append(item.text)
+                if item.finish_reason is not None:
+                    done[i].set()
+
+            return on
+
+        for i, p in enumerate(prompts):
+            engine.submit(p, SamplingParams(max_new_tokens=10), emit(i))
+        for d in done:
+            assert d.wait(30)
+        assert ["".join(t) for t in texts] == expected
+        assert engine.prefill_tokens == 32 and len(prompts[1]) > 64

@@ -11,6 +11,11 @@ Numerics, in the order a quantized layer meets them:
       scale[n] = max(max|w[n]| / 127, MIN_WEIGHT_SCALE)
       q = clip(round_half_even(w / scale[n]), -127, 127)
 
+  or, for a package that declares 7-bit weights (``weight_bits=7``), the same with
+  63 in place of 127: values in [-63, 63], still stored as int8. x86 without VNNI
+  multiplies those with ``vpmaddubsw`` without saturation; every ISA computes the
+  same int32 accumulators from them.
+
 - **Activations** -- per tensor, asymmetric uint8 (default) or int8. The range
   (min, max) is first widened to include 0 so that 0 is exact (zero padding,
   ReLU)::
@@ -56,6 +61,7 @@ __all__ = [
     "MIN_ACTIVATION_SCALE",
     "MIN_WEIGHT_SCALE",
     "REQUANT_SCALE_RANGE",
+    "WEIGHT_BITS",
     "WEIGHT_QMAX",
     "EntropyObserver",
     "MinMaxObserver",
@@ -74,6 +80,7 @@ __all__ = [
     "requant",
     "requant_multipliers",
     "round_half_even",
+    "weight_qmax",
     "weight_scales",
 ]
 
@@ -82,6 +89,8 @@ Activation = Literal["relu", "relu6"] | None
 
 ACTIVATION_DTYPES: dict[str, tuple[int, int]] = {"uint8": (0, 255), "int8": (-128, 127)}
 WEIGHT_QMAX = 127
+# Weight widths a package may declare: 8 ([-127, 127]) or 7 ([-63, 63]).
+WEIGHT_BITS = (8, 7)
 # Floor of a weight scale. A channel of zeros gets exactly this scale: its values
 # quantize to 0 whatever the scale, and a floor (rather than 0 or a denormal) keeps
 # the bias of that channel inside int32 and its requantization multiplier above
@@ -200,12 +209,21 @@ def _per_channel_shape(ndim: int, axis: int, channels: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def weight_scales(weights: np.ndarray, axis: int = 0) -> np.ndarray:
+def weight_qmax(bits: int = 8) -> int:
+    """The largest weight value of a ``bits``-wide weight: 127 for 8, 63 for 7."""
+    if bits not in WEIGHT_BITS:
+        raise QuantizationError(f"weight bits {bits!r}: expected 8 or 7")
+    return (1 << (bits - 1)) - 1
+
+
+def weight_scales(weights: np.ndarray, axis: int = 0, bits: int = 8) -> np.ndarray:
     """Per-output-channel symmetric scales (float32 [channels]) of float weights.
 
     ``axis`` is the output-channel axis: 0 for Conv ([M, C, kh, kw]) and for
     Gemm with transB=1 ([N, K]); 1 for ConvTranspose and for Gemm with transB=0.
+    ``bits``: 8 (``max|w| / 127``) or 7 (``max|w| / 63``).
     """
+    qmax = weight_qmax(bits)
     w = np.asarray(weights, dtype=np.float32)
     if w.ndim == 0:
         w = w.reshape(1)
@@ -215,7 +233,7 @@ def weight_scales(weights: np.ndarray, axis: int = 0) -> np.ndarray:
     if not np.all(np.isfinite(absmax)):
         bad = np.flatnonzero(~np.isfinite(absmax)).tolist()
         raise QuantizationError(f"weights of output channels {bad} are not finite")
-    return np.maximum(absmax / np.float32(WEIGHT_QMAX), np.float32(MIN_WEIGHT_SCALE)).astype(np.float32)
+    return np.maximum(absmax / np.float32(qmax), np.float32(MIN_WEIGHT_SCALE)).astype(np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,13 +277,18 @@ class WeightQuant:
         return cls(scales=scales, values=values.copy(), axis=axis)
 
 
-def quantize_weights(weights: np.ndarray, axis: int = 0) -> WeightQuant:
-    """Int8 symmetric per-channel quantization of float weights (see the module docstring)."""
+def quantize_weights(weights: np.ndarray, axis: int = 0, bits: int = 8) -> WeightQuant:
+    """Int8 symmetric per-channel quantization of float weights (see the module docstring).
+
+    ``bits=7`` gives values in [-63, 63] (``scale = max|w| / 63``), the weights a
+    package declares with ``weight_bits: 7``.
+    """
+    qmax = weight_qmax(bits)
     w = np.asarray(weights, dtype=np.float32)
-    scales = weight_scales(w, axis)
+    scales = weight_scales(w, axis, bits)
     axis = axis % max(w.ndim, 1)
     shape = _per_channel_shape(w.ndim, axis, scales.shape[0])
-    q = np.clip(round_half_even(w / scales.reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX)
+    q = np.clip(round_half_even(w / scales.reshape(shape)), -qmax, qmax)
     return WeightQuant(scales=scales, values=q.astype(np.int8), axis=axis)
 
 

@@ -135,5 +135,5 @@ class NativeBackend(Backend):
         activations = activation_params_from_manifest(options.manifest.quantization)
         sparse = options.manifest.sparsity
         layers = set(sparse.layers) if sparse is not None else set()
-        plan = lower(graph, activations, sparsity=layers)
+        plan = lower(graph, activations, sparsity=layers, weight_bits=options.manifest.weight_bits)
         return NativeBackendSession(plan, options.threads, lowered=True)

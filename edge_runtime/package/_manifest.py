@@ -63,6 +63,7 @@ _LAYOUT_RE = re.compile(r"^[A-Z]{1,8}$")
 _RUNTIME_VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
 _PATH_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _MAX_PATH_CHARS = 255
+WEIGHT_BITS = (8, 7)  # quantization.weight_bits: edge_runtime.numerics.WEIGHT_BITS
 
 # What a manifest may hold beyond its byte size (Limits.max_manifest_bytes): nesting depth, the
 # characters of one number literal (a 64-digit integer at most) and finite numbers only. Checked on
@@ -389,7 +390,9 @@ class Manifest:
 
     ``quantization``, ``metrics`` and ``provenance`` are free-form JSON
     objects: the quantizer and the trainer define their content, the package
-    only carries it.
+    only carries it; except ``quantization.weight_bits``, the width of the weights
+    (8, or 7 for [-63, 63]; absent in older manifests: 8), checked here
+    (:attr:`weight_bits`).
     """
 
     name: str
@@ -446,6 +449,7 @@ class Manifest:
                 f"manifest selftest.artifact {selftest.artifact!r} is not listed in artifacts"
             )
 
+        _weight_bits(_obj(d.get("quantization", {}), "quantization"))
         return cls(
             schema_version=d["schema_version"],
             name=_str(d["name"], "name", _NAME_RE),
@@ -461,6 +465,11 @@ class Manifest:
             metrics=dict(_obj(d.get("metrics", {}), "metrics")),
             provenance=dict(_obj(d.get("provenance", {}), "provenance")),
         )
+
+    @property
+    def weight_bits(self) -> int:
+        """``quantization.weight_bits``: 8 or 7; 8 when absent (manifests before it existed)."""
+        return _weight_bits(self.quantization)
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(
@@ -504,6 +513,14 @@ class Manifest:
             )
         listed = ", ".join(f"{a.path} ({a.kind})" for a in self.artifacts)
         raise KeyError(f"no artifact with path or kind {path_or_kind!r}; the package holds {listed}")
+
+
+def _weight_bits(quantization: Mapping[str, Any]) -> int:
+    """``quantization.weight_bits`` of a manifest: 8 (also when absent) or 7."""
+    value = quantization.get("weight_bits", 8)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in WEIGHT_BITS:
+        raise PackageFormatError(f"manifest quantization.weight_bits must be 8 or 7, got {value!r}")
+    return value
 
 
 def _unique(values: list[str], what: str) -> None:

@@ -102,6 +102,7 @@ def lower(
     sparse_kernels: bool = True,
     partition: bool = True,
     input_shapes: Mapping[str, Any] | None = None,
+    weight_bits: int = 8,
 ) -> QuantizedPlan:
     """Lower an optimized graph (:func:`edge_runtime.graph.optimize`) to an INT8 plan.
 
@@ -117,11 +118,14 @@ def lower(
     with UnsupportedOperatorError naming the operator and node. Input height and width
     may be symbolic: convolutions and pools then work out their padding per input shape.
     ``input_shapes`` (input name -> a representative shape) only sizes the per-node MAC
-    estimate of symbolic dimensions (``plan.macs``). Raises QuantizationError naming a
-    tensor without parameters.
+    estimate of symbolic dimensions (``plan.macs``). ``weight_bits`` 7 quantizes every
+    weight to [-63, 63] (:func:`edge_runtime.numerics.quantize_weights`), the package's
+    declared ``weight_bits``. Raises QuantizationError naming a tensor without parameters.
     """
+    numerics.weight_qmax(weight_bits)  # 8 or 7, else QuantizationError
     lowering = _Lowering(graph, activations, sparsity or set(), sparse_kernels)
     lowering.partition = partition
+    lowering.weight_bits = weight_bits
     plan = lowering.run()
     # Once the foreign nodes are known, lower again with them set aside from the start, so
     # that they merge into as few [subgraph] steps as their dependencies allow (the first
@@ -133,6 +137,7 @@ def lower(
         known |= lowering.failed
         lowering = _Lowering(graph, activations, sparsity or set(), sparse_kernels)
         lowering.partition, lowering.foreign = True, set(known)
+        lowering.weight_bits = weight_bits
         plan = lowering.run()
     from edge_runtime.plan.partition import node_macs
 
@@ -156,6 +161,7 @@ class _Lowering:
         self.converted: dict[tuple[str, str], str] = {}
         self.node: Node | None = None
         self.partition = True
+        self.weight_bits = 8  # the width every weight is quantized to: 8 or 7
         self.foreign: set[str] = set()  # nodes known not to lower: straight into [subgraph] steps
         self.failed: set[str] = set()  # nodes that refused to lower in this pass
 
@@ -543,7 +549,8 @@ class _Lowering:
         if in_qp is None:
             raise UnsupportedOperatorError(f"{node}: input {a!r} is not a float tensor")
         out_qp = self._act(out)
-        wq = numerics.quantize_weights(w, axis=0)  # per output row: permuting columns commutes with it
+        # per output row: permuting columns commutes with it
+        wq = numerics.quantize_weights(w, axis=0, bits=self.weight_bits)
         out_qp = self._widened(out, out_qp, in_qp.scale * wq.scales)
         orders, layouts = [wq.values], [self.layout[src]]
         flat = self._flattened_map(a)
@@ -621,7 +628,7 @@ class _Lowering:
         in_qp = self.params[src]
         out = node.outputs[0]
         out_qp = self._act(out)
-        wq = numerics.quantize_weights(w.astype(np.float32), axis=0)
+        wq = numerics.quantize_weights(w.astype(np.float32), axis=0, bits=self.weight_bits)
         out_qp = self._widened(out, out_qp, in_qp.scale * wq.scales)
         bias_q = numerics.quantize_bias(
             np.zeros(m, np.float32) if bias is None else bias.astype(np.float32), in_qp.scale, wq.scales

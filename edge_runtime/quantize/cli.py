@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from edge_runtime.errors import DatasetError
@@ -31,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
                    help="activation calibration (default minmax)")  # fmt: skip
     p.add_argument("--sparsity", choices=("2:4",), help="prune Conv/Gemm weights to 2:4 first")
+    p.add_argument(
+        "--weight-bits", type=int, choices=(8, 7), metavar="{8,7}",
+        help="weight width: 7 ([-63, 63]) runs about twice as fast on x86 without VNNI, bit-identical "
+        "everywhere (default: 7 when this machine's device profile is x86 without VNNI, else 8)",
+    )  # fmt: skip
     p.add_argument(
         "--eval", metavar="DATA", help="held-out data for the accuracy report (default: calibration)"
     )
@@ -83,6 +89,7 @@ def _command_line(args: argparse.Namespace) -> str:
         "eval": args.eval, "labels": args.labels, "sign": args.sign, "name": args.name,
         "version": args.model_version, "batch-size": args.batch_size, "max-samples": args.max_samples,
         "threads": args.threads, "mean": args.mean, "std": args.std, "image-size": args.image_size,
+        "weight-bits": getattr(args, "weight_bits", None),
     }  # fmt: skip
     for flag, value in flags.items():
         if value is not None:
@@ -95,12 +102,19 @@ def _command_line(args: argparse.Namespace) -> str:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from edge_runtime.plan.calibrate import parse_input_shape
     from edge_runtime.quantize.data import ImageOptions
-    from edge_runtime.quantize.pipeline import QuantizeOptions, quantize_model
+    from edge_runtime.quantize.pipeline import QuantizeOptions, default_weight_bits, quantize_model
 
     mean, std, size = _floats(args.mean, "mean"), _floats(args.std, "std"), _size(args.image_size)
     image = None
     if mean is not None or std is not None or size is not None:
         image = ImageOptions(mean=mean or (0.0,), std=std or (1.0,), size=size)
+    if args.weight_bits is not None:
+        weight_bits, why = args.weight_bits, "--weight-bits"
+    else:
+        weight_bits, why = default_weight_bits()
+        why = f"default: {why}"
+    # Said before the work starts; on stderr with --json (stdout holds the JSON only).
+    print(f"weight bits: {weight_bits} ({why})", file=sys.stderr if args.json else sys.stdout, flush=True)
     options = QuantizeOptions(
         calibration=args.calibration,
         method=args.method,
@@ -117,6 +131,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         command=_command_line(args),
         input_shapes=[parse_input_shape(text) for text in args.input_shape],
+        weight_bits=weight_bits,
     )
     result = quantize_model(args.model, args.out, options)
     if args.json:

@@ -57,6 +57,7 @@ __all__ = [
     "SPARSITY_PATTERNS",
     "QuantizeOptions",
     "QuantizeResult",
+    "default_weight_bits",
     "prune_model_2_4",
     "quantize_model",
 ]
@@ -90,6 +91,27 @@ class QuantizeOptions:
     # (input name, shape) pairs: calibrate at these representative sizes (--input-shape);
     # empty: at the calibration data's own shapes.
     input_shapes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    # 8, or 7: weights in [-63, 63], which x86 without VNNI runs at about twice the rate
+    # (--weight-bits; the CLI's default is default_weight_bits()).
+    weight_bits: int = 8
+
+
+def default_weight_bits(profile: Any = None) -> tuple[int, str]:
+    """(weight bits, why) for a target device profile (:mod:`device_profiles`; None: this
+    machine's, detected): 7 on x86 without VNNI (kernel ISA ``avx2``), where 7-bit weights
+    run through ``vpmaddubsw`` without saturation; else 8."""
+    if profile is None:
+        try:
+            from device_profiles import detect_profile
+
+            profile = detect_profile()
+        except Exception as exc:  # noqa: BLE001 - any failure to detect: the exact default
+            return 8, f"the device profile could not be detected ({exc})"
+    isa = getattr(profile, "kernel_isa", None)
+    name = getattr(profile, "name", "?")
+    if isa == "avx2":
+        return 7, f"profile {name} is x86 without VNNI (kernel ISA avx2)"
+    return 8, f"profile {name} has kernel ISA {isa}"
 
 
 @dataclass
@@ -175,6 +197,7 @@ def quantize_model(
         describe=describe,
         signing_key=key,
         threads=options.threads,
+        weight_bits=options.weight_bits,
     )
     info = done.package
     signed = f"signed by {info.signer}" if info.signer else "unsigned"

@@ -58,6 +58,7 @@ def export_qdq(
     activations: Mapping[str, QuantParams],
     *,
     opset: int | None = None,
+    weight_bits: int = 8,
 ) -> onnx.ModelProto:
     """The QDQ ONNX model of ``source`` quantized with these activation parameters.
 
@@ -66,14 +67,17 @@ def export_qdq(
     ModelProto or a path), which is imported and optimized here the same way.
     ``activations`` maps tensor names of that graph to their parameters (from
     :func:`edge_runtime.plan.calibrate`); tensors without parameters stay float.
-    The result passes ``onnx.checker``. Raises QuantizationError naming the node
+    ``weight_bits`` 7 carries the 7-bit weights ([-63, 63]) of a package that declares
+    them, the native plan's own. The result passes ``onnx.checker``. Raises QuantizationError naming the node
     whose bias does not fit int32, GraphError for a graph it cannot write.
     """
     graph = source if isinstance(source, Graph) else optimize(import_onnx(source))
     target = max(MIN_EXPORT_OPSET, graph.opset) if opset is None else opset
     if target < MIN_EXPORT_OPSET:
         raise GraphError(f"QDQ export needs opset >= {MIN_EXPORT_OPSET}, asked for {opset}")
-    model = _Writer(graph, activations, target).build()
+    writer = _Writer(graph, activations, target)
+    writer.weight_bits = weight_bits
+    model = writer.build()
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -83,7 +87,7 @@ def export_qdq(
     return model
 
 
-def quantized_weights(graph: Graph) -> dict[str, WeightQuant]:
+def quantized_weights(graph: Graph, weight_bits: int = 8) -> dict[str, WeightQuant]:
     """The per-channel int8 weights of every Conv, ConvTranspose, Gemm and MatMul with constant
     weights, by node name: what the QDQ model and the native plan both carry."""
     out: dict[str, WeightQuant] = {}
@@ -91,7 +95,7 @@ def quantized_weights(graph: Graph) -> dict[str, WeightQuant]:
         layout = _weight_layout(graph, node)
         if layout is not None:
             weights, axis = layout
-            out[node.name] = quantize_weights(weights, axis)
+            out[node.name] = quantize_weights(weights, axis, bits=weight_bits)
     return out
 
 
@@ -143,6 +147,7 @@ class _Writer:
         # The tensor consumers read instead of each quantized activation.
         self.read_as: dict[str, str] = {}
         self.params = {name: p for name, p in activations.items() if self._is_float_tensor(name)}
+        self.weight_bits = 8  # 8 or 7: the width of every weight
 
     # -- names and constants ---------------------------------------------------
 
@@ -273,7 +278,7 @@ class _Writer:
             layout = (layout[0].T, 1)
             attrs["transB"] = 0
         if layout is not None:
-            wq = quantize_weights(*layout)
+            wq = quantize_weights(*layout, bits=self.weight_bits)
             inputs = [inputs[0], self._weights(node, wq), *inputs[2:]]
             if bias is not None and op_bias_scale(node) is not None:
                 bias = bias * np.float32(op_bias_scale(node))

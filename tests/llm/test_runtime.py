@@ -160,3 +160,13 @@ def test_engine_batches_chunked_prefill_with_decode(packages, tiny_tokenizer):
             assert d.wait(30)
         assert ["".join(t) for t in texts] == expected
         assert engine.prefill_tokens == 32 and len(prompts[1]) > 64
+
+
+def test_load_from_an_extracted_store_directory(packages, tmp_path):
+    from edge_runtime.package import open_package
+
+    with open_package(packages("llama", "int8")) as pkg:
+        target = pkg.extract(tmp_path / "store" / "v1")
+    assert llm.is_llm_package(target) and llm.is_llm_package(packages("llama", "int8"))
+    with llm.load(target, threads=1) as model:
+        assert model.selftest()["passed"]

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "realmodels"))
 
-from corpus import CORPUS, CorpusModel, available  # noqa: E402
+from corpus import CORPUS, CorpusModel, available
 
 CALIBRATION = {"ocr-cls": 24, "ocr-det": 12, "ocr-rec": 16, "vad-stream": 128, "vad-sequence": 16}
 HELD_OUT = {"ocr-cls": 40, "ocr-det": 6, "ocr-rec": 10, "vad-stream": 64, "vad-sequence": 8}
@@ -87,7 +87,9 @@ def _ort_int8(model_bytes: bytes, calibration: list[dict[str, np.ndarray]]) -> b
 
 def _score(model: CorpusModel, want: list[np.ndarray], got: list[np.ndarray]) -> float:
     if model.metric_name == "mask IoU":
-        return model.metric(np.concatenate([w.ravel() for w in want]), np.concatenate([g.ravel() for g in got]))
+        return model.metric(
+            np.concatenate([w.ravel() for w in want]), np.concatenate([g.ravel() for g in got])
+        )
     return float(np.mean([model.metric(w, g) for w, g in zip(want, got)]))
 
 
@@ -127,10 +129,12 @@ def bench_model(key: str, seconds: float) -> dict[str, Any]:
             result["native_mac_share"] = report.get("native_mac_share")
             result["partition"] = {k: v for k, v in report.items() if k not in ("nodes",)}
         feeds = held[0]
+        ort_float = _ort_session(model.model_bytes(pinned=False), threads)
+        ort_int8 = _ort_session(int8_bytes, threads)
         engines = {
             "native_int8": session.run,
-            "ort_float": lambda f, s=_ort_session(model.model_bytes(pinned=False), threads): s.run(None, f),
-            "ort_int8": lambda f, s=_ort_session(int8_bytes, threads): s.run(None, f),
+            "ort_float": lambda f, s=ort_float: s.run(None, f),
+            "ort_int8": lambda f, s=ort_int8: s.run(None, f),
         }
         for name, fn in engines.items():
             latency.setdefault(name, {})[f"{threads}t_p50_ms"] = round(_p50(fn, feeds, seconds), 3)
@@ -155,7 +159,12 @@ def machine() -> dict[str, Any]:
         pass
     import onnxruntime as ort
 
-    return {"cpu": cpu, "isa": kernels.get_isa(), "python": platform.python_version(), "onnxruntime": ort.__version__}
+    return {
+        "cpu": cpu,
+        "isa": kernels.get_isa(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+    }
 
 
 def markdown(results: list[dict[str, Any]], where: dict[str, Any], command: str) -> str:
@@ -163,14 +172,18 @@ def markdown(results: list[dict[str, Any]], where: dict[str, Any], command: str)
         "",
         "## Real models",
         "",
-        f"`{command}` on {where['cpu']} (`edge isa`: {where['isa']}), onnxruntime {where['onnxruntime']}; "
-        "batch 1, p50 latency in ms at 1 / 2 threads. Agreement with onnxruntime float on held-out "
-        "generated inputs (docs/realmodels.md); ORT INT8 is onnxruntime's quantize_static (QDQ, "
-        "per-channel, minmax) on the same calibration data. Native MACs: the share of the "
-        "model's multiply-accumulates on the int8 kernels.",
+        (
+            f"`{command}` on {where['cpu']} (`edge isa`: {where['isa']}), onnxruntime {where['onnxruntime']}; "
+            "batch 1, p50 latency in ms at 1 / 2 threads. Agreement with onnxruntime float on held-out "
+            "generated inputs (docs/realmodels.md); ORT INT8 is onnxruntime's quantize_static (QDQ, "
+            "per-channel, minmax) on the same calibration data. Native MACs: the share of the "
+            "model's multiply-accumulates on the int8 kernels."
+        ),
         "",
-        "| model | exporter | input | MMACs | native MACs | measure | native INT8 | ORT INT8 "
-        "| native INT8 ms | ORT float ms | ORT INT8 ms |",
+        (
+            "| model | exporter | input | MMACs | native MACs | measure | native INT8 | ORT INT8 "
+            "| native INT8 ms | ORT float ms | ORT INT8 ms |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
@@ -179,7 +192,7 @@ def markdown(results: list[dict[str, Any]], where: dict[str, Any], command: str)
         share = r.get("native_mac_share")
         share_s = "-" if share is None else f"{100 * share:.1f}%"
 
-        def ms(name: str, r: dict = r) -> str:
+        def ms(name: str, lat: dict = lat) -> str:
             return f"{lat[name]['1t_p50_ms']:.2f} / {lat[name]['2t_p50_ms']:.2f}"
 
         lines.append(
@@ -193,7 +206,9 @@ def markdown(results: list[dict[str, Any]], where: dict[str, Any], command: str)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=None, help="comma-separated corpus keys (default: all installed)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per engine and thread count")
+    parser.add_argument(
+        "--seconds", type=float, default=2.0, help="timed seconds per engine and thread count"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "realmodels.json"))
     parser.add_argument("--markdown", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args(argv)

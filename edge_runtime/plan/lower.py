@@ -1205,8 +1205,24 @@ class _Lowering:
     def _op_LSTM(self, node: Node) -> None:
         """Recurrent layers in float (dequantized input and states, float32 gates): one step
         per output that something reads, each naming its output in ``_output``."""
-        for index, out in enumerate(node.outputs):
-            if not out or not (self.graph.consumers(out) or out in self.graph.output_names):
+        def used(name: str) -> bool:
+            return bool(name) and bool(self.graph.consumers(name) or name in self.graph.output_names)
+
+        outs = list(node.outputs)
+        # A forward layer over whole sequences ends in its last output step: Y_h is Y[-1], taken
+        # from Y's bytes rather than by running the layer once more.
+        last_of_y = (
+            used(outs[0]) and node.attrs.get("direction", "forward") == "forward"
+            and not node.attrs.get("layout", 0) and not node.input(4)
+        )  # fmt: skip
+        for index, out in enumerate(outs):
+            if not used(out):
+                continue
+            if index == 1 and last_of_y:
+                y = self._src(outs[0])
+                tail = self.graph.unique_name(out + "@last_step")
+                self._move(Node("Slice", node.name, [y], [tail], {"starts": [-1], "ends": [2**62], "axes": [0], "steps": [1]}))
+                self._move(Node("Squeeze", node.name, [tail], [out], {"axes": [0]}))
                 continue
             single = Node(node.op_type, node.name, list(node.inputs), [out], {**node.attrs, "_output": index})
             self._float(single)

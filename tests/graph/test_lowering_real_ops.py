@@ -146,7 +146,7 @@ def test_conv_transpose_and_lstm_run_as_float_steps() -> None:
     model = make_model(nodes, [value("x", [1, 2, 4, 4])], outputs, inits, opset=13)
     got, want, plan, params = _run(model, randn(1, 2, 4, 4))
     floats = [s.attrs["node_op"] for s in plan.steps if s.op == "float"]
-    assert "ConvTranspose" in floats and floats.count("LSTM") == 3
+    assert "ConvTranspose" in floats and floats.count("LSTM") == 2  # Y_h is the last step of Y
     for name in ("y", "yh", "yc"):
         _close(got[name], want[name], params[name], steps=3.01, rel=0.05)
 
@@ -154,6 +154,6 @@ def test_conv_transpose_and_lstm_run_as_float_steps() -> None:
 def test_old_softmax_over_several_axes_runs_natively() -> None:
     node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
     model = make_model([node], [value("x", [2, 3, 4])], [value("y", None)], opset=11)
-    got, want, plan, params = _run(model, randn(2, 3, 4))
+    got, want, _, params = _run(model, randn(2, 3, 4))
     _close(got["y"], want["y"], params["y"], steps=2.01)
     np.testing.assert_allclose(got["y"].reshape(2, -1).sum(axis=1), 1.0, atol=12 * params["y"].scale)

@@ -23,6 +23,7 @@ __all__ = [
     "canonical_softmax",
     "conv1d_to_conv2d",
     "einsum_to_matmul",
+    "drop_zero_initial_states",
     "eliminate_dead_code",
     "fold_affine_into_conv",
     "fold_batch_norm",
@@ -1097,6 +1098,28 @@ def fuse_magnitude(graph: Graph) -> bool:
     return changed
 
 
+def drop_zero_initial_states(graph: Graph) -> bool:
+    """An LSTM/GRU/RNN initial state made by ``ConstantOfShape(0)`` (torch's exporter builds
+    ``zeros(directions, batch, hidden)`` from the input's shape) is omitted: an absent initial
+    state is zero, and the shape arithmetic behind it then goes away."""
+    changed = False
+    for node in graph.nodes:
+        if node.op_type not in ("LSTM", "GRU", "RNN"):
+            continue
+        for index in (5, 6):
+            name = node.input(index)
+            producer = graph.producer(name) if name else None
+            if producer is None or producer.op_type != "ConstantOfShape":
+                continue
+            value = np.asarray(producer.attrs.get("value", np.zeros(1, np.float32)))
+            if value.size == 1 and float(value.ravel()[0]) == 0.0:
+                node.inputs[index] = ""
+                changed = True
+    if changed:
+        graph.remove_dead_code()
+    return changed
+
+
 def einsum_to_matmul(graph: Graph) -> bool:
     """The two-operand Einsums exporters emit for batched products (``bij,bjk->bik``,
     ``bhid,bhjd->bhij``: the same leading letters in both operands and the output, one
@@ -1149,6 +1172,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     canonical_softmax,
     split_to_slices,
     einsum_to_matmul,
+    drop_zero_initial_states,
     remove_identities,
     fold_batch_norm,
     fuse_layer_norm,

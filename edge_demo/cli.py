@@ -32,7 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--quick", action="store_true", help="shorter training and health windows (about a minute)"
     )
     demo.add_argument(
-        "--keep", action="store_true", help="keep the fleet running after the report, until Ctrl-C"
+        "--keep",
+        action="store_true",
+        help="keep the fleet (and its web console) running after the report, until Ctrl-C; prints the "
+        "console URL and the API token to sign in with",
     )
     demo.add_argument(
         "--workdir",

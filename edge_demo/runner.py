@@ -191,6 +191,9 @@ class Demo:
 
     def _keep(self) -> None:
         self.say("\n--keep: the fleet keeps running. Try:")
+        self.say(f"  console: {self.api}/   (open it in a browser; sign in with the API token below)")
+        self.say(f"  API token: {self.api_token}")
+        self.say(f"  read-only viewer token: {self.workdir / 'fleet' / 'viewer-token'}")
         self.say(f"  export EDGE_FLEET_TOKEN={self.api_token}   # the manager API's bearer token")
         self.say(f"  edge fleet devices --api {self.api}")
         self.say(f"  edge fleet rollout status --api {self.api}")
@@ -445,6 +448,11 @@ class Demo:
         self.api = f"http://127.0.0.1:{http_port}"
         self._wait_until(lambda: self._api_ok("/healthz"), 45.0, "the fleet manager's API", manager)
         self.note(f"manager: edge fleet serve, API {self.api} (pid {manager.pid})")
+        self.note(
+            f"console: {self.api}/ (sign in by pasting the API token: the EDGE_FLEET_TOKEN this run "
+            "made, printed with --keep)"
+        )
+        self.summary["console"] = f"{self.api}/"
         self.summary["manager"] = {"api": self.api, "broker": broker_url}
 
         for spec in DEVICES:

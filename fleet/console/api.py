@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from fleet.console.sessions import COOKIE, CSRF_HEADER, ConsoleSessions
 from fleet.errors import NotFoundError
 from fleet.manager.rollout import InvalidRequestError, RolloutSpec
 
-__all__ = ["STATIC_DIR", "SECURITY_HEADERS", "ChangeFeed", "console_routes", "is_open_path"]
+__all__ = ["SECURITY_HEADERS", "STATIC_DIR", "ChangeFeed", "console_routes", "is_open_path"]
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class ChangeFeed:
         while self._listeners and not self.closing.is_set():
             try:
                 marks = await self.run(self.manager.db.change_marks)
-            except Exception:  # noqa: BLE001 - a closed database at shutdown, a busy one: try again
+            except Exception:
                 log.debug("console change feed: reading the marks failed", exc_info=True)
                 marks = last
             if marks is not None and last is not None:
@@ -133,6 +134,13 @@ class ChangeFeed:
                 pass
 
 
+def _warm_alerts(manager: Any) -> None:
+    try:
+        views.cached_alerts(manager)
+    except Exception:  # a warm-up: the first overview computes them again
+        log.debug("console: warming the alerts failed", exc_info=True)
+
+
 def console_routes(manager: Any, sessions: ConsoleSessions, run: Run, app: web.Application) -> list[Any]:
     """The console's routes (for ``app.add_routes``); registers the SSE feed's shutdown on ``app``."""
     feed = ChangeFeed(manager, run)
@@ -141,12 +149,21 @@ def console_routes(manager: Any, sessions: ConsoleSessions, run: Run, app: web.A
         feed.closing.set()
 
     app.on_shutdown.append(closing)
+
+    async def warm(_app: web.Application) -> None:
+        # The overview's telemetry alerts scan a window of the fleet's telemetry: computed once now,
+        # in the background, so the first page is served from the cache (views.cached_alerts).
+        threading.Thread(target=_warm_alerts, args=(manager,), name="console-warm", daemon=True).start()
+
+    app.on_startup.append(warm)
     index_html = (STATIC_DIR / "index.html").read_bytes()
 
     # --- the page ---
 
     async def index(_r: web.Request) -> web.Response:
-        return web.Response(body=index_html, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+        return web.Response(
+            body=index_html, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS
+        )
 
     async def static(request: web.Request) -> web.StreamResponse:
         rel = request.match_info["path"]
@@ -168,8 +185,15 @@ def console_routes(manager: Any, sessions: ConsoleSessions, run: Run, app: web.A
         session = sessions.from_request(request)
         if session is None:  # 200, not 401: asking is not an error (and the page asks on every load)
             return _json({"signed_in": False})
-        return _json({"signed_in": True, "role": session.role.value, "csrf": session.csrf,
-                      "expires": session.expires, "fleet": manager.config.fleet})
+        return _json(
+            {
+                "signed_in": True,
+                "role": session.role.value,
+                "csrf": session.csrf,
+                "expires": session.expires,
+                "fleet": manager.config.fleet,
+            }
+        )
 
     async def session_post(request: web.Request) -> web.Response:
         if request.content_type != "application/json" or not _same_origin(request):
@@ -185,11 +209,25 @@ def console_routes(manager: Any, sessions: ConsoleSessions, run: Run, app: web.A
             return _json({"error": "this is neither the operator's nor the viewer's API token"}, 401)
         cookie, session = issued
         await run(manager.db.add_audit, session.actor, "sign_in", "console", "")
-        response = _json({"signed_in": True, "role": session.role.value, "csrf": session.csrf,
-                          "expires": session.expires, "fleet": manager.config.fleet})
+        response = _json(
+            {
+                "signed_in": True,
+                "role": session.role.value,
+                "csrf": session.csrf,
+                "expires": session.expires,
+                "fleet": manager.config.fleet,
+            }
+        )
         secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
-        response.set_cookie(COOKIE, cookie, max_age=sessions.lifetime_s, path="/", httponly=True,
-                            samesite="Strict", secure=secure)
+        response.set_cookie(
+            COOKIE,
+            cookie,
+            max_age=sessions.lifetime_s,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=secure,
+        )
         return response
 
     async def session_delete(request: web.Request) -> web.Response:
@@ -267,7 +305,11 @@ def console_routes(manager: Any, sessions: ConsoleSessions, run: Run, app: web.A
 
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
         )
         await response.prepare(request)
         queue = feed.subscribe()

@@ -52,7 +52,9 @@ class Session:
 class ConsoleSessions:
     """Issues and checks console sessions for one manager's operator (and optional viewer) token."""
 
-    def __init__(self, operator_token: str, viewer_token: str | None = None, lifetime_s: int = LIFETIME_S) -> None:
+    def __init__(
+        self, operator_token: str, viewer_token: str | None = None, lifetime_s: int = LIFETIME_S
+    ) -> None:
         self.operator_token, self.viewer_token = operator_token, viewer_token
         self.lifetime_s = lifetime_s
         material = b"edge-fleet-console\0" + operator_token.encode() + b"\0" + (viewer_token or "").encode()

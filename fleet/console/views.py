@@ -9,6 +9,7 @@ out, as in the rest of the manager.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -38,6 +39,8 @@ LATENCY_RATIO = 1.5  # a latency regression: the newer version's p95 over this t
 MIN_INFERENCES = 50  # per side, before a regression is judged
 MAX_ALERTS = 500
 
+log = logging.getLogger(__name__)
+
 
 def _num(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -62,63 +65,126 @@ def overview(manager: Any, since_s: float = 300.0) -> dict[str, Any]:
     by: dict[str, dict[str, dict[str, int]]] = {"profile": {}, "group": {}, "tag": {}, "agent_version": {}}
     models: dict[str, dict[str, dict[str, int]]] = {}
 
-    def count(kind: str, key: str | None, online: bool) -> None:
+    def count(kind: str, key: str | None, online: bool, n: int) -> None:
         slot = by[kind].setdefault(key or "(none)", {"online": 0, "offline": 0})
-        slot["online" if online else "offline"] += 1
+        slot["online" if online else "offline"] += n
 
-    online = 0
+    online = total = 0
     for d in facets:
-        on = d["online"]
-        online += on
-        count("profile", d["profile"], on)
-        count("group", d["grp"], on)
-        count("agent_version", d["agent_version"], on)
+        on, n = d["online"], d["n"]
+        total += n
+        online += n if on else 0
+        count("profile", d["profile"], on, n)
+        count("group", d["grp"], on, n)
+        count("agent_version", d["agent_version"], on, n)
         for tag in d["tags"]:
-            count("tag", tag, on)
+            count("tag", tag, on, n)
         for name, m in d["models"].items():
             slot = models.setdefault(name, {}).setdefault(m["version"], {"devices": 0, "online": 0})
-            slot["devices"] += 1
-            slot["online"] += on
-    rollouts = [
-        d for d in manager.db.deployment_summaries(200) if d["state"] in DeploymentState.active()
-    ]
+            slot["devices"] += n
+            slot["online"] += n if on else 0
+    rollouts = [d for d in manager.db.deployment_summaries(200) if d["state"] in DeploymentState.active()]
     return {
-        "devices": {"total": len(facets), "online": online, "offline": len(facets) - online},
+        "devices": {"total": total, "online": online, "offline": total - online},
         "by_profile": by["profile"],
         "by_group": by["group"],
         "by_tag": dict(sorted(by["tag"].items(), key=lambda kv: -sum(kv[1].values()))[:50]),
         "by_agent_version": by["agent_version"],
         "models": models,
         "rollouts": rollouts,
-        "alerts": alerts(manager, since_s),
+        "alerts": cached_alerts(manager, since_s),
         "now": time.time(),
     }
 
 
-def alerts(manager: Any, since_s: float = 300.0) -> list[dict[str, Any]]:
+ALERTS_TTL_S = 5.0
+_alerts_cache: dict[tuple[int, float], tuple[float, list[dict[str, Any]]]] = {}
+_alerts_busy: set[tuple[int, float]] = set()
+_alerts_lock = threading.Lock()
+
+
+def cached_alerts(manager: Any, since_s: float = 300.0) -> list[dict[str, Any]]:
+    """:func:`alerts`, at most ``ALERTS_TTL_S`` old: they scan the window's telemetry, which grows
+    with the fleet, so a stale list is served while one thread computes the next (the first call
+    computes it). Device alerts (duplicate_device_id) are always read fresh: they are one indexed table."""
+    key, now = (id(manager), since_s), time.monotonic()
+    with _alerts_lock:
+        cached = _alerts_cache.get(key)
+        refresh = (cached is None or now - cached[0] > ALERTS_TTL_S) and key not in _alerts_busy
+        if refresh and cached is not None:
+            _alerts_busy.add(key)
+    if cached is None:
+        value = alerts(manager, since_s, device_alerts=False)
+        with _alerts_lock:
+            _alerts_cache[key] = (time.monotonic(), value)
+        return _device_alerts(manager) + value
+    if refresh:
+
+        def compute() -> None:
+            try:
+                value = alerts(manager, since_s, device_alerts=False)
+                with _alerts_lock:
+                    _alerts_cache[key] = (time.monotonic(), value)
+            except Exception:  # the database closed under it at shutdown: keep the old list
+                log.debug("console alerts: computing them failed", exc_info=True)
+            finally:
+                with _alerts_lock:
+                    _alerts_busy.discard(key)
+
+        threading.Thread(target=compute, name="console-alerts", daemon=True).start()
+    return _device_alerts(manager) + cached[1]
+
+
+def _device_alerts(manager: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": str(a["alert"]),
+            "device": a["device"],
+            "since": _num(a["since"]),
+            "severity": "error",
+            "text": _ALERT_TEXT.get(str(a["alert"]), "reported by the device's agent"),
+        }
+        for a in manager.db.device_alerts(limit=MAX_ALERTS)
+    ]
+
+
+def alerts(manager: Any, since_s: float = 300.0, device_alerts: bool = True) -> list[dict[str, Any]]:
     """What needs an operator's eye: device alerts (duplicate_device_id), throttling, hot devices,
     queue drops, and per model an error-rate or latency regression of its newest version."""
-    out: list[dict[str, Any]] = []
-    for a in manager.db.device_alerts(limit=MAX_ALERTS):
-        out.append(
-            {"kind": str(a["alert"]), "device": a["device"], "since": _num(a["since"]), "severity": "error",
-             "text": _ALERT_TEXT.get(str(a["alert"]), "reported by the device's agent")}
-        )
+    out: list[dict[str, Any]] = _device_alerts(manager) if device_alerts else []
     for device, r in sorted(manager.resource_summary(since_s).items()):
         if len(out) >= MAX_ALERTS:
             break
         if r.get("throttled_reports"):
-            out.append({"kind": "throttling", "device": device, "severity": "warning",
-                        "text": f"throttled in {r['throttled_reports']} of {r['reports']} reports"})
+            out.append(
+                {
+                    "kind": "throttling",
+                    "device": device,
+                    "severity": "warning",
+                    "text": f"throttled in {r['throttled_reports']} of {r['reports']} reports",
+                }
+            )
         temp = _num(r.get("temperature_max"))
         if temp is not None and temp >= HOT_C:
-            out.append({"kind": "hot", "device": device, "severity": "warning",
-                        "text": f"temperature reached {temp:.0f} °C"})
+            out.append(
+                {
+                    "kind": "hot",
+                    "device": device,
+                    "severity": "warning",
+                    "text": f"temperature reached {temp:.0f} °C",
+                }
+            )
     for r in manager.db.queue_drops(time.time() - since_s):
         if len(out) >= MAX_ALERTS:
             break
-        out.append({"kind": "queue_drops", "device": r["device"], "severity": "warning",
-                    "text": f"its outbox dropped {int(r['total'])} message(s)"})
+        out.append(
+            {
+                "kind": "queue_drops",
+                "device": r["device"],
+                "severity": "warning",
+                "text": f"its outbox dropped {int(r['total'])} message(s)",
+            }
+        )
     out.extend(_regressions(manager, max(since_s, 900.0)))
     return out[:MAX_ALERTS]
 
@@ -146,17 +212,32 @@ def _regressions(manager: Any, since_s: float) -> list[dict[str, Any]]:
         if newest["inferences"] < MIN_INFERENCES or inferences < MIN_INFERENCES:
             continue
         old_rate = sum(r["errors"] for r in older) / inferences
-        if newest["error_rate"] > old_rate + ERROR_RATE_JUMP and newest["error_rate"] > ERROR_RATE_RATIO * old_rate:
-            out.append({"kind": "error_rate_regression", "model": model, "version": newest["version"],
-                        "severity": "error",
-                        "text": f"{model} {newest['version']}: error rate {newest['error_rate']:.1%} "
-                                f"against {old_rate:.1%} for earlier versions"})
+        if (
+            newest["error_rate"] > old_rate + ERROR_RATE_JUMP
+            and newest["error_rate"] > ERROR_RATE_RATIO * old_rate
+        ):
+            out.append(
+                {
+                    "kind": "error_rate_regression",
+                    "model": model,
+                    "version": newest["version"],
+                    "severity": "error",
+                    "text": f"{model} {newest['version']}: error rate {newest['error_rate']:.1%} "
+                    f"against {old_rate:.1%} for earlier versions",
+                }
+            )
         old_p95 = [r["p95_ms"] for r in older if _num(r.get("p95_ms"))]
         if old_p95 and _num(newest.get("p95_ms")) and newest["p95_ms"] > LATENCY_RATIO * max(old_p95):
-            out.append({"kind": "latency_regression", "model": model, "version": newest["version"],
-                        "severity": "warning",
-                        "text": f"{model} {newest['version']}: p95 {newest['p95_ms']:.1f} ms against "
-                                f"{max(old_p95):.1f} ms for earlier versions"})
+            out.append(
+                {
+                    "kind": "latency_regression",
+                    "model": model,
+                    "version": newest["version"],
+                    "severity": "warning",
+                    "text": f"{model} {newest['version']}: p95 {newest['p95_ms']:.1f} ms against "
+                    f"{max(old_p95):.1f} ms for earlier versions",
+                }
+            )
     return out
 
 
@@ -168,9 +249,18 @@ def device_page(manager: Any, query: dict[str, Any], since_s: float = 300.0) -> 
     total, rows = manager.db.device_page(**query)
     summary: dict[str, dict[str, Any]] = {}
     for r in manager.db.resources_of([d["id"] for d in rows], time.time() - since_s):
-        s = summary.setdefault(r["device"], {"reports": 0, "cpu": None, "temperature_max": None,
-                                             "throttled_reports": 0, "mem_used": None, "mem_total": None,
-                                             "_ts": -math.inf})
+        s = summary.setdefault(
+            r["device"],
+            {
+                "reports": 0,
+                "cpu": None,
+                "temperature_max": None,
+                "throttled_reports": 0,
+                "mem_used": None,
+                "mem_total": None,
+                "_ts": -math.inf,
+            },
+        )
         system = _json_obj(r["system"])
         s["reports"] += 1
         temp = _num(system.get("temperature_c"))
@@ -191,7 +281,12 @@ def device_page(manager: Any, query: dict[str, Any], since_s: float = 300.0) -> 
             s.pop("_ts")
         d["resources"] = s
         d["alerted"] = d["id"] in alerted
-    return {"total": total, "offset": query.get("offset", 0), "limit": query.get("limit", 50), "devices": rows}
+    return {
+        "total": total,
+        "offset": query.get("offset", 0),
+        "limit": query.get("limit", 50),
+        "devices": rows,
+    }
 
 
 def device_detail(manager: Any, device_id: str) -> dict[str, Any] | None:
@@ -204,8 +299,12 @@ def device_detail(manager: Any, device_id: str) -> dict[str, Any] | None:
     for e in manager.db.device_events(device_id):
         body = _json_obj(e["body"])
         events.append(
-            {"ts": _num(e["ts"]), "deployment_id": e["deployment_id"], "state": e["state"],
-             **{k: body.get(k) for k in ("step", "reason", "version", "progress") if k in body}}
+            {
+                "ts": _num(e["ts"]),
+                "deployment_id": e["deployment_id"],
+                "state": e["state"],
+                **{k: body.get(k) for k in ("step", "reason", "version", "progress") if k in body},
+            }
         )
     device["events"] = events
     return device
@@ -231,7 +330,9 @@ def device_series(manager: Any, device_id: str, since_s: float, buckets: int = 6
         "device": device_id,
         "since_s": since_s,
         "system": points,
-        "models": model_series(manager.db.model_rows(now - since_s, device_id=device_id), now, since_s, buckets),
+        "models": model_series(
+            manager.db.model_rows(now - since_s, device_id=device_id), now, since_s, buckets
+        ),
     }
 
 
@@ -251,7 +352,9 @@ def model_series(rows: list[dict[str, Any]], now: float, since_s: float, buckets
         if ts is None or not isinstance(r["model"], str) or not isinstance(r["version"], str):
             continue
         i = min(buckets - 1, max(0, int((ts - start) // width)))
-        cells = acc.setdefault((r["model"], r["version"]), [[0, 0, LatencyHistogram()] for _ in range(buckets)])
+        cells = acc.setdefault(
+            (r["model"], r["version"]), [[0, 0, LatencyHistogram()] for _ in range(buckets)]
+        )
         cell = cells[i]
         n, e = r["inferences"], r["errors"]
         cell[0] += n if isinstance(n, int) and n >= 0 else 0
@@ -286,8 +389,13 @@ def deployment_detail(manager: Any, dep_id: str) -> dict[str, Any]:
     for e in manager.db.deployment_events(dep_id):
         body = _json_obj(e["body"])
         timeline.append(
-            {"ts": _num(e["ts"]), "device": e["device"], "deployment_id": e["deployment_id"], "state": e["state"],
-             **{k: body.get(k) for k in ("step", "reason", "progress") if k in body}}
+            {
+                "ts": _num(e["ts"]),
+                "device": e["device"],
+                "deployment_id": e["deployment_id"],
+                "state": e["state"],
+                **{k: body.get(k) for k in ("step", "reason", "progress") if k in body},
+            }
         )
     dep["timeline"] = timeline
     dep["audit"] = manager.db.audit(100, target=dep_id)
@@ -309,8 +417,13 @@ def preview(manager: Any, package_ref: str, spec: RolloutSpec, limit: int = 200)
         "online": sum(d["online"] for d in devices),
         "waves": sizes,
         "devices": [
-            {"id": d["id"], "online": d["online"], "profile": d["profile"], "grp": d["grp"],
-             "current": (d["models"].get(package["name"]) or {}).get("version")}
+            {
+                "id": d["id"],
+                "online": d["online"],
+                "profile": d["profile"],
+                "grp": d["grp"],
+                "current": (d["models"].get(package["name"]) or {}).get("version"),
+            }
             for d in devices[:limit]
         ],
         "busy": {dep: sorted(devs)[:20] for dep, devs in busy.items()},
@@ -338,6 +451,9 @@ def package_inside(manager: Any, sha_ref: str) -> dict[str, Any]:
     with open_package(manager.packages.path(row["sha256"])) as pkg:
         m = pkg.manifest
         out["manifest"] = m.to_dict()
+        # The key the signature names; verified only when the manager has a trust store (then
+        # ``package.signer`` holds it, checked at upload).
+        out["claimed_signer"] = pkg.signature.key_id if pkg.signature is not None else None
         out["layers"], out["partition"], out["layer_source"] = _layers(pkg)
     out["accuracy"] = out["manifest"].get("metrics") or {}
     out["selftest"] = _selftest(manager.packages.path(row["sha256"]))

@@ -295,11 +295,19 @@ class FleetDB:
         return int(total["n"] if total else 0), [_device_row(r) for r in rows]
 
     def device_facets(self) -> list[dict[str, Any]]:
-        """Every device's online flag, profile, group, tags, models and agent version (the overview)."""
-        return [
-            _device_row({**r, "id": None, "first_seen": None, "last_seen": None, "deployment_id": None})
-            for r in self.query("SELECT online, profile, grp, tags, models, agent_version FROM devices")
-        ]
+        """Devices counted (``n``) by online flag, profile, group, tags, models and agent version (the
+        overview): one row per distinct combination, so a large fleet's JSON is decoded once per kind."""
+        rows = self.query(
+            "SELECT online, profile, grp, tags, models, agent_version, COUNT(*) AS n FROM devices "
+            "GROUP BY online, profile, grp, tags, models, agent_version"
+        )
+        out = []
+        for r in rows:
+            n = int(r.pop("n"))
+            row = _device_row({**r, "id": None, "first_seen": None, "last_seen": None, "deployment_id": None})
+            row["n"] = n
+            out.append(row)
+        return out
 
     def resources_of(self, device_ids: list[str], since: float) -> list[dict[str, Any]]:
         """Raw system telemetry of some devices received since ``since`` (the device table's page)."""

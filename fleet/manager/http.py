@@ -47,10 +47,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import re
 import tempfile
-import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -179,9 +179,14 @@ def _auth(token: str, viewer_token: str | None = None, sessions: Any = None, aud
             action = request.match_info.get("action") or f"{request.method} {request.path}"
             try:
                 await asyncio.get_running_loop().run_in_executor(
-                    None, audit, actor, action, target, f"{request.method} {request.path} -> {response.status}"
+                    None,
+                    audit,
+                    actor,
+                    action,
+                    target,
+                    f"{request.method} {request.path} -> {response.status}",
                 )
-            except Exception:  # noqa: BLE001 - the action happened; a failed audit row is logged
+            except Exception:
                 log.exception("could not record %s %s in the audit log", request.method, request.path)
         return response
 

@@ -32,7 +32,16 @@ if not Path(CHROMIUM).exists():
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
 
-from fleet_helpers import IN, MODEL, MOSQUITTO, Mosquitto, seed_device, wait_for, write_key, write_model_package
+from fleet_helpers import (
+    IN,
+    MODEL,
+    MOSQUITTO,
+    Mosquitto,
+    seed_device,
+    wait_for,
+    write_key,
+    write_model_package,
+)
 
 if not Path(MOSQUITTO).exists():
     pytest.skip("no mosquitto (apt-get install -y mosquitto)", allow_module_level=True)
@@ -68,6 +77,7 @@ class Fleet:
     packages: dict[str, dict[str, Any]]
     shots: Path
     tmp: Path
+    broker: Mosquitto
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,7 +105,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         ManagerConfig(FLEET, tmp / "manager", BrokerConfig(broker.url), tick_interval_s=0.2)
     ).start()
     api = ApiServer(manager, token=OPERATOR, viewer_token=VIEWER).start()
-    paths = {v: write_model_package(tmp / f"v{v}.edgepkg", v, key, seed=int(v[0])).path for v in ("1.0", "2.0", "3.0")}
+    paths = {
+        v: write_model_package(tmp / f"v{v}.edgepkg", v, key, seed=int(v[0])).path
+        for v in ("1.0", "2.0", "3.0")
+    }
     packages = {v: manager.packages.add(p) for v, p in paths.items()}
     agents: list[Agent] = []
     stop = threading.Event()
@@ -118,9 +131,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             agents.append(Agent(config).start())
         wait_for(lambda: sum(d["online"] for d in manager.devices()) == len(DEVICES), 20, "devices online")
         traffic.start()
-        shots = tmp / "screenshots"
-        shots.mkdir()
-        yield Fleet(manager, api, agents, packages, shots, tmp)
+        # Under the module's tmp directory, or where $EDGE_CONSOLE_SCREENSHOTS says (to keep them).
+        shots = Path(os.environ.get("EDGE_CONSOLE_SCREENSHOTS") or tmp / "screenshots")
+        shots.mkdir(parents=True, exist_ok=True)
+        yield Fleet(manager, api, agents, packages, shots, tmp, broker)
     finally:
         stop.set()
         for a in agents:
@@ -128,7 +142,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         api.stop()
         manager.stop()
         broker.stop()
-        print(f"console screenshots: {tmp / 'screenshots'}")
+        print(f"console screenshots: {os.environ.get('EDGE_CONSOLE_SCREENSHOTS') or tmp / 'screenshots'}")
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +160,10 @@ class Page:
         self.page, self.fleet = page, fleet
         self.errors: list[str] = []
         self.expected: list[str] = []  # substrings of errors a test provokes on purpose
-        page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        page.on(
+            "console",
+            lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None,
+        )
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
 
     def sign_in(self, token: str = OPERATOR) -> None:

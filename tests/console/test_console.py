@@ -144,7 +144,9 @@ def test_viewer_cannot_act(page: Page, fleet: Fleet) -> None:
     # The API: the viewer token reads, and every action is 403; the operator's is not.
     assert _http(fleet.url + "/api/v1/devices", token=VIEWER)[0] == 200
     status, body = _http(
-        fleet.url + "/api/v1/deployments", "POST", VIEWER,
+        fleet.url + "/api/v1/deployments",
+        "POST",
+        VIEWER,
         {"package": fleet.packages["2.0"]["sha256"], "spec": {"targets": {"all": True}}},
     )
     assert status == 403, body
@@ -207,6 +209,47 @@ def test_package_and_telemetry_pages(page: Page, fleet: Fleet) -> None:
     page.shot("telemetry")
 
 
+def _publish_status(fleet: Fleet, device: str, alerts: list[str]) -> None:
+    """A retained status as an agent sends it (fleet.protocol.Status), with ``alerts``."""
+    import paho.mqtt.client as mqtt
+
+    from fleet.protocol import Presence, Status, topic
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{device}")
+    client.connect("127.0.0.1", fleet.broker.port)
+    client.loop_start()
+    try:
+        status = Status(
+            device=device, state=Presence.ONLINE, ts=time.time(), agent_version="test", alerts=alerts
+        )
+        client.publish(topic(FLEET, device, "status"), status.to_json(), qos=1, retain=True).wait_for_publish(
+            5
+        )
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_device_alerts_are_stored_and_shown_live(page: Page, fleet: Fleet) -> None:
+    """The agent's duplicate_device_id alert (its status's ``alerts``): stored, on the overview, cleared."""
+    p = page.page
+    page.sign_in(OPERATOR)
+    p.wait_for_selector("#stat-total b")
+    _publish_status(fleet, "ghost-01", ["duplicate_device_id"])
+    p.wait_for_selector("#alerts td:has-text('duplicate_device_id')")  # live: no reload
+    assert "ghost-01" in p.inner_text("#alerts")
+    assert [a["alert"] for a in fleet.manager.db.device_alerts("ghost-01")] == ["duplicate_device_id"]
+    page.shot("overview-alert")
+    p.goto(f"{fleet.url}/#/device/ghost-01")
+    p.wait_for_selector("#device-alerts:has-text('duplicate_device_id')")
+    # The agent's next status carries no alert any more (it clears after 10 quiet minutes): it goes.
+    _publish_status(fleet, "ghost-01", [])
+    wait_for(lambda: not fleet.manager.db.device_alerts("ghost-01"), 10, "the alert to clear")
+    p.goto(f"{fleet.url}/#/")
+    p.wait_for_selector("#stat-total b")
+    assert "duplicate_device_id" not in p.inner_text("#alerts")
+
+
 def test_ten_thousand_devices_render_fast(page: Page, fleet: Fleet, tmp_path: Any) -> None:
     """10,000 device rows inserted directly: the device table's first render stays under 1 s."""
     broker = Mosquitto(tmp_path / "broker").start()
@@ -220,9 +263,15 @@ def test_ten_thousand_devices_render_fast(page: Page, fleet: Fleet, tmp_path: An
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        f"dev-{i:05d}", int(i % 10 != 0), now, now - i, ("rpi4", "rpi5", "orin")[i % 3],
-                        f"plant-{i % 20}", json.dumps([f"line-{i % 7}"]),
-                        json.dumps({"linear": {"version": "1.0" if i % 4 else "2.0", "sha256": "0" * 64}}), "0.9",
+                        f"dev-{i:05d}",
+                        int(i % 10 != 0),
+                        now,
+                        now - i,
+                        ("rpi4", "rpi5", "orin")[i % 3],
+                        f"plant-{i % 20}",
+                        json.dumps([f"line-{i % 7}"]),
+                        json.dumps({"linear": {"version": "1.0" if i % 4 else "2.0", "sha256": "0" * 64}}),
+                        "0.9",
                     )
                     for i in range(10000)
                 ],
@@ -247,12 +296,15 @@ def test_ten_thousand_devices_render_fast(page: Page, fleet: Fleet, tmp_path: An
         p.wait_for_selector("#stat-total b:has-text('10,000')")
         overview = time.monotonic() - start
         page.shot("devices-10000")
-        print(f"10,000 devices: table first render {first_render:.3f} s, filter {filtered:.3f} s, overview {overview:.3f} s")
+        print(
+            f"10,000 devices: table first render {first_render:.3f} s, filter {filtered:.3f} s, overview {overview:.3f} s"
+        )
         (fleet.shots / "timings.txt").write_text(
             f"first_render_s {first_render:.3f}\nfilter_s {filtered:.3f}\noverview_s {overview:.3f}\n"
         )
         assert first_render < 1.0, f"the device table took {first_render:.2f} s"
         assert filtered < 1.0
+        assert overview < 2.0, f"the overview (a full page load) took {overview:.2f} s"
     finally:
         api.stop()
         manager.stop()

@@ -205,13 +205,16 @@ window.addEventListener("hashchange", route);
 
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f"];
 
-function chart(container, title, series, data, { unit = "", height = 200 } = {}) {
+function chart(container, title, series, data, { unit = "", height = 200, points = undefined } = {}) {
   const width = Math.max(320, container.clientWidth || 480);
   const opts = {
     title, width, height,
     scales: { x: { time: true } },
     axes: [{}, { label: unit, size: 60 }],
-    series: [{}, ...series.map((s, i) => ({ label: s, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true }))],
+    series: [{}, ...series.map((s, i) => ({
+      label: s, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true,
+      points: { show: points, size: 5, fill: COLORS[i % COLORS.length] },
+    }))],
   };
   const plot = new uPlot(opts, data, container);
   container.dataset.points = String(data[0].length);
@@ -346,9 +349,9 @@ function deviceView(main, id) {
       charts = {
         sys: chart(boxes.sys, "CPU and memory", ["CPU %", "memory %"], systemData(series.system), { unit: "%" }),
         temp: chart(boxes.temp, "Temperature and throttling", ["°C", "throttled"], tempData(series.system)),
-        ips: chart(boxes.ips, "Inferences / s", labels(m), modelData(m, "ips")),
-        lat: chart(boxes.lat, "p95 latency (ms)", labels(m), modelData(m, "p95"), { unit: "ms" }),
-        err: chart(boxes.err, "Error rate", labels(m), modelData(m, "error_rate")),
+        ips: chart(boxes.ips, "Inferences / s", labels(m), modelData(m, "ips"), { points: true }),
+        lat: chart(boxes.lat, "p95 latency (ms)", labels(m), modelData(m, "p95"), { unit: "ms", points: true }),
+        err: chart(boxes.err, "Error rate", labels(m), modelData(m, "error_rate"), { points: true }),
         labels: labels(m).join("|"),
       };
     },
@@ -499,7 +502,7 @@ function rolloutView(main, id) {
           h("dt", {}, "package"), h("dd", {}, `${d.model} ${d.version} `, link(`#/package/${d.sha256}`, d.sha256.slice(0, 16))),
           h("dt", {}, "progress"), h("dd", { id: "deployment-progress" }, progressBar(d.counts)),
           h("dt", {}, "counts"), h("dd", { id: "deployment-counts" }, Object.entries(d.counts).map(([k, v]) => `${k} ${v}`).join(", ")),
-          h("dt", {}, "wave"), h("dd", {}, `${d.wave + 1} of ${d.waves}`),
+          h("dt", {}, "wave"), h("dd", {}, `${Math.min(d.wave + 1, d.waves)} of ${d.waves}`),
           h("dt", {}, "targets"), h("dd", {}, JSON.stringify(spec.targets || {})),
           h("dt", {}, "reason"), h("dd", { id: "deployment-reason" }, d.reason || "—"),
           h("dt", {}, "created"), h("dd", {}, fmtTime(d.created))),
@@ -515,11 +518,16 @@ function rolloutView(main, id) {
           { class: "wave-devices" }))),
         h("h2", {}, "Timeline"),
         table(["time", "device", "event", "step", "reason"], d.timeline.map((e) => row(fmtTime(e.ts), e.device,
-          pill(e.state), e.step || (e.progress !== undefined ? `${Math.round(100 * e.progress)} %` : ""), e.reason || "")), { id: "timeline" }),
+          pill(e.state), e.step || progressText(e.progress), e.reason || "")), { id: "timeline" }),
         h("h2", {}, "Audit"),
         table(["time", "who", "action", "detail"], d.audit.map((a) => row(fmtTime(a.ts), a.actor, a.action, a.detail)), { id: "deployment-audit" }));
     },
   };
+}
+
+function progressText(p) {
+  if (!p || typeof p !== "object" || !p.total) return "";
+  return `${Math.round((100 * (p.bytes || 0)) / p.total)} % of ${fmtBytes(p.total)}`;
 }
 
 // --- packages ---
@@ -529,7 +537,7 @@ function packagesView(main) {
     async render() {
       const pkgs = await api("/api/v1/packages");
       main.replaceChildren(h("h1", {}, "Packages"), table(["name", "version", "signer", "size#", "added", "sha256"], pkgs.slice().reverse().map((p) => row(
-        link(`#/package/${p.sha256}`, p.name), p.version, p.signer || "unsigned", num(fmtBytes(p.size)), fmtTime(p.added), h("code", {}, p.sha256.slice(0, 16)))), { id: "packages" }));
+        link(`#/package/${p.sha256}`, p.name), p.version, p.signer || "not verified", num(fmtBytes(p.size)), fmtTime(p.added), h("code", {}, p.sha256.slice(0, 16)))), { id: "packages" }));
     },
   };
 }
@@ -546,7 +554,8 @@ function packageView(main, sha) {
         h("h1", {}, `${m.name} ${m.version}`),
         h("div", { class: "card" }, h("dl", { class: "facts" },
           h("dt", {}, "sha256"), h("dd", {}, x.package.sha256), h("dt", {}, "size"), h("dd", {}, fmtBytes(x.package.size)),
-          h("dt", {}, "signer"), h("dd", {}, x.package.signer || "unsigned"), h("dt", {}, "created"), h("dd", {}, m.created),
+          h("dt", {}, "signer"), h("dd", { id: "signer" }, x.package.signer ? `${x.package.signer} (verified at upload)`
+            : x.claimed_signer ? `${x.claimed_signer} (claimed; this manager has no --trust to verify it)` : "unsigned"), h("dt", {}, "created"), h("dd", {}, m.created),
           h("dt", {}, "inputs"), h("dd", {}, m.inputs.map((t) => `${t.name} ${t.dtype} [${t.shape.join("×")}]`).join(", ")),
           h("dt", {}, "outputs"), h("dd", {}, m.outputs.map((t) => `${t.name} ${t.dtype} [${t.shape.join("×")}]`).join(", ")),
           h("dt", {}, "sparsity"), h("dd", {}, m.sparsity ? `${m.sparsity.pattern} on ${m.sparsity.layers.length} layer(s)` : "none"),

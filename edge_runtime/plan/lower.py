@@ -443,6 +443,28 @@ class _Lowering:
             self.converted[key] = out
         return self.converted[key]
 
+    def _bias_fitted(
+        self, wq: numerics.WeightQuant, w: np.ndarray, bias: np.ndarray | None, input_scale: float
+    ) -> numerics.WeightQuant:
+        """``wq``, with the scale of every channel whose int32 bias would overflow at
+        ``input_scale * weight_scale`` raised until the bias fits (within 2^30). Such a channel's
+        weights are tiny next to its bias (a channel scaled down by a folded affine block or
+        barely trained); they keep as many codes as the larger scale leaves them."""
+        if bias is None:
+            return wq
+        channels = wq.scales.shape[0]
+        b = np.abs(np.broadcast_to(np.asarray(bias, np.float64).reshape(-1), (channels,)))
+        need = b / (np.float64(np.float32(input_scale)) * float(2**30))
+        bad = need > wq.scales.astype(np.float64)
+        if not bad.any():
+            return wq
+        qmax = 63 if getattr(self, "weight_bits", 8) == 7 else 127
+        scales = np.where(bad, need, wq.scales).astype(np.float32)
+        rows = np.asarray(w, np.float32).reshape(channels, -1)
+        values = wq.values.reshape(channels, -1).copy()
+        values[bad] = np.clip(np.rint(rows[bad] / scales[bad, None]), -qmax, qmax).astype(np.int8)
+        return numerics.WeightQuant(scales=scales, values=values.reshape(wq.values.shape), axis=wq.axis)
+
     def _widened(self, name: str, qp: QuantParams, accumulator_scales: np.ndarray) -> QuantParams:
         """``qp``, or the same zero point with a larger scale when an output channel's
         accumulator step (input scale x weight scale) is coarser than the calibrated output
@@ -551,6 +573,7 @@ class _Lowering:
         out_qp = self._act(out)
         # per output row: permuting columns commutes with it
         wq = numerics.quantize_weights(w, axis=0, bits=self.weight_bits)
+        wq = self._bias_fitted(wq, w, bias, in_qp.scale)
         out_qp = self._widened(out, out_qp, in_qp.scale * wq.scales)
         orders, layouts = [wq.values], [self.layout[src]]
         flat = self._flattened_map(a)
@@ -629,6 +652,7 @@ class _Lowering:
         out = node.outputs[0]
         out_qp = self._act(out)
         wq = numerics.quantize_weights(w.astype(np.float32), axis=0, bits=self.weight_bits)
+        wq = self._bias_fitted(wq, w, bias, in_qp.scale)
         out_qp = self._widened(out, out_qp, in_qp.scale * wq.scales)
         bias_q = numerics.quantize_bias(
             np.zeros(m, np.float32) if bias is None else bias.astype(np.float32), in_qp.scale, wq.scales

@@ -157,3 +157,15 @@ def test_old_softmax_over_several_axes_runs_natively() -> None:
     got, want, _, params = _run(model, randn(2, 3, 4))
     _close(got["y"], want["y"], params["y"], steps=2.01)
     np.testing.assert_allclose(got["y"].reshape(2, -1).sum(axis=1), 1.0, atol=12 * params["y"].scale)
+
+
+def test_conv_channel_whose_bias_dwarfs_its_weights_still_lowers() -> None:
+    """A channel with weights ~1e-9 and a bias of 3 (its int32 bias would overflow at the
+    weights' own scale) gets a larger weight scale instead of failing the model."""
+    w = randn(4, 2, 3, 3, seed=1)
+    w[2] *= 1e-9
+    b = np.float32([0.1, -0.2, 3.0, 0.0])
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])
+    model = make_model([node], [value("x", [1, 2, 5, 5])], [value("y", None)], {"w": w, "b": b})
+    got, want, _, params = _run(model, randn(1, 2, 5, 5))
+    _close(got["y"], want["y"], params["y"], steps=2.01, rel=0.03)

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime._version import __version__
 from edge_runtime.llm.config import LlamaConfig
-from edge_runtime.llm.errors import ModelSourceError
+from edge_runtime.llm.errors import ModelSourceError, UnsupportedModelError
 from edge_runtime.llm.quant import DEFAULT_GROUP, WEIGHT_FORMATS, encode_weights
 from edge_runtime.llm.sources import ModelSource, read_source
 from edge_runtime.llm.tokenizer import TextTokenizer
@@ -172,6 +173,8 @@ def convert(
             "smoothing_alpha": smoothing if weights != "f16" else 0.0,
         },
         "selftest": {"artifact": SELFTEST_PATH, "atol": SELFTEST_ATOL},
+        # A runtime without edge_runtime.llm would not know what to do with the llm-* artifacts.
+        "requirements": {"min_runtime_version": __version__},
         "metrics": {"parameters": config.parameter_count()},
         "provenance": {
             **{k: v for k, v in src.provenance.items() if v is not None},
@@ -260,6 +263,9 @@ def load(
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
     manifest, data = _read_artifacts(p, trust_store)
+    too_old = [r for r in manifest.requirements.unmet(__version__) if r.startswith("needs runtime")]
+    if too_old:
+        raise UnsupportedModelError(f"{p}: {'; '.join(too_old)}")
     try:
         cfg = json.loads(data[CONFIG_KIND])
         config = LlamaConfig.from_dict(cfg["architecture"])

@@ -20,10 +20,11 @@ from edge_runtime.graph.shapes import infer_shapes
 
 __all__ = [
     "DEFAULT_PASSES",
+    "cancel_squeeze_unsqueeze",
     "canonical_softmax",
     "conv1d_to_conv2d",
-    "einsum_to_matmul",
     "drop_zero_initial_states",
+    "einsum_to_matmul",
     "eliminate_dead_code",
     "fold_affine_into_conv",
     "fold_batch_norm",
@@ -1120,6 +1121,50 @@ def drop_zero_initial_states(graph: Graph) -> bool:
     return changed
 
 
+_ELEMENTWISE_UNARY = frozenset({
+    "Relu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Swish", "Gelu",
+    "Softplus", "Abs", "Neg", "Exp", "Sqrt", "Identity",
+})  # fmt: skip
+
+
+def cancel_squeeze_unsqueeze(graph: Graph) -> bool:
+    """``Squeeze(axes) [-> an element-wise op] -> Unsqueeze(same axes)`` becomes the element-wise
+    op on the unsqueezed tensor (or nothing): consecutive 1-D convs written as 2-D ones
+    (``conv1d_to_conv2d``) no longer leave and re-enter 4-D around each activation."""
+    changed = False
+    for unsq in list(graph.nodes):
+        if unsq.op_type != "Unsqueeze" or len(unsq.inputs) != 1 or unsq not in graph.nodes:
+            continue
+        middle = graph.producer(unsq.inputs[0])
+        if middle is None or _sole_consumer(graph, unsq.inputs[0]) is not unsq:
+            continue
+        elementwise = None
+        if middle.op_type in _ELEMENTWISE_UNARY and len([i for i in middle.inputs if i]) == 1:
+            elementwise = middle
+            middle = graph.producer(middle.inputs[0])
+            if middle is None or _sole_consumer(graph, elementwise.inputs[0]) is not elementwise:
+                continue
+        sq = middle
+        if sq.op_type != "Squeeze" or len(sq.inputs) != 1 or "axes" not in sq.attrs:
+            continue
+        rank = graph.rank(sq.inputs[0])
+        if rank is None or "axes" not in unsq.attrs:
+            continue
+        if sorted(a % rank for a in sq.attrs["axes"]) != sorted(a % rank for a in unsq.attrs["axes"]):
+            continue
+        if elementwise is None:
+            if not graph.bypass(unsq, sq.inputs[0]):
+                continue
+        else:
+            elementwise.inputs[0] = sq.inputs[0]
+            elementwise.outputs = list(unsq.outputs)
+            graph.remove_node(unsq)
+        changed = True
+    if changed:
+        graph.remove_dead_code()
+    return changed
+
+
 def einsum_to_matmul(graph: Graph) -> bool:
     """The two-operand Einsums exporters emit for batched products (``bij,bjk->bik``,
     ``bhid,bhjd->bhij``: the same leading letters in both operands and the output, one
@@ -1184,6 +1229,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fold_affine_into_conv,
     fuse_magnitude,
     conv1d_to_conv2d,
+    cancel_squeeze_unsqueeze,
     reduce_mean_to_global_pool,
     fuse_matmul_add,
     fuse_activation,

@@ -713,11 +713,56 @@ class _Lowering:
         self._set(out, out_qp, "nhwc")
 
     def _op_ConvTranspose(self, node: Node) -> None:
-        # No int8 kernel: the reference's float transposed convolution on the dequantized
-        # input (decoders use a few, e.g. DBNet's two 2x2 stride-2 upsamplers).
         if self.graph.constant(node.inputs[1]) is None:
             raise UnsupportedOperatorError(f"{node}: ConvTranspose with weights computed at run time")
+        if self._upsampling_gemm(node):
+            return
+        # Other forms: the reference's float transposed convolution on the dequantized input.
         self._float(node)
+
+    def _upsampling_gemm(self, node: Node) -> bool:
+        """A ConvTranspose whose stride equals its square kernel, unpadded and ungrouped (the
+        upsamplers of decoders: DBNet's 2x2 stride 2) writes each input pixel's k x k output
+        block independently: an int8 GEMM over the NHWC pixels into k*k*M channels ordered
+        (row, column, channel), then DepthToSpace (DCR) on the bytes."""
+        attrs = node.attrs
+        w = self.graph.constant(node.inputs[1])
+        bias = self.graph.constant(node.input(2)) if node.input(2) else None
+        x, out = node.inputs[0], node.outputs[0]
+        if w is None or w.ndim != 4 or (node.input(2) and bias is None) or self._rank(x) != 4:
+            return False
+        k = list(attrs.get("kernel_shape", w.shape[2:]))
+        if (
+            int(attrs.get("group", 1)) != 1 or k[0] != k[1] or list(w.shape[2:]) != k
+            or list(attrs.get("strides", [1, 1])) != k or any(attrs.get("pads", [0, 0, 0, 0]))
+            or any(attrs.get("output_padding", [0, 0])) or list(attrs.get("dilations", [1, 1])) != [1, 1]
+            or "output_shape" in attrs or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "")
+            or self.params.get(self._src(x)) is None
+        ):  # fmt: skip
+            return False
+        c, m = w.shape[0], w.shape[1]
+        rows = np.ascontiguousarray(w.astype(np.float32).transpose(2, 3, 1, 0).reshape(k[0] * k[1] * m, c))
+        src = self._as(x, "nhwc")
+        in_qp = self.params[src]
+        out_qp = self._act(out)
+        bits = {"bits": self.weight_bits} if hasattr(self, "weight_bits") else {}
+        wq = numerics.quantize_weights(rows, axis=0, **bits)
+        full_bias = None if bias is None else np.tile(bias.astype(np.float32), k[0] * k[1])
+        wq = self._bias_fitted(wq, rows, full_bias, in_qp.scale)
+        out_qp = self._widened(out, out_qp, in_qp.scale * wq.scales)
+        bias_q = numerics.quantize_bias(
+            np.zeros(rows.shape[0], np.float32) if full_bias is None else full_bias, in_qp.scale, wq.scales
+        )
+        rq = numerics.requant(in_qp.scale, wq.scales, out_qp, None)
+        blocks = self.graph.unique_name(out + "@blocks")
+        self._emit(
+            "gemm", [src], [blocks],
+            {"a_zero_point": in_qp.zero_point, "sparse": False, **_requant_attrs(rq, out_qp)},
+            {"weights": np.ascontiguousarray(wq.values), "bias": bias_q, **_requant_arrays(rq)},
+        )  # fmt: skip
+        self._set(blocks, out_qp, "nhwc")
+        self._move(Node("DepthToSpace", node.name, [blocks], [out], {"blocksize": k[0], "mode": "DCR"}))
+        return True
 
     # -- element-wise --------------------------------------------------------
 

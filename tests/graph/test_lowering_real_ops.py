@@ -146,7 +146,9 @@ def test_conv_transpose_and_lstm_run_as_float_steps() -> None:
     model = make_model(nodes, [value("x", [1, 2, 4, 4])], outputs, inits, opset=13)
     got, want, plan, params = _run(model, randn(1, 2, 4, 4))
     floats = [s.attrs["node_op"] for s in plan.steps if s.op == "float"]
-    assert "ConvTranspose" in floats and floats.count("LSTM") == 2  # Y_h is the last step of Y
+    moves = [s.attrs["node_op"] for s in plan.steps if s.op == "move"]
+    assert "ConvTranspose" not in floats and "DepthToSpace" in moves  # 2x2 stride 2: an int8 GEMM
+    assert floats.count("LSTM") == 2  # Y_h is the last step of Y
     for name in ("y", "yh", "yc"):
         _close(got[name], want[name], params[name], steps=3.01, rel=0.05)
 
@@ -168,4 +170,29 @@ def test_conv_channel_whose_bias_dwarfs_its_weights_still_lowers() -> None:
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])
     model = make_model([node], [value("x", [1, 2, 5, 5])], [value("y", None)], {"w": w, "b": b})
     got, want, _, params = _run(model, randn(1, 2, 5, 5))
+    _close(got["y"], want["y"], params["y"], steps=2.01, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "gemm"),
+    [
+        ({"strides": [2, 2]}, True),
+        ({"strides": [3, 3], "kernel_shape": [3, 3]}, True),
+        ({"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}, False),
+    ],
+)
+def test_conv_transpose_upsamplers_run_on_the_gemm(attrs: dict, gemm: bool) -> None:
+    k = attrs.get("kernel_shape", [2, 2])
+    if not gemm:
+        k = [3, 3]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("ConvTranspose", ["c", "wt", "bt"], ["y"], **attrs),
+    ]
+    inits = {"w1": randn(4, 3, 1, 1, seed=1), "wt": randn(4, 5, *k, seed=2), "bt": randn(5, seed=3)}
+    model = make_model(nodes, [value("x", [1, 3, 5, 6])], [value("y", None)], inits)
+    got, want, plan, params = _run(model, randn(1, 3, 5, 6))
+    floats = [s.attrs["node_op"] for s in plan.steps if s.op == "float"]
+    assert ("ConvTranspose" not in floats) == gemm
+    assert got["y"].shape == want["y"].shape
     _close(got["y"], want["y"], params["y"], steps=2.01, rel=0.03)

@@ -1,6 +1,7 @@
 """INT8 GEMM kernels side by side, the same thread count for every library.
 
     python bench/kernels.py [--threads N] [--quick]
+    python bench/kernels.py --w7 [--quick]    # only the 7-bit weight section (below)
 
 Every cell is GOP/s = 2*M*N*K / time, the median of warm calls measured
 round-robin with the other columns of the same shape (so a noisy neighbour
@@ -24,6 +25,15 @@ through enough packed copies of the weights that they exceed the L3 cache
 (at least 256 MiB in all) so every call reads DRAM; "warm" reuses one copy,
 which stays in the caches. Writes bench/results/kernels.json and the
 "Kernels" section of BENCHMARKS.md (not with --quick).
+
+7-bit weights on AVX2 (also alone, with --w7): on the AVX2 path (forced with the
+ISA override, as EDGE_ISA=avx2 does), the exact 8-bit kernel (vpmaddwd on widened
+operands) against the 7-bit one (vpmaddubsw, weights in [-63, 63]) and onnxruntime's
+MatMulInteger (which picks its own kernels: AVX-512 VNNI on a machine that has it), at
+M = 1, 16, 64; then what 7-bit weights cost in accuracy: the reference models of
+bench/models.py that are built (digits CNN top-1, the encoder's cosine vs float)
+quantized by edge quantize with --weight-bits 8 and 7. --w7 rewrites only that
+subsection of BENCHMARKS.md's Kernels section and bench/results/kernels_w7.json.
 """
 
 from __future__ import annotations
@@ -40,10 +50,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import l3_cache_bytes, machine_description, update_section
 
-from edge_runtime.kernels import Requant, ThreadPool, get_isa
+from edge_runtime.kernels import Requant, ThreadPool, get_isa, supported_isas, use_isa
 from edge_runtime.kernels.gemm import PackedGemm, gemm, pack_gemm
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kernels.json"
+W7_RESULTS = RESULTS.with_name("kernels_w7.json")
+W7_MS = (1, 16, 64)
+W7_TITLE = "7-bit weights on AVX2"
 MS = (1, 8, 16, 64, 256)
 KNS = (256, 1024, 4096)
 COLD_FLOOR = 256 << 20  # bytes of weight copies rotated for cold M = 1 calls, at least
@@ -356,6 +369,233 @@ def targets(rows, copy_bw) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------------
+# 7-bit weights on AVX2
+
+
+def run_w7_shape(m, kn, threads, budget, pool, rng) -> dict:
+    """One shape on the AVX2 path: 8-bit weights (the exact vpmaddwd kernel), 7-bit weights
+    (the vpmaddubsw kernel), u8 and s32 out; ORT MatMulInteger on the 8-bit weights."""
+    from threadpoolctl import threadpool_limits
+
+    n = k = kn
+    w8 = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    w7 = rng.integers(-63, 64, (n, k), dtype=np.int8)
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    bias = rng.integers(-1000, 1000, n, dtype=np.int32)
+    requant = Requant.from_scales(1e-4, n, 128)
+    out = np.empty((m, n), dtype=np.uint8)
+    out32 = np.empty((m, n), dtype=np.int32)
+    p8, p7 = pack_gemm(w8, bias), pack_gemm(w7, bias, weight_bits=7)
+    assert (p8.weight_bits, p7.weight_bits) == (8, 7)
+    fns = {
+        "w8": lambda: gemm(a, p8, 3, requant, np.uint8, out=out, pool=pool),
+        "w7": lambda: gemm(a, p7, 3, requant, np.uint8, out=out, pool=pool),
+        "w8_s32": lambda: gemm(a, p8, 3, None, np.int32, out=out32, pool=pool),
+        "w7_s32": lambda: gemm(a, p7, 3, None, np.int32, out=out32, pool=pool),
+    }
+    try:
+        session = ort_models(w8, k, threads)["ort_mmi"]
+        fns["ort_mmi"] = lambda: session.run(None, {"A": a})
+    except ImportError:
+        pass
+    row = {"m": m, "n": n, "k": k}
+    with use_isa("avx2"), threadpool_limits(threads):
+        # the 7-bit kernel gives the scalar path's int32 accumulators
+        expected = gemm(a, p7, 3, None, np.int32)
+        for name, seconds in measure_interleaved(fns, budget).items():
+            row[f"{name}_s"] = seconds
+    with use_isa("scalar"):
+        assert np.array_equal(gemm(a, p7, 3, None, np.int32), expected)
+    return row
+
+
+W7_COLUMNS = [
+    ("w8", "AVX2 8-bit u8"),
+    ("w7", "AVX2 7-bit u8"),
+    ("w8_s32", "AVX2 8-bit s32"),
+    ("w7_s32", "AVX2 7-bit s32"),
+    ("ort_mmi", "ORT MMI"),
+]
+W7_RATIOS = [
+    ("7/8-bit u8", "w7", "w8"),
+    ("7/8-bit s32", "w7_s32", "w8_s32"),
+    ("7-bit s32/MMI", "w7_s32", "ort_mmi"),
+]
+
+
+def w7_table(rows) -> str:
+    head = ["M", "K=N"] + [f"{label} GOP/s" for _, label in W7_COLUMNS] + [label for label, _, _ in W7_RATIOS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [str(row["m"]), str(row["k"])] + [fmt(gops(row, key)) for key, _ in W7_COLUMNS]
+        for _, ours, theirs in W7_RATIOS:
+            r = ratio(row, ours, theirs)
+            cells.append("-" if r is None else f"{r:.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def weight_bits_accuracy(quick: bool, budget: float) -> list[dict]:
+    """The reference models of bench/models.py that are built, quantized with 8- and 7-bit
+    weights (edge_runtime.quantize_model, as edge quantize --weight-bits does): their
+    float-vs-INT8 metrics on the held-out data of bench/models.py, and the batch-1
+    latency of both native plans on the AVX2 path (1 thread, interleaved)."""
+    import tempfile
+
+    import models as bench_models
+
+    from edge_runtime import zoo
+    from edge_runtime.errors import EdgeRuntimeError
+    from edge_runtime.package import open_package
+    from edge_runtime.plan import NativeSession, QuantizedPlan
+    from edge_runtime.quantize import QuantizeOptions, quantize_model
+
+    rows = []
+    for name in ("digits_cnn",) if quick else ("digits_cnn", "minilm_encoder"):
+        try:
+            path = zoo.model_path(name)
+        except EdgeRuntimeError as exc:
+            print(f"  accuracy: {name} skipped: {exc}", file=sys.stderr, flush=True)
+            continue
+        feeds, labels, description = bench_models.agreement_data(name)
+        row = {"model": name, "label": bench_models.LABELS.get(name, name), "data": description}
+        sessions = {}
+        for bits in (8, 7):
+            with tempfile.TemporaryDirectory() as tmp:
+                result = quantize_model(
+                    path,
+                    Path(tmp) / "m.edgepkg",
+                    QuantizeOptions(
+                        calibration=bench_models.calibration_data(name), eval_data=feeds, labels=labels,
+                        batch_size=8, progress=False, weight_bits=bits,
+                    ),
+                )  # fmt: skip
+                with open_package(result.package.path) as pkg:
+                    plan = QuantizedPlan.from_bytes(pkg.read_artifact("native-plan"))
+            row[bits] = result.metrics
+            sessions[bits] = NativeSession(plan, threads=1, cache_dir=False)
+        feed = {key: value[:1] for key, value in feeds.items()}
+        if "avx2" in supported_isas():
+            with use_isa("avx2"):
+                fns = {bits: (lambda s=session, f=feed: s.run(f)) for bits, session in sessions.items()}
+                row["avx2_batch1_s"] = measure_interleaved(fns, max(budget, 0.5))
+        rows.append(row)
+        print(f"  accuracy: {name} measured", file=sys.stderr, flush=True)
+    return rows
+
+
+def accuracy_table(rows) -> str:
+    lines = ["| model (data) | metric vs float | 8-bit weights | 7-bit weights |", "|---|---|---|---|"]
+    for row in rows:
+        m8, m7 = row[8], row[7]
+        where = f"{row['label']} ({row['data']})"
+        if "float_accuracy" in m8:
+            lines.append(
+                f"| {where} | top-1 accuracy (float {m8['float_accuracy']:.2%}) | "
+                f"{m8['int8_accuracy']:.2%} | {m7['int8_accuracy']:.2%} |"
+            )
+        for output, s8 in m8["outputs"].items():
+            s7 = m7["outputs"][output]
+            if "top1_agreement" in s8:
+                lines.append(
+                    f"| {where} | `{output}` top-1 agreement | {s8['top1_agreement']:.2%} | "
+                    f"{s7['top1_agreement']:.2%} |"
+                )
+            lines.append(
+                f"| {where} | `{output}` cosine | {s8['cosine_similarity']:.5f} | {s7['cosine_similarity']:.5f} |"
+            )
+            lines.append(
+                f"| {where} | `{output}` mean abs error | {s8['mean_abs_error']:.4f} | {s7['mean_abs_error']:.4f} |"
+            )
+        if "avx2_batch1_s" in row:
+            t8, t7 = row["avx2_batch1_s"][8], row["avx2_batch1_s"][7]
+            lines.append(
+                f"| {where} | AVX2 latency, batch 1, 1 thread (native plan) | {t8 * 1e6:.0f} us | "
+                f"{t7 * 1e6:.0f} us ({t8 / t7:.2f}x) |"
+            )
+    return "\n".join(lines)
+
+
+def w7_section(threads: int, budget: float, quick: bool, pool, command: str) -> tuple[str, dict]:
+    """The "7-bit weights on AVX2" subsection (markdown) and its results."""
+    if "avx2" not in supported_isas():
+        text = "Not measured: this machine has no AVX2."
+        return text, {"skipped": text}
+    rng = np.random.default_rng(7)
+    kns = (256,) if quick else (256, 1024, 4096)
+    rows = []
+    for kn in kns:
+        for m in W7_MS:
+            rows.append(run_w7_shape(m, kn, threads, budget, pool, rng))
+            print(f"  measured 7-bit M={m} K=N={kn}", file=sys.stderr, flush=True)
+    accuracy = weight_bits_accuracy(quick, budget)
+    text = (
+        f"Machine: {machine_description()}; the AVX2 path forced (the ISA override, as `EDGE_ISA=avx2`), "
+        f"{threads} thread(s). Command: `{command}`.\n\n"
+        f"{w7_table(rows)}\n\n"
+        "- 8-bit: random weights in [-127, 127] on the exact kernel (both operands widened to int16, "
+        "vpmaddwd); 7-bit: random weights in [-63, 63] packed with weight_bits 7 "
+        "(edge_q8_qc7w_gemm_ukernel_4x16c4__avx2: vpmaddubsw, then vpmaddwd by ones). Each 7-bit "
+        "result is checked equal to the scalar path's int32 accumulators.\n"
+        "- ORT MMI: onnxruntime MatMulInteger (int32 out) on the 8-bit weights; onnxruntime has no ISA "
+        "override and runs its own best kernels on this machine (AVX-512 VNNI here), so that column is "
+        "not an AVX2 figure.\n"
+    )
+    if accuracy:
+        text += (
+            "\nAccuracy cost of 7-bit weights (`edge quantize --weight-bits 8` vs `7`, the same "
+            "calibration and held-out data as bench/models.py; the encoder keeps a seeded random "
+            "initialization, so only its agreement with float means something):\n\n"
+            f"{accuracy_table(accuracy)}\n"
+        )
+    return text, {"rows": rows, "accuracy": [_json_keys(r) for r in accuracy]}
+
+
+def _json_keys(value):
+    """A row of weight_bits_accuracy with its weight-bit keys as strings (JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_keys(v) for k, v in value.items()}
+    return value
+
+
+def update_subsection(section: str, title: str, markdown: str, path: Path | None = None) -> None:
+    """Replace (or append) the ``### {title}`` part of the ``## {section}`` section of
+    BENCHMARKS.md, leaving the rest of it as it was."""
+    import re
+
+    from _report import BENCHMARKS_MD
+
+    path = path or BENCHMARKS_MD
+    text = path.read_text()
+    match = re.search(rf"^## {re.escape(section)}[ \t]*\n.*?(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    if match is None:
+        update_section(section, f"### {title}\n\n{markdown}", path)
+        return
+    body = match.group(0)
+    sub = re.compile(rf"^### {re.escape(title)}[ \t]*\n.*?(?=^### |\Z)", re.MULTILINE | re.DOTALL)
+    part = f"### {title}\n\n{markdown.strip()}\n\n"
+    body = sub.sub(lambda _: part, body, count=1) if sub.search(body) else body.rstrip() + "\n\n" + part
+    path.write_text(text[: match.start()] + body + text[match.end() :])
+
+
+def main_w7(args) -> int:
+    budget = args.budget if args.budget is not None else (0.02 if args.quick else 0.3)
+    command = "python bench/kernels.py --w7" + (f" --threads {args.threads}" if args.threads != 1 else "")
+    command += " --quick" if args.quick else ""
+    pool = ThreadPool(args.threads) if args.threads > 1 else None
+    text, result = w7_section(args.threads, budget, args.quick, pool, command)
+    print(text)
+    path = args.json or W7_RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"machine": machine_description(), "command": command, **result}, indent=2) + "\n"
+    )
+    if not args.quick:
+        update_subsection("Kernels", W7_TITLE, text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -364,7 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short budget and a subset of shapes; no report")
     parser.add_argument("--budget", type=float, default=None, help="seconds per measurement")
     parser.add_argument("--json", type=Path, default=None, help=f"results file (default {RESULTS})")
+    parser.add_argument("--w7", action="store_true", help="only the 7-bit weight comparison on AVX2")
     args = parser.parse_args(argv)
+    if args.w7:
+        return main_w7(args)
 
     budget = args.budget if args.budget is not None else (0.02 if args.quick else 0.5)
     ms = (1, 16) if args.quick else MS
@@ -426,6 +669,9 @@ def main(argv: list[str] | None = None) -> int:
     path = args.json or RESULTS
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
+    w7_text, result["w7"] = w7_section(args.threads, budget, args.quick, pool, command)
+    print(w7_text)
+    path.write_text(json.dumps(result, indent=2) + "\n")
     if not args.quick:
         update_section(
             "Kernels",
@@ -436,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
             + "\n\nTargets (single thread):\n\n"
             + "\n".join(f"- {line}" for line in target_lines)
             + "\n\nWhat limits the misses (found by profiling and instruction counts, not by this script):\n\n"
-            + "\n".join(f"- {line}" for line in LIMITS),
+            + "\n".join(f"- {line}" for line in LIMITS)
+            + f"\n\n### {W7_TITLE}\n\n{w7_text}",
         )
     return 0
 

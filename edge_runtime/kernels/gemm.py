@@ -6,8 +6,8 @@ or s8 (or returned as int32). The packed form is the same on every ISA.
 
 7-bit weights (every value in [-63, 63], ``pack_gemm(..., weight_bits=7)``, or
 any weights that happen to fit) are flagged in the packed header; AVX2 then runs
-them through ``vpmaddubsw`` (exact for them) at about twice the rate of its
-8-bit kernel, with the same int32 accumulators as every other ISA.
+them through ``vpmaddubsw`` (exact for them) instead of its widening 8-bit
+kernel, with the same int32 accumulators as every other ISA (docs/numerics.md).
 """
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ class QuantizeOptions:
     # (input name, shape) pairs: calibrate at these representative sizes (--input-shape);
     # empty: at the calibration data's own shapes.
     input_shapes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
-    # 8, or 7: weights in [-63, 63], which x86 without VNNI runs at about twice the rate
-    # (--weight-bits; the CLI's default is default_weight_bits()).
+    # 8, or 7: weights in [-63, 63], which x86 without VNNI multiplies with vpmaddubsw
+    # (--weight-bits; the CLI's default is default_weight_bits(); docs/numerics.md).
     weight_bits: int = 8
 
 

@@ -539,9 +539,14 @@ def _layers(pkg: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]
 
 
 def _numerics(where: str | None, has_plan: bool) -> str:
+    """How a layer runs: ``INT8`` (the native kernels), ``fused`` (folded into a neighbour by the
+    lowering: a BatchNorm, an activation), ``float`` (the native backend's float steps, a foreign
+    segment, or a package without a native plan)."""
     if not has_plan:
         return "float"
-    return "INT8" if where in (None, "native") else "float"
+    if where is None:
+        return "fused"
+    return "INT8" if where == "native" else "float"
 
 
 def _profile(metrics: dict[str, Any]) -> dict[str, float]:

@@ -91,7 +91,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, fleet: Fleet) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1360, "height": 900})
-    context.set_default_timeout(15000)
+    context.set_default_timeout(30000)  # a loaded 2-core machine
     p = Page(context.new_page(), fleet)
     yield p
     context.close()

@@ -97,6 +97,7 @@ def test_deploy_from_the_ui_rolls_out_live_then_abort(page: Page, fleet: Fleet) 
     p.select_option("#deploy-form select[name=package]", v2)
     p.check("#deploy-form input[name=all]")
     p.fill("#deploy-form input[name=canary]", "0.34")
+    p.fill("#deploy-form input[name=health_window]", "0.5")  # the devices' own health window
     p.click("#preview-button")
     p.wait_for_selector("#preview-count:has-text('3')")
     assert "2 wave(s)" in p.inner_text("#preview-result")
@@ -109,7 +110,7 @@ def test_deploy_from_the_ui_rolls_out_live_then_abort(page: Page, fleet: Fleet) 
     dep_id = p.inner_text("#deployment-id")
     assert fleet.manager.rollouts.status(dep_id)["model"] == "linear"
     # Progress updates live (SSE): the page goes from running to succeeded without a reload.
-    p.wait_for_selector("#deployment-state:has-text('succeeded')", timeout=40000)
+    p.wait_for_selector("#deployment-state:has-text('succeeded')", timeout=60000)
     assert p.get_attribute("#deployment-progress .progress", "data-done") == "3"
     assert p.evaluate("performance.getEntriesByType('navigation').length") == 1
     p.wait_for_selector("#timeline td:has-text('succeeded')")

@@ -325,7 +325,9 @@ function deviceView(main, id) {
   function systemData(s) { return [s.t, s.cpu, s.mem]; }
   function tempData(s) { return [s.t, s.temp, s.throttled]; }
   function modelData(m, field) { return [m.t, ...m.series.map((x) => x[field])]; }
+  function latencyData(m) { return [m.t, ...m.series.flatMap((x) => [x.p50, x.p95])]; }
   const labels = (m) => m.series.map((x) => `${x.model} ${x.version}`);
+  const latencyLabels = (m) => labels(m).flatMap((l) => [`${l} p50`, `${l} p95`]);
   return {
     watches: ["telemetry", "devices", "deployments"],
     async render() {
@@ -350,7 +352,7 @@ function deviceView(main, id) {
         sys: chart(boxes.sys, "CPU and memory", ["CPU %", "memory %"], systemData(series.system), { unit: "%" }),
         temp: chart(boxes.temp, "Temperature and throttling", ["°C", "throttled"], tempData(series.system)),
         ips: chart(boxes.ips, "Inferences / s", labels(m), modelData(m, "ips"), { points: true }),
-        lat: chart(boxes.lat, "p95 latency (ms)", labels(m), modelData(m, "p95"), { unit: "ms", points: true }),
+        lat: chart(boxes.lat, "p50 and p95 latency (ms)", latencyLabels(m), latencyData(m), { unit: "ms", points: true }),
         err: chart(boxes.err, "Error rate", labels(m), modelData(m, "error_rate"), { points: true }),
         labels: labels(m).join("|"),
       };
@@ -384,7 +386,7 @@ function deviceView(main, id) {
       charts.sys.update(systemData(series.system));
       charts.temp.update(tempData(series.system));
       charts.ips.update(modelData(m, "ips"));
-      charts.lat.update(modelData(m, "p95"));
+      charts.lat.update(latencyData(m));
       charts.err.update(modelData(m, "error_rate"));
     },
   };
@@ -429,7 +431,11 @@ async function newDeploymentForm() {
       field("max_failure_rate", "max failure rate", { type: "number", step: "any", min: "0", max: "1" }),
       field("max_error_rate", "max error rate", { type: "number", step: "any", min: "0", max: "1" }),
       field("max_latency_ratio", "max p95 ratio", { type: "number", step: "any", min: "1" }),
-      h("label", {}, "supersede", h("input", { type: "checkbox", name: "supersede" }))),
+      field("min_executed", "judge failure rate after", { type: "number", min: "1", placeholder: "1 device" }),
+      field("watch", "soak each wave s", { type: "number", step: "any", min: "0", placeholder: "60" }),
+      field("health_window", "device health window s", { type: "number", step: "any", min: "0", placeholder: "default" }),
+      h("label", {}, "supersede", h("input", { type: "checkbox", name: "supersede" })),
+      h("label", {}, "allow downgrade", h("input", { type: "checkbox", name: "allow_downgrade" }))),
     h("div", { class: "actions" },
       h("button", { type: "button", class: "secondary", id: "preview-button", onclick: () => preview() }, "Preview"),
       h("button", { type: "button", id: "deploy-button", onclick: () => create() }, "Deploy…")),
@@ -443,7 +449,10 @@ async function newDeploymentForm() {
     const s = { targets, rate_per_min: opt("rate") ?? 0, device_timeout_s: opt("timeout") ?? 600 };
     if (v("waves")) s.waves = list("waves").map(Number);
     else if (v("canary")) s.canary = Number(v("canary"));
-    for (const k of ["max_failures", "max_failure_rate", "max_error_rate", "max_latency_ratio"]) if (opt(k) !== undefined) s[k] = opt(k);
+    for (const k of ["max_failures", "max_failure_rate", "max_error_rate", "max_latency_ratio", "min_executed"]) if (opt(k) !== undefined) s[k] = opt(k);
+    if (opt("watch") !== undefined) s.watch_s = opt("watch");
+    if (opt("health_window") !== undefined) s.health = { window_s: opt("health_window") };
+    if (form.elements.allow_downgrade.checked) s.allow_downgrade = true;
     return { package: form.elements.package.value, spec: s, supersede: form.elements.supersede.checked };
   }
   async function preview() {
@@ -565,7 +574,8 @@ function packageView(main, sha) {
         h("h2", {}, `Layers (${x.layers.length}, from ${x.layer_source}; ${fmtInt(totalMacs)} MACs per sample)`),
         table(["#", "layer", "operator", "inputs", "outputs", "numerics", "MACs#", "share#", ...(hasTime ? ["time ms#"] : [])], x.layers.map((l, i) => row(
           num(i + 1), l.name, l.op, shapes(l.inputs), shapes(l.outputs),
-          h("span", {}, pill(l.numerics, l.numerics === "INT8" ? "int8" : ""), l.sparse_2_4 ? pill("2:4", "sparse") : null),
+          h("span", {}, pill(l.numerics, l.numerics === "INT8" ? "int8" : l.numerics === "fused" ? "pending" : ""),
+            l.placement && l.placement !== "native" ? ` ${l.placement}` : "", l.sparse_2_4 ? pill("2:4", "sparse") : null),
           num(l.macs ? fmtInt(l.macs) : ""), num(totalMacs && l.macs ? `${((100 * l.macs) / totalMacs).toFixed(1)} %` : ""),
           ...(hasTime ? [num(fmtNum(l.time_ms, 3))] : []))), { id: "layers" }),
         h("h2", {}, "Accuracy report"),

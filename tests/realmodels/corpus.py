@@ -181,7 +181,7 @@ def speech_like(rng: np.random.Generator, samples: int, rate: int = 16000) -> np
                 freq = f0 * h
                 gain = sum(np.exp(-(((freq - f) / 180.0) ** 2)) for f in formants) + 0.05
                 wave += gain / h * np.sin(h * phase)
-            envelope = np.sin(np.pi * np.arange(n) / max(n - 1, 1)) ** 0.5
+            envelope = np.clip(np.sin(np.pi * np.arange(n) / max(n - 1, 1)), 0.0, 1.0) ** 0.5
             out[seg] += rng.uniform(0.05, 0.5) * wave / (np.abs(wave).max() + 1e-9) * envelope
         elif kind < 0.7:  # fricative
             burst = np.diff(rng.normal(0, 1, n + 1))
@@ -234,6 +234,7 @@ class CorpusModel:
     make: Callable[[np.random.Generator, int], list[Feeds]]  # batches of generated inputs
     pinned: dict[str, tuple[int, ...]] = field(default_factory=dict)  # inputs fixed for the native plan
     stateful: bool = False  # states as inputs: quantized through the plan API (see tests)
+    method: str = "minmax"  # the calibration method (edge quantize --method) that suits it best
 
     def path(self) -> Path | None:
         root = package_dir(self.module)
@@ -349,6 +350,7 @@ CORPUS: dict[str, CorpusModel] = {
         metric_name="mask IoU",
         threshold=0.9,
         make=_images(document, 160, 160, _OCR_DET_MEAN, _OCR_DET_STD),
+        method="percentile",
         pinned={"x": (1, 3, 160, 160)},
     ),
     "ocr-rec": CorpusModel(
@@ -379,6 +381,7 @@ CORPUS: dict[str, CorpusModel] = {
         metric_name="speech decision agreement",
         threshold=0.97,
         make=_vad_stream("vad-stream"),
+        method="entropy",
         stateful=True,
     ),
     "vad-sequence": CorpusModel(
@@ -394,6 +397,7 @@ CORPUS: dict[str, CorpusModel] = {
         metric_name="speech decision agreement",
         threshold=0.97,
         make=_vad_sequences,
+        method="entropy",
         stateful=True,
     ),
 }

@@ -151,6 +151,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "signed by one. Repeatable",
     )
     serve.add_argument(
+        "--database",
+        metavar="URL",
+        help="postgresql://USER@HOST:PORT/DB: keep the state in PostgreSQL, shared by several manager "
+        "instances of the fleet (each with its own --state-dir and --http, the same --token-file); "
+        "default: STATE_DIR/fleet.sqlite, one manager. See docs/scaling.md",
+    )
+    serve.add_argument(
+        "--package-store",
+        type=Path,
+        metavar="DIR",
+        help="keep package files in this directory (shared by every instance); default: "
+        "STATE_DIR/packages with SQLite, the database itself with --database postgresql://",
+    )
+    serve.add_argument(
         "--http",
         default="127.0.0.1:8480",
         type=_host_port,
@@ -296,12 +310,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except AuthError as exc:
         raise SystemExit(f"edge fleet serve: {exc}") from None
     config = ManagerConfig(
-        args.fleet, args.state_dir, BrokerConfig(""), tuple(args.trust), retention_days=args.retention_days
+        args.fleet,
+        args.state_dir,
+        BrokerConfig(""),
+        tuple(args.trust),
+        retention_days=args.retention_days,
+        database=args.database,
+        package_store=args.package_store,
     )
     try:
         manager = FleetManager(config)  # takes the state directory's lock before any broker is started
     except ManagerLockedError as exc:
         raise SystemExit(f"edge fleet serve: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the database: unreachable, refused, or a newer schema
+        from fleet.manager.engines import redact_url
+
+        where = redact_url(args.database) if args.database else str(args.state_dir / "fleet.sqlite")
+        raise SystemExit(f"edge fleet serve: cannot open the database {where}: {exc}") from None
     embedded = None
     if args.broker:
         password = _password(args)

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # chromium: the console's browser tests (tests/console, playwright drives /usr/bin/chromium).
-APT_PACKAGES=(build-essential cmake python3-venv python3-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mosquitto chromium iproute2 systemd)
+APT_PACKAGES=(build-essential cmake python3-venv python3-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mosquitto postgresql chromium iproute2 systemd)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -124,7 +124,13 @@ _PRUNE_BATCH = 5000  # rows per transaction, so ingestion is never blocked for l
 
 
 class FleetDB:
-    """Thin, thread-safe access to the manager's tables; rows come back as dicts."""
+    """Thin, thread-safe access to the manager's tables; rows come back as dicts.
+
+    The SQLite engine; :class:`fleet.manager.pg.PgFleetDB` is the PostgreSQL one, with the same
+    interface (``--database postgresql://...``; :func:`fleet.manager.engines.open_database`).
+    """
+
+    engine = "sqlite"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -138,10 +144,16 @@ class FleetDB:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         self._lock = threading.RLock()
+        from fleet.manager.migrations import migrate
+
+        migrate(self)  # versioned steps after the original schema (fleet.manager.migrations)
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (serialised with every other user of this object)."""
+    def tx(self, exclusive: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (serialised with every other user of this object).
+
+        ``exclusive=False`` (telemetry batches) matters to PostgreSQL only: SQLite has one writer.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -196,6 +208,18 @@ class FleetDB:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @staticmethod
+    def json_num(column: str, field: str) -> str:
+        """SQL: ``column``'s JSON ``field`` when it is a number, else NULL (also for malformed JSON)."""
+        path = f"'$.{field}'"
+        return (
+            f"(CASE WHEN json_valid({column}) THEN CASE WHEN json_type({column}, {path}) IN ('integer', 'real') "
+            f"THEN json_extract({column}, {path}) END END)"
+        )
+
+    def ensure_partitions(self, stamps: Any) -> None:
+        """PostgreSQL creates day partitions ahead of telemetry rows; SQLite has none."""
 
     # --- devices ---
 

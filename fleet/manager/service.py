@@ -18,9 +18,9 @@ Telemetry and events older than ``retention_days`` are deleted by the ticker thr
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import queue
 import threading
 import time
 import uuid
@@ -36,9 +36,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from edge_runtime.package import TrustStore
 from fleet.errors import BrokerError, NotFoundError, ProtocolError
 from fleet.manager.db import FleetDB
+from fleet.manager.engines import open_database
+from fleet.manager.ingest import local_instance_id as _local_instance_id
+from fleet.manager.ingest import store_telemetry
+from fleet.manager.ingest import transient as _transient
+from fleet.manager.lease import Lease
 from fleet.manager.lock import StateLock
 from fleet.manager.packages import PackageStore
 from fleet.manager.rollout import RolloutEngine, RolloutSpec, merge_latency
+from fleet.manager.takeover import Heartbeat, drain_session
 from fleet.mqtt import BrokerConfig, make_client, peer_fingerprint
 from fleet.protocol import (
     DeploymentState,
@@ -81,6 +87,17 @@ class ManagerConfig:
     stream_package_burst_bytes: float = 256 << 20
     max_models_per_device: int = 32  # distinct model names one device may report in telemetry
     max_label_sets: int = 1000  # label combinations per Prometheus metric (the rest are not exported)
+    # Storage and scale-out (docs/scaling.md). database: None for STATE_DIR/fleet.sqlite, or a
+    # postgresql:// URL shared by several instances; package_store: a directory every instance sees
+    # (default: STATE_DIR/packages with SQLite, the database itself with PostgreSQL).
+    database: str | None = None
+    package_store: Path | None = None
+    lease_ttl_s: float = 5.0  # the rollout ticker's leader lease (PostgreSQL): failover within this
+    share_group: str | None = None  # MQTT shared subscription group (default edge-fleet-{fleet})
+    batch_max: int = 500  # telemetry messages stored per transaction at most
+    # How long a batch waits for more messages after its first one. 0: a batch is what queued up
+    # while the previous one was being committed (no added latency when idle; larger under load).
+    batch_wait_s: float = 0.0
 
 
 def _num(field: str) -> str:
@@ -216,14 +233,34 @@ class FleetManager:
         root = Path(config.state_dir)
         self._lock = StateLock(root).acquire()
         try:
-            self.db = FleetDB(root / "fleet.sqlite")
-            instance = self.db.meta("instance_id", uuid.uuid4().hex[:8])
+            self.db: FleetDB = open_database(config.database, root)
+            if self.db.engine == "sqlite":
+                instance = self.db.meta("instance_id", uuid.uuid4().hex[:8])
+            else:
+                # Several instances share the database: each keeps its own id in its state directory.
+                instance = _local_instance_id(root)
+                self.db.retention_days = config.retention_days  # type: ignore[attr-defined]
         except BaseException:
             self._lock.release()
             raise
+        self.instance = instance
         self.client_id = f"edge-fleet-manager-{config.fleet}-{instance}"
+        self.shared = self.db.engine != "sqlite"  # several instances: shared subscriptions, a lease
         trust = TrustStore.load(*config.trust) if config.trust else None
-        self.packages = PackageStore(root / "packages", self.db, trust)
+        if config.package_store is not None:
+            self.packages = PackageStore(config.package_store, self.db, trust)
+        else:
+            self.packages = PackageStore(root / "packages", self.db, trust, in_database=self.shared)
+        self.lease = Lease(self.db, "ticker", self.client_id, config.lease_ttl_s) if self.shared else None
+        self._batch: queue.Queue[tuple[Telemetry, int, int, Any] | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        # Per network thread (ours, or a drainer's): the client of the message being handled, and
+        # whether _on_message queued it (then the writer acknowledges it after the commit).
+        self._msg_ctx = threading.local()
+        self._unacked: dict[int, int] = {}  # id(client) -> telemetry queued, not yet acknowledged
+        self._unacked_lock = threading.Lock()
+        self.heartbeat = Heartbeat(self.db, self.client_id, config.lease_ttl_s) if self.shared else None
+        self._draining: threading.Thread | None = None
         self.rollouts = RolloutEngine(self.db, self._publish_desired)
         self.metrics = _Metrics()
         self.block_filter: BlockFilter | None = None  # fault injection for tests and drills
@@ -247,7 +284,20 @@ class FleetManager:
         client = make_client(self.client_id, b, clean_session=False)
         client.on_connect = self._on_connect
         client.on_disconnect = lambda *_: self._connected.clear()
-        client.on_message = self._on_message
+        if self.shared:
+            # PostgreSQL: telemetry is stored in batches and acknowledged to the broker only once
+            # its batch is committed (manual acknowledgements); every other message once its
+            # handler returned, as paho would.
+            client.manual_ack_set(True)
+            client.on_message = self._on_mqtt_message
+            self._writer = threading.Thread(
+                target=self._write_loop, name="fleet-telemetry-writer", daemon=True
+            )
+            self._writer.start()
+        else:
+            # SQLite: each message stored in its own transaction before the handler returns, and
+            # paho acknowledges it then.
+            client.on_message = self._on_message
         client.connect_async(b.host, b.port, keepalive=b.keepalive)
         client.loop_start()
         self._client = client
@@ -262,9 +312,23 @@ class FleetManager:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(5)
+        if self.lease is not None:
+            self.lease.release()
+        if self._draining is not None:
+            self._draining.join(10)
+        if self.heartbeat is not None and self._client is not None and self._others_alive():
+            # Leave the shared subscriptions, so the broker routes our share to the others while we
+            # are away (the only instance keeps them: its session queues what comes meanwhile).
+            self._client.unsubscribe(self._shared_filters())
+            time.sleep(0.5)  # what was already routed to us arrives and is queued for the writer
+        if self._writer is not None:
+            self._batch.put(None)  # commits and acknowledges what is queued, then ends
+            self._writer.join(10)
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()  # after the writer acknowledged all: nothing left to drain
         self.close()
 
     def close(self) -> None:
@@ -275,6 +339,15 @@ class FleetManager:
     def _tick_loop(self) -> None:
         next_prune = time.monotonic()
         while not self._stop.wait(self.config.tick_interval_s):
+            if self.heartbeat is not None:
+                try:
+                    self.heartbeat.beat()
+                except Exception:
+                    log.exception("could not renew this instance's heartbeat")
+            if self.lease is not None and not self.lease.renew():
+                continue  # another instance runs the ticker
+            if self.heartbeat is not None:
+                self._drain_dead_instances()
             self.rollouts.tick()
             if self.config.retention_days > 0 and time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + self.config.prune_interval_s
@@ -284,6 +357,50 @@ class FleetManager:
                     log.exception(
                         "pruning old telemetry failed; retrying in %.0f s", self.config.prune_interval_s
                     )
+
+    def _shared_filters(self) -> list[str]:
+        group = self.config.share_group or f"edge-fleet-{self.config.fleet}"
+        return [
+            f"$share/{group}/{subscription(self.config.fleet, k)}"
+            for k in ("telemetry", "event", "stream/get")
+        ]
+
+    def _others_alive(self) -> bool:
+        try:
+            rows = self.db.query(
+                "SELECT COUNT(*) AS n FROM leases WHERE name LIKE 'instance:%' AND holder <> ? "
+                "AND expires > EXTRACT(EPOCH FROM clock_timestamp())",
+                (self.client_id,),
+            )
+        except Exception:  # noqa: BLE001 - unknown: stay subscribed (nothing can be lost that way)
+            return False
+        return bool(rows and rows[0]["n"])
+
+    def _drain_dead_instances(self) -> None:
+        """The ticker's holder: drain the sessions of instances whose heartbeat expired (in a thread)."""
+        assert self.heartbeat is not None
+        if self._draining is not None and self._draining.is_alive():
+            return
+        try:
+            dead = self.heartbeat.expired()
+        except Exception:
+            log.exception("could not look for dead instances")
+            return
+        if not dead:
+            return
+
+        def run() -> None:
+            for client_id in dead:
+                try:
+                    # All its filters: its status subscription would otherwise keep queueing too.
+                    filters = [*self._shared_filters(), subscription(self.config.fleet, "status")]
+                    drain_session(self, client_id, filters)
+                    self.heartbeat.forget(client_id)  # type: ignore[union-attr]
+                except Exception:
+                    log.exception("draining the session of %s failed; trying again later", client_id)
+
+        self._draining = threading.Thread(target=run, name="fleet-drain", daemon=True)
+        self._draining.start()
 
     def prune(self, now: float | None = None) -> dict[str, int]:
         """Delete telemetry and events older than ``retention_days``; rows deleted per table."""
@@ -304,7 +421,11 @@ class FleetManager:
             log.error("broker refused the manager: %s", rc)
             return
         for kind in ("status", "telemetry", "event", "stream/get"):
-            client.subscribe(subscription(self.config.fleet, kind), qos=1)
+            filt = subscription(self.config.fleet, kind)
+            if self.shared and kind != "status":
+                # Split between the instances; status (retained, small) goes to every instance.
+                filt = f"$share/{self.config.share_group or f'edge-fleet-{self.config.fleet}'}/{filt}"
+            client.subscribe(filt, qos=1)
         self.tls_fingerprint = peer_fingerprint(client)
         self._connected.set()
         log.info(
@@ -341,7 +462,7 @@ class FleetManager:
                     if device is not None:
                         self.rollouts.adopt(device)
             elif isinstance(body, Telemetry):
-                self.ingest_telemetry(body)
+                self._queue_telemetry(body, msg)
             elif isinstance(body, Event):
                 self.ingest_event(body)
             elif isinstance(body, StreamGet):
@@ -402,47 +523,121 @@ class FleetManager:
 
     # --- ingestion: each (device, stream, seq) counts once ---
 
+    def _on_mqtt_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """paho's callback: handle, then acknowledge (telemetry: after its batch commits)."""
+        ctx = self._msg_ctx
+        ctx.client, ctx.deferred = client, False
+        try:
+            self._on_message(client, userdata, msg)
+        finally:
+            if not ctx.deferred and msg.qos:
+                client.ack(msg.mid, msg.qos)
+
+    def _queue_telemetry(self, t: Telemetry, msg: mqtt.MQTTMessage) -> None:
+        client = getattr(self._msg_ctx, "client", None)
+        if client is None:  # called outside paho's callback (tests): store now
+            self.ingest_telemetry(t)
+            return
+        self._msg_ctx.deferred = True
+        with self._unacked_lock:
+            self._unacked[id(client)] = self._unacked.get(id(client), 0) + 1
+        self._batch.put((t, msg.mid, msg.qos, client))
+
+    def pending_acks(self, client: Any) -> int:
+        """Telemetry received on ``client`` and not yet acknowledged (queued or being stored)."""
+        with self._unacked_lock:
+            return self._unacked.get(id(client), 0)
+
+    def _write_loop(self) -> None:
+        """Store queued telemetry in batches, one transaction each, and acknowledge after the commit."""
+        cfg, done = self.config, False
+        while not done:
+            first = self._batch.get()
+            if first is None:
+                break
+            items = [first]
+            deadline = time.monotonic() + cfg.batch_wait_s
+            while len(items) < cfg.batch_max:
+                try:
+                    wait = deadline - time.monotonic()
+                    item = self._batch.get(timeout=wait) if wait > 0 else self._batch.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                items.append(item)
+            while True:
+                try:
+                    self._ingest_batch([it[0] for it in items])
+                    break
+                except Exception as exc:
+                    if not _transient(exc) and len(items) > 1:
+                        # One bad message must not hold the others back: store them one by one.
+                        log.exception("a telemetry batch of %d failed; storing one by one", len(items))
+                        for it in items:
+                            try:
+                                self._ingest_batch([it[0]])
+                            except Exception as one:  # noqa: BLE001 - sorted out just below
+                                if _transient(one):
+                                    break  # the database went away meanwhile: retry the batch
+                                self.metrics.dropped.labels("error").inc()
+                                log.error(
+                                    "dropped telemetry %s/%s/%s: it cannot be stored (%s)",
+                                    it[0].device,
+                                    it[0].stream,
+                                    it[0].seq,
+                                    one,
+                                )
+                        else:
+                            break
+                    elif not _transient(exc):
+                        self.metrics.dropped.labels("error").inc()
+                        log.exception(
+                            "dropped telemetry %s/%s/%s: it cannot be stored",
+                            items[0][0].device,
+                            items[0][0].stream,
+                            items[0][0].seq,
+                        )
+                        break
+                    else:
+                        log.warning("storing telemetry failed (%s); retrying, not acknowledged", exc)
+                    if self._stop.is_set():
+                        return  # unacknowledged: the broker sends them again to the next session
+                    time.sleep(1.0)
+            for _, mid, qos, client in items:
+                self._ack(mid, qos, client)
+
+    def _ack(self, mid: int, qos: int, client: Any) -> None:
+        if qos:
+            client.ack(mid, qos)
+        with self._unacked_lock:
+            self._unacked[id(client)] = self._unacked.get(id(client), 1) - 1
+
     def ingest_telemetry(self, t: Telemetry) -> bool:
         """Store a telemetry window; False when it is a duplicate."""
+        return self._ingest_batch([t])[0]
+
+    def _ingest_batch(self, batch: list[Telemetry]) -> list[bool]:
+        """Store telemetry windows in one transaction; per window, False when it is a duplicate."""
         now = time.time()
-        models = self._admit_models(t.device, t.models)
-        ts = self._device_ts(t.ts, now)
-        with self.db.tx() as db:
-            inserted = db.execute(
-                "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    t.device,
-                    t.stream,
-                    t.seq,
-                    ts,
-                    now,
-                    json.dumps(t.system),
-                    t.queue.get("depth"),
-                    t.queue.get("dropped"),
-                ),
-            ).rowcount
-            if inserted:
-                db.executemany(
-                    "INSERT OR IGNORE INTO telemetry_models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            t.device,
-                            t.stream,
-                            t.seq,
-                            name,
-                            m["version"],
-                            ts,
-                            int(m["inferences"]),
-                            int(m["errors"]),
-                            json.dumps(m.get("latency_ms")) if m.get("latency_ms") else None,
-                        )
-                        for name, m in models.items()
-                    ],
-                )
-                db.execute("UPDATE devices SET last_seen=? WHERE id=?", (now, t.device))
-        if not inserted:
-            self.metrics.duplicates.inc()
-            return False
+        rows = []
+        for t in batch:
+            models = self._admit_models(t.device, t.models)
+            rows.append((t, models, self._device_ts(t.ts, now)))
+        self.db.ensure_partitions({ts for _, _, ts in rows})
+        with self.db.tx(exclusive=False) as db:
+            inserted = store_telemetry(db, self.db.engine, rows, now)
+        out = []
+        for (t, models, _ts), ok in zip(rows, inserted):
+            out.append(ok)
+            if ok:
+                self._count_telemetry(t, models)
+            else:
+                self.metrics.duplicates.inc()
+        return out
+
+    def _count_telemetry(self, t: Telemetry, models: dict[str, dict[str, Any]]) -> None:
         for name, m in models.items():
             # Label combinations are bounded: past the limit a (model, version) is not exported.
             if self._labels.allow("model_version", name, m["version"]):
@@ -455,7 +650,6 @@ class FleetManager:
                 self.metrics.device_queue_dropped.labels(t.device).set(t.queue["dropped"])
             else:
                 self._limited("metric_labels")
-        return True
 
     def ingest_event(self, e: Event) -> bool:
         ts = self._device_ts(e.ts, time.time())
@@ -538,16 +732,18 @@ class FleetManager:
         """
         # Readers never trust stored values (rows of an older manager, a hand-edited database): only
         # numbers are aggregated, and what comes out is a finite number or None.
+        num = _num if self.db.engine == "sqlite" else lambda f: self.db.json_num("system", f)
+        typed_ts = "typeof(ts) IN ('integer', 'real')" if self.db.engine == "sqlite" else "TRUE"
         rows = self.db.query(
             f"""SELECT device, COUNT(*) AS reports,
-                   MAX(CASE WHEN typeof(ts) IN ('integer', 'real') THEN ts END) AS last_ts,
-                   AVG({_num("cpu_percent")}) AS cpu_mean,
-                   MAX({_num("cpu_percent")}) AS cpu_max,
-                   MAX({_num("mem_used_bytes")}) AS mem_used_max,
-                   MAX({_num("mem_total_bytes")}) AS mem_total,
-                   MAX({_num("temperature_c")}) AS temperature_max,
-                   SUM(COALESCE({_num("throttled")}, 0) != 0) AS throttled_reports,
-                   COUNT({_num("throttled")}) AS throttled_readable
+                   MAX(CASE WHEN {typed_ts} THEN ts END) AS last_ts,
+                   AVG({num("cpu_percent")}) AS cpu_mean,
+                   MAX({num("cpu_percent")}) AS cpu_max,
+                   MAX({num("mem_used_bytes")}) AS mem_used_max,
+                   MAX({num("mem_total_bytes")}) AS mem_total,
+                   MAX({num("temperature_c")}) AS temperature_max,
+                   SUM(CASE WHEN COALESCE({num("throttled")}, 0) != 0 THEN 1 ELSE 0 END) AS throttled_reports,
+                   COUNT({num("throttled")}) AS throttled_readable
                FROM telemetry WHERE received >= ? GROUP BY device""",
             (time.time() - since_s,),
         )
@@ -591,9 +787,10 @@ class FleetManager:
             hist = agg.pop("_hist")
             agg["error_rate"] = agg["errors"] / agg["inferences"] if agg["inferences"] else 0.0
             agg["p95_ms"] = hist.quantile(0.95)
+        typed = "typeof(queue_dropped) = 'integer'" if self.db.engine == "sqlite" else "TRUE"
         devices = self.db.query(
             "SELECT COUNT(*) AS messages, COUNT(DISTINCT device) AS devices, "
-            "COALESCE(SUM(CASE WHEN typeof(queue_dropped) = 'integer' THEN queue_dropped END), 0) "
+            f"COALESCE(SUM(CASE WHEN {typed} THEN queue_dropped END), 0) "
             "AS queue_dropped FROM telemetry WHERE ts >= ?",
             (since,),
         )[0]

@@ -15,6 +15,7 @@ pytest.importorskip("onnxruntime")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fleet_helpers import Mosquitto, write_key
+from pg_helpers import Postgres, find_postgres
 
 from fleet.agent import Agent, AgentConfig
 from fleet.manager.service import FleetManager, ManagerConfig
@@ -37,10 +38,49 @@ def keys(tmp_path: Path) -> tuple[Any, Path]:
     return write_key(trust / "release"), trust
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the session (Debian's package); skipped when it is not installed."""
+    bindir = find_postgres()
+    if bindir is None:
+        pytest.skip("PostgreSQL (Debian's postgresql package) or psycopg is not installed")
+    pg = Postgres(bindir).start()
+    yield pg
+    pg.stop()
+
+
+# Tests that cannot mean anything on PostgreSQL, with why.
+SQLITE_ONLY = {
+    "test_readers_never_trust_stored_values": "it stores junk in typed columns, which only SQLite accepts",
+}
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The manager's storage engine: every test using ``manager`` runs on SQLite and on PostgreSQL."""
+    why = SQLITE_ONLY.get(request.node.originalname)
+    if request.param != "sqlite" and why:
+        pytest.skip(f"SQLite only: {why}")
+    return str(request.param)
+
+
 @pytest.fixture
-def manager(tmp_path: Path, broker: Mosquitto) -> Iterator[FleetManager]:
+def database(engine: str, request: pytest.FixtureRequest) -> str | None:
+    """``--database`` for the engine: None (SQLite in the state directory) or a fresh PostgreSQL database."""
+    if engine == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres").new_database())
+
+
+@pytest.fixture
+def manager(tmp_path: Path, broker: Mosquitto, database: str | None) -> Iterator[FleetManager]:
     m = FleetManager(
-        ManagerConfig(FLEET, tmp_path / "manager", BrokerConfig(broker.url), tick_interval_s=0.2)
+        ManagerConfig(
+            FLEET, tmp_path / "manager", BrokerConfig(broker.url), tick_interval_s=0.2, database=database
+        )
     ).start()
     yield m
     m.stop()

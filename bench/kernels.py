@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -485,6 +486,10 @@ def weight_bits_accuracy(quick: bool, budget: float) -> list[dict]:
     return rows
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} us"
+
+
 def accuracy_table(rows) -> str:
     lines = ["| model (data) | metric vs float | 8-bit weights | 7-bit weights |", "|---|---|---|---|"]
     for row in rows:
@@ -511,8 +516,8 @@ def accuracy_table(rows) -> str:
         if "avx2_batch1_s" in row:
             t8, t7 = row["avx2_batch1_s"][8], row["avx2_batch1_s"][7]
             lines.append(
-                f"| {where} | AVX2 latency, batch 1, 1 thread (native plan) | {t8 * 1e6:.0f} us | "
-                f"{t7 * 1e6:.0f} us ({t8 / t7:.2f}x) |"
+                f"| {where} | AVX2 latency, batch 1, 1 thread (native plan) | {_ms(t8)} | "
+                f"{_ms(t7)} ({t8 / t7:.2f}x) |"
             )
     return "\n".join(lines)
 
@@ -530,9 +535,16 @@ def w7_section(threads: int, budget: float, quick: bool, pool, command: str) -> 
             rows.append(run_w7_shape(m, kn, threads, budget, pool, rng))
             print(f"  measured 7-bit M={m} K=N={kn}", file=sys.stderr, flush=True)
     accuracy = weight_bits_accuracy(quick, budget)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     text = (
         f"Machine: {machine_description()}; the AVX2 path forced (the ISA override, as `EDGE_ISA=avx2`), "
-        f"{threads} thread(s). Command: `{command}`.\n\n"
+        f"{threads} thread(s). Command: `{command}`."
+        + (
+            f" Load average at the end: {load:.1f} on {os.cpu_count()} CPUs (a shared machine)."
+            if load
+            else ""
+        )
+        + "\n\n"
         f"{w7_table(rows)}\n\n"
         "- 8-bit: random weights in [-127, 127] on the exact kernel (both operands widened to int16, "
         "vpmaddwd); 7-bit: random weights in [-63, 63] packed with weight_bits 7 "
@@ -583,6 +595,7 @@ def main_w7(args) -> int:
     budget = args.budget if args.budget is not None else (0.02 if args.quick else 0.3)
     command = "python bench/kernels.py --w7" + (f" --threads {args.threads}" if args.threads != 1 else "")
     command += " --quick" if args.quick else ""
+    command += f" --budget {args.budget:g}" if args.budget is not None else ""
     pool = ThreadPool(args.threads) if args.threads > 1 else None
     text, result = w7_section(args.threads, budget, args.quick, pool, command)
     print(text)

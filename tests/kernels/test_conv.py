@@ -110,6 +110,29 @@ def test_conv2d_matches_oracle(isa, spec, x_dtype, out_dtype):
             )
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("spec", CONV_SPECS[2:5], ids=lambda s: f"{s[0]}-o{s[1]}-k{s[2]}-s{s[3]}-g{s[6]}")
+@pytest.mark.parametrize("x_dtype", [np.uint8, np.int8])
+def test_conv2d_7bit_weights_match_oracle(isa, spec, x_dtype):
+    """Weights in [-63, 63] flag each group's GEMM buffer 7-bit (AVX2: the vpmaddubsw kernel):
+    the same accumulators as the oracle on every ISA."""
+    shape, out_c, kernel, stride, padding, dilation, groups = spec
+    rng = np.random.default_rng(abs(hash((spec, x_dtype, 7))) % 2**32)
+    info = np.iinfo(x_dtype)
+    x = rng.integers(info.min, info.max + 1, size=shape).astype(x_dtype)
+    x_zp = int(rng.integers(info.min, info.max + 1))
+    w = rng.integers(-63, 64, size=(out_c, shape[3] // groups, *kernel)).astype(np.int8)
+    w.flat[0], w.flat[-1] = 63, -63
+    bias = rng.integers(-50000, 50000, size=out_c).astype(np.int32)
+    packed = pack_conv2d(
+        w, bias, input_shape=shape, stride=stride, padding=padding, dilation=dilation, groups=groups
+    )
+    expected = conv_oracle(x, x_zp, w, bias, stride, padding, dilation, groups).astype(np.int32)
+    with use_isa(isa):
+        y = conv2d(x, packed, x_zp, None, out_dtype=np.int32)
+    np.testing.assert_array_equal(y, expected)
+
+
 DW_SPECS = [
     ((1, 5, 5, 16), 3, 1, (1, 1, 1, 1)),
     ((2, 7, 6, 17), 3, 1, (0, 0, 0, 0)),

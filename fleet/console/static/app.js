@@ -205,11 +205,12 @@ window.addEventListener("hashchange", route);
 
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f"];
 
-function chart(container, title, series, data, { unit = "", height = 200, points = undefined } = {}) {
+function chart(container, title, series, data, { unit = "", height = 200, points = undefined, fraction = false } = {}) {
   const width = Math.max(320, container.clientWidth || 480);
   const opts = {
     title, width, height,
-    scales: { x: { time: true } },
+    // A rate (error rate) starts at 0 and shows at least 0..1 %, not uPlot's 0..100 for empty data.
+    scales: { x: { time: true }, ...(fraction ? { y: { range: (_u, _min, max) => [0, Math.max(max || 0, 0.01) * 1.1] } } : {}) },
     axes: [{}, { label: unit, size: 60 }],
     series: [{}, ...series.map((s, i) => ({
       label: s, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true,
@@ -353,7 +354,7 @@ function deviceView(main, id) {
         temp: chart(boxes.temp, "Temperature and throttling", ["°C", "throttled"], tempData(series.system)),
         ips: chart(boxes.ips, "Inferences / s", labels(m), modelData(m, "ips"), { points: true }),
         lat: chart(boxes.lat, "p50 and p95 latency (ms)", latencyLabels(m), latencyData(m), { unit: "ms", points: true }),
-        err: chart(boxes.err, "Error rate", labels(m), modelData(m, "error_rate"), { points: true }),
+        err: chart(boxes.err, "Error rate", labels(m), modelData(m, "error_rate"), { points: true, fraction: true }),
         labels: labels(m).join("|"),
       };
     },
@@ -434,6 +435,7 @@ async function newDeploymentForm() {
       field("min_executed", "judge failure rate after", { type: "number", min: "1", placeholder: "1 device" }),
       field("watch", "soak each wave s", { type: "number", step: "any", min: "0", placeholder: "60" }),
       field("health_window", "device health window s", { type: "number", step: "any", min: "0", placeholder: "default" }),
+      field("health_latency_ratio", "device health p95 ratio", { type: "number", step: "any", min: "1", placeholder: "2" }),
       h("label", {}, "supersede", h("input", { type: "checkbox", name: "supersede" })),
       h("label", {}, "allow downgrade", h("input", { type: "checkbox", name: "allow_downgrade" }))),
     h("div", { class: "actions" },
@@ -451,7 +453,8 @@ async function newDeploymentForm() {
     else if (v("canary")) s.canary = Number(v("canary"));
     for (const k of ["max_failures", "max_failure_rate", "max_error_rate", "max_latency_ratio", "min_executed"]) if (opt(k) !== undefined) s[k] = opt(k);
     if (opt("watch") !== undefined) s.watch_s = opt("watch");
-    if (opt("health_window") !== undefined) s.health = { window_s: opt("health_window") };
+    if (opt("health_window") !== undefined) s.health = { ...(s.health || {}), window_s: opt("health_window") };
+    if (opt("health_latency_ratio") !== undefined) s.health = { ...(s.health || {}), max_latency_ratio: opt("health_latency_ratio") };
     if (form.elements.allow_downgrade.checked) s.allow_downgrade = true;
     return { package: form.elements.package.value, spec: s, supersede: form.elements.supersede.checked };
   }
@@ -589,7 +592,7 @@ function packageView(main, sha) {
 // --- telemetry ---
 
 function telemetryView(main) {
-  const sel = { model: "", a: "", b: "", since: "3600" };
+  const sel = { model: "", a: "", b: "", since: "900" };
   const boxes = { ips: h("div", { class: "chart card", id: "tchart-ips" }), p95: h("div", { class: "chart card", id: "tchart-p95" }),
     p50: h("div", { class: "chart card", id: "tchart-p50" }), err: h("div", { class: "chart card", id: "tchart-errors" }) };
   const controls = h("form", { class: "filters", onsubmit: (e) => e.preventDefault() });
@@ -597,9 +600,11 @@ function telemetryView(main) {
     const all = await api(`/api/v1/telemetry/series?since_s=${sel.since}${sel.model ? `&model=${encodeURIComponent(sel.model)}` : ""}`);
     const models = [...new Set(all.series.map((s) => s.model))];
     if (!sel.model && models.length) { sel.model = models[0]; return load(rebuild); }
-    const versions = all.series.filter((s) => s.model === sel.model).map((s) => s.version);
-    if (!versions.includes(sel.a)) sel.a = versions[versions.length - 1] || "";
-    if (!versions.includes(sel.b)) sel.b = versions.find((v) => v !== sel.a) || "";
+    // Default: the two versions with the most inferences in the window.
+    const ranked = all.series.filter((s) => s.model === sel.model).sort((x, y) => y.inferences - x.inferences);
+    const versions = ranked.map((s) => s.version).sort();
+    if (!versions.includes(sel.a)) sel.a = ranked.length ? ranked[0].version : "";
+    if (!versions.includes(sel.b)) sel.b = (ranked.find((s) => s.version !== sel.a) || { version: "" }).version;
     const pick = (name, options) => h("label", {}, name, h("select", { onchange: (e) => { sel[name === "version A" ? "a" : name === "version B" ? "b" : name] = e.target.value; load(); } },
       options.map(([v, t]) => h("option", { value: v, selected: v === sel[name === "version A" ? "a" : name === "version B" ? "b" : name] }, t))));
     controls.replaceChildren(pick("model", models.map((m) => [m, m])), pick("version A", versions.map((v) => [v, v])),
@@ -612,10 +617,10 @@ function telemetryView(main) {
     state.charts = [];
     Object.values(boxes).forEach((b) => b.replaceChildren());
     if (!chosen.length) { boxes.ips.replaceChildren(h("p", { class: "empty" }, "no telemetry in this window")); return; }
-    chart(boxes.ips, "Inferences / s", labels, data("ips"));
-    chart(boxes.p50, "p50 latency (ms)", labels, data("p50"), { unit: "ms" });
-    chart(boxes.p95, "p95 latency (ms)", labels, data("p95"), { unit: "ms" });
-    chart(boxes.err, "Error rate", labels, data("error_rate"));
+    chart(boxes.ips, "Inferences / s", labels, data("ips"), { points: true });
+    chart(boxes.p50, "p50 latency (ms)", labels, data("p50"), { unit: "ms", points: true });
+    chart(boxes.p95, "p95 latency (ms)", labels, data("p95"), { unit: "ms", points: true });
+    chart(boxes.err, "Error rate", labels, data("error_rate"), { points: true, fraction: true });
   }
   return {
     watches: ["telemetry"],

@@ -261,7 +261,8 @@ class FleetDB:
         """The alerts a device's status reports now; each keeps the time it was first seen."""
         now, wanted = time.time(), set(alerts)
         with self.tx() as db:
-            known = {r[0] for r in db.execute("SELECT alert FROM device_alerts WHERE device=?", (device_id,))}
+            rows = db.execute("SELECT alert FROM device_alerts WHERE device=?", (device_id,)).fetchall()
+            known = {r["alert"] for r in rows}
             for alert in known - wanted:
                 db.execute("DELETE FROM device_alerts WHERE device=? AND alert=?", (device_id, alert))
             for alert in wanted - known:

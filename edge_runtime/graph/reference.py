@@ -1051,8 +1051,9 @@ def _lstm(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
         wb, rb = b[d, : 4 * hidden], b[d, 4 * hidden :]
         pi, po, pf = (p[d].astype(np.float64)[k * hidden : (k + 1) * hidden] for k in range(3))
         y = np.zeros((seq, batch, hidden))
+        xw = x @ w[d].T + (wb + rb)  # the input projections of every step at once
         for t, mask in _time_steps(seq, lens, batch, reverse):
-            gates = x[t] @ w[d].T + h @ r[d].T + wb + rb
+            gates = xw[t] + h @ r[d].T
             if clip is not None:
                 gates = np.clip(gates, -float(clip), float(clip))
             gi, go, gf, gc = (gates[:, k * hidden : (k + 1) * hidden] for k in range(4))
@@ -1091,14 +1092,14 @@ def _gru(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
             return v if clip is None else np.clip(v, -float(clip), float(clip))
 
         y = np.zeros((seq, batch, hidden))
+        xz, xr, xh = x @ wz.T + wbz, x @ wr.T + wbr, x @ wh.T + wbh  # every step's input projections
         for t, mask in _time_steps(seq, lens, batch, reverse):
-            xt = x[t]
-            z = f(clipped(xt @ wz.T + h @ rz.T + wbz + rbz))
-            rt = f(clipped(xt @ wr.T + h @ rr.T + wbr + rbr))
+            z = f(clipped(xz[t] + h @ rz.T + rbz))
+            rt = f(clipped(xr[t] + h @ rr.T + rbr))
             if before_reset:
-                cand = g(clipped(xt @ wh.T + rt * (h @ rh.T + rbh) + wbh))
+                cand = g(clipped(xh[t] + rt * (h @ rh.T + rbh)))
             else:
-                cand = g(clipped(xt @ wh.T + (rt * h) @ rh.T + rbh + wbh))
+                cand = g(clipped(xh[t] + (rt * h) @ rh.T + rbh))
             h_new = (1.0 - z) * cand + z * h
             h = np.where(mask, h_new, h)
             y[t] = np.where(mask, h_new, 0.0)

@@ -1062,6 +1062,10 @@ def _lstm(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
             c_new = forget * c + i * g(gc)
             o = f(go + po * c_new)
             h_new = o * hfn(c_new)
+            if lens is None:  # every row runs the whole sequence
+                c, h = c_new, h_new
+                y[t] = h_new
+                continue
             c = np.where(mask, c_new, c)
             h = np.where(mask, h_new, h)
             y[t] = np.where(mask, h_new, 0.0)

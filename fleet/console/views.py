@@ -49,6 +49,9 @@ def _num(value: Any) -> float | None:
 
 
 def _json_obj(text: Any) -> dict[str, Any]:
+    """A stored JSON object: text (SQLite), or already decoded (PostgreSQL's JSONB ``system``)."""
+    if isinstance(text, dict):
+        return text
     try:
         value = json.loads(text)
     except (TypeError, ValueError, RecursionError):

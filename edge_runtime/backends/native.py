@@ -135,5 +135,7 @@ class NativeBackend(Backend):
         activations = activation_params_from_manifest(options.manifest.quantization)
         sparse = options.manifest.sparsity
         layers = set(sparse.layers) if sparse is not None else set()
-        plan = lower(graph, activations, sparsity=layers, weight_bits=options.manifest.weight_bits)
+        # The declared weight width (8 when absent: manifests before it); lower() refuses others.
+        weight_bits = options.manifest.quantization.get("weight_bits", 8)
+        plan = lower(graph, activations, sparsity=layers, weight_bits=weight_bits)
         return NativeBackendSession(plan, options.threads, lowered=True)

@@ -89,3 +89,15 @@ def test_help(cmd, capsys):
     with pytest.raises(SystemExit):
         main(["llm", cmd, "--help"])
     assert "--" in capsys.readouterr().out
+
+
+def test_convert_a_huggingface_directory(tmp_path, tiny_dir, packages, capsys):
+    from edge_runtime import llm
+
+    out = tmp_path / "hf.edgepkg"
+    assert main(["llm", "convert", str(tiny_dir / "qwen2-hf"), "--out", str(out), "--weights", "f16"]) == 0
+    with llm.load(out, threads=1) as a, llm.load(packages("qwen2", "f16"), threads=1) as b:
+        assert (
+            a.generate("Hello", max_new_tokens=16).token_ids
+            == b.generate("Hello", max_new_tokens=16).token_ids
+        )

@@ -66,7 +66,7 @@ def overview(manager: Any, since_s: float = 300.0) -> dict[str, Any]:
     """Devices online/offline by profile, group and tag; versions running where; rollouts; alerts."""
     facets = manager.db.device_facets()
     by: dict[str, dict[str, dict[str, int]]] = {"profile": {}, "group": {}, "tag": {}, "agent_version": {}}
-    models: dict[str, dict[str, dict[str, int]]] = {}
+    models: dict[str, dict[str, dict[str, Any]]] = {}
 
     def count(kind: str, key: str | None, online: bool, n: int) -> None:
         slot = by[kind].setdefault(key or "(none)", {"online": 0, "offline": 0})
@@ -83,9 +83,13 @@ def overview(manager: Any, since_s: float = 300.0) -> dict[str, Any]:
         for tag in d["tags"]:
             count("tag", tag, on, n)
         for name, m in d["models"].items():
-            slot = models.setdefault(name, {}).setdefault(m["version"], {"devices": 0, "online": 0})
+            slot = models.setdefault(name, {}).setdefault(
+                m["version"], {"devices": 0, "online": 0, "profiles": {}, "groups": {}}
+            )
             slot["devices"] += n
             slot["online"] += n if on else 0
+            for kind, key in (("profiles", d["profile"]), ("groups", d["grp"])):
+                slot[kind][key or "(none)"] = slot[kind].get(key or "(none)", 0) + n
     rollouts = [d for d in manager.db.deployment_summaries(200) if d["state"] in DeploymentState.active()]
     return {
         "devices": {"total": total, "online": online, "offline": total - online},

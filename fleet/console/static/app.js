@@ -239,7 +239,11 @@ function overviewView(main) {
           row(key && k !== "(none)" ? link(`#/devices?${key}=${encodeURIComponent(k)}`, k) : k, num(fmtInt(v.online)), num(fmtInt(v.offline))))));
       const versions = [];
       for (const [model, vs] of Object.entries(o.models).sort()) {
-        for (const [version, c] of Object.entries(vs).sort()) versions.push(row(model, version, num(fmtInt(c.devices)), num(fmtInt(c.online))));
+        for (const [version, c] of Object.entries(vs).sort()) {
+          const where = (counts) => Object.entries(counts || {}).sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ${fmtInt(n)}`).join(", ");
+          versions.push(row(link(`#/devices?model=${encodeURIComponent(model)}`, model), version, num(fmtInt(c.devices)), num(fmtInt(c.online)),
+            where(c.profiles), where(c.groups)));
+        }
       }
       main.replaceChildren(
         h("h1", {}, "Overview"),
@@ -256,7 +260,7 @@ function overviewView(main) {
         table(["deployment", "model", "state", "progress"], o.rollouts.map((d) => row(
           link(`#/rollout/${encodeURIComponent(d.id)}`, d.id), `${d.model} ${d.version}`, pill(d.state), progressBar(d.counts))), { id: "active-rollouts" }),
         h("h2", {}, "Model versions running"),
-        table(["model", "version", "devices#", "online#"], versions, { id: "versions" }),
+        table(["model", "version", "devices#", "online#", "by profile", "by group"], versions, { id: "versions" }),
         h("div", { class: "grid" }, facet("profile", o.by_profile, "profile"), facet("group", o.by_group, "group"),
           facet("tag", o.by_tag, "tag"), facet("agent version", o.by_agent_version)),
       );

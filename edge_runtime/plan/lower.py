@@ -658,18 +658,6 @@ class _Lowering:
             np.zeros(m, np.float32) if bias is None else bias.astype(np.float32), in_qp.scale, wq.scales
         )
         rq = numerics.requant(in_qp.scale, wq.scales, out_qp, node.attrs.get("activation") or None)
-        if kernel == [1, 1] and strides == [1, 1] and dilations == [1, 1] and group == 1 and not any(pads):
-            # A pointwise conv is a GEMM over the pixels of the NHWC map: the GEMM step on the
-            # stored bytes (same accumulation and requantization, so the same output bits),
-            # without the conv kernel's per-call geometry.
-            sparse, _, rows = self._sparse_order(node, wname, [wq.values.reshape(m, -1)])
-            self._emit(
-                "gemm", [src], [out],
-                {"a_zero_point": in_qp.zero_point, "sparse": sparse, **_requant_attrs(rq, out_qp)},
-                {"weights": np.ascontiguousarray(rows), "bias": bias_q, **_requant_arrays(rq)},
-            )  # fmt: skip
-            self._set(out, out_qp, "nhwc")
-            return
         depthwise, sparse, values = False, False, wq.values
         subsample = None  # (stride_h, stride_w) taken after a stride-1 depthwise conv
         if group == cin == m and kernel[0] == kernel[1] in (3, 5) and strides[0] == strides[1] in (1, 2) \

@@ -121,15 +121,6 @@ def test_strided_depthwise_conv_matches_its_reference() -> None:
         _close(got["y"], want["y"], params["y"], steps=2.01, rel=0.03)
 
 
-def test_pointwise_conv_runs_on_the_gemm_step_like_the_conv_kernel() -> None:
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1])
-    model = make_model([node], [value("x", [2, 16, 5, 6])], [value("y", None)],
-                       {"w": randn(24, 16, 1, 1, seed=1), "b": randn(24, seed=2)})  # fmt: skip
-    got, want, plan, params = _run(model, randn(2, 16, 5, 6))
-    assert "gemm" in _steps(plan) and "conv" not in _steps(plan)
-    _close(got["y"], want["y"], params["y"], steps=2.01, rel=0.03)
-
-
 def test_conv_transpose_and_lstm_run_as_float_steps() -> None:
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),

@@ -306,6 +306,7 @@ def test_ten_thousand_devices_render_fast(page: Page, fleet: Fleet, tmp_path: An
         p.wait_for_selector("#page-info:has-text('of 10,000')")
         p.wait_for_selector("#devices tbody tr >> nth=49")
         first_render = time.monotonic() - start
+        page.shot("devices-10000")
         start = time.monotonic()
         p.fill("input[name=profile]", "orin")
         p.wait_for_selector("#page-info:has-text('of 3,333')")
@@ -315,7 +316,7 @@ def test_ten_thousand_devices_render_fast(page: Page, fleet: Fleet, tmp_path: An
         p.reload()
         p.wait_for_selector("#stat-total b:has-text('10,000')")
         overview = time.monotonic() - start
-        page.shot("devices-10000")
+        page.shot("overview-10000")
         print(
             f"10,000 devices: table first render {first_render:.3f} s, filter {filtered:.3f} s, overview {overview:.3f} s"
         )

@@ -240,7 +240,11 @@ function overviewView(main) {
       const versions = [];
       for (const [model, vs] of Object.entries(o.models).sort()) {
         for (const [version, c] of Object.entries(vs).sort()) {
-          const where = (counts) => Object.entries(counts || {}).sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ${fmtInt(n)}`).join(", ");
+          const where = (counts) => {
+            const all = Object.entries(counts || {}).sort((a, b) => b[1] - a[1]);
+            const shown = all.slice(0, 6).map(([k, n]) => `${k} ${fmtInt(n)}`).join(", ");
+            return all.length > 6 ? `${shown} and ${all.length - 6} more` : shown;
+          };
           versions.push(row(link(`#/devices?model=${encodeURIComponent(model)}`, model), version, num(fmtInt(c.devices)), num(fmtInt(c.online)),
             where(c.profiles), where(c.groups)));
         }

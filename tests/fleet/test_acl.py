@@ -52,7 +52,10 @@ def _client(
 def test_devices_cannot_write_other_devices_or_command_topics(secured):
     observer, seen, ok = _client(secured, "observer")
     assert ok.wait(10)
+    subscribed = threading.Event()
+    observer.on_subscribe = lambda *_: subscribed.set()
     observer.subscribe("#", qos=1)
+    assert subscribed.wait(10)  # the broker has the subscription before anything is published
     dev_a, _, ok_a = _client(secured, "dev-a")
     assert ok_a.wait(10)
     forged = [
@@ -74,7 +77,10 @@ def test_devices_cannot_write_other_devices_or_command_topics(secured):
     # The manager's user can command a device, and the device reads only its own commands.
     dev_b, b_seen, ok_b = _client(secured, "dev-b")
     assert ok_b.wait(10)
+    b_subscribed = threading.Event()
+    dev_b.on_subscribe = lambda *_: b_subscribed.set()
     dev_b.subscribe("edge/v1/f1/+/desired", qos=1)  # a wildcard reaching dev-a's topics too
+    assert b_subscribed.wait(10)
     mgr, _, ok_m = _client(secured, "manager")
     assert ok_m.wait(10)
     mgr.publish(topic("f1", "dev-a", "desired"), b"for-a", qos=1).wait_for_publish(5)

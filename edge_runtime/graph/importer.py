@@ -157,8 +157,8 @@ def _variant_reason(node: Node) -> str | None:
 
         mode = attrs.get("mode", "nearest")
         transform = attrs.get("coordinate_transformation_mode", "half_pixel")
-        if mode not in ("nearest", "linear"):
-            return f"mode {mode!r} (nearest and linear are supported)"
+        if mode not in ("nearest", "linear", "cubic"):
+            return f"mode {mode!r} (nearest, linear and cubic are supported)"
         if transform not in RESIZE_COORDINATE_MODES:
             return f"coordinate_transformation_mode {transform!r} (supported: {', '.join(RESIZE_COORDINATE_MODES)})"
         if mode == "nearest" and attrs.get("nearest_mode", "round_prefer_floor") not in RESIZE_NEAREST_MODES:

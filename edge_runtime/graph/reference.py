@@ -479,8 +479,10 @@ def _resize(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
     mode = node.attrs.get("mode", "nearest")
     transform = node.attrs.get("coordinate_transformation_mode", "half_pixel")
     nearest_mode = node.attrs.get("nearest_mode", "round_prefer_floor")
-    if mode not in ("nearest", "linear"):
-        raise UnsupportedOperatorError(f"{node}: Resize mode {mode!r} (nearest and linear are supported)")
+    if mode not in ("nearest", "linear", "cubic"):
+        raise UnsupportedOperatorError(
+            f"{node}: Resize mode {mode!r} (nearest, linear and cubic are supported)"
+        )
     if transform not in RESIZE_COORDINATE_MODES:
         raise UnsupportedOperatorError(f"{node}: coordinate_transformation_mode {transform!r}")
     if mode == "nearest" and nearest_mode not in RESIZE_NEAREST_MODES:
@@ -522,6 +524,8 @@ def _resize(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
         if mode == "nearest":
             index = _nearest(coord, nearest_mode)
             y = np.take(y, np.clip(index, 0, length - 1), axis=axis)
+        elif mode == "cubic":
+            y = _cubic_along(y, coord, axis, length, node).astype(x.dtype)
         else:
             coord = np.clip(coord, 0, length - 1)
             low = np.floor(coord).astype(np.int64)
@@ -529,6 +533,32 @@ def _resize(node: Node, inputs: list[Array | None]) -> Sequence[Array]:
             w = (coord - low).astype(np.float64).reshape(shape)
             y = (np.take(y, low, axis=axis) * (1 - w) + np.take(y, high, axis=axis) * w).astype(x.dtype)
     return [y]
+
+
+def _cubic_along(y: Array, coord: Array, axis: int, length: int, node: Node) -> Array:
+    """Cubic convolution (Keys, ``cubic_coeff_a``) along one axis: taps floor(x)-1 .. floor(x)+2,
+    indices past the ends take the edge value, or with ``exclude_outside`` get weight 0 and the
+    rest is renormalized (ONNX Resize, as onnxruntime computes it)."""
+    a = float(node.attrs.get("cubic_coeff_a", -0.75))
+    coord = coord.astype(np.float64)
+    base = np.floor(coord)
+    t = coord - base
+
+    def kernel(d: Array) -> Array:
+        d = np.abs(d)
+        near = ((a + 2) * d - (a + 3)) * d * d + 1
+        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+        return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+    taps = base[:, None].astype(np.int64) + np.arange(-1, 3)[None, :]  # [size, 4]
+    weights = kernel(t[:, None] - np.arange(-1, 3)[None, :])
+    if node.attrs.get("exclude_outside", 0):
+        weights = np.where((taps >= 0) & (taps < length), weights, 0.0)
+        weights = weights / weights.sum(axis=1, keepdims=True)
+    taps = np.clip(taps, 0, length - 1)
+    moved = np.moveaxis(y.astype(np.float64), axis, -1)
+    out = np.einsum("...sk,sk->...s", moved[..., taps], weights)
+    return np.moveaxis(out, -1, axis)
 
 
 def _nearest(coord: Array, mode: str) -> Array:

@@ -201,7 +201,10 @@ def test_graph_edits_keep_the_graph_valid() -> None:
 
 def test_unsupported_variants_of_supported_operators_are_listed_together() -> None:
     nodes = [
-        helper.make_node("Resize", ["x", "roi", "scales"], ["r"], name="bicubic", mode="cubic"),
+        helper.make_node(
+            "Resize", ["x", "roi", "scales"], ["r"], name="crop_resize",
+            coordinate_transformation_mode="tf_crop_and_resize",
+        ),  # fmt: skip
         helper.make_node("Softmax", ["r"], ["s"], name="old_softmax", axis=1),
         helper.make_node("MaxPool", ["s"], ["y", "idx"], name="pool_with_indices", kernel_shape=[2, 2]),
     ]
@@ -215,5 +218,5 @@ def test_unsupported_variants_of_supported_operators_are_listed_together() -> No
     with pytest.raises(UnsupportedOperatorError) as info:
         import_onnx(model)
     message = str(info.value)
-    assert "'bicubic' mode 'cubic'" in message
+    assert "'crop_resize' coordinate_transformation_mode 'tf_crop_and_resize'" in message
     assert "'pool_with_indices' with an Indices output" in message

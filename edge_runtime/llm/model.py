@@ -210,6 +210,7 @@ class LLM:
         manifest: Any = None,
         selftest_vectors: dict[str, np.ndarray] | None = None,
         source: str = "",
+        consume_store: bool = False,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
@@ -229,6 +230,7 @@ class LLM:
 
         self.threads = int(threads or min(os.cpu_count() or 1, 4))
         self._pool = ThreadPool(self.threads)
+        self._consume = consume_store
         self._build(store)
         self.check_memory(self.context)
 
@@ -238,6 +240,11 @@ class LLM:
         self, store: dict[str, np.ndarray], names: Sequence[str], biases: Sequence[str] | None
     ) -> Any:
         parts = [decode_matrix(store, n, self.float_path) for n in names]
+        if self._consume:  # drop the archive's copy as soon as the packed one exists (peak memory at load)
+            for n in names:
+                for suffix in (".q8", ".s", ".q4", ".s4", ".f16"):
+                    if n != "embed":
+                        store.pop(n + suffix, None)
         bias = None
         if biases is not None:
             bias = np.concatenate([np.asarray(store[b], dtype=np.float32) for b in biases])

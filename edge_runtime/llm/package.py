@@ -277,7 +277,7 @@ def load(
             f"{p}: LLM package format {cfg.get('format_version')} is not {FORMAT_VERSION}; update edge-runtime"
         )
     try:
-        with np.load(io.BytesIO(data[WEIGHTS_KIND]), allow_pickle=False) as z:
+        with np.load(io.BytesIO(data.pop(WEIGHTS_KIND)), allow_pickle=False) as z:
             store = {k: z[k] for k in z.files}
     except Exception as exc:  # noqa: BLE001 - a corrupt npz in a package whose hash matched: the writer's fault
         raise ModelSourceError(f"{p}: the weights archive cannot be read ({exc})") from None
@@ -304,4 +304,5 @@ def load(
         manifest=manifest,
         selftest_vectors=selftest,
         source=str(p),
+        consume_store=True,
     )

@@ -108,7 +108,8 @@ for r in range(repeats + 1):
     decode = time.perf_counter() - t
     if r:
         runs.append({"ttft_s": ttft, "prompt_tok_s": prompt_n / ttft, "decode_tok_s": (new_n - 1) / decode})
-print(json.dumps({"runs": runs, "load_s": load_s, "peak_rss_mib": peak_rss_mib()}))
+import llama_cpp
+print(json.dumps({"runs": runs, "load_s": load_s, "peak_rss_mib": peak_rss_mib(), "version": llama_cpp.__version__}))
 """
 )
 
@@ -196,6 +197,13 @@ def main() -> int:
                 f"{r['prompt_tok_s']:.0f} ({r['best_prompt_tok_s']:.0f}) | "
                 f"{r['decode_tok_s']:.1f} ({r['best_decode_tok_s']:.1f}) | {r['peak_rss_mib']:.0f} MiB |"
             )
+    llama_done = (
+        f"\nllama.cpp: llama-cpp-python {results['llama_cpp'][0].get('version')} built from source on this "
+        "machine (`CMAKE_ARGS=-DGGML_NATIVE=ON pip install llama-cpp-python --no-binary :all:`), the same "
+        "GGUF, `Llama.eval` on the prompt then one token at a time.\n"
+        if results["llama_cpp"]
+        else ""
+    )
     llama_note = (
         ""
         if results["llama_cpp"]
@@ -216,7 +224,7 @@ Median (best) of the runs. Results: `bench/results/llm.json`. This machine was s
 {os.cpu_count()} CPUs), so the numbers are indications, the 2-thread ones most of all.
 
 {chr(10).join(rows)}
-{llama_note}""",
+{llama_note}{llama_done}""",
     )
     print(f"wrote {RESULTS} and BENCHMARKS.md", file=sys.stderr)
     return 0

@@ -205,7 +205,7 @@ class LLM:
         *,
         threads: int | None = None,
         context: int | None = None,
-        kv_dtype: str = "float16",
+        kv_dtype: str = "float32",
         weights_format: str = "int8",
         manifest: Any = None,
         selftest_vectors: dict[str, np.ndarray] | None = None,

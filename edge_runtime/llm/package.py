@@ -169,7 +169,7 @@ def convert(
                 weights
             ],
             "activations": "int8, symmetric per row, dynamic" if weights != "f16" else "float32",
-            "kv_cache": "float16 (default) or float32",
+            "kv_cache": "float32 (default) or float16",
             "smoothing_alpha": smoothing if weights != "f16" else 0.0,
         },
         "selftest": {"artifact": SELFTEST_PATH, "atol": SELFTEST_ATOL},
@@ -247,7 +247,7 @@ def load(
     threads: int | None = None,
     *,
     context: int | None = None,
-    kv_dtype: str = "float16",
+    kv_dtype: str = "float32",
     trust_store: Any = None,
 ) -> Any:
     """Load an LLM package (file, or extracted directory) into an :class:`~edge_runtime.llm.LLM`.

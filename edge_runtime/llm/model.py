@@ -41,6 +41,8 @@ __all__ = ["LLM", "Generation", "GenerationState", "KVSequence", "TokenEvent", "
 PREFILL_CHUNK = 256
 # Multiply-accumulates below which a GEMM runs on the calling thread alone.
 PARALLEL_MIN_MACS = 4_000_000
+_INV127 = np.float32(1.0 / 127.0)
+_TINY = np.float32(1e-30)
 
 
 def available_memory() -> int | None:
@@ -66,16 +68,18 @@ class _Int8Linear:
         self.scale = np.ascontiguousarray(scale, dtype=np.float32)
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self.nbytes = self.packed.buffer.nbytes + self.scale.nbytes
-
-    def __call__(self, x: np.ndarray, pool: Any) -> np.ndarray:
         from edge_runtime.kernels import gemm
 
-        amax = np.max(np.abs(x), axis=1, keepdims=True)
-        rs = np.where(amax > 0, amax * (1.0 / 127.0), 1.0).astype(np.float32)
+        self._gemm = gemm
+
+    def __call__(self, x: np.ndarray, pool: Any) -> np.ndarray:
+        rs = np.abs(x).max(axis=1, keepdims=True)
+        rs *= _INV127
+        np.maximum(rs, _TINY, out=rs)  # an all-zero row: any scale gives zeros
         q = np.rint(x / rs).astype(np.int8)
         # A small GEMM (a decode step's q/k/v, say) runs faster on one thread than waking the others.
         big = x.shape[0] * self.n * self.k >= PARALLEL_MIN_MACS
-        acc = gemm(q, self.packed, 0, out_dtype=np.int32, pool=pool if big else None)
+        acc = self._gemm(q, self.packed, 0, out_dtype=np.int32, pool=pool if big else None)
         y = acc.astype(np.float32)
         y *= rs
         y *= self.scale

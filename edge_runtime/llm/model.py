@@ -414,8 +414,8 @@ class LLM:
             for li, layer in enumerate(self.layers):
                 a = _rms_norm(x, layer.attn_norm, c.rms_eps)
                 qkv = layer.qkv(a, pool)
-                q = self._rope(qkv[:, :qd].reshape(m, h, hd), cos, sin)
-                k = self._rope(qkv[:, qd : qd + kd].reshape(m, kvh, hd), cos, sin)
+                qk = self._rope(qkv[:, : qd + kd].reshape(m, h + kvh, hd), cos, sin)  # q and k heads at once
+                q, k = qk[:, :h], qk[:, h:]
                 v = qkv[:, qd + kd :].reshape(m, kvh, hd)
                 attn = np.empty((m, qd), dtype=np.float32)
                 row = 0

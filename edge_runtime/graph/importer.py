@@ -409,8 +409,16 @@ def _normalize_node(graph: Graph, node: Node, opset: int) -> str | None:
         attrs.setdefault("coordinate_transformation_mode", "half_pixel")
         attrs.setdefault("nearest_mode", "round_prefer_floor")
     elif op == "Pad" and opset < 11:
-        attrs["pads"] = [int(p) for p in attrs.get("pads", attrs.pop("paddings", []))]
-        attrs.setdefault("value", 0.0)
+        # Pad-2's attributes become Pad-11's inputs (the form the QDQ export writes back).
+        pads = [int(p) for p in attrs.pop("pads", attrs.pop("paddings", []))]
+        value = float(attrs.pop("value", 0.0))
+        info = graph.info(node.inputs[0])
+        dtype = info.dtype if info is not None and info.dtype is not None else np.dtype(np.float32)
+        node.inputs = [
+            node.inputs[0],
+            graph.add_constant(np.array(pads, np.int64), f"{node.name}/pads"),
+            graph.add_constant(np.array(value, dtype), f"{node.name}/value"),
+        ]
     elif op == "BatchNormalization":
         attrs.pop("spatial", None)  # opsets 7-8: 1 is the only form exporters wrote
         attrs.pop("is_test", None)

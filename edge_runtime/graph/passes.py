@@ -16,7 +16,7 @@ import numpy as np
 from edge_runtime.errors import EdgeRuntimeError, GraphError
 from edge_runtime.graph.ir import Graph, Node, ValueInfo
 from edge_runtime.graph.reference import evaluate_node
-from edge_runtime.graph.shapes import infer_shapes
+from edge_runtime.graph.shapes import infer_shapes, pad_parameters, split_sizes
 
 __all__ = [
     "DEFAULT_PASSES",
@@ -36,7 +36,6 @@ __all__ = [
     "fuse_magnitude",
     "fuse_matmul_add",
     "fuse_pad_into_conv",
-    "fuse_swish",
     "infer_shapes",
     "inputs_to_attributes",
     "optimize",
@@ -106,11 +105,13 @@ def _is_float(value: np.ndarray) -> bool:
 
 
 def inputs_to_attributes(graph: Graph) -> bool:
-    """Move constant parameter inputs to attributes: Squeeze/Unsqueeze/ReduceX ``axes``,
-    Slice ``starts/ends/axes/steps``, Clip ``min/max``, Resize ``scales``/``sizes``, Split
-    ``split``, Pad ``pads`` (for every axis) and ``value``.
+    """Move constant parameter inputs to attributes: Squeeze/Unsqueeze/ReduceMean ``axes``,
+    Slice ``starts/ends/axes/steps``, Clip ``min/max``, Resize ``scales``/``sizes``.
 
-    Opsets 11, 13 and 18 turned these attributes into inputs; backends read one form.
+    Opset 13 and 18 turned these attributes into inputs; backends read one form. Pad, Split
+    and the other reductions keep the form their opset gives them (their readers use
+    :func:`~edge_runtime.graph.shapes.pad_parameters`, ``split_sizes`` and ``reduce_axes``),
+    so that a graph written back to ONNX (the QDQ export) stays valid at its opset.
     """
     changed = False
     for node in list(graph.nodes):
@@ -119,26 +120,8 @@ def inputs_to_attributes(graph: Graph) -> bool:
             continue
         values = [graph.constant(name) if name else None for name in params]
         op = node.op_type
-        if (op in ("Squeeze", "Unsqueeze") or op in _REDUCE_OPS) and values[0] is not None:
+        if op in ("Squeeze", "Unsqueeze", "ReduceMean") and values[0] is not None:
             node.attrs["axes"] = [int(a) for a in values[0].ravel()]
-        elif op == "Split" and values[0] is not None:
-            node.attrs["split"] = [int(a) for a in values[0].ravel()]
-        elif op == "Pad":
-            if values[0] is None:
-                continue
-            pads = [int(v) for v in values[0].ravel()]
-            value = values[1] if len(values) > 1 and values[1] is not None and values[1].size else None
-            axes = values[2] if len(values) > 2 else None
-            if axes is not None:  # opset 18: pads for some axes only -> pads for every axis
-                rank = graph.rank(node.inputs[0])
-                if rank is None:
-                    continue
-                full = [0] * (2 * rank)
-                for i, a in enumerate(int(a) for a in axes.ravel()):
-                    full[a % rank], full[a % rank + rank] = pads[i], pads[i + len(axes.ravel())]
-                pads = full
-            node.attrs["pads"] = pads
-            node.attrs["value"] = 0.0 if value is None else value.ravel()[0].item()
         elif op == "Slice":
             starts, ends = ([int(v) for v in values[i].ravel()] for i in (0, 1))
             axes = values[2] if len(values) > 2 and values[2] is not None else np.arange(len(starts))
@@ -168,11 +151,6 @@ def inputs_to_attributes(graph: Graph) -> bool:
         changed = True
     return changed
 
-
-_REDUCE_OPS = frozenset({
-    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
-    "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp",
-})  # fmt: skip
 
 # Ops whose 1-D int64 "shape values" can carry symbolic elements through folding.
 _SHAPE_MOVERS = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Reshape", "Identity"}
@@ -848,57 +826,20 @@ def fuse_hard_swish(graph: Graph) -> bool:
     return changed
 
 
-def fuse_swish(graph: Graph) -> bool:
-    """SiLU as exporters write it, ``x * Sigmoid(x)``, becomes one Swish node (alpha 1)."""
-    changed = False
-    for node in list(graph.nodes):
-        if node.op_type != "Mul" or len(node.inputs) != 2:
-            continue
-        a, b = node.inputs
-        for mine, other in ((a, b), (b, a)):
-            sig = graph.producer(other)
-            if (
-                sig is not None
-                and sig.op_type == "Sigmoid"
-                and sig.inputs[0] == mine
-                and _sole_consumer(graph, other) is node
-            ):
-                graph.replace_node(
-                    node,
-                    [
-                        Node(
-                            "Swish",
-                            _fused_name(graph, node, "Swish"),
-                            [mine],
-                            list(node.outputs),
-                            {"alpha": 1.0},
-                        )
-                    ],
-                )
-                graph.remove_node(sig)
-                changed = True
-                break
-    return changed
-
-
 def split_to_slices(graph: Graph) -> bool:
     """Split with sizes known (its ``split``, or an equal split of a static dim) becomes one
     Slice per output: backends take single-output data movement."""
     changed = False
     for node in list(graph.nodes):
-        if node.op_type != "Split" or len(node.inputs) != 1:
+        if node.op_type != "Split":
             continue
         shape = graph.shape(node.inputs[0])
         if shape is None:
             continue
         axis = int(node.attrs.get("axis", 0)) % len(shape)
-        sizes = node.attrs.get("split")
+        sizes = split_sizes(graph, node, shape[axis])
         if sizes is None:
-            dim, n = shape[axis], int(node.attrs.get("num_outputs", len(node.outputs)))
-            if not isinstance(dim, int):
-                continue
-            chunk = -(-dim // n)
-            sizes = [min(chunk, dim - i * chunk) for i in range(n)]
+            continue
         bounds = np.cumsum([0, *[int(v) for v in sizes]])
         slices = [
             Node(
@@ -921,11 +862,12 @@ def fuse_pad_into_conv(graph: Graph) -> bool:
     part of the Conv's pads."""
     changed = False
     for pad in list(graph.nodes):
-        if pad.op_type != "Pad" or len(pad.inputs) != 1 or pad.attrs.get("mode", "constant") != "constant":
+        if pad.op_type != "Pad" or pad.attrs.get("mode", "constant") != "constant":
             continue
-        if float(pad.attrs.get("value", 0.0)) != 0.0:
+        params = pad_parameters(graph, pad)
+        if params is None or params[1] != 0.0:
             continue
-        pads = [int(p) for p in pad.attrs.get("pads", [])]
+        pads = params[0]
         rank = len(pads) // 2
         conv = _sole_consumer(graph, pad.outputs[0])
         if (
@@ -1090,7 +1032,13 @@ def fuse_magnitude(graph: Graph) -> bool:
         stacked = graph.unique_name(sqrt.outputs[0] + "/parts")
         graph.value_info[stacked] = ValueInfo(stacked, None, (2, *sa))
         nodes.append(Node("Concat", graph.unique_name(sqrt.name + "/Concat"), parts, [stacked], {"axis": 0}))
-        nodes.append(Node("ReduceL2", sqrt.name, [stacked], list(sqrt.outputs), {"axes": [0], "keepdims": 0}))
+        if graph.opset >= 18:  # axes an input from opset 18 on
+            axes = graph.add_constant(np.array([0], np.int64), sqrt.name + "/axes")
+            nodes.append(Node("ReduceL2", sqrt.name, [stacked, axes], list(sqrt.outputs), {"keepdims": 0}))
+        else:
+            nodes.append(
+                Node("ReduceL2", sqrt.name, [stacked], list(sqrt.outputs), {"axes": [0], "keepdims": 0})
+            )
         graph.replace_node(sqrt, nodes)
         graph.remove_node(add)
         changed = True
@@ -1224,7 +1172,6 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     sub_div_by_constant,
     fuse_gelu,
     fuse_hard_swish,
-    fuse_swish,
     fuse_pad_into_conv,
     fold_affine_into_conv,
     fuse_magnitude,

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_runtime.graph.ir import Dim, Graph, Node, ValueInfo
 
-__all__ = ["infer_shapes"]
+__all__ = ["infer_shapes", "pad_parameters", "reduce_axes", "split_sizes"]
 
 Shape = tuple[Dim, ...]
 
@@ -35,6 +35,61 @@ _REDUCE = {
     "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
     "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp",
 }  # fmt: skip
+
+
+def pad_parameters(graph: Graph, node: Node) -> tuple[list[int], float] | None:
+    """(pads for every axis, [begin..., end...], constant value) of a Pad whose parameters are
+    constant, in either form (attributes before opset 11, inputs after; ``axes`` from 18);
+    None when they are computed at run time or the rank is unknown."""
+
+    def const(index: int) -> np.ndarray | None:
+        name = node.input(index)
+        return None if not name else graph.constant(name)
+
+    if "pads" in node.attrs:
+        pads, value, axes = list(node.attrs["pads"]), node.attrs.get("value", 0.0), None
+    else:
+        pads_c = const(1)
+        if pads_c is None or any(node.input(i) and const(i) is None for i in (2, 3)):
+            return None
+        pads = [int(v) for v in pads_c.ravel()]
+        value_c, axes_c = const(2), const(3)
+        value = 0.0 if value_c is None or not value_c.size else value_c.ravel()[0].item()
+        axes = None if axes_c is None else [int(a) for a in axes_c.ravel()]
+    if axes is not None:
+        rank = graph.rank(node.inputs[0])
+        if rank is None:
+            return None
+        full = [0] * (2 * rank)
+        for i, a in enumerate(axes):
+            full[a % rank], full[a % rank + rank] = pads[i], pads[i + len(axes)]
+        pads = full
+    return [int(v) for v in pads], float(value)
+
+
+def reduce_axes(graph: Graph, node: Node) -> list[int] | None:
+    """The axes of a ReduceX (attribute or constant input 1; [] for all), None when computed."""
+    if "axes" in node.attrs:
+        return [int(a) for a in node.attrs["axes"]]
+    if not node.input(1):
+        return []
+    value = graph.constant(node.input(1))
+    return None if value is None else [int(a) for a in value.ravel()]
+
+
+def split_sizes(graph: Graph, node: Node, dim: Dim) -> list[int] | None:
+    """The output sizes of a Split along a dim of size ``dim`` (attribute ``split``, constant
+    input 1, or an equal split: ``num_outputs`` from opset 18, the last part possibly smaller)."""
+    if "split" in node.attrs:
+        return [int(v) for v in node.attrs["split"]]
+    if node.input(1):
+        value = graph.constant(node.input(1))
+        return None if value is None else [int(v) for v in value.ravel()]
+    if not isinstance(dim, int):
+        return None
+    n = int(node.attrs.get("num_outputs", len(node.outputs)))
+    chunk = -(-dim // n)
+    return [min(chunk, dim - i * chunk) for i in range(n)]
 
 
 def _known(dim: Dim) -> bool:
@@ -133,8 +188,11 @@ def _infer(graph: Graph, node: Node, shapes: list[Shape | None]) -> Shape | list
         parts = [s for s in shapes if s is not None]
         total = _sum([s[axis] for s in parts])
         return tuple(total if i == axis else d for i, d in enumerate(x))
-    if op in _REDUCE and len(node.inputs) == 1:
-        axes = {a % len(x) for a in attrs.get("axes", [])}
+    if op in _REDUCE:
+        axes_list = reduce_axes(graph, node)
+        if axes_list is None:
+            return None
+        axes = {a % len(x) for a in axes_list}
         if not axes:
             if attrs.get("noop_with_empty_axes", 0):
                 return x
@@ -149,9 +207,11 @@ def _infer(graph: Graph, node: Node, shapes: list[Shape | None]) -> Shape | list
         return tuple(d for i, d in enumerate(x) if i != axis)
     if op == "GlobalMaxPool":
         return x[:2] + (1,) * (len(x) - 2)
-    if op == "Pad" and len(node.inputs) == 1 and "pads" in attrs:
-        pads = [int(p) for p in attrs["pads"]]
-        rank = len(x)
+    if op == "Pad":
+        params = pad_parameters(graph, node)
+        if params is None:
+            return None
+        pads, rank = params[0], len(x)
         return tuple(
             d + pads[i] + pads[i + rank]
             if isinstance(d, int)
@@ -160,15 +220,11 @@ def _infer(graph: Graph, node: Node, shapes: list[Shape | None]) -> Shape | list
             else None
             for i, d in enumerate(x)
         )
-    if op == "Split" and len(node.inputs) == 1:
+    if op == "Split":
         axis = int(attrs.get("axis", 0)) % len(x)
-        sizes = attrs.get("split")
+        sizes = split_sizes(graph, node, x[axis])
         if sizes is None:
-            dim, n = x[axis], int(attrs.get("num_outputs", len(node.outputs)))
-            if not isinstance(dim, int):
-                return None
-            chunk = -(-dim // n)
-            sizes = [min(chunk, dim - i * chunk) for i in range(n)]
+            return None
         return [x[:axis] + (int(size),) + x[axis + 1 :] for size in sizes]
     if op in ("Expand", "Tile"):
         param = graph.constant(node.inputs[1])

@@ -795,6 +795,8 @@ class _Lowering:
             )
             self._set(out, out_qp, layout)
             return
+        if op == "mul" and self._compose_gate(node, a_name, b_name, out_qp):
+            return
         sa, sb = self._src(a_name), self._src(b_name)
         if self.params[sa] is None or self.params[sb] is None:
             return self._float(node)
@@ -1000,13 +1002,18 @@ class _Lowering:
     def _op_Pad(self, node: Node) -> None:
         """Pad on the int8 bytes: a constant pad writes the code of its value (0 -> the zero
         point); reflect/edge/wrap copy codes. NHWC storage pads its permuted axes."""
+        from edge_runtime.graph.shapes import pad_parameters
+
         src = self._src(node.inputs[0])
         qp = self.params[src]
-        if len(node.inputs) > 1 and any(node.inputs[1:]):
+        params = pad_parameters(self.graph, node)
+        if params is None:
             raise UnsupportedOperatorError(f"{node}: pads computed at run time")
-        attrs = dict(node.attrs)
+        # The node's inputs stay as they are (constants travel as arrays); these attributes
+        # take precedence in the reference op: pads for every axis, and the value's code.
+        attrs = {**node.attrs, "pads": params[0], "value": params[1], "axes": None}
         if qp is not None and attrs.get("mode", "constant") == "constant":
-            attrs["value"] = int(numerics.quantize(np.float32(attrs.get("value", 0.0)), qp))
+            attrs["value"] = int(numerics.quantize(np.float32(params[1]), qp))
         layout = "plain"
         if self.layout[src] == "nhwc" and len(attrs.get("pads", [])) == 8:
             pads = list(attrs["pads"])
@@ -1229,6 +1236,32 @@ class _Lowering:
         self._set(out, out_qp, self.layout[src])
         self.tables[out] = (src, real, self.steps[-1])
         return True
+
+    def _compose_gate(self, node: Node, a: str, b: str, out_qp: QuantParams) -> bool:
+        """``x * f(x)`` where f(x) is a table step over x that nothing else reads (SiLU
+        ``x * sigmoid(x)`` as torch and paddle write it, ``x * hard_sigmoid(x)``): one table from
+        x's codes, no int8 product and one rounding instead of two."""
+        tables = getattr(self, "tables", {})
+        for x, gate in ((a, b), (b, a)):
+            entry = tables.get(self._src(gate))
+            if entry is None or gate in self.graph.output_names or x == gate:
+                continue
+            if [n.name for n in self.graph.consumers(gate)] != [node.name]:
+                continue
+            src, real, step = entry
+            in_qp = self.params.get(src)
+            if src != self._src(x) or step not in self.steps or in_qp is None or out_qp.dtype != in_qp.dtype:
+                continue
+            codes = np.arange(in_qp.qmin, in_qp.qmax + 1).astype(in_qp.numpy_dtype)
+            composed = numerics.dequantize(codes, in_qp).astype(np.float64) * real
+            table = _lut_order(numerics.quantize(composed.astype(np.float32), out_qp), in_qp.dtype)
+            self.steps.remove(step)
+            out = node.outputs[0]
+            self._emit("lut", [src], [out], {"kind": f"x*{step.attrs.get('kind', 'table')}"}, {"table": table})
+            self._set(out, out_qp, self.layout[src])
+            self.tables[out] = (src, composed, self.steps[-1])
+            return True
+        return False
 
     def _table(
         self, node: Node, fn_node: Node | None = None, constants: list[np.ndarray] | None = None

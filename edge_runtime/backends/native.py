@@ -14,15 +14,21 @@ onnxruntime and says why.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from edge_runtime.backends._base import Artifact, Backend, OpenOptions, Session
-from edge_runtime.errors import BackendUnavailableError, UnsupportedOperatorError
-from edge_runtime.plan.quantized_plan import PlanIO, QuantizedPlan
+from edge_runtime.errors import (
+    BackendUnavailableError,
+    EdgeRuntimeError,
+    PackageFormatError,
+    UnsupportedOperatorError,
+)
 from edge_runtime.numerics import QuantParams
+from edge_runtime.plan.quantized_plan import PlanIO, QuantizedPlan
 
 __all__ = ["NativeBackend", "NativeBackendSession", "activation_params_from_manifest"]
 
@@ -52,6 +58,25 @@ def _spec(io_: PlanIO):
     return TensorSpec(name=io_.name, dtype=io_.dtype, shape=shape)
 
 
+@contextlib.contextmanager
+def _plan_steps_checked(what: str) -> Iterator[None]:
+    """Untyped errors of a plan artifact's steps as PackageFormatError.
+
+    The reader checks a plan's structure; a step whose attributes are of the wrong kind or size
+    shows only when the executor loads it or makes the buffer plan of an input shape. A signed
+    package from ``edge quantize`` never holds one: this is damage or a forgery.
+    """
+    try:
+        yield
+    except EdgeRuntimeError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError, AttributeError) as exc:
+        raise PackageFormatError(
+            f"a step of the native plan cannot {what} ({type(exc).__name__}: {exc}); the package is "
+            "damaged or was not made by edge quantize"
+        ) from exc
+
+
 class NativeBackendSession(Session):
     """A :class:`~edge_runtime.plan.NativeSession` behind the backend interface.
 
@@ -74,7 +99,10 @@ class NativeBackendSession(Session):
         self.outputs = tuple(_spec(io_) for io_ in plan.outputs)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._session.run(feeds)
+        if self._lowered:
+            return self._session.run(feeds)
+        with _plan_steps_checked("run"):  # buffer plans for a new input shape are made here
+            return self._session.run(feeds)
 
     def describe(self) -> dict[str, Any]:
         info = self._session.describe()
@@ -114,7 +142,8 @@ class NativeBackend(Backend):
                     sha256 = options.manifest.artifact(artifact.path).sha256
                 except KeyError:  # not listed (a hand-made manifest): the plan is hashed instead
                     sha256 = None
-            return NativeBackendSession(plan, options.threads, lowered=False, model_sha256=sha256)
+            with _plan_steps_checked("load"):
+                return NativeBackendSession(plan, options.threads, lowered=False, model_sha256=sha256)
         if artifact.kind != "onnx":
             raise BackendUnavailableError(
                 f"the native backend runs native-plan and onnx artifacts, not {artifact.kind}"

@@ -14,7 +14,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from native_models import calibrated, prepare, rng, small_cnn
 
@@ -24,7 +24,12 @@ from edge_runtime.plan.quantized_plan import QuantizedPlan
 
 X = rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
 FUZZ = settings(
-    max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),  # no shrinking: a failure shows as found
 )
 
 
@@ -163,3 +168,35 @@ def test_fuzzed_plan_header_reads_typed(plan_bytes: bytes, data: st.DataObject) 
         QuantizedPlan.from_bytes(_with_header(plan_bytes, header))
     except PackageFormatError:
         pass
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_plan_header_loads_typed_on_the_native_backend(plan_bytes: bytes, data: st.DataObject) -> None:
+    """Damage the reader accepts (wrong attribute values of a step) ends typed when the backend
+    loads and runs the plan: PackageFormatError or another EdgeRuntimeError, never a KeyError."""
+    from edge_runtime.backends import Artifact, OpenOptions, get_backend
+
+    header = json.loads(zipfile.ZipFile(io.BytesIO(plan_bytes)).read("plan.json"))
+    steps = [p for p in _paths(header) if len(p) > 2 and p[0] == "steps"]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(steps))
+        parent = header
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = data.draw(JSON_VALUES)
+        except (KeyError, IndexError, TypeError):
+            continue
+    try:
+        session = get_backend("native").open(
+            Artifact("model.plan", "native-plan", _with_header(plan_bytes, header)), OpenOptions(threads=1)
+        )
+    except EdgeRuntimeError:
+        return
+    try:
+        session.run({"x": X})
+    except EdgeRuntimeError:
+        pass
+    finally:
+        session.close()

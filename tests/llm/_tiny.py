@@ -12,6 +12,8 @@ import numpy as np
 
 from edge_runtime.llm.sources import permute_for_gguf
 
+PROMPT = "The capital of France is"
+
 CORPUS = [
     "The capital of France is Paris. The capital of Italy is Rome.",
     "Small language models run on small devices, token by token.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import PROMPT
+from _tiny import PROMPT
 
 from edge_runtime import llm
 from edge_runtime.llm import model as llm_model

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _tiny import CORPUS, TinySpec, write_gguf
-from conftest import PROMPT
+from _tiny import CORPUS, PROMPT, TinySpec, write_gguf
 
 from edge_runtime import llm
 from edge_runtime.errors import EdgeRuntimeError

@@ -115,9 +115,20 @@ class Postgres:
                     raise
                 time.sleep(0.1)
 
+    def drop_database(self, url: str) -> None:
+        """Drop a database made by :meth:`new_database` (its connections closed first); errors ignored."""
+        import psycopg
+
+        name = url.rsplit("/", 1)[1]
+        try:
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        except psycopg.Error:
+            pass
+
     def stop(self) -> None:
         try:
-            self._run(self.bindir / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+            self._run(self.bindir / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "-t", "20", "stop")
         except (subprocess.SubprocessError, OSError):
             pass
         shutil.rmtree(self.root, ignore_errors=True)

@@ -432,8 +432,8 @@ def measure_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
             if labels is not None:
                 agree["accuracy"] = float((got.argmax(-1) == labels).mean())
         row["agreement"] = agree
-    from edge_runtime.plan import QuantizedPlan
     from edge_runtime.package import open_package
+    from edge_runtime.plan import QuantizedPlan
 
     sparse_plan = QuantizedPlan.from_bytes(
         open_package(packages["native int8 2:4"]).read_artifact("native-plan")

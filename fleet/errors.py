@@ -33,11 +33,11 @@ __all__ = [
     "DiscoveryError",
     "DowngradeError",
     "DownloadError",
+    "DownloadTooLargeError",
     "FleetError",
     "InsufficientSpaceError",
     "ManagerLockedError",
     "NotFoundError",
-    "DownloadTooLargeError",
     "ProtocolError",
     "UpdateError",
 ]

@@ -15,10 +15,10 @@ tflite          tflite                                 serialised by a per-sessi
 """
 
 from edge_runtime.backends._base import Artifact, Backend, OpenOptions, Session
+from edge_runtime.backends.native import NativeBackend
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edge_runtime.backends.tflite import TFLiteBackend
 from edge_runtime.errors import BackendUnavailableError
-from edge_runtime.backends.native import NativeBackend
 
 __all__ = [
     "BACKENDS",

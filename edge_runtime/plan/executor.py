@@ -59,16 +59,16 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import kernels
-from edge_runtime.kernels._ffi import DTYPES, aligned_empty, check, ffi, lib
 from edge_runtime.errors import KernelArgumentError, ModelInputError, ShapeError, UnsupportedOperatorError
 from edge_runtime.graph import Node
 from edge_runtime.graph.reference import evaluate_node
+from edge_runtime.kernels._ffi import DTYPES, aligned_empty, check, ffi, lib
 from edge_runtime.kernels.conv import _check_io as _check_conv_io
 from edge_runtime.kernels.conv import pack_conv2d24
 from edge_runtime.kernels.core import dtype_range
 from edge_runtime.kernels.ops import _broadcast_layout, _pool_params, _q8
-from edge_runtime.plan.quantized_plan import QuantizedPlan, Step
 from edge_runtime.numerics import QuantParams
+from edge_runtime.plan.quantized_plan import QuantizedPlan, Step
 
 __all__ = ["NativeSession", "PackedCache", "default_cache_dir", "packed_format_versions"]
 

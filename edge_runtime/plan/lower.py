@@ -52,8 +52,8 @@ from edge_runtime.errors import EdgeRuntimeError, KernelError, QuantizationError
 from edge_runtime.graph import Graph, Node
 from edge_runtime.graph.reference import OPS as REFERENCE_OPS
 from edge_runtime.graph.reference import _spatial_pads  # the one definition of auto_pad
-from edge_runtime.plan.quantized_plan import PlanIO, QuantizedPlan, Step
 from edge_runtime.numerics import QuantParams
+from edge_runtime.plan.quantized_plan import PlanIO, QuantizedPlan, Step
 
 __all__ = ["lower"]
 

@@ -105,7 +105,8 @@ def default_loader(backend: str = "auto", threads: int | None = None, trust_stor
 
     def load(path: Path) -> ModelLike:
         from edge_runtime import load as edge_load  # type: ignore[attr-defined]
-        from edge_runtime.llm.package import is_llm_package, load as llm_load
+        from edge_runtime.llm.package import is_llm_package
+        from edge_runtime.llm.package import load as llm_load
 
         if is_llm_package(path):  # a language model: edge_runtime.llm (OpenAI API, generate extension)
             return llm_load(path, threads=threads, trust_store=trust_store)  # type: ignore[no-any-return]

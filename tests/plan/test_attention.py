@@ -11,8 +11,8 @@ from native_models import make_model, prepare, rng, value
 from onnx import helper
 
 from edge_runtime.graph import reference
-from edge_runtime.plan import NativeSession, calibrate, lower
 from edge_runtime.numerics import fake_quantize
+from edge_runtime.plan import NativeSession, calibrate, lower
 
 B, H, S, D = 2, 3, 7, 4
 

@@ -10,9 +10,9 @@ from native_models import make_model, prepare, rng, small_cnn, value
 from onnx import helper
 
 from edge_runtime.backends import Artifact, OpenOptions
+from edge_runtime.backends.native import NativeBackend
 from edge_runtime.errors import BackendUnavailableError, UnsupportedOperatorError
 from edge_runtime.plan import NativeSession, calibrate, lower
-from edge_runtime.backends.native import NativeBackend
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from native_models import prepare, rng, small_cnn, small_transformer
 
 from edge_runtime.errors import QuantizationError
 from edge_runtime.graph import reference
-from edge_runtime.plan import calibrate, tensors_to_calibrate
 from edge_runtime.numerics import MinMaxObserver
+from edge_runtime.plan import calibrate, tensors_to_calibrate
 
 
 def _batches(shape, count=4, seed=1):

@@ -60,7 +60,9 @@ CASES = [
 
 def _run(command: str, args: list[str], tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     argv = [str(EDGE), *extra, *command.split(), *(a.replace("{tmp}", str(tmp)) for a in args)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +108,10 @@ def _undocumented(parser: argparse.ArgumentParser, path: str) -> list[str]:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 found += _undocumented(sub, f"{path} {name}")
-        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
-            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
-                found.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)) and (
+            not (action.help or "").strip() or action.help == argparse.SUPPRESS
+        ):
+            found.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
     return found
 
 

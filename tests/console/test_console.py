@@ -216,6 +216,7 @@ def test_package_and_telemetry_pages(page: Page, fleet: Fleet) -> None:
     assert "[batch×4]" in layers or "4" in layers
     p.wait_for_selector("#selftest:has-text('passed')")
     assert "model.onnx" in p.inner_text("#artifacts")
+    assert p.is_visible("#provenance") and p.is_visible("#accuracy")  # a training run's metrics and origin
     page.shot("package")
 
     p.click("a[data-nav=telemetry]")

@@ -55,4 +55,5 @@ def test_layers_of_a_quantized_sparse_cnn(tmp_path: Path) -> None:
     assert inside["partition"]["native_mac_share"] == 1.0
     assert inside["selftest"]["ran"] and inside["selftest"]["passed"]
     assert "outputs" in inside["accuracy"]  # edge quantize's float-vs-INT8 report
+    assert inside["manifest"]["provenance"]["tool"] == "edge quantize"  # shown under "Provenance"
     assert inside["claimed_signer"] is None

@@ -591,6 +591,8 @@ function packageView(main, sha) {
           ...(hasTime ? [num(fmtNum(l.time_ms, 3))] : []))), { id: "layers" }),
         h("h2", {}, "Accuracy report"),
         Object.keys(x.accuracy).length ? h("pre", { id: "accuracy" }, JSON.stringify(x.accuracy, null, 2)) : h("p", { class: "empty", id: "accuracy" }, "the package carries no metrics"),
+        h("h2", {}, "Provenance"),
+        Object.keys(m.provenance || {}).length ? h("pre", { id: "provenance" }, JSON.stringify(m.provenance, null, 2)) : h("p", { class: "empty", id: "provenance" }, "the package records no provenance"),
         h("h2", {}, "Self-test"),
         h("p", { id: "selftest" }, x.selftest.ran ? pill(x.selftest.passed ? "passed" : "failed", x.selftest.passed ? "ok" : "error") : pill("not run", "pending"), " ", x.selftest.detail || ""));
     },

@@ -34,24 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "realmodels"))
 
-from corpus import CORPUS, CorpusModel, available
-
-CALIBRATION = {
-    "ocr-cls": 24,
-    "ocr-det": 12,
-    "ocr-rec": 16,
-    "face-onet": 64,
-    "vad-stream": 128,
-    "vad-sequence": 32,
-}
-HELD_OUT = {
-    "ocr-cls": 40,
-    "ocr-det": 6,
-    "ocr-rec": 10,
-    "face-onet": 200,
-    "vad-stream": 128,
-    "vad-sequence": 16,
-}
+from corpus import CALIBRATION, CORPUS, HELD_OUT, CorpusModel, available
 
 
 def _p50(fn, feeds: dict[str, np.ndarray], seconds: float, warmup: int = 3, min_runs: int = 10) -> float:

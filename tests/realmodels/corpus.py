@@ -464,5 +464,25 @@ CORPUS: dict[str, CorpusModel] = {
 }
 
 
+# Samples per model: calibration (the quantizer's only input) and held-out (the agreement check),
+# shared by the tests and bench/realmodels.py.
+CALIBRATION = {
+    "ocr-cls": 24,
+    "ocr-det": 12,
+    "ocr-rec": 16,
+    "face-onet": 64,
+    "vad-stream": 128,
+    "vad-sequence": 32,
+}
+HELD_OUT = {
+    "ocr-cls": 40,
+    "ocr-det": 6,
+    "ocr-rec": 10,
+    "face-onet": 200,
+    "vad-stream": 128,
+    "vad-sequence": 16,
+}
+
+
 def available() -> list[str]:
     return [key for key, model in CORPUS.items() if model.path() is not None]

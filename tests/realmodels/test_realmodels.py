@@ -16,27 +16,10 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from corpus import CORPUS, CorpusModel, pin_input_shapes
+from corpus import CALIBRATION, CORPUS, HELD_OUT, CorpusModel, pin_input_shapes
 
 import edge_runtime
 from edge_runtime.graph import check_supported, import_onnx, optimize
-
-CALIBRATION = {
-    "ocr-cls": 24,
-    "ocr-det": 12,
-    "ocr-rec": 16,
-    "face-onet": 64,
-    "vad-stream": 128,
-    "vad-sequence": 32,
-}
-HELD_OUT = {
-    "ocr-cls": 40,
-    "ocr-det": 6,
-    "ocr-rec": 10,
-    "face-onet": 200,
-    "vad-stream": 128,
-    "vad-sequence": 16,
-}
 
 
 def _model(key: str) -> CorpusModel:

@@ -104,15 +104,18 @@ def write_model_package(
     seed: int = 0,
     bad_selftest: bool = False,
     k: int = IN,
+    zero_weights: bool = False,
+    compress: bool = False,
 ) -> PackageInfo:
     """A real, signed .edgepkg: ONNX Gemm (x @ W + b) with self-test vectors.
 
-    ``k`` (the input width) makes the package bigger: W is k x 3 float32 random values.
+    ``k`` (the input width) makes the package bigger: W is k x 3 float32 random values (zeros with
+    ``zero_weights``: compressed, a package small to download that expands ~1000x when staged).
     """
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal((k, OUT)).astype(np.float32)
+    w = np.zeros((k, OUT), np.float32) if zero_weights else rng.standard_normal((k, OUT)).astype(np.float32)
     b = rng.standard_normal(OUT).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Gemm", ["x", "W", "B"], ["y"])],
@@ -138,7 +141,7 @@ def write_model_package(
         "model.onnx": model.SerializeToString(),
         "selftest.npz": make_selftest({"x": x}, {"y": expected}),
     }
-    return write_package(path, manifest, artifacts, key, compress=False)
+    return write_package(path, manifest, artifacts, key, compress=compress)
 
 
 def write_key(path_prefix: Path) -> Ed25519PrivateKey:

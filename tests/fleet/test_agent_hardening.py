@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import paho.mqtt.client as mqtt
-from fleet_helpers import MODEL, OUT, seed_device, serving, wait_for, write_model_package
+from fleet_helpers import MODEL, seed_device, serving, wait_for, write_model_package
 
 from fleet.agent import Agent, AgentConfig
 from fleet.manager.rollout import RolloutSpec
@@ -217,44 +216,12 @@ def test_a_lone_agent_raises_no_alert(tmp_path, broker):
 # --- a package that expands far beyond its size ---
 
 
-def _write_bomb_package(path: Path, version: str, key: Any, k: int) -> Path:
-    """A valid signed package whose artifacts (zeros) compress ~1000x: small to download, big to stage."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from edge_runtime.package import make_selftest, write_package
-
-    w = np.zeros((k, OUT), dtype=np.float32)
-    b = np.arange(OUT, dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W", "B"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", OUT])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    x = np.zeros((1, k), dtype=np.float32)
-    manifest = {
-        "name": MODEL,
-        "version": version,
-        "created": "2024-05-01T12:00:00Z",
-        "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", k]}],
-        "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", OUT]}],
-        "artifacts": [{"path": "model.onnx", "kind": "onnx"}, {"path": "selftest.npz", "kind": "selftest"}],
-        "selftest": {"artifact": "selftest.npz", "atol": 1e-3, "rtol": 1e-3},
-    }
-    artifacts = {
-        "model.onnx": model.SerializeToString(),
-        "selftest.npz": make_selftest({"x": x}, {"y": x @ w + b}),
-    }
-    return write_package(path, manifest, artifacts, key, compress=True).path
-
-
 def test_free_disk_check_uses_the_expanded_size(tmp_path, manager, start_agent, keys):
     key, trust = keys
     v1 = write_model_package(tmp_path / "v1.edgepkg", "1.0", key, seed=1).path
-    bomb = _write_bomb_package(tmp_path / "bomb.edgepkg", "2.0", key, k=1 << 20)  # 12 MiB of weights
+    bomb = write_model_package(  # 12 MiB of zero weights, compressed
+        tmp_path / "bomb.edgepkg", "2.0", key, k=1 << 20, zero_weights=True, compress=True
+    ).path
     size = bomb.stat().st_size
     assert size < 1 << 20, size
     seed_device(tmp_path / "a", v1, trust)

@@ -227,11 +227,12 @@ class FleetDB:
         now = time.time()
         with self.tx() as db:
             db.execute(
-                """INSERT INTO devices (id, online, first_seen, last_seen, profile, grp, tags, models,
+                # The alias makes the statement valid on PostgreSQL too (SQLite takes it since 3.24).
+                """INSERT INTO devices AS d (id, online, first_seen, last_seen, profile, grp, tags, models,
                        agent_version, deployment_id)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(id) DO UPDATE SET online=excluded.online, last_seen=excluded.last_seen,
-                       profile=COALESCE(excluded.profile, profile), grp=COALESCE(excluded.grp, grp),
+                       profile=COALESCE(excluded.profile, d.profile), grp=COALESCE(excluded.grp, d.grp),
                        tags=excluded.tags, models=excluded.models,
                        agent_version=excluded.agent_version, deployment_id=excluded.deployment_id""",
                 (

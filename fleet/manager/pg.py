@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 from fleet.manager.db import FleetDB
-from fleet.protocol import DeploymentState, Presence, sql_in
+from fleet.protocol import DeploymentState, sql_in
 
 __all__ = ["PgFleetDB", "is_postgres_url"]
 
@@ -200,35 +200,6 @@ class PgFleetDB(FleetDB):
             f"(CASE WHEN jsonb_typeof({column}->'{field}') = 'number' "
             f"THEN ({column}->>'{field}')::double precision END)"
         )
-
-    # --- devices ---
-
-    def upsert_device(self, status: Any) -> None:
-        import json
-
-        now = time.time()
-        with self.tx() as db:
-            db.execute(
-                """INSERT INTO devices AS d (id, online, first_seen, last_seen, profile, grp, tags, models,
-                       agent_version, deployment_id)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(id) DO UPDATE SET online=excluded.online, last_seen=excluded.last_seen,
-                       profile=COALESCE(excluded.profile, d.profile), grp=COALESCE(excluded.grp, d.grp),
-                       tags=excluded.tags, models=excluded.models,
-                       agent_version=excluded.agent_version, deployment_id=excluded.deployment_id""",
-                (
-                    status.device,
-                    int(status.state == Presence.ONLINE),
-                    now,
-                    now,
-                    status.profile,
-                    status.group,
-                    json.dumps(status.tags),
-                    json.dumps(status.models),
-                    status.agent_version,
-                    status.deployment_id,
-                ),
-            )
 
     # --- partitions and retention ---
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import GraphError, UnsupportedOperatorError
+from edge_runtime.errors import UnsupportedOperatorError
 from edge_runtime.graph.ir import Graph, Node, ValueInfo
 
 __all__ = [
@@ -84,14 +84,7 @@ def float_onnx(
                 self._gemm_as_matmul(node, inputs, attrs, pre)
             else:
                 self.emit(node.op_type, inputs, [pre], node.name, **_attributes(attrs))
-            if activation == "relu":
-                self.emit("Relu", [pre], [out], f"{node.name}/Relu")
-            elif activation == "relu6":
-                lo = self.const(np.array(0.0, np.float32), f"{node.name}/clip_min")
-                hi = self.const(np.array(6.0, np.float32), f"{node.name}/clip_max")
-                self.emit("Clip", [pre, lo, hi], [out], f"{node.name}/Clip")
-            elif activation:
-                raise GraphError(f"{node}: fused activation {activation!r} cannot be exported")
+            self._activation(node, activation, pre, out)
 
         def _onnx_form(self, node: Node, inputs: list[str]) -> tuple[list[str], dict[str, Any]]:
             # The IR's parameters-as-attributes (edge_runtime.graph.passes.inputs_to_attributes)

@@ -292,6 +292,10 @@ class _Writer:
             self._gemm_as_matmul(node, inputs, attrs, pre)
         else:
             self.emit(node.op_type, inputs, [pre], node.name, **_attributes(attrs))
+        self._activation(node, activation, pre, out)
+
+    def _activation(self, node: Node, activation: str | None, pre: str, out: str) -> None:
+        """The fused activation of a conv/gemm node, from ``pre`` to ``out``, as ONNX nodes."""
         if activation == "relu":
             self.emit("Relu", [pre], [out], f"{node.name}/Relu")
         elif activation == "relu6":

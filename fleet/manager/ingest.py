@@ -67,6 +67,21 @@ def _model_rows(
     return out
 
 
+def _telemetry_row(t: Any, ts: float, now: float) -> tuple[Any, ...]:
+    """The ``telemetry`` table's columns for one message: device, stream, seq, ts, received,
+    system (JSON), queue depth, queue dropped."""
+    return (
+        t.device,
+        t.stream,
+        t.seq,
+        ts,
+        now,
+        json.dumps(t.system),
+        t.queue.get("depth"),
+        t.queue.get("dropped"),
+    )
+
+
 def store_telemetry(
     db: Any, engine: str, rows: list[tuple[Any, dict[str, dict[str, Any]], float]], now: float
 ) -> list[bool]:
@@ -82,16 +97,7 @@ def store_telemetry(
                 bool(
                     db.execute(
                         "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            t.device,
-                            t.stream,
-                            t.seq,
-                            ts,
-                            now,
-                            json.dumps(t.system),
-                            t.queue.get("depth"),
-                            t.queue.get("dropped"),
-                        ),
+                        _telemetry_row(t, ts, now),
                     ).rowcount
                 )
             )
@@ -124,24 +130,7 @@ def store_telemetry(
         fresh.discard(key)  # a second copy in the same batch is a duplicate
     if not any(first):
         return first
-    cols = list(
-        zip(
-            *[
-                (
-                    t.device,
-                    t.stream,
-                    t.seq,
-                    ts,
-                    now,
-                    json.dumps(t.system),
-                    t.queue.get("depth"),
-                    t.queue.get("dropped"),
-                )
-                for (t, _models, ts), ok in zip(rows, first)
-                if ok
-            ]
-        )
-    )
+    cols = list(zip(*[_telemetry_row(t, ts, now) for (t, _models, ts), ok in zip(rows, first) if ok]))
     cur = raw.execute(
         "INSERT INTO telemetry (device, stream, seq, ts, received, system, queue_depth, queue_dropped) "
         "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::float8[], %s::float8[], "

@@ -92,27 +92,26 @@ def manager_token(state_dir: Path, token_file: Path | None = None) -> tuple[str,
 
     Generates ``<state_dir>/api-token`` (mode 0600) when neither a file nor the environment gives one.
     """
-    if token_file is not None:
-        return read_token_file(token_file), str(token_file)
-    env = os.environ.get(TOKEN_ENV)
-    if env:
-        _check(env.strip(), f"${TOKEN_ENV}")
-        return env.strip(), f"${TOKEN_ENV}"
-    return _stored_or_generated(Path(state_dir) / TOKEN_FILE_NAME, "HTTP API token", TOKEN_ENV)
+    return _token(Path(state_dir) / TOKEN_FILE_NAME, token_file, TOKEN_ENV, "HTTP API token")
 
 
 def viewer_token(state_dir: Path, token_file: Path | None = None) -> tuple[str, str]:
     """The read-only viewer token and where it came from: ``token_file``, $EDGE_FLEET_VIEWER_TOKEN,
     else ``<state_dir>/viewer-token`` (generated with mode 0600 like ``api-token``)."""
+    return _token(
+        Path(state_dir) / VIEWER_TOKEN_FILE_NAME, token_file, VIEWER_TOKEN_ENV, "read-only viewer token"
+    )
+
+
+def _token(stored: Path, token_file: Path | None, env_name: str, what: str) -> tuple[str, str]:
+    """``token_file``, else ``$env_name``, else ``stored`` (generated when missing)."""
     if token_file is not None:
         return read_token_file(token_file), str(token_file)
-    env = os.environ.get(VIEWER_TOKEN_ENV)
+    env = os.environ.get(env_name)
     if env:
-        _check(env.strip(), f"${VIEWER_TOKEN_ENV}")
-        return env.strip(), f"${VIEWER_TOKEN_ENV}"
-    return _stored_or_generated(
-        Path(state_dir) / VIEWER_TOKEN_FILE_NAME, "read-only viewer token", VIEWER_TOKEN_ENV
-    )
+        _check(env.strip(), f"${env_name}")
+        return env.strip(), f"${env_name}"
+    return _stored_or_generated(stored, what, env_name)
 
 
 def _stored_or_generated(path: Path, what: str, env: str) -> tuple[str, str]:

@@ -21,7 +21,7 @@ from typing import Any
 from edge_runtime._version import __version__
 from edge_runtime.errors import EdgeRuntimeError
 
-__all__ = ["COMMANDS_GROUP", "CommandGroup", "build_parser", "command_groups", "main"]
+__all__ = ["COMMANDS_GROUP", "CommandGroup", "build_parser", "command_groups", "main", "run_command"]
 
 COMMANDS_GROUP = "edge_runtime.cli"  # the entry-point group other packages add commands through
 
@@ -634,14 +634,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return run_command(args, f"edge {args.command}")
+
+
+def run_command(args: argparse.Namespace, name: str) -> int:
+    """Run a parsed command; a typed error of any package (or an OSError) is one line and exit 1."""
     expected = tuple(root for group in command_groups() for root in group.errors)
     try:
         return int(args.func(args) or 0)
     except (*expected, OSError) as exc:
         # Expected failures (a bad package, a missing file, an unknown id): one line, no traceback.
         if args.verbose:
-            logging.getLogger("edge").exception("edge %s failed", args.command)
-        print(f"edge {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            logging.getLogger("edge").exception("%s failed", name)
+        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
 
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.cli import run_command
 from edge_runtime.serve.cli import register
 
 
@@ -19,11 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return int(args.func(args) or 0)
-    except (EdgeRuntimeError, OSError) as exc:
-        print(f"{args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    return run_command(args, args.command)  # typed errors of the hosted agent too: one line
 
 
 if __name__ == "__main__":

@@ -36,7 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--weight-bits", type=int, choices=(8, 7), metavar="{8,7}",
         help="weight width: 7 ([-63, 63]) lets x86 without VNNI multiply with vpmaddubsw (faster GEMMs and "
         "convolutions), bit-identical on every ISA (default: 7 when this machine's device profile is x86 "
-        "without VNNI, else 8)",
+        "without VNNI, else 8; see --profile)",
+    )  # fmt: skip
+    p.add_argument(
+        "--profile", metavar="NAME",
+        help="the target device profile (`edge profiles` lists them) when it is not this machine: it picks "
+        "the default --weight-bits (7 for generic-x86_64, whose VNNI is known only on the device; 8 on Arm)",
     )  # fmt: skip
     p.add_argument(
         "--eval", metavar="DATA", help="held-out data for the accuracy report (default: calibration)"
@@ -112,7 +117,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.weight_bits is not None:
         weight_bits, why = args.weight_bits, "--weight-bits"
     else:
-        weight_bits, why = default_weight_bits()
+        target = None
+        if args.profile is not None:
+            from device_profiles import get_profile
+
+            target = get_profile(args.profile)
+        weight_bits, why = default_weight_bits(target)
         why = f"default: {why}"
     # Said before the work starts; on stderr with --json (stdout holds the JSON only).
     print(f"weight bits: {weight_bits} ({why})", file=sys.stderr if args.json else sys.stdout, flush=True)

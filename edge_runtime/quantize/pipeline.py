@@ -111,6 +111,9 @@ def default_weight_bits(profile: Any = None) -> tuple[int, str]:
     name = getattr(profile, "name", "?")
     if isa == "avx2":
         return 7, f"profile {name} is x86 without VNNI (kernel ISA avx2)"
+    if isa == "scalar" and getattr(profile, "cpu_core", None) == "x86-64":
+        # The generic x86-64 table profile: whether the device has VNNI is known only there.
+        return 7, f"profile {name} may lack VNNI (7-bit weights are exact on every x86 and faster without it)"
     return 8, f"profile {name} has kernel ISA {isa}"
 
 

@@ -75,6 +75,30 @@ def test_default_weight_bits_follows_the_profile() -> None:
         assert bits == 8 and isa in why
 
 
+def test_default_weight_bits_for_named_target_profiles() -> None:
+    from device_profiles import PROFILES
+
+    # The generic x86-64 profile's VNNI is known only on the device: 7 bits are exact everywhere.
+    assert pipeline.default_weight_bits(PROFILES["generic-x86_64"])[0] == 7
+    for name in ("raspberrypi-4b", "raspberrypi-5", "jetson-orin-nano", "generic-arm64"):
+        assert pipeline.default_weight_bits(PROFILES[name])[0] == 8
+
+
+def test_quantize_profile_option_picks_the_default(files, capsys) -> None:
+    out = files["dir"] / "profile.edgepkg"
+    argv = ["quantize", str(files["mlp"]), "--calibration", str(files["dir"] / "seq.npy"), "--out", str(out),
+            "--quiet", "--json"]  # fmt: skip
+    assert cli.main([*argv, "--profile", "generic-x86_64"]) == 0
+    assert "weight bits: 7 (default: profile generic-x86_64 may lack VNNI" in capsys.readouterr().err
+    with open_package(out) as pkg:
+        assert pkg.manifest.weight_bits == 7
+    assert cli.main([*argv, "--profile", "raspberrypi-4b"]) == 0
+    with open_package(out) as pkg:
+        assert pkg.manifest.weight_bits == 8
+    assert cli.main([*argv, "--profile", "no-such-board"]) == 1
+    assert "unknown device profile 'no-such-board'" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("weight_bits")

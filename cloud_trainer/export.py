@@ -41,7 +41,14 @@ from cloud_trainer.data import Split
 from cloud_trainer.errors import CheckpointError, ExportError
 from cloud_trainer.lightning import DigitsDataModule, EdgeModule, ImageClassifier, SyntheticImagesDataModule
 from cloud_trainer.models import export_onnx
-from cloud_trainer.qat import INPUT_KEY, activation_params_by_module, is_prepared, prepare_qat, to_float
+from cloud_trainer.qat import (
+    INPUT_KEY,
+    activation_params_by_module,
+    is_prepared,
+    prepare_qat,
+    qat_weight_bits,
+    to_float,
+)
 from edge_runtime.numerics import QuantParams
 from edge_runtime.quantize.assemble import (  # as `edge quantize`
     ARTIFACT_PATHS,
@@ -90,6 +97,8 @@ def load_checkpoint(
     if any(".qat_input." in k or k.startswith("model.qat_input") for k in state):
         prepare_qat(module.model)
     missing, unexpected = module.load_state_dict(state, strict=False)
+    # Checkpoints written before 7-bit weights have no weight_bits buffers: they keep 8.
+    missing = [k for k in missing if not k.endswith(".weight_bits")]
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {path} does not fit {module_class.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}"
@@ -300,6 +309,7 @@ def export_package(
         describe=describe,
         signing_key=signing_key,
         threads=threads,
+        weight_bits=qat_weight_bits(qat_model),
     )
     info = done.package
     say(f"wrote {info.path}: {info.size} bytes, {'signed by ' + info.signer if info.signer else 'unsigned'}")

@@ -1,6 +1,6 @@
 """Fake quantization in torch: :mod:`edge_runtime.numerics` (the spec), one torch call per numpy call.
 
-Nothing here re-derives a formula. Constants (``WEIGHT_QMAX``, ``MIN_WEIGHT_SCALE``,
+Nothing here re-derives a formula. Constants (``weight_qmax(bits)``, ``MIN_WEIGHT_SCALE``,
 ``ACTIVATION_DTYPES``) and activation parameters (:func:`edge_runtime.numerics.activation_params`,
 which turns an observed range into a :class:`~edge_runtime.numerics.QuantParams`) are imported;
 the per-element arithmetic is the spec's numpy mirrored as its docstring says:
@@ -20,9 +20,9 @@ import torch
 from edge_runtime.numerics import (
     ACTIVATION_DTYPES,
     MIN_WEIGHT_SCALE,
-    WEIGHT_QMAX,
     QuantParams,
     activation_params,
+    weight_qmax,
 )
 
 __all__ = [
@@ -35,13 +35,14 @@ __all__ = [
 ]
 
 
-def weight_scales(weight: torch.Tensor, axis: int = 0) -> torch.Tensor:
-    """Per-output-channel scales, float32 [channels]: ``edge_runtime.numerics.weight_scales``."""
+def weight_scales(weight: torch.Tensor, axis: int = 0, bits: int = 8) -> torch.Tensor:
+    """Per-output-channel scales, float32 [channels]: ``edge_runtime.numerics.weight_scales``
+    (``bits`` 8: ``max|w| / 127``; 7: ``max|w| / 63``)."""
     w = weight.detach().to(torch.float32)
     axis = axis % w.ndim
     reduce_dims = tuple(i for i in range(w.ndim) if i != axis)
     absmax = torch.amax(w.abs(), dim=reduce_dims) if reduce_dims else w.abs()
-    scales = absmax / torch.tensor(WEIGHT_QMAX, dtype=torch.float32)
+    scales = absmax / torch.tensor(weight_qmax(bits), dtype=torch.float32)
     return torch.clamp(scales, min=MIN_WEIGHT_SCALE)  # 2^-23 is exact in float32
 
 
@@ -51,28 +52,29 @@ def _channel_view(scales: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
     return scales.reshape(shape)
 
 
-def quantize_weight(weight: torch.Tensor, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight(weight: torch.Tensor, axis: int = 0, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 values, float32 scales): ``edge_runtime.numerics.quantize_weights``."""
     w = weight.detach().to(torch.float32)
-    scales = weight_scales(w, axis)
-    q = torch.clamp(torch.round(w / _channel_view(scales, w.ndim, axis)), -WEIGHT_QMAX, WEIGHT_QMAX)
+    qmax = weight_qmax(bits)
+    scales = weight_scales(w, axis, bits)
+    q = torch.clamp(torch.round(w / _channel_view(scales, w.ndim, axis)), -qmax, qmax)
     return q.to(torch.int8), scales
 
 
 class _WeightFakeQuant(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, axis: int) -> torch.Tensor:
-        q, scales = quantize_weight(weight, axis)
+    def forward(ctx, weight: torch.Tensor, axis: int, bits: int) -> torch.Tensor:
+        q, scales = quantize_weight(weight, axis, bits)
         return q.to(torch.float32) * _channel_view(scales, weight.ndim, axis)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad, None, None
 
 
-def fake_quantize_weight(weight: torch.Tensor, axis: int = 0) -> torch.Tensor:
-    """``WeightQuant.dequantize(quantize_weights(w))`` in torch, with a straight-through gradient."""
-    return _WeightFakeQuant.apply(weight, axis)
+def fake_quantize_weight(weight: torch.Tensor, axis: int = 0, bits: int = 8) -> torch.Tensor:
+    """``WeightQuant.dequantize(quantize_weights(w, bits=bits))`` in torch, with a straight-through gradient."""
+    return _WeightFakeQuant.apply(weight, axis, bits)
 
 
 def quantize_activation(x: torch.Tensor, params: QuantParams) -> torch.Tensor:

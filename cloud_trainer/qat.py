@@ -38,7 +38,7 @@ from torch import nn
 
 from cloud_trainer.errors import QATError
 from cloud_trainer.fake_quant import EMAObserver, fake_quantize_activation, fake_quantize_weight
-from edge_runtime.numerics import QuantParams
+from edge_runtime.numerics import WEIGHT_BITS, QuantParams
 
 __all__ = [
     "INPUT_KEY",
@@ -57,13 +57,24 @@ INPUT_KEY = "<input>"
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Identity)
 
 
+def _check_weight_bits(bits: int) -> None:
+    if bits not in WEIGHT_BITS:
+        raise QATError(f"weight_bits={bits!r}: expected 8 or 7")
+
+
 class _Quantized(nn.Module):
     """Flags shared by the QAT modules, kept in buffers so that they survive checkpoints."""
 
-    def __init__(self, momentum: float) -> None:
+    def __init__(self, momentum: float, weight_bits: int = 8) -> None:
         super().__init__()
+        _check_weight_bits(weight_bits)
         self.observer = EMAObserver(momentum)
         self.register_buffer("qat_enabled", torch.tensor(False))
+        # In a buffer, so that the export of a checkpoint knows the width trained for.
+        self.register_buffer("weight_bits", torch.tensor(weight_bits))
+
+    def _fake_quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
+        return fake_quantize_weight(w, bits=int(self.weight_bits))
 
     def _quantize_output(self, y: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -78,9 +89,14 @@ class QuantConvBnAct(_Quantized):
     """
 
     def __init__(
-        self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: nn.Module | None, momentum: float = 0.01
+        self,
+        conv: nn.Conv2d,
+        bn: nn.BatchNorm2d | None,
+        act: nn.Module | None,
+        momentum: float = 0.01,
+        weight_bits: int = 8,
     ):
-        super().__init__(momentum)
+        super().__init__(momentum, weight_bits)
         if act is not None and not isinstance(act, _ACTIVATIONS):
             raise QATError(f"activation {type(act).__name__} cannot be fused: expected ReLU or ReLU6")
         self.conv = conv
@@ -113,12 +129,12 @@ class QuantConvBnAct(_Quantized):
             return act(self.bn(y) if self.bn is not None else y)
         if self.bn is None or bool(self.bn_frozen) or not self.training:
             w_fold, b_fold = self.folded()
-            y = self._conv(x, fake_quantize_weight(w_fold), b_fold)
+            y = self._conv(x, self._fake_quantize_weight(w_fold), b_fold)
         else:
             bn = self.bn
             factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             w_scaled = self.conv.weight * factor.reshape(-1, 1, 1, 1)
-            y = self._conv(x, fake_quantize_weight(w_scaled), None) / factor.reshape(1, -1, 1, 1)
+            y = self._conv(x, self._fake_quantize_weight(w_scaled), None) / factor.reshape(1, -1, 1, 1)
             if self.conv.bias is not None:
                 y = y + self.conv.bias.reshape(1, -1, 1, 1)
             y = bn(y)  # batch statistics; updates the running ones
@@ -128,14 +144,15 @@ class QuantConvBnAct(_Quantized):
 class QuantLinear(_Quantized):
     """``nn.Linear`` with per-output-channel int8 weights and a per-tensor quantized output."""
 
-    def __init__(self, linear: nn.Linear, momentum: float = 0.01) -> None:
-        super().__init__(momentum)
+    def __init__(self, linear: nn.Linear, momentum: float = 0.01, weight_bits: int = 8) -> None:
+        super().__init__(momentum, weight_bits)
         self.linear = linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.qat_enabled):
             return self.linear(x)
-        return self._quantize_output(F.linear(x, fake_quantize_weight(self.linear.weight), self.linear.bias))
+        weight = self._fake_quantize_weight(self.linear.weight)
+        return self._quantize_output(F.linear(x, weight, self.linear.bias))
 
 
 class _InputQuant(_Quantized):
@@ -160,13 +177,14 @@ def is_prepared(model: nn.Module) -> bool:
     return isinstance(getattr(model, "qat_input", None), _InputQuant)
 
 
-def prepare_qat(model: nn.Module, momentum: float = 0.01) -> nn.Module:
+def prepare_qat(model: nn.Module, momentum: float = 0.01, weight_bits: int = 8) -> nn.Module:
     """Swap ``model``'s conv blocks, convolutions and linears for QAT modules, in place; returns ``model``.
 
     The QAT modules start disabled (the model computes what it computed before) until
     :func:`set_qat_state` turns them on. Parameters are shared, not copied, so an optimizer
     built before keeps working. Raises :class:`QATError` for a conv block whose children
-    are not ``conv``, ``bn`` and an optional ReLU/ReLU6 ``act``.
+    are not ``conv``, ``bn`` and an optional ReLU/ReLU6 ``act``. ``weight_bits`` 7 trains for
+    packages with 7-bit weights ([-63, 63]; faster on x86 without VNNI, docs/numerics.md).
     """
     if is_prepared(model):
         return model
@@ -181,18 +199,17 @@ def prepare_qat(model: nn.Module, momentum: float = 0.01) -> nn.Module:
                     raise QATError(
                         f"conv block {type(child).__name__} has children {sorted(extra)} besides conv/bn/act"
                     )
-                setattr(
-                    parent, name, QuantConvBnAct(child.conv, child.bn, getattr(child, "act", None), momentum)
-                )
+                act = getattr(child, "act", None)
+                setattr(parent, name, QuantConvBnAct(child.conv, child.bn, act, momentum, weight_bits))
             elif isinstance(child, nn.Conv2d):
-                setattr(parent, name, QuantConvBnAct(child, None, None, momentum))
+                setattr(parent, name, QuantConvBnAct(child, None, None, momentum, weight_bits))
             elif isinstance(child, nn.Linear):
-                setattr(parent, name, QuantLinear(child, momentum))
+                setattr(parent, name, QuantLinear(child, momentum, weight_bits))
             else:
                 convert(child)
 
     convert(model)
-    model.qat_input = _InputQuant(momentum)
+    model.qat_input = _InputQuant(momentum, weight_bits)
     model.register_forward_pre_hook(_quantize_input_hook)
     return model
 
@@ -219,6 +236,14 @@ def set_qat_state(
             m.observer.frozen.fill_(observers_frozen)
         if bn_frozen is not None and isinstance(m, QuantConvBnAct):
             m.bn_frozen.fill_(bn_frozen)
+
+
+def qat_weight_bits(model: nn.Module) -> int:
+    """The weight width ``model`` was prepared for (8 or 7)."""
+    widths = {int(m.weight_bits) for m in _qat_modules(model)}
+    if len(widths) != 1:
+        raise QATError(f"the model's QAT modules have weight widths {sorted(widths)}: expected one")
+    return widths.pop()
 
 
 def activation_params_by_module(model: nn.Module) -> dict[str, QuantParams]:
@@ -289,6 +314,7 @@ class QuantizationAwareTraining(Callback):
         freeze_observers_epoch: int | None = None,
         momentum: float = 0.01,
         attribute: str | None = "model",
+        weight_bits: int = 8,
     ) -> None:
         for label, value in (
             ("freeze_bn_epoch", freeze_bn_epoch),
@@ -301,6 +327,8 @@ class QuantizationAwareTraining(Callback):
         self.freeze_observers_epoch = freeze_observers_epoch
         self.momentum = momentum
         self.attribute = attribute
+        _check_weight_bits(weight_bits)
+        self.weight_bits = weight_bits
 
     def target(self, pl_module: LightningModule) -> nn.Module:
         """The module this callback quantizes."""
@@ -309,7 +337,7 @@ class QuantizationAwareTraining(Callback):
         return pl_module
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        prepare_qat(self.target(pl_module), self.momentum)
+        prepare_qat(self.target(pl_module), self.momentum, self.weight_bits)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -326,6 +354,7 @@ class QuantizationAwareTraining(Callback):
             "freeze_bn_epoch": self.freeze_bn_epoch,
             "freeze_observers_epoch": self.freeze_observers_epoch,
             "momentum": self.momentum,
+            "weight_bits": self.weight_bits,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -333,3 +362,4 @@ class QuantizationAwareTraining(Callback):
         self.freeze_bn_epoch = state_dict["freeze_bn_epoch"]
         self.freeze_observers_epoch = state_dict["freeze_observers_epoch"]
         self.momentum = state_dict["momentum"]
+        self.weight_bits = state_dict.get("weight_bits", 8)  # checkpoints before 7-bit weights

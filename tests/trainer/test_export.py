@@ -81,6 +81,45 @@ def test_native_backend_agrees_with_the_qat_model(checkpoint: Path, signed_packa
     assert result.sparse_layers == ["/features/block2/conv/Conv", "/features/block3/conv/Conv"]
 
 
+def test_7_bit_qat_checkpoint_exports_a_7_bit_package(checkpoint: Path, tmp_path: Path) -> None:
+    """A checkpoint whose QAT modules train 7-bit weights exports a package declaring them, and the
+    native backend runs exactly what the QAT model computes. (The 8-bit checkpoint's weights, set to
+    7 bits: the fake quantization is the deployed arithmetic whatever the weights' history.)"""
+    import edge_runtime
+    from cloud_trainer.qat import qat_weight_bits
+    from edge_runtime.package import open_package
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    keys = [k for k in ckpt["state_dict"] if k.endswith(".weight_bits")]
+    assert keys
+    for k in keys:
+        ckpt["state_dict"][k] = torch.tensor(7)
+    seven = tmp_path / "seven.ckpt"
+    torch.save(ckpt, seven)
+    result = export_package(seven, tmp_path / "seven.edgepkg", progress=False)
+    with open_package(result.path) as pkg:
+        assert pkg.manifest.weight_bits == 7
+        assert pkg.manifest.quantization["weights"]["range"] == [-63, 63]
+
+    module, _ = load_checkpoint(seven)
+    assert qat_weight_bits(module.model) == 7
+    test = load_digits_splits().test
+    model = edge_runtime.load(result.path, backend="native")
+    native = np.concatenate(
+        [model.run({"input": test.x[i : i + 50]})["logits"] for i in range(0, len(test), 50)]
+    )
+    with torch.no_grad():
+        qat = module.model(torch.from_numpy(test.x)).numpy()
+    assert float((native.argmax(1) == qat.argmax(1)).mean()) >= AGREEMENT
+
+    # A checkpoint written before 7-bit weights (no weight_bits buffers) loads as 8-bit.
+    for k in keys:
+        del ckpt["state_dict"][k]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    assert qat_weight_bits(load_checkpoint(old)[0].model) == 8
+
+
 def test_package_is_signed_and_carries_what_the_issue_lists(signed_package: tuple) -> None:
     from edge_runtime.package import TrustStore, open_package
 

@@ -31,16 +31,44 @@ def _weights(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return w
 
 
+@pytest.mark.parametrize("bits", [8, 7])
 @pytest.mark.parametrize("shape", [(8, 3, 3, 3), (10, 256), (4, 1, 3, 3)])
-def test_weight_fake_quant_matches_the_spec_bit_for_bit(shape: tuple[int, ...]) -> None:
+def test_weight_fake_quant_matches_the_spec_bit_for_bit(shape: tuple[int, ...], bits: int) -> None:
     w = _weights(0, shape)
-    want = numerics.quantize_weights(w, axis=0)
-    values, scales = fake_quant.quantize_weight(torch.from_numpy(w))
+    want = numerics.quantize_weights(w, axis=0, bits=bits)
+    values, scales = fake_quant.quantize_weight(torch.from_numpy(w), bits=bits)
     np.testing.assert_array_equal(scales.numpy(), want.scales)
     np.testing.assert_array_equal(values.numpy(), want.values)
+    assert int(values.abs().max()) == numerics.weight_qmax(bits)
     np.testing.assert_array_equal(
-        fake_quant.fake_quantize_weight(torch.from_numpy(w)).numpy(), want.dequantize()
+        fake_quant.fake_quantize_weight(torch.from_numpy(w), bits=bits).numpy(), want.dequantize()
     )
+
+
+def test_qat_for_7_bit_weights_trains_the_deployed_values() -> None:
+    from cloud_trainer.errors import QATError
+    from cloud_trainer.models import DigitsCNN
+    from cloud_trainer.qat import qat_weight_bits
+
+    model = prepare_qat(DigitsCNN(), weight_bits=7)
+    assert qat_weight_bits(model) == 7
+    set_qat_state(model, enabled=True, bn_frozen=True)
+    x = torch.rand(4, 1, 8, 8)
+    model.train()
+    model(x)  # the observers see data
+    linear = model.classifier.linear
+    seen = {}
+    model.classifier.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        want = numerics.quantize_weights(linear.weight.numpy(), axis=0, bits=7).dequantize()
+        y = torch.nn.functional.linear(seen["x"], torch.from_numpy(want), linear.bias)
+    expected = fake_quant.fake_quantize_activation(y, model.classifier.observer.quant_params())
+    assert torch.equal(out, expected)
+    assert qat_weight_bits(prepare_qat(DigitsCNN())) == 8
+    with pytest.raises(QATError, match="weight_bits=6"):
+        prepare_qat(DigitsCNN(), weight_bits=6)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])

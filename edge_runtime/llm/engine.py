@@ -49,6 +49,7 @@ class GenerationHandle:
     emit: Emit
     capacity: int
     submitted: float = field(default_factory=time.monotonic)
+    admitted_at: float | None = None  # when it left the queue for the batch
     first_token_at: float | None = None
     generated: int = 0
     _cancelled: threading.Event = field(default_factory=threading.Event)
@@ -81,6 +82,9 @@ class LLMEngine:
         self._closed = False
         self.steps = 0
         self.batched_tokens = 0
+        # Called on the engine thread after each forward pass with the number of sequences it
+        # decoded (the batch size of the decode GEMM); must not block (the server's metrics).
+        self.on_step: Callable[[int], None] | None = None
         self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
         self._thread.start()
 
@@ -143,7 +147,9 @@ class LLMEngine:
                     self._running = []
                     break
                 while self._waiting and len(self._running) + len(prefilling) < self.max_batch:
-                    prefilling.append(self._waiting.popleft())
+                    admitted = self._waiting.popleft()
+                    admitted.admitted_at = time.monotonic()
+                    prefilling.append(admitted)
             self._running = [h for h in self._running if not h.cancelled]
             prefilling = [h for h in prefilling if not h.cancelled]
             # One forward pass: a token of every running sequence, and prompt chunks of the admitted ones.
@@ -177,7 +183,13 @@ class LLMEngine:
                 prefilling = [h for h in prefilling if all(h is not b for b, _, _ in batch)]
                 continue
             self.steps += 1
-            self.batched_tokens += sum(1 for _, _, pre in batch if not pre)
+            decoded = sum(1 for _, _, pre in batch if not pre)
+            self.batched_tokens += decoded
+            if self.on_step is not None and decoded:
+                try:
+                    self.on_step(decoded)
+                except Exception:
+                    log.exception("the engine's on_step callback failed")
             running = []
             for (h, _, pre), row in zip(batch, logits):
                 if pre:

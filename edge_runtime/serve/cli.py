@@ -3,6 +3,7 @@
 ::
 
     edge serve --model digits=digits.edgepkg --port 8000 --max-batch-size 16
+    edge serve --model digits=digits.edgepkg --grpc 127.0.0.1:8001   # and the gRPC API (tritonclient.grpc)
     edge serve --config /etc/edge/serve.toml          # flags given as well override the file
     edge serve --install-service [--prefix DIR]       # write the systemd unit, print systemctl commands
     edge swap digits digits-1.3.edgepkg [--url URL]   # hot-swap a model of a running server
@@ -28,6 +29,7 @@ from edge_runtime.serve.batcher import BatchingConfig
 from edge_runtime.serve.config import ModelConfig, ServeConfig, load_config
 from edge_runtime.serve.errors import ServeConfigError
 from edge_runtime.serve.hosting import AgentSpec, serve_plugins
+from edge_runtime.serve.llm_limits import LLMLimits
 
 __all__ = ["agent_from_args", "config_from_args", "register"]
 
@@ -42,6 +44,7 @@ _BATCHING_FLAGS = {
     "batch_workers": "workers",
     "pad_to_preferred": "pad_to_preferred",
 }
+_LLM_FLAGS = ("max_sequences", "max_queue", "max_context", "prefill_tokens")  # --llm-max-sequences ...
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -55,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add ``serve`` and ``swap`` to the ``edge`` command."""
     serve = subparsers.add_parser(
         "serve",
-        help="serve models over HTTP (Open Inference Protocol / KServe v2) with dynamic batching",
-        description="Serve model packages over the Open Inference Protocol (KServe v2 REST) with "
+        help="serve models over HTTP and gRPC (Open Inference Protocol / KServe v2) with dynamic batching",
+        description="Serve model packages over the Open Inference Protocol (KServe v2 REST, and gRPC "
+        "with --grpc) with "
         "dynamic batching, hot swap, Prometheus metrics and systemd integration. See docs/serving.md.",
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML (or .json) serving config")
@@ -65,6 +69,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8000; 0 picks a free one)")
+    serve.add_argument(
+        "--grpc",
+        metavar="HOST:PORT",
+        help="also serve the Open Inference Protocol's gRPC API (KServe v2 / Triton "
+        "inference.GRPCInferenceService, what tritonclient.grpc speaks) on HOST:PORT, e.g. "
+        "127.0.0.1:8001 (Triton's gRPC port); 0 as the port picks a free one; 'off' turns off one a "
+        "config enables (default off; needs the grpc extra: pip install 'edge-runtime[grpc]')",
+    )
     serve.add_argument("--backend", help="auto, native, onnxruntime or tflite")
     serve.add_argument("--threads", type=int, help="intra-op threads per model (default: the profile's)")
     serve.add_argument("--trust-dir", type=Path, help="refuse packages not signed by a key in DIR")
@@ -93,6 +105,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     batching.add_argument("--max-queue-size", type=int, help="queued requests before answering 503")
     batching.add_argument("--latency-target-us", type=int, help="dispatch early to meet this latency")
     batching.add_argument("--batch-workers", type=int, help="batches computed at once per model")
+    llm = serve.add_argument_group(
+        "language models (continuous batching; applies to every LLM package, see docs/llm.md)"
+    )
+    llm.add_argument(
+        "--llm-max-sequences", type=int, metavar="N", help="generations decoding together (default 8)"
+    )
+    llm.add_argument(
+        "--llm-max-queue",
+        type=int,
+        metavar="N",
+        help="generations waiting for a slot before 503 (default 64)",
+    )
+    llm.add_argument(
+        "--llm-max-context",
+        type=int,
+        metavar="TOKENS",
+        help="prompt + max_tokens of one request, over it 400 (default 0: the model's context)",
+    )
+    llm.add_argument(
+        "--llm-prefill-tokens",
+        type=int,
+        metavar="N",
+        help="prompt tokens per forward pass beside the running generations (default 128)",
+    )
     for plugin in serve_plugins():  # the fleet agent's options, when the fleet is installed
         plugin.add_arguments(serve)
     service = serve.add_argument_group("systemd")
@@ -134,6 +170,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         for key in ("host", "port", "backend", "threads", "trust_dir", "drain_timeout_s", "keep_versions")
         if getattr(args, key, None) is not None
     }
+    if args.grpc is not None:
+        server["grpc"] = "" if args.grpc == "off" else args.grpc
     if args.no_repository_api:
         server["repository_api"] = False
     overrides = {
@@ -145,12 +183,22 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     def batching(b: BatchingConfig) -> BatchingConfig:
         return dataclasses.replace(b, **overrides) if overrides else b
 
-    models = [dataclasses.replace(m, batching=batching(m.batching)) for m in config.models]
+    llm_overrides = {
+        key: getattr(args, "llm_" + key)
+        for key in _LLM_FLAGS
+        if getattr(args, "llm_" + key, None) is not None
+    }
+
+    def llm(limits: LLMLimits) -> LLMLimits:
+        return LLMLimits(**{**limits.to_dict(), **llm_overrides}) if llm_overrides else limits
+
+    models = [dataclasses.replace(m, batching=batching(m.batching), llm=llm(m.llm)) for m in config.models]
     default = batching(config.batching)
+    default_llm = llm(config.llm)
     for text in args.model:
         name, path = _parse_model(text)
-        models = [m for m in models if m.name != name] + [ModelConfig(name, path, default)]
-    return config.replace(**server, batching=default, models=tuple(models))
+        models = [m for m in models if m.name != name] + [ModelConfig(name, path, default, llm=default_llm)]
+    return config.replace(**server, batching=default, llm=default_llm, models=tuple(models))
 
 
 def agent_from_args(args: argparse.Namespace) -> AgentSpec | None:

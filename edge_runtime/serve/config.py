@@ -7,6 +7,9 @@ TOML needs nothing beyond the standard library on Python 3.11+ (``tomllib``;
     [server]
     host = "127.0.0.1"          # listen address; "0.0.0.0" to serve the network
     port = 8000
+    grpc = ""                   # "HOST:PORT": also serve the gRPC API there (Triton's port is 8001;
+                                # port 0 picks a free one); "" (default): HTTP only
+    grpc_max_concurrent_rpcs = 256   # gRPC calls in progress at once; more: RESOURCE_EXHAUSTED
     drain_timeout_s = 30        # SIGTERM: how long in-flight requests may take to finish
     repository_api = true       # POST /v2/repository/... (load, unload, index) by the admin
     max_request_mib = 64        # largest request body (a larger Content-Length: 413 before reading)
@@ -34,6 +37,12 @@ TOML needs nothing beyond the standard library on Python 3.11+ (``tomllib``;
     latency_target_us = 5000    # omit for none
     workers = 1
 
+    [llm]                       # language models' engines (edge_runtime.serve.llm_limits.LLMLimits)
+    max_sequences = 8           # generations decoding together (one batched decode step)
+    max_queue = 64              # generations waiting for a slot; one more: 503
+    max_context = 0             # prompt + max_tokens per request (over it: 400); 0: the model's context
+    prefill_tokens = 128        # prompt tokens per forward pass beside the running generations
+
     [models.digits]             # one table per served model; the key is its name in the URLs
     path = "/var/lib/edge/models/digits.edgepkg"   # relative paths: to the config file
     # or a model store directory: "/var/lib/edge/models/digits/current" (or ".../digits",
@@ -43,6 +52,8 @@ TOML needs nothing beyond the standard library on Python 3.11+ (``tomllib``;
     keep_versions = 2           # overrides [server] keep_versions for this model
     [models.digits.batching]    # overrides of [batching] for this model
     max_batch_size = 16
+    [models.smollm2.llm]        # overrides of [llm] for one language model
+    max_sequences = 4
 """
 
 from __future__ import annotations
@@ -58,10 +69,11 @@ from typing import Any
 
 from edge_runtime.serve.batcher import BatchingConfig
 from edge_runtime.serve.errors import ModelNameError, ServeConfigError
+from edge_runtime.serve.llm_limits import LLMLimits
 from edge_runtime.serve.manager import check_model_name
 from edge_runtime.serve.protocol import RequestLimits
 
-__all__ = ["ModelConfig", "ServeConfig", "load_config"]
+__all__ = ["ModelConfig", "ServeConfig", "grpc_address", "load_config"]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,6 +90,7 @@ class ModelConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     selftest: bool = True
     keep_versions: int | None = None  # None: the server's keep_versions
+    llm: LLMLimits = field(default_factory=LLMLimits)  # a language model's engine limits
 
     def __post_init__(self) -> None:
         try:
@@ -100,6 +113,8 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc: str = ""  # "HOST:PORT" of the gRPC API; "": none
+    grpc_max_concurrent_rpcs: int = 256
     drain_timeout_s: float = 30.0
     repository_api: bool = True
     max_request_mib: int = 64
@@ -113,6 +128,7 @@ class ServeConfig:
     require_selftest: bool = False
     keep_versions: int = 1  # versions of each model kept loaded (the current one included)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    llm: LLMLimits = field(default_factory=LLMLimits)  # every language model's, unless its entry says
     models: tuple[ModelConfig, ...] = ()
     source: Path | None = None  # the file it was read from (SIGHUP re-reads it)
 
@@ -120,7 +136,9 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             raise ServeConfigError(f"server.port must be in 0..65535, got {self.port}")
         _check_keep_versions(self.keep_versions, "server.keep_versions")
-        for key in ("max_request_mib", "max_request_elements", "max_json_values"):
+        if self.grpc:
+            grpc_address(self.grpc)
+        for key in ("max_request_mib", "max_request_elements", "max_json_values", "grpc_max_concurrent_rpcs"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ServeConfigError(f"server.{key} must be an integer >= 1, got {value!r}")
@@ -135,6 +153,18 @@ class ServeConfig:
         if duplicates:
             raise ServeConfigError(f"model(s) {', '.join(duplicates)} configured twice")
 
+    def llm_limits(self, name: str) -> LLMLimits:
+        """The engine limits of language model ``name``: its entry's, else the server's ``[llm]``."""
+        for m in self.models:
+            if m.name == name:
+                return m.llm
+        return self.llm
+
+    @property
+    def grpc_host_port(self) -> tuple[str, int] | None:
+        """Where the gRPC API listens, or None when it is off."""
+        return grpc_address(self.grpc) if self.grpc else None
+
     def request_limits(self) -> RequestLimits:
         return RequestLimits(max_elements=self.max_request_elements, max_json_values=self.max_json_values)
 
@@ -142,8 +172,19 @@ class ServeConfig:
         return dataclasses.replace(self, **changes)
 
 
-_SERVER_KEYS = {f.name for f in dataclasses.fields(ServeConfig)} - {"batching", "models", "source"}
-_MODEL_KEYS = {"path", "batching", "selftest", "keep_versions"}
+def grpc_address(text: Any) -> tuple[str, int]:
+    """``(host, port)`` of ``"HOST:PORT"`` (``"[::1]:8001"`` for IPv6); ServeConfigError if not one."""
+    host, sep, port = text.rpartition(":") if isinstance(text, str) else ("", "", "")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ServeConfigError(
+            f"server.grpc must be HOST:PORT with a port in 0..65535 (e.g. 127.0.0.1:8001), got {text!r}"
+        )
+    return host, int(port)
+
+
+_SERVER_KEYS = {f.name for f in dataclasses.fields(ServeConfig)} - {"batching", "llm", "models", "source"}
+_MODEL_KEYS = {"path", "batching", "selftest", "keep_versions", "llm"}
 
 
 def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -166,11 +207,13 @@ def config_from_dict(
 ) -> ServeConfig:
     """A :class:`ServeConfig` from the parsed file (relative paths resolved against ``base_dir``)."""
     # [fleet] is the hosted agent's (fleet.agent_options.read_fleet_table), not the server's.
-    _check_keys(doc, {"server", "batching", "models", "fleet"}, "the config")
+    _check_keys(doc, {"server", "batching", "llm", "models", "fleet"}, "the config")
     server = dict(_table(doc, "server", ""))
     _check_keys(server, _SERVER_KEYS, "[server]")
     default_batching = _table(doc, "batching", "")
     batching = BatchingConfig.from_dict(default_batching, "[batching]")
+    default_llm = _table(doc, "llm", "")
+    llm = LLMLimits.from_dict(default_llm, "[llm]")
     models = []
     for name, entry in _table(doc, "models", "").items():
         where = f"[models.{name}]"
@@ -188,6 +231,7 @@ def config_from_dict(
                 batching=BatchingConfig.from_dict(merged, f"{where}.batching"),
                 selftest=bool(entry.get("selftest", True)),
                 keep_versions=entry.get("keep_versions"),
+                llm=LLMLimits.from_dict({**default_llm, **_table(entry, "llm", f"{where}.")}, f"{where}.llm"),
             )
         )
     if server.get("trust_dir"):
@@ -195,7 +239,7 @@ def config_from_dict(
     else:
         server.pop("trust_dir", None)
     try:
-        return ServeConfig(**server, batching=batching, models=tuple(models), source=source)
+        return ServeConfig(**server, batching=batching, llm=llm, models=tuple(models), source=source)
     except TypeError as exc:
         raise ServeConfigError(f"[server]: {exc}") from None
 

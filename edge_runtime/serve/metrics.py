@@ -55,6 +55,11 @@ _COMPUTE_BUCKETS = (
 )
 _QUEUE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Language models (edge_runtime.serve.openai): seconds, and tokens per second.
+LLM_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LLM_ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1.0)
+LLM_QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LLM_RATE_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 200, 500)
 
 
 class DeviceCollector(Collector):
@@ -179,6 +184,54 @@ class ServeMetrics:
         )
         self.current_version = Gauge(
             "edge_model_current_version", "1 for the version of each model now serving", labels, registry=r
+        )
+        # Language models: one observation per generation (TTFT, queue, rate) or per token (ITL).
+        self.llm_ttft_seconds = Histogram(
+            "edge_llm_time_to_first_token_seconds",
+            "Time from a generation's request to its first token (queue and prefill included)",
+            labels,
+            buckets=LLM_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.llm_itl_seconds = Histogram(
+            "edge_llm_inter_token_latency_seconds",
+            "Time between two tokens of a generation",
+            labels,
+            buckets=LLM_ITL_BUCKETS,
+            registry=r,
+        )
+        self.llm_tokens_per_second = Histogram(
+            "edge_llm_tokens_per_second",
+            "Decode rate of each finished generation (tokens after the first / their time)",
+            labels,
+            buckets=LLM_RATE_BUCKETS,
+            registry=r,
+        )
+        self.llm_queue_seconds = Histogram(
+            "edge_llm_queue_duration_seconds",
+            "Time a generation waited for a slot in the batch (bounded queue)",
+            labels,
+            buckets=LLM_QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.llm_batch_sequences = Histogram(
+            "edge_llm_batch_sequences",
+            "Sequences decoding together in one forward pass (continuous batching)",
+            labels,
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.llm_prompt_tokens = Counter(
+            "edge_llm_prompt_tokens", "Prompt tokens processed", labels, registry=r
+        )
+        self.llm_generated_tokens = Counter(
+            "edge_llm_generated_tokens", "Tokens generated", labels, registry=r
+        )
+        self.llm_requests = Counter(
+            "edge_llm_requests",
+            "Generations by how they ended (stop, length, cancelled, rejected, error)",
+            [*labels, "finish_reason"],
+            registry=r,
         )
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

@@ -14,7 +14,11 @@ fields: ``max_tokens`` (``max_completion_tokens``), ``temperature``, ``top_p``,
 ``seed``, ``stop``; extensions ``top_k`` and ``repetition_penalty``. Generations
 run on the model's continuous-batching engine (:mod:`edge_runtime.llm.engine`);
 a full queue answers 503, a client that goes away cancels its generation.
-Prometheus: time to first token, inter-token latency, tokens/s, tokens counted.
+The engine's limits (sequences decoding together, queue size, context per request)
+come from the server's ``[llm]`` config (:mod:`edge_runtime.serve.llm_limits`).
+Prometheus (:class:`edge_runtime.serve.metrics.ServeMetrics`): time to first
+token, inter-token latency, tokens/s, queue time, sequences per decode step,
+tokens and generations counted.
 """
 
 from __future__ import annotations
@@ -23,72 +27,24 @@ import asyncio
 import json
 import time
 import uuid
-import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
 from edge_runtime.package._json import JsonLimits, loads_bounded
 from edge_runtime.serve.errors import InferenceRequestError, OverloadedError
+from edge_runtime.serve.llm_limits import LLMLimits
 
-__all__ = ["add_routes"]
+__all__ = ["LLM_LIMITS", "add_routes"]
 
 _JSON = JsonLimits(max_depth=16, max_number_chars=64, max_values=100_000)
 _MAX_STOP = 4
 _DEFAULT_MAX_TOKENS = 256
 
-_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1.0)
-_RATE_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 200, 500)
-
-_metrics: weakref.WeakKeyDictionary[Any, _LLMMetrics] = weakref.WeakKeyDictionary()
-
-
-class _LLMMetrics:
-    def __init__(self, registry: Any) -> None:
-        from prometheus_client import Counter, Histogram
-
-        labels = ("model", "version")
-        self.ttft = Histogram(
-            "edge_llm_time_to_first_token_seconds",
-            "Time from request to its first token",
-            labels,
-            buckets=_TTFT_BUCKETS,
-            registry=registry,
-        )
-        self.itl = Histogram(
-            "edge_llm_inter_token_latency_seconds",
-            "Time between two tokens of a generation",
-            labels,
-            buckets=_ITL_BUCKETS,
-            registry=registry,
-        )
-        self.rate = Histogram(
-            "edge_llm_tokens_per_second",
-            "Decode rate of each finished generation",
-            labels,
-            buckets=_RATE_BUCKETS,
-            registry=registry,
-        )
-        self.prompt = Counter("edge_llm_prompt_tokens", "Prompt tokens processed", labels, registry=registry)
-        self.generated = Counter("edge_llm_generated_tokens", "Tokens generated", labels, registry=registry)
-        self.requests = Counter(
-            "edge_llm_requests",
-            "Generations by how they ended",
-            (*labels, "finish_reason"),
-            registry=registry,
-        )
-
-
-def _llm_metrics(app: web.Application) -> _LLMMetrics:
-    from edge_runtime.serve.app import MANAGER
-
-    registry = app[MANAGER].metrics.registry
-    m = _metrics.get(registry)
-    if m is None:
-        m = _metrics[registry] = _LLMMetrics(registry)
-    return m
+# The server's limits of each language model (set by edge_runtime.serve.server from its config);
+# absent (an app built without a config): LLMLimits() for every model.
+LLM_LIMITS: web.AppKey[Callable[[str], LLMLimits]] = web.AppKey("llm_limits", Callable[[str], LLMLimits])
 
 
 def _is_llm(model: Any) -> bool:
@@ -124,15 +80,27 @@ def _number(doc: dict[str, Any], key: str, default: Any, kind: type = float) -> 
     return kind(value)
 
 
-def _params(doc: dict[str, Any], model: Any, prompt_len: int, temperature: float = 1.0) -> Any:
-    """Sampling parameters of a request; ``temperature`` is the default (OpenAI's is 1)."""
+def _params(doc: dict[str, Any], gen: _Generation, prompt_len: int, temperature: float = 1.0) -> Any:
+    """Sampling parameters of a request; ``temperature`` is the default (OpenAI's is 1).
+
+    Raises ContextLengthError (400) when the prompt plus ``max_tokens`` exceed the request context
+    (the server's ``llm.max_context`` when set, else the model's).
+    """
+    from edge_runtime.llm.errors import ContextLengthError
     from edge_runtime.llm.sampling import SamplingParams
 
+    context = gen.context
     max_tokens = doc.get("max_completion_tokens", doc.get("max_tokens", doc.get("max_new_tokens")))
     if max_tokens is None:
-        max_tokens = max(1, min(_DEFAULT_MAX_TOKENS, model.context - prompt_len))
+        max_tokens = max(1, min(_DEFAULT_MAX_TOKENS, context - prompt_len))
     elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise InferenceRequestError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    if prompt_len + max_tokens > context:
+        which = "this server's llm.max_context" if context < gen.model.context else "the model's context"
+        raise ContextLengthError(
+            f"the prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceed {which} of {context} "
+            f"tokens: lower max_tokens to {max(context - prompt_len, 0)} or shorten the prompt"
+        )
     stop = doc.get("stop")
     if stop is None:
         stop = []
@@ -176,8 +144,11 @@ class _Generation:
         self.model = self.loaded.model
         self.name = name
         self.handle: Any = None
-        self.metrics = _llm_metrics(request.app)
+        self.metrics = request.app[MANAGER].metrics
         self.labels = (name, self.loaded.version)
+        limits_of = request.app.get(LLM_LIMITS)
+        self.limits = limits_of(name) if limits_of is not None else LLMLimits()
+        self.context = min(self.model.context, self.limits.max_context or self.model.context)
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finish_reason = "length"
@@ -200,40 +171,55 @@ class _Generation:
         start = time.monotonic()
         try:
             try:
-                self.handle = self.model.engine().submit(prompt_ids, params, emit)
+                self.handle = self._engine().submit(prompt_ids, params, emit)
             except EngineOverloadedError as exc:
-                self.metrics.requests.labels(*self.labels, "rejected").inc()
+                self.metrics.llm_requests.labels(*self.labels, "rejected").inc()
                 raise OverloadedError(str(exc)) from None
             self.prompt_tokens = len(prompt_ids)
-            self.metrics.prompt.labels(*self.labels).inc(len(prompt_ids))
+            self.metrics.llm_prompt_tokens.labels(*self.labels).inc(len(prompt_ids))
             last = first = None
             while True:
                 item = await queue.get()
                 if isinstance(item, BaseException):
+                    self.metrics.llm_requests.labels(*self.labels, "error").inc()
                     raise item
                 now = time.monotonic()
                 if first is None:
                     first = now
-                    self.metrics.ttft.labels(*self.labels).observe(now - start)
+                    self.metrics.llm_ttft_seconds.labels(*self.labels).observe(now - start)
+                    admitted = self.handle.admitted_at
+                    if admitted is not None:
+                        self.metrics.llm_queue_seconds.labels(*self.labels).observe(
+                            max(0.0, admitted - self.handle.submitted)
+                        )
                 else:
-                    self.metrics.itl.labels(*self.labels).observe(now - last)  # type: ignore[operator]
+                    self.metrics.llm_itl_seconds.labels(*self.labels).observe(now - last)  # type: ignore[operator]
                 last = now
                 self.completion_tokens += 1
                 yield item
                 if item.finish_reason is not None:
                     self.finish_reason = item.finish_reason
                     break
-            self.metrics.generated.labels(*self.labels).inc(self.completion_tokens)
-            self.metrics.requests.labels(*self.labels, self.finish_reason).inc()
+            self.metrics.llm_generated_tokens.labels(*self.labels).inc(self.completion_tokens)
+            self.metrics.llm_requests.labels(*self.labels, self.finish_reason).inc()
             if self.completion_tokens > 1 and last is not None and first is not None and last > first:
-                self.metrics.rate.labels(*self.labels).observe((self.completion_tokens - 1) / (last - first))
+                self.metrics.llm_tokens_per_second.labels(*self.labels).observe(
+                    (self.completion_tokens - 1) / (last - first)
+                )
         except (asyncio.CancelledError, GeneratorExit, ConnectionError):
-            self.metrics.requests.labels(*self.labels, "cancelled").inc()
+            self.metrics.llm_requests.labels(*self.labels, "cancelled").inc()
             raise
         finally:
             if self.handle is not None:
                 self.handle.cancel()
             self.loaded.release()
+
+    def _engine(self) -> Any:
+        """The model's engine, created with this server's limits; its steps feed the batch histogram."""
+        engine = self.model.engine(**self.limits.engine_options())
+        if engine.on_step is None:
+            engine.on_step = self.metrics.llm_batch_sequences.labels(*self.labels).observe
+        return engine
 
     def usage(self) -> dict[str, int]:
         return {
@@ -310,7 +296,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
                 raise InferenceRequestError(f"prompt token ids must be in [0, {model.config.vocab_size})")
         else:
             raise InferenceRequestError("prompt must be a non-empty string or a list of token ids")
-    params = _params(doc, model, len(ids))
+    params = _params(doc, gen, len(ids))
     created = int(time.time())
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     obj = "chat.completion" if chat else "text_completion"
@@ -431,7 +417,7 @@ async def _generate(request: web.Request, stream: bool) -> web.StreamResponse:
     if not isinstance(parameters, dict):
         raise InferenceRequestError("parameters must be a JSON object")
     ids = gen.model.tokenize(text)
-    params = _params(parameters, gen.model, len(ids), temperature=0.0)
+    params = _params(parameters, gen, len(ids), temperature=0.0)
     base = {"model_name": name, "model_version": gen.loaded.version}
     if not stream:
         out = "".join([ev.text async for ev in gen.events(ids, params)])

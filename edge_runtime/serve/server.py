@@ -42,6 +42,7 @@ from edge_runtime.serve.errors import ServeError
 from edge_runtime.serve.hosting import AgentSpec, HostedAgent
 from edge_runtime.serve.manager import Loader, ModelManager, SwapResult, default_loader
 from edge_runtime.serve.metrics import ServeMetrics
+from edge_runtime.serve.openai import LLM_LIMITS
 from edge_runtime.serve.sdnotify import Notifier, watchdog_interval
 
 __all__ = ["InferenceServer", "ServerThread", "new_event_loop", "serve"]
@@ -93,6 +94,8 @@ class InferenceServer:
             header_timeout_s=self.config.header_timeout_s,
             body_timeout_s=self.config.body_timeout_s,
         )
+        # Language models' engine limits, from the config in force (SIGHUP replaces it).
+        self._app[LLM_LIMITS] = lambda name: self.config.llm_limits(name)
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []

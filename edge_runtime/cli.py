@@ -160,13 +160,24 @@ def _register_runtime(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
     to_tflite = sub.add_parser(
         "to-tflite",
-        help="convert a float ONNX convnet to a float32 .tflite",
+        help="convert a float ONNX convnet, or (--int8) a quantized package's plan, to a .tflite",
         description="Convert MODEL.onnx (Conv, depthwise Conv, Gemm, Add, Relu, Clip(0,6), pools, global "
         "average pool, Flatten, with batch norm folded) to a float32 .tflite for LiteRT / tflite-runtime. "
-        "The .tflite keeps the NCHW input and the output names; an operator it cannot convert is named in "
-        "the error. Pack it with edge pack MODEL.tflite:tflite.",
+        "With --int8, MODEL is a package made by edge quantize (or a serialized native plan) and the "
+        ".tflite is fully quantized from its INT8 plan: the same int8 per-channel weights, int32 biases, "
+        "scales and zero points (uint8 activations as int8 with zero point - 128), float32 in and out. "
+        "The .tflite keeps the NCHW input and the output names; an operator or plan step it cannot "
+        "convert is named in the error. Pack it with edge pack MODEL.tflite:tflite.",
     )
-    to_tflite.add_argument("model", type=Path, metavar="MODEL.onnx", help="the float ONNX model")
+    to_tflite.add_argument(
+        "model", type=Path, metavar="MODEL",
+        help="the float ONNX model; with --int8 a quantized package (.edgepkg) or a native plan file",
+    )  # fmt: skip
+    to_tflite.add_argument(
+        "--int8", action="store_true",
+        help="write a fully quantized int8 .tflite from the package's native INT8 plan, so that LiteRT "
+        "(XNNPACK's qs8 kernels) runs exactly this quantization",
+    )  # fmt: skip
     to_tflite.add_argument(
         "--out", "-o", type=Path, required=True, metavar="OUT.tflite", help="the .tflite file to write"
     )
@@ -287,9 +298,14 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_to_tflite(args: argparse.Namespace) -> int:
-    from edge_runtime.backends.tflite_convert import convert_onnx_to_tflite
+    if args.int8:
+        from edge_runtime.backends.tflite_int8 import load_plan, plan_to_tflite_int8
 
-    data = convert_onnx_to_tflite(args.model)
+        data = plan_to_tflite_int8(load_plan(args.model))
+    else:
+        from edge_runtime.backends.tflite_convert import convert_onnx_to_tflite
+
+        data = convert_onnx_to_tflite(args.model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_bytes(data)

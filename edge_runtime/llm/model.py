@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.llm.config import LlamaConfig, rope_inv_freq
+from edge_runtime.llm.decoder import NativeDecoder
 from edge_runtime.llm.errors import (
     ContextLengthError,
     ContextMemoryError,
@@ -293,6 +294,14 @@ class LLM:
                     down=self._linear(store, [p + "down"], None),
                 )
             )
+        # One C call per decode step of a single sequence (float32 KV cache); None on the float path.
+        self._native = (
+            None
+            if self.float_path
+            else NativeDecoder(
+                c, self.layers, self.lm_head, self.norm, self._cos, self._sin, PARALLEL_MIN_MACS
+            )
+        )
         self.weight_bytes = int(
             self._embed.nbytes
             + (0 if self._embed_scale is None else self._embed_scale.nbytes)
@@ -402,6 +411,12 @@ class LLM:
         ids = np.fromiter((i for t in tokens for i in t), dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= c.vocab_size):
             raise ValueError(f"token ids must be in [0, {c.vocab_size})")
+        if self._native is not None and len(seqs) == 1 and ids.size == 1 and seqs[0].k.dtype == np.float32:
+            seq = seqs[0]  # a decode step of one sequence: the native step (edge_runtime.llm.decoder)
+            with self._lock:
+                logits = self._native.step(self._embed_rows(ids)[0], seq.length, seq.k, seq.v, self._pool)
+                seq.tokens.append(int(ids[0]))
+            return logits[None]
         positions = np.concatenate([np.arange(s.length, s.length + len(t)) for s, t in zip(seqs, tokens)])
         cos, sin = self._cos[positions][:, None, :], self._sin[positions][:, None, :]
         h, kvh, hd = c.num_heads, c.num_kv_heads, c.head_dim

@@ -6,7 +6,6 @@
 #include "edge/gemm.h"
 #include "edge/conv.h"
 #include "edge/ops.h"
-#include "edge/plan.h"
 #include "edge/decoder.h"
 
 #endif /* EDGE_KERNELS_H */

@@ -27,6 +27,7 @@ import asyncio
 import json
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -36,15 +37,116 @@ from edge_runtime.package._json import JsonLimits, loads_bounded
 from edge_runtime.serve.errors import InferenceRequestError, OverloadedError
 from edge_runtime.serve.llm_limits import LLMLimits
 
-__all__ = ["LLM_LIMITS", "add_routes"]
+__all__ = ["add_routes", "engine_of", "probe_generation", "set_llm_limits"]
 
 _JSON = JsonLimits(max_depth=16, max_number_chars=64, max_values=100_000)
 _MAX_STOP = 4
 _DEFAULT_MAX_TOKENS = 256
 
-# The server's limits of each language model (set by edge_runtime.serve.server from its config);
-# absent (an app built without a config): LLMLimits() for every model.
-LLM_LIMITS: web.AppKey[Callable[[str], LLMLimits]] = web.AppKey("llm_limits", Callable[[str], LLMLimits])
+# The limits of each language model by the manager that serves it (edge_runtime.serve.server sets its
+# config's lookup); a manager without one: LLMLimits() for every model.
+_limits: weakref.WeakKeyDictionary[Any, Callable[[str], LLMLimits]] = weakref.WeakKeyDictionary()
+_PROBE_TEXT = "The quick brown fox"
+_PROBE_TOKENS = 8
+
+
+def set_llm_limits(manager: Any, lookup: Callable[[str], LLMLimits]) -> None:
+    """Where ``manager``'s language models take their engine limits from (model name -> limits)."""
+    _limits[manager] = lookup
+
+
+def _limits_of(manager: Any, name: str) -> LLMLimits:
+    lookup = _limits.get(manager)
+    return lookup(name) if lookup is not None else LLMLimits()
+
+
+def engine_of(manager: Any, loaded: Any) -> Any:
+    """The engine of a loaded language model, created with its limits; its steps feed the batch histogram."""
+    engine = loaded.model.engine(**_limits_of(manager, loaded.name).engine_options())
+    if engine.on_step is None:
+        engine.on_step = manager.metrics.llm_batch_sequences.labels(loaded.name, loaded.version).observe
+    return engine
+
+
+class _Timing:
+    """The metrics of one generation: TTFT and queue time at its first token, ITL between tokens,
+    tokens/s and how it ended at its end (one definition for the HTTP handlers and the probe)."""
+
+    def __init__(self, metrics: Any, labels: tuple[str, str]) -> None:
+        self.metrics, self.labels = metrics, labels
+        self.start = time.monotonic()
+        self.first: float | None = None
+        self.last: float | None = None
+        self.tokens = 0
+
+    def token(self, handle: Any) -> None:
+        m, now = self.metrics, time.monotonic()
+        if self.first is None:
+            self.first = now
+            m.llm_ttft_seconds.labels(*self.labels).observe(now - self.start)
+            if handle.admitted_at is not None:
+                m.llm_queue_seconds.labels(*self.labels).observe(
+                    max(0.0, handle.admitted_at - handle.submitted)
+                )
+        else:
+            m.llm_itl_seconds.labels(*self.labels).observe(now - self.last)  # type: ignore[operator]
+        self.last = now
+        self.tokens += 1
+
+    def end(self, how: str) -> None:
+        """``how``: the finish reason (stop, length), or cancelled, rejected, error."""
+        m = self.metrics
+        m.llm_generated_tokens.labels(*self.labels).inc(self.tokens)
+        m.llm_requests.labels(*self.labels, how).inc()
+        first, last = self.first, self.last
+        if (
+            how in ("stop", "length")
+            and self.tokens > 1
+            and first is not None
+            and last is not None
+            and last > first
+        ):
+            m.llm_tokens_per_second.labels(*self.labels).observe((self.tokens - 1) / (last - first))
+
+
+def probe_generation(manager: Any, loaded: Any, timeout_s: float = 120.0) -> bool:
+    """A short greedy generation through the engine, counted in the metrics like a request's.
+
+    The fleet agent's health window runs it (fleet.targets.ServeTarget.probe), so a new version
+    with no traffic still shows its time to first token and tokens/s. False if it failed; a full
+    queue skips it (True: a busy device is not a broken version).
+    """
+    import queue as queue_module
+
+    from edge_runtime.llm.engine import EngineOverloadedError
+    from edge_runtime.llm.sampling import SamplingParams
+
+    model = loaded.model
+    ids = model.tokenize(_PROBE_TEXT)[: max(1, model.context - 2)]
+    params = SamplingParams(
+        max_new_tokens=max(1, min(_PROBE_TOKENS, model.context - len(ids))), temperature=0.0
+    )
+    events: queue_module.Queue[Any] = queue_module.Queue()
+    timing = _Timing(manager.metrics, (loaded.name, loaded.version))
+    try:
+        handle = engine_of(manager, loaded).submit(ids, params, events.put)
+    except EngineOverloadedError:
+        return True
+    manager.metrics.llm_prompt_tokens.labels(loaded.name, loaded.version).inc(len(ids))
+    try:
+        while True:
+            item = events.get(timeout=timeout_s)
+            if isinstance(item, BaseException):
+                timing.end("error")
+                return False
+            timing.token(handle)
+            if item.finish_reason is not None:
+                timing.end(item.finish_reason)
+                return True
+    except queue_module.Empty:
+        handle.cancel()
+        timing.end("error")
+        return False
 
 
 def _is_llm(model: Any) -> bool:
@@ -144,10 +246,9 @@ class _Generation:
         self.model = self.loaded.model
         self.name = name
         self.handle: Any = None
-        self.metrics = request.app[MANAGER].metrics
+        self.manager = request.app[MANAGER]
         self.labels = (name, self.loaded.version)
-        limits_of = request.app.get(LLM_LIMITS)
-        self.limits = limits_of(name) if limits_of is not None else LLMLimits()
+        self.limits = _limits_of(self.manager, name)
         self.context = min(self.model.context, self.limits.max_context or self.model.context)
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -168,58 +269,34 @@ class _Generation:
                     self.handle.cancel()
 
         self.loaded.acquire()
-        start = time.monotonic()
+        timing = _Timing(self.manager.metrics, self.labels)
         try:
             try:
-                self.handle = self._engine().submit(prompt_ids, params, emit)
+                self.handle = engine_of(self.manager, self.loaded).submit(prompt_ids, params, emit)
             except EngineOverloadedError as exc:
-                self.metrics.llm_requests.labels(*self.labels, "rejected").inc()
+                timing.end("rejected")
                 raise OverloadedError(str(exc)) from None
             self.prompt_tokens = len(prompt_ids)
-            self.metrics.llm_prompt_tokens.labels(*self.labels).inc(len(prompt_ids))
-            last = first = None
+            self.manager.metrics.llm_prompt_tokens.labels(*self.labels).inc(len(prompt_ids))
             while True:
                 item = await queue.get()
                 if isinstance(item, BaseException):
-                    self.metrics.llm_requests.labels(*self.labels, "error").inc()
+                    timing.end("error")
                     raise item
-                now = time.monotonic()
-                if first is None:
-                    first = now
-                    self.metrics.llm_ttft_seconds.labels(*self.labels).observe(now - start)
-                    admitted = self.handle.admitted_at
-                    if admitted is not None:
-                        self.metrics.llm_queue_seconds.labels(*self.labels).observe(
-                            max(0.0, admitted - self.handle.submitted)
-                        )
-                else:
-                    self.metrics.llm_itl_seconds.labels(*self.labels).observe(now - last)  # type: ignore[operator]
-                last = now
+                timing.token(self.handle)
                 self.completion_tokens += 1
                 yield item
                 if item.finish_reason is not None:
                     self.finish_reason = item.finish_reason
                     break
-            self.metrics.llm_generated_tokens.labels(*self.labels).inc(self.completion_tokens)
-            self.metrics.llm_requests.labels(*self.labels, self.finish_reason).inc()
-            if self.completion_tokens > 1 and last is not None and first is not None and last > first:
-                self.metrics.llm_tokens_per_second.labels(*self.labels).observe(
-                    (self.completion_tokens - 1) / (last - first)
-                )
+            timing.end(self.finish_reason)
         except (asyncio.CancelledError, GeneratorExit, ConnectionError):
-            self.metrics.llm_requests.labels(*self.labels, "cancelled").inc()
+            timing.end("cancelled")
             raise
         finally:
             if self.handle is not None:
                 self.handle.cancel()
             self.loaded.release()
-
-    def _engine(self) -> Any:
-        """The model's engine, created with this server's limits; its steps feed the batch histogram."""
-        engine = self.model.engine(**self.limits.engine_options())
-        if engine.on_step is None:
-            engine.on_step = self.metrics.llm_batch_sequences.labels(*self.labels).observe
-        return engine
 
     def usage(self) -> dict[str, int]:
         return {

@@ -42,7 +42,7 @@ from edge_runtime.serve.errors import ServeError
 from edge_runtime.serve.hosting import AgentSpec, HostedAgent
 from edge_runtime.serve.manager import Loader, ModelManager, SwapResult, default_loader
 from edge_runtime.serve.metrics import ServeMetrics
-from edge_runtime.serve.openai import LLM_LIMITS
+from edge_runtime.serve.openai import set_llm_limits
 from edge_runtime.serve.sdnotify import Notifier, watchdog_interval
 
 __all__ = ["InferenceServer", "ServerThread", "new_event_loop", "serve"]
@@ -95,7 +95,7 @@ class InferenceServer:
             body_timeout_s=self.config.body_timeout_s,
         )
         # Language models' engine limits, from the config in force (SIGHUP replaces it).
-        self._app[LLM_LIMITS] = lambda name: self.config.llm_limits(name)
+        set_llm_limits(self.manager, lambda name: self.config.llm_limits(name))
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []

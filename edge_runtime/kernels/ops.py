@@ -4,7 +4,8 @@ lookup-table activations, (de)quantization, softmax, layer norm and attention.
 Quantized tensors are ``uint8`` or ``int8`` numpy arrays with a real value of
 ``scale * (q - zero_point)``; pooling works on NHWC. The exact integer rules
 (and the scale ratios each op accepts) are documented in
-``native/include/edge/ops.h``; every ISA gives the same bits.
+``native/include/edge/ops.h``; every ISA gives the same bits. The quantized ops take an
+optional ``pool`` (a :class:`ThreadPool`) and split large tensors over its threads.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from edge_runtime import errors
 from edge_runtime.kernels._ffi import DTYPES, aligned_empty, check, ffi, lib, ptr
-from edge_runtime.kernels.core import dtype_range
+from edge_runtime.kernels.core import ThreadPool, dtype_range, pool_handle
 
 __all__ = [
     "LUT_KINDS",
@@ -101,7 +102,7 @@ def _broadcast_layout(a: np.ndarray, b: np.ndarray, op: str):
 
 
 def _binary(
-    op: str, a, b, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, y_min, y_max
+    op: str, a, b, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, y_min, y_max, pool
 ) -> np.ndarray:
     a = _q8(np.asarray(a), f"{op}: a")
     b = _q8(np.asarray(b), f"{op}: b")
@@ -130,7 +131,20 @@ def _binary(
     y = np.empty(shape, dtype=a.dtype)
     run = lib.edge_q8_add if op == "add" else lib.edge_q8_mul
     check(
-        run(rows, cols, DTYPES[a.dtype], ptr(a), a_row, a_col, ptr(b), b_row, b_col, ptr(y), params),
+        run(
+            rows,
+            cols,
+            DTYPES[a.dtype],
+            ptr(a),
+            a_row,
+            a_col,
+            ptr(b),
+            b_row,
+            b_col,
+            ptr(y),
+            params,
+            pool_handle(pool),
+        ),
         op,
     )
     return y
@@ -147,12 +161,13 @@ def add(
     y_zero_point: int,
     y_min: int | None = None,
     y_max: int | None = None,
+    pool: ThreadPool | None = None,
 ) -> np.ndarray:
     """Quantized ``a + b`` rescaled to ``(y_scale, y_zero_point)``, clamped to
     ``[y_min, y_max]`` (default: the dtype's range). ``b`` (or ``a``) may be a
     scalar or equal to the trailing dimensions of the other operand."""
     return _binary(
-        "add", a, b, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, y_min, y_max
+        "add", a, b, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, y_min, y_max, pool
     )
 
 
@@ -167,10 +182,11 @@ def mul(
     y_zero_point: int,
     y_min: int | None = None,
     y_max: int | None = None,
+    pool: ThreadPool | None = None,
 ) -> np.ndarray:
     """Quantized ``a * b`` rescaled to ``(y_scale, y_zero_point)``; broadcasting as for :func:`add`."""
     return _binary(
-        "mul", a, b, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, y_min, y_max
+        "mul", a, b, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, y_min, y_max, pool
     )
 
 
@@ -204,12 +220,13 @@ def maxpool2d(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int, int, int] = 0,
     dilation: int | tuple[int, int] = 1,
+    pool: ThreadPool | None = None,
 ) -> np.ndarray:
     """Max pool of an NHWC u8/s8 tensor; padding never wins. padding is (top, left, bottom, right)."""
     x = _q8(np.asarray(x), "maxpool2d: x")
     p, shape = _pool_params(x, kernel, stride, padding, dilation, False, "maxpool2d")
     y = np.empty(shape, dtype=x.dtype)
-    check(lib.edge_q8_maxpool2d(p, DTYPES[x.dtype], ptr(x), ptr(y)), "maxpool2d")
+    check(lib.edge_q8_maxpool2d(p, DTYPES[x.dtype], ptr(x), ptr(y), pool_handle(pool)), "maxpool2d")
     return y
 
 
@@ -226,6 +243,7 @@ def avgpool2d(
     count_include_pad: bool = False,
     y_min: int | None = None,
     y_max: int | None = None,
+    pool: ThreadPool | None = None,
 ) -> np.ndarray:
     """Average pool of an NHWC u8/s8 tensor, requantized to ``(y_scale, y_zero_point)``."""
     x = _q8(np.asarray(x), "avgpool2d: x")
@@ -244,6 +262,7 @@ def avgpool2d(
             int(y_zero_point),
             lo,
             hi,
+            pool_handle(pool),
         ),
         "avgpool2d",
     )
@@ -258,6 +277,7 @@ def global_avgpool(
     y_zero_point: int,
     y_min: int | None = None,
     y_max: int | None = None,
+    pool: ThreadPool | None = None,
 ) -> np.ndarray:
     """Mean over H and W of an NHWC u8/s8 tensor: returns shape (N, 1, 1, C)."""
     x = _q8(np.asarray(x), "global_avgpool: x")
@@ -280,6 +300,7 @@ def global_avgpool(
             int(y_zero_point),
             lo,
             hi,
+            pool_handle(pool),
         ),
         "global_avgpool",
     )
@@ -327,7 +348,7 @@ def lut_table(
     return table
 
 
-def lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+def lut(x: np.ndarray, table: np.ndarray, pool: ThreadPool | None = None) -> np.ndarray:
     """``table[x]`` for u8/s8 ``x`` (s8 indexes by its two's-complement byte); same dtype and shape as x."""
     x = _q8(np.asarray(x), "lut: x")
     table = np.ascontiguousarray(table)
@@ -336,14 +357,20 @@ def lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
             f"lut: table must be uint8 of shape (256,), got {table.dtype} {table.shape}"
         )
     y = np.empty_like(x)
-    check(lib.edge_q8_lut(x.size, ptr(table, "const uint8_t *"), ptr(x), ptr(y)), "lut")
+    check(lib.edge_q8_lut(x.size, ptr(table, "const uint8_t *"), ptr(x), ptr(y), pool_handle(pool)), "lut")
     return y
 
 
 # ---- quantize / dequantize -------------------------------------------------------
 
 
-def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype | type = np.uint8) -> np.ndarray:
+def quantize(
+    x: np.ndarray,
+    scale: float,
+    zero_point: int,
+    dtype: np.dtype | type = np.uint8,
+    pool: ThreadPool | None = None,
+) -> np.ndarray:
     """ONNX QuantizeLinear: ``clamp(round_half_even(x / scale) + zero_point)``; NaN gives the zero point."""
     x = np.ascontiguousarray(x)
     if x.dtype != np.float32:
@@ -354,20 +381,32 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype | typ
     y = np.empty(x.shape, dtype=dtype)
     check(
         lib.edge_f32_q8_quantize(
-            x.size, ptr(x, "const float *"), float(scale), int(zero_point), DTYPES[dtype], ptr(y)
+            x.size,
+            ptr(x, "const float *"),
+            float(scale),
+            int(zero_point),
+            DTYPES[dtype],
+            ptr(y),
+            pool_handle(pool),
         ),
         "quantize",
     )
     return y
 
 
-def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+def dequantize(q: np.ndarray, scale: float, zero_point: int, pool: ThreadPool | None = None) -> np.ndarray:
     """ONNX DequantizeLinear: ``(q - zero_point) * scale`` in float32."""
     q = _q8(np.asarray(q), "dequantize: q")
     y = np.empty(q.shape, dtype=np.float32)
     check(
         lib.edge_q8_f32_dequantize(
-            q.size, DTYPES[q.dtype], ptr(q), float(scale), int(zero_point), ptr(y, "float *")
+            q.size,
+            DTYPES[q.dtype],
+            ptr(q),
+            float(scale),
+            int(zero_point),
+            ptr(y, "float *"),
+            pool_handle(pool),
         ),
         "dequantize",
     )

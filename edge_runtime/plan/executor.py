@@ -625,7 +625,7 @@ class NativeSession:
             b = slot.get("b")
             if b is None or b[0] != x.shape:
                 b = slot["b"] = bind(x)
-            status = lib.edge_f32_q8_quantize(x.size, _floats(x), scale, zp, code, b[2])
+            status = lib.edge_f32_q8_quantize(x.size, _floats(x), scale, zp, code, b[2], self._pool.handle)
             if status:
                 check(status, what)
             q, stored = b[1], b[3]
@@ -654,7 +654,9 @@ class NativeSession:
             if x.dtype not in _Q8 or not x.flags.c_contiguous:
                 x = _q8(x, what)
             y = np.empty(x.shape, np.float32)
-            status = lib.edge_q8_f32_dequantize(x.size, DTYPES[x.dtype], _address(x), scale, zp, _floats(y))
+            status = lib.edge_q8_f32_dequantize(
+                x.size, DTYPES[x.dtype], _address(x), scale, zp, _floats(y), self._pool.handle
+            )
             if status:
                 check(status, what)
             env[dst] = y
@@ -981,7 +983,9 @@ class NativeSession:
                 return
             if not y.flags.c_contiguous:
                 y = np.ascontiguousarray(y)
-            status = run_c(b[3], b[4], b[5], _address(x), b[6], b[7], _address(y), b[8], b[9], b[11], b[12])
+            status = run_c(
+                b[3], b[4], b[5], _address(x), b[6], b[7], _address(y), b[8], b[9], b[11], b[12], self._pool.handle
+            )  # fmt: skip
             if status:
                 check(status, what)
             env[dst] = b[10]
@@ -1007,7 +1011,7 @@ class NativeSession:
                 slot["ptr"] = _address(out)
             if not x.flags.c_contiguous:
                 x = np.ascontiguousarray(x)
-            status = lib.edge_q8_lut(x.size, table_ptr, _address(x), slot["ptr"])
+            status = lib.edge_q8_lut(x.size, table_ptr, _address(x), slot["ptr"], self._pool.handle)
             if status:
                 check(status, what)
             env[dst] = out
@@ -1051,7 +1055,7 @@ class NativeSession:
 
         def fn(env, slot):
             x, b = _bind_input(env, src, slot, bind)
-            status = lib.edge_q8_maxpool2d(b[2], b[3], _address(x), b[5])
+            status = lib.edge_q8_maxpool2d(b[2], b[3], _address(x), b[5], self._pool.handle)
             if status:
                 check(status, what)
             env[dst] = b[4]
@@ -1071,7 +1075,7 @@ class NativeSession:
             env[dst] = kernels.avgpool2d(
                 x, a["kernel"], a["x_scale"], a["x_zero_point"], a["y_scale"], a["y_zero_point"],
                 stride=a["stride"], padding=pads[1], dilation=a["dilation"],
-                count_include_pad=a["count_include_pad"],
+                count_include_pad=a["count_include_pad"], pool=self._pool,
             )  # fmt: skip
 
         return fn
@@ -1109,7 +1113,9 @@ class NativeSession:
 
         def fn(env, slot):
             x, b = _bind_input(env, src, slot, bind)
-            status = lib.edge_q8_global_avgpool(*b[2], _address(x), x_scale, x_zp, b[5], y_scale, y_zp, *b[3])
+            status = lib.edge_q8_global_avgpool(
+                *b[2], _address(x), x_scale, x_zp, b[5], y_scale, y_zp, *b[3], self._pool.handle
+            )
             if status:
                 check(status, what)
             env[dst] = b[4]
@@ -1359,11 +1365,15 @@ class NativeSession:
         def fn(env, slot):
             x, b = _bind_input(env, src, slot, bind)
             n = x.size
-            status = lib.edge_q8_f32_dequantize(n, b[2], _address(x), x_qp.scale, x_qp.zero_point, b[5])
+            status = lib.edge_q8_f32_dequantize(
+                n, b[2], _address(x), x_qp.scale, x_qp.zero_point, b[5], self._pool.handle
+            )
             if not status:
                 status = lib.edge_f32_layernorm(b[3], b[4], b[5], b[9][0], b[9][1], eps, b[6])
             if not status:
-                status = lib.edge_f32_q8_quantize(n, b[6], out.scale, out.zero_point, out_code, b[8])
+                status = lib.edge_f32_q8_quantize(
+                    n, b[6], out.scale, out.zero_point, out_code, b[8], self._pool.handle
+                )
             if status:
                 check(status, what)
             env[dst] = b[7]

@@ -38,6 +38,17 @@ void edge_q8_gemm_pack_codes(int32_t n, int32_t k, const uint8_t* codes, size_t 
 typedef void (*edge_task_fn)(void* context, size_t index);
 void edge_parallelize(edge_threadpool* pool, edge_task_fn fn, void* context, size_t count);
 
+/* Units of work per task when `n` units are split over the pool: at least
+ * min_units (below that, waking a worker costs more than the work), a
+ * multiple of align, and at most EDGE_TASKS_PER_THREAD tasks per thread (a
+ * few per thread, so a thread slowed by another process does not hold up the
+ * step). n itself (one task, on the calling thread) without a pool. */
+#define EDGE_TASKS_PER_THREAD 4
+size_t edge_task_units(const edge_threadpool* pool, size_t n, size_t min_units, size_t align);
+/* The fewest elements of one task of an element-wise step (add, lut, quantize, a pool's outputs times
+ * its window): a few microseconds of work, against about one to wake a spinning worker. */
+#define EDGE_MIN_TASK_ELEMENTS 16384
+
 /* The requantization rule of edge/common.h, scalar. The SIMD paths must give
  * the same bits. acc * multiplier needs 64 bits; shift is in [31, 62]. */
 static inline int32_t edge_requantize(int32_t acc, int32_t multiplier, int32_t shift,

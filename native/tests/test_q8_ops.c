@@ -6,10 +6,14 @@
 #include "reference/q8-ops-reference.h"
 #include "test_util.h"
 
-static const int32_t kSizes[] = {0, 1, 15, 16, 17, 63, 64, 65, 1000};
+/* 20000: above the size at which the ops split their work over a pool. */
+static const int32_t kSizes[] = {0, 1, 15, 16, 17, 63, 64, 65, 1000, 20000};
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 static const edge_dtype kDtypes[] = {EDGE_DTYPE_U8, EDGE_DTYPE_S8};
+
+/* The pool every op runs on: NULL in the first pass of main, 3 threads in the second. */
+static edge_threadpool* g_pool = NULL;
 
 static int32_t dmin(edge_dtype d) { return d == EDGE_DTYPE_S8 ? -128 : 0; }
 static int32_t dmax(edge_dtype d) { return d == EDGE_DTYPE_S8 ? 127 : 255; }
@@ -77,8 +81,8 @@ static void test_binary(int is_mul) {
         edge_isa isa;
         EDGE_FOR_EACH_ISA(isa) {
           memset(y, 0xAB, (size_t) rows * cols);
-          EDGE_CHECK_OK(is_mul ? edge_q8_mul(rows, cols, dtype, a, a_row, L->a_col, b, b_row_eff, L->b_col, y, &mp)
-                               : edge_q8_add(rows, cols, dtype, a, a_row, L->a_col, b, b_row_eff, L->b_col, y, &ap));
+          EDGE_CHECK_OK(is_mul ? edge_q8_mul(rows, cols, dtype, a, a_row, L->a_col, b, b_row_eff, L->b_col, y, &mp, g_pool)
+                               : edge_q8_add(rows, cols, dtype, a, a_row, L->a_col, b, b_row_eff, L->b_col, y, &ap, g_pool));
           EDGE_CHECK(memcmp(y, ref, (size_t) rows * cols) == 0, "%s %s cols %d layout %s", is_mul ? "mul" : "add",
                      dtype == EDGE_DTYPE_S8 ? "s8" : "u8", (int) cols, L->name);
         }
@@ -119,8 +123,8 @@ static void test_binary_extremes(void) {
       }
       edge_isa isa;
       EDGE_FOR_EACH_ISA(isa) {
-        EDGE_CHECK_OK(is_mul ? edge_q8_mul(256, 256, dtype, a, 256, 1, b, 256, 1, y, &mp)
-                             : edge_q8_add(256, 256, dtype, a, 256, 1, b, 256, 1, y, &ap));
+        EDGE_CHECK_OK(is_mul ? edge_q8_mul(256, 256, dtype, a, 256, 1, b, 256, 1, y, &mp, g_pool)
+                             : edge_q8_add(256, 256, dtype, a, 256, 1, b, 256, 1, y, &ap, g_pool));
         EDGE_CHECK(memcmp(y, ref, sizeof(y)) == 0, "%s ratio %g all input pairs", is_mul ? "mul" : "add", ratio);
       }
     }
@@ -148,23 +152,23 @@ static void test_binary_errors(void) {
   EDGE_CHECK(edge_q8_add_params_init(1.0, 0, 1.0, 0, 1.0, 0, 0, 255, NULL) == EDGE_ERR_INVALID_ARGUMENT, "NULL");
   uint8_t a[4] = {0}, y[4];
   EDGE_CHECK_OK(edge_q8_add_params_init(0.5, 0, 0.5, 0, 1.0, 0, 0, 255, &ap));
-  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_S32, a, 4, 1, a, 4, 1, y, &ap) == EDGE_ERR_INVALID_ARGUMENT, "bad dtype");
-  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_U8, NULL, 4, 1, a, 4, 1, y, &ap) == EDGE_ERR_INVALID_ARGUMENT, "NULL a");
-  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_U8, a, 4, 1, a, 4, 1, y, NULL) == EDGE_ERR_INVALID_ARGUMENT, "NULL params");
-  EDGE_CHECK(edge_q8_add(-1, 4, EDGE_DTYPE_U8, a, 4, 1, a, 4, 1, y, &ap) == EDGE_ERR_SHAPE, "negative rows");
-  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_S8, a, 4, 1, a, 4, 1, y, &ap) == EDGE_ERR_INVALID_ARGUMENT,
+  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_S32, a, 4, 1, a, 4, 1, y, &ap, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "bad dtype");
+  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_U8, NULL, 4, 1, a, 4, 1, y, &ap, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "NULL a");
+  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_U8, a, 4, 1, a, 4, 1, y, NULL, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "NULL params");
+  EDGE_CHECK(edge_q8_add(-1, 4, EDGE_DTYPE_U8, a, 4, 1, a, 4, 1, y, &ap, g_pool) == EDGE_ERR_SHAPE, "negative rows");
+  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_S8, a, 4, 1, a, 4, 1, y, &ap, g_pool) == EDGE_ERR_INVALID_ARGUMENT,
              "clamp [0, 255] is not an s8 range");
-  EDGE_CHECK_OK(edge_q8_add(0, 4, EDGE_DTYPE_U8, NULL, 4, 1, NULL, 4, 1, NULL, &ap));
+  EDGE_CHECK_OK(edge_q8_add(0, 4, EDGE_DTYPE_U8, NULL, 4, 1, NULL, 4, 1, NULL, &ap, g_pool));
   edge_q8_add_params bad = ap;
   bad.a_multiplier = (1 << 22) + 1;
-  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_U8, a, 4, 1, a, 4, 1, y, &bad) == EDGE_ERR_INVALID_ARGUMENT,
+  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_U8, a, 4, 1, a, 4, 1, y, &bad, g_pool) == EDGE_ERR_INVALID_ARGUMENT,
              "hand-made multiplier that could overflow");
   bad = ap;
   bad.shift = 0;
-  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_U8, a, 4, 1, a, 4, 1, y, &bad) == EDGE_ERR_INVALID_ARGUMENT, "shift 0");
+  EDGE_CHECK(edge_q8_add(1, 4, EDGE_DTYPE_U8, a, 4, 1, a, 4, 1, y, &bad, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "shift 0");
   EDGE_CHECK_OK(edge_q8_mul_params_init(0.5, 0, 0.5, 0, 1.0, 0, 0, 255, &mp));
   mp.multiplier = (1 << 15) + 1;
-  EDGE_CHECK(edge_q8_mul(1, 4, EDGE_DTYPE_U8, a, 4, 1, a, 4, 1, y, &mp) == EDGE_ERR_INVALID_ARGUMENT,
+  EDGE_CHECK(edge_q8_mul(1, 4, EDGE_DTYPE_U8, a, 4, 1, a, 4, 1, y, &mp, g_pool) == EDGE_ERR_INVALID_ARGUMENT,
              "mul multiplier over 2^15");
 }
 
@@ -184,7 +188,7 @@ static void run_pool_case(const edge_pool2d_params* p, edge_dtype dtype, double 
   edge_ref_q8_maxpool2d(p, oh, ow, dtype, x, ref);
   edge_isa isa;
   EDGE_FOR_EACH_ISA(isa) {
-    EDGE_CHECK_OK(edge_q8_maxpool2d(p, dtype, x, y));
+    EDGE_CHECK_OK(edge_q8_maxpool2d(p, dtype, x, y, g_pool));
     EDGE_CHECK(memcmp(y, ref, y_size) == 0, "maxpool k %dx%d s %d d %d c %d", (int) p->kernel_h, (int) p->kernel_w,
                (int) p->stride_h, (int) p->dilation_h, (int) p->channels);
   }
@@ -192,7 +196,7 @@ static void run_pool_case(const edge_pool2d_params* p, edge_dtype dtype, double 
       edge_ref_q8_avgpool2d(p, oh, ow, dtype, x, x_scale, zx, ref, y_scale, zy, dmin(dtype), dmax(dtype));
   { /* a second ISA loop needs its own scope */
     EDGE_FOR_EACH_ISA(isa) {
-      const edge_status st = edge_q8_avgpool2d(p, dtype, x, x_scale, zx, y, y_scale, zy, dmin(dtype), dmax(dtype));
+      const edge_status st = edge_q8_avgpool2d(p, dtype, x, x_scale, zx, y, y_scale, zy, dmin(dtype), dmax(dtype), g_pool);
     EDGE_CHECK(st == ref_status, "avgpool status %d, reference %d (%s)", (int) st, (int) ref_status, edge_last_error());
     EDGE_CHECK(st != EDGE_OK || memcmp(y, ref, y_size) == 0,
                "avgpool k %dx%d s %d d %d pads %d,%d incl %d c %d ratio %g", (int) p->kernel_h, (int) p->kernel_w,
@@ -229,6 +233,11 @@ static void test_pools(void) {
       const double ratio = round % 6 == 5 ? 0x1p30 : rand_scale(-2, 1.5);
       run_pool_case(&p, kDtypes[d], 0.02, 0.02 / ratio);
     }
+    /* Large enough that a pool splits the output rows into tasks, with padding at every border. */
+    const edge_pool2d_params big = {.batch = 2, .in_h = 29, .in_w = 31, .channels = 33, .kernel_h = 3, .kernel_w = 3,
+                                    .stride_h = 2, .stride_w = 1, .dilation_h = 1, .dilation_w = 1, .pad_top = 1,
+                                    .pad_left = 1, .pad_bottom = 1, .pad_right = 1, .count_include_pad = 0};
+    run_pool_case(&big, kDtypes[d], 0.02, 0.03);
     /* Global average pool against the average pool reference over an hw x 1 window. */
     static const int32_t hws[] = {1, 7, 49, 300};
     for (size_t h = 0; h < COUNT(hws); h++) {
@@ -245,7 +254,7 @@ static void test_pools(void) {
       EDGE_CHECK_OK(edge_ref_q8_avgpool2d(&p, 1, 1, dtype, x, 0.05, zx, ref, ys, zy, dmin(dtype), dmax(dtype) - 3));
       edge_isa isa;
       EDGE_FOR_EACH_ISA(isa) {
-        EDGE_CHECK_OK(edge_q8_global_avgpool(2, hw, c, dtype, x, 0.05, zx, y, ys, zy, dmin(dtype), dmax(dtype) - 3));
+        EDGE_CHECK_OK(edge_q8_global_avgpool(2, hw, c, dtype, x, 0.05, zx, y, ys, zy, dmin(dtype), dmax(dtype) - 3, g_pool));
         EDGE_CHECK(memcmp(y, ref, (size_t) 2 * c) == 0, "global avgpool hw %d c %d", (int) hw, (int) c);
       }
       free(x);
@@ -263,42 +272,42 @@ static void test_pool_errors(void) {
   EDGE_CHECK_OK(edge_pool2d_output_size(&good, &oh, &ow));
   EDGE_CHECK(oh == 2 && ow == 2, "output size %dx%d", (int) oh, (int) ow);
   EDGE_CHECK(edge_pool2d_output_size(NULL, &oh, &ow) == EDGE_ERR_INVALID_ARGUMENT, "NULL params");
-  EDGE_CHECK(edge_q8_maxpool2d(&good, EDGE_DTYPE_U8, NULL, y) == EDGE_ERR_INVALID_ARGUMENT, "NULL x");
-  EDGE_CHECK(edge_q8_maxpool2d(&good, EDGE_DTYPE_F32, x, y) == EDGE_ERR_INVALID_ARGUMENT, "bad dtype");
+  EDGE_CHECK(edge_q8_maxpool2d(&good, EDGE_DTYPE_U8, NULL, y, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "NULL x");
+  EDGE_CHECK(edge_q8_maxpool2d(&good, EDGE_DTYPE_F32, x, y, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "bad dtype");
   edge_pool2d_params p = good;
   p.kernel_h = 0;
-  EDGE_CHECK(edge_q8_maxpool2d(&p, EDGE_DTYPE_U8, x, y) == EDGE_ERR_INVALID_ARGUMENT, "kernel 0");
+  EDGE_CHECK(edge_q8_maxpool2d(&p, EDGE_DTYPE_U8, x, y, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "kernel 0");
   p = good;
   p.pad_top = 2;
-  EDGE_CHECK(edge_q8_maxpool2d(&p, EDGE_DTYPE_U8, x, y) == EDGE_ERR_INVALID_ARGUMENT, "pad >= kernel");
+  EDGE_CHECK(edge_q8_maxpool2d(&p, EDGE_DTYPE_U8, x, y, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "pad >= kernel");
   p = good;
   p.kernel_h = 5;
-  EDGE_CHECK(edge_q8_maxpool2d(&p, EDGE_DTYPE_U8, x, y) == EDGE_ERR_SHAPE, "window larger than the input");
+  EDGE_CHECK(edge_q8_maxpool2d(&p, EDGE_DTYPE_U8, x, y, g_pool) == EDGE_ERR_SHAPE, "window larger than the input");
   p = good;
   p.in_h = 1;
   p.kernel_h = 2;
   p.dilation_h = 3;
   p.pad_top = 1;
   p.stride_h = 1;
-  EDGE_CHECK(edge_q8_maxpool2d(&p, EDGE_DTYPE_U8, x, y) == EDGE_ERR_SHAPE, "window only over padding: %s",
+  EDGE_CHECK(edge_q8_maxpool2d(&p, EDGE_DTYPE_U8, x, y, g_pool) == EDGE_ERR_SHAPE, "window only over padding: %s",
              edge_last_error());
   p = good;
   p.count_include_pad = 2;
-  EDGE_CHECK(edge_q8_avgpool2d(&p, EDGE_DTYPE_U8, x, 1.0, 0, y, 1.0, 0, 0, 255) == EDGE_ERR_INVALID_ARGUMENT,
+  EDGE_CHECK(edge_q8_avgpool2d(&p, EDGE_DTYPE_U8, x, 1.0, 0, y, 1.0, 0, 0, 255, g_pool) == EDGE_ERR_INVALID_ARGUMENT,
              "count_include_pad 2");
   p = good;
   p.kernel_h = 1 << 12;
   p.kernel_w = 1 << 12;
-  EDGE_CHECK(edge_q8_avgpool2d(&p, EDGE_DTYPE_U8, x, 1.0, 0, y, 1.0, 0, 0, 255) == EDGE_ERR_INVALID_ARGUMENT,
+  EDGE_CHECK(edge_q8_avgpool2d(&p, EDGE_DTYPE_U8, x, 1.0, 0, y, 1.0, 0, 0, 255, g_pool) == EDGE_ERR_INVALID_ARGUMENT,
              "window over 2^23");
-  EDGE_CHECK(edge_q8_avgpool2d(&good, EDGE_DTYPE_U8, x, 1.0, 0, y, 0.0, 0, 0, 255) == EDGE_ERR_INVALID_ARGUMENT,
+  EDGE_CHECK(edge_q8_avgpool2d(&good, EDGE_DTYPE_U8, x, 1.0, 0, y, 0.0, 0, 0, 255, g_pool) == EDGE_ERR_INVALID_ARGUMENT,
              "zero y scale");
-  EDGE_CHECK(edge_q8_avgpool2d(&good, EDGE_DTYPE_U8, x, 1.0, 0, y, 1e-9, 0, 0, 255) == EDGE_ERR_INVALID_ARGUMENT,
+  EDGE_CHECK(edge_q8_avgpool2d(&good, EDGE_DTYPE_U8, x, 1.0, 0, y, 1e-9, 0, 0, 255, g_pool) == EDGE_ERR_INVALID_ARGUMENT,
              "ratio too large for int32 sums");
-  EDGE_CHECK(edge_q8_avgpool2d(&good, EDGE_DTYPE_U8, x, 1e-12, 0, y, 1.0, 0, 0, 255) == EDGE_ERR_INVALID_ARGUMENT,
+  EDGE_CHECK(edge_q8_avgpool2d(&good, EDGE_DTYPE_U8, x, 1e-12, 0, y, 1.0, 0, 0, 255, g_pool) == EDGE_ERR_INVALID_ARGUMENT,
              "ratio under 2^-32");
-  EDGE_CHECK(edge_q8_global_avgpool(1, 0, 3, EDGE_DTYPE_U8, x, 1.0, 0, y, 1.0, 0, 0, 255) == EDGE_ERR_SHAPE, "hw 0");
-  EDGE_CHECK(edge_q8_global_avgpool(1, 4, 3, EDGE_DTYPE_S8, x, 1.0, 200, y, 1.0, 0, -128, 127) ==
+  EDGE_CHECK(edge_q8_global_avgpool(1, 0, 3, EDGE_DTYPE_U8, x, 1.0, 0, y, 1.0, 0, 0, 255, g_pool) == EDGE_ERR_SHAPE, "hw 0");
+  EDGE_CHECK(edge_q8_global_avgpool(1, 4, 3, EDGE_DTYPE_S8, x, 1.0, 200, y, 1.0, 0, -128, 127, g_pool) ==
                  EDGE_ERR_INVALID_ARGUMENT, "s8 zero point 200");
 }
 
@@ -330,7 +339,7 @@ static void test_lut(void) {
       edge_isa isa;
       EDGE_FOR_EACH_ISA(isa) {
         memset(y, 0, n + 1);
-        EDGE_CHECK_OK(edge_q8_lut(len, table, x + off, y + off));
+        EDGE_CHECK_OK(edge_q8_lut(len, table, x + off, y + off, g_pool));
         int ok = off == 0 || y[0] == 0;
         for (size_t i = 0; i < len; i++) ok &= y[off + i] == table[x[off + i]];
         ok &= y[off + len] == 0; /* nothing written past the end */
@@ -350,7 +359,7 @@ static void test_lut(void) {
              "s8 zero point 128");
   EDGE_CHECK(edge_q8_lut_init(EDGE_LUT_TANH, 0, 0, EDGE_DTYPE_U8, 0.1, 0, 0.1, 0, NULL) == EDGE_ERR_INVALID_ARGUMENT,
              "NULL table");
-  EDGE_CHECK(edge_q8_lut(4, NULL, table, table) == EDGE_ERR_INVALID_ARGUMENT, "NULL table");
+  EDGE_CHECK(edge_q8_lut(4, NULL, table, table, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "NULL table");
 }
 
 /* ---- quantize / dequantize ---- */
@@ -382,13 +391,13 @@ static void test_quantize(void) {
       edge_isa isa;
       EDGE_FOR_EACH_ISA(isa) {
         memset(y, 0x5A, n + 1);
-        EDGE_CHECK_OK(edge_f32_q8_quantize(n, x, scale, zp, dtype, y));
+        EDGE_CHECK_OK(edge_f32_q8_quantize(n, x, scale, zp, dtype, y, g_pool));
         EDGE_CHECK(memcmp(y, ref, n) == 0 && y[n] == 0x5A, "quantize n %zu", n);
       }
       edge_ref_q8_f32_dequantize(n, dtype, ref, scale, zp, back_ref);
       { /* a second ISA loop needs its own scope */
         EDGE_FOR_EACH_ISA(isa) {
-          EDGE_CHECK_OK(edge_q8_f32_dequantize(n, dtype, ref, scale, zp, back));
+          EDGE_CHECK_OK(edge_q8_f32_dequantize(n, dtype, ref, scale, zp, back, g_pool));
           EDGE_CHECK(memcmp(back, back_ref, n * sizeof(float)) == 0, "dequantize n %zu", n);
         }
       }
@@ -401,23 +410,29 @@ static void test_quantize(void) {
   }
   float f[2] = {0};
   uint8_t q[2];
-  EDGE_CHECK(edge_f32_q8_quantize(2, f, 0.0f, 0, EDGE_DTYPE_U8, q) == EDGE_ERR_INVALID_ARGUMENT, "zero scale");
-  EDGE_CHECK(edge_f32_q8_quantize(2, f, NAN, 0, EDGE_DTYPE_U8, q) == EDGE_ERR_INVALID_ARGUMENT, "NaN scale");
-  EDGE_CHECK(edge_f32_q8_quantize(2, f, 1.0f, -1, EDGE_DTYPE_U8, q) == EDGE_ERR_INVALID_ARGUMENT, "u8 zero point -1");
-  EDGE_CHECK(edge_f32_q8_quantize(2, f, 1.0f, 0, EDGE_DTYPE_S32, q) == EDGE_ERR_INVALID_ARGUMENT, "s32 output");
-  EDGE_CHECK(edge_f32_q8_quantize(2, NULL, 1.0f, 0, EDGE_DTYPE_U8, q) == EDGE_ERR_INVALID_ARGUMENT, "NULL x");
-  EDGE_CHECK(edge_q8_f32_dequantize(2, EDGE_DTYPE_U8, q, 1.0f, 0, NULL) == EDGE_ERR_INVALID_ARGUMENT, "NULL y");
-  EDGE_CHECK_OK(edge_f32_q8_quantize(0, NULL, 1.0f, 0, EDGE_DTYPE_U8, NULL));
+  EDGE_CHECK(edge_f32_q8_quantize(2, f, 0.0f, 0, EDGE_DTYPE_U8, q, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "zero scale");
+  EDGE_CHECK(edge_f32_q8_quantize(2, f, NAN, 0, EDGE_DTYPE_U8, q, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "NaN scale");
+  EDGE_CHECK(edge_f32_q8_quantize(2, f, 1.0f, -1, EDGE_DTYPE_U8, q, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "u8 zero point -1");
+  EDGE_CHECK(edge_f32_q8_quantize(2, f, 1.0f, 0, EDGE_DTYPE_S32, q, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "s32 output");
+  EDGE_CHECK(edge_f32_q8_quantize(2, NULL, 1.0f, 0, EDGE_DTYPE_U8, q, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "NULL x");
+  EDGE_CHECK(edge_q8_f32_dequantize(2, EDGE_DTYPE_U8, q, 1.0f, 0, NULL, g_pool) == EDGE_ERR_INVALID_ARGUMENT, "NULL y");
+  EDGE_CHECK_OK(edge_f32_q8_quantize(0, NULL, 1.0f, 0, EDGE_DTYPE_U8, NULL, g_pool));
 }
 
 int main(void) {
-  test_binary(0);
-  test_binary(1);
-  test_binary_extremes();
-  test_binary_errors();
-  test_pools();
-  test_pool_errors();
-  test_lut();
-  test_quantize();
+  /* Every test on the calling thread, then on a pool of 3 threads (the large
+   * sizes split into tasks there): the same bits either way. */
+  for (int pass = 0; pass < 2; pass++) {
+    if (pass == 1) EDGE_CHECK_OK(edge_threadpool_create(3, &g_pool));
+    test_binary(0);
+    test_binary(1);
+    test_binary_extremes();
+    test_binary_errors();
+    test_pools();
+    test_pool_errors();
+    test_lut();
+    test_quantize();
+  }
+  edge_threadpool_destroy(g_pool);
   return edge_test_summary("test_q8_ops");
 }

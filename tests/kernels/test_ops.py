@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_runtime import errors
-from edge_runtime.kernels import ops, requant_from_scale, supported_isas, use_isa
+from edge_runtime.kernels import ThreadPool, ops, requant_from_scale, supported_isas, use_isa
 from edge_runtime.kernels._ffi import ffi, lib
 
 ISAS = supported_isas()
@@ -189,6 +189,51 @@ def test_pools_bit_exact(isa, dtype, case):
     pre, mult, shift = _avg_params(0.05, 0.03, h * w)
     v = np.clip(_round_shift((acc << pre) * mult, shift), lo - zy, hi - zy) + zy
     np.testing.assert_array_equal(y[:, 0, 0], v.astype(dtype))
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ThreadPool(3) as p:
+        yield p
+
+
+def test_ops_split_over_a_pool_give_the_same_bits(isa, pool):
+    """Above 16384 elements the quantized ops split their work over the pool (rows, column
+    blocks, chunks, output rows, channel blocks): every split gives the calling thread's bits,
+    which the tests above check against the oracles."""
+    rng = np.random.default_rng(14)
+    for dtype in DTYPES:
+        a = _rand_q8(rng, (3, 20011), dtype)  # column blocks of one row
+        tall = _rand_q8(rng, (5003, 24), dtype)  # blocks of whole rows
+        for fn, x, y in (
+            (ops.add, a, _rand_q8(rng, a.shape, dtype)),
+            (ops.add, tall, _rand_q8(rng, (24,), dtype)),
+            (ops.mul, a, _rand_q8(rng, (), dtype)),
+            (ops.mul, _rand_q8(rng, (1, 24), dtype), tall),
+        ):
+            args = (x, y, 0.02, 3, 0.03, -5 if dtype == np.int8 else 7, 0.04, 1)
+            np.testing.assert_array_equal(fn(*args, pool=pool), fn(*args))
+        image = _rand_q8(rng, (2, 41, 39, 33), dtype)
+        for pool_args in (((3, 3), (2, 1), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 1, 1))):
+            np.testing.assert_array_equal(
+                ops.maxpool2d(image, *pool_args, pool=pool), ops.maxpool2d(image, *pool_args)
+            )
+            avg = (image, pool_args[0], 0.05, 3, 0.04, 2, pool_args[1], pool_args[2])
+            np.testing.assert_array_equal(ops.avgpool2d(*avg, pool=pool), ops.avgpool2d(*avg))
+        features = _rand_q8(rng, (3, 7, 7, 1280), dtype)
+        np.testing.assert_array_equal(
+            ops.global_avgpool(features, 0.05, 3, 0.02, 1, pool=pool),
+            ops.global_avgpool(features, 0.05, 3, 0.02, 1),
+        )
+        table = rng.integers(0, 256, size=256).astype(np.uint8)
+        big = _rand_q8(rng, (70001,), dtype)
+        np.testing.assert_array_equal(ops.lut(big, table, pool=pool), ops.lut(big, table))
+        np.testing.assert_array_equal(ops.dequantize(big, 0.1, 3, pool=pool), ops.dequantize(big, 0.1, 3))
+    floats = rng.normal(size=70001).astype(np.float32) * 10
+    for dtype in DTYPES:
+        np.testing.assert_array_equal(
+            ops.quantize(floats, 0.1, 3, dtype, pool=pool), ops.quantize(floats, 0.1, 3, dtype)
+        )
 
 
 def test_pool_errors():

@@ -5,6 +5,11 @@
  * rule of edge/common.h, so every ISA gives the same bits. Float ops
  * (softmax, layer norm) work on dequantized rows and match within the
  * tolerances stated in the tests.
+ *
+ * Every op takes the thread pool (NULL: the calling thread) and splits its
+ * work over it: element-wise ops in chunks, pools by output rows (the global
+ * pool by sample and channel block), never below 16384 elements (times the
+ * window for pools) per task, so small tensors stay on the calling thread.
  */
 #ifndef EDGE_OPS_H
 #define EDGE_OPS_H
@@ -53,11 +58,11 @@ edge_status edge_q8_mul_params_init(double a_scale, int32_t a_zero_point, double
 edge_status edge_q8_add(int32_t rows, int32_t cols, edge_dtype dtype,
                         const void* a, size_t a_row_stride, size_t a_col_stride,
                         const void* b, size_t b_row_stride, size_t b_col_stride,
-                        void* y, const edge_q8_add_params* params);
+                        void* y, const edge_q8_add_params* params, edge_threadpool* pool);
 edge_status edge_q8_mul(int32_t rows, int32_t cols, edge_dtype dtype,
                         const void* a, size_t a_row_stride, size_t a_col_stride,
                         const void* b, size_t b_row_stride, size_t b_col_stride,
-                        void* y, const edge_q8_mul_params* params);
+                        void* y, const edge_q8_mul_params* params, edge_threadpool* pool);
 
 /* ---- pooling on NHWC ------------------------------------------------------ */
 typedef struct edge_pool2d_params {
@@ -71,7 +76,8 @@ typedef struct edge_pool2d_params {
 
 edge_status edge_pool2d_output_size(const edge_pool2d_params* p, int32_t* out_h, int32_t* out_w);
 /* Max pool: padding never wins. Output has the input's quantization. */
-edge_status edge_q8_maxpool2d(const edge_pool2d_params* p, edge_dtype dtype, const void* x, void* y);
+edge_status edge_q8_maxpool2d(const edge_pool2d_params* p, edge_dtype dtype, const void* x, void* y,
+                              edge_threadpool* pool);
 /* Average pool with rescale from (x_scale, x_zero_point) to (y_scale, y_zero_point):
  *   acc = sum over the valid taps of (x - x_zero_point)              (int32)
  *   d   = kernel_h * kernel_w (count_include_pad) or the valid taps
@@ -84,12 +90,14 @@ edge_status edge_q8_maxpool2d(const edge_pool2d_params* p, edge_dtype dtype, con
  * output size = (in + pads - dilation * (kernel - 1) - 1) / stride + 1 (floor). */
 edge_status edge_q8_avgpool2d(const edge_pool2d_params* p, edge_dtype dtype,
                               const void* x, double x_scale, int32_t x_zero_point,
-                              void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max);
+                              void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max,
+                              edge_threadpool* pool);
 /* Global average pool: x [batch][hw][channels] -> y [batch][channels], the
  * average pool rule with d = hw (hw <= 2^23). */
 edge_status edge_q8_global_avgpool(int32_t batch, int32_t hw, int32_t channels, edge_dtype dtype,
                                    const void* x, double x_scale, int32_t x_zero_point,
-                                   void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max);
+                                   void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max,
+                                   edge_threadpool* pool);
 
 /* ---- lookup-table activations --------------------------------------------
  * A table of 256 output bytes indexed by the input byte (s8 inputs index by
@@ -106,7 +114,7 @@ typedef enum edge_lut_kind {
 edge_status edge_q8_lut_init(edge_lut_kind kind, double alpha, double beta, edge_dtype dtype,
                              double x_scale, int32_t x_zero_point, double y_scale, int32_t y_zero_point,
                              uint8_t* table);
-edge_status edge_q8_lut(size_t n, const uint8_t* table, const void* x, void* y);
+edge_status edge_q8_lut(size_t n, const uint8_t* table, const void* x, void* y, edge_threadpool* pool);
 
 /* ---- quantize / dequantize ------------------------------------------------
  * quantize: q = clamp(round_half_even(x / scale) + zero_point) (ONNX QuantizeLinear)
@@ -114,9 +122,9 @@ edge_status edge_q8_lut(size_t n, const uint8_t* table, const void* x, void* y);
  * dequantize: x = (q - zero_point) * scale (ONNX DequantizeLinear, one rounding)
  * scale must be finite and > 0, zero_point inside the dtype. */
 edge_status edge_f32_q8_quantize(size_t n, const float* x, float scale, int32_t zero_point,
-                                 edge_dtype dtype, void* y);
+                                 edge_dtype dtype, void* y, edge_threadpool* pool);
 edge_status edge_q8_f32_dequantize(size_t n, edge_dtype dtype, const void* x, float scale,
-                                   int32_t zero_point, float* y);
+                                   int32_t zero_point, float* y, edge_threadpool* pool);
 
 /* ---- float ops on rows ---------------------------------------------------- */
 /* Softmax over each row of [rows][cols], max-subtracted; SIMD paths use a

@@ -119,7 +119,7 @@ static edge_status attention_one(const attention_context* ctx, size_t index, uin
     }
     status = edge_f32_softmax((int32_t) sq, (int32_t) sk, scores, scores);
   }
-  if (status == EDGE_OK) status = edge_f32_q8_quantize(sq * sk, scores, 1.0f / 255.0f, 0, EDGE_DTYPE_U8, probs);
+  if (status == EDGE_OK) status = edge_f32_q8_quantize(sq * sk, scores, 1.0f / 255.0f, 0, EDGE_DTYPE_U8, probs, NULL);
   if (status == EDGE_OK) {
     status = edge_q8_gemm((int32_t) sq, (int32_t) d, (int32_t) sk, EDGE_DTYPE_U8, probs, sk, 0, pv,
                           EDGE_DTYPE_S32, context, d, NULL, NULL);
@@ -127,7 +127,7 @@ static edge_status attention_one(const attention_context* ctx, size_t index, uin
   if (status == EDGE_OK) {
     const float f = p->v_scale * rv / 255.0f;
     for (size_t i = 0; i < sq * d; i++) out[i] = (float) context[i] * f;
-    status = edge_f32_q8_quantize(sq * d, out, p->y_scale, p->y_zero_point, p->dtype, ctx->y + head * sq * d);
+    status = edge_f32_q8_quantize(sq * d, out, p->y_scale, p->y_zero_point, p->dtype, ctx->y + head * sq * d, NULL);
   }
   return status;
 }

@@ -161,47 +161,117 @@ static void avg_store(size_t n, const int32_t* acc, int32_t taps, const avg_requ
   }
 }
 
-edge_status edge_q8_maxpool2d(const edge_pool2d_params* p, edge_dtype dtype, const void* x, void* y) {
+/* A pool split over the pool of threads by output rows (batch * out_h of
+ * them; the global pool: batch * channel blocks), rows_per_task at a time. */
+typedef struct pool_job {
+  const edge_pool2d_params* p;
+  int32_t oh, ow;
+  size_t rows, rows_per_task; /* rows: batch * oh (global pool: batch * channel blocks) */
+  const uint8_t* x;
+  uint8_t* y;
+  uint8_t flip;                /* max pool */
+  const avg_args* args;        /* average pools */
+  const avg_requant* global_rq; /* the global pool's one divisor */
+  double x_scale, y_scale;
+  int32_t hw, channels; /* global pool */
+} pool_job;
+
+/* rows_per_task for `rows` output rows of `row_work` element-taps each. */
+static size_t pool_tasks(pool_job* j, edge_threadpool* pool, size_t row_work) {
+  const size_t min_rows = EDGE_MAX((size_t) 1, (size_t) EDGE_MIN_TASK_ELEMENTS / EDGE_MAX(row_work, (size_t) 1));
+  j->rows_per_task = edge_task_units(pool, j->rows, min_rows, 1);
+  return (j->rows + j->rows_per_task - 1) / j->rows_per_task;
+}
+
+static void maxpool_task(void* context, size_t index) {
+  const pool_job* j = (const pool_job*) context;
+  const edge_pool2d_params* p = j->p;
+  const edge_q8_vmax_ukernel_fn vmax = edge_q8_ops_config_get()->vmax;
+  const size_t c = (size_t) p->channels;
+  const size_t row0 = index * j->rows_per_task, row1 = EDGE_MIN(row0 + j->rows_per_task, j->rows);
+  for (size_t row = row0; row < row1; row++) {
+    const size_t n = row / (size_t) j->oh;
+    const int32_t oy = (int32_t) (row % (size_t) j->oh);
+    const uint8_t* image = j->x + n * (size_t) p->in_h * p->in_w * c;
+    for (int32_t ox = 0; ox < j->ow; ox++) {
+      uint8_t* pixel = j->y + (row * (size_t) j->ow + (size_t) ox) * c;
+      int first = 1;
+      for (int32_t ky = 0; ky < p->kernel_h; ky++) {
+        const int64_t iy = (int64_t) oy * p->stride_h - p->pad_top + (int64_t) ky * p->dilation_h;
+        if (iy < 0 || iy >= p->in_h) continue;
+        for (int32_t kx = 0; kx < p->kernel_w; kx++) {
+          const int64_t ix = (int64_t) ox * p->stride_w - p->pad_left + (int64_t) kx * p->dilation_w;
+          if (ix < 0 || ix >= p->in_w) continue;
+          const uint8_t* tap = image + ((size_t) iy * p->in_w + (size_t) ix) * c;
+          if (first) {
+            memcpy(pixel, tap, c); /* padding never wins: start from the first real tap */
+            first = 0;
+          } else {
+            vmax(c, tap, j->flip, pixel);
+          }
+        }
+      }
+    }
+  }
+}
+
+edge_status edge_q8_maxpool2d(const edge_pool2d_params* p, edge_dtype dtype, const void* x, void* y,
+                              edge_threadpool* pool) {
   int32_t oh, ow;
   edge_status status = check_pool_params(p, "edge_q8_maxpool2d", &oh, &ow);
   if (status == EDGE_OK) status = edge_check_q8_dtype(dtype, "edge_q8_maxpool2d");
   if (status != EDGE_OK) return status;
   if (x == NULL || y == NULL) return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_q8_maxpool2d: x and y must not be NULL");
-  const edge_q8_vmax_ukernel_fn vmax = edge_q8_ops_config_get()->vmax;
-  const uint8_t flip = dtype == EDGE_DTYPE_S8 ? 0x80 : 0;
-  const size_t c = (size_t) p->channels;
-  const uint8_t* in = x;
-  uint8_t* out = y;
-  for (int32_t n = 0; n < p->batch; n++) {
-    const uint8_t* image = in + (size_t) n * p->in_h * p->in_w * c;
-    for (int32_t oy = 0; oy < oh; oy++) {
-      for (int32_t ox = 0; ox < ow; ox++) {
-        uint8_t* pixel = out + (((size_t) n * oh + oy) * ow + ox) * c;
-        int first = 1;
+  pool_job j = {.p = p, .oh = oh, .ow = ow, .rows = (size_t) p->batch * (size_t) oh, .x = x, .y = y,
+                .flip = dtype == EDGE_DTYPE_S8 ? 0x80 : 0};
+  const size_t row_work = (size_t) ow * (size_t) p->channels * (size_t) p->kernel_h * (size_t) p->kernel_w;
+  edge_parallelize(pool, maxpool_task, &j, pool_tasks(&j, pool, row_work));
+  return EDGE_OK;
+}
+
+static void avgpool_task(void* context, size_t index) {
+  const pool_job* j = (const pool_job*) context;
+  const edge_pool2d_params* p = j->p;
+  const edge_q8_vsum_ukernel_fn vsum = edge_q8_ops_config_get()->vsum;
+  const size_t channels = (size_t) p->channels;
+  const int32_t window = p->kernel_h * p->kernel_w;
+  /* Divisors change only at the borders: a one-entry cache per task (every
+   * divisor was checked before any task ran). */
+  avg_requant rq = {0, 0, 0, 0};
+  int32_t acc[POOL_CHANNEL_BLOCK];
+  const size_t row0 = index * j->rows_per_task, row1 = EDGE_MIN(row0 + j->rows_per_task, j->rows);
+  for (size_t row = row0; row < row1; row++) {
+    const size_t n = row / (size_t) j->oh;
+    const int32_t oy = (int32_t) (row % (size_t) j->oh);
+    const uint8_t* image = j->x + n * (size_t) p->in_h * p->in_w * channels;
+    for (int32_t ox = 0; ox < j->ow; ox++) {
+      uint8_t* pixel = j->y + (row * (size_t) j->ow + (size_t) ox) * channels;
+      for (size_t c0 = 0; c0 < channels; c0 += POOL_CHANNEL_BLOCK) {
+        const size_t cb = EDGE_MIN(channels - c0, (size_t) POOL_CHANNEL_BLOCK);
+        memset(acc, 0, cb * sizeof(int32_t));
+        int32_t taps = 0;
         for (int32_t ky = 0; ky < p->kernel_h; ky++) {
           const int64_t iy = (int64_t) oy * p->stride_h - p->pad_top + (int64_t) ky * p->dilation_h;
           if (iy < 0 || iy >= p->in_h) continue;
           for (int32_t kx = 0; kx < p->kernel_w; kx++) {
             const int64_t ix = (int64_t) ox * p->stride_w - p->pad_left + (int64_t) kx * p->dilation_w;
             if (ix < 0 || ix >= p->in_w) continue;
-            const uint8_t* tap = image + ((size_t) iy * p->in_w + (size_t) ix) * c;
-            if (first) {
-              memcpy(pixel, tap, c); /* padding never wins: start from the first real tap */
-              first = 0;
-            } else {
-              vmax(c, tap, flip, pixel);
-            }
+            vsum(cb, image + ((size_t) iy * p->in_w + (size_t) ix) * channels + c0, j->args->flip, acc);
+            taps++;
           }
         }
+        const int32_t divisor = p->count_include_pad ? window : taps;
+        if (divisor != rq.divisor) avg_requant_init("edge_q8_avgpool2d", j->x_scale, j->y_scale, divisor, &rq);
+        avg_store(cb, acc, taps, &rq, j->args, pixel + c0);
       }
     }
   }
-  return EDGE_OK;
 }
 
 edge_status edge_q8_avgpool2d(const edge_pool2d_params* p, edge_dtype dtype,
                               const void* x, double x_scale, int32_t x_zero_point,
-                              void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max) {
+                              void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max,
+                              edge_threadpool* pool) {
   static const char op[] = "edge_q8_avgpool2d";
   int32_t oh, ow;
   avg_args args;
@@ -212,8 +282,7 @@ edge_status edge_q8_avgpool2d(const edge_pool2d_params* p, edge_dtype dtype,
   if (status != EDGE_OK) return status;
   const int32_t window = p->kernel_h * p->kernel_w;
   /* Derive the parameters of every divisor that occurs before any output is
-   * written, so a refused ratio leaves y untouched. Divisors change only at
-   * the borders: a one-entry cache makes this one derivation per change. */
+   * written, so a refused ratio leaves y untouched. */
   avg_requant rq = {0, 0, 0, 0};
   for (int32_t oy = 0; oy < oh; oy++) {
     const int32_t vh = valid_taps(oy, p->stride_h, p->pad_top, p->kernel_h, p->dilation_h, p->in_h);
@@ -225,43 +294,36 @@ edge_status edge_q8_avgpool2d(const edge_pool2d_params* p, edge_dtype dtype,
       }
     }
   }
-  const edge_q8_vsum_ukernel_fn vsum = edge_q8_ops_config_get()->vsum;
-  const uint8_t* in = x;
-  uint8_t* out = y;
-  const size_t channels = (size_t) p->channels;
-  int32_t acc[POOL_CHANNEL_BLOCK];
-  for (int32_t n = 0; n < p->batch; n++) {
-    const uint8_t* image = in + (size_t) n * p->in_h * p->in_w * channels;
-    for (int32_t oy = 0; oy < oh; oy++) {
-      for (int32_t ox = 0; ox < ow; ox++) {
-        uint8_t* pixel = out + (((size_t) n * oh + oy) * ow + ox) * channels;
-        for (size_t c0 = 0; c0 < channels; c0 += POOL_CHANNEL_BLOCK) {
-          const size_t cb = EDGE_MIN(channels - c0, (size_t) POOL_CHANNEL_BLOCK);
-          memset(acc, 0, cb * sizeof(int32_t));
-          int32_t taps = 0;
-          for (int32_t ky = 0; ky < p->kernel_h; ky++) {
-            const int64_t iy = (int64_t) oy * p->stride_h - p->pad_top + (int64_t) ky * p->dilation_h;
-            if (iy < 0 || iy >= p->in_h) continue;
-            for (int32_t kx = 0; kx < p->kernel_w; kx++) {
-              const int64_t ix = (int64_t) ox * p->stride_w - p->pad_left + (int64_t) kx * p->dilation_w;
-              if (ix < 0 || ix >= p->in_w) continue;
-              vsum(cb, image + ((size_t) iy * p->in_w + (size_t) ix) * channels + c0, args.flip, acc);
-              taps++;
-            }
-          }
-          const int32_t divisor = p->count_include_pad ? window : taps;
-          if (divisor != rq.divisor) avg_requant_init(op, x_scale, y_scale, divisor, &rq); /* checked above */
-          avg_store(cb, acc, taps, &rq, &args, pixel + c0);
-        }
-      }
-    }
-  }
+  pool_job j = {.p = p, .oh = oh, .ow = ow, .rows = (size_t) p->batch * (size_t) oh, .x = x, .y = y,
+                .args = &args, .x_scale = x_scale, .y_scale = y_scale};
+  const size_t row_work = (size_t) ow * (size_t) p->channels * (size_t) window;
+  edge_parallelize(pool, avgpool_task, &j, pool_tasks(&j, pool, row_work));
   return EDGE_OK;
+}
+
+/* Task rows of the global pool: (sample, block of POOL_CHANNEL_BLOCK channels). */
+static void global_avgpool_task(void* context, size_t index) {
+  const pool_job* j = (const pool_job*) context;
+  const edge_q8_vsum_ukernel_fn vsum = edge_q8_ops_config_get()->vsum;
+  const size_t channels = (size_t) j->channels;
+  const size_t blocks = (channels + POOL_CHANNEL_BLOCK - 1) / POOL_CHANNEL_BLOCK;
+  int32_t acc[POOL_CHANNEL_BLOCK];
+  const size_t row0 = index * j->rows_per_task, row1 = EDGE_MIN(row0 + j->rows_per_task, j->rows);
+  for (size_t row = row0; row < row1; row++) {
+    const size_t n = row / blocks, c0 = row % blocks * POOL_CHANNEL_BLOCK;
+    const size_t cb = EDGE_MIN(channels - c0, (size_t) POOL_CHANNEL_BLOCK);
+    memset(acc, 0, cb * sizeof(int32_t));
+    for (int32_t i = 0; i < j->hw; i++) {
+      vsum(cb, j->x + (n * (size_t) j->hw + (size_t) i) * channels + c0, j->args->flip, acc);
+    }
+    avg_store(cb, acc, j->hw, j->global_rq, j->args, j->y + n * channels + c0);
+  }
 }
 
 edge_status edge_q8_global_avgpool(int32_t batch, int32_t hw, int32_t channels, edge_dtype dtype,
                                    const void* x, double x_scale, int32_t x_zero_point,
-                                   void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max) {
+                                   void* y, double y_scale, int32_t y_zero_point, int32_t y_min, int32_t y_max,
+                                   edge_threadpool* pool) {
   static const char op[] = "edge_q8_global_avgpool";
   if (batch < 1 || hw < 1 || channels < 1) {
     return edge_fail(EDGE_ERR_SHAPE, "%s: batch %d, hw %d and channels %d must be >= 1", op, (int) batch, (int) hw,
@@ -274,19 +336,10 @@ edge_status edge_q8_global_avgpool(int32_t batch, int32_t hw, int32_t channels, 
       check_avg_args(op, dtype, x, y, x_scale, x_zero_point, y_scale, y_zero_point, y_min, y_max, &args);
   if (status == EDGE_OK) status = avg_requant_init(op, x_scale, y_scale, hw, &rq);
   if (status != EDGE_OK) return status;
-  const edge_q8_vsum_ukernel_fn vsum = edge_q8_ops_config_get()->vsum;
-  const uint8_t* in = x;
-  uint8_t* out = y;
-  int32_t acc[POOL_CHANNEL_BLOCK];
-  for (int32_t n = 0; n < batch; n++) {
-    for (size_t c0 = 0; c0 < (size_t) channels; c0 += POOL_CHANNEL_BLOCK) {
-      const size_t cb = EDGE_MIN((size_t) channels - c0, (size_t) POOL_CHANNEL_BLOCK);
-      memset(acc, 0, cb * sizeof(int32_t));
-      for (int32_t i = 0; i < hw; i++) {
-        vsum(cb, in + ((size_t) n * hw + (size_t) i) * (size_t) channels + c0, args.flip, acc);
-      }
-      avg_store(cb, acc, hw, &rq, &args, out + (size_t) n * (size_t) channels + c0);
-    }
-  }
+  const size_t blocks = ((size_t) channels + POOL_CHANNEL_BLOCK - 1) / POOL_CHANNEL_BLOCK;
+  pool_job j = {.rows = (size_t) batch * blocks, .x = x, .y = y, .args = &args, .global_rq = &rq, .hw = hw,
+                .channels = channels};
+  const size_t row_work = (size_t) hw * EDGE_MIN((size_t) channels, (size_t) POOL_CHANNEL_BLOCK);
+  edge_parallelize(pool, global_avgpool_task, &j, pool_tasks(&j, pool, row_work));
   return EDGE_OK;
 }

@@ -126,29 +126,73 @@ static edge_status prepare_binary(const char* op, int32_t rows, int32_t cols, ed
   return EDGE_OK;
 }
 
-/* Runs a binary micro-kernel over rows x cols with the given strides: rows
- * with contiguous a and b (or a broadcast b) go to the SIMD kernel, any other
- * layout one element at a time. swapped_p holds the parameters with a and b
- * exchanged: both ops are symmetric, so a broadcast a becomes a broadcast b. */
-static void run_binary(edge_q8_vbinary_ukernel_fn ukernel, int32_t rows, int32_t cols, const uint8_t* a,
+/* Runs a binary micro-kernel over rows x cols with the given strides (y rows
+ * y_row_stride bytes apart): rows with contiguous a and b (or a broadcast b)
+ * go to the SIMD kernel, any other layout one element at a time. swapped_p
+ * holds the parameters with a and b exchanged: both ops are symmetric, so a
+ * broadcast a becomes a broadcast b. */
+static void run_binary(edge_q8_vbinary_ukernel_fn ukernel, size_t rows, size_t cols, const uint8_t* a,
                        size_t a_row_stride, size_t a_col_stride, const uint8_t* b, size_t b_row_stride,
-                       size_t b_col_stride, uint8_t* y, const edge_q8_vbinary_params* p,
+                       size_t b_col_stride, uint8_t* y, size_t y_row_stride, const edge_q8_vbinary_params* p,
                        const edge_q8_vbinary_params* swapped_p) {
   if (cols == 0) return; /* the kernels read a broadcast b[0] up front */
-  for (int32_t r = 0; r < rows; r++) {
-    const uint8_t* ar = a + (size_t) r * a_row_stride;
-    const uint8_t* br = b + (size_t) r * b_row_stride;
-    uint8_t* yr = y + (size_t) r * cols;
+  for (size_t r = 0; r < rows; r++) {
+    const uint8_t* ar = a + r * a_row_stride;
+    const uint8_t* br = b + r * b_row_stride;
+    uint8_t* yr = y + r * y_row_stride;
     if (a_col_stride == 1 && b_col_stride <= 1) {
-      ukernel((size_t) cols, ar, br, b_col_stride, yr, p);
+      ukernel(cols, ar, br, b_col_stride, yr, p);
     } else if (a_col_stride == 0 && b_col_stride == 1) {
-      ukernel((size_t) cols, br, ar, 0, yr, swapped_p);
+      ukernel(cols, br, ar, 0, yr, swapped_p);
     } else {
-      for (int32_t i = 0; i < cols; i++) {
-        ukernel(1, ar + (size_t) i * a_col_stride, br + (size_t) i * b_col_stride, 0, yr + i, p);
+      for (size_t i = 0; i < cols; i++) {
+        ukernel(1, ar + i * a_col_stride, br + i * b_col_stride, 0, yr + i, p);
       }
     }
   }
+}
+
+/* A binary op split over the pool into blocks of rows_per_task rows x
+ * cols_per_task columns (whole rows when rows are short, column blocks of
+ * one row when they are long). */
+typedef struct binary_job {
+  edge_q8_vbinary_ukernel_fn ukernel;
+  size_t rows, cols;
+  const uint8_t* a;
+  size_t a_row_stride, a_col_stride;
+  const uint8_t* b;
+  size_t b_row_stride, b_col_stride;
+  uint8_t* y;
+  const edge_q8_vbinary_params *p, *swapped;
+  size_t rows_per_task, cols_per_task, col_tasks;
+} binary_job;
+
+static void binary_task(void* context, size_t index) {
+  const binary_job* j = (const binary_job*) context;
+  const size_t r0 = index / j->col_tasks * j->rows_per_task, c0 = index % j->col_tasks * j->cols_per_task;
+  run_binary(j->ukernel, EDGE_MIN(j->rows_per_task, j->rows - r0), EDGE_MIN(j->cols_per_task, j->cols - c0),
+             j->a + r0 * j->a_row_stride + c0 * j->a_col_stride, j->a_row_stride, j->a_col_stride,
+             j->b + r0 * j->b_row_stride + c0 * j->b_col_stride, j->b_row_stride, j->b_col_stride,
+             j->y + r0 * j->cols + c0, j->cols, j->p, j->swapped);
+}
+
+static void parallel_binary(edge_q8_vbinary_ukernel_fn ukernel, int32_t rows, int32_t cols, const void* a,
+                            size_t a_row_stride, size_t a_col_stride, const void* b, size_t b_row_stride,
+                            size_t b_col_stride, void* y, const edge_q8_vbinary_params* p,
+                            const edge_q8_vbinary_params* swapped, edge_threadpool* pool) {
+  if (rows == 0 || cols == 0) return;
+  binary_job j = {ukernel, (size_t) rows, (size_t) cols, a, a_row_stride, a_col_stride, b, b_row_stride,
+                  b_col_stride, y, p, swapped, (size_t) rows, (size_t) cols, 1};
+  const size_t units = edge_task_units(pool, j.rows * j.cols, EDGE_MIN_TASK_ELEMENTS, 64);
+  if (units >= j.cols) {
+    j.rows_per_task = units / j.cols;
+  } else {
+    j.rows_per_task = 1;
+    j.cols_per_task = units;
+  }
+  j.col_tasks = (j.cols + j.cols_per_task - 1) / j.cols_per_task;
+  const size_t row_tasks = (j.rows + j.rows_per_task - 1) / j.rows_per_task;
+  edge_parallelize(pool, binary_task, &j, row_tasks * j.col_tasks);
 }
 
 static edge_q8_vbinary_params swap_operands(const edge_q8_vbinary_params* p) {
@@ -163,7 +207,7 @@ static edge_q8_vbinary_params swap_operands(const edge_q8_vbinary_params* p) {
 edge_status edge_q8_add(int32_t rows, int32_t cols, edge_dtype dtype,
                         const void* a, size_t a_row_stride, size_t a_col_stride,
                         const void* b, size_t b_row_stride, size_t b_col_stride,
-                        void* y, const edge_q8_add_params* params) {
+                        void* y, const edge_q8_add_params* params, edge_threadpool* pool) {
   edge_q8_vbinary_params p;
   edge_status status = params == NULL
       ? edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_q8_add: params must not be NULL")
@@ -172,15 +216,15 @@ edge_status edge_q8_add(int32_t rows, int32_t cols, edge_dtype dtype,
                        1 << 22, params->shift, params->y_min, params->y_max, &p);
   if (status != EDGE_OK) return status;
   const edge_q8_vbinary_params swapped = swap_operands(&p);
-  run_binary(edge_q8_ops_config_get()->vadd, rows, cols, a, a_row_stride, a_col_stride, b, b_row_stride,
-             b_col_stride, y, &p, &swapped);
+  parallel_binary(edge_q8_ops_config_get()->vadd, rows, cols, a, a_row_stride, a_col_stride, b, b_row_stride,
+                  b_col_stride, y, &p, &swapped, pool);
   return EDGE_OK;
 }
 
 edge_status edge_q8_mul(int32_t rows, int32_t cols, edge_dtype dtype,
                         const void* a, size_t a_row_stride, size_t a_col_stride,
                         const void* b, size_t b_row_stride, size_t b_col_stride,
-                        void* y, const edge_q8_mul_params* params) {
+                        void* y, const edge_q8_mul_params* params, edge_threadpool* pool) {
   edge_q8_vbinary_params p;
   edge_status status = params == NULL
       ? edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_q8_mul: params must not be NULL")
@@ -190,8 +234,8 @@ edge_status edge_q8_mul(int32_t rows, int32_t cols, edge_dtype dtype,
                        params->shift, params->y_min, params->y_max, &p);
   if (status != EDGE_OK) return status;
   const edge_q8_vbinary_params swapped = swap_operands(&p);
-  run_binary(edge_q8_ops_config_get()->vmul, rows, cols, a, a_row_stride, a_col_stride, b, b_row_stride,
-             b_col_stride, y, &p, &swapped);
+  parallel_binary(edge_q8_ops_config_get()->vmul, rows, cols, a, a_row_stride, a_col_stride, b, b_row_stride,
+                  b_col_stride, y, &p, &swapped, pool);
   return EDGE_OK;
 }
 
@@ -246,12 +290,42 @@ edge_status edge_q8_lut_init(edge_lut_kind kind, double alpha, double beta, edge
   return EDGE_OK;
 }
 
-edge_status edge_q8_lut(size_t n, const uint8_t* table, const void* x, void* y) {
+/* An element-wise op on n contiguous elements, split over the pool in chunks
+ * of `chunk` elements: each op's task runs its micro-kernel on one chunk. */
+typedef struct chunk_job {
+  size_t n, chunk;
+  const void* x;
+  void* y;
+  const void* extra; /* the table, or the quantize parameters */
+  uint8_t flip;      /* dequantize */
+  int32_t zero_point;
+  float scale;
+} chunk_job;
+
+static size_t chunk_of(const chunk_job* j, size_t index, size_t* i0) {
+  *i0 = index * j->chunk;
+  return EDGE_MIN(j->chunk, j->n - *i0);
+}
+
+static size_t chunk_tasks(chunk_job* j, edge_threadpool* pool) {
+  j->chunk = edge_task_units(pool, j->n, EDGE_MIN_TASK_ELEMENTS, 64);
+  return (j->n + j->chunk - 1) / j->chunk;
+}
+
+static void lut_task(void* context, size_t index) {
+  const chunk_job* j = (const chunk_job*) context;
+  size_t i0;
+  const size_t n = chunk_of(j, index, &i0);
+  edge_q8_ops_config_get()->lut(n, (const uint8_t*) j->x + i0, (const uint8_t*) j->extra, (uint8_t*) j->y + i0);
+}
+
+edge_status edge_q8_lut(size_t n, const uint8_t* table, const void* x, void* y, edge_threadpool* pool) {
   if (n == 0) return EDGE_OK;
   if (table == NULL || x == NULL || y == NULL) {
     return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_q8_lut: table, x and y must not be NULL");
   }
-  edge_q8_ops_config_get()->lut(n, x, table, y);
+  chunk_job j = {.n = n, .x = x, .y = y, .extra = table};
+  edge_parallelize(pool, lut_task, &j, chunk_tasks(&j, pool));
   return EDGE_OK;
 }
 
@@ -273,23 +347,43 @@ static edge_status check_quant(const char* op, size_t n, const void* x, float sc
   return EDGE_OK;
 }
 
+static void quantize_task(void* context, size_t index) {
+  const chunk_job* j = (const chunk_job*) context;
+  size_t i0;
+  const size_t n = chunk_of(j, index, &i0);
+  edge_q8_ops_config_get()->quantize(n, (const float*) j->x + i0, (const edge_q8_quantize_params*) j->extra,
+                                     (uint8_t*) j->y + i0);
+}
+
 edge_status edge_f32_q8_quantize(size_t n, const float* x, float scale, int32_t zero_point,
-                                 edge_dtype dtype, void* y) {
+                                 edge_dtype dtype, void* y, edge_threadpool* pool) {
   edge_status status = check_quant("edge_f32_q8_quantize", n, x, scale, zero_point, dtype, y);
   if (status != EDGE_OK) return status;
   const int32_t offset = dtype == EDGE_DTYPE_S8 ? 128 : 0;
   const int32_t zp = zero_point + offset;
   const edge_q8_quantize_params p = {
       .scale = scale, .lo = (float) (0 - zp), .hi = (float) (255 - zp), .zero_point = zp, .flip = (uint8_t) offset};
-  if (n > 0) edge_q8_ops_config_get()->quantize(n, x, &p, y);
+  if (n == 0) return EDGE_OK;
+  chunk_job j = {.n = n, .x = x, .y = y, .extra = &p};
+  edge_parallelize(pool, quantize_task, &j, chunk_tasks(&j, pool));
   return EDGE_OK;
 }
 
+static void dequantize_task(void* context, size_t index) {
+  const chunk_job* j = (const chunk_job*) context;
+  size_t i0;
+  const size_t n = chunk_of(j, index, &i0);
+  edge_q8_ops_config_get()->dequantize(n, (const uint8_t*) j->x + i0, j->flip, j->zero_point, j->scale,
+                                       (float*) j->y + i0);
+}
+
 edge_status edge_q8_f32_dequantize(size_t n, edge_dtype dtype, const void* x, float scale,
-                                   int32_t zero_point, float* y) {
+                                   int32_t zero_point, float* y, edge_threadpool* pool) {
   edge_status status = check_quant("edge_q8_f32_dequantize", n, x, scale, zero_point, dtype, y);
   if (status != EDGE_OK) return status;
   const int32_t offset = dtype == EDGE_DTYPE_S8 ? 128 : 0;
-  if (n > 0) edge_q8_ops_config_get()->dequantize(n, x, (uint8_t) offset, zero_point + offset, scale, y);
+  if (n == 0) return EDGE_OK;
+  chunk_job j = {.n = n, .x = x, .y = y, .flip = (uint8_t) offset, .zero_point = zero_point + offset, .scale = scale};
+  edge_parallelize(pool, dequantize_task, &j, chunk_tasks(&j, pool));
   return EDGE_OK;
 }

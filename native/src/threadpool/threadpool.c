@@ -198,3 +198,13 @@ void edge_parallelize(edge_threadpool* pool, edge_task_fn fn, void* context, siz
   }
   pthread_mutex_unlock(&pool->call_mutex);
 }
+
+size_t edge_task_units(const edge_threadpool* pool, size_t n, size_t min_units, size_t align) {
+  const size_t threads = (size_t) edge_threadpool_size(pool);
+  if (threads <= 1 || n <= min_units) return n;
+  const size_t tasks = threads * EDGE_TASKS_PER_THREAD;
+  size_t units = (n + tasks - 1) / tasks;
+  units = units < min_units ? min_units : units;
+  units = align > 1 ? (units + align - 1) / align * align : units;
+  return units < n ? units : n;
+}

@@ -20,6 +20,10 @@ Backends (rows):
   ort int8           onnxruntime.quantization.quantize_static: QDQ, per-channel weights,
                      uint8 activations, MinMax, on the same calibration data
   tflite xnnpack     only where a .tflite of the same model can be produced here (see notes)
+  litert int8        LiteRT/XNNPACK INT8 (same quantization): the native int8 package's plan
+                     written as a fully quantized .tflite (edge to-tflite --int8: the same int8
+                     weights, biases, scales and zero points), so XNNPACK's qs8 kernels run
+                     exactly our quantization; "native / LiteRT" in the targets is the ratio
 
 Calibration: the digits train + validation splits for digits_cnn; 16 seeded synthetic
 inputs (N(0, 1) images; token ids in [0, 1000) with full attention masks) for the others.
@@ -72,6 +76,7 @@ LABELS = {
     "minilm_encoder": "MiniLM-size encoder (seq 128)",
 }
 BACKENDS = ("native int8", "native int8 2:4", "ort float", "ort int8")
+LITERT_INT8 = "LiteRT/XNNPACK INT8 (same quantization)"
 BATCHES = (1, 8)
 THREADS = (1, 2)
 CALIBRATION_SAMPLES = 16
@@ -82,7 +87,11 @@ TFLITE_NOTE = (
     "TFLite rows: the float ONNX model converted by edge_runtime.backends.tflite_convert (no TensorFlow "
     "or ai-edge-torch installs here) and run on LiteRT's interpreter, which applies its XNNPACK delegate "
     "to every operator of these models; float32, as the converter writes no quantized models. The "
-    "encoder has none: its Gather, LayerNormalization and attention are not in the converter."
+    "encoder has none: its Gather, LayerNormalization and attention are not in the converter. "
+    f"The {LITERT_INT8} row is the native int8 package's plan written as an int8 .tflite "
+    "(edge_runtime.backends.tflite_int8, `edge to-tflite --int8`): same int8 weights, biases, scales and "
+    "zero points, float32 in and out (QUANTIZE / DEQUANTIZE inside), every operator on XNNPACK's qs8 "
+    "kernels; the encoder has none (attention and layer norm have no TFLite int8 operator)."
 )
 
 # What limits each target (per-step and load profiles from bench/native_profile.py, not this script).
@@ -223,6 +232,24 @@ def build_tflite(name: str) -> Path | None:
         print(f"[{name}] no .tflite: {exc}", file=sys.stderr, flush=True)
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def build_tflite_int8(name: str, package: Path) -> Path | None:
+    """The native int8 package's plan as a fully quantized .tflite (written anew each run: it takes
+    about a second), or None when a plan step has no TFLite int8 equivalent."""
+    from edge_runtime.backends.tflite_int8 import load_plan, plan_to_tflite_int8
+    from edge_runtime.errors import UnsupportedOperatorError
+
+    path = package.with_name(package.stem + ".int8.tflite")
+    try:
+        data = plan_to_tflite_int8(load_plan(package))
+    except UnsupportedOperatorError as exc:
+        print(f"[{name}] no int8 .tflite: {exc}", file=sys.stderr, flush=True)
+        return None
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -392,6 +419,9 @@ def measure_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
     tflite = build_tflite(name)
     if tflite is not None:
         specs["tflite float (XNNPACK)"] = {"path": str(tflite), "backend": "tflite"}
+    tflite_int8 = build_tflite_int8(name, packages["native int8"])
+    if tflite_int8 is not None:
+        specs[LITERT_INT8] = {"path": str(tflite_int8), "backend": "tflite"}
     feeds_file = workdir / f"{name}.feeds.npz"
     stored = {f"b{b}/{k}": v for b in BATCHES for k, v in latency_feeds(name, b).items()}
     stored.update({f"agree/{k}": v for k, v in agreement_data(name)[0].items()})
@@ -400,7 +430,7 @@ def measure_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
     rows: dict[str, Any] = {}
     for backend, spec in specs.items():
         print(f"[{name}] {backend} ...", file=sys.stderr, flush=True)
-        outputs = workdir / f"{name}.{backend.replace(' ', '_').replace(':', '')}.npy"
+        outputs = workdir / f"{name}.{''.join(c if c.isalnum() else '_' for c in backend)}.npy"
         full = {**base, **spec, "outputs": str(outputs)}
         env = None
         if spec["backend"] == "native":
@@ -466,6 +496,17 @@ def targets(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"{'PASS' if ratio <= 0.5 else 'MISS'}: {LABELS[name]} native INT8 <= 0.5x {ref} "
                 f"(batch 1, 1 thread, p50): {ratio:.2f}x ({ours:.2f} ms vs {lat(name, ref):.2f} ms)"
+            )
+    for name, res in results.items():
+        if LITERT_INT8 not in res["rows"]:
+            continue
+        for threads in THREADS:
+            ours = res["rows"]["native int8"]["latency"][f"b1t{threads}"]["p50"]
+            peer = res["rows"][LITERT_INT8]["latency"][f"b1t{threads}"]["p50"]
+            lines.append(
+                f"{'PASS' if ours <= peer else 'MISS'}: {LABELS[name]} native INT8 <= 1.0x {LITERT_INT8} "
+                f"(batch 1, {threads} thread{'s' if threads > 1 else ''}, p50): native / LiteRT "
+                f"{ours / peer:.2f}x ({ours:.2f} ms vs {peer:.2f} ms)"
             )
     if "minilm_encoder" in results:
         name = "minilm_encoder"

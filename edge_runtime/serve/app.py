@@ -24,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from edge_runtime._version import __version__
@@ -36,15 +36,15 @@ from edge_runtime.package._json import JsonLimits, loads_bounded
 from edge_runtime.serve.errors import (
     InferenceRequestError,
     ModelNotReadyError,
-    OverloadedError,
     RequestTimeoutError,
     RequestTooLargeError,
     ServeError,
 )
-from edge_runtime.serve.manager import ModelManager
+from edge_runtime.serve.manager import LoadedVersion, ModelManager
 from edge_runtime.serve.metrics import CONTENT_TYPE
 from edge_runtime.serve.protocol import (
     HEADER_LENGTH,
+    InferRequest,
     RequestLimits,
     encode_infer_response,
     parse_infer_request,
@@ -144,14 +144,21 @@ async def live(request: web.Request) -> web.Response:
     return web.json_response({"live": True})
 
 
-async def ready(request: web.Request) -> web.Response:
-    manager, state = request.app[MANAGER], request.app[STATE]
+def not_ready_reason(manager: ModelManager, state: dict[str, Any]) -> str | None:
+    """Why the server is not ready (HTTP and gRPC readiness), or None when it is."""
     if state["draining"]:
-        return _error(503, "the server is shutting down", ready=False)
+        return "the server is shutting down"
     if not state["started"]:
-        return _error(503, "not ready: loading models", ready=False)
+        return "not ready: loading models"
     if not manager.ready():
-        return _error(503, f"not ready: model(s) not loaded: {', '.join(manager.missing())}", ready=False)
+        return f"not ready: model(s) not loaded: {', '.join(manager.missing())}"
+    return None
+
+
+async def ready(request: web.Request) -> web.Response:
+    reason = not_ready_reason(request.app[MANAGER], request.app[STATE])
+    if reason is not None:
+        return _error(503, reason, ready=False)
     return web.json_response({"ready": True})
 
 
@@ -170,41 +177,40 @@ async def model_ready(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "ready": True, "version": loaded.version})
 
 
-async def model_config(request: web.Request) -> web.Response:
-    loaded = request.app[MANAGER].get(*_model_key(request))
+def model_config_doc(loaded: LoadedVersion) -> dict[str, Any]:
+    """Triton's model configuration of a loaded version (HTTP ``.../config`` and gRPC ModelConfig)."""
     b = loaded.batching
     meta = loaded.metadata()
-    return web.json_response(
-        {
-            "name": loaded.name,
-            "platform": loaded.platform,
-            "max_batch_size": b.max_batch_size if loaded.batchable else 0,
-            "dynamic_batching": {
-                "preferred_batch_size": list(b.preferred_batch_sizes),
-                "max_queue_delay_microseconds": b.max_queue_delay_us,
-                "default_queue_policy": {"max_queue_size": b.max_queue_size},
-            },
-            "input": [
-                {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]}
-                for t in meta["inputs"]
-            ],
-            "output": [
-                {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]}
-                for t in meta["outputs"]
-            ],
-            "parameters": {"source": str(loaded.path), "batching": b.to_dict()},
-        }
-    )
+    return {
+        "name": loaded.name,
+        "platform": loaded.platform,
+        "max_batch_size": b.max_batch_size if loaded.batchable else 0,
+        "dynamic_batching": {
+            "preferred_batch_size": list(b.preferred_batch_sizes),
+            "max_queue_delay_microseconds": b.max_queue_delay_us,
+            "default_queue_policy": {"max_queue_size": b.max_queue_size},
+        },
+        "input": [
+            {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]}
+            for t in meta["inputs"]
+        ],
+        "output": [
+            {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]}
+            for t in meta["outputs"]
+        ],
+        "parameters": {"source": str(loaded.path), "batching": b.to_dict()},
+    }
+
+
+async def model_config(request: web.Request) -> web.Response:
+    return web.json_response(model_config_doc(request.app[MANAGER].get(*_model_key(request))))
 
 
 async def infer(request: web.Request) -> web.Response:
     manager: ModelManager = request.app[MANAGER]
     name, version = _model_key(request)
-    start = time.monotonic()
-    loaded = manager.get(name, version)
-    labels = (name, loaded.version)
-    reason = "OTHER"
-    try:
+
+    async def decode(loaded: LoadedVersion) -> InferRequest:
         header = request.headers.get(HEADER_LENGTH)
         try:
             header_length = int(header) if header is not None else None
@@ -214,27 +220,15 @@ async def infer(request: web.Request) -> web.Response:
         args = (body, header_length, loaded.inputs, loaded.output_names, request.app[LIMITS])
         if len(body) > _PARSE_INLINE_BYTES:
             parse = functools.partial(parse_infer_request, *args, off_loop=True)
-            parsed = await asyncio.get_running_loop().run_in_executor(None, parse)
-        else:
-            parsed = parse_infer_request(*args)
-        try:
-            loaded, future = manager.submit_async(name, version, parsed.inputs)
-        except OverloadedError:
-            reason = "REJECTED"
-            raise
-        labels = (name, loaded.version)
-        reason = "BACKEND"
-        try:
-            results = await future
-        except asyncio.CancelledError:
-            reason = "CANCELED"
-            raise
-        reason = "OTHER"
-        payload, headers = encode_infer_response(name, loaded.version, parsed, results)
-    except BaseException:
-        manager.record_result(*labels, time.monotonic() - start, reason)
-        raise
-    manager.record_result(*labels, time.monotonic() - start, None)
+            return await asyncio.get_running_loop().run_in_executor(None, parse)
+        return parse_infer_request(*args)
+
+    def encode(
+        loaded: LoadedVersion, parsed: InferRequest, results: dict[str, np.ndarray]
+    ) -> tuple[bytes, dict[str, str]]:
+        return encode_infer_response(name, loaded.version, parsed, results)
+
+    payload, headers = await manager.infer(name, version, decode, encode)
     return web.Response(body=payload, headers=headers)
 
 

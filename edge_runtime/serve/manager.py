@@ -36,11 +36,11 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -51,10 +51,17 @@ from edge_runtime.serve.errors import (
     ModelNameError,
     ModelNotReadyError,
     ModelUnavailableError,
+    OverloadedError,
     ServeConfigError,
 )
 from edge_runtime.serve.metrics import ServeMetrics
-from edge_runtime.serve.protocol import ModelLike, TensorSpecLike, datatype_of, tensor_metadata
+from edge_runtime.serve.protocol import (
+    InferRequest,
+    ModelLike,
+    TensorSpecLike,
+    datatype_of,
+    tensor_metadata,
+)
 
 __all__ = [
     "LoadedVersion",
@@ -70,6 +77,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Path], ModelLike]
+Answer = TypeVar("Answer")
 
 
 # While a model loads, the interpreter hands the GIL to another thread every
@@ -589,6 +597,46 @@ class ModelManager:
     ) -> tuple[LoadedVersion, asyncio.Future[dict[str, np.ndarray]]]:
         """:meth:`submit` from the event loop: an asyncio future (what the HTTP handlers use)."""
         return self._queue(name, version, lambda batcher: batcher.submit_async(inputs))
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        decode: Callable[[LoadedVersion], Awaitable[InferRequest]],
+        encode: Callable[[LoadedVersion, InferRequest, dict[str, np.ndarray]], Answer],
+    ) -> Answer:
+        """One inference request from the event loop, whatever its wire (HTTP or gRPC).
+
+        ``decode`` builds the request against the version it is addressed to, the batcher runs
+        it, ``encode`` turns the outputs into the answer; the request is counted in the
+        metrics with Triton's failure reason (REJECTED: queue full, BACKEND: the model
+        failed, CANCELED: the client left, OTHER: anything else) or as a success.
+        """
+        start = time.monotonic()
+        loaded = self.get(name, version)
+        labels = (name, loaded.version)
+        reason = "OTHER"
+        try:
+            parsed = await decode(loaded)
+            try:
+                loaded, future = self.submit_async(name, version, parsed.inputs)
+            except OverloadedError:
+                reason = "REJECTED"
+                raise
+            labels = (name, loaded.version)
+            reason = "BACKEND"
+            try:
+                results = await future
+            except asyncio.CancelledError:
+                reason = "CANCELED"
+                raise
+            reason = "OTHER"
+            answer = encode(loaded, parsed, results)
+        except BaseException:
+            self.record_result(*labels, time.monotonic() - start, reason)
+            raise
+        self.record_result(*labels, time.monotonic() - start, None)
+        return answer
 
     def _queue(
         self, name: str, version: str | None, put: Callable[[DynamicBatcher], Any]

@@ -13,6 +13,10 @@ be tested alone. Two request forms are accepted:
 Responses carry an output as JSON ``data`` unless the request asked for it as
 binary (``outputs[i].parameters.binary_data`` or the request parameter
 ``binary_data_output``), in which case it follows the JSON header the same way.
+
+Both HTTP forms and the gRPC API (:mod:`edge_runtime.serve.grpc_api`) build a request's
+arrays through one :class:`InputsBuilder` and check requested outputs with
+:func:`requested_output`: the same limits, checks and messages whatever the wire.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from edge_runtime.serve.errors import InferenceRequestError, RequestTooLargeErro
 __all__ = [
     "HEADER_LENGTH",
     "InferRequest",
+    "InputsBuilder",
     "ModelLike",
     "RequestLimits",
     "RequestedOutput",
@@ -39,7 +44,9 @@ __all__ = [
     "dtype_of",
     "encode_infer_response",
     "parse_infer_request",
+    "requested_output",
     "tensor_metadata",
+    "wire_bytes",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -179,7 +186,7 @@ def _bad(message: str) -> InferenceRequestError:
 
 
 def _shape(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
+    if not isinstance(value, (list, tuple)) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
         raise _bad(f"{where}.shape must be a list of non-negative integers, got {value!r}")
@@ -206,6 +213,112 @@ def _check_against_spec(name: str, array: np.ndarray, datatype: str, spec: Tenso
         raise _bad(f"input {name!r} has shape {list(array.shape)}, the model expects {shown}")
 
 
+_CONVERT_CHUNK = 1 << 16
+
+
+def _to_array(data: Any, dtype: np.dtype[Any], off_loop: bool) -> np.ndarray:
+    """``np.asarray(data, dtype)``; off the loop, a long list is converted in slices so that
+    the GIL changes hands between them (one call over millions of values holds it throughout)."""
+    if not off_loop or not isinstance(data, list) or len(data) <= _CONVERT_CHUNK:
+        return np.asarray(data, dtype=dtype)
+    parts = [
+        np.asarray(data[i : i + _CONVERT_CHUNK], dtype=dtype) for i in range(0, len(data), _CONVERT_CHUNK)
+    ]
+    return np.concatenate(parts)  # ValueError when the slices disagree on the inner shape (ragged data)
+
+
+class InputsBuilder:
+    """A request's input arrays, checked against the model's inputs: one definition for every wire.
+
+    ``declare`` the inputs' shapes first (the elements limit, before any array is built),
+    then ``add`` each input from raw little-endian bytes or from a sequence of values,
+    then ``done`` (every model input given). Raises InferenceRequestError naming the
+    field at fault (RequestTooLargeError over ``limits``).
+    """
+
+    def __init__(self, input_specs: Sequence[TensorSpecLike], limits: RequestLimits, off_loop: bool = False):
+        self._specs = {s.name: s for s in input_specs}
+        self._limits = limits
+        self._off_loop = off_loop
+        self.inputs: dict[str, np.ndarray] = {}
+
+    def declare(self, shapes: Sequence[Any]) -> None:
+        """Refuse shapes (one per input, in order) over ``limits.max_elements`` in all."""
+        limit = self._limits.max_elements
+        total = 0
+        for i, value in enumerate(shapes):
+            shape = _shape(value, f"inputs[{i}]")
+            if any(d > limit for d in shape):  # even beside a 0: numpy cannot shape it
+                raise RequestTooLargeError(
+                    f"inputs[{i}].shape {list(shape)} has a dimension over the limit of {limit} elements"
+                )
+            total += math.prod(shape)
+            if total > limit:
+                raise RequestTooLargeError(
+                    f"the inputs' shapes hold {total}+ elements, over the limit of {limit}"
+                )
+
+    def add(
+        self,
+        where: str,
+        name: Any,
+        shape: Any,
+        datatype: Any,
+        *,
+        raw: bytes | memoryview | None = None,
+        data: Any = None,
+        raw_field: str = "binary_data_size",
+    ) -> None:
+        """Input ``name`` from ``raw`` bytes (``raw_field`` names them in messages) or ``data`` values."""
+        if not isinstance(name, str):
+            raise _bad(f"{where}.name must be a string")
+        if name not in self._specs:
+            raise _bad(f"unknown input {name!r}; the model's inputs are {', '.join(self._specs)}")
+        if name in self.inputs:
+            raise _bad(f"input {name!r} is given twice")
+        shape = _shape(shape, where)
+        dtype = dtype_of(datatype)
+        count = math.prod(shape)
+        if raw is not None:
+            if len(raw) != count * dtype.itemsize:
+                raise _bad(
+                    f"input {name!r}: {raw_field} is {len(raw)} bytes but shape {list(shape)} of "
+                    f"{datatype} needs {count * dtype.itemsize}"
+                )
+            array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        else:
+            try:
+                array = _to_array(data, dtype, self._off_loop)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise _bad(f"input {name!r}: data is not {datatype} ({exc})") from None
+            if array.size != count:
+                raise _bad(
+                    f"input {name!r}: data has {array.size} elements but shape {list(shape)} needs {count}"
+                )
+            array = array.reshape(shape)
+        _check_against_spec(name, array, datatype, self._specs[name])
+        self.inputs[name] = array
+
+    def done(self) -> dict[str, np.ndarray]:
+        missing = [n for n in self._specs if n not in self.inputs]
+        if missing:
+            raise _bad(f"missing input(s) {', '.join(missing)}")
+        return self.inputs
+
+
+def requested_output(
+    where: str, name: Any, output_names: Sequence[str], parameters: Mapping[str, Any]
+) -> str:
+    """``name`` if the model has that output and nothing unsupported is asked of it."""
+    if not isinstance(name, str):
+        raise _bad(f"{where} must be an object with a string 'name'")
+    if name not in output_names:
+        raise _bad(f"unknown output {name!r}; the model's outputs are {', '.join(output_names)}")
+    if "classification" in parameters:
+        raise _bad("the classification extension is not supported")
+    return name
+
+
 def parse_infer_request(
     body: bytes,
     header_length: int | None,
@@ -228,38 +341,6 @@ def parse_infer_request(
         return _parse(body, header_length, input_specs, output_names, limits, off_loop)
     except RecursionError:  # not expected past the depth limit: a last line of defence
         raise _bad("request body is nested too deeply") from None
-
-
-_CONVERT_CHUNK = 1 << 16
-
-
-def _to_array(data: Any, dtype: np.dtype[Any], off_loop: bool) -> np.ndarray:
-    """``np.asarray(data, dtype)``; off the loop, a long list is converted in slices so that
-    the GIL changes hands between them (one call over millions of values holds it throughout)."""
-    if not off_loop or not isinstance(data, list) or len(data) <= _CONVERT_CHUNK:
-        return np.asarray(data, dtype=dtype)
-    parts = [
-        np.asarray(data[i : i + _CONVERT_CHUNK], dtype=dtype) for i in range(0, len(data), _CONVERT_CHUNK)
-    ]
-    return np.concatenate(parts)  # ValueError when the slices disagree on the inner shape (ragged data)
-
-
-def _declared_elements(raw_inputs: list[Any], limits: RequestLimits) -> None:
-    """Refuse a request whose declared shapes hold more than ``limits.max_elements``, before any array."""
-    total = 0
-    for i, item in enumerate(raw_inputs):
-        if not isinstance(item, dict):
-            raise _bad(f"inputs[{i}] must be a JSON object")
-        shape = _shape(item.get("shape"), f"inputs[{i}]")
-        if any(d > limits.max_elements for d in shape):  # even beside a 0: numpy cannot shape it
-            raise RequestTooLargeError(
-                f"inputs[{i}].shape {shape} has a dimension over the limit of {limits.max_elements} elements"
-            )
-        total += math.prod(shape)
-        if total > limits.max_elements:
-            raise RequestTooLargeError(
-                f"the inputs' shapes hold {total}+ elements, over the limit of {limits.max_elements}"
-            )
 
 
 def _parse(
@@ -287,61 +368,36 @@ def _parse(
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise _bad("'inputs' must be a non-empty list")
-    _declared_elements(raw_inputs, limits)
+    for i, item in enumerate(raw_inputs):
+        if not isinstance(item, dict):
+            raise _bad(f"inputs[{i}] must be a JSON object")
+    builder = InputsBuilder(input_specs, limits, off_loop)
+    builder.declare([item.get("shape") for item in raw_inputs])
 
-    specs = {s.name: s for s in input_specs}
-    inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, item in enumerate(raw_inputs):
         where = f"inputs[{i}]"
-        if not isinstance(item, dict):
-            raise _bad(f"{where} must be a JSON object")
         name = item.get("name")
-        if not isinstance(name, str):
-            raise _bad(f"{where}.name must be a string")
-        if name not in specs:
-            raise _bad(f"unknown input {name!r}; the model's inputs are {', '.join(specs)}")
-        if name in inputs:
-            raise _bad(f"input {name!r} is given twice")
-        shape = _shape(item.get("shape"), where)
-        datatype = item.get("datatype")
-        dtype = dtype_of(datatype)
         params = _parameters(item.get("parameters"), where)
-        count = math.prod(shape)
         if "binary_data_size" in params:
             size = params["binary_data_size"]
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise _bad(f"{where}.parameters.binary_data_size must be a non-negative integer")
-            if size != count * dtype.itemsize:
-                raise _bad(
-                    f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of "
-                    f"{datatype} needs {count * dtype.itemsize}"
-                )
             if offset + size > len(binary):
                 raise _bad(f"input {name!r}: the body holds fewer binary bytes than binary_data_size")
-            array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+            builder.add(
+                where, name, item.get("shape"), item.get("datatype"), raw=binary[offset : offset + size]
+            )
             offset += size
         elif "data" in item:
-            try:
-                array = _to_array(item["data"], dtype, off_loop)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise _bad(f"input {name!r}: data is not {datatype} ({exc})") from None
-            if array.size != count:
-                raise _bad(
-                    f"input {name!r}: data has {array.size} elements but shape {list(shape)} needs {count}"
-                )
-            array = array.reshape(shape)
+            builder.add(where, name, item.get("shape"), item.get("datatype"), data=item["data"])
         else:
             raise _bad(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-        _check_against_spec(name, array, datatype, specs[name])
-        inputs[name] = array
     if offset != len(binary):
         raise _bad(
             f"the body has {len(binary) - offset} binary bytes that no input's binary_data_size claims"
         )
-    missing = [n for n in specs if n not in inputs]
-    if missing:
-        raise _bad(f"missing input(s) {', '.join(missing)}")
+    inputs = builder.done()
 
     params = _parameters(doc.get("parameters"), "request")
     binary_default = bool(params.get("binary_data_output", False))
@@ -352,17 +408,18 @@ def _parse(
             raise _bad("'outputs' must be a list")
         outputs = []
         for i, item in enumerate(raw_outputs):
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise _bad(f"outputs[{i}] must be an object with a string 'name'")
-            if item["name"] not in output_names:
-                raise _bad(
-                    f"unknown output {item['name']!r}; the model's outputs are {', '.join(output_names)}"
-                )
-            oparams = _parameters(item.get("parameters"), f"outputs[{i}]")
-            if "classification" in oparams:
-                raise _bad("the classification extension is not supported")
-            outputs.append(RequestedOutput(item["name"], bool(oparams.get("binary_data", binary_default))))
+            where = f"outputs[{i}]"
+            if not isinstance(item, dict):
+                raise _bad(f"{where} must be an object with a string 'name'")
+            oparams = _parameters(item.get("parameters"), where)
+            name = requested_output(where, item.get("name"), output_names, oparams)
+            outputs.append(RequestedOutput(name, bool(oparams.get("binary_data", binary_default))))
     return InferRequest(inputs, request_id, params, outputs, binary_default)
+
+
+def wire_bytes(array: np.ndarray) -> bytes:
+    """A tensor's bytes on the wire (the binary extension, gRPC raw contents): row-major, little-endian."""
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 def encode_infer_response(
@@ -383,7 +440,7 @@ def encode_infer_response(
             "shape": list(array.shape),
         }
         if out.binary:
-            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            data = wire_bytes(array)
             entry["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)
         else:

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from edge_runtime.serve.app import STATE, create_app
 from edge_runtime.serve.config import ModelConfig, ServeConfig, load_config
-from edge_runtime.serve.errors import ServeError
+from edge_runtime.serve.errors import ServeConfigError, ServeError
 from edge_runtime.serve.hosting import AgentSpec, HostedAgent
 from edge_runtime.serve.manager import Loader, ModelManager, SwapResult, default_loader
 from edge_runtime.serve.metrics import ServeMetrics
@@ -76,6 +76,7 @@ class InferenceServer:
     manager: ModelManager = field(init=False)
     agent: HostedAgent | None = field(init=False, default=None)
     port: int = field(init=False, default=0)
+    grpc_port: int = field(init=False, default=0)  # where the gRPC API listens (0: it is off)
     nothing_loaded: bool = field(init=False, default=False)  # every model failed at start, no agent
 
     def __post_init__(self) -> None:
@@ -97,6 +98,17 @@ class InferenceServer:
         # Language models' engine limits, from the config in force (SIGHUP replaces it).
         set_llm_limits(self.manager, lambda name: self.config.llm_limits(name))
         self._runner: web.AppRunner | None = None
+        self._grpc: Any = None  # the grpc.aio server, with --grpc
+        self._grpc_api: Any = None
+        if self.config.grpc_host_port is not None:
+            try:
+                from edge_runtime.serve.grpc_api import GrpcApi
+            except ImportError as exc:
+                raise ServeConfigError(
+                    f"the gRPC API (--grpc) needs grpcio and tritonclient[grpc] ({exc}): "
+                    "pip install 'edge-runtime[grpc]'"
+                ) from None
+            self._grpc_api = GrpcApi(self.manager, self._app[STATE], self.config.request_limits())
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="serve-admin")
@@ -108,6 +120,15 @@ class InferenceServer:
     def url(self) -> str:
         host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return f"http://{host}:{self.port}"
+
+    @property
+    def grpc_address(self) -> str | None:
+        """``host:port`` of the gRPC API (what tritonclient.grpc takes), None when it is off."""
+        address = self.config.grpc_host_port
+        if address is None:
+            return None
+        host = address[0] if address[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -154,10 +175,19 @@ class InferenceServer:
         server = site._server  # the bound socket tells the real port when port = 0
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self._grpc_api is not None:
+            from edge_runtime.serve.grpc_api import start_grpc_server
+
+            host, port = self.config.grpc_host_port  # type: ignore[misc]
+            self._grpc, self.grpc_port = await start_grpc_server(
+                self._grpc_api, host, port, self.config.max_request_mib, self.config.grpc_max_concurrent_rpcs
+            )
         self._app[STATE]["started"] = True
         failed = [r for r in results if not r.ok]
         self.nothing_loaded = bool(results) and len(failed) == len(results) and self.agent is None
         status = f"serving {len(results) - len(failed)} model(s) on {self.url}"
+        if self._grpc is not None:
+            status += f" and gRPC on {self.grpc_address}"
         if failed:
             status += f"; {len(failed)} failed to load: " + ", ".join(r.name for r in failed)
         if self.agent is not None:
@@ -219,7 +249,7 @@ class InferenceServer:
                 self.manager.unload(name)
             except ServeError as exc:
                 log.warning("SIGHUP: %s", exc)
-        self.config = new.replace(host=self.config.host, port=self.config.port)
+        self.config = new.replace(host=self.config.host, port=self.config.port, grpc=self.config.grpc)
         self.notifier.ready(f"reloaded: {sum(r.ok for r in results)}/{len(results)} model(s) swapped")
         return results
 
@@ -242,8 +272,12 @@ class InferenceServer:
         # Both at once: the manager refuses new work and runs what is queued without waiting for
         # batches to fill; the runner stops listening and waits for the handlers to answer.
         closing = asyncio.ensure_future(self._run(self.manager.close, self.config.drain_timeout_s))
+        listeners = []
         if self._runner is not None:
-            await self._runner.cleanup()
+            listeners.append(self._runner.cleanup())
+        if self._grpc is not None:  # refuses new calls, lets those in progress finish
+            listeners.append(self._grpc.stop(self.config.drain_timeout_s))
+        await asyncio.gather(*listeners)
         await closing
         self._executor.shutdown(wait=False)
         self.notifier.close()
@@ -265,7 +299,9 @@ async def _serve(config: ServeConfig, loader: Loader | None, agent_spec: AgentSp
     try:
         await server.start()
     except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
+        log.error(
+            "cannot listen on %s", f"{config.host}:{config.port}: {exc.strerror}" if exc.strerror else exc
+        )
         await server.stop()
         return 1
     if server.nothing_loaded:  # as Triton exits when its models fail: a unit restarts, a person sees why
@@ -349,6 +385,11 @@ class ServerThread:
     def url(self) -> str:
         assert self.server is not None, "start() first"
         return self.server.url
+
+    @property
+    def grpc_address(self) -> str | None:
+        assert self.server is not None, "start() first"
+        return self.server.grpc_address
 
     @property
     def agent(self) -> HostedAgent | None:

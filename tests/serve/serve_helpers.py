@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -205,3 +207,36 @@ def metric(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
     return total
+
+
+# --- a server process ---
+
+
+class NotifySocket:
+    """A systemd-style notify socket: an AF_UNIX datagram socket in the abstract namespace."""
+
+    def __init__(self) -> None:
+        self.name = f"@edge-serve-test-{uuid.uuid4().hex[:12]}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name[1:])
+        self.messages: list[str] = []
+
+    def wait_for(self, field: str, timeout: float = 30.0) -> str:
+        """The first message (already received or arriving within ``timeout``) with ``field`` in it."""
+        for message in self.messages:
+            if field in message.split("\n"):
+                return message
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.messages.append(message)
+            if field in message.split("\n"):
+                return message
+        raise AssertionError(f"no {field} within {timeout}s; got {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()

@@ -9,51 +9,19 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_helpers import infer_doc, metric, post_json, request, write_onnx_package
+from serve_helpers import NotifySocket, infer_doc, metric, post_json, request, write_onnx_package
 
 pytest.importorskip("onnxruntime")
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class NotifySocket:
-    """A systemd-style notify socket: an AF_UNIX datagram socket in the abstract namespace."""
-
-    def __init__(self) -> None:
-        self.name = f"@edge-serve-test-{uuid.uuid4().hex[:12]}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + self.name[1:])
-        self.messages: list[str] = []
-
-    def wait_for(self, field: str, timeout: float = 30.0) -> str:
-        """The first message (already received or arriving within ``timeout``) with ``field`` in it."""
-        for message in self.messages:
-            if field in message.split("\n"):
-                return message
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                message = self.sock.recv(4096).decode()
-            except TimeoutError:
-                break
-            self.messages.append(message)
-            if field in message.split("\n"):
-                return message
-        raise AssertionError(f"no {field} within {timeout}s; got {self.messages}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _spawn(

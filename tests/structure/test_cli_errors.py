@@ -35,6 +35,7 @@ CASES = [
     ("serve", ["--config", "/missing.toml"]),
     ("serve", ["--model", "bad/name=/missing.edgepkg", "--port", "0"]),
     ("serve", ["--model", "m=/missing.edgepkg", "--port", "0"]),
+    ("serve", ["--model", "m=/missing.edgepkg", "--port", "0", "--grpc", "8001"]),
     ("serve", ["--fleet", "f", "--device", "bad/id", "--state-dir", "{tmp}/d", "--port", "0"]),
     ("serve", ["--fleet", "f", "--device", "d", "--broker", "notaurl", "--state-dir", "{tmp}/d", "--port", "0"]),
     ("swap", ["m", "/missing.edgepkg", "--url", NOWHERE]),

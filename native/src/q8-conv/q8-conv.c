@@ -297,28 +297,61 @@ typedef struct conv_context {
   atomic_int status; /* a failure of a tile's GEMM on a worker (its detail stays on that thread) */
 } conv_context;
 
-/* im2col rows [m0, m0 + rows) of group grp into a (rows x k, row-major). */
+/* Copies n bytes, n <= 16 without a call: overlapping 8-byte moves (a 3-channel
+ * image's kernel row is 9 bytes, which a memcpy call would cost more than). */
+static inline void copy_bytes(uint8_t* dst, const uint8_t* src, size_t n) {
+  if (n >= 8 && n <= 16) {
+    uint64_t head, tail;
+    memcpy(&head, src, 8);
+    memcpy(&tail, src + n - 8, 8);
+    memcpy(dst, &head, 8);
+    memcpy(dst + n - 8, &tail, 8);
+  } else {
+    memcpy(dst, src, n);
+  }
+}
+
+/* im2col rows [m0, m0 + rows) of group grp into a (rows x k, row-major).
+ * With one group and no dilation along x, a kernel row's taps are adjacent
+ * in x (NHWC), so a kernel row inside the image is one copy of
+ * kernel_w * in_c bytes; taps in the padding take the zero point. */
 static void im2col(const conv_context* ctx, int32_t grp, size_t m0, size_t rows, uint8_t* a) {
   const edge_conv2d_params* p = ctx->p;
   const conv_geometry* g = ctx->g;
   const uint8_t pad = (uint8_t) ctx->x_zero_point; /* s8 zero points wrap to their byte */
   const size_t cin_g = (size_t) g->cin_g;
   const size_t pixels = (size_t) g->out_h * (size_t) g->out_w;
+  const size_t kernel_row = (size_t) p->kernel_w * cin_g;
+  const int rows_contiguous = p->groups == 1 && p->dilation_w == 1;
+  size_t n = m0 / pixels, oy = (m0 % pixels) / (size_t) g->out_w, ox = m0 % (size_t) g->out_w;
   for (size_t r = 0; r < rows; r++) {
-    const size_t m = m0 + r;
-    const size_t n = m / pixels, oy = (m % pixels) / (size_t) g->out_w, ox = m % (size_t) g->out_w;
     const uint8_t* image = ctx->x + n * (size_t) p->in_h * p->in_w * p->in_c + (size_t) grp * cin_g;
     uint8_t* row = a + r * (size_t) g->k;
-    for (int32_t ky = 0; ky < p->kernel_h; ky++) {
+    const int64_t ix0 = (int64_t) ox * p->stride_w - p->pad_left;
+    const int inside_x = ix0 >= 0 && ix0 + (int64_t) (p->kernel_w - 1) * p->dilation_w < p->in_w;
+    for (int32_t ky = 0; ky < p->kernel_h; ky++, row += kernel_row) {
       const int64_t iy = (int64_t) oy * p->stride_h - p->pad_top + (int64_t) ky * p->dilation_h;
-      for (int32_t kx = 0; kx < p->kernel_w; kx++, row += cin_g) {
-        const int64_t ix = (int64_t) ox * p->stride_w - p->pad_left + (int64_t) kx * p->dilation_w;
-        if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
-          memset(row, pad, cin_g);
+      if (iy < 0 || iy >= p->in_h) {
+        memset(row, pad, kernel_row);
+        continue;
+      }
+      const uint8_t* line = image + (size_t) iy * p->in_w * p->in_c;
+      if (inside_x && rows_contiguous) {
+        copy_bytes(row, line + (size_t) ix0 * p->in_c, kernel_row);
+        continue;
+      }
+      for (int32_t kx = 0; kx < p->kernel_w; kx++) {
+        const int64_t ix = ix0 + (int64_t) kx * p->dilation_w;
+        if (ix < 0 || ix >= p->in_w) {
+          memset(row + (size_t) kx * cin_g, pad, cin_g);
         } else {
-          memcpy(row, image + ((size_t) iy * p->in_w + (size_t) ix) * p->in_c, cin_g);
+          memcpy(row + (size_t) kx * cin_g, line + (size_t) ix * p->in_c, cin_g);
         }
       }
+    }
+    if (++ox == (size_t) g->out_w) { /* the next output pixel, without divisions */
+      ox = 0;
+      if (++oy == (size_t) g->out_h) oy = 0, n++;
     }
   }
 }

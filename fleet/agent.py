@@ -70,6 +70,7 @@ from fleet.protocol import (
     DesiredAction,
     Event,
     EventState,
+    HealthPolicy,
     OtaOutcome,
     Presence,
     Status,
@@ -83,7 +84,7 @@ from fleet.protocol import (
     topic,
 )
 from fleet.queue import DurableQueue
-from fleet.targets import RuntimeTarget, StandaloneTarget, VersionStats
+from fleet.targets import LLMStats, RuntimeTarget, StandaloneTarget, VersionStats
 from fleet.versions import compare_versions
 
 __all__ = ["DEFAULT_MAX_PACKAGE_BYTES", "Agent", "AgentConfig"]
@@ -527,6 +528,8 @@ class Agent:
                 "errors": window.errors,
                 "latency_ms": window.latency.to_dict(),
             }
+            if window.llm is not None:
+                models[name]["llm"] = window.llm.to_dict()
         system = self._system()
         depth, dropped = self.outbox.depth(), self.outbox.dropped()
         self.outbox.put(
@@ -982,6 +985,7 @@ class Agent:
                 f"{window.errors} errors in {window.inferences} inferences "
                 f"(over the {policy.max_error_rate:.0%} allowed)",
             )
+        self._judge_llm(policy, before.llm if before else None, window.llm)
         p95 = window.latency.quantile(0.95)
         if (
             baseline_p95
@@ -993,4 +997,32 @@ class Agent:
                 UpdateStep.HEALTH,
                 f"p95 latency {p95:.1f} ms is over {policy.max_latency_ratio}x the previous version's "
                 f"{baseline_p95:.1f} ms",
+            )
+
+    @staticmethod
+    def _judge_llm(policy: HealthPolicy, before: LLMStats | None, window: LLMStats | None) -> None:
+        """A language model's window against the previous version: p95 time to first token and the
+        median tokens/s, when both have ``min_generations`` generations; UpdateError('health') if worse."""
+        if before is None or window is None:
+            return
+        if before.generations < policy.min_generations or window.generations < policy.min_generations:
+            return
+        ttft, baseline_ttft = window.ttft_ms.quantile(0.95), before.ttft_ms.quantile(0.95)
+        if ttft is not None and baseline_ttft and ttft > policy.max_ttft_ratio * baseline_ttft:
+            raise UpdateError(
+                UpdateStep.HEALTH,
+                f"p95 time to first token {ttft:.1f} ms is over {policy.max_ttft_ratio}x the previous "
+                f"version's {baseline_ttft:.1f} ms",
+            )
+        rate, baseline_rate = window.tokens_per_s.quantile(0.5), before.tokens_per_s.quantile(0.5)
+        if (
+            policy.min_tokens_per_s_ratio
+            and rate is not None
+            and baseline_rate
+            and rate < policy.min_tokens_per_s_ratio * baseline_rate
+        ):
+            raise UpdateError(
+                UpdateStep.HEALTH,
+                f"median decode rate {rate:.1f} tokens/s is under {policy.min_tokens_per_s_ratio}x the "
+                f"previous version's {baseline_rate:.1f} tokens/s",
             )

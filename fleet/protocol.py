@@ -637,7 +637,9 @@ class Telemetry(_Message):
     """One reporting window. ``(stream, seq)`` is unique: the manager counts a pair once.
 
     ``models[name]``: ``version``, ``inferences``, ``errors`` and ``latency_ms``
-    (``{"le": [upper bounds], "counts": [per bucket, one more for +Inf]}``).
+    (``{"le": [upper bounds], "counts": [per bucket, one more for +Inf]}``); a
+    language model adds ``llm``: ``generations``, ``tokens`` and the histograms
+    ``ttft_ms``, ``itl_ms``, ``queue_ms`` and ``tokens_per_s`` of the window.
     ``system``: ``cpu_percent``, ``mem_used_bytes``, ``mem_total_bytes``,
     ``temperature_c``, ``throttled`` where readable. ``queue``: ``depth`` and
     ``dropped`` of the device's durable queue.
@@ -674,6 +676,9 @@ class Telemetry(_Message):
             hist = _get(m, "latency_ms", dict, where, None)
             if hist is not None:
                 entry["latency_ms"] = _histogram(hist, f"{where} latency_ms")
+            llm = _get(m, "llm", dict, where, None)
+            if llm is not None:
+                entry["llm"] = _llm_window(llm, f"{where} llm")
             models[name] = entry
         return cls(
             device=check_id(_get(d, "device", str, w), "device"),
@@ -719,6 +724,22 @@ def _system(d: Mapping[str, Any]) -> dict[str, Any]:
     out = _known(d, _SYSTEM_FIELDS, "telemetry system")
     if out.get("mem_used_bytes", 0) > out.get("mem_total_bytes", MAX_INT):
         raise ProtocolError("telemetry system: mem_used_bytes is over mem_total_bytes")
+    return out
+
+
+LLM_HISTOGRAMS = ("ttft_ms", "itl_ms", "queue_ms", "tokens_per_s")
+
+
+def _llm_window(d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A language model's telemetry window: two counts and up to four histograms (unknown keys dropped)."""
+    out: dict[str, Any] = {
+        "generations": _count(d, "generations", where, 0, integral=True),
+        "tokens": _count(d, "tokens", where, 0, integral=True),
+    }
+    for key in LLM_HISTOGRAMS:
+        hist = _get(d, key, dict, where, None)
+        if hist is not None:
+            out[key] = _histogram(hist, f"{where} {key}")
     return out
 
 
@@ -801,6 +822,12 @@ class HealthPolicy:
     max_error_rate: float = 0.05  # errors / inferences of the new version
     max_latency_ratio: float = 2.0  # p95 of the new version / p95 of the previous one
     min_inferences: int = 20  # fewer than this: latency is not judged, errors still are
+    # Language models (judged when both versions have min_generations generations): p95 time to first
+    # token of the new version / the previous one's, and the median tokens/s of the new / the previous
+    # (0: not judged).
+    max_ttft_ratio: float = 2.0
+    min_tokens_per_s_ratio: float = 0.5
+    min_generations: int = 3
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> HealthPolicy:
@@ -810,6 +837,11 @@ class HealthPolicy:
             max_error_rate=float(_nonneg(d, "max_error_rate", w, cls.max_error_rate, hi=1.0)),
             max_latency_ratio=float(_nonneg(d, "max_latency_ratio", w, cls.max_latency_ratio, hi=1e6)),
             min_inferences=_count(d, "min_inferences", w, cls.min_inferences, hi=1 << 31, integral=True),
+            max_ttft_ratio=float(_nonneg(d, "max_ttft_ratio", w, cls.max_ttft_ratio, hi=1e6)),
+            min_tokens_per_s_ratio=float(
+                _nonneg(d, "min_tokens_per_s_ratio", w, cls.min_tokens_per_s_ratio, hi=1.0)
+            ),
+            min_generations=_count(d, "min_generations", w, cls.min_generations, hi=1 << 31, integral=True),
         )
 
 

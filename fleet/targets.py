@@ -31,6 +31,7 @@ from fleet.errors import UpdateError
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
+    "LLMStats",
     "LatencyHistogram",
     "RuntimeTarget",
     "ServeTarget",
@@ -83,6 +84,45 @@ class LatencyHistogram:
         return cls(tuple(d["le"]), list(d["counts"]))
 
 
+def _empty() -> LatencyHistogram:
+    return LatencyHistogram((1.0,), [0, 0])
+
+
+@dataclass(frozen=True)
+class LLMStats:
+    """Cumulative generation metrics of a language model version (the server's ``edge_llm_*``).
+
+    ``ttft_ms``, ``itl_ms`` and ``queue_ms``: time to first token, inter-token
+    latency and queue time (ms); ``tokens_per_s``: each finished generation's
+    decode rate. Bounds are the server's Prometheus buckets.
+    """
+
+    generations: int = 0  # generations that produced a first token
+    tokens: int = 0  # tokens generated
+    ttft_ms: LatencyHistogram = field(default_factory=_empty)
+    itl_ms: LatencyHistogram = field(default_factory=_empty)
+    queue_ms: LatencyHistogram = field(default_factory=_empty)
+    tokens_per_s: LatencyHistogram = field(default_factory=_empty)
+
+    HISTOGRAMS = ("ttft_ms", "itl_ms", "queue_ms", "tokens_per_s")
+
+    def since(self, earlier: LLMStats) -> LLMStats:
+        def minus(a: LatencyHistogram, b: LatencyHistogram) -> LatencyHistogram:
+            return a.minus(b) if a.le == b.le else a
+
+        return LLMStats(
+            self.generations - earlier.generations,
+            self.tokens - earlier.tokens,
+            *(minus(getattr(self, h), getattr(earlier, h)) for h in self.HISTOGRAMS),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The telemetry's ``models[name].llm`` (fleet.protocol validates it)."""
+        return {"generations": self.generations, "tokens": self.tokens} | {
+            h: getattr(self, h).to_dict() for h in self.HISTOGRAMS
+        }
+
+
 @dataclass(frozen=True)
 class VersionStats:
     """Cumulative counts of one served version since it started serving."""
@@ -91,16 +131,21 @@ class VersionStats:
     inferences: int = 0
     errors: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    llm: LLMStats | None = None  # a language model's generation metrics
 
     def since(self, earlier: VersionStats) -> VersionStats:
         """The counts between ``earlier`` (same version) and now."""
         if earlier.version != self.version:
             return self
+        llm = self.llm
+        if llm is not None and earlier.llm is not None:
+            llm = llm.since(earlier.llm)
         return VersionStats(
             self.version,
             self.inferences - earlier.inferences,
             self.errors - earlier.errors,
             self.latency.minus(earlier.latency),
+            llm,
         )
 
 
@@ -154,8 +199,12 @@ class _Served:
         """Close the model once the runs in flight on it have finished (or after ``timeout_s``)."""
         with self.lock:
             if not self.idle.wait_for(lambda: self.in_flight == 0, timeout=timeout_s):
-                log.warning("closing %s with %d runs still in flight after %.0f s", self.version,
-                            self.in_flight, timeout_s)
+                log.warning(
+                    "closing %s with %d runs still in flight after %.0f s",
+                    self.version,
+                    self.in_flight,
+                    timeout_s,
+                )
         self.model.close()
 
     def record(self, ms: float, ok: bool) -> None:
@@ -258,6 +307,10 @@ class StandaloneTarget:
             served.close_when_idle()
 
 
+def _is_llm(model: Any) -> bool:
+    return callable(getattr(model, "engine", None)) and hasattr(model, "tokenizer")
+
+
 class ServeTarget:
     """The models of a running ``edge serve`` (its :class:`~edge_runtime.serve.ModelManager`)."""
 
@@ -291,6 +344,38 @@ class ServeTarget:
                     out[key] = out.get(key, 0.0) + s.value
         return out
 
+    def _histogram(self, metric: Any, name: str, version: str, scale: float) -> LatencyHistogram:
+        """A Prometheus histogram of (name, version) as per-bucket counts, bounds times ``scale``."""
+        samples = self._samples(metric, name, version)
+        buckets = {k.split("|")[1]: v for k, v in samples.items() if "_bucket|" in k}
+        total = buckets.pop("+Inf", 0.0)
+        cumulative = sorted((float(le), v) for le, v in buckets.items())
+        if not cumulative:
+            return _empty()
+        counts, previous = [], 0.0
+        for _, value in cumulative:
+            counts.append(int(value - previous))
+            previous = value
+        counts.append(int(total - previous))
+        return LatencyHistogram(tuple(b * scale for b, _ in cumulative), counts)
+
+    def _llm_stats(self, name: str, version: str) -> LLMStats | None:
+        m = self._manager.metrics
+        if not hasattr(m, "llm_ttft_seconds"):
+            return None
+        ttft = self._histogram(m.llm_ttft_seconds, name, version, 1e3)
+        requests = self._samples(m.llm_requests, name, version)
+        if not requests and not ttft.total:
+            return None  # not a language model, or none of its generations yet
+        return LLMStats(
+            generations=ttft.total,
+            tokens=int(sum(self._samples(m.llm_generated_tokens, name, version).values())),
+            ttft_ms=ttft,
+            itl_ms=self._histogram(m.llm_itl_seconds, name, version, 1e3),
+            queue_ms=self._histogram(m.llm_queue_seconds, name, version, 1e3),
+            tokens_per_s=self._histogram(m.llm_tokens_per_second, name, version, 1.0),
+        )
+
     def stats(self, name: str) -> VersionStats | None:
         version = self.current_version(name)
         if version is None:
@@ -309,7 +394,8 @@ class ServeTarget:
             hist.counts[bisect.bisect_left(hist.le, float(key.split("|")[1]) * 1e3)] += int(value - previous)
             previous = value
         probe = self._probes.get((name, version))
-        stats = VersionStats(version, int(ok + failed), int(failed), hist)
+        llm = self._llm_stats(name, version)
+        stats = VersionStats(version, int(ok + failed), int(failed), hist, llm)
         if probe is not None:
             p = probe.snapshot()
             stats = VersionStats(
@@ -317,6 +403,7 @@ class ServeTarget:
                 stats.inferences + p.inferences,
                 stats.errors + p.errors,
                 LatencyHistogram(counts=[a + b for a, b in zip(hist.counts, p.latency.counts)]),
+                llm,
             )
         return stats
 
@@ -329,7 +416,14 @@ class ServeTarget:
         start = time.perf_counter()
         try:
             result = loaded.model.selftest()
-            passed = bool(getattr(result, "passed", True))
+            passed = bool(
+                result.get("passed", True) if isinstance(result, Mapping) else getattr(result, "passed", True)
+            )
+            if passed and _is_llm(loaded.model):
+                # A short generation through the engine: the window then has TTFT and tokens/s to judge.
+                from edge_runtime.serve.openai import probe_generation
+
+                passed = probe_generation(self._manager, loaded)
         except Exception as exc:  # noqa: BLE001
             log.warning("probe of %s %s raised %s", name, loaded.version, exc)
             passed = False

@@ -26,16 +26,25 @@ are TFLite's, else a PAD with the zero point first), gemm -> FULLY_CONNECTED, ad
 ADD / MUL, clamp -> RELU / RELU6 / MAXIMUM + MINIMUM, maxpool -> MAX_POOL_2D (other pads: a
 PADV2 of -128), avgpool -> AVERAGE_POOL_2D (+ QUANTIZE when the output's parameters differ),
 global_avgpool -> MEAN over H and W, concat -> CONCATENATION, lut -> LOGISTIC / TANH
-(into TFLite's fixed output parameters, then a QUANTIZE to ours), HARD_SWISH, GELU, or
-QUANTIZE for a table that only requantizes (checked against the table), transpose and
-Transpose moves -> TRANSPOSE, Reshape / Flatten / Squeeze / Unsqueeze moves -> RESHAPE,
-dequantize -> (TRANSPOSE +) DEQUANTIZE.
+(into TFLite's fixed output parameters, then a QUANTIZE to ours), HARD_SWISH, GELU,
+QUANTIZE for a table that only requantizes (checked against the table), MUL + ADD for a
+hard-sigmoid, and for any other table (a composed function, Elu, ...) the exact lookup as
+GATHER(table, CAST(x) + 128), which runs on TFLite's builtin kernels outside the XNNPACK
+delegate; softmax -> SOFTMAX (+ QUANTIZE from its fixed output parameters); a float Add /
+Sub / Mul of two activations (a broadcast the int8 kernels do not take) -> ADD / SUB / MUL;
+a stride-1 conv followed by the Slice that keeps every other row (how the plan runs a conv
+strided (2, 1)) -> one strided conv; transpose and Transpose moves -> TRANSPOSE, Reshape /
+Flatten / Squeeze / Unsqueeze moves -> RESHAPE, dequantize -> (TRANSPOSE +) DEQUANTIZE.
 
 The model keeps the plan's interface: float32 inputs and outputs with their names and
 logical (NCHW) layout, and a dynamic batch dimension. Steps with no TFLite int8
-equivalent (a float [subgraph] partition, attention, layer norm, softmax, float steps,
-embeddings, hard-sigmoid and other tables, grouped convolutions, symbolic height or
-width) raise :class:`UnsupportedOperatorError` naming the step, its node and what to do.
+equivalent (a float [subgraph] partition, attention, layer norm, other float steps,
+embeddings, other data movements, grouped convolutions, symbolic height or width) raise
+:class:`UnsupportedOperatorError` naming the step, its node and what to do.
+
+XNNPACK (LiteRT's default delegate) takes every operator of MobileNetV2 and ResNet-18 so
+written; it leaves int8 HARD_SWISH, SOFTMAX, CAST and GATHER to TFLite's builtin kernels,
+splitting its graph around them (as for a .tflite from TensorFlow's own converter).
 
 Agreement with the native backend: the integer accumulators are the same; TFLite's
 requantization (a 31-bit doubling multiplier, or XNNPACK's float32 scale with round half
@@ -63,9 +72,7 @@ _RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 # Steps TFLite's int8 operators cannot express, and what to do instead.
 _REFUSED = {
     "subgraph": "a partition of float nodes (run on onnxruntime by the native backend)",
-    "float": "a float step (dequantize, compute in float32, requantize)",
     "attention": "the fused attention step",
-    "softmax": "a float softmax step",
     "layernorm": "a float layer normalization step",
     "matmul": "a float product of two activations",
     "embed": "an embedding lookup",
@@ -81,7 +88,8 @@ _VERSIONS = {
     "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 2, "MUL": 2, "MAX_POOL_2D": 2,
     "AVERAGE_POOL_2D": 2, "MEAN": 2, "CONCATENATION": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "TRANSPOSE": 2,
     "LOGISTIC": 2, "TANH": 2, "PAD": 2, "PADV2": 2, "RELU": 2, "RELU6": 2, "MAXIMUM": 2, "MINIMUM": 2,
-    "RESHAPE": 1, "HARD_SWISH": 1, "GELU": 2,
+    "RESHAPE": 1, "HARD_SWISH": 1, "GELU": 2, "SOFTMAX": 2, "SUB": 2, "STRIDED_SLICE": 2, "GATHER": 2,
+    "CAST": 1,
 }  # fmt: skip
 # TFLite's int8 LOGISTIC and TANH only produce these output parameters.
 _FIXED_OUTPUT = {"sigmoid": ("LOGISTIC", 1.0 / 256.0, -128), "tanh": ("TANH", 1.0 / 128.0, 0)}
@@ -380,7 +388,7 @@ class _Writer:
             return s.ActivationFunctionType.RELU6
         return None
 
-    def _clamped(self, step: Step, dst: str, out_qp: QuantParams, lo: int, hi: int, emit) -> None:
+    def _clamped(self, dst: str, out_qp: QuantParams, lo: int, hi: int, emit) -> None:
         """Run ``emit(activation, output tensor)``: with the clamp [lo, hi] fused when TFLite has
         that activation, else into a staging tensor followed by MAXIMUM / MINIMUM."""
         act = self._activation_of(out_qp, lo, hi)
@@ -454,6 +462,11 @@ class _Writer:
         if groups != 1 and not depthwise:
             raise self.refuse(f"a grouped convolution (groups {groups}) that is not depthwise")
         stride, dilation, pads = list(a["stride"]), list(a["dilation"]), [int(p) for p in a["padding"]]
+        subsample = self._subsample(dst)
+        if subsample is not None:  # a (2, 1)-strided conv the plan runs at stride 1, then slices
+            position, stride = subsample
+            self.fused.add(position)
+            dst = self.plan.steps[position].outputs[0]
         scales = self._weight_scales(step, in_qp, out_qp)
         x, padding = self._padded(x, shape, pads, (kh, kw), stride, dilation, _int8(in_qp)[1], dst)
         oh = (h + pads[0] + pads[2] - ((kh - 1) * dilation[0] + 1)) // stride[0] + 1
@@ -477,7 +490,25 @@ class _Writer:
             options.fusedActivationFunction = act
             self.op(code, [x, w_t, b_t], [out], options)
 
-        self._clamped(step, dst, out_qp, int(a["out_min"]), int(a["out_max"]), emit)
+        self._clamped(dst, out_qp, int(a["out_min"]), int(a["out_max"]), emit)
+
+    def _subsample(self, buffer: str) -> tuple[int, list[int]] | None:
+        """(position, [step_h, step_w]) of the Slice step that keeps every step_h-th row and
+        step_w-th column of ``buffer`` and is its only reader (the lowering's form of a conv
+        strided unevenly), else None. A stride-1 conv sliced so is the strided conv exactly."""
+        if self.readers.get(buffer) != 1 or buffer in {io_.buffer for io_ in self.plan.outputs}:
+            return None
+        for position in range(self.position + 1, len(self.plan.steps)):
+            step = self.plan.steps[position]
+            if buffer not in step.inputs:
+                continue
+            a = step.attrs.get("node_attrs", {})
+            if step.op == "move" and step.attrs.get("node_op") == "Slice" and step.inputs == [buffer] \
+                    and list(a.get("axes", [])) == [1, 2] and list(a.get("starts", [])) == [0, 0] \
+                    and all(e >= 2**31 for e in a.get("ends", [])) and len(a.get("steps", [])) == 2:  # fmt: skip
+                return position, [int(v) for v in a["steps"]]
+            return None
+        return None
 
     def _bias(self, step: Step, in_qp: QuantParams, scales: np.ndarray) -> int:
         bias = np.ascontiguousarray(step.arrays["bias"], np.int32)
@@ -508,7 +539,7 @@ class _Writer:
             options.fusedActivationFunction = act
             self.op("FULLY_CONNECTED", [x, w_t, b_t], [out], options)
 
-        self._clamped(step, dst, out_qp, int(a["out_min"]), int(a["out_max"]), emit)
+        self._clamped(dst, out_qp, int(a["out_min"]), int(a["out_max"]), emit)
 
     # -- element-wise ------------------------------------------------------------------
 
@@ -561,7 +592,7 @@ class _Writer:
             options.fusedActivationFunction = act
             self.op(code, [xa, xb], [out], options)
 
-        self._clamped(step, final, out_qp, lo, hi, emit)
+        self._clamped(final, out_qp, lo, hi, emit)
         if final != dst:
             self.index[dst], self.shape[dst], self.qp[dst] = (
                 self.index[final],
@@ -604,18 +635,113 @@ class _Writer:
         if kind == "gelu":
             self.op("GELU", [x], [self.activation(dst, shape, target)], self.s.GeluOptionsT())
             return
+        table = np.asarray(step.arrays["table"]).view(np.uint8)
+        if kind == "hardsigmoid" and self._hardsigmoid(x, shape, in_qp, out_qp, table, dst):
+            return
         if kind is None and out_qp.dtype == in_qp.dtype:
             # A requantization table (inserted before a concat): TFLite's int8 -> int8 QUANTIZE.
             codes = np.arange(in_qp.qmin, in_qp.qmax + 1).astype(in_qp.numpy_dtype)
-            table = numerics.quantize(numerics.dequantize(codes, in_qp), out_qp)
+            requant = numerics.quantize(numerics.dequantize(codes, in_qp), out_qp)
             if in_qp.dtype == "int8":
-                table = np.concatenate([table[128:], table[:128]])
-            if np.array_equal(table.view(np.uint8), np.asarray(step.arrays["table"]).view(np.uint8)):
+                requant = np.concatenate([requant[128:], requant[:128]])
+            if np.array_equal(requant.view(np.uint8), table):
                 self.op("QUANTIZE", [x], [self.activation(dst, shape, target)])
                 return
-        raise self.refuse(
-            f"a lookup table ({kind or 'a function of the graph'}) for which TFLite has no int8 operator"
+        self._gather_table(x, shape, in_qp, out_qp, table, dst)
+
+    def _hardsigmoid(self, x: int, shape, in_qp: QuantParams, out_qp: QuantParams, table, dst: str) -> bool:
+        """``clamp(alpha * x + beta, 0, 1)`` as MUL by alpha into the input's own codes (scale
+        ``alpha * s_x``: the codes do not change) and ADD of beta with the clamp fused, all on
+        XNNPACK, when the table is the hard-sigmoid of one of the usual (alpha, beta) (ONNX's
+        default 0.2, 0.5; PyTorch's and Paddle's 1/6, 0.5); False otherwise."""
+        from edge_runtime.kernels import lut_table
+
+        for alpha, beta in ((0.2, 0.5), (1.0 / 6.0, 0.5)):
+            candidate = lut_table("hardsigmoid", in_qp.numpy_dtype, in_qp.scale, in_qp.zero_point,
+                                  out_qp.scale, out_qp.zero_point, alpha=alpha, beta=beta)  # fmt: skip
+            if np.array_equal(np.asarray(candidate).view(np.uint8), table):
+                break
+        else:
+            return False
+        s_x, z_x = _int8(in_qp)
+        scaled = self.temp("alpha_x", shape, (s_x * alpha, z_x))
+        c_alpha = self.tensor(f"{dst}/alpha", (1,), qp=(alpha / 127.0, 0), data=np.array([127], np.int8),
+                              batched=False)  # fmt: skip
+        self.op("MUL", [x, c_alpha], [scaled], self.s.MulOptionsT())
+        c_beta = self.tensor(f"{dst}/beta", (1,), qp=(beta / 127.0, 0), data=np.array([127], np.int8),
+                             batched=False)  # fmt: skip
+        self._out_shape = tuple(shape)
+        one = out_qp.zero_point + math.floor(1.0 / out_qp.scale + 0.5)
+        lo, hi = max(out_qp.qmin, out_qp.zero_point), min(out_qp.qmax, one)
+
+        def emit(act: int, out: int) -> None:
+            options = self.s.AddOptionsT()
+            options.fusedActivationFunction = act
+            self.op("ADD", [scaled, c_beta], [out], options)
+
+        self._clamped(dst, out_qp, lo, hi, emit)
+        return True
+
+    def _gather_table(self, x: int, shape, in_qp: QuantParams, out_qp: QuantParams, table, dst: str) -> None:
+        """A table with no TFLite operator (hard-sigmoid, a composed function): the exact lookup as
+        GATHER(table, CAST(x) + 128). Bit-exact, but CAST and GATHER run on TFLite's builtin
+        kernels, outside the XNNPACK delegate (which splits around them)."""
+        # The plan's table is indexed by the input byte; TFLite's int8 code c reads entry c + 128.
+        index = np.arange(256)
+        byte = index if in_qp.dtype == "uint8" else (index - 128) & 0xFF
+        out = table[byte].astype(np.int16) - (128 if out_qp.dtype == "uint8" else 0)
+        if out_qp.dtype == "int8":
+            out = table[byte].view(np.int8).astype(np.int16)
+        values = self.tensor(
+            f"{dst}/table", (256,), qp=_int8(out_qp), data=out.astype(np.int8), batched=False
         )
+        wide = self.tensor(f"{dst}/codes", shape, _INT32)
+        self.op("CAST", [x], [wide])
+        offset = self.const_i32(f"{dst}/offset", [128])
+        indices = self.tensor(f"{dst}/indices", shape, _INT32)
+        self.op("ADD", [wide, offset], [indices], self.s.AddOptionsT())
+        options = self.s.GatherOptionsT()
+        options.axis = 0
+        self.op("GATHER", [values, indices], [self.activation(dst, shape, _int8(out_qp))], options)
+
+    def _step_float(self, step: Step) -> None:
+        """Add, Sub and Mul of two activations that the lowering ran in float (a broadcast the int8
+        kernels do not take, e.g. an SE block's [N, H, W, C] x [N, 1, 1, C]): TFLite's int8 ADD /
+        SUB / MUL broadcast them (in the storage layout both inputs share)."""
+        op = step.attrs.get("node_op")
+        params = step.attrs.get("in_params") or []
+        if op not in ("Add", "Sub", "Mul") or len(step.inputs) != 2 or any(p is None for p in params):
+            raise self.refuse(
+                f"a float {op} step (dequantize, compute in float32, requantize) has no TFLite int8 equivalent"
+            )
+        (dst,) = step.outputs
+        a, b = step.inputs
+        xa, xb = self.src(a), self.src(b)
+        out = tuple(np.broadcast_shapes(self.shape[a], self.shape[b]))
+        options = getattr(self.s, f"{op}OptionsT")()
+        target = _int8(QuantParams.from_dict(step.attrs["out_params"]))
+        self.op(op.upper(), [xa, xb], [self.activation(dst, out, target)], options)
+
+    def _step_softmax(self, step: Step) -> None:
+        """SOFTMAX over the last axis, into TFLite's fixed int8 output (scale 1/256, zero point
+        -128), then a QUANTIZE to the plan's parameters."""
+        (src,), (dst,) = step.inputs, step.outputs
+        x, shape = self.src(src), self.shape[src]
+        axis = int(step.attrs.get("node_attrs", {}).get("axis", -1))
+        if axis % len(shape) != len(shape) - 1:
+            raise self.refuse(
+                f"a softmax over axis {axis} of a {len(shape)}-D tensor (TFLite: the last axis)"
+            )
+        options = self.s.SoftmaxOptionsT()
+        options.beta = 1.0
+        target = _int8(QuantParams.from_dict(step.attrs["out_params"]))
+        fixed = (1.0 / 256.0, -128)
+        if target == fixed:
+            self.op("SOFTMAX", [x], [self.activation(dst, shape, target)], options)
+            return
+        staged = self.temp("softmax", shape, fixed)
+        self.op("SOFTMAX", [x], [staged], options)
+        self.op("QUANTIZE", [staged], [self.activation(dst, shape, target)])
 
     # -- pooling -----------------------------------------------------------------------
 

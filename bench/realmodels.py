@@ -9,7 +9,10 @@ For every model of the corpus (tests/realmodels/corpus.py; ``pip install -e .[co
   own INT8 (a QDQ model from ``onnxruntime.quantization.quantize_static`` on the same
   calibration data);
 - latency, batch 1, 1 and 2 threads, p50 of the timed runs, for native INT8, onnxruntime
-  float and onnxruntime INT8, in one run on one machine.
+  float and onnxruntime INT8, in one run on one machine;
+- where the plan converts (``edge to-tflite --int8``: every step has a TFLite int8 operator),
+  "LiteRT/XNNPACK INT8 (same quantization)": the same plan as a fully quantized .tflite on
+  LiteRT's interpreter (XNNPACK delegate), its latency and agreement beside the others.
 
 Writes bench/results/realmodels.json and, with ``--markdown``, appends a "Real models" table to
 BENCHMARKS.md.
@@ -110,6 +113,37 @@ def _ort_int8(
         return dst.read_bytes()
 
 
+def _litert_int8(plan: Any, threads: int, output_name: str):
+    """``run(feeds)`` -> output ``output_name`` on LiteRT for the plan written as an int8 .tflite,
+    or None (with the reason on stderr) when a step of the plan has no TFLite int8 operator."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge_runtime.backends.tflite_int8 import plan_to_tflite_int8
+    from edge_runtime.errors import UnsupportedOperatorError
+
+    try:
+        data = plan_to_tflite_int8(plan)
+    except UnsupportedOperatorError as exc:
+        print(f"no LiteRT INT8 row: {exc}"[:300], file=sys.stderr)
+        return None
+    interpreter = Interpreter(model_content=data, num_threads=threads)
+    inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+    output = next(d["index"] for d in interpreter.get_output_details() if d["name"] == output_name)
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        for name, value in feeds.items():
+            if shapes.get(name) != value.shape:
+                interpreter.resize_tensor_input(inputs[name], list(value.shape))
+                interpreter.allocate_tensors()
+                shapes[name] = value.shape
+            interpreter.set_tensor(inputs[name], value)
+        interpreter.invoke()
+        return interpreter.get_tensor(output)
+
+    return run
+
+
 def _score(model: CorpusModel, want: list[np.ndarray], got: list[np.ndarray]) -> float:
     if model.metric_name == "mask IoU":
         return model.metric(
@@ -163,6 +197,11 @@ def bench_model(key: str, seconds: float) -> dict[str, Any]:
             "ort_float": lambda f, s=ort_float: s.run(None, f),
             "ort_int8": lambda f, s=ort_int8: s.run(None, f),
         }
+        litert = _litert_int8(plan, threads, model.output)
+        if litert is not None:
+            engines["litert_int8"] = litert
+            if threads == 1:
+                result["agreement_litert_int8"] = round(_score(model, want, [litert(f) for f in held]), 4)
         for name, fn in engines.items():
             latency.setdefault(name, {})[f"{threads}t_p50_ms"] = round(_p50(fn, feeds, seconds), 3)
         session.close()
@@ -204,14 +243,16 @@ def markdown(results: list[dict[str, Any]], where: dict[str, Any], command: str)
             "batch 1, p50 latency in ms at 1 / 2 threads. Agreement with onnxruntime float on held-out "
             "generated inputs (docs/realmodels.md); ORT INT8 is onnxruntime's quantize_static (QDQ, "
             "per-channel, per-tensor where marked *) with the same calibration data and method (minmax; "
-            "det percentile, VAD entropy). Native MACs: the share of the model's multiply-accumulates on the int8 kernels."
+            "det percentile, VAD entropy). Native MACs: the share of the model's multiply-accumulates on the int8 kernels. "
+            "LiteRT INT8: LiteRT/XNNPACK INT8 (same quantization), the native plan written by `edge to-tflite "
+            "--int8`, where every step converts (else -); native / LiteRT is the latency ratio at 1 / 2 threads."
         ),
         "",
         (
-            "| model | exporter | input | MMACs | native MACs | measure | native INT8 | ORT INT8 "
-            "| native INT8 ms | ORT float ms | ORT INT8 ms |"
+            "| model | exporter | input | MMACs | native MACs | measure | native INT8 | ORT INT8 | LiteRT INT8 "
+            "| native INT8 ms | ORT float ms | ORT INT8 ms | LiteRT INT8 ms | native / LiteRT |"
         ),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lat = r["latency"]
@@ -220,13 +261,24 @@ def markdown(results: list[dict[str, Any]], where: dict[str, Any], command: str)
         share_s = "-" if share is None else f"{100 * share:.1f}%"
 
         def ms(name: str, lat: dict = lat) -> str:
+            if name not in lat:
+                return "-"
             return f"{lat[name]['1t_p50_ms']:.2f} / {lat[name]['2t_p50_ms']:.2f}"
+
+        ratio = "-"
+        if "litert_int8" in lat:
+            ratio = " / ".join(
+                f"{lat['native_int8'][k] / lat['litert_int8'][k]:.2f}x" for k in ("1t_p50_ms", "2t_p50_ms")
+            )
+        lite = r.get("agreement_litert_int8")
+        lite_s = "-" if lite is None else f"{lite:.3f}"
 
         lines.append(
             f"| {r['model']} ({r['kind']}) | {r['exporter']} | {shape} | {r['macs'] / 1e6:.1f} | {share_s} "
             f"| {r['metric']} | {r['agreement_native_int8']:.3f} | {r['agreement_ort_int8']:.3f}"
             f"{'' if r.get('ort_int8_per_channel', True) else '*'} "
-            f"| {ms('native_int8')} | {ms('ort_float')} | {ms('ort_int8')} |"
+            f"| {lite_s} | {ms('native_int8')} | {ms('ort_float')} | {ms('ort_int8')} | {ms('litert_int8')} "
+            f"| {ratio} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -55,6 +55,9 @@ class Profile:
     max_batch_size: int
     models: tuple[str, ...] = ()  # device-tree model prefixes that identify the board
     cpu_parts: tuple[tuple[int, int], ...] = ()  # (implementer, part) of its CPU cores
+    # Peak DRAM bandwidth in GB/s of the variant in memory_mb, from the vendor's spec (bus width x
+    # transfer rate), NOT measured on the board; a CPU reaches a fraction of it. 0: unknown.
+    memory_bandwidth_gbs: float = 0.0
     reasons: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +111,7 @@ PROFILES: dict[str, Profile] = {
             kernel_isa="neon",  # A72 has no sdot
             memory_mb=1024,
             max_batch_size=4,
+            memory_bandwidth_gbs=12.8,  # LPDDR4-3200, 32-bit bus
             models=("Raspberry Pi 4", "Raspberry Pi 400", "Raspberry Pi Compute Module 4"),
             cpu_parts=((_ARM, 0xD08),),
         ),
@@ -121,6 +125,7 @@ PROFILES: dict[str, Profile] = {
             kernel_isa="neondot",
             memory_mb=2048,
             max_batch_size=8,
+            memory_bandwidth_gbs=17.1,  # LPDDR4X-4267, 32-bit bus
             models=("Raspberry Pi 5", "Raspberry Pi 500", "Raspberry Pi Compute Module 5"),
             cpu_parts=((_ARM, 0xD0B),),
         ),
@@ -136,6 +141,7 @@ PROFILES: dict[str, Profile] = {
             memory_mb=2048,
             threads=4,
             max_batch_size=8,
+            memory_bandwidth_gbs=25.6,  # LPDDR4 64-bit at 1600 MHz (NVIDIA's module spec)
             models=("NVIDIA Jetson Nano",),
             cpu_parts=((_ARM, 0xD07),),
         ),
@@ -153,6 +159,7 @@ PROFILES: dict[str, Profile] = {
             memory_mb=8192,
             threads=6,
             max_batch_size=16,
+            memory_bandwidth_gbs=59.7,  # LPDDR4x 128-bit at 1866 MHz (NVIDIA's module spec)
             models=("NVIDIA Jetson Xavier NX",),
             cpu_parts=((_NVIDIA, 0x004),),
         ),
@@ -168,6 +175,7 @@ PROFILES: dict[str, Profile] = {
             memory_mb=4096,
             threads=6,
             max_batch_size=16,
+            memory_bandwidth_gbs=34.0,  # 4 GB module: LPDDR5 64-bit (the 8 GB one: 128-bit, 68 GB/s)
             models=("NVIDIA Jetson Orin Nano", "NVIDIA Orin Nano"),
             cpu_parts=((_ARM, 0xD42),),
         ),

@@ -271,6 +271,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         ("cpu", f"{profile.cpu_cores} x {profile.cpu_core}"),
         ("kernel isa", profile.kernel_isa),
         ("memory", f"{profile.memory_mb} MiB"),
+        (
+            "bandwidth",
+            f"{profile.memory_bandwidth_gbs:g} GB/s (spec peak, not measured; edge llm fits)"
+            if profile.memory_bandwidth_gbs
+            else "unknown",
+        ),
         ("backends", " > ".join(str(b) for b in profile.backends)),
         ("threads", str(profile.threads)),
         ("max batch", str(profile.max_batch_size)),

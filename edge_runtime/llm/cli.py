@@ -5,6 +5,7 @@
     edge llm convert SmolLM2-135M-Instruct.Q4_1.gguf --out smollm2.edgepkg --sign dev.key
     edge llm run smollm2.edgepkg --prompt "Write a haiku about the sea" --chat
     edge llm chat smollm2.edgepkg --temperature 0.7 --top-p 0.9
+    edge llm fits smollm2.edgepkg --context 4096         # memory and decode ceiling on each board
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY_OR_DIR",
         help="require a package signed by this public key (or a key in this directory); repeatable",
     )
+    r.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="refuse up front when the weights and the context's KV cache would not fit this device "
+        "profile's memory (edge profile --list names them; see edge llm fits)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -132,7 +139,55 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="SmoothQuant migration strength folded into the weights before int8/int4 "
         "quantization (default 0.7; 0 turns it off)",
     )
+    convert.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="refuse before converting when the model and its context (--context, default the model's) "
+        "would not fit this device profile's memory (edge llm fits shows what does)",
+    )
     convert.set_defaults(func=_cmd_convert)
+
+    fits = cmds.add_parser(
+        "fits",
+        help="what fits on each device profile: memory for the weights and the context, decode ceiling",
+        description="For MODEL (an LLM package, a .gguf file, a Hugging Face directory or a reference "
+        "model name) on each device profile: the memory its int8 weights and the KV cache of --context "
+        "tokens take against the board's memory (less the system's reserve), the largest context that "
+        "fits, and the decode tokens/s ceiling = memory bandwidth / bytes read per token. Without MODEL: "
+        "the reference models (SmolLM2, Qwen2.5, TinyLlama, Llama 3.2) against every profile. The "
+        "bandwidth figures are the boards' spec peak DRAM bandwidth, NOT measured on the boards: a CPU "
+        "reaches a fraction of it, so the ceiling is an upper bound.",
+    )
+    fits.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL",
+        help="an LLM package, .gguf, Hugging Face directory or reference model name (default: all references)",
+    )
+    fits.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this device profile (repeatable; default: every profile with a known memory size)",
+    )
+    fits.add_argument(
+        "--context", type=int, default=2048, metavar="N", help="tokens of context to hold (default 2048)"
+    )
+    fits.add_argument(
+        "--kv-dtype",
+        choices=("float16", "float32"),
+        default="float32",
+        help="KV cache element type (default float32, the runtime's default)",
+    )
+    fits.add_argument(
+        "--memory-mb",
+        type=int,
+        metavar="MIB",
+        help="the board's memory instead of the profile's (its smallest variant), e.g. 8192 for an 8 GB Pi 5",
+    )
+    fits.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    fits.set_defaults(func=_cmd_fits)
 
     run = cmds.add_parser(
         "run",
@@ -165,12 +220,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from edge_runtime.llm import convert
+    from edge_runtime.llm.sources import read_source
     from edge_runtime.package import load_private_key
 
     key = load_private_key(args.sign) if args.sign else None
     start = time.monotonic()
+    source: Any = args.source
+    if args.profile:
+        from device_profiles import get_profile
+        from edge_runtime.llm.fits import check_fits
+
+        profile = get_profile(args.profile)
+        source = read_source(args.source)
+        check_fits(source.config, profile, args.context)
     info = convert(
-        args.source,
+        source,
         args.out,
         weights=args.weights,
         group_size=args.group_size,
@@ -196,7 +260,12 @@ def _load(args: argparse.Namespace) -> Any:
 
     trust = TrustStore.load(*args.trust) if args.trust else None
     return load(
-        args.package, threads=args.threads, context=args.context, kv_dtype=args.kv_dtype, trust_store=trust
+        args.package,
+        threads=args.threads,
+        context=args.context,
+        kv_dtype=args.kv_dtype,
+        trust_store=trust,
+        profile=args.profile,
     )
 
 
@@ -276,3 +345,54 @@ def _cmd_chat(args: argparse.Namespace) -> int:
                 messages = list(system)
                 continue
             messages.append({"role": "assistant", "content": answer})
+
+
+def _cmd_fits(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from device_profiles import PROFILES, get_profile
+    from edge_runtime.llm.fits import REFERENCE_MODELS, fit, model_config
+
+    profiles = [get_profile(n) for n in args.profile] or [
+        p for p in PROFILES.values() if p.memory_mb or args.memory_mb
+    ]
+    models = [model_config(args.model)] if args.model else list(REFERENCE_MODELS)
+    itemsize = np.dtype(args.kv_dtype).itemsize
+    fits = [
+        fit(m, p, min(args.context, m.max_context), itemsize, args.memory_mb)
+        for m in models
+        for p in profiles
+    ]
+    if args.json:
+        print(json.dumps([f.to_dict() for f in fits], indent=2))
+        return 0
+    mib = 1 << 20
+    print("profile            memory  usable  bandwidth (spec, not measured)")
+    for p in profiles:
+        f = next(x for x in fits if x.profile == p.name)
+        bw = f"{f.bandwidth_gbs:.1f} GB/s" if f.bandwidth_gbs else "unknown"
+        print(f"{p.name:18} {f.memory_bytes // mib:5} M {f.usable_bytes // mib:5} M  {bw}")
+    print()
+    header = f"{'model':16} {'weights':>8} {'KV/1k tok':>9}  " + "  ".join(f"{p.name:>18}" for p in profiles)
+    print(header)
+    for m in models:
+        row = [x for x in fits if x.model == m.name]
+        cells = []
+        for f in row:
+            if not f.fits:
+                cells.append(f"{'max ctx ' + str(f.max_context) if f.max_context else 'does not fit':>18}")
+            elif f.decode_ceiling_tok_s is None:
+                cells.append(f"{'fits':>18}")
+            else:
+                cells.append(f"{'fits, <=' + format(f.decode_ceiling_tok_s, '.0f') + ' tok/s':>18}")
+        kv = row[0].kv_bytes_per_token * 1000 / mib
+        print(f"{m.name[:16]:16} {row[0].weight_bytes / mib:6.0f} M {kv:7.1f} M  " + "  ".join(cells))
+    print()
+    print(
+        f"context {args.context} tokens (capped at each model's), KV cache {args.kv_dtype}; int8 weights in "
+        "memory (int4 packages are widened to int8 at load); usable = memory less max(384 MiB, 20%); "
+        "tok/s = spec bandwidth / weight bytes read per token, an upper bound at batch 1 (see docs/llm.md)"
+    )
+    return 0

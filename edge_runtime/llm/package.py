@@ -249,13 +249,16 @@ def load(
     context: int | None = None,
     kv_dtype: str = "float32",
     trust_store: Any = None,
+    profile: Any = None,
 ) -> Any:
     """Load an LLM package (file, or extracted directory) into an :class:`~edge_runtime.llm.LLM`.
 
     ``threads``: native GEMM threads (default: up to 4). ``context``: tokens of
     context per sequence (default: the model's); the KV cache it needs is checked
     against the available memory up front. ``trust_store``: refuse packages not
-    signed by one of its keys.
+    signed by one of its keys. ``profile`` (a device profile or its name): refuse
+    with ContextMemoryError, before the weights are unpacked, when the weights and
+    the context's KV cache would not fit its memory (:mod:`edge_runtime.llm.fits`).
     """
     from edge_runtime.llm.model import LLM
 
@@ -275,6 +278,16 @@ def load(
     if cfg.get("format_version") != FORMAT_VERSION:
         raise ModelSourceError(
             f"{p}: LLM package format {cfg.get('format_version')} is not {FORMAT_VERSION}; update edge-runtime"
+        )
+    if profile is not None:
+        from device_profiles import get_profile
+        from edge_runtime.llm.fits import check_fits
+
+        check_fits(
+            config,
+            get_profile(profile) if isinstance(profile, str) else profile,
+            context,
+            np.dtype(kv_dtype).itemsize,
         )
     try:
         with np.load(io.BytesIO(data.pop(WEIGHTS_KIND)), allow_pickle=False) as z:

@@ -140,11 +140,13 @@ MODELS = {
 }
 
 
-def _plan(build, shape: tuple[int, ...]):
+def _plan(build, shape: tuple[int, ...], dtype: str = "uint8", weight_bits: int = 8):
     graph = prepare(build())
     r = rng(11)
     batches = [{"x": r.standard_normal((8, *shape)).astype(np.float32)} for _ in range(2)]
-    return graph, lower(graph, calibrated(graph, batches), partition=False)
+    return graph, lower(
+        graph, calibrated(graph, batches, dtype=dtype), partition=False, weight_bits=weight_bits
+    )
 
 
 def _litert(data: bytes, x: np.ndarray) -> np.ndarray:
@@ -181,6 +183,16 @@ def test_litert_runs_the_plan_within_one_output_step(name: str) -> None:
             f"{name}: LiteRT is {worst:.2f} steps off the native plan"
         )
     session.close()
+
+
+@pytest.mark.parametrize(("dtype", "weight_bits"), [("int8", 8), ("uint8", 7)])
+def test_int8_activations_and_7_bit_weights_convert_too(dtype: str, weight_bits: int) -> None:
+    _, plan = _plan(small_cnn, (3, 16, 16), dtype=dtype, weight_bits=weight_bits)
+    assert {qp.dtype for qp in plan.params.values() if qp is not None} == {dtype}
+    x = rng(22).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    ours = NativeSession(plan, threads=1, cache_dir=False).run({"x": x})["logits"]
+    got = _litert(plan_to_tflite_int8(plan), x)
+    assert np.max(np.abs(got - ours)) / _output_scale(plan) <= ONE_STEP
 
 
 def test_file_carries_the_plans_weights_scales_and_zero_points() -> None:
@@ -237,6 +249,16 @@ def test_a_step_tflite_cannot_express_is_refused_by_name() -> None:
     with pytest.raises(
         UnsupportedOperatorError, match=r"plan step \d+ \(\w+ of node '[^']+'\).*edge to-tflite MODEL.onnx"
     ):
+        plan_to_tflite_int8(plan)
+
+
+def test_a_requantization_no_weight_scale_reproduces_is_refused() -> None:
+    from edge_runtime.errors import QuantizationError
+
+    _, plan = _plan(_conv, (3, 12, 12))
+    conv = next(s for s in plan.steps if s.op == "conv")
+    conv.arrays["multiplier"] = conv.arrays["multiplier"] + 1  # off the float32 weight scales' grid
+    with pytest.raises(QuantizationError, match="do not reproduce it"):
         plan_to_tflite_int8(plan)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from cffi import FFI
 
 NATIVE = Path(__file__).resolve().parent
-HEADERS = ["edge/common.h", "edge/gemm.h", "edge/conv.h", "edge/ops.h", "edge/decoder.h"]
+HEADERS = ["edge/common.h", "edge/gemm.h", "edge/conv.h", "edge/ops.h", "edge/plan.h", "edge/decoder.h"]
 COMMON_FLAGS = ["-std=c11", "-O3", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 

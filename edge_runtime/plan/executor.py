@@ -10,11 +10,25 @@ tables, pools, the entry quantization) and the convolutions' im2col workspaces
 are allocated once per input-shape signature (so once per batch size: the batch
 dimension is dynamic) on first use and reused by later calls; the few most
 recent signatures are kept. With them each step binds, once per signature, its
-C parameter structs and cffi pointers, so that a warm call is a loop of direct C
-calls with no validation, allocation or dictionary work beyond the buffer
-lookups (the shapes are validated, with typed errors, when a signature is
-first seen). A Relu/Clip after an Add or Mul (ResNet's residual joins) is done
-by the add/mul kernel's own clamp.
+C parameter structs and cffi pointers (the shapes are validated, with typed
+errors, when a signature is first seen). A Relu/Clip after an Add or Mul
+(ResNet's residual joins) is done by the add/mul kernel's own clamp.
+
+The plan runs in C: a signature's first call steps through the plan in Python
+(each step a closure that binds its buffers and calls its kernel), then the
+bound steps are compiled into a program (native/include/edge/plan.h): an array
+of op records, each a kernel call with its arguments bound (parameter structs,
+packed weights, requantization, input/output buffers, workspaces), plus the
+byte moves between kernels (the NCHW -> NHWC entry permutation, the im2col of an
+image stem, transposes) and clamps. Later calls run it with one
+``edge_plan_run`` call, which releases the GIL for the whole run and reports the
+index of a failing op, so the step's typed error is raised as on the Python
+path. Steps that stay in Python (float subgraphs and fallbacks, attention,
+gathers, concatenation, moves other than reshapes) split the program into C
+segments, one C call each; a tensor a segment reads from outside it (the feed,
+a Python step's output) is pointed to per call, after checking its shape. An
+image CNN (MobileNetV2, ResNet-18) is one segment: one C call per inference.
+``describe()["program"]`` says what the latest compiled call ran.
 
 Dynamic shapes: any input dimension may change between calls, not only the batch.
 A convolution or pool lowered with a symbolic input height/width (``dynamic_hw``)
@@ -34,10 +48,16 @@ slices of the batch, so that each slice's early high-resolution activations stay
 in cache, and the rest (the classifier GEMM) on the whole batch. Same bits.
 
 Threads: one call uses the session's native thread pool of ``threads`` workers
-(the kernels split GEMM and convolution work over it). Because those buffers and
-that pool are shared, :meth:`NativeSession.run` holds a per-session lock: calls
-from several threads are safe and serialised. For throughput from concurrent
-callers, open one session per caller thread (packing then comes from the cache).
+(the kernels split their work over it). Calls from several Python threads run at
+once: each takes a buffer set of its own for its signature (made and bound on
+demand, at most ``_MAX_ARENAS`` = 4 per signature; a further concurrent caller
+waits for one to be given back). The C programs of the call that holds the
+thread pool use it; a call that finds it held runs its programs on its own
+thread rather than queue for the pool's workers (the pool itself takes one job
+at a time, so the Python path of a first call shares it safely).
+:meth:`NativeSession.warm_up` binds several buffer sets ahead of concurrent
+callers. A plan with a convolution of symbolic input size rewrites the shared
+packed header per shape, so its calls take turns.
 """
 
 from __future__ import annotations
@@ -72,7 +92,12 @@ from edge_runtime.plan.quantized_plan import QuantizedPlan, Step
 
 __all__ = ["NativeSession", "PackedCache", "default_cache_dir", "packed_format_versions"]
 
-_MAX_SIGNATURES = 8  # buffer sets kept (one per distinct input-shape signature)
+_MAX_SIGNATURES = 8  # input-shape signatures whose buffer sets are kept
+# Buffer sets per signature: one per caller running at once (see NativeSession._acquire).
+_MAX_ARENAS = 4
+# Warm calls run the bound C programs (False: every call steps through the plan in Python,
+# the path a signature's first call takes; the tests compare the two).
+_PROGRAMS = True
 _Q8 = (np.dtype(np.uint8), np.dtype(np.int8))
 _OUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int32))
 # Move steps that only reshape (a view of the same bytes in the same order).
@@ -99,7 +124,9 @@ def _dynamic_padding(attrs: Mapping[str, Any], hw: tuple[int, int], kernel, stri
     from edge_runtime.graph.reference import _spatial_pads
     from edge_runtime.plan.lower import _ceil_extra
 
-    node = Node("Conv", "", [], [], {"auto_pad": attrs.get("auto_pad", "NOTSET"), "pads": list(attrs["pads"])})
+    node = Node(
+        "Conv", "", [], [], {"auto_pad": attrs.get("auto_pad", "NOTSET"), "pads": list(attrs["pads"])}
+    )
     pads = [int(p) for p in _spatial_pads(node, hw, kernel, strides, dilations)]
     if attrs.get("ceil_mode"):
         extra = _ceil_extra(hw, kernel, strides, dilations, pads)
@@ -257,6 +284,180 @@ def _round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
+# -- the bound C program (native/include/edge/plan.h) ---------------------------------
+
+# A step's C calls, as its ``ops(env, slot)`` gives them: (kind, {argument: value}) where the
+# kind names an edge_plan_kind and the union member of its arguments.
+_OP_KINDS = {
+    "gemm": ("EDGE_PLAN_GEMM", "gemm"), "gemm24": ("EDGE_PLAN_GEMM24", "gemm"),
+    "conv2d": ("EDGE_PLAN_CONV2D", "conv"), "conv2d24": ("EDGE_PLAN_CONV2D24", "conv"),
+    "dwconv2d": ("EDGE_PLAN_DWCONV2D", "conv"), "add": ("EDGE_PLAN_ADD", "add"), "mul": ("EDGE_PLAN_MUL", "mul"),
+    "lut": ("EDGE_PLAN_LUT", "lut"), "maxpool2d": ("EDGE_PLAN_MAXPOOL2D", "maxpool"),
+    "avgpool2d": ("EDGE_PLAN_AVGPOOL2D", "avgpool"), "global_avgpool": ("EDGE_PLAN_GLOBAL_AVGPOOL", "global_avgpool"),
+    "quantize": ("EDGE_PLAN_QUANTIZE", "quantize"), "dequantize": ("EDGE_PLAN_DEQUANTIZE", "dequantize"),
+    "layernorm": ("EDGE_PLAN_LAYERNORM", "layernorm"), "clamp": ("EDGE_PLAN_CLAMP", "clamp"),
+    "permute": ("EDGE_PLAN_PERMUTE", "permute"), "im2col": ("EDGE_PLAN_IM2COL", "im2col"),
+    "copy": ("EDGE_PLAN_COPY", "copy"),
+}  # fmt: skip
+_MAX_DIMS = 6  # EDGE_PLAN_MAX_DIMS
+
+
+class _In:
+    """An op argument that is the data of the environment's tensor ``name`` (a buffer bound
+    earlier in the same C segment, or a tensor from outside it, pointed to per call)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Fresh:
+    """An op's float32 output ``name`` of ``shape``, allocated per call (it is returned)."""
+
+    __slots__ = ("name", "shape")
+
+    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+        self.name, self.shape = name, shape
+
+
+def _void(array: np.ndarray):
+    return ffi.cast("void *", ffi.from_buffer(array))
+
+
+def _permute_op(x: np.ndarray, perm: tuple[int, ...], y: np.ndarray, x_ptr: Any = None) -> tuple[str, dict]:
+    """The op that writes ``x.transpose(perm)`` into contiguous ``y`` (x contiguous)."""
+    if len(perm) > _MAX_DIMS:
+        raise ShapeError(f"a permutation of {len(perm)} dimensions (at most {_MAX_DIMS})")
+    strides = _contiguous_strides(x.shape, x.itemsize)
+    pad = [0] * (_MAX_DIMS - len(perm))
+    return "permute", {
+        "ndim": len(perm), "element_size": x.itemsize, "shape": [x.shape[p] for p in perm] + pad,
+        "x_strides": [strides[p] for p in perm] + pad, "x": x_ptr if x_ptr is not None else _address(x),
+        "y": _address(y),
+    }  # fmt: skip
+
+
+def _contiguous_strides(shape: tuple[int, ...], itemsize: int) -> list[int]:
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return strides[::-1]
+
+
+class _Segment:
+    """Consecutive plan steps bound as one C program: one edge_plan_run call per run.
+
+    ``inputs``: the tensors from outside the segment (the feeds, Python steps' outputs),
+    pointed to per call after checking they have the bound shape and dtype; ``fresh``:
+    float outputs allocated per call; ``publish``: the bound buffers the segment fills,
+    put into the environment for the steps and outputs after it."""
+
+    __slots__ = ("count", "failed", "fresh", "inputs", "keep", "ops", "publish", "start", "stop", "whats")
+
+    def __init__(self, start: int, stop: int, specs: list, env: dict[str, Any], stable: set[str],
+                 publish: dict[str, np.ndarray]) -> None:  # fmt: skip
+        self.start, self.stop = start, stop
+        self.count = len(specs)
+        self.ops = ffi.new("edge_plan_op[]", max(1, self.count))
+        self.whats = [what for what, _, _ in specs]
+        self.failed = ffi.new("size_t *")
+        self.publish = publish
+        self.keep: list[Any] = []
+        inputs: dict[str, tuple[tuple[int, ...], np.dtype, list]] = {}
+        fresh: dict[str, tuple[tuple[int, ...], list]] = {}
+        for j, (_, kind, fields) in enumerate(specs):
+            code, member = _OP_KINDS[kind]
+            op = self.ops[j]
+            op.kind = getattr(lib, code)
+            record = getattr(op.args, member)
+            for field, value in fields.items():
+                if isinstance(value, _In):
+                    array = env[value.name]
+                    if value.name in stable:
+                        self.keep.append(array)
+                        setattr(record, field, _void(array))
+                    else:
+                        inputs.setdefault(value.name, (array.shape, array.dtype, []))[2].append(
+                            (record, field)
+                        )
+                elif isinstance(value, _Fresh):
+                    fresh.setdefault(value.name, (value.shape, []))[1].append((record, field))
+                elif isinstance(value, ffi.CData):
+                    self.keep.append(value)
+                    setattr(record, field, ffi.cast("void *", value))
+                else:
+                    setattr(record, field, value)
+        self.inputs = [(name, shape, dtype, records) for name, (shape, dtype, records) in inputs.items()]
+        self.fresh = [(name, shape, records) for name, (shape, records) in fresh.items()]
+
+    def run(self, env: dict[str, Any], pool: Any) -> bool:
+        """One C call; False (nothing run) when an input does not have its bound shape."""
+        held = []
+        for name, shape, dtype, records in self.inputs:
+            x = env[name]
+            if x.shape != shape or x.dtype != dtype:
+                return False
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+                held.append(x)
+            pointer = _void(x)
+            for record, field in records:
+                setattr(record, field, pointer)
+        for name, shape, records in self.fresh:
+            y = env[name] = np.empty(shape, np.float32)
+            pointer = _void(y)
+            for record, field in records:
+                setattr(record, field, pointer)
+        status = lib.edge_plan_run(self.ops, self.count, pool, self.failed)
+        if status:
+            i = self.failed[0]
+            check(status, self.whats[i] if i < self.count else "plan run")
+        env.update(self.publish)
+        return True
+
+
+class _Program:
+    """A range of plan steps on one buffer set: ``parts`` in order, each a C segment or the
+    index of a step that runs in Python."""
+
+    __slots__ = ("parts", "stats")
+
+    def __init__(self, parts: list, steps: int) -> None:
+        self.parts = parts
+        segments = [p for p in parts if isinstance(p, _Segment)]
+        self.stats = {
+            "steps": steps,
+            "c_segments": len(segments),
+            "c_ops": sum(p.count for p in segments),
+            "python_steps": len(parts) - len(segments),
+        }
+
+
+class _Arena:
+    """One buffer set: a dict per step where it binds its buffers for one input-shape
+    signature (and one more for the batch slicing), the C programs compiled from them,
+    and the buffer sets of the batch's slices."""
+
+    __slots__ = ("programs", "slices", "slots")
+
+    def __init__(self, steps: int) -> None:
+        self.slots: list[dict[str, Any]] = [{} for _ in range(steps + 1)]
+        self.programs: dict[tuple[int, int], _Program] = {}
+        self.slices: dict[tuple[int, ...], _Arena] = {}
+
+
+class _Arenas:
+    """The buffer sets of one signature: those free, and how many exist."""
+
+    __slots__ = ("count", "free")
+
+    def __init__(self) -> None:
+        self.free: list[_Arena] = []
+        self.count = 0
+
+
 class NativeSession:
     """A loaded :class:`QuantizedPlan`: ``run(feeds)`` -> float32 outputs by name.
 
@@ -284,11 +485,15 @@ class NativeSession:
         self.threads = max(1, int(threads))
         self.isa = kernels.get_isa()
         self._pool = kernels.ThreadPool(self.threads)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the buffer sets, the call count and closing
+        self._idle = threading.Condition(self._lock)  # a buffer set was given back, or a call ended
+        self._pool_owner = threading.Lock()  # held by the call whose C programs use the pool
+        self._calls = 0  # calls in flight (close waits for them)
         self._closed = False
         self._sha256: str | None = model_sha256
-        # Per input-shape signature: one dict per step, where the step binds its buffers.
-        self._buffers: OrderedDict[tuple, list[dict[str, Any]]] = OrderedDict()
+        # Per input-shape signature: the buffer sets bound for it (see _Arenas).
+        self._buffers: OrderedDict[tuple, _Arenas] = OrderedDict()
+        self.last_run: dict[str, int] = {}  # what the latest compiled call ran (see describe())
         self._fresh_outputs: set[str] = set()  # output buffers allocated per call (not copied)
         self._engines: dict[int, str] = {}  # subgraph step -> the engine that runs it
         self.cache_hit: bool | None = None  # None: no cache
@@ -306,6 +511,13 @@ class NativeSession:
         self._split = self._find_batch_split()
         self._prepared = [self._prepare(i, step) for i, step in enumerate(plan.steps)]
         self._blas = _BlasThreads.get() if any(s.op in _BLAS_STEPS for s in plan.steps) else None
+        # A convolution with a symbolic input size rewrites the header of its packed weights per
+        # input shape: the weights are shared by every buffer set, so such a plan's calls take turns.
+        self._serial = (
+            threading.Lock()
+            if any(s.op == "conv" and s.attrs.get("dynamic_hw") for s in plan.steps)
+            else None
+        )
         self.load_seconds = time.perf_counter() - start
 
     # -- load ----------------------------------------------------------------
@@ -389,6 +601,37 @@ class NativeSession:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Float32 outputs (and integer ones as they are) for float/integer feeds by input name."""
+        env, signature = self._feed_env(feeds)
+        arenas, arena = self._acquire(signature)
+        try:
+            self._run_arena(env, arena)
+            outputs: dict[str, np.ndarray] = {}
+            given: set[str] = set()
+            for io_ in self.plan.outputs:
+                value = env[io_.buffer]
+                # Exit dequantizations allocate per call; any other buffer is reused by the next call.
+                fresh = io_.buffer in self._fresh_outputs and io_.buffer not in given
+                outputs[io_.name] = value if fresh else np.array(value, copy=True)
+                given.add(io_.buffer)
+            return outputs
+        finally:
+            self._give_back(arenas, arena)
+
+    def warm_up(self, feeds: Mapping[str, np.ndarray], callers: int = 1) -> None:
+        """Binds ``callers`` buffer sets (at most ``_MAX_ARENAS``) for the shapes of ``feeds``,
+        each with its C program, so that as many concurrent calls with those shapes all run
+        compiled from the start (a buffer set's first call steps through the plan in Python)."""
+        env, signature = self._feed_env(feeds)
+        held = [self._acquire(signature) for _ in range(max(1, min(int(callers), _MAX_ARENAS)))]
+        try:
+            for _, arena in held:
+                self._run_arena(dict(env), arena)
+        finally:
+            for arenas, arena in held:
+                self._give_back(arenas, arena)
+
+    def _feed_env(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], tuple]:
+        """The environment a call starts from (the feeds by buffer name) and its signature."""
         if self._closed:
             raise KernelArgumentError("this NativeSession was closed")
         env: dict[str, Any] = {}
@@ -401,51 +644,96 @@ class NativeSession:
             if io_.dtype == "float32":
                 value = np.ascontiguousarray(value, dtype=np.float32)
             env[io_.buffer] = value
-        signature = tuple((k, v.shape, v.dtype.char) for k, v in env.items())
+        return env, tuple((k, v.shape, v.dtype.char) for k, v in env.items())
+
+    def _run_arena(self, env: dict[str, Any], arena: _Arena) -> None:
+        """Runs the whole plan on one buffer set. The C programs use the session's thread pool
+        when no other call holds it, else run on the calling thread (see the module docstring)."""
+        serial = self._serial
+        if serial is not None:
+            serial.acquire()
+        owner = self._pool_owner.acquire(blocking=False)
+        pool = self._pool.handle if owner else ffi.NULL
+        blas = self._blas
+        # numpy's BLAS runs on one thread: its idle workers spin for a long time
+        # after each product and would take the cores from this session's pool.
+        if blas is not None:
+            blas.hold()
+        try:
+            start = 0
+            if self._split is not None:
+                start = self._run_prefix_in_chunks(env, arena, pool)
+            self._run_steps(env, arena, start, len(self._prepared), pool)
+        finally:
+            if blas is not None:
+                blas.drop()
+            if owner:
+                self._pool_owner.release()
+            if serial is not None:
+                serial.release()
+
+    def _acquire(self, signature: tuple) -> tuple[_Arenas, _Arena]:
+        """A free buffer set for ``signature`` (a new one when all are in use, up to
+        ``_MAX_ARENAS``; beyond that the call waits for one to be given back)."""
         with self._lock:
-            slots = self._buffers.get(signature)
-            if slots is None:
-                slots = self._buffers[signature] = self._new_slots()
+            if self._closed:
+                raise KernelArgumentError("this NativeSession was closed")
+            arenas = self._buffers.get(signature)
+            if arenas is None:
+                arenas = self._buffers[signature] = _Arenas()
                 while len(self._buffers) > _MAX_SIGNATURES:
                     self._buffers.popitem(last=False)
             else:
                 self._buffers.move_to_end(signature)
-            blas = self._blas
-            # numpy's BLAS runs on one thread: its idle workers spin for a long time
-            # after each product and would take the cores from this session's pool.
-            previous = blas.limit(1) if blas is not None else None
-            try:
-                start = 0
-                if self._split is not None:
-                    start = self._run_prefix_in_chunks(env, slots)
-                for fn, slot in zip(self._prepared[start:], slots[start:]):
-                    fn(env, slot)
-            finally:
-                if blas is not None:
-                    blas.restore(previous)
-            outputs: dict[str, np.ndarray] = {}
-            given: set[str] = set()
-            for io_ in self.plan.outputs:
-                value = env[io_.buffer]
-                # Exit dequantizations allocate per call; any other buffer is reused by the next call.
-                fresh = io_.buffer in self._fresh_outputs and io_.buffer not in given
-                outputs[io_.name] = value if fresh else np.array(value, copy=True)
-                given.add(io_.buffer)
-            return outputs
+            while not arenas.free and arenas.count >= _MAX_ARENAS:
+                self._idle.wait()
+            self._calls += 1
+            if arenas.free:
+                return arenas, arenas.free.pop()
+            arenas.count += 1
+            return arenas, _Arena(len(self._prepared))
 
-    def _new_slots(self) -> list[dict[str, Any]]:
-        """A buffer set: one dict per step, and one last for the run itself (batch slicing)."""
-        return [{} for _ in range(len(self._prepared) + 1)]
+    def _give_back(self, arenas: _Arenas, arena: _Arena) -> None:
+        with self._lock:
+            arenas.free.append(arena)
+            self._calls -= 1
+            self._idle.notify_all()
 
-    def _run_prefix_in_chunks(self, env: dict[str, Any], slots: list[dict[str, Any]]) -> int:
+    def _run_steps(self, env: dict[str, Any], arena: _Arena, start: int, stop: int, pool: Any) -> None:
+        """Steps ``start`` to ``stop`` on one buffer set: through the buffer set's program for
+        that range when it has one (C segments, one C call each, and the steps that stay in
+        Python between them), else step by step in Python, which binds the buffer set and
+        then compiles its program (so a signature's first call runs in Python)."""
+        program = arena.programs.get((start, stop)) if _PROGRAMS else None
+        if program is not None:
+            stale = False
+            for part in program.parts:
+                if part.__class__ is int:
+                    self._prepared[part](env, arena.slots[part])
+                elif not part.run(env, pool):
+                    # A tensor from Python changed shape (a data-dependent shape): bind afresh.
+                    for i in range(part.start, part.stop):
+                        self._prepared[i](env, arena.slots[i])
+                    stale = True
+            self.last_run = program.stats
+            if not stale:
+                return
+        else:
+            for i in range(start, stop):
+                self._prepared[i](env, arena.slots[i])
+        if _PROGRAMS:
+            arena.programs[(start, stop)] = self._compile(env, arena, start, stop)
+
+    def _run_prefix_in_chunks(self, env: dict[str, Any], arena: _Arena, pool: Any) -> int:
         """Runs the per-sample prefix (see :meth:`_find_batch_split`) on slices of the batch.
 
         A large batch run layer by layer over the whole batch would stream every early,
         high-resolution activation (MobileNetV2: 1.2 MB a sample at 112x112x96) through
         memory, as a batch of them does not fit in cache; slices of ``chunk`` samples
         keep them cached. The prefix steps do not mix samples, so the bits are those of
-        the whole batch at once. Returns the index of the first step left to run (0
-        when the batch is not larger than a slice)."""
+        the whole batch at once. Each slice shape has a buffer set (and C program) of its
+        own inside ``arena``. Returns the index of the first step left to run (0 when the
+        batch is not larger than a slice)."""
         prefix, cut, chunk, dynamic_c = self._split  # type: ignore[misc]
         (source,) = [io_.buffer for io_ in self.plan.inputs]
         x = env[source]
@@ -454,22 +742,16 @@ class NativeSession:
             chunk = min(chunk, max(1, _CHUNK_BYTES // max(1, x.shape[2] * x.shape[3] * dynamic_c)))
         if batch <= chunk:
             return 0
-        # One buffer set per slice shape (a full slice, the last partial one); the cut
-        # tensors are gathered into whole-batch buffers kept in this signature's set.
-        gathered: dict[str, np.ndarray] = slots[-1].setdefault("gathered", {})
-        prepared = self._prepared[:prefix]
+        # The cut tensors are gathered into whole-batch buffers kept in this buffer set.
+        gathered: dict[str, np.ndarray] = arena.slots[-1].setdefault("gathered", {})
         for lo in range(0, batch, chunk):
             hi = min(batch, lo + chunk)
             part = x[lo:hi]
             sub = {source: part}
-            signature = ((source, part.shape, part.dtype.char),)
-            sub_slots = self._buffers.get(signature)
-            if sub_slots is None:
-                sub_slots = self._buffers[signature] = self._new_slots()
-                while len(self._buffers) > _MAX_SIGNATURES:
-                    self._buffers.popitem(last=False)
-            for fn, slot in zip(prepared, sub_slots):
-                fn(sub, slot)
+            sub_arena = arena.slices.get(part.shape)
+            if sub_arena is None:
+                sub_arena = arena.slices[part.shape] = _Arena(len(self._prepared))
+            self._run_steps(sub, sub_arena, 0, prefix, pool)
             for name in cut:
                 value = sub[name]
                 full = gathered.get(name)
@@ -481,6 +763,51 @@ class NativeSession:
         for name in cut:
             env[name] = gathered[name]
         return prefix
+
+    def _compile(self, env: dict[str, Any], arena: _Arena, start: int, stop: int) -> _Program:
+        """The program of steps ``start`` to ``stop`` on ``arena``, from a run that bound them
+        (``env`` holds every tensor that run made). A step with ``ops`` (a function of the
+        environment and its slot that gives its C calls, or None for this binding) joins the
+        current C segment; an alias (a reshape view, a clamp fused into its add) joins it when
+        its input is a buffer of that segment; any other step runs in Python and ends the segment."""
+        parts: list = []
+        specs: list = []
+        stable: set[str] = set()
+        publish: dict[str, np.ndarray] = {}
+        first = start
+
+        def close(i: int) -> None:
+            nonlocal specs, stable, publish
+            if specs or publish:
+                parts.append(_Segment(first, i, specs, env, stable, publish))
+            specs, stable, publish = [], set(), {}
+
+        for i in range(start, stop):
+            fn, step = self._prepared[i], self.plan.steps[i]
+            ops = getattr(fn, "ops", None)
+            alias = getattr(fn, "alias", None)
+            found = None
+            if ops is not None:
+                found = ops(env, arena.slots[i])
+            elif alias is not None and alias in stable:
+                # A view of its input with its own shape (the same bytes in the same order).
+                x, y = env[alias], env[step.outputs[0]]
+                if y.size == x.size and y.dtype == x.dtype and x.flags.c_contiguous:
+                    env[step.outputs[0]] = x.reshape(y.shape)
+                    found = []
+            if found is None:
+                close(i)
+                parts.append(i)
+                first = i + 1
+                continue
+            fresh = {v.name for _, f in found for v in f.values() if isinstance(v, _Fresh)}
+            specs.extend((fn.what if found else "", kind, fields) for kind, fields in found)
+            for name in step.outputs:
+                if name not in fresh:
+                    stable.add(name)
+                    publish[name] = env[name]
+        close(stop)
+        return _Program(parts, stop - start)
 
     def _find_batch_split(self) -> tuple[int, tuple[str, ...], int, int] | None:
         """(prefix length, tensors it hands on, samples per slice, the most channels of a
@@ -535,6 +862,7 @@ class NativeSession:
             "load_seconds": round(self.load_seconds, 4),
             "plan_sha256": self._plan_sha256(),
             "input_shapes_cached": len(self._buffers),
+            "program": dict(self.last_run),
             "partition": self.partition(),
         }
 
@@ -546,8 +874,11 @@ class NativeSession:
         return partition_report(self.plan, self._engines)
 
     def close(self) -> None:
+        """Refuses new calls, waits for the calls in flight, then frees the buffers and the pool."""
         with self._lock:
             self._closed = True
+            while self._calls:
+                self._idle.wait()
             self._buffers.clear()
             self._pool.close()
 
@@ -638,6 +969,15 @@ class NativeSession:
                 np.copyto(stored, q.transpose(perm))
             env[dst] = stored
 
+        def ops(env, slot):
+            x, b = env[src], slot["b"]
+            found = [("quantize", {"n": x.size, "x": _In(src), "scale": scale, "zero_point": zp, "dtype": code,
+                                   "y": b[2]})]  # fmt: skip
+            if b[4] is not None:
+                found.append(_permute_op(b[1], perm, b[3]))
+            return found
+
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
     def _prep_dequantize(self, index: int, step: Step):
@@ -661,6 +1001,24 @@ class NativeSession:
                 check(status, what)
             env[dst] = y
 
+        def ops(env, slot):
+            x = env[src]
+            if x.dtype not in _Q8:
+                return None
+            found, source = [], _In(src)
+            if perm:
+                # The transpose into a buffer of this binding (the permuted tensor is contiguous).
+                moved = slot.get("moved")
+                if moved is None or moved.shape != tuple(x.shape[p] for p in perm) or moved.dtype != x.dtype:
+                    moved = slot["moved"] = np.empty(tuple(x.shape[p] for p in perm), x.dtype)
+                found.append(_permute_op(x, tuple(perm), moved, x_ptr=source))
+                source = _address(moved)
+            y = env[dst]
+            found.append(("dequantize", {"n": x.size, "dtype": DTYPES[x.dtype], "x": source, "scale": scale,
+                                         "zero_point": zp, "y": _Fresh(dst, y.shape)}))  # fmt: skip
+            return found
+
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
     def _prep_transpose(self, index: int, step: Step):
@@ -675,6 +1033,13 @@ class NativeSession:
             np.copyto(out, x.transpose(perm))
             env[dst] = out
 
+        def ops(env, slot):
+            x = env[src]
+            if x.ndim != len(perm) or x.ndim > _MAX_DIMS:
+                return None
+            return [_permute_op(x, perm, slot["out"], x_ptr=_In(src))]
+
+        fn.ops, fn.what = ops, f"{step.node}: transpose"  # type: ignore[attr-defined]
         return fn
 
     def _requant(self, step: Step) -> kernels.Requant:
@@ -722,8 +1087,16 @@ class NativeSession:
                 check(status, what)
             env[dst] = b[4]
 
+        def ops(env, slot):
+            b = slot["b"]
+            return [("gemm24" if sparse else "gemm", {
+                "m": b[2], "n": n, "k": k, "a_dtype": b[3], "a": _In(src), "a_stride": k, "a_zero_point": zp,
+                "packed": packed_ptr, "c_dtype": out_code, "c": b[5], "c_stride": n, "requant": rq_struct,
+            })]  # fmt: skip
+
         # Keep what the C side points into alive with the closure.
         fn.keep = (packed, rq)  # type: ignore[attr-defined]
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
     def _conv_params(self, index: int, step: Step) -> kernels.Conv2dParams:
@@ -770,14 +1143,12 @@ class NativeSession:
         if _numpy_im2col(params, depthwise):
             return self._conv_as_gemm(step, params, step.arrays["weights"], geometry, rq, zp, out_dtype, what)
         dynamic = bool(attrs.get("dynamic_hw"))
-        # The input geometry the packed header describes now (a dynamic_hw convolution
-        # rewrites it when the input shape changes; run() holds the session's lock).
-        current: list[Any] = [None]
 
         def use_header(header: np.ndarray | None) -> None:
-            if header is not None and current[0] is not header:
+            # The input geometry of this binding into the packed header (a dynamic_hw convolution;
+            # the header is shared by every buffer set, so such a plan's calls take turns, see run()).
+            if header is not None:
                 buffer[: header.size] = header
-                current[0] = header
 
         if depthwise:
             run_dw = lib.edge_q8_dwconv2d
@@ -817,10 +1188,26 @@ class NativeSession:
                     check(status, what)
                 env[dst] = b[4]
 
+        kind = "dwconv2d" if depthwise else "conv2d24" if sparse else "conv2d"
+
+        def ops(env, slot):
+            b = slot["b"]
+            found = []
+            if dynamic and b[9] is not None:
+                found.append(("copy", {"n": b[9].nbytes, "x": _address(b[9]), "y": packed_ptr}))
+            found.append((kind, {
+                "params": b[2], "x_dtype": b[3], "x": _In(src), "x_zero_point": zp, "packed": packed_ptr,
+                "y_dtype": out_code, "y": b[5], "requant": rq_struct, "workspace": b[7], "workspace_size": b[8],
+            }))  # fmt: skip
+            return found
+
         fn.keep = (packed, rq)  # type: ignore[attr-defined]
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
-    def _conv_geometry(self, index: int, step: Step, params: kernels.Conv2dParams, packed: kernels.PackedConv2d):
+    def _conv_geometry(
+        self, index: int, step: Step, params: kernels.Conv2dParams, packed: kernels.PackedConv2d
+    ):
         """``geometry(x) -> (packed for x's height and width, header bytes or None)``.
 
         A static convolution has one geometry, the packed one. A ``dynamic_hw`` one (a
@@ -892,8 +1279,24 @@ class NativeSession:
             )
             a = np.empty((batch * out_h * out_w, k), x.dtype)
             inner = padded[:, top : top + g.in_h, left : left + g.in_w, :]
+            geometry_c = {
+                "batch": batch,
+                "in_h": g.in_h,
+                "in_w": g.in_w,
+                "channels": g.in_c,
+                "padded_h": padded.shape[1],
+                "padded_w": padded.shape[2],
+                "pad_top": top,
+                "pad_left": left,
+                "out_h": out_h,
+                "out_w": out_w,
+                "kernel_h": g.kernel_h,
+                "kernel_w": g.kernel_w,
+                "stride_h": sh,
+                "stride_w": sw,
+            }
             return (x.shape, x.dtype, inner, taps, a.reshape(taps.shape), DTYPES[x.dtype], _address(a),
-                    a.shape[0], out, _address(out))  # fmt: skip
+                    a.shape[0], out, _address(out), padded, geometry_c)  # fmt: skip
 
         def fn(env, slot):
             x = env[src]
@@ -909,7 +1312,18 @@ class NativeSession:
                 check(status, what)
             env[dst] = b[8]
 
+        def ops(env, slot):
+            b = slot["b"]
+            return [
+                ("im2col", {**b[11], "x": _In(src), "padded": _address(b[10]), "a": b[6]}),
+                ("gemm24" if sparse else "gemm", {
+                    "m": b[7], "n": p.out_c, "k": k, "a_dtype": b[5], "a": b[6], "a_stride": k, "a_zero_point": zp,
+                    "packed": gemm_ptr, "c_dtype": out_code, "c": b[9], "c_stride": p.out_c, "requant": rq_struct,
+                }),
+            ]  # fmt: skip
+
         fn.keep = (gemm_packed, rq)  # type: ignore[attr-defined]
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
     def _prep_add(self, index: int, step: Step):
@@ -990,6 +1404,26 @@ class NativeSession:
                 check(status, what)
             env[dst] = b[10]
 
+        def operand(i: int):
+            # The constant operand, or the tensor's data.
+            if const is None:
+                return _In(inputs[i])
+            if (i == 0) == first:
+                return _address(const)
+            return _In(inputs[0])
+
+        def ops(env, slot):
+            b = slot["b"]
+            if b[3] is None:
+                return None  # the float path of this binding
+            return [(op, {
+                "rows": b[3], "cols": b[4], "dtype": b[5], "a": operand(0), "a_row_stride": b[6],
+                "a_col_stride": b[7], "b": operand(1), "b_row_stride": b[8], "b_col_stride": b[9], "y": b[11],
+                "params": b[12],
+            })]  # fmt: skip
+
+        fn.keep = const  # type: ignore[attr-defined]
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
     def _prep_lut(self, index: int, step: Step):
@@ -1016,7 +1450,11 @@ class NativeSession:
                 check(status, what)
             env[dst] = out
 
+        def ops(env, slot):
+            return [("lut", {"n": env[src].size, "table": table_ptr, "x": _In(src), "y": slot["ptr"]})]
+
         fn.keep = table  # type: ignore[attr-defined]
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
     def _prep_clamp(self, index: int, step: Step):
@@ -1026,6 +1464,7 @@ class NativeSession:
             def alias(env, slot):
                 env[dst] = env[src]
 
+            alias.alias = src  # type: ignore[attr-defined]
             return alias
         lo, hi = step.attrs["lo"], step.attrs["hi"]
 
@@ -1036,6 +1475,17 @@ class NativeSession:
                 out = slot["out"] = np.empty(x.shape, x.dtype)
             env[dst] = np.clip(x, np.array(lo, x.dtype), np.array(hi, x.dtype), out=out)
 
+        def ops(env, slot):
+            x = env[src]
+            if x.dtype not in _Q8:
+                return None
+            info = np.iinfo(x.dtype)
+            if not (info.min <= lo <= info.max and info.min <= hi <= info.max):
+                return None
+            return [("clamp", {"n": x.size, "dtype": DTYPES[x.dtype], "x": _In(src), "y": _address(slot["out"]),
+                               "lo": int(lo), "hi": int(hi)})]  # fmt: skip
+
+        fn.ops, fn.what = ops, f"{step.node}: clamp"  # type: ignore[attr-defined]
         return fn
 
     def _prep_maxpool(self, index: int, step: Step):
@@ -1047,9 +1497,7 @@ class NativeSession:
 
         def bind(x: np.ndarray) -> tuple:
             x = _q8(x, f"{what}: x")
-            params, shape = _pool_params(
-                x, a["kernel"], a["stride"], padding(x), a["dilation"], False, what
-            )
+            params, shape = _pool_params(x, a["kernel"], a["stride"], padding(x), a["dilation"], False, what)
             out = np.empty(shape, x.dtype)
             return x.shape, x.dtype, params, DTYPES[x.dtype], out, _address(out)
 
@@ -1060,24 +1508,47 @@ class NativeSession:
                 check(status, what)
             env[dst] = b[4]
 
+        def ops(env, slot):
+            b = slot["b"]
+            return [("maxpool2d", {"params": b[2], "dtype": b[3], "x": _In(src), "y": b[5]})]
+
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
     def _prep_avgpool(self, index: int, step: Step):
         a = step.attrs
         (src,), (dst,) = step.inputs, step.outputs
         padding = self._pool_padding(step)
+        x_scale, x_zp = float(a["x_scale"]), int(a["x_zero_point"])
+        y_scale, y_zp = float(a["y_scale"]), int(a["y_zero_point"])
+        what = f"{step.node}: avgpool2d"
+
+        def bind(x: np.ndarray) -> tuple:
+            x = _q8(x, f"{what}: x")
+            params, shape = _pool_params(
+                x, a["kernel"], a["stride"], padding(x), a["dilation"], a["count_include_pad"], what
+            )
+            out = np.empty(shape, x.dtype)
+            return x.shape, x.dtype, params, DTYPES[x.dtype], out, _address(out), dtype_range(x.dtype)
 
         def fn(env, slot):
-            x = env[src]
-            pads = slot.get("pads")
-            if pads is None or pads[0] != x.shape:
-                pads = slot["pads"] = (x.shape, padding(x))
-            env[dst] = kernels.avgpool2d(
-                x, a["kernel"], a["x_scale"], a["x_zero_point"], a["y_scale"], a["y_zero_point"],
-                stride=a["stride"], padding=pads[1], dilation=a["dilation"],
-                count_include_pad=a["count_include_pad"], pool=self._pool,
-            )  # fmt: skip
+            x, b = _bind_input(env, src, slot, bind)
+            lo, hi = b[6]
+            status = lib.edge_q8_avgpool2d(
+                b[2], b[3], _address(x), x_scale, x_zp, b[5], y_scale, y_zp, lo, hi, self._pool.handle
+            )
+            if status:
+                check(status, what)
+            env[dst] = b[4]
 
+        def ops(env, slot):
+            b = slot["b"]
+            return [("avgpool2d", {
+                "params": b[2], "dtype": b[3], "x": _In(src), "x_scale": x_scale, "x_zero_point": x_zp, "y": b[5],
+                "y_scale": y_scale, "y_zero_point": y_zp, "y_min": b[6][0], "y_max": b[6][1],
+            })]  # fmt: skip
+
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
     @staticmethod
@@ -1091,7 +1562,9 @@ class NativeSession:
         def padding(x: np.ndarray) -> list[int]:
             if x.ndim != 4:
                 raise ShapeError(f"{step.node}: pool input must be NHWC (4-D), got shape {x.shape}")
-            return _dynamic_padding(a, (int(x.shape[1]), int(x.shape[2])), a["kernel"], a["stride"], a["dilation"])
+            return _dynamic_padding(
+                a, (int(x.shape[1]), int(x.shape[2])), a["kernel"], a["stride"], a["dilation"]
+            )
 
         return padding
 
@@ -1120,6 +1593,15 @@ class NativeSession:
                 check(status, what)
             env[dst] = b[4]
 
+        def ops(env, slot):
+            b = slot["b"]
+            (batch, hw, channels, code), (lo, hi) = b[2], b[3]
+            return [("global_avgpool", {
+                "batch": batch, "hw": hw, "channels": channels, "dtype": code, "x": _In(src), "x_scale": x_scale,
+                "x_zero_point": x_zp, "y": b[5], "y_scale": y_scale, "y_zero_point": y_zp, "y_min": lo, "y_max": hi,
+            })]  # fmt: skip
+
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
     def _prep_concat(self, index: int, step: Step):
@@ -1160,12 +1642,31 @@ class NativeSession:
                     return
                 env[dst] = x.reshape(shapes[1])
 
+            reshape.alias = src  # type: ignore[attr-defined]
             return reshape
 
         def fn(env, slot):
             values = [env[n] if n else c for n, c in zip(inputs, constants)]
             (env[dst],) = evaluate_node(node, values)
 
+        if node.op_type == "Transpose" and len(inputs) == 1 and inputs[0]:
+            src = inputs[0]
+
+            def ops(env, slot):
+                # The transpose into a buffer of this binding, which the C segment then fills
+                # per call (seeded with this call's result: it may be returned as it is).
+                x, y = env[src], env[dst]
+                perm = node.attrs.get("perm") or list(range(x.ndim))[::-1]
+                if x.ndim > _MAX_DIMS or x.dtype not in _Q8 or y.shape != tuple(x.shape[p] for p in perm):
+                    return None
+                out = slot.get("out")
+                if out is None or out.shape != y.shape or out.dtype != y.dtype:
+                    out = slot["out"] = np.empty(y.shape, y.dtype)
+                np.copyto(out, y)
+                env[dst] = out
+                return [_permute_op(x, tuple(int(p) for p in perm), out, x_ptr=_In(src))]
+
+            fn.ops, fn.what = ops, f"{step.node}: transpose"  # type: ignore[attr-defined]
         return fn
 
     def _prep_embed(self, index: int, step: Step):
@@ -1378,6 +1879,19 @@ class NativeSession:
                 check(status, what)
             env[dst] = b[7]
 
+        def ops(env, slot):
+            b = slot["b"]
+            n = env[src].size
+            return [
+                ("dequantize", {"n": n, "dtype": b[2], "x": _In(src), "scale": x_qp.scale,
+                                "zero_point": x_qp.zero_point, "y": b[5]}),
+                ("layernorm", {"rows": b[3], "cols": b[4], "x": b[5], "gamma": b[9][0], "beta": b[9][1],
+                               "epsilon": eps, "y": b[6]}),
+                ("quantize", {"n": n, "x": b[6], "scale": out.scale, "zero_point": out.zero_point,
+                              "dtype": out_code, "y": b[8]}),
+            ]  # fmt: skip
+
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 
     @staticmethod
@@ -1410,6 +1924,8 @@ class _BlasThreads:
 
     def __init__(self, controllers: list[Any]) -> None:
         self._controllers = controllers
+        self._holders = 0
+        self._previous: list[int] | None = None
 
     @classmethod
     def get(cls) -> _BlasThreads | None:
@@ -1435,3 +1951,17 @@ class _BlasThreads:
         for c, n in zip(self._controllers, previous or []):
             if c.get_num_threads() != n:
                 c.set_num_threads(n)
+
+    def hold(self) -> None:
+        """One thread for BLAS while any call holds it (calls may run at once, in any
+        sessions): the first call in limits it, the last one out restores it."""
+        with self._lock:
+            if self._holders == 0:
+                self._previous = self.limit(1)
+            self._holders += 1
+
+    def drop(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                self.restore(self._previous)

@@ -6,6 +6,7 @@
 #include "edge/gemm.h"
 #include "edge/conv.h"
 #include "edge/ops.h"
+#include "edge/plan.h"
 #include "edge/decoder.h"
 
 #endif /* EDGE_KERNELS_H */

@@ -1,0 +1,200 @@
+"""The plan runs in C: a warm call is one C call per segment of native steps.
+
+- a warm call of a fully native plan (an image CNN, with its numpy-im2col stem) is exactly one
+  C call (edge_plan_run), with the bits of the step-by-step Python path;
+- a plan with steps that stay in Python (attention here) runs C segments between them, same bits;
+- batch slicing runs its prefix as a C program per slice shape, same bits;
+- a failing op inside the C program raises the typed error of its step, as the Python path does;
+- two Python threads run two inferences in C at the same time (the GIL is released for the
+  whole run and one session serves several callers), with the bits of sequential calls.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from edge_runtime.errors import KernelArgumentError, PackedFormatError
+from edge_runtime.kernels._ffi import lib
+from edge_runtime.plan import NativeSession, lower
+from edge_runtime.plan import executor as executor_module
+from tests.plan.native_models import calibrated, prepare, rng, small_cnn, small_transformer
+
+
+def _plan(model, shape):
+    graph = prepare(model)
+    feeds = [{"x": rng(i).standard_normal((2, *shape)).astype(np.float32)} for i in range(3)]
+    return lower(graph, calibrated(graph, feeds))
+
+
+def _x(shape, batch, seed):
+    return {"x": rng(seed).standard_normal((batch, *shape)).astype(np.float32)}
+
+
+class _CountingLib:
+    """The executor's ``lib`` with every C function call counted by name."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str):
+        value = getattr(lib, name)
+        if not callable(value):
+            return value
+
+        def counted(*args):
+            self.calls.append(name)
+            return value(*args)
+
+        return counted
+
+
+def _python_path(plan, threads=1):
+    """A session whose every call steps through the plan in Python (the first-call path)."""
+    return NativeSession(plan, threads=threads, cache_dir=False)
+
+
+def _run_python(session, feeds, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(executor_module, "_PROGRAMS", False)
+        return session.run(feeds)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_warm_call_of_a_native_plan_is_one_c_call_with_the_same_bits(monkeypatch, threads) -> None:
+    plan = _plan(small_cnn(), (3, 16, 16))
+    assert any(s.op == "conv" and s.attrs["input_hwc"][2] == 3 for s in plan.steps)  # the numpy-im2col stem
+    session, reference = NativeSession(plan, threads=threads, cache_dir=False), _python_path(plan, threads)
+    for batch in (1, 3):
+        session.run(_x((3, 16, 16), batch, seed=0))  # binds this shape (in Python) and compiles it
+        counting = _CountingLib()
+        monkeypatch.setattr(executor_module, "lib", counting)
+        for seed in (1, 2):
+            feeds = _x((3, 16, 16), batch, seed)
+            counting.calls.clear()
+            got = session.run(feeds)["logits"]
+            assert counting.calls == ["edge_plan_run"]
+            monkeypatch.setattr(executor_module, "lib", lib)
+            np.testing.assert_array_equal(got, _run_python(reference, feeds, monkeypatch)["logits"])
+            monkeypatch.setattr(executor_module, "lib", counting)
+        monkeypatch.setattr(executor_module, "lib", lib)
+        program = session.describe()["program"]
+        assert program["c_segments"] == 1 and program["python_steps"] == 0
+        assert program["c_ops"] >= len(plan.steps)  # the stem is two ops (im2col, GEMM)
+
+
+def test_python_steps_split_the_program_into_segments_with_the_same_bits(monkeypatch) -> None:
+    plan = _plan(small_transformer(), (6, 16))
+    assert "attention" in [s.op for s in plan.steps]
+    session, reference = NativeSession(plan, cache_dir=False), _python_path(plan)
+    for seed in range(4):
+        feeds = _x((6, 16), 2, seed)
+        np.testing.assert_array_equal(
+            session.run(feeds)["y"], _run_python(reference, feeds, monkeypatch)["y"]
+        )
+    program = session.describe()["program"]
+    assert program["c_segments"] >= 2 and 0 < program["python_steps"] < len(plan.steps)
+
+
+def test_batch_slices_run_compiled_with_the_same_bits(monkeypatch) -> None:
+    monkeypatch.setattr(executor_module, "_CHUNK_BYTES", 16 * 16 * 8 * 5 // 2)  # slices of 2 samples
+    plan = _plan(small_cnn(), (3, 16, 16))
+    session, reference = NativeSession(plan, cache_dir=False), _python_path(plan)
+    assert session.describe()["batch_slices"]["samples"] == 2
+    for seed, batch in enumerate((5, 5, 4, 5, 1, 5)):
+        feeds = _x((3, 16, 16), batch, seed)
+        np.testing.assert_array_equal(
+            session.run(feeds)["logits"], _run_python(reference, feeds, monkeypatch)["logits"]
+        )
+
+
+def test_a_failing_op_in_the_program_raises_its_steps_typed_error(monkeypatch) -> None:
+    plan = _plan(small_cnn(), (3, 16, 16))
+    index = next(i for i, s in enumerate(plan.steps) if s.op == "conv" and s.attrs["depthwise"])
+    errors = []
+    for programs in (True, False):
+        monkeypatch.setattr(executor_module, "_PROGRAMS", programs)
+        session = NativeSession(plan, cache_dir=False)
+        feeds = _x((3, 16, 16), 1, seed=0)
+        session.run(feeds)
+        session.run(feeds)  # compiled (when programs are on)
+        session._packed[index][:8] = 0  # the packed weights' magic: the kernel refuses them
+        with pytest.raises(PackedFormatError) as info:
+            session.run(feeds)
+        errors.append(str(info.value))
+    assert plan.steps[index].node in errors[0]
+    assert errors[0] == errors[1]
+
+
+def _concurrent_runs(session, feeds_list):
+    """Runs session.run(feeds) for each feeds in its own thread; (results, errors)."""
+    results: list = [None] * len(feeds_list)
+    errors: list = [None] * len(feeds_list)
+
+    def call(i: int) -> None:
+        try:
+            results[i] = session.run(feeds_list[i])["logits"]
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(feeds_list))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+@pytest.fixture
+def rendezvous():
+    """edge_plan_rendezvous(parties, timeout_ms), turned off afterwards."""
+    yield lib.edge_plan_rendezvous
+    lib.edge_plan_rendezvous(0, 0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_two_threads_run_two_inferences_in_c_at_once(rendezvous, threads) -> None:
+    """Every edge_plan_run waits on entry until both runs have arrived: if the GIL were held
+    during a run, or the session ran its calls one at a time, the first would time out."""
+    plan = _plan(small_cnn(), (3, 16, 16))
+    session = NativeSession(plan, threads=threads, cache_dir=False)
+    feeds = [_x((3, 16, 16), 1, seed=s) for s in (1, 2)]
+    session.warm_up(feeds[0], callers=2)  # two buffer sets, each with its C program
+    sequential = [session.run(f)["logits"] for f in feeds]
+    lib.edge_plan_runs_peak_reset()
+    rendezvous(2, 60_000)
+    results, errors = _concurrent_runs(session, feeds)
+    assert errors == [None, None]
+    assert lib.edge_plan_runs_peak() >= 2
+    for got, want in zip(results, sequential):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_rendezvous_fails_when_calls_take_turns(rendezvous) -> None:
+    """The check above can fail: with the calls serialised, the first run waits alone."""
+    plan = _plan(small_cnn(), (3, 16, 16))
+    session = NativeSession(plan, cache_dir=False)
+    feeds = [_x((3, 16, 16), 1, seed=s) for s in (1, 2)]
+    session.warm_up(feeds[0], callers=2)
+    session._serial = threading.Lock()  # what a plan with dynamic_hw convolutions does
+    rendezvous(2, 300)
+    _, errors = _concurrent_runs(session, feeds)
+    failed = [e for e in errors if e is not None]
+    assert len(failed) == 1 and isinstance(failed[0], KernelArgumentError)
+    assert "rendezvous" in str(failed[0])
+
+
+def test_more_callers_than_buffer_sets_wait_for_one(monkeypatch) -> None:
+    monkeypatch.setattr(executor_module, "_MAX_ARENAS", 1)
+    plan = _plan(small_cnn(), (3, 16, 16))
+    session = NativeSession(plan, cache_dir=False)
+    feeds = [_x((3, 16, 16), 1, seed=s) for s in range(4)]
+    want = [session.run(f)["logits"] for f in feeds]
+    results, errors = _concurrent_runs(session, feeds)
+    assert errors == [None] * 4
+    for got, expected in zip(results, want):
+        np.testing.assert_array_equal(got, expected)
+    (arenas,) = session._buffers.values()
+    assert arenas.count == 1

@@ -360,6 +360,7 @@ def _summary(
 ) -> dict[str, Any]:
     lat = np.array([s[1] for s in samples]) * 1e3
     return {
+        "_elapsed": elapsed,
         "clients": clients,
         "requests": len(samples),
         "failed": sum(failures.values()),
@@ -370,6 +371,18 @@ def _summary(
         "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None,
         "_samples": samples,
     }
+
+
+def _combine(parts: list[dict[str, Any]], clients: int) -> dict[str, Any]:
+    """One summary of several slices of the same measurement (without the raw samples)."""
+    failures: dict[Any, int] = {}
+    for part in parts:
+        for status, n in part["failures_by_status"].items():
+            failures[status] = failures.get(status, 0) + n
+    samples = [s for part in parts for s in part["_samples"]]
+    summary = _summary(samples, failures, clients, sum(part["_elapsed"] for part in parts))
+    del summary["_samples"], summary["_elapsed"]
+    return summary
 
 
 def _load_for(
@@ -402,23 +415,30 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
     shape = [1 if isinstance(d, str) or d < 0 else d for d in spec.shape]
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
 
-    def run_p50(batch: np.ndarray) -> float:
-        """p50 seconds of Model.run in-process (after a warm-up)."""
-        for _ in range(5):
-            loaded.run({spec.name: batch})
-        times = []
-        end = time.monotonic() + min(1.5, args.seconds / 2)
-        while time.monotonic() < end or len(times) < 5:
+    def run_times(batch: np.ndarray, seconds: float) -> list[float]:
+        """Seconds of each Model.run in-process for ``seconds`` (at least 3 runs)."""
+        times: list[float] = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end or len(times) < 3:
             t = time.perf_counter()
             loaded.run({spec.name: batch})
             times.append(time.perf_counter() - t)
-        return float(np.percentile(times, 50))
+        return times
 
     # Direct Model.run: the baseline for the server's per-request overhead; and what batching
-    # saves inside the model alone (per-sample time at batch 1 vs at max_batch_size).
-    direct_p50 = run_p50(x) * 1e3
+    # saves inside the model alone (per-sample time at batch 1 vs at max_batch_size). Batch 1 and
+    # max_batch_size alternate over the rounds, so that a load change on the machine hits both.
     full = np.repeat(x, args.max_batch_size, axis=0)
-    per_sample_batched = run_p50(full) / args.max_batch_size * 1e3
+    for batch in (x, full, x):  # warm up
+        loaded.run({spec.name: batch})
+    one_times: list[float] = []
+    full_times: list[float] = []
+    window = min(1.5, args.seconds / 2) / args.rounds
+    for _ in range(args.rounds):
+        one_times += run_times(x, window)
+        full_times += run_times(full, window)
+    direct_p50 = float(np.percentile(one_times, 50)) * 1e3
+    per_sample_batched = float(np.percentile(full_times, 50)) / args.max_batch_size * 1e3
     backend = loaded.backend
     loaded.close()
     body, headers = _binary_request(x, spec.name)
@@ -441,29 +461,44 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
         flush=True,
     )
 
-    for label, max_batch in (("batching", args.max_batch_size), ("no batching", 1)):
-        server = Server(
-            model, args.backend, max_batch, args.delay_us, args.threads, target_us, args.batch_workers
-        )
-        try:
-            for protocol in args.protocols:
+    # Both servers run at once and the two modes take turns (A B B A ...) in short slices of each
+    # measurement: on a shared machine whose load drifts, the ratio between them stays fair.
+    modes = {"batching": args.max_batch_size, "no batching": 1}
+    servers = {
+        label: Server(model, args.backend, mb, args.delay_us, args.threads, target_us, args.batch_workers)
+        for label, mb in modes.items()
+    }
+    names = (
+        "nv_inference_count_total", "nv_inference_exec_count_total",
+        "nv_inference_request_success_total", "nv_inference_compute_infer_duration_us_total",
+    )  # fmt: skip
+    try:
+        for protocol in args.protocols:
+            for server in servers.values():
                 asyncio.run(_load_for(protocol, server, body, headers, grpc_message, 4, 0.5))  # warm up
-                for clients in args.clients:
-                    names = (
-                        "nv_inference_count_total", "nv_inference_exec_count_total",
-                        "nv_inference_request_success_total", "nv_inference_compute_infer_duration_us_total",
-                    )  # fmt: skip
-                    before = [_metric(server.url, n) for n in names]
-                    run = asyncio.run(
-                        _load_for(protocol, server, body, headers, grpc_message, clients, args.seconds)
-                    )
+            for clients in args.clients:
+                before = {label: [_metric(s.url, n) for n in names] for label, s in servers.items()}
+                parts: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
+                for round_ in range(args.rounds):
+                    order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+                    for label in order:
+                        slice_ = _load_for(
+                            protocol,
+                            servers[label],
+                            body,
+                            headers,
+                            grpc_message,
+                            clients,
+                            args.seconds / args.rounds,
+                        )
+                        parts[label].append(asyncio.run(slice_))
+                for label, server in servers.items():
                     count, execs, answered, compute_us = (
-                        _metric(server.url, n) - b for n, b in zip(names, before)
+                        _metric(server.url, n) - b for n, b in zip(names, before[label])
                     )
-                    run.pop("_samples")
-                    run = {"protocol": protocol, "mode": label} | run
+                    run = {"protocol": protocol, "mode": label} | _combine(parts[label], clients)
                     run |= {
-                        "max_batch_size": max_batch,
+                        "max_batch_size": modes[label],
                         "avg_batch": round(count / max(execs, 1), 2),
                         # Model.run inside the server per request (its batch's compute time).
                         "server_compute_mean_ms": round(compute_us / max(answered, 1) / 1e3, 3),
@@ -474,16 +509,21 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
                         f"p50 {run['p50_ms']} ms  p99 {run['p99_ms']} ms  avg batch {run['avg_batch']}",
                         flush=True,
                     )
-        finally:
+    finally:
+        for server in servers.values():
             server.stop()
 
-    one = next(
-        r
-        for r in result["runs"]
-        if r["mode"] == "no batching" and r["clients"] == 1 and r["protocol"] == args.protocols[0]
-    )
-    result["server_overhead_ms"] = round(one["mean_ms"] - one["server_compute_mean_ms"], 3)
-    result["server_overhead_p50_ms"] = round(one["p50_ms"] - direct_p50, 3)
+    # Per protocol, from its one-client batch-1 run (when --clients has 1).
+    result["server_overhead"] = {
+        one["protocol"]: {
+            "mean_ms": one["mean_ms"],
+            "server_compute_mean_ms": one["server_compute_mean_ms"],
+            "overhead_ms": round(one["mean_ms"] - one["server_compute_mean_ms"], 3),
+            "overhead_p50_ms": round(one["p50_ms"] - direct_p50, 3),
+        }
+        for one in result["runs"]
+        if one["mode"] == "no batching" and one["clients"] == 1 and one["mean_ms"] is not None
+    }
 
     # Hot swap under load: 8 clients, a swap every `seconds / 3`, alternating two packages.
     server = Server(
@@ -517,6 +557,7 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
 
         load = asyncio.run(both())
         samples = load.pop("_samples")
+        load.pop("_elapsed")
         inside = [lat for start, lat in samples if any(a - 0.01 <= start <= b for a, b in windows)]
         outside = [lat for start, lat in samples if not any(a - 0.01 <= start <= b + 0.2 for a, b in windows)]
         result["hot_swap"] = {
@@ -552,7 +593,7 @@ def targets(r: dict[str, Any]) -> list[str]:
         ratio = on["throughput_rps"] / max(off["throughput_rps"], 1e-9)
         r[f"batching_ratio_32_{protocol}"] = round(ratio, 2)
         out.append(
-            f"- {'PASS' if ratio >= needed else 'MISS'}: {protocol.upper() if protocol == 'http' else 'gRPC'}, "
+            f"- {'PASS' if ratio >= needed else 'MISS'}: {_protocol_name(protocol)}, "
             f"32 clients, batching / batch-1 throughput {ratio:.2f}x (need >= {needed:.2f}x: {GAIN_SHARE} x "
             f"the model's own gain {r['model_batching_gain']}x from batch 1 to {on['max_batch_size']}, "
             f"capped at {GAIN_CAP:g}x); p99 {on['p99_ms']} ms batched vs {off['p99_ms']} ms"
@@ -565,13 +606,17 @@ def targets(r: dict[str, Any]) -> list[str]:
             f"- {'PASS' if ok else 'MISS'}: hot swap, {s['failed']} failed of {s['requests']}, p99 in the "
             f"swap window {factor:.2f}x steady (need 0 failed, <= 2x)"
         )
-    overhead = r["server_overhead_ms"]
-    verdict = "PASS" if overhead < 1 else "MISS"
-    out.append(
-        f"- {verdict}: server overhead {overhead} ms per request (need < 1 ms; mean latency minus the "
-        "model's own time in the server, same requests)"
-    )
+    for protocol, o in r.get("server_overhead", {}).items():
+        verdict = "PASS" if o["overhead_ms"] < 1 else "MISS"
+        out.append(
+            f"- {verdict}: server overhead over {_protocol_name(protocol)} {o['overhead_ms']} ms per request "
+            "(need < 1 ms; one client's mean latency minus the model's own time in the server, same requests)"
+        )
     return out
+
+
+def _protocol_name(protocol: str) -> str:
+    return {"http": "HTTP", "grpc": "gRPC"}.get(protocol, protocol)
 
 
 def active_isa() -> str:
@@ -591,13 +636,34 @@ def server_event_loop() -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
-def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def run_description(args: argparse.Namespace) -> dict[str, Any]:
+    """What the report says about a run: the machine, the ISA and the options (kept in the JSON)."""
+    return {
+        "machine": machine_description(),
+        "isa": active_isa(),
+        "server_event_loop": server_event_loop(),
+        "command": "python bench/serve.py "
+        + " ".join(
+            [
+                f"--seconds {args.seconds:g}",
+                f"--rounds {args.rounds}",
+                f"--clients {','.join(map(str, args.clients))}",
+            ]
+            + [f"--protocols {','.join(args.protocols)}", f"--batch-workers {args.batch_workers}"]
+        ),
+        "threads": args.threads,
+        "max_batch_size": args.max_batch_size,
+        "batch_workers": args.batch_workers,
+        "delay_us": args.delay_us,
+    }
+
+
+def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
     intro = (
-        f"Machine: {machine_description()}, ISA {active_isa()}. Command: `python bench/serve.py "
-        f"--seconds {args.seconds} --clients {','.join(map(str, args.clients))} --batch-workers "
-        f"{args.batch_workers}` ({args.threads} intra-op thread(s), max_batch_size {args.max_batch_size} "
-        f"vs 1, {args.batch_workers} batch worker(s), max_queue_delay_us {args.delay_us}, server event "
-        f"loop {server_event_loop()}). "
+        f"Machine: {about['machine']}, ISA {about['isa']}. Command: `{about['command']}` "
+        f"({about['threads']} intra-op thread(s), max_batch_size {about['max_batch_size']} vs 1, "
+        f"{about['batch_workers']} batch worker(s), max_queue_delay_us {about['delay_us']}, server event "
+        f"loop {about['server_event_loop']}). "
         "Server and load generator share the machine's cores (a shared, noisy box when this was "
         "run): compare rows with each other, not with other machines. Each client on its own "
         "connection: over HTTP binary tensor data in and out on keep-alive connections (a minimal "
@@ -614,7 +680,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             "",
             (
                 f"Model.run in-process: batch 1 p50 {r['direct_run_p50_ms']} ms, batch "
-                f"{args.max_batch_size} {r['direct_per_sample_at_max_batch_ms']} ms a sample: the "
+                f"{about['max_batch_size']} {r['direct_per_sample_at_max_batch_ms']} ms a sample: the "
                 f"model's own batching gain {r['model_batching_gain']}x."
             ),
             "",
@@ -628,19 +694,15 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 f"{run['avg_batch']} | {run['failed']} |"
             )
         s = r["hot_swap"]
-        one = next(
-            run
-            for run in r["runs"]
-            if run["mode"] == "no batching" and run["clients"] == 1 and run.get("protocol", "http") == "http"
-        )
+        lines += [""]
+        for protocol, o in r.get("server_overhead", {}).items():
+            lines.append(
+                f"One {_protocol_name(protocol)} client without batching: {o['mean_ms']} ms a request on "
+                f"average, of which Model.run inside the server {o['server_compute_mean_ms']} ms: the server "
+                f"adds {o['overhead_ms']} ms. Against Model.run in-process measured just before (p50 "
+                f"{r['direct_run_p50_ms']} ms), the client's p50 is {o['overhead_p50_ms']} ms more."
+            )
         lines += [
-            "",
-            (
-                f"One HTTP client without batching: {one['mean_ms']} ms a request on average, of which "
-                f"Model.run inside the server {one['server_compute_mean_ms']} ms: the server adds "
-                f"{r['server_overhead_ms']} ms. Against Model.run in-process measured just before (p50 "
-                f"{r['direct_run_p50_ms']} ms), the client's p50 is {r['server_overhead_p50_ms']} ms more."
-            ),
             (
                 f"Hot swap under load (8 clients, {s['swaps']} swaps taking {s['swap_seconds']} s): "
                 f"{s['failed']} failed of {s['requests']}; p99 {s['p99_during_swap_ms']} ms for requests "
@@ -697,6 +759,12 @@ def main() -> int:
     )
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients (default %(default)s)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (default %(default)s)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="slices each measurement is cut into, batching and batch-1 taking turns (default %(default)s)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--delay-us", type=int, default=0, help="max_queue_delay_us (default %(default)s)")
     parser.add_argument("--backend", default="auto")
@@ -709,7 +777,17 @@ def main() -> int:
     )
     parser.add_argument("--protocols", default="http,grpc", help="http, grpc or both (default %(default)s)")
     parser.add_argument("--no-report", action="store_true", help="do not write BENCHMARKS.md and the JSON")
+    parser.add_argument(
+        "--markdown-only",
+        action="store_true",
+        help=f"measure nothing: re-render BENCHMARKS.md's Serving section from {RESULTS.relative_to(REPO)}",
+    )
     args = parser.parse_args()
+    if args.markdown_only:
+        saved = json.loads(RESULTS.read_text())
+        update_section("Serving", markdown(saved["results"], saved["run"]))
+        print(f"rendered the Serving section of BENCHMARKS.md from {RESULTS}")
+        return 0
     args.clients = [int(c) for c in args.clients.split(",")]
     args.protocols = [p for p in args.protocols.split(",") if p]
     if not args.protocols or not set(args.protocols) <= {"http", "grpc"}:
@@ -725,19 +803,9 @@ def main() -> int:
             results.append(bench_model(model, swap_to, args))
     if not args.no_report:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(
-            json.dumps(
-                {
-                    "machine": machine_description(),
-                    "server_event_loop": server_event_loop(),
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "results": results,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        update_section("Serving", markdown(results, args))
+        run = run_description(args)
+        RESULTS.write_text(json.dumps({"run": run, "results": results}, indent=2) + "\n")
+        update_section("Serving", markdown(results, run))
         print(f"wrote {RESULTS} and the Serving section of BENCHMARKS.md")
     return 0
 

@@ -200,8 +200,8 @@ def _compare(name: str, actual: np.ndarray, expected: np.ndarray, atol: float, r
 class Model:
     """A model loaded on one backend. Get one from :func:`load`.
 
-    ``run`` may be called from several threads at once: onnxruntime sessions
-    run concurrently, TFLite sessions serialise callers with a lock (see
+    ``run`` may be called from several threads at once: onnxruntime and native
+    sessions run concurrently, TFLite sessions serialise callers with a lock (see
     ``info()["session"]["thread_safety"]``). Close it (or use ``with``) to
     free the backend's memory.
     """

@@ -8,7 +8,7 @@ registered backend, in this table's order. A new engine is a new
 ==============  =====================================  ===========================================
 name            artifact kinds (preferred first)       run() from several threads
 ==============  =====================================  ===========================================
-native          native-plan, onnx                      serialised by a per-session lock
+native          native-plan, onnx                      concurrent (a buffer set per caller)
 onnxruntime     onnx-qdq, onnx                         concurrent (InferenceSession.run is safe)
 tflite          tflite                                 serialised by a per-session lock
 ==============  =====================================  ===========================================

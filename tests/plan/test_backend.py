@@ -41,7 +41,7 @@ def test_opens_a_native_plan_artifact(cnn) -> None:
     artifact = Artifact("model.plan", "native-plan", plan.to_bytes())
     session = NativeBackend().open(artifact, OpenOptions(threads=1))
     assert [s.name for s in session.inputs] == ["x"] and session.inputs[0].shape == ("batch", 3, 16, 16)
-    assert session.concurrent is False
+    assert session.concurrent is True
     want = NativeSession(plan, cache_dir=False).run(feeds)["logits"]
     np.testing.assert_array_equal(session.run(feeds)["logits"], want)
     assert session.describe()["plan"] == "native-plan artifact"

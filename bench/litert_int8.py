@@ -1,0 +1,247 @@
+"""Native INT8 against LiteRT/XNNPACK INT8 on the same quantized model, calls interleaved.
+
+    python bench/litert_int8.py                          # MobileNetV2, ResNet-18, ocr-cls
+    python bench/litert_int8.py --models resnet18 --seconds 5
+
+For each model, three engines run the same INT8 model, batch 1, at 1 and 2 threads:
+
+- native INT8: the plan (bench/models.py's package for the zoo models; the corpus model
+  lowered as bench/realmodels.py does) on the native backend;
+- LiteRT INT8: the same plan written by ``edge to-tflite --int8`` (the same int8 weights,
+  biases, scales and zero points) on LiteRT's interpreter, XNNPACK's qs8 kernels;
+- onnxruntime INT8, for reference: bench/models.py's QDQ model (corpus: realmodels.py's).
+
+The calls are interleaved (each round calls every engine 5 times, in turn), so that the load
+of a shared machine falls on all three alike; bench/models.py and bench/realmodels.py measure each
+engine in its own stretch of time, which a loaded machine skews. p50 per engine, and the ratio
+native / LiteRT (the issue's target: <= 1.0). Agreement: the largest difference of LiteRT's
+output from the native plan's, in output quantization steps, over 8 seeded inputs.
+
+Writes bench/results/litert_int8.json and the "LiteRT INT8 (same quantization)" section of
+BENCHMARKS.md (not with --no-write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _report import machine_description, update_section
+
+RESULTS = HERE / "results" / "litert_int8.json"
+ZOO_MODELS = ("mobilenet_v2", "resnet18")
+CORPUS_MODELS = ("ocr-cls",)
+THREADS = (1, 2)
+ENGINES = ("native int8", "LiteRT int8", "ort int8")
+
+
+def _interleaved(
+    engines: dict[str, Callable[[], Any]], seconds: float, min_rounds: int, block: int = 5
+) -> dict[str, float]:
+    """p50 ms of each engine over rounds that call every engine ``block`` times, in turn (blocks
+    rather than single calls: an engine's thread pool may spin for a while after its call, which
+    would land on the next engine's first call)."""
+    for fn in engines.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() - start < seconds:
+        for name, fn in engines.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()} | {"rounds": rounds}
+
+
+def _output_step(plan: Any) -> float:
+    (out,) = plan.outputs
+    producer = next(s for s in plan.steps if out.buffer in s.outputs)
+    return plan.params[producer.inputs[0]].scale
+
+
+def zoo_model(name: str, seconds: float, min_rounds: int, workdir: Path) -> dict[str, Any]:
+    from models import LABELS, build_ort_int8, build_package, synthetic
+
+    import edge_runtime
+    from edge_runtime.backends.tflite_int8 import load_plan, plan_to_tflite_int8
+
+    package = build_package(name, None)
+    plan = load_plan(package)
+    tflite = workdir / f"{name}.int8.tflite"
+    tflite.write_bytes(plan_to_tflite_int8(plan))
+    ort_int8 = build_ort_int8(name)
+    feeds = synthetic(name, 1, seed=7)
+    agree = synthetic(name, 8, seed=99)
+    result: dict[str, Any] = {"label": LABELS[name], "package": str(package), "latency_ms": {}}
+    for threads in THREADS:
+        models = {
+            "native int8": edge_runtime.load(package, backend="native", threads=threads, profile=None),
+            "LiteRT int8": edge_runtime.load(tflite, backend="tflite", threads=threads, profile=None),
+            "ort int8": edge_runtime.load(ort_int8, backend="onnxruntime", threads=threads, profile=None),
+        }
+        if threads == 1:
+            ours = next(iter(models["native int8"].run(agree).values()))
+            got = next(iter(models["LiteRT int8"].run(agree).values()))
+            result["max_steps_from_native"] = float(np.max(np.abs(got - ours)) / _output_step(plan))
+            result["top1_agreement_with_native"] = float((got.argmax(-1) == ours.argmax(-1)).mean())
+        engines = {k: (lambda m=m: m.run(feeds)) for k, m in models.items()}
+        result["latency_ms"][f"t{threads}"] = _interleaved(engines, seconds, min_rounds)
+        for m in models.values():
+            m.close()
+    return result
+
+
+def corpus_model(key: str, seconds: float, min_rounds: int) -> dict[str, Any]:
+    sys.path.insert(0, str(HERE.parent / "tests" / "realmodels"))
+    from corpus import CALIBRATION, CORPUS, HELD_OUT
+    from realmodels import _litert_int8, _ort_int8_session_bytes, _ort_session
+
+    from edge_runtime import plan as native
+    from edge_runtime.graph import import_onnx, optimize
+
+    model = CORPUS[key]
+    data = model.model_bytes()
+    calibration = model.make(np.random.default_rng(0), CALIBRATION[key])
+    held = model.make(np.random.default_rng(1), HELD_OUT[key])
+    graph = optimize(import_onnx(data))
+    plan = native.lower(graph, native.calibrate(graph, calibration, method=model.method, progress=False))
+    int8_bytes, _ = _ort_int8_session_bytes(data, calibration, model.method)
+    feeds = held[0]
+    result: dict[str, Any] = {"label": f"{key} ({model.kind})", "latency_ms": {}}
+    for threads in THREADS:
+        session = native.NativeSession(plan, threads=threads)
+        litert = _litert_int8(plan, threads, model.output)
+        if litert is None:
+            raise RuntimeError(f"{key}: the plan does not convert to an int8 .tflite")
+        ort_int8 = _ort_session(int8_bytes, threads)
+        if threads == 1:
+            step = _output_step(plan)
+            worst, agree = 0.0, []
+            for f in held[:8]:
+                ours, got = session.run(f)[model.output], litert(f)
+                worst = max(worst, float(np.max(np.abs(got - ours)) / step))
+                agree.append(float((got.argmax(-1) == ours.argmax(-1)).mean()))
+            result["max_steps_from_native"] = worst
+            result["top1_agreement_with_native"] = float(np.mean(agree))
+        engines = {
+            "native int8": lambda s=session: s.run(feeds),
+            "LiteRT int8": lambda fn=litert: fn(feeds),
+            "ort int8": lambda s=ort_int8: s.run(None, feeds),
+        }
+        result["latency_ms"][f"t{threads}"] = _interleaved(engines, seconds, min_rounds)
+        session.close()
+    return result
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for res in results.values():
+        for threads in THREADS:
+            lat = res["latency_ms"][f"t{threads}"]
+            ratio = lat["native int8"] / lat["LiteRT int8"]
+            lines.append(
+                f"{'PASS' if ratio <= 1.0 else 'MISS'}: {res['label']} native INT8 <= 1.0x LiteRT/XNNPACK INT8 "
+                f"(same quantization), batch 1, {threads} thread{'s' if threads > 1 else ''}: {ratio:.2f}x "
+                f"({lat['native int8']:.2f} ms vs {lat['LiteRT int8']:.2f} ms)"
+            )
+    return lines
+
+
+def markdown(results: dict[str, Any], command: str, load: str) -> str:
+    from edge_runtime import kernels
+
+    lines = [
+        (
+            f"Machine: {machine_description()}; ISA {kernels.get_isa()}. Command: `{command}`. Load average "
+            f"during the run: {load} on 2 cores shared with other work; the calls of the three engines are "
+            "interleaved (5 calls of each per round) so that the load falls on all alike: read the ratios, not "
+            "the absolute times."
+        ),
+        "",
+        (
+            "LiteRT INT8 is the native plan written by `edge to-tflite --int8` (the same int8 weights, biases, scales "
+            "and zero points) on LiteRT's interpreter with its XNNPACK delegate; ort INT8 is onnxruntime's own QDQ "
+            "quantization of the float model (bench/models.py, bench/realmodels.py), for reference."
+        ),
+        "",
+        (
+            "| model | threads | native INT8 ms | LiteRT INT8 ms | ort INT8 ms | native / LiteRT | rounds "
+            "| LiteRT vs native: max output steps, top-1 |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results.values():
+        for threads in THREADS:
+            lat = res["latency_ms"][f"t{threads}"]
+            lines.append(
+                f"| {res['label']} | {threads} | {lat['native int8']:.2f} | {lat['LiteRT int8']:.2f} "
+                f"| {lat['ort int8']:.2f} | {lat['native int8'] / lat['LiteRT int8']:.2f}x | {lat['rounds']} "
+                f"| {res['max_steps_from_native']:.2f}, {res['top1_agreement_with_native']:.1%} |"
+            )
+    lines += ["", "Targets (issue 14, item 5):", "", *[f"- {line}" for line in targets(results)]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--models", default=",".join(ZOO_MODELS + CORPUS_MODELS),
+        help=f"comma-separated subset of {', '.join(ZOO_MODELS + CORPUS_MODELS)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="timed seconds per model and thread count"
+    )
+    parser.add_argument("--min-rounds", type=int, default=20, help="at least this many rounds per cell")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in ZOO_MODELS + CORPUS_MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}")
+    loads = [os.getloadavg()[0]]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="edge-bench-litert-") as tmp:
+        for name in names:
+            print(f"[{name}] ...", file=sys.stderr, flush=True)
+            if name in ZOO_MODELS:
+                results[name] = zoo_model(name, args.seconds, args.min_rounds, Path(tmp))
+            else:
+                results[name] = corpus_model(name, args.seconds, args.min_rounds)
+            loads.append(os.getloadavg()[0])
+    command = "python bench/litert_int8.py" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
+    load = f"{min(loads):.1f}-{max(loads):.1f}"
+    text = markdown(results, command, load)
+    print(text)
+    if not args.no_write:
+        from edge_runtime import kernels
+
+        payload = {"machine": machine_description(), "isa": kernels.get_isa(), "command": command,
+                   "load_average": load, "targets": targets(results), "models": results}  # fmt: skip
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+        update_section("LiteRT INT8 (same quantization)", text)
+        print(f"\nwrote {RESULTS} and its BENCHMARKS.md section", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,6 +29,12 @@ static const dw_case cases[] = {
     {1, 9, 10, 144, 3, 2, 0, 0, 1, 1}, /* two 64-channel steps and a tail of 16 */
     {2, 6, 6, 101, 5, 1, 2, 2, 2, 2},  /* 5x5, 64 channels and a tail of 37 */
     {1, 12, 11, 65, 3, 1, 1, 1, 1, 1}, /* 132 pixels, tail of one channel */
+    /* AVX-512 tails of 17-32 channels run 2 pixels per step, of 1-16 channels 4: odd pixel counts
+     * leave a step with fewer pixels, the padding mixes zero-row and image taps within one step. */
+    {1, 5, 3, 26, 3, 1, 1, 1, 1, 1},   /* 15 pixels, a tail of 26 */
+    {2, 7, 7, 96, 3, 1, 1, 1, 1, 1},   /* 64 + a tail of 32, 49 pixels */
+    {1, 7, 6, 72, 5, 2, 2, 2, 2, 2},   /* 5x5 stride 2, 64 + a tail of 8, 12 pixels */
+    {1, 3, 11, 13, 3, 1, 1, 1, 1, 1},  /* 33 pixels: 8 steps of 4 and one of 1 */
 };
 
 static edge_conv2d_params params_of(const dw_case* c) {

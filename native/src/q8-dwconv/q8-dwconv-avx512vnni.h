@@ -16,6 +16,15 @@
  * the whole chunk of pixels (a 4x4 transpose of 128-bit lanes), and the
  * in-lane packs of the output stage (vpackssdw, vpackuswb) restore the
  * natural order for free.
+ *
+ * Tails of a block fill the lanes with more pixels: a tail of 1-16 channels
+ * runs 4 pixels per step (each 128-bit lane one pixel's 16 channels), a tail
+ * of 17-32 channels 2 pixels per step (each 256-bit half one pixel's 32); the
+ * block's weights and constants are broadcast to the lanes' channels once per
+ * chunk (remap). C = 24 or 32 takes half the steps of one pixel per step,
+ * C = 144 three quarters. A tail of 33-63 channels runs one pixel per step,
+ * masked: two passes (32 + the rest) measured no faster, as the narrower
+ * loads and their inserts cost what the saved steps gain.
  */
 #ifndef EDGE_Q8_DWCONV_AVX512VNNI_H
 #define EDGE_Q8_DWCONV_AVX512VNNI_H
@@ -123,38 +132,101 @@ static inline __m512i scale(__m512i acc, const block_state* st, size_t q) {
   return _mm512_mask_shuffle_epi32(even, (__mmask16) 0xAAAA, odd, _MM_PERM_CDAB);
 }
 
-/* Loads 64 channels of one tap (masked in the tail block: the masked-off
- * bytes are never read), as u8. */
-EDGE_Q8_DWCONV_INLINE __m512i load_tap(const uint8_t* p, int tail, __mmask64 mask, int is_signed) {
-  const __m512i x = tail ? _mm512_maskz_loadu_epi8(mask, p) : _mm512_loadu_si512(p);
-  return is_signed ? _mm512_xor_si512(x, _mm512_set1_epi8((char) 0x80)) : x;
+/* The block state seen by a step whose 128-bit lane L holds 16-channel
+ * sub-block sub[L] of the block: each vector's lane L becomes its lane sub[L]. */
+static void remap(block_state* out, const block_state* st, size_t groups, const int sub[4]) {
+  const __m512i idx = _mm512_set_epi64(2 * sub[3] + 1, 2 * sub[3], 2 * sub[2] + 1, 2 * sub[2], 2 * sub[1] + 1,
+                                       2 * sub[1], 2 * sub[0] + 1, 2 * sub[0]);
+  for (size_t q = 0; q < 4; q++) {
+    for (size_t g = 0; g < groups; g++) out->w[g][q] = _mm512_permutexvar_epi64(idx, st->w[g][q]);
+    out->init[q] = _mm512_permutexvar_epi64(idx, st->init[q]);
+    out->mul_even[q] = _mm512_permutexvar_epi64(idx, st->mul_even[q]);
+    out->mul_odd[q] = _mm512_permutexvar_epi64(idx, st->mul_odd[q]);
+    out->shift_even[q] = _mm512_permutexvar_epi64(idx, st->shift_even[q]);
+    out->shift_odd[q] = _mm512_permutexvar_epi64(idx, st->shift_odd[q]);
+    out->round_even[q] = _mm512_permutexvar_epi64(idx, st->round_even[q]);
+    out->round_odd[q] = _mm512_permutexvar_epi64(idx, st->round_odd[q]);
+  }
 }
 
-/* The pixels of a chunk for one block of 64 (tail: fewer) channels. TAPS,
- * SIGNED and TAIL are constants at each call site. */
-EDGE_Q8_DWCONV_INLINE void block_pixels(size_t TAPS, int SIGNED, int TAIL, size_t pixels, size_t c0, size_t rest,
-                                        const uint8_t* const* input, const uint8_t* zero, const block_state* st,
-                                        uint8_t* output, size_t output_stride, const edge_q8_dwconv_params* params) {
+/* The bytes of tap t at channel offset `offset` of pixel k of a step, or the zero row. */
+EDGE_Q8_DWCONV_INLINE const uint8_t* tap_at(const uint8_t* const* input, size_t TAPS, size_t k, size_t t,
+                                            const uint8_t* zero, size_t offset) {
+  const uint8_t* p = input[k * TAPS + t];
+  return p == zero ? zero : p + offset;
+}
+
+/* One tap of a step of PIXELS pixels (1, 2 or 4) of 64 / PIXELS channels each,
+ * as u8: pixel k in 512 / PIXELS bits k. Bytes outside `mask` (of each
+ * pixel's channels) are never read; pixels past `valid` repeat the last one. */
+EDGE_Q8_DWCONV_INLINE __m512i load_tap(size_t PIXELS, int MASKED, int SIGNED, const uint8_t* const* input,
+                                       size_t TAPS, size_t t, size_t valid, const uint8_t* zero, size_t offset,
+                                       __mmask64 mask) {
+  __m512i x;
+  if (PIXELS == 1) {
+    const uint8_t* p = tap_at(input, TAPS, 0, t, zero, offset);
+    x = MASKED ? _mm512_maskz_loadu_epi8(mask, p) : _mm512_loadu_si512(p);
+  } else if (PIXELS == 2) {
+    const __m256i lo = _mm256_maskz_loadu_epi8((__mmask32) mask, tap_at(input, TAPS, 0, t, zero, offset));
+    const __m256i hi = _mm256_maskz_loadu_epi8((__mmask32) mask, tap_at(input, TAPS, valid > 1, t, zero, offset));
+    x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  } else {
+    const __m128i p0 = _mm_maskz_loadu_epi8((__mmask16) mask, tap_at(input, TAPS, 0, t, zero, offset));
+    const __m128i p1 = _mm_maskz_loadu_epi8((__mmask16) mask, tap_at(input, TAPS, valid > 1, t, zero, offset));
+    const __m128i p2 = _mm_maskz_loadu_epi8((__mmask16) mask, tap_at(input, TAPS, valid > 2 ? 2 : 0, t, zero, offset));
+    const __m128i p3 = _mm_maskz_loadu_epi8((__mmask16) mask, tap_at(input, TAPS, valid > 3 ? 3 : 0, t, zero, offset));
+    const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(p0), p1, 1);
+    const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(p2), p3, 1);
+    x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+  return SIGNED ? _mm512_xor_si512(x, _mm512_set1_epi8((char) 0x80)) : x;
+}
+
+/* Stores the output bytes of a step's `valid` pixels (the layout of load_tap). */
+EDGE_Q8_DWCONV_INLINE void store_step(size_t PIXELS, int MASKED, __m512i y, uint8_t* output, size_t output_stride,
+                                      size_t valid, __mmask64 mask) {
+  if (PIXELS == 1) {
+    if (MASKED) {
+      _mm512_mask_storeu_epi8(output, mask, y);
+    } else {
+      _mm512_storeu_si512(output, y);
+    }
+  } else if (PIXELS == 2) {
+    _mm256_mask_storeu_epi8(output, (__mmask32) mask, _mm512_castsi512_si256(y));
+    if (valid > 1) _mm256_mask_storeu_epi8(output + output_stride, (__mmask32) mask, _mm512_extracti64x4_epi64(y, 1));
+  } else {
+    _mm_mask_storeu_epi8(output, (__mmask16) mask, _mm512_castsi512_si128(y));
+    if (valid > 1) _mm_mask_storeu_epi8(output + output_stride, (__mmask16) mask, _mm512_extracti32x4_epi32(y, 1));
+    if (valid > 2) _mm_mask_storeu_epi8(output + 2 * output_stride, (__mmask16) mask, _mm512_extracti32x4_epi32(y, 2));
+    if (valid > 3) _mm_mask_storeu_epi8(output + 3 * output_stride, (__mmask16) mask, _mm512_extracti32x4_epi32(y, 3));
+  }
+}
+
+/* The pixels of a chunk for channels [offset, offset + 64 / PIXELS) of each
+ * pixel (those in `mask` only, when MASKED), PIXELS pixels per step. TAPS,
+ * PIXELS, SIGNED and MASKED are constants at each call site; st is in the
+ * step's lane layout. */
+EDGE_Q8_DWCONV_INLINE void block_pixels(size_t TAPS, size_t PIXELS, int SIGNED, int MASKED, size_t pixels,
+                                        size_t offset, __mmask64 mask, const uint8_t* const* input,
+                                        const uint8_t* zero, const block_state* st, uint8_t* output,
+                                        size_t output_stride, const edge_q8_dwconv_params* params) {
   const size_t groups = (TAPS + 3) / 4;
-  const __mmask64 mask = TAIL ? _cvtu64_mask64((UINT64_C(1) << rest) - 1) : 0;
   const __m256i zp16 = _mm256_set1_epi16((int16_t) params->y_zero_point);
   const __m512i vzp = _mm512_inserti64x4(_mm512_castsi256_si512(zp16), zp16, 1);
   const __m512i vmin = _mm512_set1_epi16((int16_t) params->y_min);
   const __m512i vmax = _mm512_set1_epi16((int16_t) params->y_max);
   const int out_signed = params->y_min < 0; /* else every output fits u8 */
-  for (size_t px = 0; px < pixels; px++, input += TAPS, output += output_stride) {
+  output += offset;
+  for (size_t px = 0; px < pixels; px += PIXELS, input += PIXELS * TAPS, output += PIXELS * output_stride) {
+    const size_t valid = EDGE_MIN(PIXELS, pixels - px);
     __m512i acc[4] = {st->init[0], st->init[1], st->init[2], st->init[3]};
     for (size_t g = 0; g < groups; g++) {
       __m512i x[4];
       for (size_t j = 0; j < 4; j++) {
         /* Taps past the last pair with zero weights: repeat the group's first. */
         const size_t t = 4 * g + j < TAPS ? 4 * g + j : 4 * g;
-        if (j > 0 && t == 4 * g) {
-          x[j] = x[0];
-        } else {
-          const uint8_t* p = input[t] == zero ? zero : input[t] + c0;
-          x[j] = load_tap(p, TAIL, mask, SIGNED);
-        }
+        x[j] = j > 0 && t == 4 * g ? x[0]
+                                   : load_tap(PIXELS, MASKED, SIGNED, input, TAPS, t, valid, zero, offset, mask);
       }
       const __m512i lo01 = _mm512_unpacklo_epi8(x[0], x[1]), hi01 = _mm512_unpackhi_epi8(x[0], x[1]);
       const __m512i lo23 = _mm512_unpacklo_epi8(x[2], x[3]), hi23 = _mm512_unpackhi_epi8(x[2], x[3]);
@@ -170,27 +242,44 @@ EDGE_Q8_DWCONV_INLINE void block_pixels(size_t TAPS, int SIGNED, int TAIL, size_
     y23 = _mm512_min_epi16(_mm512_max_epi16(_mm512_adds_epi16(y23, vzp), vmin), vmax);
     /* Values are inside the output range, so either pack gives their bytes. */
     const __m512i y = out_signed ? _mm512_packs_epi16(y01, y23) : _mm512_packus_epi16(y01, y23);
-    if (TAIL) {
-      _mm512_mask_storeu_epi8(output + c0, mask, y);
-    } else {
-      _mm512_storeu_si512(output + c0, y);
-    }
+    store_step(PIXELS, MASKED, y, output, output_stride, valid, mask);
   }
 }
+
+/* One pass over the chunk's pixels, PIXELS per step, signedness dispatched. */
+EDGE_Q8_DWCONV_INLINE void pass(size_t TAPS, size_t PIXELS, int MASKED, size_t pixels, size_t offset,
+                                __mmask64 mask, const uint8_t* const* input, const uint8_t* zero,
+                                const block_state* st, uint8_t* output, size_t output_stride,
+                                const edge_q8_dwconv_params* params) {
+  if (params->x_signed) {
+    block_pixels(TAPS, PIXELS, 1, MASKED, pixels, offset, mask, input, zero, st, output, output_stride, params);
+  } else {
+    block_pixels(TAPS, PIXELS, 0, MASKED, pixels, offset, mask, input, zero, st, output, output_stride, params);
+  }
+}
+
+static inline __mmask64 low_bits(size_t n) { return n >= 64 ? ~(__mmask64) 0 : (((__mmask64) 1 << n) - 1); }
 
 EDGE_Q8_DWCONV_INLINE void dwconv_pixels(size_t TAPS, size_t pixels, size_t channels, const uint8_t* const* input,
                                          const uint8_t* zero, const void* packed, uint8_t* output,
                                          size_t output_stride, const edge_q8_dwconv_params* params) {
-  block_state st;
+  const size_t groups = (TAPS + 3) / 4;
+  block_state st, lanes;
   for (size_t c0 = 0; c0 < channels; c0 += CB) {
     const size_t rest = channels - c0;
     block_setup(&st, TAPS, c0, rest, (const uint8_t*) packed, params);
     if (rest >= CB) {
-      if (params->x_signed) block_pixels(TAPS, 1, 0, pixels, c0, CB, input, zero, &st, output, output_stride, params);
-      else block_pixels(TAPS, 0, 0, pixels, c0, CB, input, zero, &st, output, output_stride, params);
+      pass(TAPS, 1, 0, pixels, c0, 0, input, zero, &st, output, output_stride, params);
+    } else if (rest > 32) {
+      pass(TAPS, 1, 1, pixels, c0, low_bits(rest), input, zero, &st, output, output_stride, params);
+    } else if (rest > 16) {
+      static const int halves[4] = {0, 1, 0, 1};
+      remap(&lanes, &st, groups, halves);
+      pass(TAPS, 2, 1, pixels, c0, low_bits(rest), input, zero, &lanes, output, output_stride, params);
     } else {
-      if (params->x_signed) block_pixels(TAPS, 1, 1, pixels, c0, rest, input, zero, &st, output, output_stride, params);
-      else block_pixels(TAPS, 0, 1, pixels, c0, rest, input, zero, &st, output, output_stride, params);
+      static const int quarters[4] = {0, 0, 0, 0};
+      remap(&lanes, &st, groups, quarters);
+      pass(TAPS, 4, 1, pixels, c0, low_bits(rest), input, zero, &lanes, output, output_stride, params);
     }
   }
 }

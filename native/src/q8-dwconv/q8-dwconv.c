@@ -118,9 +118,13 @@ typedef struct dwconv_context {
   uint8_t* y;
   edge_q8_dwconv_ukernel_fn kernel;
   edge_q8_dwconv_params params;
+  size_t tap_offset[EDGE_Q8_DWCONV_MAX_TAPS]; /* bytes from a window's top-left input pixel to tap (ky, kx) */
 } dwconv_context;
 
-/* One chunk of consecutive output pixels (row-major, across rows) of one image. */
+/* One chunk of consecutive output pixels (row-major, across rows) of one
+ * image. A window inside the image lists its taps by fixed offsets from its
+ * top-left pixel; only windows over the padding check each tap (the
+ * indirection cost as much as the arithmetic when it checked every tap). */
 static void dwconv_chunk(void* context, size_t index) {
   const dwconv_context* ctx = (const dwconv_context*) context;
   const edge_conv2d_params* p = ctx->p;
@@ -129,21 +133,29 @@ static void dwconv_chunk(void* context, size_t index) {
   const size_t px0 = (index % ctx->chunks_per_image) * ctx->chunk;
   const size_t pixels = EDGE_MIN(ctx->chunk, out_pixels - px0);
   const size_t channels = (size_t) p->in_c;
+  const size_t taps = (size_t) p->kernel_h * (size_t) p->kernel_w;
   uint8_t zero[EDGE_Q8_DWCONV_ZERO_BYTES];
   memset(zero, (uint8_t) ctx->params.x_zero_point, sizeof(zero)); /* s8 zero points wrap to their byte */
   const uint8_t* image = ctx->x + n * (size_t) p->in_h * p->in_w * channels;
   const uint8_t* indirection[DWCONV_PIXEL_CHUNK * EDGE_Q8_DWCONV_MAX_TAPS];
   const uint8_t** ind = indirection;
-  for (size_t px = px0; px < px0 + pixels; px++) {
-    const int32_t oy = (int32_t) (px / (size_t) ctx->out_w), ox = (int32_t) (px % (size_t) ctx->out_w);
-    for (int32_t ky = 0; ky < p->kernel_h; ky++) {
-      const int32_t iy = oy * p->stride_h - p->pad_top + ky;
-      for (int32_t kx = 0; kx < p->kernel_w; kx++) {
-        const int32_t ix = ox * p->stride_w - p->pad_left + kx;
-        const int inside = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
-        *ind++ = inside ? image + ((size_t) iy * p->in_w + (size_t) ix) * channels : zero;
+  int32_t oy = (int32_t) (px0 / (size_t) ctx->out_w), ox = (int32_t) (px0 % (size_t) ctx->out_w);
+  for (size_t i = 0; i < pixels; i++) {
+    const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
+    if (iy0 >= 0 && iy0 + p->kernel_h <= p->in_h && ix0 >= 0 && ix0 + p->kernel_w <= p->in_w) {
+      const uint8_t* corner = image + ((size_t) iy0 * p->in_w + (size_t) ix0) * channels;
+      for (size_t t = 0; t < taps; t++) *ind++ = corner + ctx->tap_offset[t];
+    } else {
+      for (int32_t ky = 0; ky < p->kernel_h; ky++) {
+        const int32_t iy = iy0 + ky;
+        for (int32_t kx = 0; kx < p->kernel_w; kx++) {
+          const int32_t ix = ix0 + kx;
+          const int inside = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
+          *ind++ = inside ? image + ((size_t) iy * p->in_w + (size_t) ix) * channels : zero;
+        }
       }
     }
+    if (++ox == ctx->out_w) ox = 0, oy++;
   }
   uint8_t* y = ctx->y + (n * out_pixels + px0) * channels;
   ctx->kernel(pixels, channels, indirection, zero, ctx->packed, y, channels, &ctx->params);
@@ -197,7 +209,7 @@ edge_status edge_q8_dwconv2d(const edge_conv2d_params* p,
   const size_t threads = pool != NULL ? (size_t) edge_threadpool_size(pool) : 1;
   const size_t per_thread = (out_pixels * (size_t) p->batch + 2 * threads - 1) / (2 * threads);
   const size_t chunk = EDGE_MIN((size_t) DWCONV_PIXEL_CHUNK, EDGE_MAX((size_t) DWCONV_PIXEL_CHUNK_MIN, per_thread));
-  const dwconv_context ctx = {
+  dwconv_context ctx = {
       .p = p,
       .out_h = out_h,
       .out_w = out_w,
@@ -217,6 +229,11 @@ edge_status edge_q8_dwconv2d(const edge_conv2d_params* p,
           .x_signed = x_dtype == EDGE_DTYPE_S8,
       },
   };
+  for (int32_t ky = 0, t = 0; ky < p->kernel_h; ky++) {
+    for (int32_t kx = 0; kx < p->kernel_w; kx++, t++) {
+      ctx.tap_offset[t] = ((size_t) ky * (size_t) p->in_w + (size_t) kx) * (size_t) p->in_c;
+    }
+  }
   edge_parallelize(pool, dwconv_chunk, (void*) &ctx, (size_t) p->batch * ctx.chunks_per_image);
   edge_clear_error();
   return EDGE_OK;

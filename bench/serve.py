@@ -236,6 +236,14 @@ class Server:
         self.url = match.group(0)
         self.grpc_address = grpc_match.group(1)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used (every thread), from /proc (0.0 where there is none)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
     def stop(self) -> int:
         self.proc.terminate()
         code = self.proc.wait(60)
@@ -479,6 +487,7 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
             for clients in args.clients:
                 before = {label: [_metric(s.url, n) for n in names] for label, s in servers.items()}
                 parts: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
+                cpu = dict.fromkeys(servers, 0.0)
                 for round_ in range(args.rounds):
                     order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
                     for label in order:
@@ -491,7 +500,9 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
                             clients,
                             args.seconds / args.rounds,
                         )
+                        cpu_before = servers[label].cpu_seconds()
                         parts[label].append(asyncio.run(slice_))
+                        cpu[label] += servers[label].cpu_seconds() - cpu_before
                 for label, server in servers.items():
                     count, execs, answered, compute_us = (
                         _metric(server.url, n) - b for n, b in zip(names, before[label])
@@ -500,13 +511,17 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
                     run |= {
                         "max_batch_size": modes[label],
                         "avg_batch": round(count / max(execs, 1), 2),
+                        # CPU the server used per answered request (all its threads): unlike
+                        # throughput, barely moved by the CPU share a loaded machine leaves it.
+                        "server_cpu_ms_per_request": round(cpu[label] / max(run["requests"], 1) * 1e3, 3),
                         # Model.run inside the server per request (its batch's compute time).
                         "server_compute_mean_ms": round(compute_us / max(answered, 1) / 1e3, 3),
                     }
                     result["runs"].append(run)
                     print(
                         f"  {protocol:4s} {label:12s} clients={clients:3d} {run['throughput_rps']:8.1f} req/s  "
-                        f"p50 {run['p50_ms']} ms  p99 {run['p99_ms']} ms  avg batch {run['avg_batch']}",
+                        f"p50 {run['p50_ms']} ms  p99 {run['p99_ms']} ms  avg batch {run['avg_batch']}  "
+                        f"server CPU {run['server_cpu_ms_per_request']} ms/req",
                         flush=True,
                     )
     finally:
@@ -592,11 +607,15 @@ def targets(r: dict[str, Any]) -> list[str]:
             continue
         ratio = on["throughput_rps"] / max(off["throughput_rps"], 1e-9)
         r[f"batching_ratio_32_{protocol}"] = round(ratio, 2)
+        cpu_on, cpu_off = on.get("server_cpu_ms_per_request"), off.get("server_cpu_ms_per_request")
+        cpu_ratio = (
+            f"; server CPU per request {cpu_off / cpu_on:.2f}x less batched" if cpu_on and cpu_off else ""
+        )
         out.append(
             f"- {'PASS' if ratio >= needed else 'MISS'}: {_protocol_name(protocol)}, "
             f"32 clients, batching / batch-1 throughput {ratio:.2f}x (need >= {needed:.2f}x: {GAIN_SHARE} x "
             f"the model's own gain {r['model_batching_gain']}x from batch 1 to {on['max_batch_size']}, "
-            f"capped at {GAIN_CAP:g}x); p99 {on['p99_ms']} ms batched vs {off['p99_ms']} ms"
+            f"capped at {GAIN_CAP:g}x); p99 {on['p99_ms']} ms batched vs {off['p99_ms']} ms{cpu_ratio}"
         )
     s = r["hot_swap"]
     if s["p99_during_swap_ms"] is not None and s["p99_steady_ms"]:
@@ -684,14 +703,14 @@ def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
                 f"model's own batching gain {r['model_batching_gain']}x."
             ),
             "",
-            "| protocol | mode | clients | req/s | p50 ms | p99 ms | avg batch | failed |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| protocol | mode | clients | req/s | p50 ms | p99 ms | avg batch | server CPU ms/req | failed |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for run in r["runs"]:
             lines.append(
                 f"| {run.get('protocol', 'http')} | {run['mode']} (max {run['max_batch_size']}) | "
                 f"{run['clients']} | {run['throughput_rps']} | {run['p50_ms']} | {run['p99_ms']} | "
-                f"{run['avg_batch']} | {run['failed']} |"
+                f"{run['avg_batch']} | {run.get('server_cpu_ms_per_request', '')} | {run['failed']} |"
             )
         s = r["hot_swap"]
         lines += [""]

@@ -47,6 +47,7 @@ _DEFAULT_MAX_TOKENS = 256
 # config's lookup); a manager without one: LLMLimits() for every model.
 _limits: weakref.WeakKeyDictionary[Any, Callable[[str], LLMLimits]] = weakref.WeakKeyDictionary()
 _PROBE_TEXT = "The quick brown fox"
+_DISCONNECT_POLL_S = 0.25  # how often a waiting generation checks that its client is still there
 _PROBE_TOKENS = 8
 
 
@@ -279,7 +280,7 @@ class _Generation:
             self.prompt_tokens = len(prompt_ids)
             self.manager.metrics.llm_prompt_tokens.labels(*self.labels).inc(len(prompt_ids))
             while True:
-                item = await queue.get()
+                item = await self._next(queue)
                 if isinstance(item, BaseException):
                     timing.end("error")
                     raise item
@@ -297,6 +298,21 @@ class _Generation:
             if self.handle is not None:
                 self.handle.cancel()
             self.loaded.release()
+
+    def _client_gone(self) -> bool:
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
+
+    async def _next(self, queue: asyncio.Queue[Any]) -> Any:
+        """The next event; ConnectionResetError once the client has gone away (aiohttp does not cancel
+        a handler whose client disconnects, and a non-streamed answer writes nothing until the end)."""
+        while True:
+            if self._client_gone():
+                raise ConnectionResetError("the client went away")
+            try:
+                return await asyncio.wait_for(queue.get(), _DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                continue
 
     def usage(self) -> dict[str, int]:
         return {
@@ -463,6 +479,8 @@ async def _openai_errors(request: web.Request, chat: bool) -> web.StreamResponse
 
     try:
         return await _complete(request, chat)
+    except ConnectionError:  # the client went away: its generation is cancelled, nobody reads this
+        return web.Response(status=499, text="client closed the request")
     except ServeError as exc:
         kind = {404: "not_found_error", 503: "overloaded_error"}.get(exc.http_status, "invalid_request_error")
         return _openai_error(exc.http_status, str(exc), kind)

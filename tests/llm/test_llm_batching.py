@@ -207,6 +207,46 @@ def test_a_client_that_goes_away_frees_its_slot(server):
     assert status == 200
 
 
+def test_a_non_streamed_request_whose_client_goes_away_is_cancelled(server):
+    """A non-streamed answer writes nothing until it is complete: the handler watches the connection."""
+    import socket
+
+    engine = server.manager.get("tiny").model.engine()
+    cancelled = _metric(server, "edge_llm_requests_total", model="tiny", finish_reason="cancelled")
+    observe = engine.on_step
+    paused, gate = threading.Event(), threading.Event()
+
+    def hold(decoded: int) -> None:
+        observe(decoded)
+        if not gate.is_set():
+            paused.set()
+            gate.wait(60)
+
+    engine.on_step = hold
+    body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 40, "temperature": 0}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            assert paused.wait(60)  # its generation is running, held after a decode step
+        # The socket is closed: the handler notices while the engine is still held.
+        _wait(
+            lambda: (
+                _metric(server, "edge_llm_requests_total", model="tiny", finish_reason="cancelled")
+                > cancelled
+            ),
+            "the handler to cancel the generation of a client that went away",
+        )
+    finally:
+        gate.set()
+        engine.on_step = observe
+    _wait(lambda: engine.running() == 0, "the cancelled generation to leave the batch")
+
+
 def test_context_per_request(server):
     model = server.manager.get("tiny").model
     assert model.context > LIMITS.max_context  # the server's limit, not the model's, refuses

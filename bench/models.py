@@ -636,6 +636,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-iters", type=int, default=15)
     parser.add_argument("--max-iters", type=int, default=400)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--json-out", type=Path, default=None, metavar="PATH",
+        help="write the results JSON here instead of bench/results/models.json, and leave BENCHMARKS.md alone "
+        "(a run of some models whose rows are merged by hand)",
+    )  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -666,7 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(results, command.strip(), seconds)
     print(text)
     if not (args.quick or args.no_write):
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        out = args.json_out or RESULTS
+        out.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "machine": machine_description(),
             "isa": _isa(),
@@ -676,9 +682,13 @@ def main(argv: list[str] | None = None) -> int:
             "tflite": TFLITE_NOTE,
             "models": results,
         }
-        RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
-        update_section("Models", text)
-        print(f"\nwrote {RESULTS} and the Models section of BENCHMARKS.md", file=sys.stderr)
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+        if args.json_out is None:
+            update_section("Models", text)
+        print(
+            f"\nwrote {out}" + ("" if args.json_out else " and the Models section of BENCHMARKS.md"),
+            file=sys.stderr,
+        )
     return 0
 
 

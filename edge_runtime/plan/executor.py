@@ -23,9 +23,10 @@ byte moves between kernels (the NCHW -> NHWC entry permutation, the im2col of an
 image stem, transposes) and clamps. Later calls run it with one
 ``edge_plan_run`` call, which releases the GIL for the whole run and reports the
 index of a failing op, so the step's typed error is raised as on the Python
-path. Steps that stay in Python (float subgraphs and fallbacks, attention,
-gathers, concatenation, moves other than reshapes) split the program into C
-segments, one C call each; a tensor a segment reads from outside it (the feed,
+path. Steps that stay in Python (float subgraphs and fallbacks, float attention,
+embedding gathers, concatenation, moves other than reshapes and transposes, a
+reshape of a Python step's output) split the program into C segments, one C
+call each; a tensor a segment reads from outside it (the feed,
 a Python step's output) is pointed to per call, after checking its shape. An
 image CNN (MobileNetV2, ResNet-18) is one segment: one C call per inference.
 ``describe()["program"]`` says what the latest compiled call ran.
@@ -45,7 +46,8 @@ which nodes run where.
 Batches: on one thread, a batch larger than a slice runs the plan's leading
 per-sample steps (an image model's convolutions, up to its global pooling) on
 slices of the batch, so that each slice's early high-resolution activations stay
-in cache, and the rest (the classifier GEMM) on the whole batch. Same bits.
+in cache, and the rest (the classifier GEMM) on the whole batch. Same bits. Each
+slice shape has a buffer set and C program of its own: one C call per slice.
 
 Threads: one call uses the session's native thread pool of ``threads`` workers
 (the kernels split their work over it). Calls from several Python threads run at
@@ -297,7 +299,7 @@ _OP_KINDS = {
     "quantize": ("EDGE_PLAN_QUANTIZE", "quantize"), "dequantize": ("EDGE_PLAN_DEQUANTIZE", "dequantize"),
     "layernorm": ("EDGE_PLAN_LAYERNORM", "layernorm"), "clamp": ("EDGE_PLAN_CLAMP", "clamp"),
     "permute": ("EDGE_PLAN_PERMUTE", "permute"), "im2col": ("EDGE_PLAN_IM2COL", "im2col"),
-    "copy": ("EDGE_PLAN_COPY", "copy"),
+    "copy": ("EDGE_PLAN_COPY", "copy"), "attention": ("EDGE_PLAN_ATTENTION", "attention"),
 }  # fmt: skip
 _MAX_DIMS = 6  # EDGE_PLAN_MAX_DIMS
 
@@ -687,6 +689,8 @@ class NativeSession:
                 self._buffers.move_to_end(signature)
             while not arenas.free and arenas.count >= _MAX_ARENAS:
                 self._idle.wait()
+                if self._closed:
+                    raise KernelArgumentError("this NativeSession was closed")
             self._calls += 1
             if arenas.free:
                 return arenas, arenas.free.pop()
@@ -1813,7 +1817,52 @@ class NativeSession:
                 m = None
             env[dst] = kernels.attention(*xs, params, scale, m, pool=pool, workspace=b[1])
 
+        def ops_int8(env, slot):
+            # Bound here: the output, the float mask (dequantized per call from a quantized mask
+            # tensor; always added, where the Python path skips a mask of zeros: adding 0.0 to a
+            # score leaves it as it is) and the kernel's parameter struct.
+            xs = [env[q], env[kt], env[v]]
+            if any(x.ndim != 4 or x.dtype != xs[0].dtype or x.dtype not in _Q8 for x in xs):
+                return None
+            (batch, heads, sq, d), sk = xs[0].shape, xs[1].shape[3]
+            found: list = []
+            if mask:
+                qp, source = in_params[2], env[mask]
+                if qp is None or source.dtype not in _Q8:
+                    return None  # an integer mask used as a number: the Python path
+                m = slot.get("mask")
+                if m is None or m.shape != source.shape:
+                    m = slot["mask"] = np.empty(source.shape, np.float32)
+                found.append(("dequantize", {"n": source.size, "dtype": DTYPES[source.dtype], "x": _In(mask),
+                                             "scale": qp.scale, "zero_point": qp.zero_point, "y": _floats(m)}))  # fmt: skip
+            else:
+                m = None if mask_constant is None else np.ascontiguousarray(mask_constant, np.float32)
+            c = ffi.new("edge_q8_attention_params *")
+            c.batch, c.heads, c.s_q, c.s_k, c.d = batch, heads, sq, sk, d
+            c.dtype = DTYPES[xs[0].dtype]
+            (c.q_scale, c.q_zero_point), (c.kt_scale, c.kt_zero_point) = params[0], params[1]
+            (c.v_scale, c.v_zero_point), (c.y_scale, c.y_zero_point) = params[2], params[3]
+            c.scale = scale
+            if m is not None:
+                try:
+                    view = np.broadcast_to(m, (batch, heads, sq, sk))
+                except ValueError:
+                    return None
+                c.mask = _floats(m)
+                c.mask_strides = [stride // 4 for stride in view.strides]
+            y = slot.get("y")
+            if y is None or y.shape != (batch, heads, sq, d) or y.dtype != xs[0].dtype:
+                y = slot["y"] = np.empty((batch, heads, sq, d), xs[0].dtype)
+            np.copyto(y, env[dst])  # this call's result: the output may be returned as it is
+            env[dst] = y
+            workspace = slot["b"][1]
+            found.append(("attention", {"params": c, "q": _In(q), "kt": _In(kt), "v": _In(v), "y": _address(y),
+                                        "workspace": _address(workspace), "workspace_size": workspace.nbytes}))  # fmt: skip
+            slot["keep"] = (c, m)
+            return found
+
         if int8:
+            fn_int8.ops, fn_int8.what = ops_int8, "attention"  # type: ignore[attr-defined]
             return fn_int8
 
         def fn(env, slot):

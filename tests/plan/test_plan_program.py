@@ -2,7 +2,9 @@
 
 - a warm call of a fully native plan (an image CNN, with its numpy-im2col stem) is exactly one
   C call (edge_plan_run), with the bits of the step-by-step Python path;
-- a plan with steps that stay in Python (attention here) runs C segments between them, same bits;
+- a plan with a step that stays in Python (a Concat here) runs C segments around it, same bits;
+  an encoder layer (attention included) is one segment;
+- a plan of symbolic input size runs compiled at alternating sizes (its packed headers follow);
 - batch slicing runs its prefix as a C program per slice shape, same bits;
 - a failing op inside the C program raises the typed error of its step, as the Python path does;
 - two Python threads run two inferences in C at the same time (the GIL is released for the
@@ -15,12 +17,13 @@ import threading
 
 import numpy as np
 import pytest
+from onnx import helper
 
 from edge_runtime.errors import KernelArgumentError, PackedFormatError
 from edge_runtime.kernels._ffi import lib
 from edge_runtime.plan import NativeSession, lower
 from edge_runtime.plan import executor as executor_module
-from tests.plan.native_models import calibrated, prepare, rng, small_cnn, small_transformer
+from tests.plan.native_models import calibrated, make_model, prepare, rng, small_cnn, small_transformer, value
 
 
 def _plan(model, shape):
@@ -85,7 +88,38 @@ def test_a_warm_call_of_a_native_plan_is_one_c_call_with_the_same_bits(monkeypat
         assert program["c_ops"] >= len(plan.steps)  # the stem is two ops (im2col, GEMM)
 
 
+def _concat_model():
+    """Two convolutions joined by a Concat (a step that stays in Python), then a third."""
+    r = rng(4)
+    init = {
+        "wa": (r.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32),
+        "wb": (r.standard_normal((4, 4, 1, 1)) * 0.3).astype(np.float32),
+        "wc": (r.standard_normal((6, 8, 1, 1)) * 0.3).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wb"], ["b"]),
+        helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+        helper.make_node("Conv", ["ab", "wc"], ["c"]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    return make_model(nodes, [value("x", ["batch", 4, 6, 6])], [value("y", None)], init, name="concat")
+
+
 def test_python_steps_split_the_program_into_segments_with_the_same_bits(monkeypatch) -> None:
+    plan = _plan(_concat_model(), (4, 6, 6))
+    assert "concat" in [s.op for s in plan.steps]
+    session, reference = NativeSession(plan, cache_dir=False), _python_path(plan)
+    for seed, batch in enumerate((1, 2, 1, 2, 2)):
+        feeds = _x((4, 6, 6), batch, seed)
+        np.testing.assert_array_equal(
+            session.run(feeds)["y"], _run_python(reference, feeds, monkeypatch)["y"]
+        )
+    assert session.describe()["program"]["c_segments"] == 2
+    assert session.describe()["program"]["python_steps"] == 1
+
+
+def test_an_encoder_layer_with_attention_is_one_segment_with_the_same_bits(monkeypatch) -> None:
     plan = _plan(small_transformer(), (6, 16))
     assert "attention" in [s.op for s in plan.steps]
     session, reference = NativeSession(plan, cache_dir=False), _python_path(plan)
@@ -94,8 +128,10 @@ def test_python_steps_split_the_program_into_segments_with_the_same_bits(monkeyp
         np.testing.assert_array_equal(
             session.run(feeds)["y"], _run_python(reference, feeds, monkeypatch)["y"]
         )
-    program = session.describe()["program"]
-    assert program["c_segments"] >= 2 and 0 < program["python_steps"] < len(plan.steps)
+    assert session.describe()["program"] == {
+        "steps": len(plan.steps), "c_segments": 1, "c_ops": session.describe()["program"]["c_ops"],
+        "python_steps": 0,
+    }  # fmt: skip
 
 
 def test_batch_slices_run_compiled_with_the_same_bits(monkeypatch) -> None:
@@ -198,3 +234,21 @@ def test_more_callers_than_buffer_sets_wait_for_one(monkeypatch) -> None:
         np.testing.assert_array_equal(got, expected)
     (arenas,) = session._buffers.values()
     assert arenas.count == 1
+
+
+def test_a_plan_of_symbolic_input_size_runs_compiled_at_alternating_sizes(monkeypatch) -> None:
+    """Each size's program first writes its geometry into the shared packed headers."""
+    from tests.plan.test_dynamic_shapes import _images, _model
+
+    graph = prepare(_model())
+    sizes = [(32, 32), (48, 40), (33, 31)]
+    params = calibrated(graph, [{"x": _images((2, 3, h, w), i)} for i, (h, w) in enumerate(sizes)])
+    plan = lower(graph, params)
+    assert any(s.attrs.get("dynamic_hw") for s in plan.steps)
+    session, reference = NativeSession(plan, cache_dir=False), _python_path(plan)
+    for seed, (h, w) in enumerate(sizes * 3):
+        feeds = {"x": _images((1, 3, h, w), seed)}
+        np.testing.assert_array_equal(
+            session.run(feeds)["y"], _run_python(reference, feeds, monkeypatch)["y"]
+        )
+    assert session.describe()["program"]["c_segments"] == 1

@@ -45,7 +45,8 @@ typedef enum edge_plan_kind {
   EDGE_PLAN_CLAMP = 14,         /* y = min(max(x, lo), hi), u8 or s8 */
   EDGE_PLAN_PERMUTE = 15,       /* y (contiguous) = x with its dimensions permuted */
   EDGE_PLAN_IM2COL = 16,        /* the rows of an image stem's GEMM, see edge_plan_im2col_args */
-  EDGE_PLAN_COPY = 17           /* memcpy (a convolution's packed header for this input size) */
+  EDGE_PLAN_COPY = 17,          /* memcpy (a convolution's packed header for this input size) */
+  EDGE_PLAN_ATTENTION = 18      /* edge_q8_attention */
 } edge_plan_kind;
 
 typedef struct edge_plan_gemm_args { /* also gemm24 */
@@ -191,6 +192,16 @@ typedef struct edge_plan_im2col_args {
   void* a;
 } edge_plan_im2col_args;
 
+typedef struct edge_plan_attention_args {
+  const edge_q8_attention_params* params;
+  const void* q;
+  const void* kt;
+  const void* v;
+  void* y;
+  void* workspace;
+  size_t workspace_size;
+} edge_plan_attention_args;
+
 typedef struct edge_plan_copy_args {
   size_t n;
   const void* x;
@@ -215,6 +226,7 @@ typedef struct edge_plan_op {
     edge_plan_permute_args permute;
     edge_plan_im2col_args im2col;
     edge_plan_copy_args copy;
+    edge_plan_attention_args attention;
   } args;
 } edge_plan_op;
 

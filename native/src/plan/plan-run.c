@@ -258,6 +258,10 @@ static edge_status run_op(const edge_plan_op* op, edge_threadpool* pool) {
       if (a->n > 0) memcpy(a->y, a->x, a->n);
       return EDGE_OK;
     }
+    case EDGE_PLAN_ATTENTION: {
+      const edge_plan_attention_args* a = &op->args.attention;
+      return edge_q8_attention(a->params, a->q, a->kt, a->v, a->y, a->workspace, a->workspace_size, pool);
+    }
   }
   return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "plan op kind %d is unknown", (int) op->kind);
 }

@@ -26,11 +26,12 @@ are TFLite's, else a PAD with the zero point first), gemm -> FULLY_CONNECTED, ad
 ADD / MUL, clamp -> RELU / RELU6 / MAXIMUM + MINIMUM, maxpool -> MAX_POOL_2D (other pads: a
 PADV2 of -128), avgpool -> AVERAGE_POOL_2D (+ QUANTIZE when the output's parameters differ),
 global_avgpool -> MEAN over H and W, concat -> CONCATENATION, lut -> LOGISTIC / TANH
-(into TFLite's fixed output parameters, then a QUANTIZE to ours), HARD_SWISH, GELU,
-QUANTIZE for a table that only requantizes (checked against the table), MUL + ADD for a
-hard-sigmoid, and for any other table (a composed function, Elu, ...) the exact lookup as
-GATHER(table, CAST(x) + 128), which runs on TFLite's builtin kernels outside the XNNPACK
-delegate; softmax -> SOFTMAX (+ QUANTIZE from its fixed output parameters); a float Add /
+(into TFLite's fixed output parameters, then a QUANTIZE to ours), GELU, QUANTIZE for a
+table that only requantizes (checked against the table), MUL + ADD for a hard-sigmoid,
+MUL + ADD + MUL for a hard-swish (XNNPACK has no int8 HARD_SWISH: with it, the delegate's
+graph would split at every use), and for any other table (a composed function, Elu, ...)
+the exact lookup as GATHER(table, CAST(x) + 128), which runs on TFLite's builtin kernels
+outside the XNNPACK delegate; softmax -> SOFTMAX (+ QUANTIZE from its fixed output parameters); a float Add /
 Sub / Mul of two activations (a broadcast the int8 kernels do not take) -> ADD / SUB / MUL;
 a stride-1 conv followed by the Slice that keeps every other row (how the plan runs a conv
 strided (2, 1)) -> one strided conv; transpose and Transpose moves -> TRANSPOSE, Reshape /
@@ -42,9 +43,9 @@ equivalent (a float [subgraph] partition, attention, layer norm, other float ste
 embeddings, other data movements, grouped convolutions, symbolic height or width) raise
 :class:`UnsupportedOperatorError` naming the step, its node and what to do.
 
-XNNPACK (LiteRT's default delegate) takes every operator of MobileNetV2 and ResNet-18 so
-written; it leaves int8 HARD_SWISH, SOFTMAX, CAST and GATHER to TFLite's builtin kernels,
-splitting its graph around them (as for a .tflite from TensorFlow's own converter).
+XNNPACK (LiteRT's default delegate) takes every operator of MobileNetV2, ResNet-18 and the
+PaddleOCR classifier so written but the classifier's final SOFTMAX; it leaves int8 SOFTMAX,
+CAST and GATHER to TFLite's builtin kernels, splitting its graph around them.
 
 Agreement with the native backend: the integer accumulators are the same; TFLite's
 requantization (a 31-bit doubling multiplier, or XNNPACK's float32 scale with round half
@@ -630,7 +631,7 @@ class _Writer:
             self.op("QUANTIZE", [staged], [self.activation(dst, shape, target)])
             return
         if kind == "hardswish":
-            self.op("HARD_SWISH", [x], [self.activation(dst, shape, target)])
+            self._hardswish(x, shape, in_qp, out_qp, dst)
             return
         if kind == "gelu":
             self.op("GELU", [x], [self.activation(dst, shape, target)], self.s.GeluOptionsT())
@@ -650,21 +651,26 @@ class _Writer:
         self._gather_table(x, shape, in_qp, out_qp, table, dst)
 
     def _hardsigmoid(self, x: int, shape, in_qp: QuantParams, out_qp: QuantParams, table, dst: str) -> bool:
-        """``clamp(alpha * x + beta, 0, 1)`` as MUL by alpha into the input's own codes (scale
-        ``alpha * s_x``: the codes do not change) and ADD of beta with the clamp fused, all on
-        XNNPACK, when the table is the hard-sigmoid of one of the usual (alpha, beta) (ONNX's
-        default 0.2, 0.5; PyTorch's and Paddle's 1/6, 0.5); False otherwise."""
+        """The hard-sigmoid table of one of the usual (alpha, beta) (ONNX's default 0.2, 0.5;
+        PyTorch's and Paddle's 1/6, 0.5) as :meth:`_hardsigmoid_ops`; False for other tables."""
         from edge_runtime.kernels import lut_table
 
         for alpha, beta in ((0.2, 0.5), (1.0 / 6.0, 0.5)):
             candidate = lut_table("hardsigmoid", in_qp.numpy_dtype, in_qp.scale, in_qp.zero_point,
                                   out_qp.scale, out_qp.zero_point, alpha=alpha, beta=beta)  # fmt: skip
             if np.array_equal(np.asarray(candidate).view(np.uint8), table):
-                break
-        else:
-            return False
+                self._hardsigmoid_ops(x, shape, in_qp, alpha, beta, out_qp, dst)
+                return True
+        return False
+
+    def _hardsigmoid_ops(
+        self, x: int, shape, in_qp: QuantParams, alpha: float, beta: float, out_qp: QuantParams, dst: str
+    ) -> None:
+        """``clamp(alpha * x + beta, 0, 1)`` into buffer ``dst``: MUL by alpha into the input's own
+        codes (scale ``alpha * s_x``: the codes do not change) and ADD of beta with the clamp fused,
+        operators XNNPACK runs (it has no int8 HARD_SWISH, and TFLite no hard-sigmoid)."""
         s_x, z_x = _int8(in_qp)
-        scaled = self.temp("alpha_x", shape, (s_x * alpha, z_x))
+        scaled = self.temp(f"{dst}/alpha_x", shape, (s_x * alpha, z_x))
         c_alpha = self.tensor(f"{dst}/alpha", (1,), qp=(alpha / 127.0, 0), data=np.array([127], np.int8),
                               batched=False)  # fmt: skip
         self.op("MUL", [x, c_alpha], [scaled], self.s.MulOptionsT())
@@ -680,7 +686,17 @@ class _Writer:
             self.op("ADD", [scaled, c_beta], [out], options)
 
         self._clamped(dst, out_qp, lo, hi, emit)
-        return True
+
+    def _hardswish(self, x: int, shape, in_qp: QuantParams, out_qp: QuantParams, dst: str) -> None:
+        """``x * hardsigmoid(x)`` (1/6, 1/2): the gate as :meth:`_hardsigmoid_ops` into [0, 1] at
+        scale 1/255, then MUL by x; all on XNNPACK. One more rounding than the table (the gate's,
+        at most half a step of 1/255 of |x|: half an output step), against TFLite's HARD_SWISH
+        kernel, which XNNPACK leaves to the interpreter, splitting its graph at every use."""
+        gate = f"{dst}@gate"
+        self._hardsigmoid_ops(x, shape, in_qp, 1.0 / 6.0, 0.5, QuantParams(1.0 / 255.0, 0, "uint8"), gate)
+        self.op(
+            "MUL", [x, self.index[gate]], [self.activation(dst, shape, _int8(out_qp))], self.s.MulOptionsT()
+        )
 
     def _gather_table(self, x: int, shape, in_qp: QuantParams, out_qp: QuantParams, table, dst: str) -> None:
         """A table with no TFLite operator (hard-sigmoid, a composed function): the exact lookup as

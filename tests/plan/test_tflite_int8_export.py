@@ -91,7 +91,7 @@ def _add_pools() -> onnx.ModelProto:
 
 def _concat_luts() -> onnx.ModelProto:
     """Concat of branches with different parameters (requantization tables -> QUANTIZE), a
-    sigmoid (LOGISTIC into its fixed parameters, then QUANTIZE) and a hard-swish."""
+    sigmoid (LOGISTIC into its fixed parameters, then QUANTIZE) and a hard-swish (MUL, ADD, MUL)."""
     r = rng(6)
     init = {"w1": _w(r, 4, 6, 1, 1), "w2": _w(r, 4, 6, 1, 1, scale=1.0)}
     nodes = [
@@ -271,6 +271,11 @@ def test_tables_run_on_xnnpack_operators_or_as_an_exact_gather() -> None:
     assert ops.count("GATHER") == 1 and "CAST" in ops and "SOFTMAX" in ops
     subsample = [s for s in plan.steps if s.op == "move" and s.attrs["node_op"] == "Slice"]
     assert len(subsample) == 1
+    # hard-swish: x * hard-sigmoid(x) on MUL / ADD (XNNPACK has no int8 HARD_SWISH)
+    _, plan = _plan(_concat_luts, (6, 8, 8))
+    interpreter = litert.Interpreter(model_content=plan_to_tflite_int8(plan), num_threads=1)
+    ops = [o["op_name"] for o in interpreter._get_ops_details()]
+    assert "HARD_SWISH" not in ops and ops.count("MUL") == 2 and "LOGISTIC" in ops
 
 
 def test_cli_writes_the_int8_tflite_of_a_package(tmp_path: Path, capsys) -> None:

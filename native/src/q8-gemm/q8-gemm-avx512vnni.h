@@ -43,14 +43,19 @@ static inline edge_q8_vnni_channels edge_q8_vnni_channels_load(const int32_t* mu
   return ch;
 }
 
-static inline __m512i edge_q8_vnni_requant(__m512i vacc, const edge_q8_vnni_channels* ch, __m512i vlo,
-                                           __m512i vhi, __m512i vzp) {
+/* (acc * multiplier + 2^(shift-1)) >> shift of 16 lanes, before the clamp. */
+static inline __m512i edge_q8_vnni_scale(__m512i vacc, const edge_q8_vnni_channels* ch) {
   __m512i even = _mm512_add_epi64(_mm512_mul_epi32(vacc, ch->mul_even), ch->round_even);
   __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(vacc, 32), ch->mul_odd), ch->round_odd);
   even = _mm512_srav_epi64(even, ch->shift_even);
   odd = _mm512_srav_epi64(odd, ch->shift_odd);
   /* The low 32 bits of each odd product move up into the odd lanes. */
-  const __m512i v = _mm512_mask_shuffle_epi32(even, (__mmask16) 0xAAAA, odd, _MM_PERM_CDAB);
+  return _mm512_mask_shuffle_epi32(even, (__mmask16) 0xAAAA, odd, _MM_PERM_CDAB);
+}
+
+static inline __m512i edge_q8_vnni_requant(__m512i vacc, const edge_q8_vnni_channels* ch, __m512i vlo,
+                                           __m512i vhi, __m512i vzp) {
+  const __m512i v = edge_q8_vnni_scale(vacc, ch);
   return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, vlo), vhi), vzp);
 }
 
@@ -60,6 +65,9 @@ typedef struct edge_q8_vnni_output {
   __mmask16 mask[4]; /* columns of each block that exist in C (the last block may be partial) */
   edge_q8_vnni_channels ch[4];
   __m512i vlo, vhi, vzp;
+  /* The packed output of two rows of 32 channels (see edge_q8_vnni_store_pair). */
+  __m512i vzp16, vmin8, vmax8, order;
+  int out_signed;
 } edge_q8_vnni_output;
 
 static inline __attribute__((always_inline)) void edge_q8_vnni_output_load(size_t NB, const edge_q8_gemm_store* store,
@@ -76,6 +84,42 @@ static inline __attribute__((always_inline)) void edge_q8_vnni_output_load(size_
   out->vlo = _mm512_set1_epi32(store->out_min - store->zero_point);
   out->vhi = _mm512_set1_epi32(store->out_max - store->zero_point);
   out->vzp = _mm512_set1_epi32(store->zero_point);
+  out->vzp16 = _mm512_set1_epi16((int16_t) store->zero_point);
+  out->vmin8 = _mm512_set1_epi8((char) store->out_min);
+  out->vmax8 = _mm512_set1_epi8((char) store->out_max);
+  out->out_signed = store->out_min < 0; /* else every output fits u8 */
+  /* Byte j of the two packs (128-bit lane L = j / 16, w = j % 16: row w / 8, block (w / 4) % 2,
+   * channel 16 * block + 4L + w % 4) goes to row * 32 + channel. */
+  uint8_t order[64];
+  for (int j = 0; j < 64; j++) {
+    const int lane = j / 16, w = j % 16;
+    order[(w / 8) * 32 + ((w / 4) % 2) * 16 + 4 * lane + w % 4] = (uint8_t) j;
+  }
+  out->order = _mm512_loadu_si512(order);
+}
+
+/* Two rows of 32 channels, requantized, straight from their accumulators
+ * (v0: row 0 channels 0-15, 16-31; v1: row 1) to C: in 16-bit and 8-bit
+ * packs, 64 outputs per clamp and one byte shuffle, not 16 per vpmovdb. The
+ * int16 and u8/s8 saturations keep the clamp exact: its bounds lie within
+ * both. Rows c and c + c_stride, the columns of out->mask. */
+static inline __attribute__((always_inline)) void edge_q8_vnni_store_pair(const __m512i v0[2], const __m512i v1[2],
+                                                                          const edge_q8_vnni_output* out,
+                                                                          uint8_t* c, size_t c_stride) {
+  __m512i w0 = _mm512_packs_epi32(edge_q8_vnni_scale(v0[0], &out->ch[0]), edge_q8_vnni_scale(v0[1], &out->ch[1]));
+  __m512i w1 = _mm512_packs_epi32(edge_q8_vnni_scale(v1[0], &out->ch[0]), edge_q8_vnni_scale(v1[1], &out->ch[1]));
+  w0 = _mm512_adds_epi16(w0, out->vzp16);
+  w1 = _mm512_adds_epi16(w1, out->vzp16);
+  __m512i y;
+  if (out->out_signed) {
+    y = _mm512_min_epi8(_mm512_max_epi8(_mm512_packs_epi16(w0, w1), out->vmin8), out->vmax8);
+  } else {
+    y = _mm512_min_epu8(_mm512_max_epu8(_mm512_packus_epi16(w0, w1), out->vmin8), out->vmax8);
+  }
+  y = _mm512_permutexvar_epi8(out->order, y);
+  const __mmask32 mask = (__mmask32) out->mask[0] | ((__mmask32) out->mask[1] << 16);
+  _mm256_mask_storeu_epi8(c, mask, _mm512_castsi512_si256(y));
+  _mm256_mask_storeu_epi8(c + c_stride, mask, _mm512_extracti64x4_epi64(y, 1));
 }
 
 /* The accumulators of MR rows and NB blocks of 16 channels over the whole of K:
@@ -123,8 +167,14 @@ static inline __attribute__((always_inline)) void edge_q8_vnni_tile(
     }
     return;
   }
+  size_t r0 = 0;
+  if (NB == 2) { /* pairs of rows through the packs */
+    for (; r0 + 2 <= MR; r0 += 2) {
+      edge_q8_vnni_store_pair(vacc[r0], vacc[r0 + 1], out, c + r0 * store->c_stride, store->c_stride);
+    }
+  }
   for (size_t b = 0; b < NB; b++) {
-    for (size_t r = 0; r < MR; r++) {
+    for (size_t r = r0; r < MR; r++) {
       _mm512_mask_cvtepi32_storeu_epi8(c + r * store->c_stride + b * 16, out->mask[b],
                                        edge_q8_vnni_requant(vacc[r][b], &out->ch[b], out->vlo, out->vhi, out->vzp));
     }

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from edge_runtime.errors import KernelArgumentError, PackedFormatError
+from edge_runtime.errors import KernelArgumentError, PackedFormatError, ShapeError
 from edge_runtime.kernels._ffi import lib
 from edge_runtime.plan import NativeSession, lower
 from edge_runtime.plan import executor as executor_module
@@ -252,3 +252,27 @@ def test_a_plan_of_symbolic_input_size_runs_compiled_at_alternating_sizes(monkey
             session.run(feeds)["y"], _run_python(reference, feeds, monkeypatch)["y"]
         )
     assert session.describe()["program"]["c_segments"] == 1
+
+
+def test_a_python_output_of_another_shape_is_bound_afresh_not_read_by_the_old_program() -> None:
+    """A C segment checks the shape of every tensor it reads from Python: a different one goes
+    back to the Python path, which binds (here: refuses, with the step's typed error)."""
+    plan = _plan(_concat_model(), (4, 6, 6))
+    session = NativeSession(plan, cache_dir=False)
+    feeds = _x((4, 6, 6), 1, seed=0)
+    want = session.run(feeds)["y"]
+    np.testing.assert_array_equal(session.run(feeds)["y"], want)  # compiled
+    index = next(i for i, s in enumerate(plan.steps) if s.op == "concat")
+    concat = session._prepared[index]
+    dst = plan.steps[index].outputs[0]
+
+    def cropped(env, slot):
+        concat(env, slot)
+        env[dst] = np.ascontiguousarray(env[dst][:, :5, :5, :])
+
+    session._prepared[index] = cropped
+    with pytest.raises(ShapeError):
+        session.run(feeds)
+    session._prepared[index] = concat
+    np.testing.assert_array_equal(session.run(feeds)["y"], want)
+    assert session.describe()["program"]["c_segments"] == 2

@@ -15,8 +15,8 @@ For a model (its :class:`~edge_runtime.llm.LlamaConfig`) and a profile
                  kv_bytes_per_token x the position to each token's traffic)
 
 The bandwidth figures are the boards' **spec peak DRAM bandwidth, not measured
-on the boards**; a CPU decode reaches a fraction of it (on the x86 machine of
-BENCHMARKS.md, about half), so read the ceiling as "never faster than".
+on the boards**; a CPU decode reaches only a fraction of the peak, so read the
+ceiling as "never faster than".
 :func:`check_fits` is what ``edge llm convert --profile`` and
 ``llm.load(..., profile=)`` call: it raises :class:`ContextMemoryError` before
 anything is allocated, naming the context that would fit.

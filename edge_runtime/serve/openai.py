@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from edge_runtime.package._json import JsonLimits, loads_bounded
-from edge_runtime.serve.errors import InferenceRequestError, OverloadedError
+from edge_runtime.serve.errors import InferenceRequestError, OverloadedError, ServeError
 from edge_runtime.serve.llm_limits import LLMLimits
 
 __all__ = ["add_routes", "engine_of", "probe_generation", "set_llm_limits"]
@@ -47,8 +47,8 @@ _DEFAULT_MAX_TOKENS = 256
 # config's lookup); a manager without one: LLMLimits() for every model.
 _limits: weakref.WeakKeyDictionary[Any, Callable[[str], LLMLimits]] = weakref.WeakKeyDictionary()
 _PROBE_TEXT = "The quick brown fox"
-_DISCONNECT_POLL_S = 0.25  # how often a waiting generation checks that its client is still there
 _PROBE_TOKENS = 8
+_DISCONNECT_POLL_S = 0.25  # how often a waiting generation checks that its client is still there
 
 
 def set_llm_limits(manager: Any, lookup: Callable[[str], LLMLimits]) -> None:
@@ -128,12 +128,25 @@ def probe_generation(manager: Any, loaded: Any, timeout_s: float = 120.0) -> boo
         max_new_tokens=max(1, min(_PROBE_TOKENS, model.context - len(ids))), temperature=0.0
     )
     events: queue_module.Queue[Any] = queue_module.Queue()
+    try:
+        loaded.acquire()  # the version stays open until the probe ends, as for a request
+    except ServeError:  # being replaced: nothing to probe
+        return True
     timing = _Timing(manager.metrics, (loaded.name, loaded.version))
     try:
-        handle = engine_of(manager, loaded).submit(ids, params, events.put)
-    except EngineOverloadedError:
-        return True
-    manager.metrics.llm_prompt_tokens.labels(loaded.name, loaded.version).inc(len(ids))
+        try:
+            handle = engine_of(manager, loaded).submit(ids, params, events.put)
+        except EngineOverloadedError:
+            return True
+        manager.metrics.llm_prompt_tokens.labels(loaded.name, loaded.version).inc(len(ids))
+        return _await_probe(events, handle, timing, timeout_s)
+    finally:
+        loaded.release()
+
+
+def _await_probe(events: Any, handle: Any, timing: _Timing, timeout_s: float) -> bool:
+    import queue as queue_module
+
     try:
         while True:
             item = events.get(timeout=timeout_s)
@@ -475,7 +488,6 @@ def _message(m: Any) -> dict[str, str]:
 async def _openai_errors(request: web.Request, chat: bool) -> web.StreamResponse:
     """OpenAI's error body (``{"error": {"message", "type", "code"}}``), which its clients read."""
     from edge_runtime.errors import EdgeRuntimeError
-    from edge_runtime.serve.errors import ServeError
 
     try:
         return await _complete(request, chat)

@@ -49,8 +49,13 @@ void edge_q8_vrequant_rndnu_ukernel__avx2(size_t rows, size_t n, const int32_t* 
       v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, vlo), vhi), vzp);
       v = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, bytes), halves);
       const uint64_t packed = (uint64_t) _mm_cvtsi128_si64(_mm256_castsi256_si128(v));
-      /* little-endian: the first bytes are the first channels */
-      memcpy((uint8_t*) out + r * out_stride + i, &packed, count);
+      /* little-endian: the first bytes are the first channels; a whole 8 as one
+       * store (a memcpy of a variable count is a call per row) */
+      if (count == 8) {
+        _mm_storel_epi64((__m128i*) (void*) ((uint8_t*) out + r * out_stride + i), _mm256_castsi256_si128(v));
+      } else {
+        memcpy((uint8_t*) out + r * out_stride + i, &packed, count);
+      }
     }
   }
 }

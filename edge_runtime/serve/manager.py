@@ -557,11 +557,22 @@ class ModelManager:
     # --- requests ---
 
     def get(self, name: str, version: str | None = None) -> LoadedVersion:
-        """The current version of ``name``, or its loaded ``version`` when given (404 if not loaded)."""
+        """The current version of ``name``, or its loaded ``version`` when given.
+
+        ModelUnavailableError (404, gRPC NOT_FOUND) for a model this server does not serve or a
+        version not loaded; ModelNotReadyError (503, UNAVAILABLE) for one that should be serving but
+        is not: its first load still running or failed, or the server shutting down.
+        """
         loaded = self._current.get(name)
         if loaded is None:
             if self._closing and name in self._paths:
                 raise ModelNotReadyError(f"model {name!r} is shutting down")
+            if name in self._wanted:
+                error = self._last_error.get(name)
+                raise ModelNotReadyError(
+                    f"model {name!r} is not loaded: "
+                    + (f"its last load failed ({error})" if error else "it is loading")
+                )
             raise ModelUnavailableError(f"unknown model {name!r}")
         if version is None or version == loaded.version:
             return loaded

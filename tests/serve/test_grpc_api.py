@@ -313,3 +313,36 @@ def test_grpc_flag_over_the_config(tmp_path):
     assert config_from_args(args).grpc_host_port is None
     args = parser.parse_args(["serve", "--grpc", "[::1]:9001"])
     assert config_from_args(args).grpc_host_port == ("::1", 9001)
+
+
+def test_a_model_loading_or_failed_is_unavailable(start_server, linear_pkg, tmp_path):
+    entered, release = threading.Event(), threading.Event()
+
+    def loader(path: Path) -> LinearModel:
+        if path.name.startswith("slow"):
+            entered.set()
+            assert release.wait(60), "the test never released the load"
+        return load_linear(path)
+
+    srv = start_server({"linear": linear_pkg}, loader=loader, grpc="127.0.0.1:0")
+    client = grpcclient.InferenceServerClient(srv.grpc_address)
+    x = np.ones((1, 4), np.float32)
+    slow = write_linear(tmp_path / "slow.json", "2.0", seed=2)
+    with ThreadPoolExecutor(1) as pool:
+        swap = pool.submit(srv.manager.swap, "other", slow)
+        assert entered.wait(30)  # the first load of "other" is under way
+        assert not client.is_model_ready("other") and not client.is_server_ready()
+        with pytest.raises(InferenceServerException) as exc:
+            _infer(client, x, model="other")
+        assert _status(exc.value) == "UNAVAILABLE" and "it is loading" in exc.value.message()
+        release.set()
+        assert swap.result(30).ok
+    np.testing.assert_allclose(
+        _infer(client, x, model="other").as_numpy("logits"), expected_logits(x, 2), rtol=1e-5
+    )
+    bad = write_linear(tmp_path / "bad.json", "3.0", seed=3, bad_selftest=True)
+    assert not srv.manager.swap("third", bad).ok
+    with pytest.raises(InferenceServerException) as exc:
+        _infer(client, x, model="third")
+    assert _status(exc.value) == "UNAVAILABLE" and "its last load failed" in exc.value.message()
+    client.close()

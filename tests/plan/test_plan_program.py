@@ -276,3 +276,61 @@ def test_a_python_output_of_another_shape_is_bound_afresh_not_read_by_the_old_pr
     session._prepared[index] = concat
     np.testing.assert_array_equal(session.run(feeds)["y"], want)
     assert session.describe()["program"]["c_segments"] == 2
+
+
+def _run_op(kind: str, fields: dict) -> None:
+    from edge_runtime.kernels._ffi import ffi
+
+    code, member = executor_module._OP_KINDS[kind]
+    ops = ffi.new("edge_plan_op[]", 1)
+    ops[0].kind = getattr(lib, code)
+    setattr(ops[0].args, member, fields)
+    failed = ffi.new("size_t *")
+    assert lib.edge_plan_run(ops, 1, ffi.NULL, failed) == 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "perm", "dtype"),
+    [
+        ((2, 3, 5, 7), (0, 2, 3, 1), np.uint8),  # NCHW -> NHWC, 3 planes (the interleave path)
+        ((1, 4, 6, 3), (0, 2, 3, 1), np.int8),
+        ((2, 17, 4, 4), (0, 2, 3, 1), np.uint8),  # 17 planes: the general loops
+        ((2, 6, 2, 8), (0, 2, 1, 3), np.uint8),  # attention heads
+        ((2, 6, 2, 8), (0, 2, 3, 1), np.int8),
+        ((3, 5, 7), (2, 0, 1), np.float32),
+        ((2, 3, 4, 5), (0, 3, 1, 2), np.float32),  # NHWC -> NCHW
+        ((4,), (0,), np.int32),
+    ],
+)
+def test_the_permutation_op_is_numpys_transpose(shape, perm, dtype) -> None:
+    x = (rng(7).standard_normal(shape) * 50).astype(dtype)
+    y = np.empty(tuple(shape[p] for p in perm), dtype)
+    kind, fields = executor_module._permute_op(x, perm, y)
+    _run_op(kind, fields)
+    np.testing.assert_array_equal(y, x.transpose(perm))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "pads", "channels"),
+    [((3, 3), (2, 2), (1, 1, 1, 1), 3), ((7, 7), (2, 2), (3, 3, 3, 3), 3), ((5, 5), (1, 1), (2, 1, 2, 1), 1),
+     ((1, 3), (1, 2), (0, 1, 0, 1), 4), ((3, 3), (1, 1), (0, 0, 0, 0), 2)],
+)  # fmt: skip
+def test_the_im2col_op_is_the_numpy_stem_path(kernel, stride, pads, channels) -> None:
+    batch, h, w, zp = 2, 11, 9, 7
+    (kh, kw), (sh, sw), (top, left, bottom, right) = kernel, stride, pads
+    x = rng(3).integers(0, 256, (batch, h, w, channels)).astype(np.uint8)
+    out_h, out_w = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    padded = np.full((batch, h + top + bottom, w + left + right, channels), zp, np.uint8)
+    a = np.zeros((batch * out_h * out_w, kh * kw * channels), np.uint8)
+    _run_op("im2col", {
+        "batch": batch, "in_h": h, "in_w": w, "channels": channels, "padded_h": padded.shape[1],
+        "padded_w": padded.shape[2], "pad_top": top, "pad_left": left, "out_h": out_h, "out_w": out_w,
+        "kernel_h": kh, "kernel_w": kw, "stride_h": sh, "stride_w": sw, "x": executor_module._address(x),
+        "padded": executor_module._address(padded), "a": executor_module._address(a),
+    })  # fmt: skip
+    want = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=zp)
+    rows = [
+        want[n, oy * sh : oy * sh + kh, ox * sw : ox * sw + kw, :].reshape(-1)
+        for n in range(batch) for oy in range(out_h) for ox in range(out_w)
+    ]  # fmt: skip
+    np.testing.assert_array_equal(a, np.stack(rows))

@@ -1,8 +1,9 @@
-"""``edge serve``: models over HTTP with the Open Inference Protocol (KServe v2 REST).
+"""``edge serve``: models over HTTP and gRPC with the Open Inference Protocol (KServe v2).
 
 Parts, one module each: :mod:`~edge_runtime.serve.protocol` (the wire format),
 :mod:`~edge_runtime.serve.batcher` (dynamic batching), :mod:`~edge_runtime.serve.manager`
-(loading, self-test, hot swap), :mod:`~edge_runtime.serve.app` (HTTP routes),
+(loading, self-test, hot swap, the one inference path), :mod:`~edge_runtime.serve.app` (HTTP routes),
+:mod:`~edge_runtime.serve.grpc_api` (the gRPC API, with ``--grpc``),
 :mod:`~edge_runtime.serve.server` (process lifecycle, signals, systemd),
 :mod:`~edge_runtime.serve.metrics` (Prometheus). See ``docs/serving.md``.
 

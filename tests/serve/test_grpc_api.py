@@ -346,3 +346,32 @@ def test_a_model_loading_or_failed_is_unavailable(start_server, linear_pkg, tmp_
         _infer(client, x, model="third")
     assert _status(exc.value) == "UNAVAILABLE" and "its last load failed" in exc.value.message()
     client.close()
+
+
+def test_typed_contents_of_each_datatype():
+    from edge_runtime.package import TensorSpec
+    from edge_runtime.serve.errors import InferenceRequestError
+    from edge_runtime.serve.grpc_api import parse_grpc_request
+    from edge_runtime.serve.protocol import RequestLimits
+
+    def parse(datatype: str, dtype: str, **contents):
+        request = service_pb2.ModelInferRequest(model_name="m")
+        t = request.inputs.add(name="a", datatype=datatype, shape=[2])
+        for field, values in contents.items():
+            getattr(t.contents, field).extend(values)
+        specs = (TensorSpec("a", dtype, ("batch",)),)
+        return parse_grpc_request(request, specs, ["y"], RequestLimits()).inputs["a"]
+
+    assert parse("BOOL", "bool", bool_contents=[True, False]).tolist() == [True, False]
+    assert parse("INT8", "int8", int_contents=[-128, 127]).dtype == np.int8
+    assert parse("UINT16", "uint16", uint_contents=[0, 65535]).tolist() == [0, 65535]
+    assert parse("INT64", "int64", int64_contents=[-(2**40), 3]).tolist() == [-(2**40), 3]
+    assert parse("FP64", "float64", fp64_contents=[0.5, -1.0]).dtype == np.float64
+    with pytest.raises(InferenceRequestError, match="input 'a': data is not INT8"):
+        parse("INT8", "int8", int_contents=[1, 300])
+    with pytest.raises(InferenceRequestError, match="FP16 has no typed contents; send raw_input_contents"):
+        parse("FP16", "float16", fp32_contents=[1.0, 2.0])
+    with pytest.raises(InferenceRequestError, match="datatype 'BYTES' is not supported"):
+        parse("BYTES", "float32", bytes_contents=[b"a", b"b"])
+    with pytest.raises(InferenceRequestError, match="input 'a' has datatype INT32, the model expects INT64"):
+        parse("INT32", "int64", int_contents=[1, 2])

@@ -512,6 +512,13 @@ class NativeSession:
         self._fused_clamps = self._find_fusions()
         self._split = self._find_batch_split()
         self._prepared = [self._prepare(i, step) for i, step in enumerate(plan.steps)]
+        # The steps that read each tensor, and the tensors the plan returns (see _compile).
+        self._readers: dict[str, set[int]] = {}
+        for i, step in enumerate(plan.steps):
+            for name in step.inputs:
+                if name:
+                    self._readers.setdefault(name, set()).add(i)
+        self._returned = {io_.buffer for io_ in plan.outputs}
         self._blas = _BlasThreads.get() if any(s.op in _BLAS_STEPS for s in plan.steps) else None
         # A convolution with a symbolic input size rewrites the header of its packed weights per
         # input shape: the weights are shared by every buffer set, so such a plan's calls take turns.
@@ -783,7 +790,13 @@ class NativeSession:
         def close(i: int) -> None:
             nonlocal specs, stable, publish
             if specs or publish:
-                parts.append(_Segment(first, i, specs, env, stable, publish))
+                # Only what a step outside the segment reads, or the plan returns, goes back to Python.
+                seen = {
+                    n: a
+                    for n, a in publish.items()
+                    if n in self._returned or any(j < first or j >= i for j in self._readers.get(n, ()))
+                }
+                parts.append(_Segment(first, i, specs, env, stable, seen))
             specs, stable, publish = [], set(), {}
 
         for i in range(start, stop):

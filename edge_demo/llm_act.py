@@ -140,6 +140,7 @@ def _rollout(demo: Demo, package: dict[str, Any], device: dict[str, Any]) -> Non
 
     record = push_package(package["path"], demo.api, token=demo.api_token)
     demo.note(f"pushed {LLM_MODEL} {LLM_VERSION} to the manager: sha256 {record['sha256'][:16]}...")
+    timeline = list(demo.events)  # the plot is the digits rollout's: this deployment stays off it
     result = demo._deploy(
         LLM_VERSION,
         package["sha256"],
@@ -151,6 +152,7 @@ def _rollout(demo: Demo, package: dict[str, Any], device: dict[str, Any]) -> Non
         # against the previous version's; this first version has none to compare with).
         health={"max_ttft_ratio": 20.0, "min_tokens_per_s_ratio": 0.05, "min_generations": 1},
     )
+    demo.events[:] = timeline
     demo.summary.setdefault("rollouts", {})["llm"] = result
     demo.supervisor.check_alive(device["child"])
     if result["state"] != "succeeded":

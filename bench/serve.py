@@ -16,7 +16,8 @@ and the response left as bytes. Measured:
   batch-1 throughput) against the model's own in-process gain from batch 1 to 16 (per-sample time,
   capped at 3x): the target is >= 0.8x of it, over HTTP and over gRPC. Both servers run at once and
   the modes take turns in ``--rounds`` slices of each measurement; beside throughput, the server's
-  CPU per answered request (from /proc), which a loaded machine's scheduling does not move;
+  CPU per answered request (from /proc), which a loaded machine's scheduling does not move, and the
+  time its threads waited for a CPU while runnable (/proc schedstat), which says how much it did;
 * hot swap under load (8 clients): failed requests, p99 inside the swap windows vs outside;
 * server overhead per request, with one client and batching off (per protocol): the mean latency
   minus the mean time Model.run took inside the server for those same requests (the server's
@@ -245,6 +246,20 @@ class Server:
         except OSError:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def runqueue_wait_seconds(self) -> float:
+        """Time the server's threads spent runnable but waiting for a CPU (/proc schedstat; 0.0 without)."""
+        total = 0
+        try:
+            tasks = os.listdir(f"/proc/{self.proc.pid}/task")
+        except OSError:
+            return 0.0
+        for task in tasks:
+            try:
+                total += int(Path(f"/proc/{self.proc.pid}/task/{task}/schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile, or a kernel without schedstats
+        return total / 1e9
 
     def stop(self) -> int:
         self.proc.terminate()
@@ -490,6 +505,7 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
                 before = {label: [_metric(s.url, n) for n in names] for label, s in servers.items()}
                 parts: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
                 cpu = dict.fromkeys(servers, 0.0)
+                waited = dict.fromkeys(servers, 0.0)
                 for round_ in range(args.rounds):
                     order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
                     for label in order:
@@ -503,8 +519,10 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
                             args.seconds / args.rounds,
                         )
                         cpu_before = servers[label].cpu_seconds()
+                        wait_before = servers[label].runqueue_wait_seconds()
                         parts[label].append(asyncio.run(slice_))
                         cpu[label] += servers[label].cpu_seconds() - cpu_before
+                        waited[label] += servers[label].runqueue_wait_seconds() - wait_before
                 for label, server in servers.items():
                     count, execs, answered, compute_us = (
                         _metric(server.url, n) - b for n, b in zip(names, before[label])
@@ -516,6 +534,10 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
                         # CPU the server used per answered request (all its threads): unlike
                         # throughput, barely moved by the CPU share a loaded machine leaves it.
                         "server_cpu_ms_per_request": round(cpu[label] / max(run["requests"], 1) * 1e3, 3),
+                        # Time its threads were runnable but got no CPU (the machine's other work).
+                        "server_runqueue_wait_ms_per_request": round(
+                            waited[label] / max(run["requests"], 1) * 1e3, 3
+                        ),
                         # Model.run inside the server per request (its batch's compute time).
                         "server_compute_mean_ms": round(compute_us / max(answered, 1) / 1e3, 3),
                     }
@@ -523,7 +545,8 @@ def bench_model(model: Path, swap_to: Path | None, args: argparse.Namespace) -> 
                     print(
                         f"  {protocol:4s} {label:12s} clients={clients:3d} {run['throughput_rps']:8.1f} req/s  "
                         f"p50 {run['p50_ms']} ms  p99 {run['p99_ms']} ms  avg batch {run['avg_batch']}  "
-                        f"server CPU {run['server_cpu_ms_per_request']} ms/req",
+                        f"server CPU {run['server_cpu_ms_per_request']} ms/req, runqueue wait "
+                        f"{run['server_runqueue_wait_ms_per_request']} ms/req",
                         flush=True,
                     )
     finally:
@@ -705,14 +728,18 @@ def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
                 f"model's own batching gain {r['model_batching_gain']}x."
             ),
             "",
-            "| protocol | mode | clients | req/s | p50 ms | p99 ms | avg batch | server CPU ms/req | failed |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            (
+                "| protocol | mode | clients | req/s | p50 ms | p99 ms | avg batch | server CPU ms/req "
+                "| server runqueue wait ms/req | failed |"
+            ),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for run in r["runs"]:
             lines.append(
                 f"| {run.get('protocol', 'http')} | {run['mode']} (max {run['max_batch_size']}) | "
                 f"{run['clients']} | {run['throughput_rps']} | {run['p50_ms']} | {run['p99_ms']} | "
-                f"{run['avg_batch']} | {run.get('server_cpu_ms_per_request', '')} | {run['failed']} |"
+                f"{run['avg_batch']} | {run.get('server_cpu_ms_per_request', '')} | "
+                f"{run.get('server_runqueue_wait_ms_per_request', '')} | {run['failed']} |"
             )
         s = r["hot_swap"]
         lines += [""]

@@ -631,8 +631,10 @@ class NativeSession:
         each with its C program, so that as many concurrent calls with those shapes all run
         compiled from the start (a buffer set's first call steps through the plan in Python)."""
         env, signature = self._feed_env(feeds)
-        held = [self._acquire(signature) for _ in range(max(1, min(int(callers), _MAX_ARENAS)))]
+        held: list[tuple[_Arenas, _Arena]] = []
         try:
+            for _ in range(max(1, min(int(callers), _MAX_ARENAS))):
+                held.append(self._acquire(signature))
             for _, arena in held:
                 self._run_arena(dict(env), arena)
         finally:

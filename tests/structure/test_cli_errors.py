@@ -29,6 +29,7 @@ CASES = [
     ("verify", ["{tmp}/not-a-zip.edgepkg"]),
     ("inspect", ["/missing.edgepkg"]),
     ("to-tflite", ["/missing.onnx", "--out", "{tmp}/x.tflite"]),
+    ("to-tflite", ["--int8", "{tmp}/not-a-zip.edgepkg", "--out", "{tmp}/x.tflite"]),
     ("run", ["/missing.edgepkg"]),
     ("run", ["{tmp}/not-a-zip.edgepkg"]),
     ("bench", ["/missing.edgepkg"]),

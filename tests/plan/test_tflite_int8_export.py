@@ -127,6 +127,26 @@ def _se_block() -> onnx.ModelProto:
     return make_model(nodes, [value("x", ["batch", 8, 10, 10])], [value("y", None)], init, name="se")
 
 
+def _flatten_consts() -> onnx.ModelProto:
+    """Add and Mul of per-channel constants (int8 constants with their own parameters), a Relu
+    after the Mul (fused into it), and a Gemm reading the flatten of a 3x3 map (the NHWC bytes,
+    its weight columns permuted to (h, w, c) by the lowering)."""
+    r = rng(9)
+    init = {"w": _w(r, 4, 3, 3, 3), "shift": _w(r, 1, 4, 1, 1), "gain": (1 + 0.3 * r.random((1, 4, 1, 1))).astype(
+        np.float32), "wf": _w(r, 5, 36)}  # fmt: skip
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        n("Add", ["c", "shift"], ["a"]),
+        n("Mul", ["a", "gain"], ["m"]),
+        n("Relu", ["m"], ["r"]),
+        n("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        n("Flatten", ["p"], ["f"]),
+        n("Gemm", ["f", "wf"], ["y"], transB=1),
+    ]
+    return make_model(nodes, [value("x", ["batch", 3, 6, 6])], [value("y", None)], init, name="flat")
+
+
 MODELS = {
     "conv_relu6": (_conv, (3, 12, 12)),
     "conv_s2_pad": (lambda: _conv(stride=2, clip=False), (3, 12, 12)),
@@ -136,6 +156,7 @@ MODELS = {
     "add_pools": (_add_pools, (8, 12, 12)),
     "concat_luts": (_concat_luts, (6, 8, 8)),
     "se_block": (_se_block, (8, 10, 10)),
+    "flatten_consts": (_flatten_consts, (3, 6, 6)),
     "small_cnn": (small_cnn, (3, 16, 16)),
 }
 

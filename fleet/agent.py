@@ -922,6 +922,9 @@ class Agent:
         while not self._blocks.empty():  # blocks of an earlier attempt
             self._blocks.get_nowait()
         last_progress, next_report = time.monotonic(), have + max(1, nblocks // 4)
+        # The block timeout doubles with each round that brought nothing (up to 8 times): on a busy
+        # manager the blocks are queued, not lost, and asking again at once only adds to the queue.
+        timeout = self.config.block_timeout_s
         while have < nblocks:
             self._check_superseded()
             if time.monotonic() - last_progress > self.config.stall_timeout_s:
@@ -932,7 +935,7 @@ class Agent:
             request = StreamGet(d.sha256, d.block_size, have, count, token)
             self._client.publish(self._topic("stream/get"), request.to_json(), qos=1)
             got: dict[int, bytes] = {}
-            deadline = time.monotonic() + self.config.block_timeout_s
+            deadline = time.monotonic() + timeout
             while len(got) < count and time.monotonic() < deadline:
                 try:
                     b = self._blocks.get(timeout=0.1)
@@ -947,6 +950,11 @@ class Agent:
                     continue
                 got[b.index] = b.data
             # Append the contiguous run received; anything after a gap is asked for again.
+            timeout = (
+                self.config.block_timeout_s
+                if have in got
+                else min(8 * self.config.block_timeout_s, 2 * timeout)
+            )
             while have in got:
                 data = got.pop(have)
                 if len(data) > d.block_size or have * d.block_size + len(data) > d.size:

@@ -82,80 +82,99 @@ def _telemetry_row(t: Any, ts: float, now: float) -> tuple[Any, ...]:
     )
 
 
+# PostgreSQL: the whole batch in one statement, i.e. one round trip and one transaction (the
+# connection is in autocommit mode). Under load every round trip costs a wake-up of the manager and
+# of the server; a batch used to take ten. The unique (device, stream, seq) first: what comes back
+# from ``keys`` is new, whichever instance stored it; a second copy inside the batch is dropped by
+# DISTINCT ON (the first by position ``n`` is kept). Devices' ``last_seen``: a row another instance
+# is updating right now is skipped rather than waited for (never a deadlock between two batches).
+_PG_BATCH = """
+WITH batch AS (
+    SELECT * FROM unnest(%(n)s::int[], %(device)s::text[], %(stream)s::text[], %(seq)s::bigint[],
+                         %(ts)s::float8[], %(system)s::text[], %(depth)s::bigint[], %(dropped)s::bigint[])
+        AS b(n, device, stream, seq, ts, system, queue_depth, queue_dropped)
+), keys AS (
+    INSERT INTO telemetry_keys (device, stream, seq, received)
+    SELECT DISTINCT device, stream, seq, %(now)s::float8 FROM batch
+    ON CONFLICT DO NOTHING RETURNING device, stream, seq
+), fresh AS (
+    SELECT DISTINCT ON (b.device, b.stream, b.seq) b.*
+    FROM batch b JOIN keys k USING (device, stream, seq) ORDER BY b.device, b.stream, b.seq, b.n
+), stored AS (
+    INSERT INTO telemetry (device, stream, seq, ts, received, system, queue_depth, queue_dropped)
+    SELECT device, stream, seq, ts, %(now)s::float8, system::jsonb, queue_depth, queue_dropped FROM fresh
+    ON CONFLICT DO NOTHING RETURNING device, stream, seq
+), new AS (
+    SELECT f.n, f.device, f.stream, f.seq, f.ts FROM fresh f JOIN stored USING (device, stream, seq)
+), models AS (
+    INSERT INTO telemetry_models (device, stream, seq, model, version, ts, inferences, errors, latency)
+    SELECT new.device, new.stream, new.seq, m.model, m.version, new.ts, m.inferences, m.errors, m.latency
+    FROM unnest(%(m_n)s::int[], %(m_model)s::text[], %(m_version)s::text[], %(m_inferences)s::bigint[],
+                %(m_errors)s::bigint[], %(m_latency)s::text[])
+        AS m(n, model, version, inferences, errors, latency)
+    JOIN new ON new.n = m.n
+    ON CONFLICT DO NOTHING
+), seen AS (
+    UPDATE devices SET last_seen = GREATEST(last_seen, %(now)s::float8) WHERE id IN
+        (SELECT id FROM devices WHERE id IN (SELECT device FROM new) ORDER BY id FOR UPDATE SKIP LOCKED)
+)
+SELECT n FROM new
+"""
+
+
 def store_telemetry(
-    db: Any, engine: str, rows: list[tuple[Any, dict[str, dict[str, Any]], float]], now: float
+    fleet_db: Any, rows: list[tuple[Any, dict[str, dict[str, Any]], float]], now: float
 ) -> list[bool]:
-    """Insert ``(telemetry, admitted models, ts)`` rows inside the caller's transaction ``db``.
+    """Insert ``(telemetry, admitted models, ts)`` rows in one transaction of ``fleet_db``.
 
     Returns, per row, whether it was new (False: a duplicate of a stored window or of an earlier
     row of the batch).
     """
-    if engine == "sqlite":
-        new = []
-        for t, _models, ts in rows:
-            new.append(
-                bool(
-                    db.execute(
-                        "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        _telemetry_row(t, ts, now),
-                    ).rowcount
-                )
+    if fleet_db.engine == "sqlite":
+        with fleet_db.tx(exclusive=False) as db:
+            return _store_sqlite(db, rows, now)
+    params: dict[str, Any] = {
+        "now": now,
+        "n": list(range(len(rows))),
+        "device": [t.device for t, _, _ in rows],
+        "stream": [t.stream for t, _, _ in rows],
+        "seq": [t.seq for t, _, _ in rows],
+        "ts": [ts for _, _, ts in rows],
+        "system": [json.dumps(t.system) for t, _, _ in rows],
+        "depth": [t.queue.get("depth") for t, _, _ in rows],
+        "dropped": [t.queue.get("dropped") for t, _, _ in rows],
+    }
+    m_cols: list[list[Any]] = [[], [], [], [], [], []]
+    for n, (_t, models, _ts) in enumerate(rows):
+        for name, m in models.items():
+            latency = json.dumps(m["latency_ms"]) if m.get("latency_ms") else None
+            for col, value in zip(
+                m_cols, (n, name, m["version"], int(m["inferences"]), int(m["errors"]), latency)
+            ):
+                col.append(value)
+    for key, col in zip(("m_n", "m_model", "m_version", "m_inferences", "m_errors", "m_latency"), m_cols):
+        params[key] = col
+    with fleet_db.pool.connection() as conn:  # autocommit: the statement is the transaction
+        new = {r["n"] for r in conn.execute(_PG_BATCH, params).fetchall()}
+    return [n in new for n in range(len(rows))]
+
+
+def _store_sqlite(
+    db: Any, rows: list[tuple[Any, dict[str, dict[str, Any]], float]], now: float
+) -> list[bool]:
+    new = []
+    for t, _models, ts in rows:
+        new.append(
+            bool(
+                db.execute(
+                    "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _telemetry_row(t, ts, now),
+                ).rowcount
             )
-        models = _model_rows(rows, new)
-        if models:
-            db.executemany(
-                "INSERT OR IGNORE INTO telemetry_models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", models
-            )
-        for device in sorted({t.device for (t, _, _), ok in zip(rows, new) if ok}):
-            db.execute("UPDATE devices SET last_seen=? WHERE id=?", (now, device))
-        return new
-    raw = db.raw
-    # The unique (device, stream, seq) first: what comes back is new, whichever instance stored it.
-    keys = raw.execute(
-        "INSERT INTO telemetry_keys (device, stream, seq, received) "
-        "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::float8[]) "
-        "ON CONFLICT DO NOTHING RETURNING device, stream, seq",
-        [
-            [t.device for t, _, _ in rows],
-            [t.stream for t, _, _ in rows],
-            [t.seq for t, _, _ in rows],
-            [now] * len(rows),
-        ],
-    ).fetchall()
-    fresh = {(r["device"], r["stream"], r["seq"]) for r in keys}
-    first = []
-    for t, _models, _ts in rows:
-        key = (t.device, t.stream, t.seq)
-        first.append(key in fresh)
-        fresh.discard(key)  # a second copy in the same batch is a duplicate
-    if not any(first):
-        return first
-    cols = list(zip(*[_telemetry_row(t, ts, now) for (t, _models, ts), ok in zip(rows, first) if ok]))
-    cur = raw.execute(
-        "INSERT INTO telemetry (device, stream, seq, ts, received, system, queue_depth, queue_dropped) "
-        "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::float8[], %s::float8[], "
-        "%s::text[]::jsonb[], %s::bigint[], %s::bigint[]) "
-        "ON CONFLICT DO NOTHING RETURNING device, stream, seq, ts",
-        [list(c) for c in cols],
-    )
-    inserted = {(r["device"], r["stream"], r["seq"], r["ts"]) for r in cur.fetchall()}
-    new = [ok and (t.device, t.stream, t.seq, ts) in inserted for (t, _models, ts), ok in zip(rows, first)]
+        )
     models = _model_rows(rows, new)
     if models:
-        mcols = [list(c) for c in zip(*models)]
-        raw.execute(
-            "INSERT INTO telemetry_models (device, stream, seq, model, version, ts, inferences, errors, latency) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::float8[], "
-            "%s::bigint[], %s::bigint[], %s::text[]) ON CONFLICT DO NOTHING",
-            mcols,
-        )
-    devices = sorted({t.device for (t, _, _), ok in zip(rows, new) if ok})
-    if devices:
-        # Another instance updating the same device row right now sets about the same time: skip it
-        # rather than wait (and never deadlock two batches on each other).
-        raw.execute(
-            "UPDATE devices SET last_seen = GREATEST(last_seen, %s) WHERE id IN "
-            "(SELECT id FROM devices WHERE id = ANY(%s) ORDER BY id FOR UPDATE SKIP LOCKED)",
-            (now, devices),
-        )
+        db.executemany("INSERT OR IGNORE INTO telemetry_models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", models)
+    for device in sorted({t.device for (t, _, _), ok in zip(rows, new) if ok}):
+        db.execute("UPDATE devices SET last_seen=? WHERE id=?", (now, device))
     return new

@@ -24,7 +24,6 @@ import queue
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ import paho.mqtt.client as mqtt
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from edge_runtime.package import TrustStore
-from fleet.errors import BrokerError, NotFoundError, ProtocolError
+from fleet.errors import BrokerError, ProtocolError
 from fleet.manager.db import FleetDB
 from fleet.manager.engines import open_database
 from fleet.manager.ingest import local_instance_id as _local_instance_id
@@ -44,6 +43,7 @@ from fleet.manager.lease import Lease
 from fleet.manager.lock import StateLock
 from fleet.manager.packages import PackageStore
 from fleet.manager.rollout import RolloutEngine, RolloutSpec, merge_latency
+from fleet.manager.stream import StreamServer
 from fleet.manager.takeover import Heartbeat, drain_session
 from fleet.mqtt import BrokerConfig, make_client, peer_fingerprint
 from fleet.protocol import (
@@ -54,7 +54,6 @@ from fleet.protocol import (
     Status,
     StreamGet,
     Telemetry,
-    encode_block,
     parse_json_message,
     parse_topic,
     sql_in,
@@ -79,12 +78,15 @@ class ManagerConfig:
     tick_interval_s: float = 0.5
     retention_days: float = 30.0  # telemetry and events older than this are deleted; 0: keep forever
     prune_interval_s: float = 3600.0  # how often the ticker prunes (the first time right after start)
-    # Package streaming (stream/get): token buckets of bytes, one per device and one per package
-    # (the package a deployment streams); blocks past either are not sent (the agent asks again).
+    # Package streaming (stream/get, fleet/manager/stream.py): token buckets of bytes, one per
+    # device (blocks past it are not sent: the agent asks again) and one per package (blocks past it
+    # wait); at most stream_outstanding_bytes published and not yet acknowledged by the broker (the
+    # rest waits, one request per device, served in turn).
     stream_device_bytes_per_s: float = 4 << 20
     stream_device_burst_bytes: float = 16 << 20
     stream_package_bytes_per_s: float = 128 << 20
     stream_package_burst_bytes: float = 256 << 20
+    stream_outstanding_bytes: int = 8 << 20
     max_models_per_device: int = 32  # distinct model names one device may report in telemetry
     max_label_sets: int = 1000  # label combinations per Prometheus metric (the rest are not exported)
     # Storage and scale-out (docs/scaling.md). database: None for STATE_DIR/fleet.sqlite, or a
@@ -123,44 +125,14 @@ def _count(value: Any) -> int:
 
 # A device timestamp more than this ahead of the manager's clock is stored as the receipt time.
 MAX_CLOCK_AHEAD_S = 300.0
-_STREAM_ERROR_COST = 256  # bytes charged for an error block (a request for a file we do not have)
 _LOG_EVERY_S = 60.0  # per device: one warning about its invalid messages a minute, with the count
 
 
-class TokenBucket:
-    """``rate`` tokens a second up to ``burst``; :meth:`take` spends ``n`` if there are that many."""
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
-
-    def refill(self, now: float) -> float:
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
-        self.stamp = now
-        return self.tokens
-
-    @property
-    def full(self) -> bool:
-        return self.tokens >= self.burst
-
-
-class _Buckets:
-    """Token buckets by key, at most ``max_keys`` of them (full ones are forgotten first)."""
-
-    def __init__(self, rate: float, burst: float, max_keys: int = 10000) -> None:
-        self.rate, self.burst, self.max_keys = rate, burst, max_keys
-        self._buckets: dict[str, TokenBucket] = {}
-
-    def get(self, key: str, now: float) -> TokenBucket:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self.max_keys:
-                for k in [k for k, b in self._buckets.items() if b.refill(now) >= b.burst]:
-                    del self._buckets[k]
-                if len(self._buckets) >= self.max_keys:  # all busy: forget the oldest
-                    del self._buckets[next(iter(self._buckets))]
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
-        bucket.refill(now)
-        return bucket
+def _describe(body: Status | Telemetry) -> str:
+    """A queued message as a log names it."""
+    if isinstance(body, Telemetry):
+        return f"telemetry {body.device}/{body.stream}/{body.seq}"
+    return f"the status of {body.device}"
 
 
 class _LabelCap:
@@ -210,6 +182,29 @@ class _Metrics:
         self.stream_bytes = Counter(
             "fleet_stream_bytes_total", "Package bytes streamed to devices", registry=r
         )
+        # Where the telemetry writer's time goes (PostgreSQL: batches acknowledged after commit).
+        self.batches = Counter(
+            "fleet_telemetry_batches_total", "Telemetry batches stored (one transaction each)", registry=r
+        )
+        self.batched = Counter(
+            "fleet_telemetry_batched_messages_total", "Telemetry messages in stored batches", registry=r
+        )
+        self.store_seconds = Counter(
+            "fleet_telemetry_store_seconds_total",
+            "Seconds the telemetry writer spent storing batches (insert and commit)",
+            registry=r,
+        )
+        self.writer_idle_seconds = Counter(
+            "fleet_telemetry_writer_idle_seconds_total",
+            "Seconds the telemetry writer waited for a message",
+            registry=r,
+        )
+        self.handler_seconds = Counter(
+            "fleet_message_handler_seconds_total",
+            "Seconds the MQTT network thread spent handling messages, by kind",
+            ["kind"],
+            registry=r,
+        )
         self.devices = Gauge("fleet_devices", "Known devices, by state", ["state"], registry=r)
         self.deployment_devices = Gauge(
             "fleet_deployment_devices",
@@ -252,7 +247,7 @@ class FleetManager:
         else:
             self.packages = PackageStore(root / "packages", self.db, trust, in_database=self.shared)
         self.lease = Lease(self.db, "ticker", self.client_id, config.lease_ttl_s) if self.shared else None
-        self._batch: queue.Queue[tuple[Telemetry, int, int, Any] | None] = queue.Queue()
+        self._batch: queue.Queue[tuple[Status | Telemetry, int, int, Any] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         # Per network thread (ours, or a drainer's): the client of the message being handled, and
         # whether _on_message queued it (then the writer acknowledges it after the commit).
@@ -263,9 +258,18 @@ class FleetManager:
         self._draining: threading.Thread | None = None
         self.rollouts = RolloutEngine(self.db, self._publish_desired)
         self.metrics = _Metrics()
-        self.block_filter: BlockFilter | None = None  # fault injection for tests and drills
-        self._device_streams = _Buckets(config.stream_device_bytes_per_s, config.stream_device_burst_bytes)
-        self._package_streams = _Buckets(config.stream_package_bytes_per_s, config.stream_package_burst_bytes)
+        self.stream = StreamServer(
+            self._publish_block,
+            self.packages.read_block,
+            device_bytes_per_s=config.stream_device_bytes_per_s,
+            device_burst_bytes=config.stream_device_burst_bytes,
+            package_bytes_per_s=config.stream_package_bytes_per_s,
+            package_burst_bytes=config.stream_package_burst_bytes,
+            max_outstanding_bytes=config.stream_outstanding_bytes,
+            limited=self._limited,
+            warn=self._warn_limited,
+            sent=self.metrics.stream_bytes.inc,
+        )
         self._labels = _LabelCap(config.max_label_sets)
         self._device_models: dict[str, set[str]] = {}  # model names each device reported (bounded)
         self._warned: dict[str, tuple[float, int]] = {}  # device -> (last warning, messages since)
@@ -298,11 +302,17 @@ class FleetManager:
             # SQLite: each message stored in its own transaction before the handler returns, and
             # paho acknowledges it then.
             client.on_message = self._on_message
+        client.on_publish = lambda _c, _u, mid, _rc, _p: self.stream.acknowledged(mid)
+        # What is in flight to the broker is bounded by the stream server's window
+        # (stream_outstanding_bytes), not by paho's count of 64 messages.
+        client.max_inflight_messages_set(1000)
         client.connect_async(b.host, b.port, keepalive=b.keepalive)
-        client.loop_start()
         self._client = client
+        self.stream.start()
+        client.loop_start()
         if not self._connected.wait(connect_timeout):
             client.loop_stop()
+            self.stream.stop()
             raise BrokerError(f"could not connect to the broker at {b.url} within {connect_timeout:.0f} s")
         self._ticker = threading.Thread(target=self._tick_loop, name="fleet-ticker", daemon=True)
         self._ticker.start()
@@ -327,6 +337,7 @@ class FleetManager:
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
+        self.stream.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()  # after the writer acknowledged all: nothing left to drain
         self.close()
@@ -442,10 +453,12 @@ class FleetManager:
         self._client.publish(topic(self.config.fleet, device, "desired"), payload, qos=1, retain=True)
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        started, kind = time.perf_counter(), "invalid"
         try:
             t = parse_topic(msg.topic)
             if t.fleet != self.config.fleet:
                 raise ProtocolError(f"message of fleet {t.fleet!r}")
+            kind = t.kind
             self.metrics.messages.labels(t.kind).inc()
             if t.kind == "status" and not msg.payload:
                 return  # a cleared retained status
@@ -453,26 +466,20 @@ class FleetManager:
             # The topic names the sender (the broker's ACL guarantees it); the body must agree.
             if getattr(body, "device", t.device) != t.device:
                 raise ProtocolError(f"message on {t.device}'s topic claims to be from {body.device}")
-            if isinstance(body, Status):
-                self.db.upsert_device(body)
-                self.db.set_device_alerts(body.device, body.alerts)  # shown by the console
-                if body.state == Presence.ONLINE:
-                    # A device new to the fleet, or newly matching, joins the deployments under way.
-                    device = self.db.device(body.device)
-                    if device is not None:
-                        self.rollouts.adopt(device)
-            elif isinstance(body, Telemetry):
-                self._queue_telemetry(body, msg)
+            if isinstance(body, (Status, Telemetry)):
+                self._queue_for_writer(body, msg)
             elif isinstance(body, Event):
                 self.ingest_event(body)
             elif isinstance(body, StreamGet):
-                self._serve_blocks(t.device, body)
+                self.stream.request(t.device, body)
         except ProtocolError as exc:
             self.metrics.dropped.labels("invalid").inc()
             self._warn_invalid(msg.topic, exc)
         except Exception:
             self.metrics.dropped.labels("error").inc()
             log.exception("dropped a message on %s: unexpected error", msg.topic)
+        finally:
+            self.metrics.handler_seconds.labels(kind).inc(time.perf_counter() - started)
 
     def _warn_invalid(self, topic_name: str, exc: Exception) -> None:
         """Log a dropped message, at most once a minute per sender (with how many were dropped since)."""
@@ -533,26 +540,30 @@ class FleetManager:
             if not ctx.deferred and msg.qos:
                 client.ack(msg.mid, msg.qos)
 
-    def _queue_telemetry(self, t: Telemetry, msg: mqtt.MQTTMessage) -> None:
+    def _queue_for_writer(self, body: Status | Telemetry, msg: mqtt.MQTTMessage) -> None:
+        """Telemetry and status: to the writer's next batch (PostgreSQL), else stored now."""
         client = getattr(self._msg_ctx, "client", None)
-        if client is None:  # called outside paho's callback (tests): store now
-            self.ingest_telemetry(t)
+        if client is None:  # SQLite, or called outside paho's callback (tests): store now
+            self._store_batch([body])
             return
         self._msg_ctx.deferred = True
         with self._unacked_lock:
             self._unacked[id(client)] = self._unacked.get(id(client), 0) + 1
-        self._batch.put((t, msg.mid, msg.qos, client))
+        self._batch.put((body, msg.mid, msg.qos, client))
 
     def pending_acks(self, client: Any) -> int:
-        """Telemetry received on ``client`` and not yet acknowledged (queued or being stored)."""
+        """Telemetry and status received on ``client``, not yet acknowledged (queued or being stored)."""
         with self._unacked_lock:
             return self._unacked.get(id(client), 0)
 
     def _write_loop(self) -> None:
-        """Store queued telemetry in batches, one transaction each, and acknowledge after the commit."""
+        """Store queued telemetry and statuses in batches and acknowledge them after the commit."""
         cfg, done = self.config, False
         while not done:
+            idle = time.perf_counter()
             first = self._batch.get()
+            stored = time.perf_counter()
+            self.metrics.writer_idle_seconds.inc(stored - idle)
             if first is None:
                 break
             items = [first]
@@ -569,42 +580,34 @@ class FleetManager:
                 items.append(item)
             while True:
                 try:
-                    self._ingest_batch([it[0] for it in items])
+                    self._store_batch([it[0] for it in items])
                     break
                 except Exception as exc:
                     if not _transient(exc) and len(items) > 1:
                         # One bad message must not hold the others back: store them one by one.
-                        log.exception("a telemetry batch of %d failed; storing one by one", len(items))
+                        log.exception("a batch of %d messages failed; storing one by one", len(items))
                         for it in items:
                             try:
-                                self._ingest_batch([it[0]])
+                                self._store_batch([it[0]])
                             except Exception as one:  # noqa: BLE001 - sorted out just below
                                 if _transient(one):
                                     break  # the database went away meanwhile: retry the batch
                                 self.metrics.dropped.labels("error").inc()
-                                log.error(
-                                    "dropped telemetry %s/%s/%s: it cannot be stored (%s)",
-                                    it[0].device,
-                                    it[0].stream,
-                                    it[0].seq,
-                                    one,
-                                )
+                                log.error("dropped %s: it cannot be stored (%s)", _describe(it[0]), one)
                         else:
                             break
                     elif not _transient(exc):
                         self.metrics.dropped.labels("error").inc()
-                        log.exception(
-                            "dropped telemetry %s/%s/%s: it cannot be stored",
-                            items[0][0].device,
-                            items[0][0].stream,
-                            items[0][0].seq,
-                        )
+                        log.exception("dropped %s: it cannot be stored", _describe(items[0][0]))
                         break
                     else:
-                        log.warning("storing telemetry failed (%s); retrying, not acknowledged", exc)
+                        log.warning("storing a batch failed (%s); retrying, not acknowledged", exc)
                     if self._stop.is_set():
                         return  # unacknowledged: the broker sends them again to the next session
                     time.sleep(1.0)
+            self.metrics.store_seconds.inc(time.perf_counter() - stored)
+            self.metrics.batches.inc()
+            self.metrics.batched.inc(len(items))
             for _, mid, qos, client in items:
                 self._ack(mid, qos, client)
 
@@ -618,6 +621,37 @@ class FleetManager:
         """Store a telemetry window; False when it is a duplicate."""
         return self._ingest_batch([t])[0]
 
+    def _store_batch(self, bodies: list[Status | Telemetry]) -> None:
+        """What the writer stores in one go: the statuses (one transaction), then the telemetry (one)."""
+        statuses = [b for b in bodies if isinstance(b, Status)]
+        if statuses and self.db.engine == "sqlite":
+            for st in statuses:  # one at a time, as they come (SQLite's transactions do not nest)
+                self._apply_status(st)
+        elif statuses:
+            # Serialised fleet-wide like every registry write; one commit for the whole burst of
+            # statuses that arrives when devices (re)connect, rather than one per device.
+            with self.db.tx():
+                # No deployment under way (the usual case): nothing for a device to join, so the
+                # two reads per status that adoption takes are skipped.
+                active = self.db.query(
+                    f"SELECT 1 AS x FROM deployments WHERE state IN {sql_in(DeploymentState.active())} LIMIT 1"
+                )
+                for st in statuses:
+                    self._apply_status(st, adopt=bool(active))
+        telemetry = [b for b in bodies if isinstance(b, Telemetry)]
+        if telemetry:
+            self._ingest_batch(telemetry)
+
+    def _apply_status(self, st: Status, adopt: bool = True) -> None:
+        """A device's status into the registry (PostgreSQL: within the caller's transaction)."""
+        self.db.upsert_device(st)
+        self.db.set_device_alerts(st.device, st.alerts)  # shown by the console
+        if adopt and st.state == Presence.ONLINE:
+            # A device new to the fleet, or newly matching, joins the deployments under way.
+            device = self.db.device(st.device)
+            if device is not None:
+                self.rollouts.adopt(device)
+
     def _ingest_batch(self, batch: list[Telemetry]) -> list[bool]:
         """Store telemetry windows in one transaction; per window, False when it is a duplicate."""
         now = time.time()
@@ -626,8 +660,7 @@ class FleetManager:
             models = self._admit_models(t.device, t.models)
             rows.append((t, models, self._device_ts(t.ts, now)))
         self.db.ensure_partitions({ts for _, _, ts in rows})
-        with self.db.tx(exclusive=False) as db:
-            inserted = store_telemetry(db, self.db.engine, rows, now)
+        inserted = store_telemetry(self.db, rows, now)
         out = []
         for (t, models, _ts), ok in zip(rows, inserted):
             out.append(ok)
@@ -666,53 +699,19 @@ class FleetManager:
 
     # --- package streaming (AWS IoT streams style) ---
 
-    def _serve_blocks(self, device: str, req: StreamGet) -> None:
+    def _publish_block(self, device: str, payload: bytes) -> int:
+        """One ``stream/data`` message (QoS 1); its message id (the stream server waits for its ack)."""
         assert self._client is not None
-        out = topic(self.config.fleet, device, "stream/data")
-        now = time.monotonic()
-        # Amplification bound: a ~200-byte request may ask for 64 MiB. Each block is paid for from
-        # the device's bucket and the package's; what neither covers is not sent (and counted): the
-        # agent asks again for what it misses after its block timeout, so a download slows, never fails.
-        mine = self._device_streams.get(device, now)
-        if mine.tokens < _STREAM_ERROR_COST and not mine.full:  # in debt: not even a file read
-            self._limited("stream_device", req.count)
-            return
-        for index in range(req.offset, req.offset + req.count):
-            try:
-                data, size = self.packages.read_block(req.file_id, index, req.block_size)
-            except NotFoundError as exc:
-                if mine.tokens < _STREAM_ERROR_COST:
-                    self._limited("stream_device")
-                    return
-                mine.tokens -= _STREAM_ERROR_COST
-                self._client.publish(
-                    out, encode_block(req.file_id, index, 0, b"", req.token, str(exc)), qos=1
-                )
-                return
-            if not data:
-                break  # past the end
-            cost = len(data) + _STREAM_ERROR_COST
-            package = self._package_streams.get(req.file_id, now)
-            # A full bucket always admits one block (it goes into debt): a block larger than the
-            # burst still gets through, at the bucket's rate.
-            if not (mine.tokens >= cost or mine.full) or not (package.tokens >= cost or package.full):
-                left = req.offset + req.count - index
-                self._limited(
-                    "stream_device" if mine.tokens < cost and not mine.full else "stream_package", left
-                )
-                self._warn_limited(
-                    device, f"stream/get from {device}: over the stream rate limit, {left} block(s) not sent"
-                )
-                return
-            mine.tokens -= cost
-            package.tokens -= cost
-            crc = zlib.crc32(data)
-            if self.block_filter is not None:
-                data = self.block_filter(device, index, data)  # sent under the original crc
-            self._client.publish(
-                out, encode_block(req.file_id, index, size, data, req.token, crc32=crc), qos=1
-            )
-            self.metrics.stream_bytes.inc(len(data))
+        return self._client.publish(topic(self.config.fleet, device, "stream/data"), payload, qos=1).mid
+
+    @property
+    def block_filter(self) -> BlockFilter | None:
+        """Fault injection for tests and drills: what a block's data becomes (sent under its crc)."""
+        return self.stream.block_filter
+
+    @block_filter.setter
+    def block_filter(self, value: BlockFilter | None) -> None:
+        self.stream.block_filter = value
 
     # --- queries for the HTTP API and CLI ---
 

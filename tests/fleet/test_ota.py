@@ -110,17 +110,17 @@ def test_corrupt_chunk(tmp_path, manager, start_agent, keys, fault):
         def lying(*args: Any, crc32: Any = None, **kw: Any) -> bytes:
             return original(*args, crc32=zlib.crc32(args[3]), **kw)
 
-        from fleet.manager import service
+        from fleet.manager import stream
 
-        service.encode_block = lying  # type: ignore[assignment]
+        stream.encode_block = lying  # type: ignore[assignment]
     try:
         dep = manager.deploy(manager.packages.add(v2)["sha256"], _spec())
         final = _wait_done(manager, dep["id"])
     finally:
         from fleet import protocol
-        from fleet.manager import service
+        from fleet.manager import stream
 
-        service.encode_block = protocol.encode_block
+        stream.encode_block = protocol.encode_block
     assert corrupted
     dev = final["devices"][0]
     if fault == "crc-caught":

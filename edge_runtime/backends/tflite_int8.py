@@ -32,10 +32,14 @@ MUL + ADD + MUL for a hard-swish (XNNPACK has no int8 HARD_SWISH: with it, the d
 graph would split at every use), and for any other table (a composed function, Elu, ...)
 the exact lookup as GATHER(table, CAST(x) + 128), which runs on TFLite's builtin kernels
 outside the XNNPACK delegate; softmax -> SOFTMAX (+ QUANTIZE from its fixed output parameters); a float Add /
-Sub / Mul of two activations (a broadcast the int8 kernels do not take) -> ADD / SUB / MUL;
-a stride-1 conv followed by the Slice that keeps every other row (how the plan runs a conv
-strided (2, 1)) -> one strided conv; transpose and Transpose moves -> TRANSPOSE, Reshape /
-Flatten / Squeeze / Unsqueeze moves -> RESHAPE, dequantize -> (TRANSPOSE +) DEQUANTIZE.
+Sub / Mul of two activations (a broadcast the int8 kernels do not take) -> ADD / SUB / MUL,
+and of an activation and a float constant -> the same with the constant quantized per tensor
+(the one rounding the plan does not do: it computes such steps in float32); a stride-1 conv
+followed by the Slice that keeps every other row (how the plan runs a conv strided (2, 1)) ->
+one strided conv; transpose and Transpose moves -> TRANSPOSE, Reshape / Flatten / Squeeze /
+Unsqueeze moves -> RESHAPE, a nearest Resize by whole factors -> RESIZE_NEAREST_NEIGHBOR,
+DepthToSpace (DCR) -> DEPTH_TO_SPACE on the NHWC bytes, dequantize -> (TRANSPOSE +)
+DEQUANTIZE.
 
 The model keeps the plan's interface: float32 inputs and outputs with their names and
 logical (NCHW) layout, and a dynamic batch dimension. Steps with no TFLite int8
@@ -45,7 +49,9 @@ embeddings, other data movements, grouped convolutions, symbolic height or width
 
 XNNPACK (LiteRT's default delegate) takes every operator of MobileNetV2, ResNet-18 and the
 PaddleOCR classifier so written but the classifier's final SOFTMAX; it leaves int8 SOFTMAX,
-CAST and GATHER to TFLite's builtin kernels, splitting its graph around them.
+CAST, GATHER and RESIZE_NEAREST_NEIGHBOR to TFLite's builtin kernels, splitting its graph
+around them (the PaddleOCR detector, with 24 GATHERs of composed tables and 6 resizes, runs
+as 30 XNNPACK partitions).
 
 Agreement with the native backend: the integer accumulators are the same; TFLite's
 requantization (a 31-bit doubling multiplier, or XNNPACK's float32 scale with round half
@@ -90,7 +96,7 @@ _VERSIONS = {
     "AVERAGE_POOL_2D": 2, "MEAN": 2, "CONCATENATION": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "TRANSPOSE": 2,
     "LOGISTIC": 2, "TANH": 2, "PAD": 2, "PADV2": 2, "RELU": 2, "RELU6": 2, "MAXIMUM": 2, "MINIMUM": 2,
     "RESHAPE": 1, "HARD_SWISH": 1, "GELU": 2, "SOFTMAX": 2, "SUB": 2, "STRIDED_SLICE": 2, "GATHER": 2,
-    "CAST": 1,
+    "CAST": 1, "RESIZE_NEAREST_NEIGHBOR": 3, "DEPTH_TO_SPACE": 2,
 }  # fmt: skip
 # TFLite's int8 LOGISTIC and TANH only produce these output parameters.
 _FIXED_OUTPUT = {"sigmoid": ("LOGISTIC", 1.0 / 256.0, -128), "tanh": ("TANH", 1.0 / 128.0, 0)}
@@ -176,6 +182,7 @@ class _Writer:
                 readers[name] = readers.get(name, 0) + 1
         self.readers = readers
         self.fused: set[int] = set()  # clamp steps folded into the step before them
+        self.nhwc_source: dict[str, str] = {}  # an NCHW buffer -> the NHWC buffer transposed into it
 
     # -- errors and flatbuffer pieces ---------------------------------------------
 
@@ -342,6 +349,14 @@ class _Writer:
         perm = list(step.attrs["perm"])
         if perm[0] != 0:
             raise self.refuse("a transpose that moves the batch axis")
+        if perm == [0, 3, 1, 2]:
+            self.nhwc_source[dst] = src
+            readers = [s for s in self.plan.steps if dst in s.inputs]
+            if readers and all(s.op == "move" and s.attrs.get("node_op") == "DepthToSpace" for s in readers):
+                # DepthToSpace reads the NHWC buffer itself: no transpose to write
+                n, h, w, c = self.shape[src]
+                self.shape[dst], self.qp[dst] = (n, c, h, w), self.qp[src]
+                return
         self._transpose(self.src(src), self.shape[src], perm, dst, self.qp[src])
 
     def _step_dequantize(self, step: Step) -> None:
@@ -721,22 +736,41 @@ class _Writer:
         self.op("GATHER", [values, indices], [self.activation(dst, shape, _int8(out_qp))], options)
 
     def _step_float(self, step: Step) -> None:
-        """Add, Sub and Mul of two activations that the lowering ran in float (a broadcast the int8
-        kernels do not take, e.g. an SE block's [N, H, W, C] x [N, 1, 1, C]): TFLite's int8 ADD /
-        SUB / MUL broadcast them (in the storage layout both inputs share)."""
+        """Add, Sub and Mul that the lowering ran in float: of two activations (a broadcast the
+        int8 kernels do not take, e.g. an SE block's [N, H, W, C] x [N, 1, 1, C]), TFLite's int8
+        ADD / SUB / MUL broadcast them in the storage layout both share; of an activation and a
+        float constant (a batch norm no convolution absorbed), the constant is quantized per tensor
+        to int8 over its own range, the one place where the .tflite rounds what the plan keeps in
+        float32 (half a step of the constant's range)."""
         op = step.attrs.get("node_op")
         params = step.attrs.get("in_params") or []
-        if op not in ("Add", "Sub", "Mul") or len(step.inputs) != 2 or any(p is None for p in params):
+        quantized = [name for name, p in zip(step.inputs, params) if name and p is not None]
+        if op not in ("Add", "Sub", "Mul") or len(step.inputs) != 2 or not quantized:
             raise self.refuse(
                 f"a float {op} step (dequantize, compute in float32, requantize) has no TFLite int8 equivalent"
             )
         (dst,) = step.outputs
-        a, b = step.inputs
-        xa, xb = self.src(a), self.src(b)
-        out = tuple(np.broadcast_shapes(self.shape[a], self.shape[b]))
+        tensors, shapes = [], []
+        for i, (name, p) in enumerate(zip(step.inputs, params)):
+            if name and p is not None:
+                tensors.append(self.src(name))
+                shapes.append(tuple(self.shape[name]))
+                continue
+            const = step.arrays.get(f"input{i}")
+            if name or const is None or const.dtype != np.float32:
+                raise self.refuse(
+                    f"a float {op} step reading {name or 'a constant'!r}, which is not a float constant"
+                )
+            qp = numerics.activation_params(float(const.min()), float(const.max()), "int8")
+            codes = numerics.quantize(const, qp)
+            tensors.append(
+                self.tensor(f"{dst}/input{i}", codes.shape, qp=_int8(qp), data=codes, batched=False)
+            )
+            shapes.append(tuple(codes.shape))
+        out = tuple(np.broadcast_shapes(*shapes))
         options = getattr(self.s, f"{op}OptionsT")()
         target = _int8(QuantParams.from_dict(step.attrs["out_params"]))
-        self.op(op.upper(), [xa, xb], [self.activation(dst, out, target)], options)
+        self.op(op.upper(), tensors, [self.activation(dst, out, target)], options)
 
     def _step_softmax(self, step: Step) -> None:
         """SOFTMAX over the last axis, into TFLite's fixed int8 output (scale 1/256, zero point
@@ -842,16 +876,79 @@ class _Writer:
         options.axis = axis
         self.op("CONCATENATION", xs, [self.activation(dst, tuple(out), _int8(self.params(dst)))], options)
 
+    def _depth_to_space(self, step: Step, src: str, dst: str) -> None:
+        """DepthToSpace (DCR) of an NCHW buffer: DEPTH_TO_SPACE on its NHWC form (the buffer a
+        transpose step made it from, else a TRANSPOSE), then a TRANSPOSE back to NCHW."""
+        a = step.attrs["node_attrs"]
+        block = int(a.get("blocksize", 0))
+        if src not in self.shape:
+            raise self.refuse(f"reads buffer {src!r}, which is not an int8 activation")
+        shape, qp = self.shape[src], self.qp[src]
+        if a.get("mode", "DCR") != "DCR" or len(shape) != 4 or block < 1 or shape[1] % (block * block):
+            raise self.refuse(
+                f"a DepthToSpace ({a.get('mode', 'DCR')}, block {block}) of a {list(shape)} tensor"
+            )
+        nhwc = self.nhwc_source.get(src)
+        if nhwc is None:  # (src is then an NCHW tensor of the .tflite)
+            nhwc = f"{src}@nhwc"
+            self._transpose(self.index[src], shape, [0, 2, 3, 1], nhwc, qp)
+        n, c, h, w = shape
+        spread = f"{dst}@nhwc"
+        options = self.s.DepthToSpaceOptionsT()
+        options.blockSize = block
+        out = (n, h * block, w * block, c // (block * block))
+        self.op("DEPTH_TO_SPACE", [self.index[nhwc]], [self.activation(spread, out, qp)], options)
+        self._transpose(self.index[spread], out, [0, 3, 1, 2], dst, qp)
+
+    def _resize_nearest(self, step: Step, x: int, shape, qp, dst: str) -> None:
+        """A nearest Resize of NHWC storage by whole factors on H and W: RESIZE_NEAREST_NEIGHBOR
+        (no half-pixel centres, no corner alignment: input index floor(out / factor), what ONNX's
+        asymmetric / floor and half_pixel / round_prefer_floor pick at whole factors)."""
+        from edge_runtime.graph import Node
+        from edge_runtime.graph.reference import evaluate_node
+
+        a = step.attrs["node_attrs"]
+        modes = (
+            a.get("coordinate_transformation_mode", "half_pixel"),
+            a.get("nearest_mode", "round_prefer_floor"),
+        )
+        if a.get("mode", "nearest") != "nearest" or modes not in (
+            ("asymmetric", "floor"),
+            ("half_pixel", "round_prefer_floor"),
+        ):
+            raise self.refuse(f"a {a.get('mode', 'nearest')} Resize with {modes[0]} / {modes[1]} coordinates")
+        node = Node("Resize", step.node, [step.inputs[0]], list(step.outputs), dict(a))
+        (y,) = evaluate_node(node, [np.zeros(shape, np.int8)])
+        out = tuple(int(d) for d in y.shape)
+        n, h, w, c = shape if len(shape) == 4 else (0, 0, 0, 0)
+        if len(out) != 4 or out[0] != n or out[3] != c or out[1] % max(h, 1) or out[2] % max(w, 1):
+            raise self.refuse(
+                f"a Resize from {list(shape)} to {list(out)}: only whole factors on NHWC H and W"
+            )
+        if modes[0] == "asymmetric" and modes[1] == "round_prefer_floor" and (out[1] > h or out[2] > w):
+            raise self.refuse(
+                "an asymmetric Resize rounding to nearest (TFLite's nearest resize takes the floor)"
+            )
+        size = self.const_i32(f"{dst}/size", [out[1], out[2]])
+        self.op("RESIZE_NEAREST_NEIGHBOR", [x, size], [self.activation(dst, out, qp)],
+                self.s.ResizeNearestNeighborOptionsT())  # fmt: skip
+
     def _step_move(self, step: Step) -> None:
         op = step.attrs.get("node_op")
         (dst,) = step.outputs
         src = step.inputs[0]
+        if op == "DepthToSpace":
+            self._depth_to_space(step, src, dst)
+            return
         x, shape, qp = self.src(src), self.shape[src], self.qp[src]
         if op == "Transpose":
             perm = step.attrs["node_attrs"].get("perm") or list(range(len(shape)))[::-1]
             if perm[0] != 0:
                 raise self.refuse("a Transpose that moves the batch axis")
             self._transpose(x, shape, list(perm), dst, qp)
+            return
+        if op == "Resize" and not any(step.inputs[1:]):
+            self._resize_nearest(step, x, shape, qp, dst)
             return
         if op not in _RESHAPES or any(step.inputs[1:]):
             raise self.refuse(f"a {op} data movement, which is not converted")

@@ -147,6 +147,31 @@ def _flatten_consts() -> onnx.ModelProto:
     return make_model(nodes, [value("x", ["batch", 3, 6, 6])], [value("y", None)], init, name="flat")
 
 
+def _decoder() -> onnx.ModelProto:
+    """A nearest 2x Resize (RESIZE_NEAREST_NEIGHBOR), a 2x2 stride-2 ConvTranspose (the plan's
+    GEMM into k*k*M channels, a transpose and a DepthToSpace: DEPTH_TO_SPACE on the NHWC bytes)
+    and a per-channel constant Add in float on its NCHW output (ADD of a constant quantized per
+    tensor: the one rounding the plan does not do)."""
+    r = rng(10)
+    init = {"w": _w(r, 4, 4, 1, 1), "wt": _w(r, 4, 3, 2, 2), "bias": _w(r, 1, 3, 1, 1),
+            "scales": np.array([1, 1, 2, 2], np.float32)}  # fmt: skip
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w"], ["c"]),
+        n(
+            "Resize",
+            ["c", "", "scales"],
+            ["u"],
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+        ),
+        n("ConvTranspose", ["u", "wt"], ["t"], kernel_shape=[2, 2], strides=[2, 2]),
+        n("Add", ["t", "bias"], ["y"]),
+    ]
+    return make_model(nodes, [value("x", ["batch", 4, 5, 5])], [value("y", None)], init, name="decoder")
+
+
 MODELS = {
     "conv_relu6": (_conv, (3, 12, 12)),
     "conv_s2_pad": (lambda: _conv(stride=2, clip=False), (3, 12, 12)),
@@ -157,6 +182,7 @@ MODELS = {
     "concat_luts": (_concat_luts, (6, 8, 8)),
     "se_block": (_se_block, (8, 10, 10)),
     "flatten_consts": (_flatten_consts, (3, 6, 6)),
+    "decoder": (_decoder, (4, 5, 5)),
     "small_cnn": (small_cnn, (3, 16, 16)),
 }
 

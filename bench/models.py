@@ -136,11 +136,12 @@ LIMITS = (
         "(`edge_plan_run`: MobileNetV2 and ResNet-18 one, the encoder three), not one cffi call per step. "
         "`python bench/plan_overhead.py --models digits_cnn,mobilenet_v2,resnet18,minilm_encoder` (calling "
         "thread's CPU time per batch-1, 1-thread call; avx512vnni; the machine loaded by parallel work, load "
-        "average 12-14 on its 2 cores, so the absolute times are about 1.7x the quiet ones above) measured "
-        "the step-by-step Python path against the C program at 4.52 vs 4.11 ms (MobileNetV2), 11.07 vs 10.65 "
-        "ms (ResNet-18), 12.91 vs 11.43 ms (encoder), 0.062 vs 0.042 ms (digits CNN): 0.40, 0.42, 1.48 and "
-        "0.02 ms saved a call, with onnxruntime INT8 at 4.06, 10.54, 18.31 and 0.038 ms in the same run. The "
-        "rest of the gap to onnxruntime INT8 is the kernels (first item)."
+        "average 3.4-3.6 on its 2 cores, so the absolute times are about 1.6x the quiet ones above) measured "
+        "the step-by-step Python path against the C program at 4.18 vs 3.77 ms (MobileNetV2), 11.22 vs 10.53 "
+        "ms (ResNet-18), 11.82 vs 11.27 ms (encoder), 0.034 vs 0.021 ms (digits CNN), with onnxruntime INT8 "
+        "at 3.85, 10.37, 16.94 and 0.019 ms in the same run (native / onnxruntime INT8 0.98x, 1.02x, 0.67x). "
+        "The rest of the gap to the targets is the kernels (first item). The 2-thread columns could not be "
+        "measured on this load: every backend ran slower on 2 threads than on 1."
     ),
 )
 

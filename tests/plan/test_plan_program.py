@@ -20,7 +20,7 @@ import pytest
 from onnx import helper
 
 from edge_runtime.errors import KernelArgumentError, PackedFormatError, ShapeError
-from edge_runtime.kernels._ffi import lib
+from edge_runtime.kernels._ffi import ffi, lib
 from edge_runtime.plan import NativeSession, lower
 from edge_runtime.plan import executor as executor_module
 from tests.plan.native_models import calibrated, make_model, prepare, rng, small_cnn, small_transformer, value
@@ -279,7 +279,6 @@ def test_a_python_output_of_another_shape_is_bound_afresh_not_read_by_the_old_pr
 
 
 def _run_op(kind: str, fields: dict) -> None:
-    from edge_runtime.kernels._ffi import ffi
 
     code, member = executor_module._OP_KINDS[kind]
     ops = ffi.new("edge_plan_op[]", 1)
@@ -334,3 +333,53 @@ def test_the_im2col_op_is_the_numpy_stem_path(kernel, stride, pads, channels) ->
         for n in range(batch) for oy in range(out_h) for ox in range(out_w)
     ]  # fmt: skip
     np.testing.assert_array_equal(a, np.stack(rows))
+
+
+def test_close_waits_for_the_calls_in_flight(rendezvous) -> None:
+    """Two calls wait inside C for a third party; close() from another thread may only return
+    once both have finished (it frees the buffers and the pool they use)."""
+    plan = _plan(small_cnn(), (3, 16, 16))
+    session = NativeSession(plan, cache_dir=False)
+    feeds = [_x((3, 16, 16), 1, seed=s) for s in (1, 2)]
+    session.warm_up(feeds[0], callers=2)
+    want = [session.run(f)["logits"] for f in feeds]
+    rendezvous(3, 60_000)
+    results: list = [None, None]
+    seen_at_close: list = []
+
+    def call(i: int) -> None:
+        results[i] = session.run(feeds[i])["logits"]
+
+    callers = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in callers:
+        t.start()
+    while lib.edge_plan_runs_active() < 2:  # both inside C, waiting for the third party
+        threading.Event().wait(0.001)
+
+    def close() -> None:
+        session.close()
+        seen_at_close.extend(r is not None for r in results)
+
+    closer = threading.Thread(target=close)
+    closer.start()
+    assert lib.edge_plan_run(ffi.NULL, 0, ffi.NULL, ffi.NULL) == 0  # the third party
+    for t in [*callers, closer]:
+        t.join()
+    assert seen_at_close == [True, True]
+    for got, expected in zip(results, want):
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(KernelArgumentError, match="closed"):
+        session.run(feeds[0])
+
+
+def test_blas_stays_on_one_thread_until_the_last_overlapping_call_ends() -> None:
+    blas = executor_module._BlasThreads.get()
+    if blas is None:
+        pytest.skip("threadpoolctl or a BLAS library is not available")
+    before = [c.get_num_threads() for c in blas._controllers]
+    blas.hold()
+    blas.hold()
+    blas.drop()
+    assert [c.get_num_threads() for c in blas._controllers] == [1] * len(before)
+    blas.drop()
+    assert [c.get_num_threads() for c in blas._controllers] == before

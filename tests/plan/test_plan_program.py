@@ -353,8 +353,13 @@ def test_close_waits_for_the_calls_in_flight(rendezvous) -> None:
     callers = [threading.Thread(target=call, args=(i,)) for i in range(2)]
     for t in callers:
         t.start()
-    while lib.edge_plan_runs_active() < 2:  # both inside C, waiting for the third party
-        threading.Event().wait(0.001)
+    inside = threading.Event()
+    for _ in range(60_000):  # both inside C, waiting for the third party (a minute at most)
+        if lib.edge_plan_runs_active() >= 2:
+            inside.set()
+            break
+        inside.wait(0.001)
+    assert inside.is_set()
 
     def close() -> None:
         session.close()

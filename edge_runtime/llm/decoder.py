@@ -31,6 +31,7 @@ class NativeDecoder:
         cos: np.ndarray,
         sin: np.ndarray,
         parallel_min_macs: int,
+        activation_digits: int,
     ) -> None:
         from edge_runtime.kernels._ffi import aligned_empty, ffi, lib
 
@@ -57,6 +58,7 @@ class NativeDecoder:
         d.norm = self._ptr(norm, "float *")
         self._linear(d.lm_head, lm_head)
         d.parallel_min_macs = int(parallel_min_macs)
+        d.activation_digits = int(activation_digits)
         self._layers, self._d = arr, d
         size = lib.edge_llm_decode_workspace_size(d)
         self._workspace = aligned_empty(size)

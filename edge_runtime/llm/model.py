@@ -43,6 +43,7 @@ PREFILL_CHUNK = 256
 # Multiply-accumulates below which a GEMM runs on the calling thread alone.
 PARALLEL_MIN_MACS = 4_000_000
 _INV127 = np.float32(1.0 / 127.0)
+_INV254 = np.float32(1.0 / 254.0)
 _TINY = np.float32(1e-30)
 
 
@@ -59,12 +60,20 @@ def available_memory() -> int | None:
 
 
 class _Int8Linear:
-    """``y = x @ W.T (+ b)`` with W int8 per output channel and x quantized per row."""
+    """``y = x @ W.T (+ b)`` with W int8 per output channel and x quantized per row.
 
-    def __init__(self, q: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> None:
+    ``digits`` 2 (the default) quantizes each row as two int8 digits: ``q1`` at scale
+    ``s = max|x| / 127``, then the remainder ``x - q1 * s`` as ``q2`` at scale ``s / 254``;
+    both go through one GEMM (2 rows per row: the weights are read once) and
+    ``y = (acc1 * s + acc2 * (s / 254)) * scale``, activations good to about 15 bits
+    (``digits`` 1: one int8 digit, 8 bits). ``native/include/edge/decoder.h`` does the same.
+    """
+
+    def __init__(self, q: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, digits: int = 2) -> None:
         from edge_runtime.kernels import pack_gemm
 
         self.n, self.k = q.shape
+        self.digits = digits
         self.packed = pack_gemm(np.ascontiguousarray(q))
         self.scale = np.ascontiguousarray(scale, dtype=np.float32)
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
@@ -74,15 +83,27 @@ class _Int8Linear:
         self._gemm = gemm
 
     def __call__(self, x: np.ndarray, pool: Any) -> np.ndarray:
+        m = x.shape[0]
         rs = np.abs(x).max(axis=1, keepdims=True)
         rs *= _INV127
         np.maximum(rs, _TINY, out=rs)  # an all-zero row: any scale gives zeros
-        q = np.rint(x / rs).astype(np.int8)
+        q1 = np.rint(x / rs)
+        if self.digits == 2:
+            rs2 = rs * _INV254
+            q = np.empty((2 * m, self.k), dtype=np.int8)
+            q[:m] = q1
+            q[m:] = np.clip(np.rint((x - q1 * rs) / rs2), -127, 127)
+        else:
+            q = q1.astype(np.int8)
         # A small GEMM (a decode step's q/k/v, say) runs faster on one thread than waking the others.
-        big = x.shape[0] * self.n * self.k >= PARALLEL_MIN_MACS
+        big = q.shape[0] * self.n * self.k >= PARALLEL_MIN_MACS
         acc = self._gemm(q, self.packed, 0, out_dtype=np.int32, pool=pool if big else None)
-        y = acc.astype(np.float32)
+        y = acc[:m].astype(np.float32)
         y *= rs
+        if self.digits == 2:
+            y2 = acc[m:].astype(np.float32)
+            y2 *= rs2
+            y += y2
         y *= self.scale
         if self.bias is not None:
             y += self.bias
@@ -216,6 +237,7 @@ class LLM:
         selftest_vectors: dict[str, np.ndarray] | None = None,
         source: str = "",
         consume_store: bool = False,
+        activation_bits: int = 16,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
@@ -230,6 +252,10 @@ class LLM:
         if kv_dtype not in ("float16", "float32"):
             raise ValueError(f"kv_dtype must be float16 or float32, got {kv_dtype!r}")
         self.kv_dtype = np.dtype(kv_dtype)
+        if activation_bits not in (8, 16):
+            raise ValueError(f"activation_bits must be 8 or 16, got {activation_bits!r}")
+        # int8 linears: activations as one int8 digit (8 bits) or two (about 15 bits; see _Int8Linear)
+        self.activation_bits = activation_bits
         self._lock = threading.RLock()
         from edge_runtime.kernels import ThreadPool
 
@@ -257,7 +283,7 @@ class LLM:
             return _FloatLinear(np.concatenate([p[0] for p in parts]), bias)
         q = np.concatenate([p[0] for p in parts])
         s = np.concatenate([p[1] for p in parts])  # type: ignore[misc]
-        return _Int8Linear(q, s, bias)
+        return _Int8Linear(q, s, bias, digits=self.activation_bits // 8)
 
     def _vector(self, store: dict[str, np.ndarray], name: str) -> np.ndarray:
         if name not in store:
@@ -299,7 +325,14 @@ class LLM:
             None
             if self.float_path
             else NativeDecoder(
-                c, self.layers, self.lm_head, self.norm, self._cos, self._sin, PARALLEL_MIN_MACS
+                c,
+                self.layers,
+                self.lm_head,
+                self.norm,
+                self._cos,
+                self._sin,
+                PARALLEL_MIN_MACS,
+                self.activation_bits // 8,
             )
         )
         self.weight_bytes = int(
@@ -659,6 +692,7 @@ class LLM:
             "weight_bytes": self.weight_bytes,
             "context": self.context,
             "kv_dtype": self.kv_dtype.name,
+            "activation_bits": self.activation_bits,
             "kv_bytes_per_token": self.config.kv_bytes_per_token(self.kv_dtype.itemsize),
             "threads": self.threads,
             "source": self.source,

@@ -250,6 +250,7 @@ def load(
     kv_dtype: str = "float32",
     trust_store: Any = None,
     profile: Any = None,
+    activation_bits: int = 16,
 ) -> Any:
     """Load an LLM package (file, or extracted directory) into an :class:`~edge_runtime.llm.LLM`.
 
@@ -259,6 +260,8 @@ def load(
     signed by one of its keys. ``profile`` (a device profile or its name): refuse
     with ContextMemoryError, before the weights are unpacked, when the weights and
     the context's KV cache would not fit its memory (:mod:`edge_runtime.llm.fits`).
+    ``activation_bits``: 16 (activations as two int8 digits, the default) or 8 (one digit:
+    faster prefill, less accurate; see :class:`edge_runtime.llm.model.LLM`).
     """
     from edge_runtime.llm.model import LLM
 
@@ -318,4 +321,5 @@ def load(
         selftest_vectors=selftest,
         source=str(p),
         consume_store=True,
+        activation_bits=activation_bits,
     )

@@ -36,10 +36,11 @@ def _steps(model, ids, n=24):
     return states
 
 
+@pytest.mark.parametrize("bits", [16, 8])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_native_step_matches_numpy_step(arch, packages, tiny_tokenizer):
+def test_native_step_matches_numpy_step(arch, bits, packages, tiny_tokenizer):
     ids = tiny_tokenizer.encode(PROMPT).ids
-    with llm.load(packages(arch, "int8"), threads=1) as model:
+    with llm.load(packages(arch, "int8"), threads=1, activation_bits=bits) as model:
         assert model._native is not None
         worst, agree = 0.0, 0
         for seq, tok in _steps(model, ids):
@@ -99,9 +100,46 @@ def test_float16_cache_and_batches_take_the_numpy_path(packages, tiny_tokenizer)
         assert one.shape == (1, model.config.vocab_size)
 
 
-def test_native_step_refuses_a_position_outside_the_cache(packages):
+def test_native_step_refuses_a_position_outside_the_cache_and_bad_digits(packages):
     with llm.load(packages("llama", "int8"), threads=1) as model:
         seq = model.new_sequence(4)
         emb = np.zeros(model.config.hidden_size, dtype=np.float32)
         with pytest.raises(errors.ShapeError, match="position 4 outside the cache"):
             model._native.step(emb, 4, seq.k, seq.v, None)
+        model._native._d.activation_digits = 3
+        with pytest.raises(errors.KernelArgumentError, match="activation_digits must be 1 or 2"):
+            model._native.step(emb, 0, seq.k, seq.v, None)
+    with pytest.raises(ValueError, match="activation_bits must be 8 or 16"):
+        llm.load(packages("llama", "int8"), activation_bits=4)
+
+
+@pytest.mark.parametrize("digits", [1, 2])
+def test_int8_linear_is_the_integer_formula(digits):
+    """_Int8Linear against its definition, in int64 and float64: q1 at s = max|x| / 127, the
+    remainder q2 at s / 254 (two digits), one GEMM, y = (acc1 * s + acc2 * s / 254) * scale + bias."""
+    from edge_runtime.llm.model import _Int8Linear
+
+    rng = np.random.default_rng(digits)
+    w = rng.integers(-127, 128, (40, 72)).astype(np.int8)
+    scale = rng.uniform(0.001, 0.01, 40).astype(np.float32)
+    bias = rng.normal(size=40).astype(np.float32)
+    x = rng.normal(size=(3, 72)).astype(np.float32)
+    x[1, 5] = 40.0  # an outlier channel: one digit loses the small ones
+    lin = _Int8Linear(w, scale, bias, digits=digits)
+    y = lin(x, None)
+    s = np.maximum(np.abs(x).max(axis=1, keepdims=True) * np.float32(1 / 127), np.float32(1e-30))
+    q1 = np.rint(x / s)
+    want = (q1.astype(np.int64) @ w.T.astype(np.int64)) * s.astype(np.float64)
+    if digits == 2:
+        s2 = s * np.float32(1 / 254)
+        q2 = np.clip(np.rint((x - q1 * s) / s2), -127, 127)
+        want = want + (q2.astype(np.int64) @ w.T.astype(np.int64)) * s2.astype(np.float64)
+    want = want * scale + bias
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    exact = x.astype(np.float64) @ (w.astype(np.float64) * scale[:, None]).T + bias
+    err = np.abs(y - exact).max()
+    # one digit: error up to half a step of the outlier's scale; two: about 254x less
+    assert err < (0.5 if digits == 1 else 0.01) * np.abs(exact).max(), err
+    if digits == 2:
+        one = _Int8Linear(w, scale, bias, digits=1)(x, None)
+        assert err * 20 < np.abs(one - exact).max()

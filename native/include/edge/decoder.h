@@ -15,9 +15,12 @@
  *   logits = linear(lm_head, rmsnorm(x) * norm)
  *
  * linear(L, x): x quantized to int8 per call (symmetric, scale s = max|x| / 127,
- * q = round-half-even(x / s)), int32 product by edge_q8_gemm (bit-identical on every
- * ISA), then y[j] = acc[j] * s * L.scale[j] (+ L.bias[j]). Everything else is float32
- * in portable C. A linear of n * k >= parallel_min_macs runs on the pool; the rest
+ * q1 = round-half-even(x / s)), int32 product by edge_q8_gemm (bit-identical on every
+ * ISA), then y[j] = acc1[j] * s * L.scale[j] (+ L.bias[j]). With activation_digits 2
+ * the remainder is a second int8 digit, q2 = clamp(round-half-even((x - q1 * s) / s2),
+ * -127, 127) with s2 = s / 254, multiplied in the same GEMM (M = 2: the weights are
+ * read once), and y[j] = (acc1[j] * s + acc2[j] * s2) * L.scale[j] (+ L.bias[j]):
+ * activations good to about 15 bits. Everything else is float32 in portable C. A linear of n * k >= parallel_min_macs runs on the pool; the rest
  * of the step runs on the calling thread.
  */
 #ifndef EDGE_DECODER_H
@@ -55,6 +58,7 @@ typedef struct edge_llm_decoder {
   const float* norm;        /* [dim] */
   edge_llm_linear lm_head;  /* n = vocab, k = dim */
   int64_t parallel_min_macs;
+  int32_t activation_digits; /* 1 or 2 int8 digits per activation (see above) */
 } edge_llm_decoder;
 
 /* Bytes of the workspace edge_llm_decode needs (any alignment). */

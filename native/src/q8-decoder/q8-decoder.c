@@ -39,9 +39,9 @@ static void rms_norm(const float* x, const float* w, size_t n, float eps, float*
   for (size_t i = 0; i < n; i++) y[i] = x[i] * r * w[i];
 }
 
-/* y = linear(L, x) (see the header); q and acc are scratch of L.k bytes and L.n int32. */
+/* y = linear(L, x) (see the header); q and acc are scratch of digits * L.k bytes and digits * L.n int32. */
 static edge_status linear(const edge_llm_linear* L, const float* x, int8_t* q, int32_t* acc, float* y,
-                          int64_t parallel_min_macs, edge_threadpool* pool) {
+                          int32_t digits, int64_t parallel_min_macs, edge_threadpool* pool) {
   const size_t k = (size_t) L->k, n = (size_t) L->n;
   float amax = 0.0f;
   for (size_t i = 0; i < k; i++) {
@@ -50,19 +50,29 @@ static edge_status linear(const edge_llm_linear* L, const float* x, int8_t* q, i
   }
   float s = amax * (1.0f / 127.0f);
   s = s > 1e-30f ? s : 1e-30f; /* an all-zero row: any scale gives zeros */
-  /* Round half to even (|x / s| <= 127): adding and subtracting 1.5 * 2^23 under the
+  const float s2 = s * (1.0f / 254.0f);
+  /* Round half to even (|v| <= 2^22): adding and subtracting 1.5 * 2^23 under the
    * default rounding mode, which vectorizes where rintf may not. */
   const float magic = 12582912.0f;
   for (size_t i = 0; i < k; i++) {
     const float r = (x[i] / s + magic) - magic;
     q[i] = (int8_t) (int32_t) r;
+    if (digits == 2) {
+      float r2 = ((x[i] - r * s) / s2 + magic) - magic;
+      r2 = r2 < -127.0f ? -127.0f : (r2 > 127.0f ? 127.0f : r2);
+      q[k + i] = (int8_t) (int32_t) r2;
+    }
   }
-  const int big = (int64_t) n * (int64_t) k >= parallel_min_macs;
-  edge_status status = edge_q8_gemm(1, L->n, L->k, EDGE_DTYPE_S8, q, k, 0, L->packed, EDGE_DTYPE_S32, acc, n,
+  const int big = (int64_t) digits * (int64_t) n * (int64_t) k >= parallel_min_macs;
+  edge_status status = edge_q8_gemm(digits, L->n, L->k, EDGE_DTYPE_S8, q, k, 0, L->packed, EDGE_DTYPE_S32, acc, n,
                                     NULL, big ? pool : NULL);
   if (status != EDGE_OK) return status;
   const float* scale = L->scale;
-  for (size_t j = 0; j < n; j++) y[j] = ((float) acc[j] * s) * scale[j];
+  if (digits == 2) {
+    for (size_t j = 0; j < n; j++) y[j] = (((float) acc[j] * s) + ((float) acc[n + j] * s2)) * scale[j];
+  } else {
+    for (size_t j = 0; j < n; j++) y[j] = ((float) acc[j] * s) * scale[j];
+  }
   if (L->bias != NULL) {
     for (size_t j = 0; j < n; j++) y[j] += L->bias[j];
   }
@@ -92,6 +102,7 @@ typedef struct workspace {
 static size_t largest_n(const edge_llm_decoder* d) {
   const size_t q_dim = (size_t) d->heads * d->head_dim, kv_dim = (size_t) d->kv_heads * d->head_dim;
   size_t n = EDGE_MAX((size_t) d->dim, q_dim + 2 * kv_dim);
+  n = EDGE_MAX(n, (size_t) d->vocab);
   return EDGE_MAX(n, 2 * (size_t) d->hidden);
 }
 
@@ -103,8 +114,8 @@ static workspace carve(const edge_llm_decoder* d, void* base, size_t* total) {
       q_dim * sizeof(float),
       2 * (size_t) d->hidden * sizeof(float),
       (size_t) d->context * sizeof(float),
-      largest_n(d) * sizeof(int32_t),
-      (size_t) EDGE_MAX(EDGE_MAX(d->dim, d->hidden), d->heads * d->head_dim),
+      2 * largest_n(d) * sizeof(int32_t),
+      2 * (size_t) EDGE_MAX(EDGE_MAX(d->dim, d->hidden), d->heads * d->head_dim),
   };
   uint8_t* p = base;
   uint8_t* parts[7];
@@ -154,6 +165,10 @@ edge_status edge_llm_decode(const edge_llm_decoder* d, float* x, int32_t positio
                      (int) d->layers, (int) d->dim, (int) d->hidden, (int) d->heads, (int) d->kv_heads,
                      (int) d->head_dim, (int) d->vocab, (int) d->context);
   }
+  if (d->activation_digits != 1 && d->activation_digits != 2) {
+    return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_llm_decode: activation_digits must be 1 or 2, got %d",
+                     (int) d->activation_digits);
+  }
   if (position < 0 || position >= capacity || position >= d->context) {
     return edge_fail(EDGE_ERR_SHAPE, "edge_llm_decode: position %d outside the cache (%d) or the context (%d)",
                      (int) position, (int) capacity, (int) d->context);
@@ -188,11 +203,12 @@ edge_status edge_llm_decode(const edge_llm_decoder* d, float* x, int32_t positio
   const float* sin = d->rope_sin + pos * (hd / 2);
   const float scale = (float) (1.0 / sqrt((double) hd));
   const int64_t pmin = d->parallel_min_macs;
+  const int32_t digits = d->activation_digits;
 
   for (int32_t l = 0; l < d->layers; l++) {
     const edge_llm_layer* L = &d->layer[l];
     rms_norm(x, L->attn_norm, dim, d->rms_eps, w.a);
-    if ((st = linear(&L->qkv, w.a, w.q, w.acc, w.qkv, pmin, pool)) != EDGE_OK) return st;
+    if ((st = linear(&L->qkv, w.a, w.q, w.acc, w.qkv, digits, pmin, pool)) != EDGE_OK) return st;
     float* q = w.qkv;
     float* k = w.qkv + q_dim;
     float* v = k + kv_dim;
@@ -229,19 +245,18 @@ edge_status edge_llm_decode(const edge_llm_decoder* d, float* x, int32_t positio
         for (size_t i = 0; i < hd; i++) out[i] += p * vt[i];
       }
     }
-    if ((st = linear(&L->o, w.attn, w.q, w.acc, w.a, pmin, pool)) != EDGE_OK) return st;
+    if ((st = linear(&L->o, w.attn, w.q, w.acc, w.a, digits, pmin, pool)) != EDGE_OK) return st;
     for (size_t i = 0; i < dim; i++) x[i] += w.a[i];
     rms_norm(x, L->ffn_norm, dim, d->rms_eps, w.a);
-    if ((st = linear(&L->gate_up, w.a, w.q, w.acc, w.gu, pmin, pool)) != EDGE_OK) return st;
+    if ((st = linear(&L->gate_up, w.a, w.q, w.acc, w.gu, digits, pmin, pool)) != EDGE_OK) return st;
     float* gate = w.gu;
     const float* up = w.gu + hidden;
     for (size_t i = 0; i < hidden; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
-    if ((st = linear(&L->down, gate, w.q, w.acc, w.a, pmin, pool)) != EDGE_OK) return st;
+    if ((st = linear(&L->down, gate, w.q, w.acc, w.a, digits, pmin, pool)) != EDGE_OK) return st;
     for (size_t i = 0; i < dim; i++) x[i] += w.a[i];
   }
   rms_norm(x, d->norm, dim, d->rms_eps, w.a);
-  /* The output layer's int32 products go straight into logits (both 4 bytes), scaled there in place. */
-  st = linear(&d->lm_head, w.a, w.q, (int32_t*) (void*) logits, logits, pmin, pool);
+  st = linear(&d->lm_head, w.a, w.q, w.acc, logits, digits, pmin, pool);
   if (st != EDGE_OK) return st;
   edge_clear_error();
   return EDGE_OK;

@@ -128,9 +128,16 @@ def _validate(specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any] | np.ndar
     return feeds
 
 
+@functools.lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype) -> str:
+    """``dtype.name``, which numpy computes anew each time (several microseconds: a tiny
+    model's whole inference is a few times that)."""
+    return dtype.name
+
+
 def _mismatch(spec: TensorSpec, arr: np.ndarray, bound: dict[str, tuple[int, str]]) -> str | None:
     """What is wrong with ``arr`` for ``spec`` (None: nothing); binds named dimensions in ``bound``."""
-    if arr.dtype.name != spec.dtype:
+    if _dtype_name(arr.dtype) != spec.dtype:
         return f"dtype {arr.dtype.name} instead of {spec.dtype}; convert with .astype"
     if arr.ndim != len(spec.shape):
         return f"rank {arr.ndim} instead of {len(spec.shape)}"

@@ -12,6 +12,10 @@ of the two aggregates (the issue's target: >= 4x with 8 streams). The decode ste
 of the concurrent streams run as one batch (continuous batching), so the weights
 are read once per step for all of them. Greedy streams of one prompt generate the
 same tokens in both rounds, so the rounds do the same work per stream.
+Then, in a fresh process with the same threads, the cost of one decode step of
+1, 2, 4 and 8 sequences (``model.decode``, median of 20): ``8 x t(1) / t(8)`` is
+the ratio the engine could reach if HTTP, sampling and scheduling cost nothing,
+so it separates what the kernels allow from what the server adds.
 Writes bench/results/llm_serve.json and the "Language models: concurrent streams"
 section of BENCHMARKS.md.
 """
@@ -108,6 +112,42 @@ def _round(url: str, streams: int, new_tokens: int) -> dict:
     }
 
 
+_STEP_WORKER = r"""
+import json, statistics, sys, time
+from edge_runtime import llm
+path, threads, text = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+model = llm.load(path, threads=threads, context=512)
+ids = model.tokenize(text)
+out = {}
+for b in (1, 2, 4, 8):
+    seqs = [model.new_sequence(512) for _ in range(b)]
+    for s in seqs:
+        model.prefill(s, ids)
+    model.decode(seqs, [5] * b)
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        model.decode(seqs, [5] * b)
+        times.append(time.perf_counter() - t)
+    out[b] = statistics.median(times)
+print(json.dumps(out))
+"""
+
+
+def _step_costs(package: Path, threads: int) -> dict[str, float]:
+    """Seconds per decode step of 1, 2, 4, 8 sequences, in a process of its own."""
+    out = subprocess.run(
+        [sys.executable, "-c", _STEP_WORKER, str(package), str(threads), PROMPT],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    if out.returncode:
+        raise SystemExit(f"the step-cost worker failed:\n{out.stderr[-3000:]}")
+    return {k: float(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
     import urllib.request
 
@@ -143,6 +183,7 @@ def main() -> int:
     p.add_argument("--no-write", action="store_true", help="print the results only")
     args = p.parse_args()
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         package = args.package
         if package is None:
@@ -183,6 +224,7 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(60)
+        steps = _step_costs(package, args.threads)
     from edge_runtime.kernels import get_isa
 
     results = {
@@ -194,8 +236,11 @@ def main() -> int:
         "many": many,
         "ratio": many["aggregate_tok_s"] / one["aggregate_tok_s"],
         "target_ratio": 4.0,
+        "decode_step_s": steps,
+        "step_ratio": 8 * steps["1"] / steps["8"],
         "note": args.note,
-        "command": "python bench/llm_serve.py " + " ".join(sys.argv[1:]),
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "command": "python bench/llm_serve.py " + " ".join(_without_note(sys.argv[1:])),
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(results, indent=2))
@@ -206,11 +251,29 @@ def main() -> int:
     return 0
 
 
+def _without_note(argv: list[str]) -> list[str]:
+    """The command line without ``--note TEXT`` (the note is printed below the table)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
+
+
 def _markdown(r: dict) -> str:
     one, many = r["one"], r["many"]
+    steps = r["decode_step_s"]
+    steps_ms = " | ".join(f"{1e3 * steps[b]:.1f}" for b in ("1", "2", "4", "8"))
+    steps_rate = " | ".join(f"{int(b) / steps[b]:.0f}" for b in ("1", "2", "4", "8"))
     met = "met" if r["ratio"] >= r["target_ratio"] else "missed"
     note = f"\n\n{r['note']}" if r["note"] else ""
-    return f"""`{r["command"]}` on {r["machine"]}; kernels: {r["isa"]}; `edge serve --threads {r["threads"]}`.
+    load = r["load_average_1m"]
+    return f"""`{r["command"]}` on {r["machine"]}; kernels: {r["isa"]}; `edge serve --threads {r["threads"]}`;
+1-minute load average {load[0]:.1f} before and {load[1]:.1f} after the run (2 CPUs shared with other work).
 SmolLM2-135M-Instruct int8 package, `/v1/completions` streamed over HTTP (SSE), greedy, {r["new_tokens"]}
 tokens per stream; aggregate = all streams' completion tokens / wall time from the first request to the
 last token (best of the repeats).
@@ -220,7 +283,17 @@ last token (best of the repeats).
 | 1 | {one["tokens"]} | {one["wall_s"]:.2f} | {one["aggregate_tok_s"]:.1f} | {one["median_ttft_s"]:.3f} |
 | {many["streams"]} | {many["tokens"]} | {many["wall_s"]:.2f} | {many["aggregate_tok_s"]:.1f} | {many["median_ttft_s"]:.3f} |
 
-{many["streams"]} streams / 1 stream: **{r["ratio"]:.2f}x** (target >= {r["target_ratio"]:.0f}x: {met}).{note}
+{many["streams"]} streams / 1 stream: **{r["ratio"]:.2f}x** (target >= {r["target_ratio"]:.0f}x: {met}).
+
+One decode step in-process (`model.decode`, median of 20, {r["threads"]} threads), by sequences in the batch:
+
+| sequences | 1 | 2 | 4 | 8 |
+|---|---:|---:|---:|---:|
+| ms per step | {steps_ms} |
+| tokens/s | {steps_rate} |
+
+`8 x t(1) / t(8)` = **{r["step_ratio"]:.2f}x**: what 8 streams could gain if the server added nothing; the
+HTTP ratio is {r["ratio"] / r["step_ratio"]:.0%} of it.{note}
 """
 
 

@@ -24,11 +24,12 @@ image stem, transposes) and clamps. Later calls run it with one
 ``edge_plan_run`` call, which releases the GIL for the whole run and reports the
 index of a failing op, so the step's typed error is raised as on the Python
 path. Steps that stay in Python (float subgraphs and fallbacks, float attention,
-embedding gathers, concatenation, moves other than reshapes and transposes, a
-reshape of a Python step's output) split the program into C segments, one C
-call each; a tensor a segment reads from outside it (the feed,
+embedding gathers, concatenation, moves other than reshapes and transposes)
+split the program into C segments, one C call each (a reshape of a Python
+step's output joins the next segment as a view made per call); a tensor a segment reads from outside it (the feed,
 a Python step's output) is pointed to per call, after checking its shape. An
-image CNN (MobileNetV2, ResNet-18) is one segment: one C call per inference.
+image CNN (MobileNetV2, ResNet-18) is one segment: one C call per inference; a
+BERT-style encoder is its embedding gathers in Python, then one segment.
 ``describe()["program"]`` says what the latest compiled call ran.
 
 Dynamic shapes: any input dimension may change between calls, not only the batch.
@@ -354,18 +355,32 @@ class _Segment:
     ``inputs``: the tensors from outside the segment (the feeds, Python steps' outputs),
     pointed to per call after checking they have the bound shape and dtype; ``fresh``:
     float outputs allocated per call; ``publish``: the bound buffers the segment fills,
-    put into the environment for the steps and outputs after it."""
+    put into the environment for the steps and outputs after it; ``views``: reshapes of
+    tensors from outside (dst, src, src shape, dtype, dst shape), made per call first."""
 
-    __slots__ = ("count", "failed", "fresh", "inputs", "keep", "ops", "publish", "start", "stop", "whats")
+    __slots__ = (
+        "count",
+        "failed",
+        "fresh",
+        "inputs",
+        "keep",
+        "ops",
+        "publish",
+        "start",
+        "stop",
+        "views",
+        "whats",
+    )
 
     def __init__(self, start: int, stop: int, specs: list, env: dict[str, Any], stable: set[str],
-                 publish: dict[str, np.ndarray]) -> None:  # fmt: skip
+                 publish: dict[str, np.ndarray], views: list) -> None:  # fmt: skip
         self.start, self.stop = start, stop
         self.count = len(specs)
         self.ops = ffi.new("edge_plan_op[]", max(1, self.count))
         self.whats = [what for what, _, _ in specs]
         self.failed = ffi.new("size_t *")
         self.publish = publish
+        self.views = views
         self.keep: list[Any] = []
         inputs: dict[str, tuple[tuple[int, ...], np.dtype, list]] = {}
         fresh: dict[str, tuple[tuple[int, ...], list]] = {}
@@ -395,7 +410,18 @@ class _Segment:
         self.fresh = [(name, shape, records) for name, (shape, records) in fresh.items()]
 
     def run(self, env: dict[str, Any], pool: Any) -> bool:
-        """One C call; False (nothing run) when an input does not have its bound shape."""
+        """One C call; False (nothing run) when an input does not have its bound shape. The
+        float outputs made per call come first: a later op of the segment may read one."""
+        for name, shape, records in self.fresh:
+            y = env[name] = np.empty(shape, np.float32)
+            pointer = _void(y)
+            for record, field in records:
+                setattr(record, field, pointer)
+        for dst, src, src_shape, dtype, dst_shape in self.views:
+            x = env[src]
+            if x.shape != src_shape or x.dtype != dtype:
+                return False
+            env[dst] = x.reshape(dst_shape)
         held = []
         for name, shape, dtype, records in self.inputs:
             x = env[name]
@@ -407,12 +433,7 @@ class _Segment:
             pointer = _void(x)
             for record, field in records:
                 setattr(record, field, pointer)
-        for name, shape, records in self.fresh:
-            y = env[name] = np.empty(shape, np.float32)
-            pointer = _void(y)
-            for record, field in records:
-                setattr(record, field, pointer)
-        status = lib.edge_plan_run(self.ops, self.count, pool, self.failed)
+        status = lib.edge_plan_run(self.ops, self.count, pool, self.failed) if self.count else 0
         if status:
             i = self.failed[0]
             check(status, self.whats[i] if i < self.count else "plan run")
@@ -789,31 +810,39 @@ class NativeSession:
         publish: dict[str, np.ndarray] = {}
         first = start
 
+        views: list[tuple[str, str, tuple[int, ...], np.dtype, tuple[int, ...]]] = []
+
         def close(i: int) -> None:
-            nonlocal specs, stable, publish
-            if specs or publish:
+            nonlocal specs, stable, publish, views
+            if specs or publish or views:
                 # Only what a step outside the segment reads, or the plan returns, goes back to Python.
                 seen = {
                     n: a
                     for n, a in publish.items()
                     if n in self._returned or any(j < first or j >= i for j in self._readers.get(n, ()))
                 }
-                parts.append(_Segment(first, i, specs, env, stable, seen))
-            specs, stable, publish = [], set(), {}
+                parts.append(_Segment(first, i, specs, env, stable, seen, views))
+            specs, stable, publish, views = [], set(), {}, []
 
         for i in range(start, stop):
             fn, step = self._prepared[i], self.plan.steps[i]
             ops = getattr(fn, "ops", None)
             alias = getattr(fn, "alias", None)
             found = None
+            view = False
             if ops is not None:
                 found = ops(env, arena.slots[i])
-            elif alias is not None and alias in stable:
-                # A view of its input with its own shape (the same bytes in the same order).
+            elif alias is not None:
+                # A view of its input with its own shape (the same bytes in the same order): of a
+                # buffer of the segment, bound once; of a tensor from outside, made per call.
                 x, y = env[alias], env[step.outputs[0]]
-                if y.size == x.size and y.dtype == x.dtype and x.flags.c_contiguous:
-                    env[step.outputs[0]] = x.reshape(y.shape)
-                    found = []
+                if isinstance(x, np.ndarray) and y.size == x.size and y.dtype == x.dtype:
+                    if alias in stable and x.flags.c_contiguous:
+                        env[step.outputs[0]] = x.reshape(y.shape)
+                        found = []
+                    elif alias not in stable:
+                        views.append((step.outputs[0], alias, x.shape, x.dtype, y.shape))
+                        found, view = [], True
             if found is None:
                 close(i)
                 parts.append(i)
@@ -822,7 +851,7 @@ class NativeSession:
             fresh = {v.name for _, f in found for v in f.values() if isinstance(v, _Fresh)}
             specs.extend((fn.what if found else "", kind, fields) for kind, fields in found)
             for name in step.outputs:
-                if name not in fresh:
+                if name not in fresh and not view:
                     stable.add(name)
                     publish[name] = env[name]
         close(stop)

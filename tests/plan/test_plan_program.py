@@ -388,3 +388,54 @@ def test_blas_stays_on_one_thread_until_the_last_overlapping_call_ends() -> None
     assert [c.get_num_threads() for c in blas._controllers] == [1] * len(before)
     blas.drop()
     assert [c.get_num_threads() for c in blas._controllers] == before
+
+
+@pytest.mark.parametrize("mask", ["input", "constant", None])
+@pytest.mark.parametrize("padding", [True, False])
+def test_attention_runs_in_the_program_with_the_bits_of_the_python_path(monkeypatch, mask, padding) -> None:
+    """The mask (a quantized input here, dequantized by the program; or a constant) is always
+    added in C, where the Python path skips a mask of zeros: the same bits either way."""
+    from tests.plan.test_attention import _attention_model, _feeds
+
+    graph = prepare(_attention_model(mask=mask))
+    plan = lower(graph, calibrated(graph, [_feeds(graph, seed=4)]))
+    assert "attention" in [s.op for s in plan.steps]
+    session, reference = NativeSession(plan, cache_dir=False), _python_path(plan)
+    for seed in range(3):
+        feeds = _feeds(graph, seed=seed, padding=padding)
+        np.testing.assert_array_equal(
+            session.run(feeds)["y"], _run_python(reference, feeds, monkeypatch)["y"]
+        )
+    assert session.describe()["program"]["python_steps"] == 0
+
+
+def test_a_reshape_of_a_python_output_joins_the_segment_as_a_view(monkeypatch) -> None:
+    """Embedding rows (a gather, in Python) reshaped, then a convolution: the reshape is made
+    per call at the segment's start, and the convolution reads it in the same C call."""
+    r = rng(6)
+    init = {
+        "table": (r.standard_normal((50, 16)) * 0.5).astype(np.float32),
+        "shape": np.array([-1, 4, 4, 1], np.int64),
+        "w": (r.standard_normal((4, 1, 3, 3)) * 0.5).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["rows"]),
+        helper.make_node("Reshape", ["rows", "shape"], ["img"]),
+        helper.make_node("Transpose", ["img"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    model = make_model(nodes, [value("ids", ["batch"], np.int64)], [value("y", None)], init, name="embed")
+    graph = prepare(model)
+    calib = [{"ids": rng(i).integers(0, 50, 3).astype(np.int64)} for i in range(3)]
+    plan = lower(graph, calibrated(graph, calib))
+    ops = [s.op for s in plan.steps]
+    assert "embed" in ops and "move" in ops
+    session, reference = NativeSession(plan, cache_dir=False), _python_path(plan)
+    for seed in range(4):
+        feeds = {"ids": rng(10 + seed).integers(0, 50, 2).astype(np.int64)}
+        np.testing.assert_array_equal(
+            session.run(feeds)["y"], _run_python(reference, feeds, monkeypatch)["y"]
+        )
+    program = session.describe()["program"]
+    assert (program["c_segments"], program["python_steps"]) == (1, 1), (ops, program)  # the gather alone

@@ -48,7 +48,7 @@ ENGINES = ("native int8", "LiteRT int8", "ort int8")
 # What limits the misses: measured with the commands named, on this project's shared 2-core machine.
 LIMITS = (
     (
-        "ocr-cls (1.8-2.0x at 1 thread over two runs at load 3-8): its nine squeeze-and-excite gates multiply an "
+        "ocr-cls (1.8-2.0x at 1 thread over three runs at load 3-8): its nine squeeze-and-excite gates multiply an "
         "[N, H, W, C] map by an [N, 1, 1, C] vector, a broadcast the native int8 mul kernel does not take, so the "
         "plan runs them (and the final softmax) as float steps in Python: bench/native_profile.py's per-step timer "
         "on the plan (profile_steps) put 1.63 ms of 2.27 ms of step time in those 9 float Muls and 0.24 ms in the "
@@ -56,22 +56,23 @@ LIMITS = (
         "as one partition. A broadcasting int8 mul (and lowering the gate's Mul to it) is what closes this."
     ),
     (
-        "ocr-det passes at 1 thread (0.66-0.73x) because LiteRT runs it as 30 XNNPACK partitions: its 24 composed "
+        "ocr-det passes at 1 thread (0.62-0.73x over three runs) because LiteRT runs it as 30 XNNPACK partitions: its 24 composed "
         "hard-swish tables (hard-swish * a + b, folded into one table by the lowering, whose constants the plan "
         "does not keep) become exact GATHERs on TFLite's builtin kernels, and XNNPACK leaves the 6 nearest resizes "
         "to them too; the native plan runs each table as one byte lookup."
     ),
     (
         "2-thread cells: on this loaded machine the native pool, which forks and joins on every step, gained "
-        "nothing from a second thread on any model (ResNet-18 10.94 ms at 2 threads against 10.43 ms at 1, ocr-cls "
-        "1.92 against 1.01 ms, in the run at load 3-6), while XNNPACK's did (ResNet-18 11.06 -> 6.49 ms); at load "
-        "8-14 the native 2-thread times grew several-fold. That is the pool's scheduling under contention (issue 14, "
-        "item 2), not the kernels: compare 1-thread cells first; the 2-thread targets need a quiet machine to judge."
+        "nothing from a second thread on any model in three runs at load 3-8 (in the one above: MobileNetV2 15.58 "
+        "ms at 2 threads against 9.23 at 1, ocr-cls 4.60 against 1.10), while XNNPACK's sometimes did (MobileNetV2 "
+        "9.01 -> 4.53 ms here; ResNet-18 11.06 -> 6.49 ms at load 3-6). That is the pool's scheduling under "
+        "contention (issue 14, item 2), not the kernels: compare 1-thread cells first; the 2-thread targets need a "
+        "quiet machine to judge."
     ),
     (
-        "MobileNetV2 (1.02-1.05x at 1 thread over two runs at load 3-8; 1.04-1.27x in earlier runs at load 7-14): "
+        "MobileNetV2 (1.02-1.05x at 1 thread over three runs at load 3-8; 1.04-1.27x in earlier runs at load 7-14): "
         "the native kernel limits are bench/models.py's (pointwise-conv requantization, depthwise lanes at C not a "
-        "multiple of 64, the first conv's im2col). ResNet-18 passes at 1 thread (0.94x in both runs)."
+        "multiple of 64, the first conv's im2col). ResNet-18 passes at 1 thread (0.94-0.98x in the three runs)."
     ),
     (
         "Agreement: LiteRT's outputs stay within one output step of the native plan's on MobileNetV2, ResNet-18 and "

@@ -133,15 +133,16 @@ LIMITS = (
     ),
     (
         "Per-call Python (issue 14, item 1): a warm native call is one C call per C segment of the plan "
-        "(`edge_plan_run`: MobileNetV2 and ResNet-18 one, the encoder three), not one cffi call per step. "
-        "`python bench/plan_overhead.py --models digits_cnn,mobilenet_v2,resnet18,minilm_encoder` (calling "
-        "thread's CPU time per batch-1, 1-thread call; avx512vnni; the machine loaded by parallel work, load "
-        "average 3.4-3.6 on its 2 cores, so the absolute times are about 1.6x the quiet ones above) measured "
-        "the step-by-step Python path against the C program at 4.18 vs 3.77 ms (MobileNetV2), 11.22 vs 10.53 "
-        "ms (ResNet-18), 11.82 vs 11.27 ms (encoder), 0.034 vs 0.021 ms (digits CNN), with onnxruntime INT8 "
-        "at 3.85, 10.37, 16.94 and 0.019 ms in the same run (native / onnxruntime INT8 0.98x, 1.02x, 0.67x). "
-        "The rest of the gap to the targets is the kernels (first item). The 2-thread columns could not be "
-        "measured on this load: every backend ran slower on 2 threads than on 1."
+        "(`edge_plan_run`: MobileNetV2 and ResNet-18 one, the encoder one after its two embedding gathers), "
+        "not one cffi call per step. `python bench/plan_overhead.py --models "
+        "digits_cnn,mobilenet_v2,resnet18,minilm_encoder` (calling thread's CPU time per batch-1, 1-thread "
+        "call; avx512vnni; the machine loaded by parallel work, load average 7-8 on its 2 cores, so the "
+        "absolute times are about 1.6x the quiet ones above) measured the step-by-step Python path against "
+        "the C program at 4.30 vs 3.78 ms (MobileNetV2), 10.92 vs 10.34 ms (ResNet-18), 12.09 vs 10.99 ms "
+        "(encoder), 0.029 vs 0.019 ms (digits CNN), with onnxruntime INT8 at 3.99, 10.39, 17.08 and 0.020 ms "
+        "in the same run (native / onnxruntime INT8 0.95x, 1.00x, 0.64x, 0.95x). The rest of the gap to the "
+        "targets is the kernels (first item). The 2-thread columns could not be measured on this load: every "
+        "backend ran slower on 2 threads than on 1."
     ),
 )
 

@@ -812,8 +812,11 @@ def writer_summary(
     before: list[dict[str, float]], after: list[dict[str, float]], seconds: float
 ) -> dict[str, Any]:
     """Per manager over the window: batches, mean batch, and the share of time storing, idle, in the handler."""
-    out = []
+    out: list[dict[str, Any] | None] = []
     for b, a in zip(before, after):
+        if a["fleet_telemetry_batches_total"] < b["fleet_telemetry_batches_total"]:
+            out.append(None)  # SIGKILLed during the window: its counters are gone
+            continue
         d = {k: a[k] - b[k] for k in WRITER_COUNTERS}
         n = d["fleet_telemetry_batches_total"]
         out.append({
@@ -1069,6 +1072,7 @@ def render_scale(r: dict[str, Any]) -> str:
         for x in [*sc["runs"], *sc.get("lower_rates", [])]
         if x.get("writer")
         for m in x["writer"]["per_manager"]
+        if m
     )
     ro = sc.get("rollout_1000_devices")
     ro_text = (
@@ -1210,6 +1214,11 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join([".venv/bin/python bench/fleet.py", *(sys.argv[1:] if argv is None else argv)]),
         }  # fmt: skip
         result["args"] = vars(args)
+        this_run = {"date": result["date"], "command": result["command"]}
+        if "ingestion" not in parts and not ("rollout" in parts and args.ota_devices < SCALE_ROLLOUT_DEVICES):
+            # The "Fleet" section's run is kept: so are its date, command and arguments (the
+            # at-scale parts record their own).
+            result.update({k: previous[k] for k in ("date", "command", "args") if k in previous})
         for part in ("ingestion", "rollout", "scale"):
             if part not in parts and part in previous:
                 result[part] = previous[part]  # kept from the last run that measured it
@@ -1224,14 +1233,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.ota_devices >= SCALE_ROLLOUT_DEVICES:
                 # The at-scale rollout (issue 17) goes to "Fleet at scale"; the "Fleet" section keeps
                 # its 100-device rollout.
-                ro.update(date=result["date"], command=result["command"])
+                ro.update(this_run)
                 result.setdefault("scale", dict(previous.get("scale", {})))["rollout_1000_devices"] = ro
+                if "rollout" in previous:
+                    result["rollout"] = previous["rollout"]
             else:
                 result["rollout"] = ro
         if "scale" in parts:
             kept = result.get("scale", {}).get("rollout_1000_devices")
             result["scale"] = scale(args, work)
-            result["scale"].update(date=result["date"], command=result["command"], args=vars(args))
+            result["scale"].update(this_run, args=vars(args))
             if kept:
                 result["scale"]["rollout_1000_devices"] = kept
     finally:

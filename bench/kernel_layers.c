@@ -1,4 +1,4 @@
-/* MobileNetV2's convolution shapes through the public C API: the median time
+/* MobileNetV2's convolution shapes (and ResNet-18's first) through the public C API: the median time
  * of each layer over 200 calls, and a checksum of its output (two builds must
  * print the same checksums: the kernels are bit-exact).
  *
@@ -80,6 +80,7 @@ static const layer kLayers[] = {
     {"pw 7x7x160->960", DENSE, 7, 160, 960, 1, 1},
     {"pw 7x7x960->320", DENSE, 7, 960, 320, 1, 1},
     {"pw 7x7x320->1280", DENSE, 7, 320, 1280, 1, 1},
+    {"conv 7x7 s2 224x224x3->64", DENSE, 224, 3, 64, 7, 2}, /* ResNet-18's first */
 };
 
 static int run_layer(const layer* L, int32_t threads, edge_threadpool* pool) {

@@ -98,6 +98,32 @@ _VERSIONS = {
     "RESHAPE": 1, "HARD_SWISH": 1, "GELU": 2, "SOFTMAX": 2, "SUB": 2, "STRIDED_SLICE": 2, "GATHER": 2,
     "CAST": 1, "RESIZE_NEAREST_NEIGHBOR": 3, "DEPTH_TO_SPACE": 2,
 }  # fmt: skip
+# The attributes and arrays each step may carry, as edge_runtime.plan.lower writes them. A step
+# with anything else (a fusion a newer lowering adds) is refused rather than written without it.
+_POOL = {"kernel", "stride", "padding", "dilation", "dynamic_hw", "auto_pad", "pads", "ceil_mode"}
+_UNARY = {"x_scale", "x_zero_point", "y_scale", "y_zero_point"}
+_REQUANT = {"zero_point", "out_min", "out_max", "out_dtype"}
+_WEIGHTS = {"weights", "bias", "multiplier", "shift"}
+_KNOWN: dict[str, tuple[set[str], set[str]]] = {
+    "quantize": ({"scale", "zero_point", "dtype", "perm"}, set()),
+    "dequantize": ({"scale", "zero_point", "dtype", "perm"}, set()),
+    "conv": ({"input_hwc", "stride", "padding", "dilation", "groups", "depthwise", "sparse", "x_zero_point",
+              "dynamic_hw", "auto_pad", "pads", "ceil_mode"} | _REQUANT, _WEIGHTS),
+    "gemm": ({"a_zero_point", "sparse"} | _REQUANT, _WEIGHTS),
+    "add": ({"a_scale", "a_zero_point", "b_scale", "b_zero_point", "y_scale", "y_zero_point", "constant_first"},
+            {"constant"}),
+    "lut": ({"kind"}, {"table"}),
+    "clamp": ({"lo", "hi"}, set()),
+    "maxpool": (_POOL, set()),
+    "avgpool": (_POOL | _UNARY | {"count_include_pad"}, set()),
+    "global_avgpool": (_UNARY, set()),
+    "concat": ({"axis"}, set()),
+    "transpose": ({"perm"}, set()),
+    "move": ({"node_op", "node_attrs"}, {"input1", "input2", "input3", "input4"}),
+    "float": ({"node_op", "node_attrs", "in_params", "out_params"}, {"input0", "input1"}),
+    "softmax": ({"node_op", "node_attrs", "in_params", "out_params"}, set()),
+}  # fmt: skip
+_KNOWN["mul"] = _KNOWN["add"]
 # TFLite's int8 LOGISTIC and TANH only produce these output parameters.
 _FIXED_OUTPUT = {"sigmoid": ("LOGISTIC", 1.0 / 256.0, -128), "tanh": ("TANH", 1.0 / 128.0, 0)}
 
@@ -292,6 +318,13 @@ class _Writer:
             if handler is None:
                 what = _REFUSED.get(step.op, f"the {step.op!r} step")
                 raise self.refuse(f"{what} has no TFLite int8 equivalent")
+            attrs, arrays = _KNOWN[step.op]
+            unknown = sorted((set(step.attrs) - attrs) | (set(step.arrays) - arrays))
+            if unknown:
+                raise self.refuse(
+                    f"it carries {', '.join(unknown)}, which this writer does not know (a newer plan); "
+                    "upgrade edge_runtime"
+                )
             handler(step)
         self.step = None
         outputs = []

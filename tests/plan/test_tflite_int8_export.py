@@ -299,6 +299,14 @@ def test_a_step_tflite_cannot_express_is_refused_by_name() -> None:
         plan_to_tflite_int8(plan)
 
 
+def test_a_step_with_an_attribute_the_writer_does_not_know_is_refused() -> None:
+    _, plan = _plan(_conv, (3, 12, 12))
+    conv = next(s for s in plan.steps if s.op == "conv")
+    conv.attrs["residual"] = "x"  # e.g. a fusion a newer lowering adds: never written without it
+    with pytest.raises(UnsupportedOperatorError, match=r"conv of node .* carries residual"):
+        plan_to_tflite_int8(plan)
+
+
 def test_a_requantization_no_weight_scale_reproduces_is_refused() -> None:
     from edge_runtime.errors import QuantizationError
 

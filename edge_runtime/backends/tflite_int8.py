@@ -45,7 +45,8 @@ The model keeps the plan's interface: float32 inputs and outputs with their name
 logical (NCHW) layout, and a dynamic batch dimension. Steps with no TFLite int8
 equivalent (a float [subgraph] partition, attention, layer norm, other float steps,
 embeddings, other data movements, grouped convolutions, symbolic height or width) raise
-:class:`UnsupportedOperatorError` naming the step, its node and what to do.
+:class:`UnsupportedOperatorError` naming the step, its node and what to do; so does a step
+carrying an attribute or array this writer does not know (a fusion a newer lowering adds).
 
 XNNPACK (LiteRT's default delegate) takes every operator of MobileNetV2, ResNet-18 and the
 PaddleOCR classifier so written but the classifier's final SOFTMAX; it leaves int8 SOFTMAX,

@@ -300,7 +300,7 @@ class _Writer:
                 raise UnsupportedOperatorError(
                     f"int8 .tflite: input {io_.name!r} is {io_.dtype}; only float32 inputs are converted"
                 )
-            shape = list(io_.shape)
+            shape = list(io_.shape or [])
             if not shape or any(not isinstance(d, int) for d in shape[1:]):
                 raise UnsupportedOperatorError(
                     f"int8 .tflite: input {io_.name!r} needs a static shape after the batch, got {shape}"

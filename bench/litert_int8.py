@@ -1,6 +1,6 @@
 """Native INT8 against LiteRT/XNNPACK INT8 on the same quantized model, calls interleaved.
 
-    python bench/litert_int8.py                          # MobileNetV2, ResNet-18, ocr-cls, ocr-det
+    python bench/litert_int8.py              # MobileNetV2, ResNet-18, ocr-cls, ocr-det, face-onet
     python bench/litert_int8.py --models resnet18 --seconds 5
 
 For each model, three engines run the same INT8 model, batch 1, at 1 and 2 threads:
@@ -42,7 +42,7 @@ from _report import machine_description, update_section
 RESULTS = HERE / "results" / "litert_int8.json"
 SECTION = "LiteRT INT8 (same quantization)"
 ZOO_MODELS = ("mobilenet_v2", "resnet18")
-CORPUS_MODELS = ("ocr-cls", "ocr-det")
+CORPUS_MODELS = ("ocr-cls", "ocr-det", "face-onet")
 THREADS = (1, 2)
 ENGINES = ("native int8", "LiteRT int8", "ort int8")
 # What limits the misses: measured with the commands named, on this project's shared 2-core machine.

@@ -34,7 +34,8 @@ the exact lookup as GATHER(table, CAST(x) + 128), which runs on TFLite's builtin
 outside the XNNPACK delegate; softmax -> SOFTMAX (+ QUANTIZE from its fixed output parameters); a float Add /
 Sub / Mul of two activations (a broadcast the int8 kernels do not take) -> ADD / SUB / MUL,
 and of an activation and a float constant -> the same with the constant quantized per tensor
-(the one rounding the plan does not do: it computes such steps in float32); a stride-1 conv
+(the one rounding the plan does not do: it computes such steps in float32), a float PRelu
+with per-channel slopes -> PRELU, its slopes quantized likewise; a stride-1 conv
 followed by the Slice that keeps every other row (how the plan runs a conv strided (2, 1)) ->
 one strided conv; transpose and Transpose moves -> TRANSPOSE, Reshape / Flatten / Squeeze /
 Unsqueeze moves -> RESHAPE, a nearest Resize by whole factors -> RESIZE_NEAREST_NEIGHBOR,
@@ -97,7 +98,7 @@ _VERSIONS = {
     "AVERAGE_POOL_2D": 2, "MEAN": 2, "CONCATENATION": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "TRANSPOSE": 2,
     "LOGISTIC": 2, "TANH": 2, "PAD": 2, "PADV2": 2, "RELU": 2, "RELU6": 2, "MAXIMUM": 2, "MINIMUM": 2,
     "RESHAPE": 1, "HARD_SWISH": 1, "GELU": 2, "SOFTMAX": 2, "SUB": 2, "STRIDED_SLICE": 2, "GATHER": 2,
-    "CAST": 1, "RESIZE_NEAREST_NEIGHBOR": 3, "DEPTH_TO_SPACE": 2,
+    "CAST": 1, "RESIZE_NEAREST_NEIGHBOR": 3, "DEPTH_TO_SPACE": 2, "PRELU": 1,
 }  # fmt: skip
 # The attributes and arrays each step may carry, as edge_runtime.plan.lower writes them. A step
 # with anything else (a fusion a newer lowering adds) is refused rather than written without it.
@@ -770,7 +771,7 @@ class _Writer:
         self.op("GATHER", [values, indices], [self.activation(dst, shape, _int8(out_qp))], options)
 
     def _step_float(self, step: Step) -> None:
-        """Add, Sub and Mul that the lowering ran in float: of two activations (a broadcast the
+        """Add, Sub, Mul and PRelu that the lowering ran in float: of two activations (a broadcast the
         int8 kernels do not take, e.g. an SE block's [N, H, W, C] x [N, 1, 1, C]), TFLite's int8
         ADD / SUB / MUL broadcast them in the storage layout both share; of an activation and a
         float constant (a batch norm no convolution absorbed), the constant is quantized per tensor
@@ -779,7 +780,8 @@ class _Writer:
         op = step.attrs.get("node_op")
         params = step.attrs.get("in_params") or []
         quantized = [name for name, p in zip(step.inputs, params) if name and p is not None]
-        if op not in ("Add", "Sub", "Mul") or len(step.inputs) != 2 or not quantized:
+        if op not in ("Add", "Sub", "Mul", "PRelu") or len(step.inputs) != 2 or not quantized \
+                or (op == "PRelu" and step.inputs[0] not in quantized):  # fmt: skip
             raise self.refuse(
                 f"a float {op} step (dequantize, compute in float32, requantize) has no TFLite int8 equivalent"
             )
@@ -802,8 +804,11 @@ class _Writer:
             )
             shapes.append(tuple(codes.shape))
         out = tuple(np.broadcast_shapes(*shapes))
-        options = getattr(self.s, f"{op}OptionsT")()
         target = _int8(QuantParams.from_dict(step.attrs["out_params"]))
+        if op == "PRelu":  # per-channel slopes: PRELU with the slopes as an int8 tensor
+            self.op("PRELU", tensors, [self.activation(dst, out, target)])
+            return
+        options = getattr(self.s, f"{op}OptionsT")()
         self.op(op.upper(), tensors, [self.activation(dst, out, target)], options)
 
     def _step_softmax(self, step: Step) -> None:

@@ -172,6 +172,18 @@ def _decoder() -> onnx.ModelProto:
     return make_model(nodes, [value("x", ["batch", 4, 5, 5])], [value("y", None)], init, name="decoder")
 
 
+def _prelu() -> onnx.ModelProto:
+    """A PRelu with per-channel slopes (a float step: PRELU with the slopes as an int8 tensor)."""
+    r = rng(12)
+    init = {"w": _w(r, 4, 3, 3, 3), "slope": (0.1 + 0.2 * r.random((4, 1, 1))).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("PRelu", ["c", "slope"], ["p"]),
+        helper.make_node("GlobalAveragePool", ["p"], ["y"]),
+    ]
+    return make_model(nodes, [value("x", ["batch", 3, 6, 6])], [value("y", None)], init, name="prelu")
+
+
 MODELS = {
     "conv_relu6": (_conv, (3, 12, 12)),
     "conv_s2_pad": (lambda: _conv(stride=2, clip=False), (3, 12, 12)),
@@ -183,6 +195,7 @@ MODELS = {
     "se_block": (_se_block, (8, 10, 10)),
     "flatten_consts": (_flatten_consts, (3, 6, 6)),
     "decoder": (_decoder, (4, 5, 5)),
+    "prelu": (_prelu, (3, 6, 6)),
     "small_cnn": (small_cnn, (3, 16, 16)),
 }
 

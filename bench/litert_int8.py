@@ -106,8 +106,9 @@ def _interleaved(
     return {name: statistics.median(ts) * 1e3 for name, ts in times.items()} | {"rounds": rounds}
 
 
-def _output_step(plan: Any) -> float:
-    (out,) = plan.outputs
+def _output_step(plan: Any, name: str | None = None) -> float:
+    """The quantization step of output ``name`` (the only output when None)."""
+    (out,) = [o for o in plan.outputs if name is None or o.name == name]
     producer = next(s for s in plan.steps if out.buffer in s.outputs)
     return plan.params[producer.inputs[0]].scale
 
@@ -169,7 +170,7 @@ def corpus_model(key: str, seconds: float, min_rounds: int) -> dict[str, Any]:
             raise RuntimeError(f"{key}: the plan does not convert to an int8 .tflite")
         ort_int8 = _ort_session(int8_bytes, threads)
         if threads == 1:
-            step = _output_step(plan)
+            step = _output_step(plan, model.output)
             ours = [session.run(f)[model.output] for f in held[:8]]
             got = [litert(f) for f in held[:8]]
             result["max_steps_from_native"] = max(

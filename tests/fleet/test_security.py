@@ -138,7 +138,7 @@ def test_agent_cuts_off_a_stream_longer_than_announced(tmp_path, manager, start_
     import zlib
 
     from fleet import protocol
-    from fleet.manager import service
+    from fleet.manager import stream
 
     key, trust = keys
     v1 = write_model_package(tmp_path / "v1.edgepkg", "1.0", key, seed=1).path
@@ -150,7 +150,7 @@ def test_agent_cuts_off_a_stream_longer_than_announced(tmp_path, manager, start_
     original = protocol.encode_block
     # The oversized blocks carry their own crc32: only the size check can catch them.
     monkeypatch.setattr(
-        service,
+        stream,
         "encode_block",
         lambda *a, crc32=None, **kw: original(*a, crc32=zlib.crc32(a[3]), **kw),
     )

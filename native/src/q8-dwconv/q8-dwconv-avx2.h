@@ -13,27 +13,45 @@
 
 #include "q8-dwconv.h"
 
+/* The requantization constants of a 16-channel block, derived once for every
+ * pixel of a chunk (per pixel they were about a sixth of the block's
+ * instructions): per 8 channels, the multipliers of the even and odd lanes,
+ * the shifts, 2^(shift-1) and the sign bit moved by the shift. */
+typedef struct dwconv_constants {
+  __m256i mul_even[2], mul_odd[2], shift_even[2], shift_odd[2], round_even[2], round_odd[2], sign_even[2],
+      sign_odd[2];
+} dwconv_constants;
+
+static inline void dwconv_constants_init(dwconv_constants* k, const int32_t* multiplier, const int32_t* shift) {
+  const __m256i one = _mm256_set1_epi64x(1), sign = _mm256_set1_epi64x(INT64_MIN);
+  for (int h = 0; h < 2; h++) {
+    const __m256i mult = _mm256_loadu_si256((const __m256i*) (multiplier + 8 * h));
+    const __m256i sh = _mm256_loadu_si256((const __m256i*) (shift + 8 * h));
+    k->mul_even[h] = mult;
+    k->mul_odd[h] = _mm256_srli_epi64(mult, 32);
+    k->shift_even[h] = _mm256_and_si256(sh, _mm256_set1_epi64x(0xFFFFFFFF));
+    k->shift_odd[h] = _mm256_srli_epi64(sh, 32);
+    k->round_even[h] = _mm256_sllv_epi64(one, _mm256_sub_epi64(k->shift_even[h], one));
+    k->round_odd[h] = _mm256_sllv_epi64(one, _mm256_sub_epi64(k->shift_odd[h], one));
+    k->sign_even[h] = _mm256_srlv_epi64(sign, k->shift_even[h]);
+    k->sign_odd[h] = _mm256_srlv_epi64(sign, k->shift_odd[h]);
+  }
+}
+
 /* Arithmetic right shift of 64-bit lanes by per-lane counts (AVX2 has only
  * the logical one): shift logically, then sign-extend from the moved sign bit. */
-static inline __m256i sra_epi64(__m256i v, __m256i count) {
-  const __m256i sign = _mm256_srlv_epi64(_mm256_set1_epi64x(INT64_MIN), count);
+static inline __m256i sra_epi64(__m256i v, __m256i count, __m256i sign) {
   return _mm256_sub_epi64(_mm256_xor_si256(_mm256_srlv_epi64(v, count), sign), sign);
 }
 
-/* edge_requantize of 8 lanes, up to the clamp (zero point not yet added). The
- * shifted product always fits int32 (|acc * multiplier| < 2^62, shift >= 31). */
-static inline __m256i requant8(__m256i acc, const int32_t* multiplier, const int32_t* shift, __m256i lo, __m256i hi) {
-  const __m256i one = _mm256_set1_epi64x(1);
-  const __m256i mult = _mm256_loadu_si256((const __m256i*) multiplier);
-  const __m256i sh = _mm256_loadu_si256((const __m256i*) shift);
-  const __m256i sh_even = _mm256_and_si256(sh, _mm256_set1_epi64x(0xFFFFFFFF));
-  const __m256i sh_odd = _mm256_srli_epi64(sh, 32);
-  __m256i even = _mm256_mul_epi32(acc, mult);
-  __m256i odd = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), _mm256_srli_epi64(mult, 32));
-  even = _mm256_add_epi64(even, _mm256_sllv_epi64(one, _mm256_sub_epi64(sh_even, one)));
-  odd = _mm256_add_epi64(odd, _mm256_sllv_epi64(one, _mm256_sub_epi64(sh_odd, one)));
-  even = sra_epi64(even, sh_even);
-  odd = sra_epi64(odd, sh_odd);
+/* edge_requantize of channels 8h..8h+7, up to the clamp (zero point not yet
+ * added). The shifted product always fits int32 (|acc * multiplier| < 2^62,
+ * shift >= 31). */
+static inline __m256i requant8(__m256i acc, const dwconv_constants* k, int h, __m256i lo, __m256i hi) {
+  __m256i even = _mm256_add_epi64(_mm256_mul_epi32(acc, k->mul_even[h]), k->round_even[h]);
+  __m256i odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), k->mul_odd[h]), k->round_odd[h]);
+  even = sra_epi64(even, k->shift_even[h], k->sign_even[h]);
+  odd = sra_epi64(odd, k->shift_odd[h], k->sign_odd[h]);
   const __m256i scaled = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
   return _mm256_min_epi32(_mm256_max_epi32(scaled, lo), hi);
 }
@@ -44,7 +62,7 @@ EDGE_Q8_DWCONV_INLINE __m256i widen(__m128i bytes, int is_signed, __m256i zero_p
 }
 
 EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, const uint8_t* block,
-                                        const int32_t* multiplier, const int32_t* shift, uint8_t* out,
+                                        const dwconv_constants* k, uint8_t* out,
                                         const edge_q8_dwconv_params* params) {
   const __m256i zp = _mm256_set1_epi16((int16_t) params->x_zero_point);
   __m256i acc_lo = _mm256_loadu_si256((const __m256i*) block);       /* channels 0..7 */
@@ -64,8 +82,8 @@ EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, c
   const __m256i lo = _mm256_set1_epi32(params->y_min - params->y_zero_point);
   const __m256i hi = _mm256_set1_epi32(params->y_max - params->y_zero_point);
   const __m256i out_zp = _mm256_set1_epi32(params->y_zero_point);
-  const __m256i y_lo = _mm256_add_epi32(requant8(acc_lo, multiplier, shift, lo, hi), out_zp);
-  const __m256i y_hi = _mm256_add_epi32(requant8(acc_hi, multiplier + 8, shift + 8, lo, hi), out_zp);
+  const __m256i y_lo = _mm256_add_epi32(requant8(acc_lo, k, 0, lo, hi), out_zp);
+  const __m256i y_hi = _mm256_add_epi32(requant8(acc_hi, k, 1, lo, hi), out_zp);
   /* Values are inside the output range: keep their low bytes (u8 or s8 alike). */
   const __m256i y16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(y_lo, y_hi), 0xD8);
   const __m256i low_bytes = _mm256_and_si256(y16, _mm256_set1_epi16(0xFF));

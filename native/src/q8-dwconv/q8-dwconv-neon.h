@@ -13,6 +13,18 @@
 
 #include "q8-dwconv.h"
 
+/* The requantization parameters of a 16-channel block (NEON reads them per
+ * pixel: two loads and a negation per 4 channels). */
+typedef struct dwconv_constants {
+  const int32_t* multiplier;
+  const int32_t* shift;
+} dwconv_constants;
+
+static inline void dwconv_constants_init(dwconv_constants* k, const int32_t* multiplier, const int32_t* shift) {
+  k->multiplier = multiplier;
+  k->shift = shift;
+}
+
 /* edge_requantize of 4 lanes, up to the clamp (zero point not yet added). The
  * shifted product always fits int32 (|acc * multiplier| < 2^62, shift >= 31). */
 static inline int32x4_t requant4(int32x4_t acc, const int32_t* multiplier, const int32_t* shift, int32x4_t lo,
@@ -47,7 +59,7 @@ EDGE_Q8_DWCONV_INLINE void accumulate(int32x4_t acc[4], const uint8_t* in, int8x
 }
 
 EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, const uint8_t* block,
-                                        const int32_t* multiplier, const int32_t* shift, uint8_t* out,
+                                        const dwconv_constants* k, uint8_t* out,
                                         const edge_q8_dwconv_params* params) {
   const int32_t* bias = (const int32_t*) block; /* packed blocks are 32-byte aligned */
   int32x4_t acc[4] = {vld1q_s32(bias), vld1q_s32(bias + 4), vld1q_s32(bias + 8), vld1q_s32(bias + 12)};
@@ -62,7 +74,7 @@ EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, c
   const int32x4_t zp = vdupq_n_s32(params->y_zero_point);
   int16x4_t y16[4];
   for (int i = 0; i < 4; i++) {
-    y16[i] = vmovn_s32(vaddq_s32(requant4(acc[i], multiplier + 4 * i, shift + 4 * i, lo, hi), zp));
+    y16[i] = vmovn_s32(vaddq_s32(requant4(acc[i], k->multiplier + 4 * i, k->shift + 4 * i, lo, hi), zp));
   }
   /* Values are inside the output range: keep their low bytes (u8 or s8 alike). */
   const int8x16_t y8 = vcombine_s8(vmovn_s16(vcombine_s16(y16[0], y16[1])), vmovn_s16(vcombine_s16(y16[2], y16[3])));

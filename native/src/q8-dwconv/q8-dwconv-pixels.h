@@ -2,12 +2,16 @@
  * ISA's 16-channel block. Included by each ISA header (q8-dwconv-<isa>.h)
  * after it defines
  *
+ *   typedef ... dwconv_constants;   the requantization constants of one block
+ *   void dwconv_constants_init(dwconv_constants* k, const int32_t* multiplier, const int32_t* shift);
  *   EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, const uint8_t* block,
- *                                   const int32_t* multiplier, const int32_t* shift,
- *                                   uint8_t* out, const edge_q8_dwconv_params* params);
+ *                                   const dwconv_constants* k, uint8_t* out,
+ *                                   const edge_q8_dwconv_params* params);
  *
- * which computes 16 output channels from 16 bytes at each of in[0..taps) and
- * the packed block (bias, weight pairs); multiplier/shift point at 16 values.
+ * dwconv_block computes 16 output channels from 16 bytes at each of
+ * in[0..taps) and the packed block (bias, weight pairs); multiplier/shift of
+ * the init point at 16 values. Blocks are the outer loop, so each block's
+ * constants are set up once for all the pixels of the call.
  * The channel tail is staged through 16-byte buffers, so blocks always read
  * and write 16 whole bytes and never past the caller's tensors; the staging
  * copies are inline moves, and the tail's parameters are set up once a call.
@@ -46,32 +50,36 @@ EDGE_Q8_DWCONV_INLINE void dwconv_pixels(size_t taps, size_t pixels, size_t chan
   const size_t full = channels - channels % EDGE_Q8_DWCONV_CB;
   const size_t rest = channels - full;
   const uint8_t* in[EDGE_Q8_DWCONV_MAX_TAPS];
-  /* The tail's staging, set up once per call: its padded channels (zero
-   * weights) keep whatever bytes, and any valid requantization parameters. */
+  const uint8_t* block = (const uint8_t*) packed;
+  dwconv_constants k;
+  for (size_t c0 = 0; c0 < full; c0 += EDGE_Q8_DWCONV_CB, block += block_bytes) {
+    dwconv_constants_init(&k, params->multiplier + c0, params->shift + c0);
+    const uint8_t* const* taps_of = input;
+    uint8_t* out = output + c0;
+    for (size_t px = 0; px < pixels; px++, taps_of += taps, out += output_stride) {
+      for (size_t t = 0; t < taps; t++) in[t] = taps_of[t] == zero ? zero : taps_of[t] + c0;
+      dwconv_block(taps, in, block, &k, out, params);
+    }
+  }
+  if (rest == 0) return;
+  /* The tail, staged: its padded channels (zero weights) keep whatever
+   * bytes, and get any valid requantization parameters. */
   uint8_t staged[EDGE_Q8_DWCONV_MAX_TAPS][EDGE_Q8_DWCONV_CB];
   uint8_t out[EDGE_Q8_DWCONV_CB];
   int32_t multiplier[EDGE_Q8_DWCONV_CB], shift[EDGE_Q8_DWCONV_CB];
-  if (rest != 0) {
-    memset(staged, 0, taps * EDGE_Q8_DWCONV_CB);
-    for (size_t c = 0; c < EDGE_Q8_DWCONV_CB; c++) {
-      multiplier[c] = c < rest ? params->multiplier[full + c] : INT32_C(1) << 30;
-      shift[c] = c < rest ? params->shift[full + c] : 31;
-    }
+  memset(staged, 0, taps * EDGE_Q8_DWCONV_CB);
+  for (size_t c = 0; c < EDGE_Q8_DWCONV_CB; c++) {
+    multiplier[c] = c < rest ? params->multiplier[full + c] : INT32_C(1) << 30;
+    shift[c] = c < rest ? params->shift[full + c] : 31;
   }
+  dwconv_constants_init(&k, multiplier, shift);
   for (size_t px = 0; px < pixels; px++, input += taps, output += output_stride) {
-    const uint8_t* block = (const uint8_t*) packed;
-    for (size_t c0 = 0; c0 < full; c0 += EDGE_Q8_DWCONV_CB, block += block_bytes) {
-      for (size_t t = 0; t < taps; t++) in[t] = input[t] == zero ? zero : input[t] + c0;
-      dwconv_block(taps, in, block, params->multiplier + c0, params->shift + c0, output + c0, params);
+    for (size_t t = 0; t < taps; t++) {
+      copy_tail(staged[t], input[t] == zero ? zero : input[t] + full, rest);
+      in[t] = staged[t];
     }
-    if (rest != 0) {
-      for (size_t t = 0; t < taps; t++) {
-        copy_tail(staged[t], input[t] == zero ? zero : input[t] + full, rest);
-        in[t] = staged[t];
-      }
-      dwconv_block(taps, in, block, multiplier, shift, out, params);
-      copy_tail(output + full, out, rest);
-    }
+    dwconv_block(taps, in, block, &k, out, params);
+    copy_tail(output + full, out, rest);
   }
 }
 

@@ -9,8 +9,19 @@
 
 #include "q8-dwconv.h"
 
+/* The requantization parameters of a 16-channel block. */
+typedef struct dwconv_constants {
+  const int32_t* multiplier;
+  const int32_t* shift;
+} dwconv_constants;
+
+static inline void dwconv_constants_init(dwconv_constants* k, const int32_t* multiplier, const int32_t* shift) {
+  k->multiplier = multiplier;
+  k->shift = shift;
+}
+
 EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, const uint8_t* block,
-                                        const int32_t* multiplier, const int32_t* shift, uint8_t* out,
+                                        const dwconv_constants* k, uint8_t* out,
                                         const edge_q8_dwconv_params* params) {
   int32_t bias[EDGE_Q8_DWCONV_CB];
   memcpy(bias, block, sizeof(bias));
@@ -22,7 +33,7 @@ EDGE_Q8_DWCONV_INLINE void dwconv_block(size_t taps, const uint8_t* const* in, c
       const int32_t wt = w[(t / 2) * (2 * EDGE_Q8_DWCONV_CB) + c * 2 + t % 2];
       acc += (uint32_t) ((x - params->x_zero_point) * wt);
     }
-    out[c] = (uint8_t) edge_requantize((int32_t) acc, multiplier[c], shift[c], params->y_zero_point, params->y_min,
+    out[c] = (uint8_t) edge_requantize((int32_t) acc, k->multiplier[c], k->shift[c], params->y_zero_point, params->y_min,
                                        params->y_max);
   }
 }

@@ -48,7 +48,7 @@ ENGINES = ("native int8", "LiteRT int8", "ort int8")
 # What limits the misses: measured with the commands named, on this project's shared 2-core machine.
 LIMITS = (
     (
-        "ocr-cls (1.8-2.0x at 1 thread over three runs at load 3-8): its nine squeeze-and-excite gates multiply an "
+        "ocr-cls (1.8-2.0x at 1 thread over four runs at load 3-12): its nine squeeze-and-excite gates multiply an "
         "[N, H, W, C] map by an [N, 1, 1, C] vector, a broadcast the native int8 mul kernel does not take, so the "
         "plan runs them (and the final softmax) as float steps in Python: bench/native_profile.py's per-step timer "
         "on the plan (profile_steps) put 1.63 ms of 2.27 ms of step time in those 9 float Muls and 0.24 ms in the "
@@ -56,35 +56,36 @@ LIMITS = (
         "as one partition. A broadcasting int8 mul (and lowering the gate's Mul to it) is what closes this."
     ),
     (
-        "face-onet: its five PRelu layers have per-channel slopes, which no native int8 kernel takes, so they run as "
-        "float steps in Python: profile_steps on the plan put 0.39 ms of a 0.50 ms run in them (load average 7); "
-        "LiteRT runs them as int8 PRELU (the slopes quantized to int8). A per-channel PRelu kernel closes this."
+        "face-onet (1.21x at 1 thread): its five PRelu layers have per-channel slopes, which no native int8 kernel "
+        "takes, so they run as float steps in Python: profile_steps on the plan put 0.39 ms of a 0.50 ms run in them "
+        "(load average 7); LiteRT runs them as int8 PRELU (the slopes quantized to int8). A per-channel PRelu "
+        "kernel closes this."
     ),
     (
-        "ocr-det passes at 1 thread (0.62-0.73x over three runs) because LiteRT runs it as 30 XNNPACK partitions: its 24 composed "
-        "hard-swish tables (hard-swish * a + b, folded into one table by the lowering, whose constants the plan "
-        "does not keep) become exact GATHERs on TFLite's builtin kernels, and XNNPACK leaves the 6 nearest resizes "
-        "to them too; the native plan runs each table as one byte lookup."
+        "ocr-det passes at 1 thread (0.62-0.73x over four runs) because LiteRT runs it as 30 XNNPACK partitions: its "
+        "24 composed hard-swish tables (hard-swish * a + b, folded into one table by the lowering, whose constants "
+        "the plan does not keep) become exact GATHERs on TFLite's builtin kernels, and XNNPACK leaves the 6 nearest "
+        "resizes to them too; the native plan runs each table as one byte lookup."
     ),
     (
-        "2-thread cells: on this loaded machine the native pool, which forks and joins on every step, gained "
-        "nothing from a second thread on any model in three runs at load 3-8 (in the one above: MobileNetV2 15.58 "
-        "ms at 2 threads against 9.23 at 1, ocr-cls 4.60 against 1.10), while XNNPACK's sometimes did (MobileNetV2 "
-        "9.01 -> 4.53 ms here; ResNet-18 11.06 -> 6.49 ms at load 3-6). That is the pool's scheduling under "
-        "contention (issue 14, item 2), not the kernels: compare 1-thread cells first; the 2-thread targets need a "
-        "quiet machine to judge."
+        "2-thread cells: on this loaded machine the native pool, which forks and joins on every step, loses most "
+        "from a second thread: in the run above native went from 11.75 to 17.90 ms (MobileNetV2) and from 1.09 to "
+        "6.70 ms (ocr-cls), LiteRT from 11.71 to 13.72 and from 0.57 to 0.61 ms; in a run at load 3-6 LiteRT's "
+        "ResNet-18 went from 11.06 to 6.49 ms and native's from 10.43 to 10.94. That is the pool's scheduling "
+        "under contention (issue 14, item 2), not the kernels: compare 1-thread cells first; the 2-thread targets "
+        "need a quiet machine to judge."
     ),
     (
-        "MobileNetV2 (1.02-1.05x at 1 thread over three runs at load 3-8; 1.04-1.27x in earlier runs at load 7-14): "
-        "the native kernel limits are bench/models.py's (pointwise-conv requantization, depthwise lanes at C not a "
-        "multiple of 64, the first conv's im2col). ResNet-18 passes at 1 thread (0.94-0.98x in the three runs)."
+        "MobileNetV2 (1.00-1.05x at 1 thread over four runs at load 3-12; 1.04-1.27x in earlier runs at load "
+        "7-14): the native kernel limits are bench/models.py's (pointwise-conv requantization, depthwise lanes at "
+        "C not a multiple of 64, the first conv's im2col). ResNet-18 passes at 1 thread (0.94-0.98x in the four runs)."
     ),
     (
         "Agreement: LiteRT's outputs stay within one output step of the native plan's on MobileNetV2, ResNet-18 and "
-        "ocr-cls over the 8 inputs; on ocr-det the one-step differences of each layer's rounding compound through "
-        "its steep composed tables and sigmoid map (up to 200 steps at a few pixels; mask IoU 0.993 with the "
-        "native map), and bench/realmodels.py's agreement with float is the same for both (mask IoU 0.946 LiteRT, "
-        "0.945 native)."
+        "ocr-cls over the 8 inputs, within 4 on face-onet (its float PRelu slopes become int8); on ocr-det the "
+        "one-step differences of each layer's rounding compound through its steep composed tables and sigmoid map "
+        "(up to 200 steps at a few pixels; mask IoU 0.993 with the native map), and bench/realmodels.py's agreement "
+        "with float is the same for both (mask IoU 0.946 LiteRT, 0.945 native)."
     ),
 )
 

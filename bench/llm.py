@@ -176,12 +176,17 @@ def _run(python: str, worker: str, path: Path, threads: int, repeats: int, *extr
     if out.returncode:
         raise SystemExit(f"the benchmark worker failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    runs = result.pop("runs")
+    result["threads"] = threads
+    return result
+
+
+def _summarize(result: dict, runs: list[dict]) -> dict:
+    """Median and best of the runs, and the worst peak RSS of the processes."""
+    result = dict(result, runs=runs)
     for key in ("ttft_s", "prompt_tok_s", "decode_tok_s"):
         result[key] = statistics.median(r[key] for r in runs)
         best = min if key == "ttft_s" else max
         result["best_" + key] = best(r[key] for r in runs)
-    result["threads"] = threads
     return result
 
 
@@ -372,7 +377,12 @@ def main() -> int:
     )
     p.add_argument("--package", type=Path, help="an int8 package already converted from --gguf")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
-    p.add_argument("--repeats", type=int, default=3, help="measured runs per thread count (median)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds: each configuration runs once per round in a fresh process, after a warm-up run (median)",
+    )
     p.add_argument(
         "--llama-cpp",
         metavar="PYTHON",
@@ -397,7 +407,15 @@ def main() -> int:
         help="speed (tok/s, TTFT, RSS) and/or quality (agreement, perplexity); default both",
     )
     p.add_argument("--no-write", action="store_true", help="print only; leave results and BENCHMARKS.md")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite BENCHMARKS.md from bench/results/llm.json, run nothing",
+    )
     args = p.parse_args()
+    if args.report_only:
+        render(json.loads(RESULTS.read_text()))
+        return 0
 
     from edge_runtime import llm
 
@@ -440,23 +458,34 @@ def main() -> int:
         results["llama_cpp_skipped"] = why_not
         if why_not:
             print(f"llama.cpp rows skipped: {why_not}", file=sys.stderr)
-        for threads in args.threads:
-            for weights, path in packages.items():
-                for bits in args.activation_bits if weights == "int8" else [16]:
-                    r = _run(sys.executable, _EDGE_WORKER, path, threads, args.repeats, str(bits))
-                    r.update(runtime="edge_runtime.llm", weights=f"{weights}, {bits}-bit activations")
-                    results["edge"].append(r)
-                    print(json.dumps(r), flush=True)
-            if why_not:
-                continue
+        # Every configuration of a thread count, one measured run each, in turn, --repeats rounds: on a
+        # machine whose load changes, each runtime sees the same conditions.
+        configs = []  # (key, label, python, worker, path, extra)
+        for weights, path in packages.items():
+            for bits in args.activation_bits if weights == "int8" else [16]:
+                label = ("edge_runtime.llm", f"{weights}, {bits}-bit activations")
+                configs.append(("edge", label, sys.executable, _EDGE_WORKER, path, (str(bits),)))
+        if not why_not:
             qdir = args.llama_dir or tmp
             qdir.mkdir(parents=True, exist_ok=True)
             for ftype in args.llama_types:
                 gguf = _llama_quantize(args.llama_cpp, args.gguf, ftype, qdir)
-                r = _run(args.llama_cpp, _LLAMA_CPP_WORKER, gguf, threads, args.repeats)
-                r.update(runtime="llama.cpp", weights=f"{ftype} ({gguf.stat().st_size / 2**20:.1f} MiB GGUF)")
-                results["llama_cpp"].append(r)
-                print(json.dumps(r), flush=True)
+                label = ("llama.cpp", f"{ftype} ({gguf.stat().st_size / 2**20:.1f} MiB GGUF)")
+                configs.append(("llama_cpp", label, args.llama_cpp, _LLAMA_CPP_WORKER, gguf, ()))
+        for threads in args.threads:
+            runs: dict[int, list] = {i: [] for i in range(len(configs))}
+            last: dict[int, dict] = {}
+            for _ in range(args.repeats):
+                for i, (_key, _label, python, worker, path, extra) in enumerate(configs):
+                    r = _run(python, worker, path, threads, 1, *extra)
+                    runs[i] += r.pop("runs")
+                    peak = max(r["peak_rss_mib"], last.get(i, {}).get("peak_rss_mib", 0))
+                    last[i] = dict(r, peak_rss_mib=peak)
+            for i, (key, label, *_rest) in enumerate(configs):
+                r = _summarize(last[i], runs[i])
+                r.update(runtime=label[0], weights=label[1])
+                results[key].append(r)
+                print(json.dumps({k: v for k, v in r.items() if k != "runs"}), flush=True)
         results["load_average_after"] = os.getloadavg()[0]
     if "quality" in args.parts:
         why_not = _has_llama_cpp(args.llama_cpp)
@@ -474,8 +503,61 @@ def main() -> int:
         results["quality"] = quality(args.gguf, packages, llama)
     if args.no_write:
         return 0
+    results["repeats"] = args.repeats
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    render(results)
+    print(f"wrote {RESULTS} and BENCHMARKS.md", file=sys.stderr)
+    return 0
+
+
+def _row(rows: list[dict], threads: int, weights: str) -> dict | None:
+    return next((r for r in rows if r["threads"] == threads and r["weights"].startswith(weights)), None)
+
+
+def _targets(results: dict) -> list[str]:
+    """The issue's targets against the int8 package with 16-bit activations (the default)."""
+    out = ["| target | measured (medians) | |", "|---|---|---|"]
+    edge, llama = results.get("edge") or [], results.get("llama_cpp") or []
+    for threads in sorted({r["threads"] for r in edge}):
+        e, q = _row(edge, threads, "int8, 16"), _row(llama, threads, "Q8_0")
+        if e is None or q is None:
+            continue
+        ratio = e["decode_tok_s"] / q["decode_tok_s"]
+        out.append(
+            f"| decode >= 1.2x llama.cpp Q8_0, {threads} thread(s) | {e['decode_tok_s']:.1f} vs "
+            f"{q['decode_tok_s']:.1f} tok/s = {ratio:.2f}x | {'PASS' if ratio >= 1.2 else 'MISS'} |"
+        )
+        ok = e["prompt_tok_s"] >= q["prompt_tok_s"]
+        out.append(
+            f"| prompt tok/s >= llama.cpp Q8_0, {threads} thread(s) | {e['prompt_tok_s']:.0f} vs "
+            f"{q['prompt_tok_s']:.0f} | {'PASS' if ok else 'MISS'} |"
+        )
+        ok = e["ttft_s"] <= q["ttft_s"]
+        out.append(
+            f"| time to first token <= llama.cpp Q8_0's, {threads} thread(s) | {1000 * e['ttft_s']:.0f} vs "
+            f"{1000 * q['ttft_s']:.0f} ms | {'PASS' if ok else 'MISS'} |"
+        )
+        ok = e["peak_rss_mib"] <= q["peak_rss_mib"]
+        out.append(
+            f"| peak RSS <= llama.cpp Q8_0's, {threads} thread(s) | {e['peak_rss_mib']:.0f} vs "
+            f"{q['peak_rss_mib']:.0f} MiB | {'PASS' if ok else 'MISS'} |"
+        )
+    qual = (results.get("quality") or {}).get("packages", {}).get("int8, 16-bit activations")
+    if qual:
+        out.append(
+            f"| int8 next-token agreement >= 98% | {100 * qual['agreement']:.2f}% | "
+            f"{'PASS' if qual['agreement'] >= 0.98 else 'MISS'} |"
+        )
+        out.append(
+            f"| int8 perplexity within 2% of float | {100 * qual['perplexity_vs_float']:+.2f}% | "
+            f"{'PASS' if abs(qual['perplexity_vs_float']) <= 0.02 else 'MISS'} |"
+        )
+    return out
+
+
+def render(results: dict) -> None:
+    """The "Language models" section of BENCHMARKS.md from the results."""
     isa = results["edge"][0]["isa"] if results.get("edge") else "?"
     llama = results.get("llama_cpp") or []
     llama_note = (
@@ -493,7 +575,8 @@ def main() -> int:
         else f"""
 Quality: teacher-forced next-token agreement with the float model and perplexity, on {q["tokens"]:,} predicted
 tokens of {q["corpus"]}, in windows of {q["window"]} tokens. The float model: the GGUF's weights dequantized to
-float32, run by edge_runtime.llm's float path (transformers is not installed here).
+float32, run by edge_runtime.llm's float path (transformers is not installed here); llama.cpp rows: the same
+token ids through llama-cpp-python (`logits_all`).
 
 {chr(10).join(_quality_rows(q))}
 """
@@ -503,18 +586,18 @@ float32, run by edge_runtime.llm's float path (transformers is not installed her
         f"""
 `python bench/llm.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --llama-cpp PYTHON` on {results["machine"]};
 kernels: {isa}. {results["model"]} converted to edge packages (MiB: {results["package_mib"]}). A {PROMPT_TOKENS}-token
-prompt, then {NEW_TOKENS} greedy tokens (EOS ignored); median (best) of {args.repeats} runs after a warm-up, each
-runtime and thread count in a fresh process. Time to first token = prefill of the prompt + the first token;
-decode tok/s over the other {NEW_TOKENS - 1}; peak RSS = the process's VmHWM. Results: `bench/results/llm.json`.
-This machine was shared with other work (1-minute load average {results.get("load_average_before", 0):.1f}
-before, {results.get("load_average_after", 0):.1f} after, on {os.cpu_count()} CPUs): indications, the 2-thread
-ones most of all.
+prompt, then {NEW_TOKENS} greedy tokens (EOS ignored); median (best) of {results.get("repeats", 3)} rounds: in each,
+every runtime, format and thread count runs once in a fresh process (after a warm-up run in it), in turn. Time to first token = prefill of the prompt + the first
+token; decode tok/s over the other {NEW_TOKENS - 1}; peak RSS = the process's VmHWM. Results:
+`bench/results/llm.json`. This machine was shared with other work (1-minute load average
+{results.get("load_average_before", 0):.1f} before, {results.get("load_average_after", 0):.1f} after, on
+{os.cpu_count()} CPUs): indications, the 2-thread ones most of all.
 
 {chr(10).join(_speed_rows(results)) if results.get("edge") else ""}
-{llama_note}{quality_md}""",
+{llama_note}{quality_md}
+{chr(10).join(_targets(results))}
+""",
     )
-    print(f"wrote {RESULTS} and BENCHMARKS.md", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

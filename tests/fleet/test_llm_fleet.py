@@ -191,3 +191,31 @@ def test_llm_telemetry_is_validated():
     assert HealthPolicy.from_dict({"max_ttft_ratio": 1.5, "min_generations": 2}).max_ttft_ratio == 1.5
     with pytest.raises(ProtocolError, match="min_tokens_per_s_ratio"):
         HealthPolicy.from_dict({"min_tokens_per_s_ratio": 2})
+
+
+def test_edge_fleet_deploy_passes_the_llm_health_ratios(monkeypatch):
+    import fleet.cli
+
+    sent: list[Any] = []
+
+    def call(_args: Any, method: str, path: str, body: Any = None, data: Any = None) -> Any:
+        sent.append(body)
+        return {"id": "d1", "state": "running", "devices": []}
+
+    monkeypatch.setattr(fleet.cli, "_call", call)
+    argv = [
+        "fleet",
+        "deploy",
+        "abc123",
+        "--all",
+        "--max-ttft-ratio",
+        "1.5",
+        "--min-tokens-per-s-ratio",
+        "0.8",
+    ]
+    assert fleet.cli.main(argv) == 0
+    health = sent[0]["spec"]["health"]
+    assert health["max_ttft_ratio"] == 1.5 and health["min_tokens_per_s_ratio"] == 0.8
+    assert HealthPolicy.from_dict(health).max_ttft_ratio == 1.5  # what the device will read
+    fleet.cli.main(["fleet", "deploy", "abc123", "--all"])
+    assert "max_ttft_ratio" not in sent[1]["spec"]["health"]  # the policy's default applies

@@ -4,8 +4,8 @@
  * channels). A task is one nr-wide panel of weights times a block of rows, and
  * tasks are numbered panel-major so that a thread walks the rows of one panel
  * while it stays in cache. Fused kernels requantize (or store, for s32 C)
- * straight from their registers; the others accumulate a tile in int32 on the
- * stack, which one requantization pass per tile writes to C while in L1.
+ * straight from their registers; the others accumulate up to 32 rows of tiles
+ * in int32 on the stack, which one requantization pass writes to C while in L1.
  */
 #include <stddef.h>
 
@@ -166,27 +166,39 @@ typedef struct gemm_context {
   const edge_q8_requant* requant; /* NULL for s32 C */
 } gemm_context;
 
-/* The accumulating kernels fill an int32 tile, then it goes to C: straight
- * into C when C is int32 and the tile is whole, else through an L1 buffer
- * that the requantization pass (or a copy) empties. */
-static void unfused_tile(const gemm_context* ctx, size_t m0, size_t mr, size_t n0, size_t nb, size_t nc,
+/* Rows of int32 accumulators one requantization pass takes: the pass derives
+ * its per-channel constants once per call, so the kernels' tiles of mr rows
+ * are gathered into one block of this many rows first (2 KB of L1 at nr 16;
+ * the buffer holds UNFUSED_ROWS * EDGE_Q8_GEMM_MAX_NR int32, 8 KB of stack). */
+#define UNFUSED_ROWS 32
+
+/* Rows [m0, m0 + rows) of a panel with an accumulating kernel, rows <=
+ * UNFUSED_ROWS: straight into C when C is int32 and the tiles are whole, else
+ * through an L1 buffer that one requantization pass (or a copy) empties. */
+static void unfused_rows(const gemm_context* ctx, size_t m0, size_t rows, size_t n0, size_t nb, size_t nc,
                          const int8_t* w, const int32_t* init) {
   const uint8_t* a = ctx->a + m0 * ctx->a_stride;
   uint8_t* c = ctx->c + m0 * ctx->c_row_bytes;
   if (ctx->requant == NULL && nc == nb * EDGE_Q8_GEMM_NR) {
-    ctx->kernel(mr, nb, ctx->k, a, ctx->a_stride, ctx->a_signed, w, ctx->panel_stride, init,
-                (int32_t*) (void*) (c + n0 * sizeof(int32_t)), ctx->c_row_bytes / sizeof(int32_t));
+    for (size_t r = 0; r < rows; r += ctx->mr) {
+      ctx->kernel(EDGE_MIN(ctx->mr, rows - r), nb, ctx->k, a + r * ctx->a_stride, ctx->a_stride, ctx->a_signed, w,
+                  ctx->panel_stride, init, (int32_t*) (void*) (c + r * ctx->c_row_bytes + n0 * sizeof(int32_t)),
+                  ctx->c_row_bytes / sizeof(int32_t));
+    }
     return;
   }
-  int32_t tile[EDGE_Q8_GEMM_MAX_MR * EDGE_Q8_GEMM_MAX_NR] __attribute__((aligned(64)));
-  ctx->kernel(mr, nb, ctx->k, a, ctx->a_stride, ctx->a_signed, w, ctx->panel_stride, init, tile, ctx->nr);
+  int32_t tile[UNFUSED_ROWS * EDGE_Q8_GEMM_MAX_NR] __attribute__((aligned(64)));
+  for (size_t r = 0; r < rows; r += ctx->mr) {
+    ctx->kernel(EDGE_MIN(ctx->mr, rows - r), nb, ctx->k, a + r * ctx->a_stride, ctx->a_stride, ctx->a_signed, w,
+                ctx->panel_stride, init, tile + r * ctx->nr, ctx->nr);
+  }
   const edge_q8_requant* rq = ctx->requant;
   if (rq == NULL) {
-    for (size_t r = 0; r < mr; r++) {
+    for (size_t r = 0; r < rows; r++) {
       memcpy(c + r * ctx->c_row_bytes + n0 * sizeof(int32_t), tile + r * ctx->nr, nc * sizeof(int32_t));
     }
   } else {
-    ctx->config->requant(mr, nc, tile, ctx->nr, rq->multiplier + n0, rq->shift + n0, rq->output_zero_point,
+    ctx->config->requant(rows, nc, tile, ctx->nr, rq->multiplier + n0, rq->shift + n0, rq->output_zero_point,
                          rq->output_min, rq->output_max, ctx->c_dtype == EDGE_DTYPE_S8, c + n0, ctx->c_row_bytes);
   }
 }
@@ -223,8 +235,8 @@ static void gemm_task(void* opaque, size_t index) {
                       w, ctx->panel_stride, init, &store);
     return;
   }
-  for (size_t m0 = m_begin; m0 < m_end; m0 += ctx->mr) {
-    unfused_tile(ctx, m0, EDGE_MIN(ctx->mr, m_end - m0), n0, nb, nc, w, init);
+  for (size_t m0 = m_begin; m0 < m_end; m0 += UNFUSED_ROWS) {
+    unfused_rows(ctx, m0, EDGE_MIN((size_t) UNFUSED_ROWS, m_end - m0), n0, nb, nc, w, init);
   }
 }
 

@@ -15,7 +15,8 @@ generators share the cores with the manager and the broker; the report says how 
    minus device timestamp, p50/p99), and the manager's CPU in cores.
 2. Rollout: a signed ``--package-mb`` MB package to ``--ota-devices`` simulated devices. Each one
    receives the retained desired state, downloads over the MQTT stream protocol (stream/get windows
-   of 8 blocks of 64 KiB, as the agent does), checks the sha256 of the whole file and then the
+   of 8 blocks of 64 KiB, as the agent does; each complete window written to a file and hashed as
+   it arrives, as the agent writes its ``.part``), checks the sha256 of the whole file and then the
    package's signature and artifact hashes with the real ``open_package(..., trust_store).verify()``;
    it skips loading the model, its self-test and the health window (reported as succeeded at once).
    Measured: from ``deploy`` to the deployment's ``succeeded``.
@@ -332,6 +333,9 @@ class _Download:
     retries: int = 0  # of them, asked again after the block timeout
     duplicates: int = 0  # blocks received that it already had
     timeout_s: float = 3.0  # the block timeout, doubled per retry without progress (the agent's)
+    file: Any = None  # the package as it arrives, window by window (as the agent writes its .part)
+    digest: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
 
 
 class OtaDevice:
@@ -381,12 +385,23 @@ class OtaDevice:
         elif b.file_id == self.dl.desired.sha256 and b.intact:
             self.dl.blocks[b.index] = b.data
             if all(i in self.dl.blocks for i in range(self.dl.next_offset, self._window_end())):
+                # A complete window goes to the file and the running sha256 (memory: one window).
+                if self.dl.file is None:
+                    self.dl.file = open(self._path(), "wb")  # noqa: SIM115 - closed in _finish
+                for i in range(self.dl.next_offset, self._window_end()):
+                    data = self.dl.blocks.pop(i)
+                    self.dl.file.write(data)
+                    self.dl.digest.update(data)
+                    self.dl.size += len(data)
                 self.dl.next_offset = self._window_end()
                 self.dl.timeout_s = 3.0  # progress: back to the first timeout
                 if self.dl.next_offset >= self._nblocks():
                     self._finish()
                 else:
                     self._request()
+
+    def _path(self) -> Path:
+        return self.scratch / f"{self.device}.edgepkg"
 
     def _nblocks(self) -> int:
         d = self.dl.desired  # type: ignore[union-attr]
@@ -420,25 +435,24 @@ class OtaDevice:
         assert self.dl is not None
         downloaded_at = time.time()
         d = self.dl.desired
-        data = b"".join(self.dl.blocks[i] for i in range(self._nblocks()))
-        ok = hashlib.sha256(data).hexdigest() == d.sha256
+        self.dl.file.close()
+        path = self._path()
+        ok = self.dl.digest.hexdigest() == d.sha256
         reason = None if ok else "sha256 mismatch"
         if ok:
-            path = self.scratch / f"{self.device}.edgepkg"
-            path.write_bytes(data)
             try:
                 with open_package(path, trust_store=TrustStore.load(self.trust)) as pkg:
                     pkg.verify()
             except Exception as exc:  # noqa: BLE001 - reported as the device would
                 ok, reason = False, f"verify: {exc}"
-            path.unlink()
+        path.unlink()
         if ok:
             self._event("verified")
             self._event("swapped")
             self._event("succeeded", serving_sha256=d.sha256)
         else:
             self._event("failed", step="verify", reason=reason)
-        self.result = {"device": self.device, "ok": ok, "bytes": len(data), "wire": self.dl.wire,
+        self.result = {"device": self.device, "ok": ok, "bytes": self.dl.size, "wire": self.dl.wire,
                        "downloaded_at": downloaded_at, "verified_at": time.time(),
                        "requests": self.dl.requests, "retries": self.dl.retries,
                        "duplicates": self.dl.duplicates}  # fmt: skip
@@ -1085,7 +1099,8 @@ out of the broker; each device moved {ro["wire_bytes_per_device"]} B for the {ro
 ({ro["wire_overhead"]:.1%} over); {ro.get("block_requests")} block requests, of them {ro.get("block_request_retries")}
 asked again after the device's block timeout (3 s, doubling without progress), {ro.get("duplicate_blocks_received")}
 blocks received twice; the manager held back {ro.get("manager_limited") or "nothing"}. The last device had all
-blocks {ro.get("last_downloaded_s")} s after the deploy and had verified them at {ro.get("last_verified_s")} s. CPU during the rollout:
+blocks {ro.get("last_downloaded_s")} s after the deploy and had verified them at {ro.get("last_verified_s")} s. Each simulated
+device writes every complete window to a file and hashes it as it arrives (as the agent does). CPU during the rollout:
 manager {ro.get("manager_cores")}, broker {ro.get("broker_cores")}, simulated devices {ro.get("simulated_devices_cores")} cores.
 The stream server sends at most 8 MiB unacknowledged by the broker and lets the rest wait, one block per
 device in turn (docs/scaling.md); the rate is what the broker's round trips allow on the shared cores."""

@@ -115,6 +115,7 @@ _KNOWN: dict[str, tuple[set[str], set[str]]] = {
     "add": ({"a_scale", "a_zero_point", "b_scale", "b_zero_point", "y_scale", "y_zero_point", "constant_first"},
             {"constant"}),
     "lut": ({"kind"}, {"table"}),
+    "lut_channels": ({"kind"} | _UNARY, {"tables", "slope"}),
     "clamp": ({"lo", "hi"}, set()),
     "maxpool": (_POOL, set()),
     "avgpool": (_POOL | _UNARY | {"count_include_pad"}, set()),
@@ -769,6 +770,21 @@ class _Writer:
         options = self.s.GatherOptionsT()
         options.axis = 0
         self.op("GATHER", [values, indices], [self.activation(dst, shape, _int8(out_qp))], options)
+
+    def _step_lut_channels(self, step: Step) -> None:
+        """A per-channel PRelu (one table per channel of the last stored axis): PRELU with the
+        slopes quantized per tensor to int8 over their own range, as for a float PRelu step."""
+        if step.attrs.get("kind") != "prelu" or "slope" not in step.arrays:
+            raise self.refuse(
+                f"per-channel tables of kind {step.attrs.get('kind')!r} have no TFLite equivalent"
+            )
+        (src,), (dst,) = step.inputs, step.outputs
+        slope = np.asarray(step.arrays["slope"], np.float32)
+        qp = numerics.activation_params(float(slope.min()), float(slope.max()), "int8")
+        codes = numerics.quantize(slope, qp)
+        alpha = self.tensor(f"{dst}/slope", codes.shape, qp=_int8(qp), data=codes, batched=False)
+        target = _int8(self.params(dst))
+        self.op("PRELU", [self.src(src), alpha], [self.activation(dst, tuple(self.shape[src]), target)])
 
     def _step_float(self, step: Step) -> None:
         """Add, Sub, Mul and PRelu that the lowering ran in float: of two activations (a broadcast the

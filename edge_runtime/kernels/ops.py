@@ -26,6 +26,7 @@ __all__ = [
     "global_avgpool",
     "layernorm",
     "lut",
+    "lut_channels",
     "lut_table",
     "maxpool2d",
     "mul",
@@ -75,9 +76,14 @@ def _broadcast_layout(a: np.ndarray, b: np.ndarray, op: str):
             return "full"
         if x.size == 1 and x.ndim <= other.ndim:
             return "scalar"
-        if 0 < x.ndim < other.ndim and x.shape == other.shape[other.ndim - x.ndim :]:
-            return "row"
-        if x.ndim == other.ndim and x.shape[0] == 1 and x.shape[1:] == other.shape[1:]:
+        # Leading ones dropped, the trailing dimensions of the other: a row repeated (an SE
+        # block's [1, 1, 1, C] gate over [1, H, W, C] NHWC storage, a [1, S, D] bias).
+        trailing = x.shape[next((i for i, d in enumerate(x.shape) if d != 1), x.ndim) :]
+        if (
+            0 < len(trailing) < other.ndim
+            and x.ndim <= other.ndim
+            and trailing == other.shape[-len(trailing) :]
+        ):
             return "row"
         return None
 
@@ -358,6 +364,26 @@ def lut(x: np.ndarray, table: np.ndarray, pool: ThreadPool | None = None) -> np.
         )
     y = np.empty_like(x)
     check(lib.edge_q8_lut(x.size, ptr(table, "const uint8_t *"), ptr(x), ptr(y), pool_handle(pool)), "lut")
+    return y
+
+
+def lut_channels(x: np.ndarray, tables: np.ndarray, pool: ThreadPool | None = None) -> np.ndarray:
+    """``tables[c][x[..., c]]``: one 256-entry table per channel of the last axis of u8/s8 ``x``
+    (indexed as :func:`lut`'s); ``tables`` is uint8 of shape (channels, 256)."""
+    x = np.ascontiguousarray(_q8(np.asarray(x), "lut_channels: x"))
+    tables = np.ascontiguousarray(tables)
+    channels = x.shape[-1] if x.ndim else 0
+    if tables.dtype != np.uint8 or tables.shape != (channels, 256):
+        raise errors.KernelArgumentError(
+            f"lut_channels: tables must be uint8 of shape ({channels}, 256) for x of shape {x.shape}, "
+            f"got {tables.dtype} {tables.shape}"
+        )
+    y = np.empty_like(x)
+    rows = x.size // channels if channels else 0
+    status = lib.edge_q8_lut_channels(
+        rows, channels, ptr(tables, "const uint8_t *"), ptr(x), ptr(y), pool_handle(pool)
+    )
+    check(status, "lut_channels")
     return y
 
 

@@ -107,7 +107,9 @@ _OUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int32))
 _RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 # Steps that never mix the samples of a batch (NHWC tensors, batch first): a leading
 # run of them may run on slices of the batch (see NativeSession._run_prefix_in_chunks).
-_PER_SAMPLE_STEPS = frozenset({"quantize", "conv", "add", "mul", "lut", "clamp", "maxpool", "global_avgpool"})
+_PER_SAMPLE_STEPS = frozenset(
+    {"quantize", "conv", "add", "mul", "lut", "lut_channels", "clamp", "maxpool", "global_avgpool"}
+)
 # About a core's L2 cache: MobileNetV2 (1.2 MB a sample at 112x112x96) then runs its
 # early layers one sample at a time, measured the best on a Zen 5 core (1 MiB L2):
 # batch 16 at 2.1 ms a sample against 2.9 ms unsliced, 2.4 ms in slices of 2.
@@ -301,6 +303,7 @@ _OP_KINDS = {
     "layernorm": ("EDGE_PLAN_LAYERNORM", "layernorm"), "clamp": ("EDGE_PLAN_CLAMP", "clamp"),
     "permute": ("EDGE_PLAN_PERMUTE", "permute"), "im2col": ("EDGE_PLAN_IM2COL", "im2col"),
     "copy": ("EDGE_PLAN_COPY", "copy"), "attention": ("EDGE_PLAN_ATTENTION", "attention"),
+    "lut_channels": ("EDGE_PLAN_LUT_CHANNELS", "lut_channels"),
 }  # fmt: skip
 _MAX_DIMS = 6  # EDGE_PLAN_MAX_DIMS
 
@@ -1502,6 +1505,47 @@ class NativeSession:
             return [("lut", {"n": env[src].size, "table": table_ptr, "x": _In(src), "y": slot["ptr"]})]
 
         fn.keep = table  # type: ignore[attr-defined]
+        fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
+        return fn
+
+    def _prep_lut_channels(self, index: int, step: Step):
+        """One 256-entry table per channel of the last (stored) axis: a per-channel PRelu."""
+        tables = np.ascontiguousarray(step.arrays["tables"])
+        if tables.dtype != np.uint8 or tables.ndim != 2 or tables.shape[1] != 256:
+            raise KernelArgumentError(
+                f"plan step {index} ({step.node}): per-channel tables must be uint8 of shape (channels, 256)"
+            )
+        tables_ptr = ffi.from_buffer("uint8_t[]", tables)
+        channels = tables.shape[0]
+        (src,), (dst,) = step.inputs, step.outputs
+        what = f"{step.node}: lut_channels"
+
+        def fn(env, slot):
+            x = env[src]
+            out = slot.get("out")
+            if out is None or out.shape != x.shape or out.dtype != x.dtype:
+                _q8(x, f"{what}: x")
+                if x.ndim == 0 or x.shape[-1] != channels:
+                    raise ShapeError(
+                        f"{what}: input of shape {x.shape} for {channels} channels (the last axis)"
+                    )
+                out = slot["out"] = np.empty(x.shape, x.dtype)
+                slot["ptr"] = _address(out)
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            status = lib.edge_q8_lut_channels(
+                x.size // channels, channels, tables_ptr, _address(x), slot["ptr"], self._pool.handle
+            )
+            if status:
+                check(status, what)
+            env[dst] = out
+
+        def ops(env, slot):
+            rows = env[src].size // channels
+            return [("lut_channels", {"rows": rows, "channels": channels, "tables": tables_ptr, "x": _In(src),
+                                      "y": slot["ptr"]})]  # fmt: skip
+
+        fn.keep = tables  # type: ignore[attr-defined]
         fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
         return fn
 

@@ -9,9 +9,11 @@ What each operator becomes (the executor's step names in brackets):
   the reduction order the kernel walks (a conv: kernel_h x kernel_w x in_c of a group;
   a GEMM after a Flatten of a 4-D map: h x w x c, see below), or when the layer is
   listed in ``sparsity`` (which prunes weights that are 2:4 in no order the plan can use).
-- Add / Mul [add, mul] with rescale; Sigmoid, HardSigmoid, HardSwish, Gelu, Tanh
-  [lut]: 256-entry tables; Relu / Clip [clamp]; MaxPool, AveragePool,
-  GlobalAveragePool [maxpool, avgpool, global_avgpool].
+- Add / Mul [add, mul] with rescale, also of a map and a row repeated over it (an SE
+  block's [N, C, H, W] x [N, C, 1, 1] gate is [N, H, W, C] x [N, 1, 1, C] in NHWC storage);
+  Sigmoid, HardSigmoid, HardSwish, Gelu, Tanh [lut]: 256-entry tables; PRelu with one
+  slope per channel [lut_channels]: a 256-entry table per channel; Relu / Clip [clamp];
+  MaxPool, AveragePool, GlobalAveragePool [maxpool, avgpool, global_avgpool].
 - Concat [concat]: inputs whose parameters differ from the output's are first
   requantized [lut: the table of ``quantize(dequantize(q))``].
 - Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Gather, Identity and
@@ -805,10 +807,14 @@ class _Lowering:
         sa, sb = self._as(a_name, layout), self._as(b_name, layout)
         same = _same_shape(self.graph.shape(a_name), self.graph.shape(b_name))
         qa, qb = self.params[sa], self.params[sb]
-        if not same or qa.dtype != qb.dtype or not _binary_ok(op, qa, qb, out_qp):
-            # A broadcast (an SE block's [N, C, H, W] x [N, C, 1, 1]) in float, in the layout both
-            # inputs already share: NHWC storage broadcasts the same way, and no transposes.
+        broadcast = not same and _row_broadcast(
+            self._stored_shape(a_name, layout), self._stored_shape(b_name, layout)
+        )
+        if (not same and not broadcast) or qa.dtype != qb.dtype or not _binary_ok(op, qa, qb, out_qp):
+            # Another broadcast in float, in the layout both inputs already share.
             return self._float(node, layout=layout)
+        # An SE block's [N, C, H, W] x [N, C, 1, 1] is [N, H, W, C] x [N, 1, 1, C] in NHWC storage:
+        # the kernel's row broadcast at batch 1 (the executor runs another batch size in float).
         self._emit(op, [sa, sb], [out], _binary_attrs(qa, qb, out_qp))
         self._set(out, out_qp, layout)
 
@@ -1193,7 +1199,41 @@ class _Lowering:
             return self._table(
                 node, Node("LeakyRelu", node.name, node.inputs[:1], node.outputs, {"alpha": alpha})
             )
-        self._float(node)  # per-channel slopes
+        if slope is not None and self._prelu_channels(node, np.asarray(slope)):
+            return
+        self._float(node)  # slopes that vary along another axis than the channels
+
+    def _prelu_channels(self, node: Node, slope: np.ndarray) -> bool:
+        """PRelu with one slope per channel (axis 1, stored last: an NHWC map or a [N, C]
+        matrix) as one 256-entry table per channel [lut_channels], built from the reference op
+        on every input code: the bits of dequantize -> PRelu in float32 -> quantize. Returns
+        whether it did."""
+        x, out = node.inputs[0], node.outputs[0]
+        src, rank, shape = self._src(x), self._rank(x), self.graph.shape(x)
+        in_qp, out_qp = self.params[src], self._act(out)
+        if in_qp is None or out_qp.dtype != in_qp.dtype or rank not in (2, 4) or shape is None:
+            return False
+        channels = shape[1]
+        if not isinstance(channels, int) or channels <= 0 or slope.ndim > rank:
+            return False
+        full = slope.reshape((1,) * (rank - slope.ndim) + slope.shape)
+        if any(d != 1 for i, d in enumerate(full.shape) if i != 1) or full.shape[1] not in (1, channels):
+            return False
+        layout = "nhwc" if rank == 4 else "plain"
+        if self.layout[src] not in (layout, "plain"):
+            return False
+        src = self._as(x, layout)
+        per_channel = np.broadcast_to(full.reshape(-1), (channels,)).astype(slope.dtype)
+        codes = np.arange(in_qp.qmin, in_qp.qmax + 1).astype(in_qp.numpy_dtype)
+        real = numerics.dequantize(codes, in_qp)
+        values = REFERENCE_OPS["PRelu"](node, [real[None, :], per_channel[:, None]])[0]
+        tables = np.stack([_lut_order(numerics.quantize(row, out_qp), in_qp.dtype) for row in values])
+        self._emit(
+            "lut_channels", [src], [out], {"kind": "prelu", **_unary_attrs(in_qp, out_qp)},
+            {"tables": tables, "slope": np.ascontiguousarray(per_channel, np.float32)},
+        )  # fmt: skip
+        self._set(out, out_qp, layout)
+        return True
 
     def _op_Pow(self, node: Node) -> None:
         exponent = self.graph.constant(node.inputs[1])
@@ -1511,6 +1551,24 @@ def _kernel_broadcasts(
         return False
     tail = stored[len(stored) - len(const_shape) :]
     return tuple(tail) == tuple(const_shape) and all(d > 0 for d in tail)
+
+
+def _row_broadcast(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool:
+    """Whether stored shapes ``a`` and ``b`` (-1: a symbolic dim) are one tensor and a row repeated
+    over it: the smaller, its leading ones dropped, is the trailing dims of the other, as the
+    add/mul kernels broadcast (a symbolic batch dim of both matches: the executor checks the real
+    shapes on each call)."""
+    if a is None or b is None or len(a) != len(b) or not a:
+        return False
+    for big, small in ((a, b), (b, a)):
+        if small[0] not in (1, big[0]) or any(d <= 0 for d in big[1:]):
+            continue
+        rest = list(small[1:])
+        while rest and rest[0] == 1:
+            rest.pop(0)
+        if rest and tuple(rest) == tuple(big[len(big) - len(rest) :]) and tuple(small[1:]) != tuple(big[1:]):
+            return True
+    return False
 
 
 def _ceil_extra(spatial, kernel, strides, dilations, pads) -> list[int]:

@@ -116,6 +116,12 @@ edge_status edge_q8_lut_init(edge_lut_kind kind, double alpha, double beta, edge
                              uint8_t* table);
 edge_status edge_q8_lut(size_t n, const uint8_t* table, const void* x, void* y, edge_threadpool* pool);
 
+/* Per-channel tables: y[r][c] = tables[c * 256 + x[r][c]] for r < rows, c < channels
+ * (rows x channels contiguous bytes: NHWC pixels, or [batch, features]); tables holds
+ * one 256-entry table per channel, indexed as edge_q8_lut's (a per-channel PRelu). */
+edge_status edge_q8_lut_channels(size_t rows, size_t channels, const uint8_t* tables, const void* x, void* y,
+                                 edge_threadpool* pool);
+
 /* ---- quantize / dequantize ------------------------------------------------
  * quantize: q = clamp(round_half_even(x / scale) + zero_point) (ONNX QuantizeLinear)
  * (float32 division, as numpy and ONNX Runtime; NaN gives zero_point, +-inf clamps)

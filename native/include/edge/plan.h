@@ -46,7 +46,8 @@ typedef enum edge_plan_kind {
   EDGE_PLAN_PERMUTE = 15,       /* y (contiguous) = x with its dimensions permuted */
   EDGE_PLAN_IM2COL = 16,        /* the rows of an image stem's GEMM, see edge_plan_im2col_args */
   EDGE_PLAN_COPY = 17,          /* memcpy (a convolution's packed header for this input size) */
-  EDGE_PLAN_ATTENTION = 18      /* edge_q8_attention */
+  EDGE_PLAN_ATTENTION = 18,     /* edge_q8_attention */
+  EDGE_PLAN_LUT_CHANNELS = 19   /* edge_q8_lut_channels */
 } edge_plan_kind;
 
 typedef struct edge_plan_gemm_args { /* also gemm24 */
@@ -103,6 +104,13 @@ typedef struct edge_plan_lut_args {
   const void* x;
   void* y;
 } edge_plan_lut_args;
+
+typedef struct edge_plan_lut_channels_args {
+  size_t rows, channels;
+  const uint8_t* tables;
+  const void* x;
+  void* y;
+} edge_plan_lut_channels_args;
 
 typedef struct edge_plan_maxpool_args {
   const edge_pool2d_params* params;
@@ -227,6 +235,7 @@ typedef struct edge_plan_op {
     edge_plan_im2col_args im2col;
     edge_plan_copy_args copy;
     edge_plan_attention_args attention;
+    edge_plan_lut_channels_args lut_channels;
   } args;
 } edge_plan_op;
 

@@ -1,0 +1,159 @@
+"""Per-channel steps that once ran in float: an SE block's gate multiply ([N, C, H, W] x
+[N, C, 1, 1], the int8 mul's row broadcast in NHWC storage) and PRelu with one slope per channel
+(one 256-entry table per channel, lut_channels). Both against numpy oracles built from the
+plan's own quantization parameters: bit-exact, on the compiled C program and the Python path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from native_models import calibrated, make_model, prepare, rng, value
+from onnx import helper
+
+from edge_runtime import numerics
+from edge_runtime.graph import reference
+from edge_runtime.kernels._ffi import ffi, lib
+from edge_runtime.numerics import QuantParams
+from edge_runtime.plan import NativeSession, lower
+
+
+def _plan(model, feeds: list[dict[str, np.ndarray]]):
+    graph = prepare(model)
+    return graph, lower(graph, calibrated(graph, feeds))
+
+
+def _entry(plan, name: str) -> QuantParams:
+    """The parameters the plan quantizes graph input ``name`` with."""
+    (step,) = [s for s in plan.steps if s.op == "quantize" and s.inputs == [f"in:{name}"]]
+    return plan.params[step.outputs[0]]
+
+
+def _exit(plan) -> QuantParams:
+    (step,) = [s for s in plan.steps if s.op == "dequantize"]
+    return plan.params[step.inputs[0]]
+
+
+def _runs(plan, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The output of the first (Python) call and of a warm (compiled C program) call."""
+    session = NativeSession(plan, threads=2, cache_dir=False)
+    try:
+        return [session.run(feeds)["y"] for _ in range(3)]
+    finally:
+        session.close()
+
+
+def _se_gate() -> tuple:
+    x = value("x", ["batch", 6, 5, 7])
+    g = value("g", ["batch", 6, 1, 1])
+    model = make_model(
+        [helper.make_node("Mul", ["x", "g"], ["y"])], [x, g], [value("y", None)], {}, name="se"
+    )
+    r = rng(4)
+    feeds = [{"x": r.standard_normal((1, 6, 5, 7)).astype(np.float32),
+              "g": r.random((1, 6, 1, 1)).astype(np.float32)} for _ in range(4)]  # fmt: skip
+    return model, feeds
+
+
+def _mul_oracle(a, b, qa: QuantParams, qb: QuantParams, qy: QuantParams) -> np.ndarray:
+    """edge/ops.h's mul formula in int64 with the C init's parameters."""
+    params = ffi.new("edge_q8_mul_params *")
+    status = lib.edge_q8_mul_params_init(
+        qa.scale, qa.zero_point, qb.scale, qb.zero_point, qy.scale, qy.zero_point, qy.qmin, qy.qmax, params
+    )
+    assert status == 0
+    acc = (a.astype(np.int64) - qa.zero_point) * (b.astype(np.int64) - qb.zero_point) * params.multiplier
+    y = (acc + (np.int64(1) << (params.shift - 1))) >> params.shift
+    return (np.clip(y, qy.qmin - qy.zero_point, qy.qmax - qy.zero_point) + qy.zero_point).astype(
+        qy.numpy_dtype
+    )
+
+
+def test_squeeze_excite_gate_runs_on_the_int8_mul_bit_exact() -> None:
+    model, feeds = _se_gate()
+    _, plan = _plan(model, feeds)
+    ops = [s.op for s in plan.steps]
+    assert "float" not in ops and ops.count("mul") == 1, ops
+    (mul,) = [s for s in plan.steps if s.op == "mul"]
+    assert "constant" not in mul.arrays and len(mul.inputs) == 2
+    qx, qg, qy = _entry(plan, "x"), _entry(plan, "g"), _exit(plan)
+    f = feeds[0]
+    want = _mul_oracle(numerics.quantize(f["x"], qx), numerics.quantize(f["g"], qg), qx, qg, qy)
+    for got in _runs(plan, f):
+        np.testing.assert_array_equal(got, numerics.dequantize(want, qy))
+
+
+def test_a_gate_at_batch_2_runs_in_float_within_one_step() -> None:
+    """Each sample has its own gate: no row broadcast, so that shape runs in float (one rounding
+    of the float product) and stays within one output step of the int8 formula per sample."""
+    model, feeds = _se_gate()
+    _, plan = _plan(model, feeds)
+    qx, qg, qy = _entry(plan, "x"), _entry(plan, "g"), _exit(plan)
+    f = {k: np.concatenate([feeds[1][k], feeds[2][k]]) for k in ("x", "g")}
+    want = numerics.dequantize(
+        _mul_oracle(numerics.quantize(f["x"], qx), numerics.quantize(f["g"], qg), qx, qg, qy), qy
+    )
+    for got in _runs(plan, f):
+        assert got.shape == want.shape
+        assert np.max(np.abs(got - want)) <= qy.scale * (1 + 1e-5)
+
+
+def _prelu(shape: tuple[int, ...], slope: np.ndarray):
+    node = helper.make_node("PRelu", ["x", "slope"], ["y"])
+    model = make_model(
+        [node], [value("x", ["batch", *shape[1:]])], [value("y", None)], {"slope": slope}, name="prelu"
+    )
+    r = rng(len(shape))
+    feeds = [{"x": r.standard_normal(shape).astype(np.float32)} for _ in range(3)]
+    return model, feeds
+
+
+@pytest.mark.parametrize(
+    "shape, slope_shape",
+    [((1, 5, 6, 7), (5, 1, 1)), ((2, 5, 6, 7), (1, 5, 1, 1)), ((3, 9), (9,)), ((1, 3, 4, 4), (1, 1))],
+    ids=["nchw", "nchw-4d-slope-batch2", "matrix", "one-slope"],
+)
+def test_prelu_per_channel_is_a_table_per_channel_bit_exact(shape, slope_shape) -> None:
+    """The native output equals numpy's dequantize -> PRelu in float32 -> quantize on the
+    plan's parameters, the rule the float step applied (so nothing changes but the speed)."""
+    slope = (rng(7).standard_normal(slope_shape) * 0.3).astype(np.float32)
+    model, feeds = _prelu(shape, slope)
+    graph, plan = _plan(model, feeds)
+    ops = [s.op for s in plan.steps]
+    assert "float" not in ops and "transpose" not in ops, ops
+    assert ("lut" if slope.size == 1 else "lut_channels") in ops
+    qx, qy = _entry(plan, "x"), _exit(plan)
+    x = numerics.dequantize(numerics.quantize(feeds[0]["x"], qx), qx)
+    node = graph.nodes[0]
+    want = numerics.dequantize(numerics.quantize(reference.OPS["PRelu"](node, [x, slope])[0], qy), qy)
+    for got in _runs(plan, feeds[0]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_prelu_slopes_along_another_axis_stay_a_float_step() -> None:
+    slope = (rng(8).standard_normal((1, 1, 7)) * 0.3).astype(np.float32)  # one slope per column
+    model, feeds = _prelu((1, 5, 6, 7), slope)
+    graph, plan = _plan(model, feeds)
+    assert [s.op for s in plan.steps if s.op in ("float", "lut_channels")] == ["float"]
+    qx, qy = _entry(plan, "x"), _exit(plan)
+    x = numerics.dequantize(numerics.quantize(feeds[0]["x"], qx), qx)
+    want = numerics.dequantize(
+        numerics.quantize(reference.OPS["PRelu"](graph.nodes[0], [x, slope])[0], qy), qy
+    )
+    np.testing.assert_array_equal(_runs(plan, feeds[0])[-1], want)
+
+
+def test_a_bad_table_array_is_a_typed_error_at_load() -> None:
+    from dataclasses import replace
+
+    from edge_runtime.errors import KernelArgumentError
+
+    model, feeds = _prelu((1, 5, 6, 7), (rng(7).standard_normal((5, 1, 1)) * 0.3).astype(np.float32))
+    _, plan = _plan(model, feeds)
+    steps = [
+        replace(s, arrays={**s.arrays, "tables": s.arrays["tables"][:, :128]})
+        if s.op == "lut_channels"
+        else s
+        for s in plan.steps
+    ]
+    with pytest.raises(KernelArgumentError, match=r"\(channels, 256\)"):
+        NativeSession(replace(plan, steps=steps), cache_dir=False).run(feeds[0])

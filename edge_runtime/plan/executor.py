@@ -344,6 +344,26 @@ def _permute_op(x: np.ndarray, perm: tuple[int, ...], y: np.ndarray, x_ptr: Any 
     }  # fmt: skip
 
 
+def _slice_view(node: Node, values: list) -> np.ndarray | None:
+    """ONNX Slice with positive steps as a numpy view of ``values[0]`` (the reference op copies),
+    or None for negative steps."""
+    from edge_runtime.graph.reference import _attr_or_input, _slice_bounds
+
+    x = values[0]
+    starts = _attr_or_input(node, values, "starts", 1)
+    ends = _attr_or_input(node, values, "ends", 2)
+    axes = _attr_or_input(node, values, "axes", 3) or list(range(len(starts)))
+    steps = _attr_or_input(node, values, "steps", 4) or [1] * len(starts)
+    index = [slice(None)] * x.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if int(step) <= 0:
+            return None
+        axis = int(axis) % x.ndim
+        lo, hi = _slice_bounds(int(start), int(end), int(step), x.shape[axis])
+        index[axis] = slice(lo, hi, int(step))
+    return x[tuple(index)]
+
+
 def _contiguous_strides(shape: tuple[int, ...], itemsize: int) -> list[int]:
     strides, step = [], itemsize
     for n in reversed(shape):
@@ -1759,6 +1779,31 @@ class NativeSession:
                 return [_permute_op(x, tuple(int(p) for p in perm), out, x_ptr=_In(src))]
 
             fn.ops, fn.what = ops, f"{step.node}: transpose"  # type: ignore[attr-defined]
+        elif node.op_type == "Slice" and inputs[0] and not any(inputs[1:]):
+            src = inputs[0]
+
+            def slice_ops(env, slot):
+                # A slice from the first element (a stride-2 subsampling after a stride-1
+                # convolution, PaddleOCR's (2, 1) strides) is a strided view of x: the permute op
+                # copies it with x's strides into a buffer of this binding (seeded as above).
+                x = env[src]
+                y = _slice_view(node, [x, *constants[1:]])
+                if y is None or x.dtype not in _Q8 or not x.flags.c_contiguous or y.ndim > _MAX_DIMS:
+                    return None
+                if y.size == 0 or y.__array_interface__["data"][0] != x.__array_interface__["data"][0]:
+                    return None
+                out = slot.get("out")
+                if out is None or out.shape != y.shape or out.dtype != y.dtype:
+                    out = slot["out"] = np.empty(y.shape, y.dtype)
+                np.copyto(out, y)
+                env[dst] = out
+                pad = [0] * (_MAX_DIMS - y.ndim)
+                return [("permute", {
+                    "ndim": y.ndim, "element_size": 1, "shape": list(y.shape) + pad,
+                    "x_strides": list(y.strides) + pad, "x": _In(src), "y": _address(out),
+                })]  # fmt: skip
+
+            fn.ops, fn.what = slice_ops, f"{step.node}: slice"  # type: ignore[attr-defined]
         return fn
 
     def _prep_embed(self, index: int, step: Step):

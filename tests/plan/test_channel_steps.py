@@ -157,3 +157,27 @@ def test_a_bad_table_array_is_a_typed_error_at_load() -> None:
     ]
     with pytest.raises(KernelArgumentError, match=r"\(channels, 256\)"):
         NativeSession(replace(plan, steps=steps), cache_dir=False).run(feeds[0])
+
+
+def test_a_2_by_1_strided_convolution_subsamples_inside_the_c_program(monkeypatch) -> None:
+    """PaddleOCR's depthwise convolutions with strides (2, 1) run at stride 1 and keep every
+    second row (a Slice move): that slice is a strided copy in the C program (no Python step),
+    with the bits of the Python path."""
+    from edge_runtime.plan import executor as executor_module
+
+    r = rng(9)
+    init = {"w": (r.standard_normal((6, 1, 3, 3)) * 0.3).astype(np.float32)}
+    node = helper.make_node("Conv", ["x", "w"], ["c"], group=6, pads=[1, 1, 1, 1], strides=[2, 1])
+    relu = helper.make_node("Relu", ["c"], ["y"])
+    model = make_model([node, relu], [value("x", ["batch", 6, 9, 8])], [value("y", None)], init, name="s21")
+    feeds = [{"x": r.standard_normal((1, 6, 9, 8)).astype(np.float32)} for _ in range(3)]
+    _, plan = _plan(model, feeds)
+    assert [s.attrs.get("node_op") for s in plan.steps if s.op == "move"] == ["Slice"]
+    session = NativeSession(plan, cache_dir=False)
+    warm = [session.run(feeds[0])["y"] for _ in range(3)][-1]
+    assert session.describe()["program"]["python_steps"] == 0
+    with monkeypatch.context() as m:
+        m.setattr(executor_module, "_PROGRAMS", False)
+        python = NativeSession(plan, cache_dir=False).run(feeds[0])["y"]
+    assert warm.shape == (1, 6, 5, 8)
+    np.testing.assert_array_equal(warm, python)

@@ -48,7 +48,8 @@ def _http(url: str, method: str = "GET", token: str | None = None, body: Any = N
 def test_sign_in_overview_devices_and_live_device_charts(page: Page, fleet: Fleet) -> None:
     p = page.page
     p.goto(fleet.url + "/")
-    assert p.is_visible("#signin-form")
+    # The page shows the form once its script learns there is no session (a request to the API).
+    p.wait_for_selector("#signin-form", state="visible")
     assert p.get_attribute("#token", "type") == "password"
     page.expected.append("401")  # the wrong token below: the browser logs the refused request
     p.fill("#token", "not-the-token-at-all-000")

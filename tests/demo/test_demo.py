@@ -117,7 +117,14 @@ def test_ctrl_c_mid_rollout_stops_everything(tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) while the 2.0.0 rollout runs: exit 130, and no process of the demo survives."""
     workdir = tmp_path / "demo"
     proc = subprocess.Popen(
-        _demo_argv(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+        _demo_argv(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        # A shell's background job starts with SIGINT ignored, and Python keeps it so: the demo gets
+        # Ctrl-C's default behaviour whatever the test run inherited.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
     seen: list[str] = []
     try:

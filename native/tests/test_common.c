@@ -87,10 +87,50 @@ static void test_threadpool(void) {
   }
 }
 
+typedef struct {
+  atomic_int hits[64];
+  atomic_int sum;
+} job_context;
+
+static void job_task(void* context, size_t i) {
+  job_context* job = (job_context*) context;
+  atomic_fetch_add(&job->hits[i], 1);
+  atomic_fetch_add(&job->sum, (int) i + 1);
+}
+
+static void test_threadpool_job_after_job(void) {
+  /* Jobs posted back to back: the caller returns once every task has finished, so a worker
+   * that arrives late must claim nothing of a finished job (a task run twice, or after the
+   * check below, changes a count) and must run the next job's tasks with the next job's
+   * function and context. */
+  enum { JOBS = 4000 };
+  static job_context jobs[JOBS];
+  memset(jobs, 0, sizeof(jobs));
+  for (int threads = 2; threads <= 4; threads += 2) {
+    edge_threadpool* pool = NULL;
+    EDGE_CHECK_OK(edge_threadpool_create(threads, &pool));
+    int ok = 1;
+    for (int j = 0; j < JOBS; j++) {
+      const size_t count = (size_t) (2 + j % 63);
+      memset(&jobs[j], 0, sizeof(jobs[j]));
+      edge_parallelize(pool, job_task, &jobs[j], count);
+      ok &= atomic_load(&jobs[j].sum) == (int) (count * (count + 1) / 2);
+    }
+    edge_threadpool_destroy(pool); /* joins the workers: no task runs after this */
+    for (int j = 0; j < JOBS; j++) {
+      const size_t count = (size_t) (2 + j % 63);
+      ok &= atomic_load(&jobs[j].sum) == (int) (count * (count + 1) / 2);
+      for (size_t i = 0; i < 64; i++) ok &= atomic_load(&jobs[j].hits[i]) == (i < count ? 1 : 0);
+    }
+    EDGE_CHECK(ok, "every task of %d back-to-back jobs ran exactly once (threads %d)", JOBS, threads);
+  }
+}
+
 int main(void) {
   test_isa_selection();
   test_requant_params();
   test_threadpool();
   test_nested_parallelize();
+  test_threadpool_job_after_job();
   return edge_test_summary("test_common");
 }

@@ -1,16 +1,25 @@
 /* A small pthread pool for splitting kernel work.
  *
- * A job is a range of task indices claimed one at a time with an atomic
- * counter; the calling thread works on the job too, then waits until every
- * claimed task has finished. Callers from several threads are serialized by a
- * mutex.
+ * A job is a range of task indices. Whoever comes takes the next one: the
+ * calling thread and the workers claim indices from one atomic word that holds
+ * the job's generation and its next index, and the caller returns as soon as
+ * every task has finished, not when every worker has woken. On a loaded machine
+ * a worker that has not been scheduled yet takes no part in the job (the caller
+ * runs its share) instead of holding the caller until it wakes only to find
+ * nothing left. A worker that arrives late finds the generation changed (or the
+ * index past the count) and claims nothing; a claim is a compare-and-swap on
+ * (generation, index), so it can only succeed while that job is still open,
+ * and the job fields it read before it are that job's. Callers from several
+ * threads are serialized by a mutex.
  *
  * Idle workers spin for a short while (SPIN_NS, 50 us) before they sleep on a
  * condition variable: a model's layers post jobs microseconds apart, and waking
  * a sleeping thread costs tens of microseconds on a busy machine, as much as a
  * small layer's whole job (a 128 x 384 x 384 GEMM ran no faster on 2 threads
  * than on 1 with workers that always slept). Past the spin they sleep, so an
- * idle pool costs no CPU. The caller waits for the workers the same way.
+ * idle pool costs no CPU; a job is announced to sleepers (a system call) only
+ * when some worker sleeps. The caller waits for tasks claimed by workers the
+ * same way.
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime under -std=c11 */
 #include <pthread.h>
@@ -24,6 +33,10 @@
 
 /* How long an idle worker (or a waiting caller) polls before it sleeps. */
 #define SPIN_NS 50000u
+/* Tasks of one posted job: the low 32 bits of the job word hold the next index. */
+#define JOB_MAX_TASKS UINT32_MAX
+#define JOB_GENERATION(word) ((uint32_t) ((word) >> 32))
+#define JOB_INDEX(word) ((uint32_t) (word))
 
 struct edge_threadpool {
   int32_t num_threads; /* including the calling thread */
@@ -32,13 +45,17 @@ struct edge_threadpool {
   pthread_mutex_t mutex;      /* guards the sleeps: work_ready, work_done */
   pthread_cond_t work_ready;
   pthread_cond_t work_done;
-  atomic_uint_fast64_t generation; /* bumped for each job; workers wait for a change */
+  /* (generation << 32) | next task index; a new job bumps the generation and
+   * resets the index. The fields below are set before it is published. */
+  atomic_uint_fast64_t job;
+  _Atomic(edge_task_fn) fn;
+  _Atomic(void*) context;
+  atomic_size_t count; /* tasks of the posted job, <= JOB_MAX_TASKS */
+  atomic_size_t base;  /* index of its first task in the caller's range */
+  atomic_size_t done;  /* tasks of the posted job that have finished */
+  atomic_int sleeping_workers;
+  atomic_int caller_sleeping;
   atomic_int shutdown;
-  atomic_int active_workers; /* workers still inside the current job */
-  edge_task_fn fn;
-  void* context;
-  size_t count;
-  atomic_size_t next;
 };
 
 /* Set while a thread runs a task: a kernel that calls edge_parallelize from
@@ -75,45 +92,59 @@ static int spin_until(int (*done)(edge_threadpool*, uint64_t), edge_threadpool* 
   }
 }
 
-static int job_posted(edge_threadpool* pool, uint64_t seen) {
-  return atomic_load_explicit(&pool->generation, memory_order_acquire) != seen ||
+static int job_posted(edge_threadpool* pool, uint64_t seen_generation) {
+  return JOB_GENERATION(atomic_load(&pool->job)) != (uint32_t) seen_generation ||
          atomic_load_explicit(&pool->shutdown, memory_order_relaxed);
 }
 
-static int workers_done(edge_threadpool* pool, uint64_t unused) {
-  (void) unused;
-  return atomic_load_explicit(&pool->active_workers, memory_order_acquire) == 0;
+static int job_finished(edge_threadpool* pool, uint64_t count) {
+  return atomic_load(&pool->done) == (size_t) count;
 }
 
-static void run_tasks(edge_threadpool* pool) {
+/* Claims and runs tasks of the job in `word` (a value of pool->job) until none
+ * is left or another job was posted. Returns the generation it last saw. */
+static uint32_t run_tasks(edge_threadpool* pool, uint64_t word) {
   inside_task = 1;
   for (;;) {
-    const size_t i = atomic_fetch_add(&pool->next, 1);
-    if (i >= pool->count) break;
-    pool->fn(pool->context, i);
-  }
-  inside_task = 0;
-}
-
-static void* worker_main(void* arg) {
-  edge_threadpool* pool = (edge_threadpool*) arg;
-  uint64_t seen = 0;
-  for (;;) {
-    if (!spin_until(job_posted, pool, seen)) {
-      pthread_mutex_lock(&pool->mutex);
-      while (!job_posted(pool, seen)) pthread_cond_wait(&pool->work_ready, &pool->mutex);
-      pthread_mutex_unlock(&pool->mutex);
-    }
-    if (atomic_load(&pool->shutdown)) break;
-    seen = atomic_load_explicit(&pool->generation, memory_order_acquire);
-    run_tasks(pool);
-    if (atomic_fetch_sub_explicit(&pool->active_workers, 1, memory_order_acq_rel) == 1) {
-      /* The last one out: wake the caller if it went to sleep (under the mutex,
-       * so that the wake-up cannot fall between its check and its wait). */
+    /* The fields of the job `word` names (the acquire load of the word that
+     * published it orders them), or of a later job, in which case the claim
+     * below fails because the word changed. */
+    const edge_task_fn fn = atomic_load_explicit(&pool->fn, memory_order_relaxed);
+    void* const context = atomic_load_explicit(&pool->context, memory_order_relaxed);
+    const size_t count = atomic_load_explicit(&pool->count, memory_order_relaxed);
+    const size_t base = atomic_load_explicit(&pool->base, memory_order_relaxed);
+    if (JOB_INDEX(word) >= count) break;
+    if (!atomic_compare_exchange_weak(&pool->job, &word, word + 1)) continue; /* word reloaded */
+    fn(context, base + JOB_INDEX(word));
+    if (atomic_fetch_add(&pool->done, 1) + 1 == count && atomic_load(&pool->caller_sleeping)) {
+      /* The last task of the job: wake the caller if it went to sleep (under
+       * the mutex, so that the wake-up cannot fall between its check and its
+       * wait). A caller already on its next job takes it for a spurious wake. */
       pthread_mutex_lock(&pool->mutex);
       pthread_cond_signal(&pool->work_done);
       pthread_mutex_unlock(&pool->mutex);
     }
+    word = atomic_load(&pool->job);
+  }
+  inside_task = 0;
+  return JOB_GENERATION(word);
+}
+
+static void* worker_main(void* arg) {
+  edge_threadpool* pool = (edge_threadpool*) arg;
+  uint32_t seen = 0;
+  for (;;) {
+    if (!spin_until(job_posted, pool, seen)) {
+      pthread_mutex_lock(&pool->mutex);
+      /* Counted before the check: a caller that posts after it sees a sleeper
+       * and broadcasts (under the mutex, so after this thread waits). */
+      atomic_fetch_add(&pool->sleeping_workers, 1);
+      while (!job_posted(pool, seen)) pthread_cond_wait(&pool->work_ready, &pool->mutex);
+      atomic_fetch_sub(&pool->sleeping_workers, 1);
+      pthread_mutex_unlock(&pool->mutex);
+    }
+    if (atomic_load(&pool->shutdown)) break;
+    seen = run_tasks(pool, atomic_load(&pool->job));
   }
   return NULL;
 }
@@ -131,10 +162,15 @@ edge_status edge_threadpool_create(int32_t num_threads, edge_threadpool** out_po
   pthread_mutex_init(&pool->mutex, NULL);
   pthread_cond_init(&pool->work_ready, NULL);
   pthread_cond_init(&pool->work_done, NULL);
-  atomic_init(&pool->next, 0);
-  atomic_init(&pool->generation, 0);
+  atomic_init(&pool->job, 0);
+  atomic_init(&pool->fn, NULL);
+  atomic_init(&pool->context, NULL);
+  atomic_init(&pool->count, 0);
+  atomic_init(&pool->base, 0);
+  atomic_init(&pool->done, 0);
+  atomic_init(&pool->sleeping_workers, 0);
+  atomic_init(&pool->caller_sleeping, 0);
   atomic_init(&pool->shutdown, 0);
-  atomic_init(&pool->active_workers, 0);
   if (num_threads > 1) {
     pool->workers = calloc((size_t) num_threads - 1, sizeof(pthread_t));
     if (pool->workers == NULL) {
@@ -170,6 +206,39 @@ void edge_threadpool_destroy(edge_threadpool* pool) {
 
 int32_t edge_threadpool_size(const edge_threadpool* pool) { return pool == NULL ? 1 : pool->num_threads; }
 
+/* Posts tasks [base, base + count) of fn (count <= JOB_MAX_TASKS), works on
+ * them, and returns when all have finished. Under call_mutex. */
+static void run_job(edge_threadpool* pool, edge_task_fn fn, void* context, size_t base, size_t count) {
+  /* Every task of the previous job has finished (done == its count), so no
+   * thread is inside it; a late worker may still read these fields, but its
+   * claim fails against the new generation or reads the new job whole. */
+  atomic_store_explicit(&pool->fn, fn, memory_order_relaxed);
+  atomic_store_explicit(&pool->context, context, memory_order_relaxed);
+  atomic_store_explicit(&pool->count, count, memory_order_relaxed);
+  atomic_store_explicit(&pool->base, base, memory_order_relaxed);
+  atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+  /* Publish: the new generation with index 0 (sequentially consistent, which
+   * also orders it against the sleepers' count read below). */
+  const uint64_t word = (uint64_t) (JOB_GENERATION(atomic_load(&pool->job)) + 1u) << 32;
+  atomic_store(&pool->job, word);
+  if (atomic_load(&pool->sleeping_workers) > 0) {
+    pthread_mutex_lock(&pool->mutex);
+    pthread_cond_broadcast(&pool->work_ready);
+    pthread_mutex_unlock(&pool->mutex);
+  }
+
+  run_tasks(pool, word);
+
+  /* Only tasks a worker claimed can still be running. */
+  if (!spin_until(job_finished, pool, count)) {
+    pthread_mutex_lock(&pool->mutex);
+    atomic_store(&pool->caller_sleeping, 1);
+    while (!job_finished(pool, count)) pthread_cond_wait(&pool->work_done, &pool->mutex);
+    atomic_store(&pool->caller_sleeping, 0);
+    pthread_mutex_unlock(&pool->mutex);
+  }
+}
+
 void edge_parallelize(edge_threadpool* pool, edge_task_fn fn, void* context, size_t count) {
   if (count == 0) return;
   if (pool == NULL || pool->num_threads == 1 || count == 1 || inside_task) {
@@ -177,24 +246,9 @@ void edge_parallelize(edge_threadpool* pool, edge_task_fn fn, void* context, siz
     return;
   }
   pthread_mutex_lock(&pool->call_mutex);
-  pool->fn = fn;
-  pool->context = context;
-  pool->count = count;
-  atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
-  atomic_store_explicit(&pool->active_workers, pool->num_threads - 1, memory_order_relaxed);
-  /* Publish the job: spinning workers see the new generation (release orders
-   * the fields above before it); sleeping ones are woken under the mutex. */
-  pthread_mutex_lock(&pool->mutex);
-  atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
-  pthread_cond_broadcast(&pool->work_ready);
-  pthread_mutex_unlock(&pool->mutex);
-
-  run_tasks(pool);
-
-  if (!spin_until(workers_done, pool, 0)) {
-    pthread_mutex_lock(&pool->mutex);
-    while (!workers_done(pool, 0)) pthread_cond_wait(&pool->work_done, &pool->mutex);
-    pthread_mutex_unlock(&pool->mutex);
+  for (size_t base = 0; base < count; base += JOB_MAX_TASKS) {
+    const size_t left = count - base;
+    run_job(pool, fn, context, base, left < JOB_MAX_TASKS ? left : JOB_MAX_TASKS);
   }
   pthread_mutex_unlock(&pool->call_mutex);
 }

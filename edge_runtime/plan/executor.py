@@ -303,7 +303,7 @@ _OP_KINDS = {
     "layernorm": ("EDGE_PLAN_LAYERNORM", "layernorm"), "clamp": ("EDGE_PLAN_CLAMP", "clamp"),
     "permute": ("EDGE_PLAN_PERMUTE", "permute"), "im2col": ("EDGE_PLAN_IM2COL", "im2col"),
     "copy": ("EDGE_PLAN_COPY", "copy"), "attention": ("EDGE_PLAN_ATTENTION", "attention"),
-    "lut_channels": ("EDGE_PLAN_LUT_CHANNELS", "lut_channels"),
+    "lut_channels": ("EDGE_PLAN_LUT_CHANNELS", "lut_channels"), "softmax": ("EDGE_PLAN_SOFTMAX", "softmax"),
 }  # fmt: skip
 _MAX_DIMS = 6  # EDGE_PLAN_MAX_DIMS
 
@@ -1909,7 +1909,41 @@ class NativeSession:
             x = np.moveaxis(x, axis, -1)
             return np.moveaxis(kernels.softmax(x), -1, axis)
 
-        return self._float_step(step, compute)
+        fn = self._float_step(step, compute)
+        if len(step.inputs) != 1 or not step.inputs[0]:
+            return fn
+        (src,), (dst,) = step.inputs, step.outputs
+        in_qp = step.attrs["in_params"][0]
+        out = QuantParams.from_dict(step.attrs["out_params"])
+
+        def ops(env, slot):
+            # Over the last axis of a quantized input (a classifier's output): the same three
+            # kernels as the Python path, dequantize -> softmax -> quantize, into buffers of
+            # this binding (the output seeded with this call's result, which may be returned).
+            x, y = env[src], env[dst]
+            if in_qp is None or x.dtype not in _Q8 or x.ndim == 0 or axis not in (-1, x.ndim - 1):
+                return None
+            if y.shape != x.shape or y.dtype != out.numpy_dtype or x.size >= 2**31:
+                return None
+            b = slot.get("softmax")
+            if b is None or b[0].shape != x.shape:
+                b = slot["softmax"] = (np.empty(x.shape, np.float32), np.empty(x.shape, np.float32),
+                                       np.empty(x.shape, y.dtype))  # fmt: skip
+            floats, probs, q = b
+            np.copyto(q, y)
+            env[dst] = q
+            cols = x.shape[-1]
+            return [
+                ("dequantize", {"n": x.size, "dtype": DTYPES[x.dtype], "x": _In(src), "scale": float(in_qp["scale"]),
+                                "zero_point": int(in_qp["zero_point"]), "y": _address(floats)}),
+                ("softmax", {"rows": x.size // cols if cols else 0, "cols": cols, "x": _address(floats),
+                             "y": _address(probs)}),
+                ("quantize", {"n": x.size, "x": _address(probs), "scale": out.scale, "zero_point": out.zero_point,
+                              "dtype": DTYPES[q.dtype], "y": _address(q)}),
+            ]  # fmt: skip
+
+        fn.ops, fn.what = ops, f"{step.node}: softmax"  # type: ignore[attr-defined]
+        return fn
 
     def _prep_attention(self, index: int, step: Step):
         """softmax(Q.K^T * scale + mask).V (see lower._attention_chains): on the int8

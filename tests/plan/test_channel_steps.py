@@ -181,3 +181,45 @@ def test_a_2_by_1_strided_convolution_subsamples_inside_the_c_program(monkeypatc
         python = NativeSession(plan, cache_dir=False).run(feeds[0])["y"]
     assert warm.shape == (1, 6, 5, 8)
     np.testing.assert_array_equal(warm, python)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_classifier_softmax_runs_inside_the_c_program_with_the_python_bits(monkeypatch, threads) -> None:
+    """Gemm -> Softmax (a classifier's output): dequantize, softmax and quantize as three ops of
+    the one C call, the kernels the Python path calls, so the same bits."""
+    from edge_runtime.plan import executor as executor_module
+
+    r = rng(10)
+    init = {"w": (r.standard_normal((5, 12)) * 0.3).astype(np.float32)}
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
+    ]
+    model = make_model(nodes, [value("x", ["batch", 12])], [value("y", None)], init, name="cls")
+    feeds = [{"x": r.standard_normal((3, 12)).astype(np.float32)} for _ in range(3)]
+    _, plan = _plan(model, feeds)
+    assert "softmax" in [s.op for s in plan.steps]
+    session = NativeSession(plan, threads=threads, cache_dir=False)
+    warm = [session.run(f)["y"] for f in feeds + feeds][-3:]
+    assert session.describe()["program"]["python_steps"] == 0
+    with monkeypatch.context() as m:
+        m.setattr(executor_module, "_PROGRAMS", False)
+        python = NativeSession(plan, cache_dir=False)
+        for f, got in zip(feeds, warm):
+            np.testing.assert_array_equal(got, python.run(f)["y"])
+    np.testing.assert_allclose(warm[0].sum(axis=-1), 1.0, atol=0.05)
+
+
+def test_a_softmax_over_another_axis_stays_a_python_step() -> None:
+    r = rng(11)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
+    model = make_model([node], [value("x", ["batch", 4, 3])], [value("y", None)], {}, name="sm1")
+    feeds = [{"x": r.standard_normal((2, 4, 3)).astype(np.float32)} for _ in range(2)]
+    _, plan = _plan(model, feeds)
+    session = NativeSession(plan, cache_dir=False)
+    got = [session.run(feeds[0])["y"] for _ in range(3)][-1]
+    assert session.describe()["program"]["python_steps"] == 1
+    qx, qy = _entry(plan, "x"), _exit(plan)
+    x = numerics.dequantize(numerics.quantize(feeds[0]["x"], qx), qx)
+    want = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    assert np.max(np.abs(got - want)) <= qy.scale

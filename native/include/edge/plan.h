@@ -47,7 +47,8 @@ typedef enum edge_plan_kind {
   EDGE_PLAN_IM2COL = 16,        /* the rows of an image stem's GEMM, see edge_plan_im2col_args */
   EDGE_PLAN_COPY = 17,          /* memcpy (a convolution's packed header for this input size) */
   EDGE_PLAN_ATTENTION = 18,     /* edge_q8_attention */
-  EDGE_PLAN_LUT_CHANNELS = 19   /* edge_q8_lut_channels */
+  EDGE_PLAN_LUT_CHANNELS = 19,  /* edge_q8_lut_channels */
+  EDGE_PLAN_SOFTMAX = 20        /* edge_f32_softmax */
 } edge_plan_kind;
 
 typedef struct edge_plan_gemm_args { /* also gemm24 */
@@ -111,6 +112,12 @@ typedef struct edge_plan_lut_channels_args {
   const void* x;
   void* y;
 } edge_plan_lut_channels_args;
+
+typedef struct edge_plan_softmax_args {
+  int32_t rows, cols;
+  const float* x;
+  float* y;
+} edge_plan_softmax_args;
 
 typedef struct edge_plan_maxpool_args {
   const edge_pool2d_params* params;
@@ -236,6 +243,7 @@ typedef struct edge_plan_op {
     edge_plan_copy_args copy;
     edge_plan_attention_args attention;
     edge_plan_lut_channels_args lut_channels;
+    edge_plan_softmax_args softmax;
   } args;
 } edge_plan_op;
 

@@ -267,6 +267,10 @@ static edge_status run_op(const edge_plan_op* op, edge_threadpool* pool) {
       const edge_plan_lut_channels_args* a = &op->args.lut_channels;
       return edge_q8_lut_channels(a->rows, a->channels, a->tables, a->x, a->y, pool);
     }
+    case EDGE_PLAN_SOFTMAX: {
+      const edge_plan_softmax_args* a = &op->args.softmax;
+      return edge_f32_softmax(a->rows, a->cols, a->x, a->y);
+    }
     case EDGE_PLAN_MAXPOOL2D: {
       const edge_plan_maxpool_args* a = &op->args.maxpool;
       return edge_q8_maxpool2d(a->params, a->dtype, a->x, a->y, pool);

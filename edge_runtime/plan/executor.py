@@ -344,24 +344,64 @@ def _permute_op(x: np.ndarray, perm: tuple[int, ...], y: np.ndarray, x_ptr: Any 
     }  # fmt: skip
 
 
-def _slice_view(node: Node, values: list) -> np.ndarray | None:
-    """ONNX Slice with positive steps as a numpy view of ``values[0]`` (the reference op copies),
-    or None for negative steps."""
+def _move_view(node: Node, values: list) -> np.ndarray | None:
+    """A move step's output as a numpy view of its input ``values[0]`` (the reference ops copy):
+    Slice with positive steps, DepthToSpace, and nearest Resize by integer factors (asymmetric,
+    floor: every input element repeated, a stride of 0). None for any other move."""
     from edge_runtime.graph.reference import _attr_or_input, _slice_bounds
 
     x = values[0]
-    starts = _attr_or_input(node, values, "starts", 1)
-    ends = _attr_or_input(node, values, "ends", 2)
-    axes = _attr_or_input(node, values, "axes", 3) or list(range(len(starts)))
-    steps = _attr_or_input(node, values, "steps", 4) or [1] * len(starts)
-    index = [slice(None)] * x.ndim
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        if int(step) <= 0:
+    op = node.op_type
+    if op == "Slice":
+        starts = _attr_or_input(node, values, "starts", 1)
+        ends = _attr_or_input(node, values, "ends", 2)
+        axes = _attr_or_input(node, values, "axes", 3) or list(range(len(starts)))
+        steps = _attr_or_input(node, values, "steps", 4) or [1] * len(starts)
+        index = [slice(None)] * x.ndim
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            if int(step) <= 0:
+                return None
+            axis = int(axis) % x.ndim
+            lo, hi = _slice_bounds(int(start), int(end), int(step), x.shape[axis])
+            index[axis] = slice(lo, hi, int(step))
+        return x[tuple(index)]
+    if op == "DepthToSpace" and x.ndim == 4:
+        b = int(node.attrs.get("blocksize", 0))
+        n, c, h, w = x.shape
+        if b < 1 or c % (b * b):
             return None
-        axis = int(axis) % x.ndim
-        lo, hi = _slice_bounds(int(start), int(end), int(step), x.shape[axis])
-        index[axis] = slice(lo, hi, int(step))
-    return x[tuple(index)]
+        if node.attrs.get("mode", "DCR") == "DCR":
+            return x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+        return x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    if op == "Resize" and len(values) == 1:
+        a = node.attrs
+        scales = a.get("scales")
+        if a.get("mode") != "nearest" or a.get("coordinate_transformation_mode") != "asymmetric" \
+                or a.get("nearest_mode", "round_prefer_floor") != "floor" or not scales \
+                or len(scales) != x.ndim:  # fmt: skip
+            return None
+        shape, strides = [], []
+        for n, stride, f in zip(x.shape, x.strides, scales):
+            if float(f) < 1 or float(f) != int(f):
+                return None
+            shape += [n, int(f)]
+            strides += [stride, 0]
+        return np.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
+    return None
+
+
+def _strided_dims(view: np.ndarray) -> list[tuple[int, int]]:
+    """(size, byte stride) of ``view``'s dimensions in order, without unit dimensions and with
+    neighbours merged where the outer one steps over the inner one exactly."""
+    dims: list[tuple[int, int]] = []
+    for n, stride in zip(view.shape, view.strides):
+        if n == 1:
+            continue
+        if dims and dims[-1][1] == stride * n:
+            dims[-1] = (dims[-1][0] * n, stride)
+        else:
+            dims.append((n, stride))
+    return dims or [(1, 1)]
 
 
 def _contiguous_strides(shape: tuple[int, ...], itemsize: int) -> list[int]:
@@ -1779,31 +1819,39 @@ class NativeSession:
                 return [_permute_op(x, tuple(int(p) for p in perm), out, x_ptr=_In(src))]
 
             fn.ops, fn.what = ops, f"{step.node}: transpose"  # type: ignore[attr-defined]
-        elif node.op_type == "Slice" and inputs[0] and not any(inputs[1:]):
+        elif node.op_type in ("Slice", "DepthToSpace", "Resize") and inputs[0] and not any(inputs[1:]):
             src = inputs[0]
 
-            def slice_ops(env, slot):
-                # A slice from the first element (a stride-2 subsampling after a stride-1
-                # convolution, PaddleOCR's (2, 1) strides) is a strided view of x: the permute op
-                # copies it with x's strides into a buffer of this binding (seeded as above).
-                x = env[src]
-                y = _slice_view(node, [x, *constants[1:]])
-                if y is None or x.dtype not in _Q8 or not x.flags.c_contiguous or y.ndim > _MAX_DIMS:
+            def view_ops(env, slot):
+                # A move whose output is a strided view of x (a slice from x's first element, as
+                # the stride-2 subsampling after a stride-1 convolution for PaddleOCR's (2, 1)
+                # strides; a depth-to-space; a nearest upsampling): the permute op copies the view
+                # with its strides into a buffer of this binding (seeded as above). The view is
+                # checked once against the reference op's result of this binding.
+                x, y = env[src], env[dst]
+                if x.dtype not in _Q8 or not x.flags.c_contiguous or y.size == 0:
                     return None
-                if y.size == 0 or y.__array_interface__["data"][0] != x.__array_interface__["data"][0]:
+                view = _move_view(node, [x, *constants[1:]])
+                if view is None or view.size != y.size or view.__array_interface__["data"][0] != \
+                        x.__array_interface__["data"][0]:  # fmt: skip
+                    return None
+                dims = _strided_dims(view)
+                if len(dims) > _MAX_DIMS or min(stride for _, stride in dims) < 0:
+                    return None
+                if not np.array_equal(view.reshape(y.shape), y):
                     return None
                 out = slot.get("out")
                 if out is None or out.shape != y.shape or out.dtype != y.dtype:
                     out = slot["out"] = np.empty(y.shape, y.dtype)
                 np.copyto(out, y)
                 env[dst] = out
-                pad = [0] * (_MAX_DIMS - y.ndim)
+                pad = [0] * (_MAX_DIMS - len(dims))
                 return [("permute", {
-                    "ndim": y.ndim, "element_size": 1, "shape": list(y.shape) + pad,
-                    "x_strides": list(y.strides) + pad, "x": _In(src), "y": _address(out),
+                    "ndim": len(dims), "element_size": 1, "shape": [n for n, _ in dims] + pad,
+                    "x_strides": [stride for _, stride in dims] + pad, "x": _In(src), "y": _address(out),
                 })]  # fmt: skip
 
-            fn.ops, fn.what = slice_ops, f"{step.node}: slice"  # type: ignore[attr-defined]
+            fn.ops, fn.what = view_ops, f"{step.node}: {node.op_type.lower()}"  # type: ignore[attr-defined]
         return fn
 
     def _prep_embed(self, index: int, step: Step):

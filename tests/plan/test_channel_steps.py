@@ -223,3 +223,53 @@ def test_a_softmax_over_another_axis_stays_a_python_step() -> None:
     x = numerics.dequantize(numerics.quantize(feeds[0]["x"], qx), qx)
     want = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
     assert np.max(np.abs(got - want)) <= qy.scale
+
+
+def _d2s(mode: str):
+    return [helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode=mode)], {}
+
+
+def _upsample(scales: list[float]):
+    node = helper.make_node(
+        "Resize", ["x", "", "s"], ["y"], mode="nearest", coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
+    )  # fmt: skip
+    return [node], {"s": np.array(scales, np.float32)}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: _d2s("DCR"),
+        lambda: _d2s("CRD"),
+        lambda: _upsample([1, 1, 2, 2]),
+        lambda: _upsample([1, 1, 4, 1]),
+    ],
+    ids=["depth-to-space-dcr", "depth-to-space-crd", "nearest-x2", "nearest-4x1"],
+)
+def test_depth_to_space_and_nearest_upsampling_run_inside_the_c_program(monkeypatch, build) -> None:
+    """A detector head's moves (ConvTranspose as GEMM + DepthToSpace, FPN nearest upsampling)
+    are strided copies in the C program, with the Python path's bits."""
+    from edge_runtime.plan import executor as executor_module
+
+    nodes, init = build()
+    model = make_model(nodes, [value("x", ["batch", 8, 5, 6])], [value("y", None)], init, name="mv")
+    r = rng(12)
+    feeds = [{"x": r.standard_normal((1, 8, 5, 6)).astype(np.float32)} for _ in range(2)]
+    _, plan = _plan(model, feeds)
+    assert [s.op for s in plan.steps].count("move") == 1
+    session = NativeSession(plan, cache_dir=False)
+    warm = [session.run(f)["y"] for f in feeds + feeds][-2:]
+    assert session.describe()["program"]["python_steps"] == 0
+    with monkeypatch.context() as m:
+        m.setattr(executor_module, "_PROGRAMS", False)
+        python = NativeSession(plan, cache_dir=False)
+        for f, got in zip(feeds, warm):
+            np.testing.assert_array_equal(got, python.run(f)["y"])
+    # and the reference op on the plan's entry codes (a move keeps them)
+    qx = _entry(plan, "x")
+    x = numerics.dequantize(numerics.quantize(feeds[1]["x"], qx), qx)
+    graph = prepare(model)
+    node = graph.nodes[0]
+    extra = [graph.constant(n) for n in node.inputs[1:]]
+    np.testing.assert_array_equal(warm[1], reference.OPS[node.op_type](node, [x, *extra])[0])

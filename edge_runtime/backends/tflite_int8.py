@@ -115,7 +115,7 @@ _KNOWN: dict[str, tuple[set[str], set[str]]] = {
     "add": ({"a_scale", "a_zero_point", "b_scale", "b_zero_point", "y_scale", "y_zero_point", "constant_first"},
             {"constant"}),
     "lut": ({"kind"}, {"table"}),
-    "lut_channels": ({"kind"} | _UNARY, {"tables", "slope"}),
+    "lut_channels": ({"kind", "axis", "constant_first"} | _UNARY, {"tables", "slope", "constant"}),
     "clamp": ({"lo", "hi"}, set()),
     "maxpool": (_POOL, set()),
     "avgpool": (_POOL | _UNARY | {"count_include_pad"}, set()),
@@ -772,19 +772,28 @@ class _Writer:
         self.op("GATHER", [values, indices], [self.activation(dst, shape, _int8(out_qp))], options)
 
     def _step_lut_channels(self, step: Step) -> None:
-        """A per-channel PRelu (one table per channel of the last stored axis): PRELU with the
-        slopes quantized per tensor to int8 over their own range, as for a float PRelu step."""
-        if step.attrs.get("kind") != "prelu" or "slope" not in step.arrays:
-            raise self.refuse(
-                f"per-channel tables of kind {step.attrs.get('kind')!r} have no TFLite equivalent"
-            )
+        """Per-channel tables: a PRelu (PRELU) or an Add, Sub or Mul of a per-channel float
+        constant (ADD, SUB, MUL), the slopes or the constant quantized per tensor to int8 over
+        their own range, as for the float steps these tables replace."""
+        kind = step.attrs.get("kind")
+        ops = {"prelu": "PRELU", "add": "ADD", "sub": "SUB", "mul": "MUL"}
+        array = step.arrays.get("slope" if kind == "prelu" else "constant")
+        if kind not in ops or array is None:
+            raise self.refuse(f"per-channel tables of kind {kind!r} have no TFLite equivalent")
         (src,), (dst,) = step.inputs, step.outputs
-        slope = np.asarray(step.arrays["slope"], np.float32)
-        qp = numerics.activation_params(float(slope.min()), float(slope.max()), "int8")
-        codes = numerics.quantize(slope, qp)
-        alpha = self.tensor(f"{dst}/slope", codes.shape, qp=_int8(qp), data=codes, batched=False)
+        const = np.asarray(array, np.float32)
+        qp = numerics.activation_params(float(const.min()), float(const.max()), "int8")
+        codes = numerics.quantize(const, qp)
+        c_t = self.tensor(f"{dst}/{kind}", codes.shape, qp=_int8(qp), data=codes, batched=False)
+        x, shape = self.src(src), tuple(self.shape[src])
         target = _int8(self.params(dst))
-        self.op("PRELU", [self.src(src), alpha], [self.activation(dst, tuple(self.shape[src]), target)])
+        if kind == "prelu":
+            self.op("PRELU", [x, c_t], [self.activation(dst, shape, target)])
+            return
+        tensors = [c_t, x] if step.attrs.get("constant_first") else [x, c_t]
+        out = tuple(np.broadcast_shapes(shape, codes.shape))
+        options = getattr(self.s, f"{kind.capitalize()}OptionsT")()
+        self.op(ops[kind], tensors, [self.activation(dst, out, target)], options)
 
     def _step_float(self, step: Step) -> None:
         """Add, Sub, Mul and PRelu that the lowering ran in float: of two activations (a broadcast the

@@ -367,21 +367,27 @@ def lut(x: np.ndarray, table: np.ndarray, pool: ThreadPool | None = None) -> np.
     return y
 
 
-def lut_channels(x: np.ndarray, tables: np.ndarray, pool: ThreadPool | None = None) -> np.ndarray:
-    """``tables[c][x[..., c]]``: one 256-entry table per channel of the last axis of u8/s8 ``x``
-    (indexed as :func:`lut`'s); ``tables`` is uint8 of shape (channels, 256)."""
+def lut_channels(
+    x: np.ndarray, tables: np.ndarray, axis: int = -1, pool: ThreadPool | None = None
+) -> np.ndarray:
+    """``tables[c][x]`` for the elements of channel ``c`` along ``axis`` of u8/s8 ``x``: one
+    256-entry table per channel (indexed as :func:`lut`'s); ``tables`` is uint8 of shape
+    (channels, 256)."""
     x = np.ascontiguousarray(_q8(np.asarray(x), "lut_channels: x"))
+    if not -x.ndim <= axis < x.ndim:
+        raise errors.KernelArgumentError(f"lut_channels: axis {axis} of x of shape {x.shape}")
+    axis %= x.ndim
+    channels = x.shape[axis]
     tables = np.ascontiguousarray(tables)
-    channels = x.shape[-1] if x.ndim else 0
     if tables.dtype != np.uint8 or tables.shape != (channels, 256):
         raise errors.KernelArgumentError(
-            f"lut_channels: tables must be uint8 of shape ({channels}, 256) for x of shape {x.shape}, "
-            f"got {tables.dtype} {tables.shape}"
+            f"lut_channels: tables must be uint8 of shape ({channels}, 256) for axis {axis} of x of shape "
+            f"{x.shape}, got {tables.dtype} {tables.shape}"
         )
     y = np.empty_like(x)
-    rows = x.size // channels if channels else 0
+    outer, inner = int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis + 1 :]))
     status = lib.edge_q8_lut_channels(
-        rows, channels, ptr(tables, "const uint8_t *"), ptr(x), ptr(y), pool_handle(pool)
+        outer, channels, inner, ptr(tables, "const uint8_t *"), ptr(x), ptr(y), pool_handle(pool)
     )
     check(status, "lut_channels")
     return y

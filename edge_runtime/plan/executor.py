@@ -1569,7 +1569,8 @@ class NativeSession:
         return fn
 
     def _prep_lut_channels(self, index: int, step: Step):
-        """One 256-entry table per channel of the last (stored) axis: a per-channel PRelu."""
+        """One 256-entry table per channel along the stored axis ``axis`` (default the last): a
+        per-channel PRelu, or an op of a map and a per-channel constant."""
         tables = np.ascontiguousarray(step.arrays["tables"])
         if tables.dtype != np.uint8 or tables.ndim != 2 or tables.shape[1] != 256:
             raise KernelArgumentError(
@@ -1577,6 +1578,7 @@ class NativeSession:
             )
         tables_ptr = ffi.from_buffer("uint8_t[]", tables)
         channels = tables.shape[0]
+        axis = int(step.attrs.get("axis", -1))
         (src,), (dst,) = step.inputs, step.outputs
         what = f"{step.node}: lut_channels"
 
@@ -1585,25 +1587,28 @@ class NativeSession:
             out = slot.get("out")
             if out is None or out.shape != x.shape or out.dtype != x.dtype:
                 _q8(x, f"{what}: x")
-                if x.ndim == 0 or x.shape[-1] != channels:
+                if not -x.ndim <= axis < x.ndim or x.shape[axis] != channels:
                     raise ShapeError(
-                        f"{what}: input of shape {x.shape} for {channels} channels (the last axis)"
+                        f"{what}: input of shape {x.shape} for {channels} channels along axis {axis}"
                     )
                 out = slot["out"] = np.empty(x.shape, x.dtype)
                 slot["ptr"] = _address(out)
+                a = axis % x.ndim
+                slot["dims"] = (int(np.prod(x.shape[:a])), int(np.prod(x.shape[a + 1 :])))
             if not x.flags.c_contiguous:
                 x = np.ascontiguousarray(x)
+            outer, inner = slot["dims"]
             status = lib.edge_q8_lut_channels(
-                x.size // channels, channels, tables_ptr, _address(x), slot["ptr"], self._pool.handle
+                outer, channels, inner, tables_ptr, _address(x), slot["ptr"], self._pool.handle
             )
             if status:
                 check(status, what)
             env[dst] = out
 
         def ops(env, slot):
-            rows = env[src].size // channels
-            return [("lut_channels", {"rows": rows, "channels": channels, "tables": tables_ptr, "x": _In(src),
-                                      "y": slot["ptr"]})]  # fmt: skip
+            outer, inner = slot["dims"]
+            return [("lut_channels", {"outer": outer, "channels": channels, "inner": inner, "tables": tables_ptr,
+                                      "x": _In(src), "y": slot["ptr"]})]  # fmt: skip
 
         fn.keep = tables  # type: ignore[attr-defined]
         fn.ops, fn.what = ops, what  # type: ignore[attr-defined]

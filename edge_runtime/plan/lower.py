@@ -12,7 +12,9 @@ What each operator becomes (the executor's step names in brackets):
 - Add / Mul [add, mul] with rescale, also of a map and a row repeated over it (an SE
   block's [N, C, H, W] x [N, C, 1, 1] gate is [N, H, W, C] x [N, 1, 1, C] in NHWC storage);
   Sigmoid, HardSigmoid, HardSwish, Gelu, Tanh [lut]: 256-entry tables; PRelu with one
-  slope per channel [lut_channels]: a 256-entry table per channel; Relu / Clip [clamp];
+  slope per channel, and Add/Sub/Mul/Div of a per-channel constant the add/mul kernels do
+  not take (a map kept NCHW, a Sub or Div) [lut_channels]: a 256-entry table per channel
+  along the stored channel axis, the float op's bits; Relu / Clip [clamp];
   MaxPool, AveragePool, GlobalAveragePool [maxpool, avgpool, global_avgpool].
 - Concat [concat]: inputs whose parameters differ from the output's are first
   requantized [lut: the table of ``quantize(dequantize(q))``].
@@ -782,7 +784,9 @@ class _Lowering:
             stored = self._stored_shape(var, layout)
             const = _trim_leading_ones(const)
             if not _kernel_broadcasts(const.shape, stored, rank):
-                return self._float(node)
+                # A per-channel constant of a map kept NCHW (a detector head's bias and batch norm
+                # after its transposed convolution): one table per channel.
+                return self._channel_constant(node, var, src) or self._float(node)
             qconst, cqp = self._quantized_constant(const)
             in_qp = self.params[src]
             first, second = (cqp, in_qp) if const_first else (in_qp, cqp)
@@ -830,7 +834,53 @@ class _Lowering:
 
     # No int8 kernel: dequantize the inputs, run the node's reference in float32, quantize.
     def _op_Sub(self, node: Node) -> None:
+        consts = [self.graph.constant(n) for n in node.inputs]
+        if (consts[0] is None) != (consts[1] is None):
+            var = node.inputs[0] if consts[0] is None else node.inputs[1]
+            src = self._src(var)
+            if self.params[src] is not None and self._channel_constant(node, var, src):
+                return
         self._float(node)
+
+    def _channel_constant(self, node: Node, var: str, src: str) -> bool:
+        """``x op c`` (Add, Sub, Mul, Div) for a constant ``c`` with one value per channel (logical
+        axis 1) of a quantized map or matrix ``x``, in the layout ``x`` has: one 256-entry table
+        per channel [lut_channels] built from the reference op on every input code, so the bits
+        of dequantize -> op in float32 -> quantize (the float step's). Returns whether it did."""
+        out = node.outputs[0]
+        in_qp, out_qp = self.params[src], self._act(out)
+        rank, shape = self._rank(var), self.graph.shape(var)
+        layout = self.layout[src]
+        if in_qp is None or out_qp.dtype != in_qp.dtype or rank is None or rank < 2 or shape is None:
+            return False
+        if layout not in ("plain", "nhwc") or (layout == "nhwc" and rank != 4):
+            return False
+        channels = shape[1]
+        const_first = var != node.inputs[0]
+        c = np.asarray(self.graph.constant(node.inputs[0 if const_first else 1]), np.float32)
+        if not isinstance(channels, int) or channels <= 1 or c.ndim > rank or c.size != channels:
+            return False
+        full = c.reshape((1,) * (rank - c.ndim) + c.shape)
+        if full.shape[1] != channels:
+            return False
+        per_channel = full.reshape(channels, 1)
+        codes = np.arange(in_qp.qmin, in_qp.qmax + 1).astype(in_qp.numpy_dtype)
+        real = numerics.dequantize(codes, in_qp)[None, :]
+        operands = [per_channel, real] if const_first else [real, per_channel]
+        with np.errstate(all="ignore"):
+            values = np.asarray(REFERENCE_OPS[node.op_type](node, operands)[0], np.float32)
+        values = np.nan_to_num(values, nan=0.0, posinf=3.0e38, neginf=-3.0e38)
+        tables = np.stack([_lut_order(numerics.quantize(row, out_qp), in_qp.dtype) for row in values])
+        axis = 1 if layout == "plain" else 3
+        stored = full.transpose(TO_NHWC) if layout == "nhwc" else c
+        self._emit(
+            "lut_channels", [src], [out],
+            {"kind": node.op_type.lower(), "axis": axis, "constant_first": const_first,
+             **_unary_attrs(in_qp, out_qp)},
+            {"tables": tables, "constant": np.ascontiguousarray(stored)},
+        )  # fmt: skip
+        self._set(out, out_qp, layout)
+        return True
 
     _op_Div = _op_Sub
 

@@ -44,6 +44,10 @@ def test_lut_channels_matches_numpy(isa, pool, dtype, shape, threads):
     got = ops.lut_channels(x, tables, pool=pool if threads else None)
     assert got.dtype == x.dtype and got.shape == x.shape
     np.testing.assert_array_equal(got, want)
+    # the same tables along axis 1 of the channels-first layout (an NCHW map: runs of H * W)
+    xt = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    got = ops.lut_channels(xt, tables, axis=1, pool=pool if threads else None)
+    np.testing.assert_array_equal(got, np.ascontiguousarray(np.moveaxis(want, -1, 1)))
 
 
 def test_lut_channels_refuses_bad_tables_and_dtypes():
@@ -55,8 +59,11 @@ def test_lut_channels_refuses_bad_tables_and_dtypes():
     with pytest.raises(errors.KernelArgumentError):
         ops.lut_channels(x.astype(np.float32), np.zeros((4, 256), np.uint8))
     table = ffi.new("uint8_t[256]")
-    assert lib.edge_q8_lut_channels(2, 1, ffi.NULL, table, table, ffi.NULL) == lib.EDGE_ERR_INVALID_ARGUMENT
-    assert lib.edge_q8_lut_channels(0, 1, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL) == lib.EDGE_OK
+    with pytest.raises(errors.KernelArgumentError, match="axis 2"):
+        ops.lut_channels(x, np.zeros((4, 256), np.uint8), axis=2)
+    null = ffi.NULL
+    assert lib.edge_q8_lut_channels(2, 1, 3, null, table, table, null) == lib.EDGE_ERR_INVALID_ARGUMENT
+    assert lib.edge_q8_lut_channels(0, 1, 1, null, null, null, null) == lib.EDGE_OK
 
 
 def _mul_oracle(a, b, a_scale, za, b_scale, zb, y_scale, zy) -> np.ndarray:

@@ -273,3 +273,64 @@ def test_depth_to_space_and_nearest_upsampling_run_inside_the_c_program(monkeypa
     node = graph.nodes[0]
     extra = [graph.constant(n) for n in node.inputs[1:]]
     np.testing.assert_array_equal(warm[1], reference.OPS[node.op_type](node, [x, *extra])[0])
+
+
+def _channel_constant_model(op: str, const_first: bool, shape: tuple[int, ...], const: np.ndarray):
+    ins = ["c", "x"] if const_first else ["x", "c"]
+    node = helper.make_node(op, ins, ["y"])
+    return make_model([node], [value("x", ["batch", *shape[1:]])], [value("y", None)], {"c": const}, name=op)
+
+
+@pytest.mark.parametrize(
+    "op, const_first, shape, const_shape",
+    [
+        ("Add", False, (2, 6, 10), (6, 1)),  # an [N, C, L] map kept plain: channels on axis 1
+        ("Mul", True, (1, 6, 10), (1, 6, 1)),
+        ("Sub", True, (1, 6, 10), (6, 1)),
+        ("Div", False, (1, 6, 10), (6, 1)),
+        ("Sub", True, (1, 6, 4, 5), (6, 1, 1)),  # NHWC storage: channels last
+    ],
+)
+def test_an_op_with_a_per_channel_constant_is_a_table_per_channel_bit_exact(
+    op, const_first, shape, const_shape
+) -> None:
+    """The float step's bits (dequantize -> op in float32 -> quantize) from one lut_channels
+    step, along the stored channel axis of the layout the map has."""
+    r = rng(13)
+    const = (r.random(const_shape) + 0.5).astype(np.float32)
+    model = _channel_constant_model(op, const_first, shape, const)
+    feeds = [{"x": r.standard_normal(shape).astype(np.float32)} for _ in range(3)]
+    graph, plan = _plan(model, feeds)
+    ops = [s.op for s in plan.steps]
+    assert "float" not in ops and ops.count("lut_channels") == 1, ops
+    qx, qy = _entry(plan, "x"), _exit(plan)
+    x = numerics.dequantize(numerics.quantize(feeds[0]["x"], qx), qx)
+    operands = [const, x] if const_first else [x, const]
+    want = numerics.dequantize(numerics.quantize(reference.OPS[op](graph.nodes[0], operands)[0], qy), qy)
+    for got in _runs(plan, feeds[0]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_per_channel_tables_are_written_to_int8_tflite_as_their_operators() -> None:
+    pytest.importorskip("ai_edge_litert")
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edge_runtime.backends.tflite_int8 import plan_to_tflite_int8
+
+    r = rng(14)
+    slope = (r.standard_normal((6, 1, 1)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Sub", ["c", "x"], ["s"]),
+        helper.make_node("PRelu", ["s", "slope"], ["y"]),
+    ]
+    init = {"c": (r.random((6, 1, 1)) + 0.5).astype(np.float32), "slope": slope}
+    model = make_model(nodes, [value("x", ["batch", 6, 4, 5])], [value("y", None)], init, name="chan")
+    feeds = [{"x": r.standard_normal((1, 6, 4, 5)).astype(np.float32)} for _ in range(2)]
+    _, plan = _plan(model, feeds)
+    assert [s.op for s in plan.steps].count("lut_channels") == 2, [s.op for s in plan.steps]
+    data = plan_to_tflite_int8(plan)
+    tfl = schema.ModelT.InitFromPackedBuf(data, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [names[c.builtinCode] for c in tfl.operatorCodes]
+    written = [codes[o.opcodeIndex] for o in tfl.subgraphs[0].operators]
+    assert "SUB" in written and "PRELU" in written, written

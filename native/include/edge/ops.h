@@ -116,11 +116,13 @@ edge_status edge_q8_lut_init(edge_lut_kind kind, double alpha, double beta, edge
                              uint8_t* table);
 edge_status edge_q8_lut(size_t n, const uint8_t* table, const void* x, void* y, edge_threadpool* pool);
 
-/* Per-channel tables: y[r][c] = tables[c * 256 + x[r][c]] for r < rows, c < channels
- * (rows x channels contiguous bytes: NHWC pixels, or [batch, features]); tables holds
- * one 256-entry table per channel, indexed as edge_q8_lut's (a per-channel PRelu). */
-edge_status edge_q8_lut_channels(size_t rows, size_t channels, const uint8_t* tables, const void* x, void* y,
-                                 edge_threadpool* pool);
+/* Per-channel tables: y[o][c][i] = tables[c * 256 + x[o][c][i]] for o < outer,
+ * c < channels, i < inner (contiguous bytes: NHWC pixels or [batch, features] with
+ * inner = 1, an NCHW map with inner = H * W); tables holds one 256-entry table per
+ * channel, indexed as edge_q8_lut's (a per-channel PRelu, an op with a per-channel
+ * constant). */
+edge_status edge_q8_lut_channels(size_t outer, size_t channels, size_t inner, const uint8_t* tables, const void* x,
+                                 void* y, edge_threadpool* pool);
 
 /* ---- quantize / dequantize ------------------------------------------------
  * quantize: q = clamp(round_half_even(x / scale) + zero_point) (ONNX QuantizeLinear)

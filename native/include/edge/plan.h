@@ -107,7 +107,7 @@ typedef struct edge_plan_lut_args {
 } edge_plan_lut_args;
 
 typedef struct edge_plan_lut_channels_args {
-  size_t rows, channels;
+  size_t outer, channels, inner;
   const uint8_t* tables;
   const void* x;
   void* y;

@@ -265,7 +265,7 @@ static edge_status run_op(const edge_plan_op* op, edge_threadpool* pool) {
     }
     case EDGE_PLAN_LUT_CHANNELS: {
       const edge_plan_lut_channels_args* a = &op->args.lut_channels;
-      return edge_q8_lut_channels(a->rows, a->channels, a->tables, a->x, a->y, pool);
+      return edge_q8_lut_channels(a->outer, a->channels, a->inner, a->tables, a->x, a->y, pool);
     }
     case EDGE_PLAN_SOFTMAX: {
       const edge_plan_softmax_args* a = &op->args.softmax;

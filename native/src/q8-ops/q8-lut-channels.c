@@ -1,15 +1,19 @@
-/* Per-channel lookup tables: y[r][c] = tables[c][x[r][c]] over rows x channels
- * bytes (NHWC pixels, or the rows of a [batch, features] matrix).
+/* Per-channel lookup tables: y[o][c][i] = tables[c][x[o][c][i]] over
+ * outer x channels x inner bytes: NHWC pixels or a [batch, features] matrix
+ * (inner = 1), or an NCHW map (inner = H * W).
  *
- * The plan runs a per-channel PRelu this way (one 256-entry table per channel,
- * built from the float op on every input code, so the int8 step gives the bits
- * of dequantize -> PRelu -> quantize exactly). The loop is portable C: a byte
- * gather has no faster SIMD form on AVX2 than the scalar loads (and the same
- * bits on every ISA by construction). Split over the pool by rows. */
+ * The plan runs a per-channel PRelu, and an element-wise op of a map and a
+ * per-channel constant, this way (one 256-entry table per channel, built from
+ * the float op on every input code, so the int8 step gives the bits of
+ * dequantize -> op -> quantize exactly). inner = 1 is a portable loop (a byte
+ * gather has no faster SIMD form on AVX2 than scalar loads, and gives the same
+ * bits on every ISA by construction); inner > 1 runs each channel's run of
+ * bytes through the active ISA's 256-entry table kernel. Split over the pool
+ * by outer rows (inner = 1) or by (row, channel) runs. */
 #include "q8-ops/q8-ops.h"
 
 typedef struct lut_channels_job {
-  size_t rows, channels, rows_per_task;
+  size_t outer, channels, inner, per_task;
   const uint8_t* tables;
   const uint8_t* x;
   uint8_t* y;
@@ -32,22 +36,40 @@ static void lut_channels_rows(size_t rows, size_t channels, const uint8_t* table
   }
 }
 
-static void lut_channels_task(void* context, size_t index) {
+/* inner = 1: per_task rows of `channels` bytes. */
+static void rows_task(void* context, size_t index) {
   const lut_channels_job* j = (const lut_channels_job*) context;
-  const size_t r0 = index * j->rows_per_task;
-  const size_t rows = EDGE_MIN(j->rows_per_task, j->rows - r0);
+  const size_t r0 = index * j->per_task;
+  const size_t rows = EDGE_MIN(j->per_task, j->outer - r0);
   lut_channels_rows(rows, j->channels, j->tables, j->x + r0 * j->channels, j->y + r0 * j->channels);
 }
 
-edge_status edge_q8_lut_channels(size_t rows, size_t channels, const uint8_t* tables, const void* x, void* y,
-                                 edge_threadpool* pool) {
-  if (rows == 0 || channels == 0) return EDGE_OK;
+/* inner > 1: per_task runs of `inner` bytes, run k of channel k % channels. */
+static void runs_task(void* context, size_t index) {
+  const lut_channels_job* j = (const lut_channels_job*) context;
+  const edge_q8_lut_ukernel_fn lut = edge_q8_ops_config_get()->lut;
+  const size_t runs = j->outer * j->channels;
+  const size_t k0 = index * j->per_task, k1 = EDGE_MIN(k0 + j->per_task, runs);
+  for (size_t k = k0; k < k1; k++) {
+    lut(j->inner, j->x + k * j->inner, j->tables + (k % j->channels) * 256, j->y + k * j->inner);
+  }
+}
+
+edge_status edge_q8_lut_channels(size_t outer, size_t channels, size_t inner, const uint8_t* tables, const void* x,
+                                 void* y, edge_threadpool* pool) {
+  if (outer == 0 || channels == 0 || inner == 0) return EDGE_OK;
   if (tables == NULL || x == NULL || y == NULL) {
     return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "edge_q8_lut_channels: tables, x and y must not be NULL");
   }
-  lut_channels_job j = {rows, channels, rows, tables, (const uint8_t*) x, (uint8_t*) y};
-  const size_t units = edge_task_units(pool, rows * channels, EDGE_MIN_TASK_ELEMENTS, channels);
-  j.rows_per_task = EDGE_MAX((size_t) 1, units / channels);
-  edge_parallelize(pool, lut_channels_task, &j, (rows + j.rows_per_task - 1) / j.rows_per_task);
+  lut_channels_job j = {outer, channels, inner, 1, tables, (const uint8_t*) x, (uint8_t*) y};
+  const size_t n = outer * channels * inner;
+  if (inner == 1) {
+    j.per_task = EDGE_MAX((size_t) 1, edge_task_units(pool, n, EDGE_MIN_TASK_ELEMENTS, channels) / channels);
+    edge_parallelize(pool, rows_task, &j, (outer + j.per_task - 1) / j.per_task);
+  } else {
+    const size_t runs = outer * channels;
+    j.per_task = EDGE_MAX((size_t) 1, edge_task_units(pool, n, EDGE_MIN_TASK_ELEMENTS, inner) / inner);
+    edge_parallelize(pool, runs_task, &j, (runs + j.per_task - 1) / j.per_task);
+  }
   return EDGE_OK;
 }

@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import numerics
+from edge_runtime.backends.tflite_convert import _same_pads, _schema
 from edge_runtime.errors import PackageFormatError, QuantizationError, UnsupportedOperatorError
 from edge_runtime.numerics import QuantParams
 from edge_runtime.plan.quantized_plan import QuantizedPlan, Step
@@ -166,24 +167,6 @@ def load_plan(path: str | Path) -> QuantizedPlan:
 def plan_to_tflite_int8(plan: QuantizedPlan) -> bytes:
     """The ``.tflite`` bytes of ``plan`` (see the module docstring)."""
     return _Writer(plan).run()
-
-
-def _schema() -> Any:
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError as exc:  # pragma: no cover - ai-edge-litert is the tflite extra
-        raise ImportError(
-            "converting to .tflite needs ai-edge-litert: pip install 'edge-runtime[tflite]'"
-        ) from exc
-    return schema
-
-
-def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TFLite's SAME padding (before, after) along one axis."""
-    effective = (kernel - 1) * dilation + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + effective - size, 0)
-    return total // 2, total - total // 2
 
 
 def _int8(qp: QuantParams) -> tuple[float, int]:

@@ -310,12 +310,17 @@ _MAX_DIMS = 6  # EDGE_PLAN_MAX_DIMS
 
 class _In:
     """An op argument that is the data of the environment's tensor ``name`` (a buffer bound
-    earlier in the same C segment, or a tensor from outside it, pointed to per call)."""
+    earlier in the same C segment, or a tensor from outside it, pointed to per call), ``offset``
+    bytes in (a slice of it, one sample of a batch)."""
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "offset")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, offset: int = 0) -> None:
+        self.name, self.offset = name, offset
+
+
+def _offset(pointer: Any, offset: int) -> Any:
+    return pointer if not offset else ffi.cast("void *", ffi.cast("char *", pointer) + offset)
 
 
 class _Fresh:
@@ -457,10 +462,10 @@ class _Segment:
                     array = env[value.name]
                     if value.name in stable:
                         self.keep.append(array)
-                        setattr(record, field, _void(array))
+                        setattr(record, field, _offset(_void(array), value.offset))
                     else:
                         inputs.setdefault(value.name, (array.shape, array.dtype, []))[2].append(
-                            (record, field)
+                            (record, field, value.offset)
                         )
                 elif isinstance(value, _Fresh):
                     fresh.setdefault(value.name, (value.shape, []))[1].append((record, field))
@@ -494,8 +499,8 @@ class _Segment:
                 x = np.ascontiguousarray(x)
                 held.append(x)
             pointer = _void(x)
-            for record, field in records:
-                setattr(record, field, pointer)
+            for record, field, offset in records:
+                setattr(record, field, _offset(pointer, offset))
         status = lib.edge_plan_run(self.ops, self.count, pool, self.failed) if self.count else 0
         if status:
             i = self.failed[0]
@@ -1475,21 +1480,31 @@ class NativeSession:
             lo, hi = dtype_range(x.dtype)
             if bounds is not None:
                 lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+            samples = (1, 0, 0, 0)  # (count, bytes between samples of a, of b, of y)
             try:
                 shape, rows, cols, (a_row, a_col), (b_row, b_col) = _broadcast_layout(x, y, what)
             except ShapeError:
-                # A broadcast the kernel does not run (shapes the lowering could not see, e.g.
-                # symbolic dims): dequantize, compute and quantize in float for this shape.
                 try:
                     np.broadcast_shapes(x.shape, y.shape)
                 except ValueError:
                     raise ShapeError(f"{what}: shapes {x.shape} and {y.shape} do not broadcast") from None
-                return x.shape, y.shape, x.dtype, None, (lo, hi)
+                try:
+                    # Each sample its own row (an SE gate [N, 1, 1, C] over [N, H, W, C], N > 1):
+                    # the kernel's broadcast once per sample.
+                    if const is not None or x.ndim != y.ndim or x.shape[0] != y.shape[0] or x.shape[0] < 2:
+                        raise ShapeError(what)
+                    one, rows, cols, (a_row, a_col), (b_row, b_col) = _broadcast_layout(x[:1], y[:1], what)
+                except ShapeError:
+                    # A broadcast the kernel does not run (shapes the lowering could not see, e.g.
+                    # symbolic dims): dequantize, compute and quantize in float for this shape.
+                    return x.shape, y.shape, x.dtype, None, (lo, hi)
+                shape = (x.shape[0], *one[1:])
+                samples = (x.shape[0], x[0].size, y[0].size, int(np.prod(one)))
             params = ffi.new(f"edge_q8_{op}_params *")
             check(init(*scales, lo, hi, params), f"{what} parameters")
             out = np.empty(shape, x.dtype)
             return (x.shape, y.shape, x.dtype, rows, cols, DTYPES[x.dtype], a_row, a_col, b_row, b_col,
-                    out, _address(out), params)  # fmt: skip
+                    out, _address(out), params, samples)  # fmt: skip
 
         def fn(env, slot):
             if const is None:
@@ -1508,30 +1523,35 @@ class NativeSession:
                 return
             if not y.flags.c_contiguous:
                 y = np.ascontiguousarray(y)
-            status = run_c(
-                b[3], b[4], b[5], _address(x), b[6], b[7], _address(y), b[8], b[9], b[11], b[12], self._pool.handle
-            )  # fmt: skip
-            if status:
-                check(status, what)
+            count, xs, ys, outs = b[13]
+            xp, yp = _address(x), _address(y)
+            for i in range(count):
+                status = run_c(
+                    b[3], b[4], b[5], _offset(xp, i * xs), b[6], b[7], _offset(yp, i * ys), b[8], b[9],
+                    _offset(b[11], i * outs), b[12], self._pool.handle,
+                )  # fmt: skip
+                if status:
+                    check(status, what)
             env[dst] = b[10]
 
-        def operand(i: int):
-            # The constant operand, or the tensor's data.
+        def operand(i: int, offset: int):
+            # The constant operand, or the tensor's data (``offset`` bytes in: a sample's).
             if const is None:
-                return _In(inputs[i])
+                return _In(inputs[i], offset)
             if (i == 0) == first:
                 return _address(const)
-            return _In(inputs[0])
+            return _In(inputs[0], offset)
 
         def ops(env, slot):
             b = slot["b"]
             if b[3] is None:
                 return None  # the float path of this binding
+            count, xs, ys, outs = b[13]
             return [(op, {
-                "rows": b[3], "cols": b[4], "dtype": b[5], "a": operand(0), "a_row_stride": b[6],
-                "a_col_stride": b[7], "b": operand(1), "b_row_stride": b[8], "b_col_stride": b[9], "y": b[11],
-                "params": b[12],
-            })]  # fmt: skip
+                "rows": b[3], "cols": b[4], "dtype": b[5], "a": operand(0, i * xs), "a_row_stride": b[6],
+                "a_col_stride": b[7], "b": operand(1, i * ys), "b_row_stride": b[8], "b_col_stride": b[9],
+                "y": _offset(b[11], i * outs), "params": b[12],
+            }) for i in range(count)]  # fmt: skip
 
         fn.keep = const  # type: ignore[attr-defined]
         fn.ops, fn.what = ops, what  # type: ignore[attr-defined]
@@ -1837,8 +1857,10 @@ class NativeSession:
                 if x.dtype not in _Q8 or not x.flags.c_contiguous or y.size == 0:
                     return None
                 view = _move_view(node, [x, *constants[1:]])
-                if view is None or view.size != y.size or view.__array_interface__["data"][0] != \
-                        x.__array_interface__["data"][0]:  # fmt: skip
+                if view is None or view.size != y.size:
+                    return None
+                start = view.__array_interface__["data"][0] - x.__array_interface__["data"][0]
+                if not 0 <= start < x.nbytes:
                     return None
                 dims = _strided_dims(view)
                 if len(dims) > _MAX_DIMS or min(stride for _, stride in dims) < 0:
@@ -1853,7 +1875,7 @@ class NativeSession:
                 pad = [0] * (_MAX_DIMS - len(dims))
                 return [("permute", {
                     "ndim": len(dims), "element_size": 1, "shape": [n for n, _ in dims] + pad,
-                    "x_strides": [stride for _, stride in dims] + pad, "x": _In(src), "y": _address(out),
+                    "x_strides": [stride for _, stride in dims] + pad, "x": _In(src, start), "y": _address(out),
                 })]  # fmt: skip
 
             fn.ops, fn.what = view_ops, f"{step.node}: {node.op_type.lower()}"  # type: ignore[attr-defined]

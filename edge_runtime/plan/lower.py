@@ -818,7 +818,7 @@ class _Lowering:
             # Another broadcast in float, in the layout both inputs already share.
             return self._float(node, layout=layout)
         # An SE block's [N, C, H, W] x [N, C, 1, 1] is [N, H, W, C] x [N, 1, 1, C] in NHWC storage:
-        # the kernel's row broadcast at batch 1 (the executor runs another batch size in float).
+        # the kernel's row broadcast (at batch > 1 once per sample, see the executor's _binary).
         self._emit(op, [sa, sb], [out], _binary_attrs(qa, qb, out_qp))
         self._set(out, out_qp, layout)
 

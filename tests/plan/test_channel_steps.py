@@ -82,19 +82,21 @@ def test_squeeze_excite_gate_runs_on_the_int8_mul_bit_exact() -> None:
         np.testing.assert_array_equal(got, numerics.dequantize(want, qy))
 
 
-def test_a_gate_at_batch_2_runs_in_float_within_one_step() -> None:
-    """Each sample has its own gate: no row broadcast, so that shape runs in float (one rounding
-    of the float product) and stays within one output step of the int8 formula per sample."""
+def test_a_gate_per_sample_at_batch_3_runs_on_the_int8_mul_once_per_sample() -> None:
+    """Each sample has its own gate ([3, 1, 1, C] over [3, H, W, C]): the kernel's row broadcast
+    once per sample, in the C program, with the same bits as the formula per sample."""
     model, feeds = _se_gate()
     _, plan = _plan(model, feeds)
     qx, qg, qy = _entry(plan, "x"), _entry(plan, "g"), _exit(plan)
-    f = {k: np.concatenate([feeds[1][k], feeds[2][k]]) for k in ("x", "g")}
+    f = {k: np.concatenate([feeds[1][k], feeds[2][k], feeds[3][k]]) for k in ("x", "g")}
     want = numerics.dequantize(
         _mul_oracle(numerics.quantize(f["x"], qx), numerics.quantize(f["g"], qg), qx, qg, qy), qy
     )
-    for got in _runs(plan, f):
-        assert got.shape == want.shape
-        assert np.max(np.abs(got - want)) <= qy.scale * (1 + 1e-5)
+    session = NativeSession(plan, threads=2, cache_dir=False)
+    for _ in range(3):
+        np.testing.assert_array_equal(session.run(f)["y"], want)
+    assert session.describe()["program"]["python_steps"] == 0
+    session.close()
 
 
 def _prelu(shape: tuple[int, ...], slope: np.ndarray):
@@ -229,6 +231,11 @@ def _d2s(mode: str):
     return [helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode=mode)], {}
 
 
+def _slice(starts: list[int], ends: list[int], axes: list[int], steps: list[int]):
+    init = {"s": np.array(starts), "e": np.array(ends), "a": np.array(axes), "t": np.array(steps)}
+    return [helper.make_node("Slice", ["x", "s", "e", "a", "t"], ["y"])], init
+
+
 def _upsample(scales: list[float]):
     node = helper.make_node(
         "Resize", ["x", "", "s"], ["y"], mode="nearest", coordinate_transformation_mode="asymmetric",
@@ -244,12 +251,21 @@ def _upsample(scales: list[float]):
         lambda: _d2s("CRD"),
         lambda: _upsample([1, 1, 2, 2]),
         lambda: _upsample([1, 1, 4, 1]),
+        lambda: _slice([2, 1], [5, 6], [1, 3], [1, 2]),  # from an offset (attention's q/k/v split)
+        lambda: _slice([1], [3], [2], [1]),
     ],
-    ids=["depth-to-space-dcr", "depth-to-space-crd", "nearest-x2", "nearest-4x1"],
+    ids=[
+        "depth-to-space-dcr",
+        "depth-to-space-crd",
+        "nearest-x2",
+        "nearest-4x1",
+        "slice-offset",
+        "slice-rows",
+    ],
 )
 def test_depth_to_space_and_nearest_upsampling_run_inside_the_c_program(monkeypatch, build) -> None:
     """A detector head's moves (ConvTranspose as GEMM + DepthToSpace, FPN nearest upsampling)
-    are strided copies in the C program, with the Python path's bits."""
+    and slices from any start are strided copies in the C program, with the Python path's bits."""
     from edge_runtime.plan import executor as executor_module
 
     nodes, init = build()

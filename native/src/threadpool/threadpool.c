@@ -9,7 +9,8 @@
  * nothing left. A worker that arrives late finds the generation changed (or the
  * index past the count) and claims nothing; a claim is a compare-and-swap on
  * (generation, index), so it can only succeed while that job is still open,
- * and the job fields it read before it are that job's. Callers from several
+ * and the job fields it read before it are that job's (the word is closed
+ * before the next job's fields are written, see run_job). Callers from several
  * threads are serialized by a mutex.
  *
  * Idle workers spin for a short while (SPIN_NS, 50 us) before they sleep on a
@@ -33,8 +34,10 @@
 
 /* How long an idle worker (or a waiting caller) polls before it sleeps. */
 #define SPIN_NS 50000u
-/* Tasks of one posted job: the low 32 bits of the job word hold the next index. */
-#define JOB_MAX_TASKS UINT32_MAX
+/* Tasks of one posted job: the low 32 bits of the job word hold the next index; JOB_CLOSED
+ * there marks a job being replaced (no claim can succeed while its fields are rewritten). */
+#define JOB_CLOSED UINT32_MAX
+#define JOB_MAX_TASKS ((size_t) UINT32_MAX - 1)
 #define JOB_GENERATION(word) ((uint32_t) ((word) >> 32))
 #define JOB_INDEX(word) ((uint32_t) (word))
 
@@ -46,7 +49,8 @@ struct edge_threadpool {
   pthread_cond_t work_ready;
   pthread_cond_t work_done;
   /* (generation << 32) | next task index; a new job bumps the generation and
-   * resets the index. The fields below are set before it is published. */
+   * resets the index. The fields below are set while the word says JOB_CLOSED,
+   * before the new job is published. */
   atomic_uint_fast64_t job;
   _Atomic(edge_task_fn) fn;
   _Atomic(void*) context;
@@ -113,7 +117,7 @@ static uint32_t run_tasks(edge_threadpool* pool, uint64_t word) {
     void* const context = atomic_load_explicit(&pool->context, memory_order_relaxed);
     const size_t count = atomic_load_explicit(&pool->count, memory_order_relaxed);
     const size_t base = atomic_load_explicit(&pool->base, memory_order_relaxed);
-    if (JOB_INDEX(word) >= count) break;
+    if (JOB_INDEX(word) >= count) break; /* also a closed word: JOB_CLOSED > JOB_MAX_TASKS */
     if (!atomic_compare_exchange_weak(&pool->job, &word, word + 1)) continue; /* word reloaded */
     fn(context, base + JOB_INDEX(word));
     if (atomic_fetch_add(&pool->done, 1) + 1 == count && atomic_load(&pool->caller_sleeping)) {
@@ -210,8 +214,12 @@ int32_t edge_threadpool_size(const edge_threadpool* pool) { return pool == NULL 
  * them, and returns when all have finished. Under call_mutex. */
 static void run_job(edge_threadpool* pool, edge_task_fn fn, void* context, size_t base, size_t count) {
   /* Every task of the previous job has finished (done == its count), so no
-   * thread is inside it; a late worker may still read these fields, but its
-   * claim fails against the new generation or reads the new job whole. */
+   * thread is inside it, but a late worker may still hold that job's last word
+   * (generation, count) and read fields of the new job: with the new count it
+   * would claim a task that does not exist. So the word is closed first (an
+   * exchange: every claim of the old job happens before it, and so before the
+   * field writes below), and claims of a closed word fail. */
+  const uint64_t old = atomic_exchange(&pool->job, (atomic_load(&pool->job) & ~(uint64_t) UINT32_MAX) | JOB_CLOSED);
   atomic_store_explicit(&pool->fn, fn, memory_order_relaxed);
   atomic_store_explicit(&pool->context, context, memory_order_relaxed);
   atomic_store_explicit(&pool->count, count, memory_order_relaxed);
@@ -219,7 +227,7 @@ static void run_job(edge_threadpool* pool, edge_task_fn fn, void* context, size_
   atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
   /* Publish: the new generation with index 0 (sequentially consistent, which
    * also orders it against the sleepers' count read below). */
-  const uint64_t word = (uint64_t) (JOB_GENERATION(atomic_load(&pool->job)) + 1u) << 32;
+  const uint64_t word = (uint64_t) (JOB_GENERATION(old) + 1u) << 32;
   atomic_store(&pool->job, word);
   if (atomic_load(&pool->sleeping_workers) > 0) {
     pthread_mutex_lock(&pool->mutex);

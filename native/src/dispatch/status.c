@@ -64,7 +64,13 @@ edge_status edge_check_requant(const edge_q8_requant* rq, int32_t n, edge_dtype 
     return edge_fail(EDGE_ERR_INVALID_ARGUMENT, "output clamp [%d, %d] not inside [%d, %d]",
                      (int) rq->output_min, (int) rq->output_max, (int) lo, (int) hi);
   }
+  /* One branch-free pass (it vectorizes: a model's convolutions check thousands of channels
+   * per run), then the first bad channel only when there is one. */
+  int32_t bad = 0;
   for (int32_t i = 0; i < n; i++) {
+    bad |= (rq->multiplier[i] < (INT32_C(1) << 30)) | (rq->shift[i] < 31) | (rq->shift[i] > 62);
+  }
+  for (int32_t i = 0; bad && i < n; i++) {
     if (rq->multiplier[i] < (INT32_C(1) << 30) || rq->shift[i] < 31 || rq->shift[i] > 62) {
       return edge_fail(EDGE_ERR_INVALID_ARGUMENT,
                        "requantization of channel %d: multiplier %d must be in [2^30, 2^31) and shift %d in [31, 62]",

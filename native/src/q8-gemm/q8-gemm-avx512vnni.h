@@ -89,12 +89,12 @@ static inline __attribute__((always_inline)) void edge_q8_vnni_output_load(size_
   out->vmax8 = _mm512_set1_epi8((char) store->out_max);
   out->out_signed = store->out_min < 0; /* else every output fits u8 */
   /* Byte j of the two packs (128-bit lane L = j / 16, w = j % 16: row w / 8, block (w / 4) % 2,
-   * channel 16 * block + 4L + w % 4) goes to row * 32 + channel. */
-  uint8_t order[64];
-  for (int j = 0; j < 64; j++) {
-    const int lane = j / 16, w = j % 16;
-    order[(w / 8) * 32 + ((w / 4) % 2) * 16 + 4 * lane + w % 4] = (uint8_t) j;
-  }
+   * channel 16 * block + 4L + w % 4) goes to row * 32 + channel: order[row * 32 + channel] = j.
+   * A constant table (it was built by a 64-step loop at every panel). */
+  static const uint8_t order[64] = {
+      0,  1,  2,  3,  16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51, 4,  5,  6,  7,  20, 21,
+      22, 23, 36, 37, 38, 39, 52, 53, 54, 55, 8,  9,  10, 11, 24, 25, 26, 27, 40, 41, 42, 43,
+      56, 57, 58, 59, 12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
   out->order = _mm512_loadu_si512(order);
 }
 

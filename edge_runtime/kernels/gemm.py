@@ -26,6 +26,8 @@ _OUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int32))
 # out_dtype as passed (a numpy type or dtype) -> dtype: skips np.dtype() per call.
 _OUT_LOOKUP = {**{t.type: t for t in _OUT_DTYPES}, **{t: t for t in _OUT_DTYPES}}
 _A_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8))
+# The packed layout (native/src/q8-gemm/q8-gemm.h): header bytes, channels per panel, k per group.
+_PACK_HEADER, _PACK_NR, _PACK_KR = 64, 16, 4
 
 
 @dataclass
@@ -48,6 +50,26 @@ class PackedGemm:
         if self._pointer is None:
             self._pointer = _address(self.buffer)
         return self._pointer
+
+    def rows(self, channels: np.ndarray) -> np.ndarray:
+        """The int8 weights of output ``channels`` (``[len, k]``), read back from the packed panels.
+
+        The layout is native/src/q8-gemm's: a 64-byte header, int32 bias and column sums
+        (``n_pad`` each), then one panel per ``_PACK_NR`` channels, each ``k_pad / _PACK_KR``
+        groups of ``_PACK_NR x _PACK_KR`` bytes. An LLM's tied embedding reads its token rows
+        here instead of keeping a second copy of the matrix.
+        """
+        channels = np.asarray(channels, dtype=np.intp)
+        if channels.size and (channels.min() < 0 or channels.max() >= self.n):
+            raise errors.ShapeError(f"PackedGemm.rows: channels must be in [0, {self.n}), got {channels}")
+        _, _, n, k, n_pad, k_pad = self.buffer[:24].view(np.int32)
+        if (n, k) != (self.n, self.k) or n_pad % _PACK_NR or k_pad % _PACK_KR:
+            raise errors.KernelArgumentError("PackedGemm.rows: the packed header does not match the layout")
+        start = _PACK_HEADER + 8 * int(n_pad)
+        panels = self.buffer[start : start + int(n_pad) * int(k_pad)].view(np.int8)
+        panels = panels.reshape(n_pad // _PACK_NR, k_pad // _PACK_KR, _PACK_NR, _PACK_KR)
+        out = panels[channels // _PACK_NR, :, channels % _PACK_NR, :]  # [len, k_pad / KR, KR]
+        return out.reshape(channels.size, int(k_pad))[:, : self.k]
 
 
 def pack_gemm(weights: np.ndarray, bias: np.ndarray | None = None, weight_bits: int = 8) -> PackedGemm:

@@ -92,8 +92,9 @@ def runtime_weight_bytes(config: LlamaConfig) -> tuple[int, int]:
         + 4 * 2 * d  # norms
         + (4 * (c.q_dim + 2 * c.kv_dim) if c.attention_bias else 0)
     )
-    head = _matrix_bytes(c.vocab_size, d)  # the packed output projection (a copy when tied)
-    embed = _matrix_bytes(c.vocab_size, d)  # the embedding table a token's row is read from
+    head = _matrix_bytes(c.vocab_size, d)  # the packed output projection
+    # The embedding table a token's row is read from: when tied, the packed output projection itself.
+    embed = 0 if c.tie_embeddings else _matrix_bytes(c.vocab_size, d)
     held = c.num_layers * layer + head + embed + 4 * d
     read = c.num_layers * layer + head + d + 4 * d  # one embedding row per token
     return held, read

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,28 @@ def available_memory() -> int | None:
     except OSError:
         pass
     return None
+
+
+_MATRIX_SUFFIXES = (".q8", ".s", ".q4", ".s4", ".f16")
+
+
+def _complete(store: Mapping[str, np.ndarray], names: Sequence[str], biases: Sequence[str] | None) -> bool:
+    """Whether every matrix (in any of the weight formats) and bias of a linear is in ``store``."""
+    return all(
+        (n + ".q8" in store and n + ".s" in store)
+        or (n + ".q4" in store and n + ".s4" in store)
+        or n + ".f16" in store
+        for n in names
+    ) and all(b in store for b in biases or ())
+
+
+def _pairs(store: Any, consume: bool) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, array)`` of a weights dict (popped from it when ``consume``) or of pairs as given."""
+    if not isinstance(store, Mapping):
+        yield from store
+        return
+    for key in list(store):
+        yield key, (store.pop(key) if consume else store[key])
 
 
 class _Int8Linear:
@@ -225,12 +247,16 @@ class LLM:
 
     Thread-safe: forward passes are serialised by a lock (the server's engine
     batches concurrent requests into one pass instead).
+
+    ``store``: the weights archive's arrays (:mod:`edge_runtime.llm.quant`), a dict (emptied
+    as it is packed when ``consume_store``) or ``(name, array)`` pairs in any order, such as
+    :func:`edge_runtime.llm.package.load` streams from the package.
     """
 
     def __init__(
         self,
         config: LlamaConfig,
-        store: dict[str, np.ndarray],
+        store: dict[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
         tokenizer: TextTokenizer,
         *,
         threads: int | None = None,
@@ -265,8 +291,7 @@ class LLM:
 
         self.threads = int(threads or min(os.cpu_count() or 1, 4))
         self._pool = ThreadPool(self.threads)
-        self._consume = consume_store
-        self._build(store)
+        self._build(_pairs(store, consume_store))
         self.check_memory(self.context)
 
     # --- construction ---
@@ -274,18 +299,20 @@ class LLM:
     def _linear(
         self, store: dict[str, np.ndarray], names: Sequence[str], biases: Sequence[str] | None
     ) -> Any:
+        """The fused linear of matrices ``names`` (and ``biases``), taken out of ``store``."""
         parts = [decode_matrix(store, n, self.float_path) for n in names]
-        if self._consume:  # drop the archive's copy as soon as the packed one exists (peak memory at load)
-            for n in names:
-                for suffix in (".q8", ".s", ".q4", ".s4", ".f16"):
-                    if n != "embed":
-                        store.pop(n + suffix, None)
+        for n in names:  # drop the archive's copy as soon as the packed one exists (peak memory at load)
+            for suffix in _MATRIX_SUFFIXES:
+                store.pop(n + suffix, None)
         bias = None
         if biases is not None:
-            bias = np.concatenate([np.asarray(store[b], dtype=np.float32) for b in biases])
+            missing = [b for b in biases if b not in store]
+            if missing:
+                raise ModelSourceError(f"the weights archive has no {', '.join(missing)}")
+            bias = np.concatenate([np.asarray(store.pop(b), dtype=np.float32) for b in biases])
         if self.float_path:
             return _FloatLinear(np.concatenate([p[0] for p in parts]), bias)
-        q = np.concatenate([p[0] for p in parts])
+        q = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
         s = np.concatenate([p[1] for p in parts])  # type: ignore[misc]
         return _Int8Linear(q, s, bias, digits=self.activation_bits // 8)
 
@@ -294,34 +321,73 @@ class LLM:
             raise ModelSourceError(f"the weights archive has no {name}")
         return np.asarray(store[name], dtype=np.float32)
 
-    def _build(self, store: dict[str, np.ndarray]) -> None:
+    def _groups(self) -> dict[str, tuple[list[str], list[str] | None]]:
+        """What is built from the archive's matrices: key -> (matrices, biases), in build order."""
         c = self.config
-        self.inv_freq = rope_inv_freq(c, store.get("rope_freqs"))
+        groups: dict[str, tuple[list[str], list[str] | None]] = {}
+        if not (c.tie_embeddings and not self.float_path):
+            groups["embed"] = (["embed"], None)  # token rows (a tied int8 embedding reads the output layer's)
+        groups["lm_head"] = (["embed"] if c.tie_embeddings else ["lm_head"], None)
+        for i in range(c.num_layers):
+            p = f"layers.{i}."
+            biases = [p + "q_bias", p + "k_bias", p + "v_bias"] if c.attention_bias else None
+            groups[p + "qkv"] = ([p + "q", p + "k", p + "v"], biases)
+            groups[p + "o"] = ([p + "o"], None)
+            groups[p + "gate_up"] = ([p + "gate", p + "up"], None)
+            groups[p + "down"] = ([p + "down"], None)
+        return groups
+
+    def _build_group(self, key: str, pending: dict[str, np.ndarray], names: list[str], biases: Any) -> Any:
+        if key == "embed":  # kept as stored (no packing): the lookup table of token rows
+            return decode_matrix(pending, "embed", self.float_path)
+        return self._linear(pending, names, biases)
+
+    def _build(self, arrays: Iterator[tuple[str, np.ndarray]]) -> None:
+        """Build from the archive's ``(name, array)`` pairs in any order, packing each linear as soon
+        as its last part arrives and dropping the parts: at most one group's source arrays are held
+        beside the packed weights (when the archive is in build order; see ``package.convert``)."""
+        c = self.config
+        groups = self._groups()
+        owners: dict[str, list[str]] = {}
+        for key, (names, biases) in groups.items():
+            for n in [*names, *(biases or [])]:
+                owners.setdefault(n, []).append(key)
+        pending: dict[str, np.ndarray] = {}
+        built: dict[str, Any] = {}
+        for name, array in arrays:
+            pending[name] = array
+            base = name.rsplit(".", 1)[0] if name.endswith(_MATRIX_SUFFIXES) else name
+            for key in owners.get(base, ()):
+                names, biases = groups[key]
+                if key not in built and _complete(pending, names, biases):
+                    built[key] = self._build_group(key, pending, names, biases)
+        for key, (names, biases) in groups.items():  # what never completed: its error names what is missing
+            if key not in built:
+                built[key] = self._build_group(key, pending, names, biases)
+        self.inv_freq = rope_inv_freq(c, pending.get("rope_freqs"))
         angles = np.arange(self.context, dtype=np.float64)[:, None] * self.inv_freq[None, :].astype(
             np.float64
         )
         self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-        emb, emb_scale = decode_matrix(store, "embed", self.float_path)
-        self._embed = emb
-        self._embed_scale = emb_scale
-        self.lm_head = (
-            self._linear(store, ["embed"], None)
-            if c.tie_embeddings
-            else self._linear(store, ["lm_head"], None)
-        )
-        self.norm = self._vector(store, "norm")
+        self.lm_head = built["lm_head"]
+        self._embed: np.ndarray | None = None
+        self._embed_scale: np.ndarray | None = None
+        if "embed" in built:
+            self._embed, self._embed_scale = built["embed"]
+        else:
+            self._embed_scale = self.lm_head.scale
+        self.norm = self._vector(pending, "norm")
         self.layers: list[_Layer] = []
         for i in range(c.num_layers):
             p = f"layers.{i}."
-            biases = [p + "q_bias", p + "k_bias", p + "v_bias"] if c.attention_bias else None
             self.layers.append(
                 _Layer(
-                    attn_norm=self._vector(store, p + "attn_norm"),
-                    qkv=self._linear(store, [p + "q", p + "k", p + "v"], biases),
-                    o=self._linear(store, [p + "o"], None),
-                    ffn_norm=self._vector(store, p + "ffn_norm"),
-                    gate_up=self._linear(store, [p + "gate", p + "up"], None),
-                    down=self._linear(store, [p + "down"], None),
+                    attn_norm=self._vector(pending, p + "attn_norm"),
+                    qkv=built[p + "qkv"],
+                    o=built[p + "o"],
+                    ffn_norm=self._vector(pending, p + "ffn_norm"),
+                    gate_up=built[p + "gate_up"],
+                    down=built[p + "down"],
                 )
             )
         # One C call per decode step of a single sequence (float32 KV cache); None on the float path.
@@ -340,9 +406,9 @@ class LLM:
             )
         )
         self.weight_bytes = int(
-            self._embed.nbytes
-            + (0 if self._embed_scale is None else self._embed_scale.nbytes)
-            + (0 if c.tie_embeddings else self.lm_head.nbytes)
+            self.lm_head.nbytes
+            + (0 if self._embed is None else self._embed.nbytes)
+            + (0 if self._embed is None or self._embed_scale is None else self._embed_scale.nbytes)
             + sum(l.qkv.nbytes + l.o.nbytes + l.gate_up.nbytes + l.down.nbytes for l in self.layers)
         )
 
@@ -375,7 +441,8 @@ class LLM:
     # --- the forward pass ---
 
     def _embed_rows(self, ids: np.ndarray) -> np.ndarray:
-        rows = self._embed[ids].astype(np.float32)
+        table = self.lm_head.packed.rows(ids) if self._embed is None else self._embed[ids]
+        rows = table.astype(np.float32)
         if self._embed_scale is not None:
             rows *= self._embed_scale[ids][:, None]
         return rows

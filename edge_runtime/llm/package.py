@@ -17,11 +17,14 @@ vocab]`` (what KServe v2 ``infer`` runs); its ``quantization`` says
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import struct
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,11 @@ _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 def _package_name(text: str) -> str:
     name = _NAME_RE.sub("-", text).strip("-._")[:128]
     return name or "llm"
+
+
+def _build_order(name: str) -> tuple[tuple[int, int | str], ...]:
+    """A weight's name as a sort key with its layer number as a number."""
+    return tuple((0, int(t)) if t.isdigit() else (1, t) for t in name.split("."))
 
 
 def _selftest_tokens(model: Any, prompt_ids: list[int], n: int) -> list[int]:
@@ -184,7 +192,8 @@ def convert(
     }
     with tempfile.TemporaryDirectory(prefix="edge-llm-") as tmp:
         wpath = Path(tmp) / "weights.npz"
-        np.savez(wpath, **store)
+        # In build order (layer 2 before layer 10): load packs each linear as its last part streams in.
+        np.savez(wpath, **{k: store[k] for k in sorted(store, key=_build_order)})
         sbuf = io.BytesIO()
         np.savez(
             sbuf,
@@ -218,28 +227,139 @@ def is_llm_package(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def _read_artifacts(path: Path, trust_store: Any) -> tuple[Any, dict[str, bytes]]:
+class _ChunkReader:
+    """A forward-only ``read`` over an iterator of byte chunks (what :func:`_npz_arrays` parses)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+        self.consumed = 0
+
+    def _more(self) -> bool:
+        for chunk in self._chunks:
+            if chunk:
+                self._buf = memoryview(chunk)
+                return True
+        return False
+
+    def readinto(self, out: memoryview) -> None:
+        """Fill ``out`` exactly (EOFError when the stream ends first)."""
+        pos = 0
+        while pos < len(out):
+            if not self._buf and not self._more():
+                raise EOFError(f"the stream ended {len(out) - pos} bytes early")
+            n = min(len(out) - pos, len(self._buf))
+            out[pos : pos + n] = self._buf[:n]
+            self._buf = self._buf[n:]
+            pos += n
+        self.consumed += pos
+
+    def read(self, n: int) -> bytes:
+        out = bytearray(n)
+        self.readinto(memoryview(out))
+        return bytes(out)
+
+    def drain(self) -> None:
+        """Read to the end (the chunk iterator checks the artifact's hash there)."""
+        self._buf = memoryview(b"")
+        for _ in self._chunks:
+            pass
+
+
+_CHUNK = 1 << 20
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header
+_ZIP64_EXTRA = 0x0001
+
+
+def _npz_arrays(chunks: Iterator[bytes], where: str = "") -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, array)`` of each member of an uncompressed ``.npz`` (what ``np.savez`` writes), read
+    from a stream of its bytes in order: one array in memory at a time, never the archive whole.
+
+    The stream is read to its end after the last member, so an artifact stream's hash check runs;
+    a malformed archive raises ModelSourceError (after that check, so a corrupt download is named as
+    such by its IntegrityError).
+    """
+    reader = _ChunkReader(chunks)
+    try:
+        while True:
+            head = reader.read(4)
+            if head in (b"PK\x01\x02", b"PK\x05\x06", b"PK\x06\x06"):  # the central directory: done
+                break
+            fields = _LOCAL_HEADER.unpack(head + reader.read(_LOCAL_HEADER.size - 4))
+            sig, _, flags, method, _, _, _, _, usize, name_len, extra_len = fields
+            if sig != b"PK\x03\x04":
+                raise ValueError(f"no zip member at byte {reader.consumed - _LOCAL_HEADER.size}")
+            name = reader.read(name_len).decode("utf-8")
+            extra = reader.read(extra_len)
+            if method != 0 or flags & 0x08:
+                raise ValueError(
+                    f"member {name} is compressed or has a data descriptor (np.savez writes neither)"
+                )
+            if usize == 0xFFFFFFFF:  # zip64: the sizes are in the extra field
+                usize = _zip64_size(extra, name)
+            start = reader.consumed
+            version = np.lib.format.read_magic(reader)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"member {name} is .npy format {version}, not 1.0 or 2.0")
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(reader)
+            if dtype.hasobject:
+                raise ValueError(f"member {name} holds Python objects")
+            array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+            reader.readinto(memoryview(array.reshape(-1, order="A").view(np.uint8)))
+            if reader.consumed - start != usize:
+                raise ValueError(f"member {name} is {usize} bytes, its array {reader.consumed - start}")
+            yield name.removesuffix(".npy"), array
+    except (ValueError, EOFError, UnicodeDecodeError, struct.error) as exc:
+        reader.drain()
+        raise ModelSourceError(f"{where}: the weights archive cannot be read ({exc})") from None
+    reader.drain()
+
+
+def _zip64_size(extra: bytes, name: str) -> int:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, pos)
+        if tag == _ZIP64_EXTRA and size >= 8:
+            return int(struct.unpack_from("<Q", extra, pos + 4)[0])
+        pos += 4 + size
+    raise ValueError(f"member {name} has no zip64 size")
+
+
+@contextlib.contextmanager
+def _open_artifacts(path: Path, trust_store: Any) -> Iterator[tuple[Any, dict[str, bytes], Iterator[bytes]]]:
+    """``(manifest, {kind: bytes} of the small artifacts, chunks of the weights archive)``.
+
+    The weights are never read whole: their chunks stream (and, from a package file, are hashed
+    as they go: IntegrityError from the last chunk when they do not match the manifest).
+    """
     from edge_runtime.package import open_package, parse_manifest_bytes
 
-    wanted = (CONFIG_KIND, WEIGHTS_KIND, TOKENIZER_KIND)
+    small = (CONFIG_KIND, TOKENIZER_KIND)
     if path.is_dir():  # a package extracted by the model store (verified when it was extracted)
         manifest = parse_manifest_bytes((path / "manifest.json").read_bytes())
-        data = {
-            a.kind: (path / a.path).read_bytes()
-            for a in manifest.artifacts
-            if a.kind in (*wanted, "selftest")
-        }
-        return manifest, data
+        by_kind = {a.kind: path / a.path for a in manifest.artifacts}
+        missing = [k for k in (*small, WEIGHTS_KIND) if k not in by_kind]
+        if missing:
+            raise ModelSourceError(f"{path} is not a complete LLM package (no {', '.join(missing)} artifact)")
+        data = {k: by_kind[k].read_bytes() for k in (*small, "selftest") if k in by_kind}
+        with by_kind[WEIGHTS_KIND].open("rb") as f:
+            yield manifest, data, iter(lambda: f.read(_CHUNK), b"")
+        return
     with open_package(path, trust_store=trust_store) as pkg:
         kinds = {a.kind for a in pkg.manifest.artifacts}
         if CONFIG_KIND not in kinds:
             raise ModelSourceError(
                 f"{path} is not an LLM package (no {CONFIG_KIND} artifact); use edge_runtime.load"
             )
-        data = {k: pkg.read_artifact(k) for k in wanted}
+        data = {k: pkg.read_artifact(k) for k in small}
         if "selftest" in kinds:
             data["selftest"] = pkg.read_artifact("selftest")
-        return pkg.manifest, data
+        yield pkg.manifest, data, pkg.stream_artifact(WEIGHTS_KIND)
 
 
 def load(
@@ -263,12 +383,26 @@ def load(
     ``activation_bits``: 16 (activations as two int8 digits, the default) or 8 (one digit:
     faster prefill, less accurate; see :class:`edge_runtime.llm.model.LLM`).
     """
-    from edge_runtime.llm.model import LLM
-
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
-    manifest, data = _read_artifacts(p, trust_store)
+    with _open_artifacts(p, trust_store) as (manifest, data, weight_chunks):
+        return _load(p, manifest, data, weight_chunks, threads, context, kv_dtype, profile, activation_bits)
+
+
+def _load(
+    p: Path,
+    manifest: Any,
+    data: dict[str, bytes],
+    weight_chunks: Iterator[bytes],
+    threads: int | None,
+    context: int | None,
+    kv_dtype: str,
+    profile: Any,
+    activation_bits: int,
+) -> Any:
+    from edge_runtime.llm.model import LLM
+
     too_old = [r for r in manifest.requirements.unmet(__version__) if r.startswith("needs runtime")]
     if too_old:
         raise UnsupportedModelError(f"{p}: {'; '.join(too_old)}")
@@ -292,11 +426,6 @@ def load(
             context,
             np.dtype(kv_dtype).itemsize,
         )
-    try:
-        with np.load(io.BytesIO(data.pop(WEIGHTS_KIND)), allow_pickle=False) as z:
-            store = {k: z[k] for k in z.files}
-    except Exception as exc:  # noqa: BLE001 - a corrupt npz in a package whose hash matched: the writer's fault
-        raise ModelSourceError(f"{p}: the weights archive cannot be read ({exc})") from None
     selftest = None
     if "selftest" in data:
         with np.load(io.BytesIO(data["selftest"]), allow_pickle=False) as z:
@@ -309,9 +438,11 @@ def load(
         chat_template=cfg.get("chat_template"),
         special_tokens=cfg.get("special_tokens") or {},
     )
-    return LLM(
+    # Each array is packed as it streams in (LLM._build): the archive is never held whole.
+    arrays = _npz_arrays(weight_chunks, where=str(p))
+    model = LLM(
         config,
-        store,
+        arrays,
         tokenizer,
         threads=threads,
         context=context,
@@ -320,6 +451,10 @@ def load(
         manifest=manifest,
         selftest_vectors=selftest,
         source=str(p),
-        consume_store=True,
         activation_bits=activation_bits,
     )
+    # LLM._build reads every member, so the stream is at its end: its hash was checked there.
+    if next(arrays, None) is not None:
+        model.close()
+        raise ModelSourceError(f"{p}: the weights archive was not read to its end")
+    return model

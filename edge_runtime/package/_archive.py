@@ -308,6 +308,11 @@ class Package:
                 f"sha256 {h.hexdigest()[:16]}... vs {entry.sha256[:16]}...); fetch the package again"
             )
 
+    def stream_artifact(self, path_or_kind: str) -> Iterator[bytes]:
+        """The artifact in chunks, never whole; IntegrityError from the last ``next`` if size or sha256
+        differ, so nothing built from the chunks may be used before the iterator is exhausted."""
+        return self._stream(path_or_kind)
+
     def read_artifact(self, path_or_kind: str) -> bytes:
         """The verified bytes of the artifact with this path (or the only one of this kind)."""
         return b"".join(self._stream(path_or_kind))

@@ -194,5 +194,7 @@ int main(void) {
              "workspace");
   d.activation_digits = 3;
   EDGE_CHECK(edge_llm_decode(&d, x, 0, kc, vc, CONTEXT, out, ws, ws_size, NULL) == EDGE_ERR_INVALID_ARGUMENT, "digits");
+  free(ws);
+  free(kc), free(vc), free(rk), free(rv);
   return edge_test_summary("test_q8_decoder");
 }

@@ -574,9 +574,10 @@ What limits the misses (measured separately on the same machine):
   GGUF row: its 8-bit activation quantization alone gives 97.3%). What is left for the int8 package is
   its per-output-channel weights: int8 weights with float activations give 96.6% (emulated), group-32
   int8 weights and activations (Q8_0 x Q8_0, emulated) 96.1%.
-- Peak RSS (VmHWM) is reached while loading: the weights archive is read whole and then packed, and a
-  tied embedding is held twice (int8 rows for the lookup and the packed output layer, 28 MB each), beside
-  Python, numpy and tokenizers; llama.cpp maps its GGUF once.
+- Peak RSS (VmHWM) is the loaded model: the weights archive streams out of the package and each linear
+  is packed as its last part arrives (never the archive whole), a tied embedding is held once (token
+  rows read from the packed output layer), so about 131 MiB of int8 weights, ~47 MiB of tokenizers
+  (the 49,152-token vocabulary and merges) and ~30 MiB of Python and numpy; llama.cpp maps its GGUF.
 - int4 packages are widened to per-channel int8 at load (no int4 kernel yet): same memory and speed as int8,
   with int4's error.
 """

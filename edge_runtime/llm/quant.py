@@ -107,6 +107,11 @@ def decode_matrix(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(int8 weights, float32 scales)`` of matrix ``name``, or ``(float32 weights, None)`` when ``as_float``
     or the matrix is stored as float16."""
+    for q_name, s_name in ((".q4", ".s4"), (".q8", ".s")):
+        if name + q_name in store and name + s_name not in store:
+            raise ModelSourceError(
+                f"the weights archive has {name}{q_name} without its scales {name}{s_name}"
+            )
     if name + ".f16" in store:
         w = store[name + ".f16"].astype(np.float32)
         return (w, None) if as_float else quantize_int8(w)

@@ -136,3 +136,16 @@ def test_a_malformed_weights_archive_is_a_typed_error():
     np.savez(buf, a=np.ones(64, np.float32))
     with pytest.raises(ModelSourceError, match="cannot be read"):
         list(llm_package._npz_arrays(iter([buf.getvalue()[:100]]), "x"))  # truncated
+
+
+def test_any_archive_order_builds_the_same_model(packages):
+    path = packages("qwen2", "int8")
+    store = _archive(path)
+    config = LlamaConfig.from_dict(_config(path)["architecture"])
+    with llm.load(path, threads=1) as model:
+        ids = model.tokenize("The capital of France is a city")
+        with LLM(config, reversed(list(store.items())), model.tokenizer, threads=1) as reordered:
+            assert np.array_equal(model.logits(ids), reordered.logits(ids))
+        del store["layers.1.gate.s"]
+        with pytest.raises(ModelSourceError, match=r"layers\.1\.gate\.q8 without its scales"):
+            LLM(config, store, model.tokenizer, threads=1)

@@ -126,6 +126,7 @@ class NativeBackend(Backend):
     def available(self) -> tuple[bool, str]:
         try:
             from edge_runtime import kernels
+            from edge_runtime.plan import executor  # noqa: F401 - what open() runs plans with
         except ImportError as exc:  # NativeBuildError derives from ImportError
             return False, f"the native kernels are not built: {exc}"
         return True, f"INT8 C kernels on {kernels.get_isa()}"

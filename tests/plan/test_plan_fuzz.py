@@ -200,3 +200,27 @@ def test_fuzzed_plan_header_loads_typed_on_the_native_backend(plan_bytes: bytes,
         pass
     finally:
         session.close()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((16, 27), np.int8),
+        np.zeros((5,), np.int32),
+        np.zeros((), np.float32),
+        np.zeros((0, 3), np.uint8),
+        np.zeros((2, 3, 4, 5), np.int64),
+        np.zeros((3, 2), np.float32, order="F"),  # not the fast form: numpy's reader
+        np.zeros(3, ">i4"),  # not the fast form: numpy's reader
+    ],
+)
+def test_npy_header_reader_agrees_with_numpys(array: np.ndarray) -> None:
+    from edge_runtime.plan.quantized_plan import _read_npy_header
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    ours, theirs = io.BytesIO(buffer.getvalue()), io.BytesIO(buffer.getvalue())
+    major, _ = np.lib.format.read_magic(ours)
+    np.lib.format.read_magic(theirs)
+    assert _read_npy_header(ours, major) == np.lib.format.read_array_header_1_0(theirs)
+    assert ours.tell() == theirs.tell()

@@ -134,15 +134,19 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: floa
     raise RuntimeError(f"{what} did not listen on {port} within {timeout:.0f} s")
 
 
-def start_mosquitto(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_mosquitto(
+    work: Path,
+    name: str = "mosquitto",
+    settings: str = "sys_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 64\n",
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A mosquitto on a free loopback port, its config and log in ``work`` under ``name``."""
     port = free_port()
-    conf = work / "mosquitto.conf"
+    conf = work / f"{name}.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
-        "persistence false\nsys_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 64\n"
-        "message_size_limit 2097152\n"
+        f"persistence false\n{settings}message_size_limit 2097152\n"
     )
-    log = open(work / "mosquitto.log", "wb")  # noqa: SIM115 - lives as long as the process
+    log = open(work / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)], stdout=log, stderr=log
     )
@@ -751,19 +755,9 @@ class Postgres:
 
 
 def start_scale_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = work / "mosquitto-scale.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
-        "persistence false\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n"
-        "message_size_limit 2097152\n"
+    return start_mosquitto(
+        work, "mosquitto-scale", "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
     )
-    log = open(work / "mosquitto-scale.log", "ab")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)], stdout=log, stderr=log
-    )
-    wait_port(port, proc, "mosquitto")
-    return proc, port
 
 
 def start_instance(

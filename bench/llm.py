@@ -297,12 +297,7 @@ def quality(gguf: Path, packages: dict[str, Path], llama: list[tuple[str, Path, 
     for name, path, bits in runs:
         with llm.load(path, threads=2, context=QUALITY_WINDOW, activation_bits=bits) as m:
             argmax, logprob = _teacher_forced(m, windows)
-        ppl = float(np.exp(-logprob.mean()))
-        out["packages"][name] = {
-            "agreement": float(np.mean(argmax == f_argmax)),
-            "perplexity": ppl,
-            "perplexity_vs_float": ppl / f_ppl - 1.0,
-        }
+        out["packages"][name] = _quality(argmax, logprob, f_argmax, f_ppl)
         print(json.dumps({name: out["packages"][name]}), flush=True)
     # llama.cpp on the same token ids (its own activation quantization and kernels)
     tmp = Path(tempfile.mkdtemp(prefix="bench-llm-quality-"))
@@ -319,14 +314,19 @@ def quality(gguf: Path, packages: dict[str, Path], llama: list[tuple[str, Path, 
             raise SystemExit(f"the llama.cpp quality worker failed:\n{run.stderr[-3000:]}")
         with np.load(res) as z:
             argmax, logprob = z["argmax"], z["logprob"]
-        ppl = float(np.exp(-logprob.mean()))
-        out["packages"][name] = {
-            "agreement": float(np.mean(argmax == f_argmax)),
-            "perplexity": ppl,
-            "perplexity_vs_float": ppl / f_ppl - 1.0,
-        }
+        out["packages"][name] = _quality(argmax, logprob, f_argmax, f_ppl)
         print(json.dumps({name: out["packages"][name]}), flush=True)
     return out
+
+
+def _quality(argmax: np.ndarray, logprob: np.ndarray, f_argmax: np.ndarray, f_ppl: float) -> dict:
+    """Teacher-forced agreement with the float model's next tokens, and perplexity against its."""
+    ppl = float(np.exp(-logprob.mean()))
+    return {
+        "agreement": float(np.mean(argmax == f_argmax)),
+        "perplexity": ppl,
+        "perplexity_vs_float": ppl / f_ppl - 1.0,
+    }
 
 
 def _speed_rows(results: dict) -> list[str]:

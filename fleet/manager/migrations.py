@@ -193,6 +193,13 @@ def current_version(db: Any) -> int:
     return int(rows[0]["v"] or 0) if rows else 0
 
 
+def _refuse_newer(have: int) -> None:
+    if have > LATEST:
+        raise SchemaTooNewError(
+            f"the database is at schema version {have}, newer than this manager's {LATEST}: upgrade the manager"
+        )
+
+
 def migrate(db: Any, target: int = LATEST) -> list[int]:
     """Apply the steps above the database's version up to ``target``; the versions applied.
 
@@ -206,11 +213,7 @@ def migrate(db: Any, target: int = LATEST) -> list[int]:
         with db.tx() as c:
             c.execute(_VERSION_TABLE["sqlite"])
         have = current_version(db)
-        if have > LATEST:
-            raise SchemaTooNewError(
-                f"the database is at schema version {have}, newer than this manager's {LATEST}: "
-                "upgrade the manager"
-            )
+        _refuse_newer(have)
         applied = []
         for m in MIGRATIONS:
             if have < m.version <= target:
@@ -232,11 +235,7 @@ def migrate(db: Any, target: int = LATEST) -> list[int]:
         c.execute(_VERSION_TABLE["postgresql"])
         row = c.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
         have = int(row["v"] or 0)
-        if have > LATEST:
-            raise SchemaTooNewError(
-                f"the database is at schema version {have}, newer than this manager's {LATEST}: "
-                "upgrade the manager"
-            )
+        _refuse_newer(have)
         applied = []
         for m in MIGRATIONS:
             if have < m.version <= target:

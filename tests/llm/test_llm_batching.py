@@ -45,6 +45,26 @@ def _post(url: str, body: dict) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+class _HeldEngine:
+    """Holds the LLM engine's thread after its next decode step (through its ``on_step`` hook,
+    whose observer still runs) until :meth:`release`; ``paused`` is set once it holds."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.observe = engine, engine.on_step
+        self.paused, self.gate = threading.Event(), threading.Event()
+        engine.on_step = self._hold
+
+    def _hold(self, decoded: int) -> None:
+        self.observe(decoded)
+        if not self.gate.is_set():
+            self.paused.set()
+            self.gate.wait(60)
+
+    def release(self) -> None:
+        self.gate.set()
+        self.engine.on_step = self.observe
+
+
 def _metric(server, name: str, **labels: str) -> float:
     with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
         text = r.read().decode()
@@ -120,15 +140,7 @@ def test_engine_takes_the_configured_limits(server):
 
 def test_decode_steps_batch_and_the_queue_answers_503_beyond_its_bound(server):
     engine = server.manager.get("tiny").model.engine()
-    observe = engine.on_step
-    assert observe is not None  # the server's batch-size histogram
-    paused, gate = threading.Event(), threading.Event()
-
-    def hold(decoded: int) -> None:
-        observe(decoded)
-        if not gate.is_set():
-            paused.set()
-            gate.wait(60)
+    assert engine.on_step is not None  # the server's batch-size histogram
 
     before_count = _metric(server, "edge_llm_batch_sequences_count", model="tiny")
     before_le2 = _metric(server, "edge_llm_batch_sequences_bucket", model="tiny", le="2.0")
@@ -140,11 +152,11 @@ def test_decode_steps_batch_and_the_queue_answers_503_beyond_its_bound(server):
             {"model": "tiny", "prompt": f"Hello {i}", "max_tokens": 12, "temperature": 0},
         )
 
-    engine.on_step = hold
+    held = _HeldEngine(engine)
     threads = [threading.Thread(target=run, args=(0,))]
     try:
         threads[0].start()
-        assert paused.wait(60), "the first generation never decoded"
+        assert held.paused.wait(60), "the first generation never decoded"
         # The engine thread is held after a decode step: the next three requests wait in the queue.
         for i in (1, 2, 3):
             threads.append(threading.Thread(target=run, args=(i,)))
@@ -156,10 +168,9 @@ def test_decode_steps_batch_and_the_queue_answers_503_beyond_its_bound(server):
         assert status == 503, body
         assert json.loads(body)["error"]["type"] == "overloaded_error"
     finally:
-        gate.set()
+        held.release()
         for t in threads:
             t.join(60)
-        engine.on_step = observe
     assert sorted(results) == [0, 1, 2, 3] and all(s == 200 for s, _ in results.values()), results
     steps = _metric(server, "edge_llm_batch_sequences_count", model="tiny") - before_count
     up_to_two = _metric(server, "edge_llm_batch_sequences_bucket", model="tiny", le="2.0") - before_le2
@@ -174,28 +185,18 @@ def test_decode_steps_batch_and_the_queue_answers_503_beyond_its_bound(server):
 def test_a_client_that_goes_away_frees_its_slot(server):
     engine = server.manager.get("tiny").model.engine()
     cancelled = _metric(server, "edge_llm_requests_total", model="tiny", finish_reason="cancelled")
-    observe = engine.on_step
-    paused, gate = threading.Event(), threading.Event()
-
-    def hold(decoded: int) -> None:
-        observe(decoded)
-        if not gate.is_set():
-            paused.set()
-            gate.wait(60)
-
-    engine.on_step = hold
+    held = _HeldEngine(engine)
     try:
         body = {"model": "tiny", "prompt": "Hello", "max_tokens": 40, "stream": True, "temperature": 0}
         req = urllib.request.Request(
             server.url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
         r = urllib.request.urlopen(req, timeout=60)
-        assert paused.wait(60)
+        assert held.paused.wait(60)
         assert engine.running() == 1
         r.close()  # the client goes away while its generation is mid-way
     finally:
-        gate.set()
-        engine.on_step = observe
+        held.release()
     _wait(lambda: engine.running() == 0, "the cancelled generation to leave the batch")
     _wait(
         lambda: (
@@ -213,16 +214,7 @@ def test_a_non_streamed_request_whose_client_goes_away_is_cancelled(server):
 
     engine = server.manager.get("tiny").model.engine()
     cancelled = _metric(server, "edge_llm_requests_total", model="tiny", finish_reason="cancelled")
-    observe = engine.on_step
-    paused, gate = threading.Event(), threading.Event()
-
-    def hold(decoded: int) -> None:
-        observe(decoded)
-        if not gate.is_set():
-            paused.set()
-            gate.wait(60)
-
-    engine.on_step = hold
+    held = _HeldEngine(engine)
     body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 40, "temperature": 0}).encode()
     host, port = server.url.removeprefix("http://").split(":")
     try:
@@ -232,7 +224,7 @@ def test_a_non_streamed_request_whose_client_goes_away_is_cancelled(server):
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            assert paused.wait(60)  # its generation is running, held after a decode step
+            assert held.paused.wait(60)  # its generation is running, held after a decode step
         # The socket is closed: the handler notices while the engine is still held.
         _wait(
             lambda: (
@@ -242,8 +234,7 @@ def test_a_non_streamed_request_whose_client_goes_away_is_cancelled(server):
             "the handler to cancel the generation of a client that went away",
         )
     finally:
-        gate.set()
-        engine.on_step = observe
+        held.release()
     _wait(lambda: engine.running() == 0, "the cancelled generation to leave the batch")
 
 
